@@ -1,0 +1,54 @@
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from channels.selectors import messages_sent_today
+from config.celery import app as celery_app
+from contacts.selectors import contact_stats, contacts_new_per_day
+from membership.selectors import tiers_with_member_counts
+
+
+@require_GET
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Report database and broker reachability; 503 when either is down."""
+    checks: dict[str, dict[str, str]] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        checks["database"] = {"status": "ok", "vendor": connection.vendor}
+    except Exception as exc:
+        checks["database"] = {"status": "error", "error": type(exc).__name__}
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+            checks["broker"] = {"status": "ok", "transport": conn.transport_cls}
+    except Exception as exc:
+        checks["broker"] = {"status": "error", "error": type(exc).__name__}
+    healthy = all(c["status"] == "ok" for c in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
+    )
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    per_day = contacts_new_per_day(days=30)
+    chart = {
+        "days": [d.strftime("%m-%d") for d, _ in per_day],
+        "counts": [n for _, n in per_day],
+    }
+    context = {
+        "stats": contact_stats(),
+        "tiers": list(tiers_with_member_counts()),
+        "sent_today": messages_sent_today(),
+        "chart": chart,
+        "chart_json": json.dumps(chart),
+    }
+    return render(request, "dashboard.html", context)

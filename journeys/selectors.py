@@ -1,0 +1,17 @@
+from django.db.models import Count, Q, QuerySet
+
+from contacts.models import Contact
+from journeys.models import Enrollment, EnrollmentStatus, Journey
+
+
+def journey_list() -> QuerySet[Journey]:
+    return Journey.objects.select_related("trigger_segment").annotate(
+        active_count=Count("enrollments", filter=Q(enrollments__status=EnrollmentStatus.ACTIVE)),
+        completed_count=Count(
+            "enrollments", filter=Q(enrollments__status=EnrollmentStatus.COMPLETED)
+        ),
+    )
+
+
+def enrollments_for_contact(*, contact: Contact) -> QuerySet[Enrollment]:
+    return Enrollment.objects.filter(contact=contact).select_related("journey")

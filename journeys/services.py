@@ -1,0 +1,160 @@
+import datetime as dt
+import logging
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from channels.services import delivery_plan
+from contacts.models import Contact
+from contacts.services import event_record
+from core.errors import ValidationFailed
+from journeys.models import (
+    Enrollment,
+    EnrollmentStatus,
+    Journey,
+    JourneyStatus,
+    JourneyStep,
+    StepKind,
+)
+from segments.models import Segment
+
+logger = logging.getLogger(__name__)
+
+# Enrollments advanced per claim transaction; each costs a few queries.
+ADVANCE_BATCH = 100
+
+
+def journey_activate(*, journey: Journey) -> Journey:
+    """Put a journey live after checking that it can run."""
+    steps = list(journey.steps.all())
+    if not steps:
+        raise ValidationFailed("A journey needs at least one step.", code="no_steps")
+    for step in steps:
+        if step.kind == StepKind.SEND and (step.channel is None or not step.channel.is_active):
+            raise ValidationFailed(
+                f"Step {step.position} sends through a missing or inactive channel.",
+                code="bad_channel",
+            )
+    journey.status = JourneyStatus.LIVE
+    journey.save(update_fields=["status", "updated_at"])
+    return journey
+
+
+def journey_pause(*, journey: Journey) -> Journey:
+    journey.status = JourneyStatus.PAUSED
+    journey.save(update_fields=["status", "updated_at"])
+    return journey
+
+
+def journeys_enroll_on_segment_entry(*, segment: Segment, contact_ids: list[int]) -> int:
+    """Enroll contacts that entered `segment` in every live journey it triggers."""
+    enrolled = 0
+    for journey in Journey.objects.filter(trigger_segment=segment, status=JourneyStatus.LIVE):
+        for contact_id in contact_ids:
+            if enrollment_create(journey=journey, contact_id=contact_id):
+                enrolled += 1
+    return enrolled
+
+
+def enrollment_create(*, journey: Journey, contact_id: int) -> Enrollment | None:
+    """Start the journey for a contact unless they are in it (or finished and may not re-enter)."""
+    history = Enrollment.objects.filter(journey=journey, contact_id=contact_id)
+    if history.filter(status=EnrollmentStatus.ACTIVE).exists():
+        return None
+    last = history.aggregate(m=Max("occurrence"))["m"] or 0
+    if last and not journey.allow_reentry:
+        return None
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            enrollment = Enrollment.objects.create(
+                journey=journey, contact_id=contact_id, occurrence=last + 1, next_run_at=now
+            )
+    except IntegrityError:
+        return None  # a concurrent enroller won
+    event_record(
+        contact=Contact(pk=contact_id),
+        name="journey_enrolled",
+        properties={"journey_id": journey.pk, "journey": journey.name},
+        occurred_at=now,
+    )
+    return enrollment
+
+
+def _run_steps(enrollment: Enrollment, steps: list[JourneyStep], now: dt.datetime) -> bool:
+    """Run steps from the enrollment's position until a wait or the end; True if a send planned."""
+    planned = False
+    by_position = {s.position: s for s in steps}
+    positions = sorted(by_position)
+    remaining = [p for p in positions if p >= enrollment.step_position]
+    for position in remaining:
+        step = by_position[position]
+        if step.kind == StepKind.WAIT:
+            enrollment.step_position = position + 1
+            enrollment.next_run_at = now + dt.timedelta(seconds=step.wait_seconds)
+            if step.wait_seconds > 0:
+                return planned
+            continue
+        _, created = delivery_plan(
+            idempotency_key=(
+                f"journey:{enrollment.journey_id}:step:{step.pk}:enrollment:{enrollment.pk}"
+            ),
+            contact=enrollment.contact,
+            channel=step.channel,
+            payload={"title": step.title, "body": step.body, "journey": enrollment.journey.name},
+            send_at=now,
+        )
+        planned = planned or created
+        enrollment.step_position = position + 1
+    enrollment.status = EnrollmentStatus.COMPLETED
+    enrollment.finished_at = now
+    enrollment.next_run_at = None
+    return planned
+
+
+def enrollments_advance_due(*, limit: int = ADVANCE_BATCH) -> tuple[int, int]:
+    """Advance due enrollments of live journeys; return (advanced, deliveries planned)."""
+    now = timezone.now()
+    advanced = planned = 0
+    with transaction.atomic():
+        due = list(
+            Enrollment.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("journey", "contact")
+            .filter(
+                status=EnrollmentStatus.ACTIVE,
+                next_run_at__lte=now,
+                journey__status=JourneyStatus.LIVE,
+            )
+            .order_by("next_run_at", "pk")[:limit]
+        )
+        steps_by_journey: dict[int, list[JourneyStep]] = {}
+        for enrollment in due:
+            steps = steps_by_journey.setdefault(
+                enrollment.journey_id,
+                list(
+                    JourneyStep.objects.filter(journey_id=enrollment.journey_id).select_related(
+                        "channel"
+                    )
+                ),
+            )
+            if _run_steps(enrollment, steps, now):
+                planned += 1
+            enrollment.save(update_fields=["step_position", "next_run_at", "status", "finished_at"])
+            advanced += 1
+        if planned:
+            from channels.tasks import dispatch_due
+
+            # Wake the sender now rather than at its next tick; the tick stays the safety net.
+            transaction.on_commit(dispatch_due.delay)
+    return advanced, planned
+
+
+def enrollments_advance_all_due(*, max_batches: int = 50) -> int:
+    total = 0
+    for _ in range(max_batches):
+        advanced, _planned = enrollments_advance_due()
+        total += advanced
+        if advanced < ADVANCE_BATCH:
+            break
+    return total

@@ -1,0 +1,98 @@
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from contacts.models import Contact
+from contacts.services import event_record
+from segments.models import Segment, SegmentMembership
+from segments.rules import compile_rule, validate_rule
+from segments.signals import segment_entered, segment_exited
+
+# Above this many changed contacts, re-evaluation leaves the request and runs in a worker.
+INLINE_REFRESH_LIMIT = 200
+
+
+def segment_queryset(*, segment: Segment) -> QuerySet[Contact]:
+    """The contacts the segment's rule matches right now (one SQL query)."""
+    return Contact.objects.filter(compile_rule(segment.rule))
+
+
+def segment_create(*, name: str, rule: dict, description: str = "") -> Segment:
+    """Validate the rule, create the segment and materialise its members."""
+    validate_rule(rule)
+    segment = Segment.objects.create(name=name, rule=rule, description=description)
+    segment_refresh(segment=segment)
+    return segment
+
+
+def segment_update_rule(*, segment: Segment, rule: dict) -> Segment:
+    validate_rule(rule)
+    segment.rule = rule
+    segment.save(update_fields=["rule", "updated_at"])
+    segment_refresh(segment=segment)
+    return segment
+
+
+@transaction.atomic
+def _apply_diff(*, segment: Segment, entered: list[int], exited: list[int]) -> None:
+    now = timezone.now()
+    if exited:
+        SegmentMembership.objects.filter(segment=segment, contact_id__in=exited).delete()
+    if entered:
+        SegmentMembership.objects.bulk_create(
+            [SegmentMembership(segment=segment, contact_id=c, entered_at=now) for c in entered],
+            ignore_conflicts=True,
+        )
+    for name, ids in (("segment_entered", entered), ("segment_exited", exited)):
+        for contact in Contact.objects.filter(pk__in=ids).only("pk"):
+            event_record(
+                contact=contact,
+                name=name,
+                properties={"segment_id": segment.pk, "segment": segment.name},
+                occurred_at=now,
+            )
+    count = SegmentMembership.objects.filter(segment=segment).count()
+    Segment.objects.filter(pk=segment.pk).update(member_count=count, last_refreshed_at=now)
+    segment.member_count, segment.last_refreshed_at = count, now
+    # Inside the transaction: journeys enroll atomically with the membership change.
+    if entered:
+        segment_entered.send(sender=Segment, segment=segment, contact_ids=entered)
+    if exited:
+        segment_exited.send(sender=Segment, segment=segment, contact_ids=exited)
+
+
+def segment_refresh(*, segment: Segment) -> tuple[int, int]:
+    """Re-evaluate every contact; return (entered, exited) counts."""
+    matching = set(segment_queryset(segment=segment).values_list("pk", flat=True))
+    current = set(segment.memberships.values_list("contact_id", flat=True))
+    entered, exited = sorted(matching - current), sorted(current - matching)
+    _apply_diff(segment=segment, entered=entered, exited=exited)
+    return len(entered), len(exited)
+
+
+def segment_refresh_contacts(*, contact_ids: Iterable[int]) -> None:
+    """Re-evaluate only the given contacts against every active segment."""
+    ids = list(contact_ids)
+    if not ids:
+        return
+    for segment in Segment.objects.filter(is_archived=False):
+        matching = set(
+            segment_queryset(segment=segment).filter(pk__in=ids).values_list("pk", flat=True)
+        )
+        current = set(
+            segment.memberships.filter(contact_id__in=ids).values_list("contact_id", flat=True)
+        )
+        entered, exited = sorted(matching - current), sorted(current - matching)
+        if entered or exited:
+            _apply_diff(segment=segment, entered=entered, exited=exited)
+
+
+def segments_refresh_all() -> int:
+    """Full refresh of every active segment (catches time windows that aged out)."""
+    n = 0
+    for segment in Segment.objects.filter(is_archived=False):
+        segment_refresh(segment=segment)
+        n += 1
+    return n
