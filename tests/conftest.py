@@ -1,0 +1,36 @@
+import pytest
+from django.core.cache import cache
+
+from tests.factories import UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    # Throttle counters live in the cache, which may be a shared file or Redis.
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def operator(db):
+    return UserFactory(username="operator")
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _celery_eager(request):
+    """Run tasks inline in unit tests; e2e tests (marked `e2e`) use a real worker instead."""
+    from config.celery import app
+
+    eager = request.node.get_closest_marker("e2e") is None
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = eager
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager = previous
