@@ -1,4 +1,5 @@
 import datetime as dt
+from dataclasses import dataclass, field
 
 from django.db.models import Count, QuerySet
 from django.utils import timezone
@@ -24,3 +25,32 @@ def messages_sent_today() -> int:
 
 def delivery_list() -> QuerySet[Delivery]:
     return Delivery.objects.select_related("channel", "contact")
+
+
+@dataclass
+class ChannelOverview:
+    channel: Channel
+    # Deliveries due in the window, by status; the window keeps this count bounded.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def channel_overview(*, days: int = 7) -> list[ChannelOverview]:
+    """Every channel with its delivery counts by status over the last `days` days."""
+    since = timezone.now() - dt.timedelta(days=days)
+    rows = (
+        Delivery.objects.filter(send_at__gte=since)
+        .values("channel_id", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    counts: dict[int, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(row["channel_id"], {})[row["status"]] = row["n"]
+    return [
+        ChannelOverview(channel=channel, counts=counts.get(channel.pk, {}))
+        for channel in Channel.objects.order_by("name")
+    ]

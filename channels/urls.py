@@ -1,4 +1,14 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from channels import views
 
 app_name = "channels"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.channel_list, name="list"),
+    path("deliveries/", views.delivery_list, name="deliveries"),
+    path(
+        "contact/<int:contact_id>/deliveries/",
+        views.contact_deliveries,
+        name="contact_deliveries",
+    ),
+]

@@ -1,11 +1,11 @@
 import datetime as dt
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from contacts.models import Contact, Event, Identity, Tag
+from contacts.models import Contact, ContactTag, Event, Identity, Tag
 
 
 def contact_visible_to(*, user: AbstractBaseUser) -> QuerySet[Contact]:
@@ -76,3 +76,22 @@ def contact_stats() -> dict[str, int]:
 
 def tags_grouped() -> QuerySet[Tag]:
     return Tag.objects.select_related("group").all()
+
+
+def contact_list(*, user: AbstractBaseUser) -> QuerySet[Contact]:
+    """Contacts the user may see, with their tags prefetched for list rows."""
+    return contact_visible_to(user=user).prefetch_related(
+        Prefetch("contact_tags", queryset=ContactTag.objects.select_related("tag"))
+    )
+
+
+def contact_tags(*, contact: Contact) -> QuerySet[ContactTag]:
+    return (
+        ContactTag.objects.filter(contact=contact)
+        .select_related("tag__group")
+        .order_by("tag__group__position", "tag__group__name", "tag__name")
+    )
+
+
+def contact_identities(*, contact: Contact) -> QuerySet[Identity]:
+    return Identity.objects.filter(contact=contact).order_by("kind", "pk")

@@ -121,6 +121,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             exc.detail,
             status_code=status.HTTP_400_BAD_REQUEST,
         )
+    if isinstance(exc, exceptions.NotAuthenticated):
+        exc.detail = exceptions.ErrorDetail(
+            "An API key is required: send 'Authorization: Api-Key <key>'.",
+            code="not_authenticated",
+        )
     if isinstance(exc, exceptions.APIException):
         headers = {}
         if getattr(exc, "auth_header", None):

@@ -1,7 +1,7 @@
 from django.db.models import Count, Q, QuerySet
 
 from contacts.models import Contact
-from journeys.models import Enrollment, EnrollmentStatus, Journey
+from journeys.models import Enrollment, EnrollmentStatus, Journey, JourneyStep
 
 
 def journey_list() -> QuerySet[Journey]:
@@ -15,3 +15,12 @@ def journey_list() -> QuerySet[Journey]:
 
 def enrollments_for_contact(*, contact: Contact) -> QuerySet[Enrollment]:
     return Enrollment.objects.filter(contact=contact).select_related("journey")
+
+
+def journey_steps(*, journey: Journey) -> QuerySet[JourneyStep]:
+    return JourneyStep.objects.filter(journey=journey).select_related("channel").order_by("position")
+
+
+def journey_enrollments(*, journey: Journey) -> QuerySet[Enrollment]:
+    """A journey's enrollments with their contacts, for keyset pages (newest first)."""
+    return Enrollment.objects.filter(journey=journey).select_related("contact")

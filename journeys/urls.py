@@ -1,4 +1,16 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from journeys import views
 
 app_name = "journeys"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.journey_list, name="list"),
+    path("<int:pk>/", views.journey_detail, name="detail"),
+    path("<int:pk>/activate/", views.journey_activate, name="activate"),
+    path("<int:pk>/pause/", views.journey_pause, name="pause"),
+    path(
+        "contact/<int:contact_id>/enrollments/",
+        views.contact_enrollments,
+        name="contact_enrollments",
+    ),
+]

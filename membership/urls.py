@@ -1,4 +1,9 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from membership import views
 
 app_name = "membership"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.membership_index, name="index"),
+    path("contact/<int:contact_id>/card/", views.contact_card, name="contact_card"),
+]

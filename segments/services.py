@@ -35,6 +35,17 @@ def segment_update_rule(*, segment: Segment, rule: dict) -> Segment:
     return segment
 
 
+def segment_update(*, segment: Segment, name: str, description: str, rule: dict) -> Segment:
+    """Rename or re-describe a segment and, when its rule changed, re-evaluate its members."""
+    validate_rule(rule)
+    rule_changed = rule != segment.rule
+    segment.name, segment.description, segment.rule = name, description, rule
+    segment.save(update_fields=["name", "description", "rule", "updated_at"])
+    if rule_changed:
+        segment_refresh(segment=segment)
+    return segment
+
+
 @transaction.atomic
 def _apply_diff(*, segment: Segment, entered: list[int], exited: list[int]) -> None:
     now = timezone.now()

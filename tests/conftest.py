@@ -34,3 +34,12 @@ def _celery_eager(request):
     app.conf.task_eager_propagates = True
     yield
     app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def webhook_receiver():
+    from tests.fakes import WebhookReceiver
+
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()

@@ -1,0 +1,42 @@
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+
+from channels import selectors
+from channels.filters import DeliveryFilter
+from contacts.selectors import contact_visible_to
+from core.htmx import render_page
+from core.pagination import keyset_page
+
+PAGE_SIZE = 50
+OVERVIEW_DAYS = 7
+CONTACT_DELIVERIES_LIMIT = 20
+
+
+@login_required
+def channel_list(request: HttpRequest) -> HttpResponse:
+    context = {"rows": selectors.channel_overview(days=OVERVIEW_DAYS), "days": OVERVIEW_DAYS}
+    return render_page(request, "channels/channel_list.html", context)
+
+
+@login_required
+def delivery_list(request: HttpRequest) -> HttpResponse:
+    filters = DeliveryFilter(request.GET, queryset=selectors.delivery_list())
+    page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
+    return render_page(
+        request,
+        "channels/delivery_list.html",
+        {"filters": filters, "page": page},
+        fragment="delivery-table",
+    )
+
+
+@login_required
+def contact_deliveries(request: HttpRequest, contact_id: int) -> HttpResponse:
+    """The messages panel of the contact 360 page."""
+    contact = get_object_or_404(contact_visible_to(user=request.user), pk=contact_id)
+    deliveries = selectors.deliveries_for_contact(contact=contact, limit=CONTACT_DELIVERIES_LIMIT)
+    context = {"contact": contact, "deliveries": deliveries}
+    return render_page(
+        request, "channels/contact_deliveries.html", context, fragment="contact-deliveries"
+    )

@@ -1,0 +1,52 @@
+from typing import Any
+
+from django import template
+from django.utils.translation import gettext_lazy as _
+
+from contacts.models import Event
+
+register = template.Library()
+
+# Human labels for the event names the product itself records or documents for clients.
+EVENT_LABELS = {
+    "message_sent": _("Message sent"),
+    "message_failed": _("Message failed"),
+    "message_skipped": _("Message skipped"),
+    "message_clicked": _("Message clicked"),
+    "tag_added": _("Tag added"),
+    "tag_removed": _("Tag removed"),
+    "segment_entered": _("Entered segment"),
+    "segment_exited": _("Left segment"),
+    "journey_enrolled": _("Enrolled in journey"),
+    "journey_completed": _("Completed journey"),
+    "purchase": _("Purchase"),
+    "refund": _("Refund"),
+    "page_view": _("Page view"),
+    "signup": _("Sign-up"),
+    "login": _("Login"),
+    "add_to_cart": _("Added to cart"),
+    "subscribe": _("Followed"),
+    "unsubscribe": _("Unfollowed"),
+    "contact_merged": _("Profiles merged"),
+    "points_earned": _("Points earned"),
+    "tier_changed": _("Tier changed"),
+}
+
+# Property keys worth showing next to the label, in order of preference.
+DETAIL_KEYS = ("tag", "segment", "journey", "channel", "title", "product", "order_id", "url")
+
+
+@register.filter
+def event_label(name: str) -> str:
+    """The operator-facing label of an event name; unknown names are shown as they are."""
+    return str(EVENT_LABELS.get(name, name))
+
+
+@register.filter
+def event_detail(event: Event) -> str:
+    """A short summary of what the event was about, e.g. the tag or journey name."""
+    props: dict[str, Any] = event.properties if isinstance(event.properties, dict) else {}
+    parts = [str(props[key]) for key in DETAIL_KEYS if props.get(key) not in (None, "")]
+    if event.value is not None:
+        parts.append(f"¥{event.value}")
+    return " · ".join(parts[:3])

@@ -1,0 +1,36 @@
+from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
+
+from core.models import ApiKey
+from core.services import api_key_create
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "is_active", "throttle_rate", "created_at", "last_used_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created_at", "created_by", "last_used_at"]
+    actions = ["revoke"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, raw = api_key_create(
+            name=obj.name, created_by=request.user, throttle_rate=obj.throttle_rate
+        )
+        obj.pk = key.pk
+        obj.prefix = key.prefix
+        obj.hashed_key = key.hashed_key
+        obj.created_at = key.created_at
+        # Shown once: only the hash is stored, so the raw key cannot be displayed again.
+        self.message_user(
+            request,
+            _("API key created. Copy it now, it will not be shown again: %(key)s") % {"key": raw},
+            messages.WARNING,
+        )
+
+    @admin.action(description=_("Revoke selected keys"))
+    def revoke(self, request, queryset):
+        queryset.update(is_active=False)

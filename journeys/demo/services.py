@@ -1,0 +1,287 @@
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from channels.models import Channel, ChannelKind
+from channels.services import channel_create
+from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagGroup
+from core.periodic import periodic_tasks_sync
+from journeys.demo import catalog
+from journeys.demo.bulk import BulkWriter
+from journeys.demo.generator import (
+    CONTACT_FIELDS,
+    CONTACT_TAG_FIELDS,
+    EVENT_FIELDS,
+    IDENTITY_FIELDS,
+    MEMBER_FIELDS,
+    POINTS_FIELDS,
+    DemoGenerator,
+)
+from journeys.models import Journey, JourneyStatus, JourneyStep, StepKind
+from journeys.services import journey_activate
+from membership.models import Member, PointsEntry, Tier
+from membership.services import points_for_amount
+from segments.models import Segment
+from segments.services import segment_create
+
+DEFAULT_CONTACTS = 2000
+DEFAULT_EVENTS_PER_CONTACT = 20
+DEFAULT_SEED = 42
+# Contacts generated and written per round: at 20 events each that is ~130k rows, about 60 MB of
+# tuples in memory, and one COPY per table; bigger chunks were no faster on PostgreSQL.
+CHUNK_CONTACTS = 5000
+
+DEMO_USERNAME = "demo"
+DEMO_PASSWORD = "demo12345"
+CONSOLE_CHANNEL = "控制台（演示）"
+VIP_SEGMENT = "VIP 关怀"
+VIP_JOURNEY = "VIP 关怀旅程"
+WELCOME_JOURNEY = "新客欢迎旅程"
+NEW_CONTACTS_SEGMENT = "新客（近7天）"
+
+# (done contacts, total contacts, rows written so far)
+ProgressCallback = Callable[[int, int, int], None]
+
+
+@dataclass
+class DemoSeedResult:
+    bulk_skipped: bool
+    contacts: int = 0
+    events: int = 0
+    members: int = 0
+    rows: int = 0
+    bulk_seconds: float = 0.0
+    # (name, member count, created now)
+    segments: list[tuple[str, int, bool]] = field(default_factory=list)
+    journey: Journey | None = None
+    user_created: bool = False
+
+
+def demo_data_exists() -> bool:
+    """True when a previous run already loaded demo contacts (they carry the demo app id)."""
+    return Identity.objects.filter(
+        kind=IdentityKind.MINIPROGRAM_OPENID, app_id=catalog.DEMO_MINIPROGRAM_APP_ID
+    ).exists()
+
+
+def demo_seed(
+    *,
+    contacts: int = DEFAULT_CONTACTS,
+    events_per_contact: int = DEFAULT_EVENTS_PER_CONTACT,
+    seed: int = DEFAULT_SEED,
+    progress: ProgressCallback | None = None,
+    chunk_contacts: int = CHUNK_CONTACTS,
+) -> DemoSeedResult:
+    """Load the demo dataset; whatever already exists (by name, or the demo contacts) is kept.
+
+    Order matters: segments are materialised after the contacts exist and before the journey
+    goes live, so only contacts that enter the VIP segment from now on are enrolled.
+    """
+    with transaction.atomic():
+        tiers = _tiers_ensure()
+        tags = _tags_ensure()
+        channel = _console_channel_ensure()
+        user_created = _demo_user_ensure()
+    if demo_data_exists():
+        result = DemoSeedResult(bulk_skipped=True)
+    else:
+        result = _bulk_load(
+            contacts=contacts,
+            events_per_contact=events_per_contact,
+            seed=seed,
+            tiers=tiers,
+            tags=tags,
+            progress=progress,
+            chunk_contacts=chunk_contacts,
+        )
+    result.user_created = user_created
+    result.segments = _segments_ensure(tags)
+    segments = {s.name: s for s in Segment.objects.filter(name__in=[VIP_SEGMENT, NEW_CONTACTS_SEGMENT])}
+    result.journey = _vip_journey_ensure(segment=segments[VIP_SEGMENT], channel=channel)
+    _welcome_journey_ensure(segment=segments[NEW_CONTACTS_SEGMENT], channel=channel)
+    periodic_tasks_sync()
+    return result
+
+
+def _tiers_ensure() -> list[tuple[int, int]]:
+    # An installation with tiers of its own keeps them; the demo members then use those.
+    if not Tier.objects.exists():
+        Tier.objects.bulk_create(
+            Tier(name=name, code=code, rank=rank, min_growth=floor, color=color)
+            for name, code, rank, floor, color in catalog.TIERS
+        )
+    return list(Tier.objects.values_list("min_growth", "pk"))
+
+
+def _tags_ensure() -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for position, (group_name, tags) in enumerate(catalog.TAG_GROUPS, start=1):
+        group, _ = TagGroup.objects.get_or_create(
+            name=group_name, defaults={"position": position * 10}
+        )
+        for name, color in tags:
+            tag, _ = Tag.objects.get_or_create(group=group, name=name, defaults={"color": color})
+            ids[name] = tag.pk
+    return ids
+
+
+def _console_channel_ensure() -> Channel:
+    channel = Channel.objects.filter(name=CONSOLE_CHANNEL).first()
+    return channel or channel_create(name=CONSOLE_CHANNEL, kind=ChannelKind.CONSOLE, config={})
+
+
+def _demo_user_ensure() -> bool:
+    users = get_user_model().objects
+    if users.filter(username=DEMO_USERNAME).exists():
+        return False
+    users.create_superuser(username=DEMO_USERNAME, email="", password=DEMO_PASSWORD)
+    return True
+
+
+def _bulk_load(
+    *,
+    contacts: int,
+    events_per_contact: int,
+    seed: int,
+    tiers: list[tuple[int, int]],
+    tags: dict[str, int],
+    progress: ProgressCallback | None,
+    chunk_contacts: int,
+) -> DemoSeedResult:
+    started = time.monotonic()
+    writer = BulkWriter()
+    result = DemoSeedResult(bulk_skipped=False)
+    # One transaction: a run that fails half-way leaves nothing, so the next run starts clean.
+    with transaction.atomic():
+        next_ids = writer.prepare(Contact, Event, Member)
+        generator = DemoGenerator(
+            seed=seed,
+            now=timezone.now(),
+            events_per_contact=events_per_contact,
+            tag_ids=tags,
+            tiers=tiers,
+            points_for_amount=points_for_amount,
+            next_ids={
+                "contact": next_ids[Contact],
+                "event": next_ids[Event],
+                "member": next_ids[Member],
+            },
+        )
+        for start in range(0, contacts, chunk_contacts):
+            chunk = generator.chunk(start_index=start, count=min(chunk_contacts, contacts - start))
+            # Parents before children: foreign keys are checked at the end of each statement.
+            writer.write(Contact, CONTACT_FIELDS, chunk.contacts)
+            writer.write(Identity, IDENTITY_FIELDS, chunk.identities)
+            writer.write(Event, EVENT_FIELDS, chunk.events)
+            writer.write(ContactTag, CONTACT_TAG_FIELDS, chunk.contact_tags)
+            writer.write(Member, MEMBER_FIELDS, chunk.members)
+            writer.write(PointsEntry, POINTS_FIELDS, chunk.points)
+            result.contacts += len(chunk.contacts)
+            result.events += len(chunk.events)
+            result.members += len(chunk.members)
+            result.rows += chunk.rows
+            if progress:
+                progress(result.contacts, contacts, result.rows)
+        writer.finish(Contact, Event, Member)
+    result.bulk_seconds = time.monotonic() - started
+    return result
+
+
+def _segment_specs(tags: dict[str, int]) -> list[tuple[str, str, dict]]:
+    def has_tag(name: str) -> dict:
+        return {"type": "tag", "match": "any", "tags": [tags[name]]}
+
+    return [
+        (
+            "上海护肤兴趣客户",
+            "城市为上海且带「护肤」兴趣标签的客户。",
+            {
+                "op": "and",
+                "conditions": [
+                    {"type": "attribute", "field": "city", "operator": "eq", "value": "上海"},
+                    has_tag("护肤"),
+                ],
+            },
+        ),
+        ("高价值客户", "带「高价值」标签的客户。", {"op": "and", "conditions": [has_tag("高价值")]}),
+        (
+            NEW_CONTACTS_SEGMENT,
+            "最近 7 天新加入的客户。",
+            {
+                "op": "and",
+                "conditions": [
+                    {
+                        "type": "attribute",
+                        "field": "created_at",
+                        "operator": "within_days",
+                        "value": 7,
+                    }
+                ],
+            },
+        ),
+        (
+            VIP_SEGMENT,
+            f"「{VIP_JOURNEY}」的触发人群：被打上「高价值」标签的客户进入此分群。",
+            {"op": "and", "conditions": [has_tag("高价值")]},
+        ),
+    ]
+
+
+def _segments_ensure(tags: dict[str, int]) -> list[tuple[str, int, bool]]:
+    summary = []
+    for name, description, rule in _segment_specs(tags):
+        segment = Segment.objects.filter(name=name).first()
+        created = segment is None
+        if created:
+            segment = segment_create(name=name, rule=rule, description=description)
+        summary.append((name, segment.member_count, created))
+    return summary
+
+
+@transaction.atomic
+def _vip_journey_ensure(*, segment: Segment, channel: Channel) -> Journey:
+    journey = Journey.objects.filter(name=VIP_JOURNEY).first()
+    if journey:
+        return journey
+    journey = Journey.objects.create(
+        name=VIP_JOURNEY,
+        description="客户被打上「高价值」标签后，等待 1 分钟，通过控制台渠道发送专属关怀消息。",
+        trigger_segment=segment,
+    )
+    JourneyStep.objects.create(journey=journey, position=0, kind=StepKind.WAIT, wait_seconds=60)
+    JourneyStep.objects.create(
+        journey=journey,
+        position=1,
+        kind=StepKind.SEND,
+        channel=channel,
+        title="专属关怀",
+        body="亲爱的会员，感谢您的支持，本周到店可领取专属礼遇。",
+    )
+    return journey_activate(journey=journey)
+
+
+@transaction.atomic
+def _welcome_journey_ensure(*, segment: Segment, channel: Channel) -> Journey:
+    # Left as a draft: it shows the editor a second journey without messaging every new contact.
+    journey, created = Journey.objects.get_or_create(
+        name=WELCOME_JOURNEY,
+        defaults={
+            "description": "新客进入「新客（近7天）」后立即发送欢迎消息（草稿，未上线）。",
+            "trigger_segment": segment,
+            "status": JourneyStatus.DRAFT,
+        },
+    )
+    if created:
+        JourneyStep.objects.create(
+            journey=journey,
+            position=0,
+            kind=StepKind.SEND,
+            channel=channel,
+            title="欢迎加入",
+            body="欢迎成为我们的会员！新人礼包已放入您的账户，进入小程序「会员中心」即可领取。",
+        )
+    return journey

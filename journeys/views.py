@@ -1,0 +1,92 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from contacts.selectors import contact_visible_to
+from core.errors import ValidationFailed
+from core.htmx import render_page
+from core.pagination import keyset_page
+from journeys import selectors, services
+from journeys.models import Journey
+
+PAGE_SIZE = 50
+ENROLLMENTS_PAGE_SIZE = 25
+CONTACT_ENROLLMENTS_LIMIT = 20
+
+
+def _get_journey(pk: int) -> Journey:
+    return get_object_or_404(selectors.journey_list(), pk=pk)
+
+
+def _activation_error(exc: ValidationFailed) -> str:
+    if exc.code == "no_steps":
+        return _("A journey needs at least one step before it can go live.")
+    if exc.code == "bad_channel":
+        return _("A send step uses a missing or inactive channel (%(detail)s).") % {
+            "detail": exc.message
+        }
+    return exc.message
+
+
+@login_required
+def journey_list(request: HttpRequest) -> HttpResponse:
+    page = keyset_page(selectors.journey_list(), after=request.GET.get("after"), size=PAGE_SIZE)
+    return render_page(
+        request, "journeys/journey_list.html", {"page": page}, fragment="journey-table"
+    )
+
+
+@login_required
+def journey_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    journey = _get_journey(pk)
+    enrollments = keyset_page(
+        selectors.journey_enrollments(journey=journey),
+        after=request.GET.get("after"),
+        size=ENROLLMENTS_PAGE_SIZE,
+    )
+    context = {
+        "journey": journey,
+        "steps": list(selectors.journey_steps(journey=journey)),
+        "page": enrollments,
+    }
+    return render_page(
+        request, "journeys/journey_detail.html", context, fragment="journey-enrollments"
+    )
+
+
+@login_required
+@require_POST
+def journey_activate(request: HttpRequest, pk: int) -> HttpResponse:
+    journey = _get_journey(pk)
+    try:
+        services.journey_activate(journey=journey)
+    except ValidationFailed as exc:
+        messages.error(request, _activation_error(exc))
+    else:
+        messages.success(request, _("Journey “%(name)s” is live.") % {"name": journey.name})
+    return redirect("journeys:detail", pk=journey.pk)
+
+
+@login_required
+@require_POST
+def journey_pause(request: HttpRequest, pk: int) -> HttpResponse:
+    journey = _get_journey(pk)
+    services.journey_pause(journey=journey)
+    messages.success(request, _("Journey “%(name)s” is paused.") % {"name": journey.name})
+    return redirect("journeys:detail", pk=journey.pk)
+
+
+@login_required
+def contact_enrollments(request: HttpRequest, contact_id: int) -> HttpResponse:
+    """The journeys panel of the contact 360 page."""
+    contact = get_object_or_404(contact_visible_to(user=request.user), pk=contact_id)
+    enrollments = selectors.enrollments_for_contact(contact=contact).order_by("-pk")[
+        :CONTACT_ENROLLMENTS_LIMIT
+    ]
+    context = {"contact": contact, "enrollments": list(enrollments)}
+    return render_page(
+        request, "journeys/contact_enrollments.html", context, fragment="contact-enrollments"
+    )

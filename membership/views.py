@@ -1,0 +1,35 @@
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+
+from contacts.selectors import contact_visible_to
+from core.htmx import render_page
+from core.pagination import keyset_page
+from membership import selectors
+from membership.filters import MemberFilter
+
+PAGE_SIZE = 50
+POINTS_HISTORY_SIZE = 10
+
+
+@login_required
+def membership_index(request: HttpRequest) -> HttpResponse:
+    """Tiers with their member counts, and the member list (filterable by tier)."""
+    filters = MemberFilter(request.GET, queryset=selectors.member_list())
+    page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
+    context = {
+        "tiers": list(selectors.tiers_with_member_counts()),
+        "filters": filters,
+        "page": page,
+    }
+    return render_page(request, "membership/index.html", context, fragment="member-table")
+
+
+@login_required
+def contact_card(request: HttpRequest, contact_id: int) -> HttpResponse:
+    """The membership panel of the contact 360 page."""
+    contact = get_object_or_404(contact_visible_to(user=request.user), pk=contact_id)
+    member = selectors.member_for_contact(contact=contact)
+    history = selectors.points_history(member=member, limit=POINTS_HISTORY_SIZE) if member else []
+    context = {"contact": contact, "member": member, "history": history}
+    return render_page(request, "membership/contact_card.html", context, fragment="member-card")
