@@ -32,3 +32,10 @@ class EnrollmentAdmin(admin.ModelAdmin):
     search_fields = ["contact__name", "contact__phone"]
     raw_id_fields = ["contact"]
     show_full_result_count = False
+
+
+@admin.register(JourneyStep)
+class JourneyStepAdmin(admin.ModelAdmin):
+    list_display = ["journey", "position", "kind", "wait_seconds", "channel", "title"]
+    list_filter = ["kind", "journey"]
+    search_fields = ["title", "body", "journey__name"]

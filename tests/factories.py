@@ -18,7 +18,7 @@ class UserFactory(factory.django.DjangoModelFactory):
         django_get_or_create = ("username",)
 
     username = factory.Sequence(lambda n: f"operator{n}")
-    password = factory.PostGenerationMethodCall("set_password", "pass-1234-word")
+    password = factory.django.Password("pass-1234-word")
     is_staff = True
     is_superuser = True
 

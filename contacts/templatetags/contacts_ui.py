@@ -33,7 +33,16 @@ EVENT_LABELS = {
 }
 
 # Property keys worth showing next to the label, in order of preference.
-DETAIL_KEYS = ("tag", "segment", "journey", "channel", "title", "product", "order_id", "url")
+DETAIL_KEYS = (
+    "title",
+    "tag",
+    "segment",
+    "journey",
+    "channel",
+    "error_code",
+    "product",
+    "order_id",
+)
 
 
 @register.filter

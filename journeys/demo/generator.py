@@ -7,12 +7,12 @@ and its profile (lifecycle stage, tags, tier, points) is derived from that behav
 numbers agree with each other the way they would in a real system.
 """
 
+import base64
 import bisect
 import datetime as dt
 import json
 import math
 import random
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,10 +31,11 @@ BEIJING_OFFSET = 8 * 3600
 # (a prime) is coprime with the modulus; B comes from the seed.
 PHONE_SPACE = len(catalog.MOBILE_PREFIXES) * 10**8
 PHONE_MULTIPLIER = 2_654_435_761
-TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_"
-WECOM_ALPHABET = string.ascii_lowercase + string.digits
 EMAIL_WORDS = ["lily", "amy", "sunny", "coco", "momo", "kevin", "jason", "tina", "grace", "leo"]
 HIGH_VALUE_SPEND = Decimal("1500")
+# Events reach the server a few seconds after they happen; never after "now" (events stop 30 s
+# before it).
+RECEIVE_DELAYS = [dt.timedelta(seconds=n) for n in range(6)]
 
 # name, relative weight of event names per engagement class (browsers never buy).
 EVENT_NAMES = [
@@ -184,8 +185,10 @@ class DemoGenerator:
     def _pick(self, items, cum):
         return items[bisect.bisect(cum, self.rng.random() * cum[-1])]
 
-    def _token(self, prefix: str, length: int, alphabet: str = TOKEN_ALPHABET) -> str:
-        return prefix + "".join(self.rng.choices(alphabet, k=length))
+    def _openid(self, prefix: str) -> str:
+        """28 characters like a real openid: an app-specific prefix, then url-safe base64."""
+        raw = self.rng.getrandbits(144).to_bytes(18, "big")
+        return prefix + base64.urlsafe_b64encode(raw).decode()[: 28 - len(prefix)]
 
     def _at_busy_hour(self, ts: float, low: float, high: float) -> float:
         """Move a timestamp to a plausible Beijing hour of the same day, if that stays in range."""
@@ -248,7 +251,7 @@ class DemoGenerator:
         if rng.random() < 0.55:
             attributes["skin_type"] = rng.choice(("干性", "油性", "混合性", "敏感性", "中性"))
         if style == "store" or rng.random() < 0.1:
-            attributes["preferred_store"] = f"{city}{rng.choice(districts).title()}店"
+            attributes["preferred_store"] = f"{city}{rng.choice(districts)[1]}店"
         created_at = self._when(created_ts)
         last_seen_at = self._when(last_seen_ts)
         out.contacts.append(
@@ -295,10 +298,12 @@ class DemoGenerator:
         age = min(60.0, max(18.0, self.rng.gauss(31, 8)))
         return self.now.date() - dt.timedelta(days=int(age * 365.25))
 
-    def _channel_code(self, style: str, city_code: str, districts: tuple[str, ...]) -> str:
+    def _channel_code(
+        self, style: str, city_code: str, districts: tuple[tuple[str, str], ...]
+    ) -> str:
         rng = self.rng
         if style == "store":
-            return f"QR-{city_code}-{rng.choice(districts)}-{rng.randint(1, 2):02d}"
+            return f"QR-{city_code}-{rng.choice(districts)[0]}-{rng.randint(1, 2):02d}"
         if style == "wecom":
             return f"WECOM-{city_code}-STAFF-{rng.randint(1, 40):03d}"
         if style == "event":
@@ -357,10 +362,19 @@ class DemoGenerator:
         if age_days > 30 and rng.random() < 0.3:
             # Went quiet: activity stops somewhere in the first part of their history.
             end_ts = created_ts + (end_ts - created_ts) * rng.uniform(0.1, 0.6)
-        times = [created_ts]
+        # The hot loop of the whole command: locals instead of attribute look-ups on purpose.
+        rand = rng.random
+        hour_cum, bisect_right = self.hour_cum, bisect.bisect_right
+        hour_total = hour_cum[-1]
+        span = end_ts - created_ts
+        times = [int(created_ts)]
         for _ in range(count - 1):
-            ts = rng.uniform(created_ts, end_ts)
-            times.append(self._at_busy_hour(ts, created_ts, end_ts))
+            ts = created_ts + rand() * span
+            # Same local day, at a plausible hour, when that stays inside the window.
+            hour = bisect_right(hour_cum, rand() * hour_total)
+            moved = ((ts + BEIJING_OFFSET) // DAY) * DAY + hour * 3600 + rand() * 3600
+            moved -= BEIJING_OFFSET
+            times.append(int(moved if created_ts <= moved <= end_ts else ts))
         times.sort()
 
         cum = self.event_cum[klass]
@@ -374,32 +388,34 @@ class DemoGenerator:
         origin = SOURCE_EVENT_ORIGIN[style]
         behaviour = Behaviour(last_ts=times[-1])
         events = out.events
+        page_json, view_json, cart_json = self.page_json, self.view_json, self.cart_json
+        from_ts, utc, delays = dt.datetime.fromtimestamp, dt.UTC, RECEIVE_DELAYS
+        event_pk = self.next_event_id
+        self.next_event_id += count
         for name, ts in zip(names, times, strict=True):
-            event_pk = self.next_event_id
-            self.next_event_id += 1
             value = None
             source = "miniprogram"
             if name == "page_view":
-                properties = self.page_json[int(rng.random() * len(self.page_json))]
-                if style == "oa" and rng.random() < 0.5:
+                properties = page_json[int(rand() * len(page_json))]
+                if style == "oa" and rand() < 0.5:
                     source = "wechat_oa"
             elif name in ("view_product", "add_to_cart", "share"):
                 product = self._product(favourites)
                 if name == "view_product":
-                    properties = self.view_json[product]
+                    properties = view_json[product]
                     behaviour.views += 1
                 elif name == "add_to_cart":
-                    properties = self.cart_json[product]
+                    properties = cart_json[product]
                     behaviour.carts += 1
                 else:
-                    properties = self.share_json[product][int(rng.random() * 3)]
+                    properties = self.share_json[product][int(rand() * 3)]
                     behaviour.shares += 1
             elif name == "purchase":
                 product = self._product(favourites, premium=klass == "vip")
                 properties, value = self._purchase(event_pk, ts, product, klass, behaviour)
-                source = origin if origin in ("pos", "tmall") and rng.random() < 0.6 else source
+                source = origin if origin in ("pos", "tmall") and rand() < 0.6 else source
             elif name == "sign_in":
-                properties = self.signin_json[int(rng.random() * 7)]
+                properties = self.signin_json[int(rand() * 7)]
                 behaviour.sign_ins += 1
             elif name == "qr_scanned":
                 code = channel_code if channel_code.startswith(("QR-", "WECOM-")) else "QR-POSTER"
@@ -407,9 +423,8 @@ class DemoGenerator:
                 source = "wecom" if code.startswith("WECOM-") else "wechat_oa"
                 behaviour.scans += 1
             else:
-                properties = self.form_json[int(rng.random() * len(self.form_json))]
-            occurred_at = self._when(ts)
-            received_at = self._when(min(ts + rng.random() * 5, self.now_ts))
+                properties = self.form_json[int(rand() * len(self.form_json))]
+            occurred_at = from_ts(ts, utc)
             events.append(
                 (
                     event_pk,
@@ -417,17 +432,18 @@ class DemoGenerator:
                     contact_id,
                     name,
                     occurred_at,
-                    received_at,
+                    occurred_at + delays[int(rand() * 6)],
                     properties,
                     value,
                     source,
                 )
             )
+            event_pk += 1
         return behaviour
 
     def _product(self, favourites: list[int], *, premium: bool = False) -> int:
         rng = self.rng
-        if premium and rng.random() < 0.3:
+        if premium and rng.random() < 0.12:
             return rng.choice(self.premium_products)
         if favourites and rng.random() < 0.75:
             return favourites[int(rng.random() * len(favourites))]
@@ -438,7 +454,7 @@ class DemoGenerator:
     ) -> tuple[str, Decimal]:
         rng = self.rng
         sku, _, _, price, name_json = self.products[product]
-        quantity = rng.choices((1, 2, 3), (0.6, 0.3, 0.1) if klass == "vip" else (0.85, 0.12, 0.03))[
+        quantity = rng.choices((1, 2, 3), (0.7, 0.24, 0.06) if klass == "vip" else (0.85, 0.12, 0.03))[
             0
         ]
         amount = price * quantity
@@ -466,7 +482,7 @@ class DemoGenerator:
         bought = len(b.purchases)
         if not bought:
             if idle_days > 45:
-                return LifecycleStage.DORMANT
+                return LifecycleStage.CHURNED if idle_days > 70 else LifecycleStage.DORMANT
             return LifecycleStage.INTERESTED if (b.views or b.carts) else LifecycleStage.NEW
         if idle_days > 60:
             return LifecycleStage.CHURNED
@@ -493,7 +509,7 @@ class DemoGenerator:
         has_mp = style == "mp" or index == 0 or rng.random() < 0.62
         if rng.random() < 0.85:
             rows.append(
-                (contact_id, IdentityKind.WECHAT_UNIONID, "", self._token("oTmHY", 23), created_at)
+                (contact_id, IdentityKind.WECHAT_UNIONID, "", self._openid("oTmHY"), created_at)
             )
         if has_mp:
             rows.append(
@@ -501,7 +517,7 @@ class DemoGenerator:
                     contact_id,
                     IdentityKind.MINIPROGRAM_OPENID,
                     catalog.DEMO_MINIPROGRAM_APP_ID,
-                    self._token("oXa3Z", 23),
+                    self._openid("oXa3Z"),
                     created_at,
                 )
             )
@@ -511,7 +527,7 @@ class DemoGenerator:
                     contact_id,
                     IdentityKind.WECHAT_OPENID,
                     catalog.DEMO_OFFICIAL_ACCOUNT_APP_ID,
-                    self._token("o9Jk2", 23),
+                    self._openid("o9Jk2"),
                     created_at,
                 )
             )
@@ -521,7 +537,7 @@ class DemoGenerator:
                     contact_id,
                     IdentityKind.WECOM_EXTERNAL_USERID,
                     catalog.DEMO_WECOM_CORP_ID,
-                    self._token("wm", 30, WECOM_ALPHABET),
+                    f"wm{self.rng.getrandbits(120):030x}",
                     created_at,
                 )
             )

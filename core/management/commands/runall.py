@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import subprocess
@@ -165,7 +166,6 @@ class Command(BaseCommand):
 
     @staticmethod
     def signal_group(child: Child, signum: int) -> None:
-        try:
+        # The group is gone once every process in it has exited.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass

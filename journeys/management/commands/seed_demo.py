@@ -43,6 +43,9 @@ class ProgressBar:
 
     def update(self, done: int, total: int, rows: int) -> None:
         now = time.monotonic()
+        if done == 0:
+            self.started = now  # the clock starts with the load, not with the command
+            return
         tenth = done * 10 // total
         if self.tty and now - self.last_draw < REDRAW_SECONDS and done < total:
             return

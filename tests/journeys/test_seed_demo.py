@@ -1,0 +1,183 @@
+import datetime as dt
+import re
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from channels.models import Channel, Delivery
+from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagGroup
+from contacts.services import contact_tag_add
+from journeys.demo import catalog
+from journeys.models import Enrollment, Journey, JourneyStatus, StepKind
+from journeys.services import enrollments_advance_due
+from membership.models import Member, PointsEntry, Tier
+from membership.services import points_for_amount
+from segments.models import Segment
+
+pytestmark = pytest.mark.django_db
+
+CHINESE_NAME = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
+CN_MOBILE_E164 = re.compile(r"^\+861[3-9]\d{9}$")
+
+
+def seed(contacts: int = 50, **options) -> str:
+    out = StringIO()
+    call_command("seed_demo", contacts=contacts, stdout=out, stderr=StringIO(), **options)
+    return out.getvalue()
+
+
+@pytest.fixture
+def seeded():
+    return seed()
+
+
+def test_contacts_look_like_chinese_customers(seeded):
+    contacts = list(Contact.objects.all())
+    assert len(contacts) == 50
+    named = [c for c in contacts if c.name]
+    assert len(named) > 30
+    assert all(CHINESE_NAME.match(c.name) for c in named)
+    phones = [c.phone for c in contacts if c.phone]
+    assert len(phones) > 30
+    assert all(CN_MOBILE_E164.match(p) for p in phones)
+    assert len(set(phones)) == len(phones)
+    cities = {(c.province, c.city) for c in contacts}
+    assert {city for _, city in cities} <= {row[1] for row in catalog.CITIES}
+    assert {c.source for c in contacts} <= {row[0] for row in catalog.SOURCES}
+    assert len({c.lifecycle_stage for c in contacts}) >= 3
+    assert all(c.last_seen_at >= c.created_at for c in contacts)
+
+
+def test_every_phone_and_wechat_identity_is_recorded(seeded):
+    for contact in Contact.objects.exclude(phone=""):
+        assert Identity.objects.filter(
+            contact=contact, kind=IdentityKind.PHONE, value=contact.phone
+        ).exists()
+    kinds = dict(Identity.objects.values_list("kind").annotate(n=Count("id")))
+    assert kinds[IdentityKind.WECHAT_UNIONID] > 25
+    assert kinds[IdentityKind.MINIPROGRAM_OPENID] > 15
+    assert (
+        not Identity.objects.filter(kind=IdentityKind.MINIPROGRAM_OPENID)
+        .exclude(app_id=catalog.DEMO_MINIPROGRAM_APP_ID)
+        .exists()
+    )
+    assert (
+        not Identity.objects.filter(kind=IdentityKind.WECHAT_OPENID)
+        .exclude(app_id=catalog.DEMO_OFFICIAL_ACCOUNT_APP_ID)
+        .exists()
+    )
+
+
+def test_events_span_ninety_days_and_purchases_carry_their_amount(seeded):
+    now = timezone.now()
+    demo_events = Event.objects.filter(event_id__startswith="demo-")
+    assert demo_events.count() > 50 * 10
+    assert not demo_events.filter(occurred_at__lt=now - dt.timedelta(days=90)).exists()
+    assert not demo_events.filter(occurred_at__gt=now).exists()
+    purchases = demo_events.filter(name="purchase")
+    assert 0 < purchases.count() < demo_events.count() / 4
+    for event in purchases:
+        assert event.value is not None and event.value > 0
+        assert Decimal(str(event.properties["amount"])) == event.value
+        assert event.properties["order_id"] and event.properties["product"]
+    assert not demo_events.exclude(name="purchase").filter(value__isnull=False).exists()
+    for contact in Contact.objects.all():
+        first = Event.objects.filter(contact=contact).order_by("occurred_at").first()
+        assert first.occurred_at >= contact.created_at
+
+
+def test_points_ledgers_add_up_and_tiers_follow_growth(seeded):
+    tiers = list(Tier.objects.order_by("-min_growth"))
+    assert [t.name for t in reversed(tiers)] == ["普通会员", "银卡会员", "金卡会员", "黑金会员"]
+    members = Member.objects.all()
+    assert members.count() > 5
+    for member in members:
+        entries = list(member.points_entries.order_by("created_at", "pk"))
+        assert member.points_balance == sum(e.delta for e in entries)
+        running = 0
+        for entry in entries:
+            running += entry.delta
+            assert entry.balance_after == running >= 0
+        earned = [e for e in entries if e.reason == PointsEntry.Reason.PURCHASE]
+        assert member.growth_value == sum(e.delta for e in earned)
+        for entry in earned:
+            assert entry.source_event.contact_id == member.contact_id
+            assert entry.delta == points_for_amount(entry.source_event.value)
+            assert entry.idempotency_key == f"event:{entry.source_event.event_id}"
+        expected = next(t for t in tiers if t.min_growth <= member.growth_value)
+        assert member.tier == expected
+    buyers = Event.objects.filter(name="purchase").values("contact").distinct().count()
+    assert Member.objects.filter(growth_value__gt=0).count() == buyers
+
+
+def test_tags_segments_journey_and_login_are_ready(seeded):
+    assert set(TagGroup.objects.values_list("name", flat=True)) >= {"兴趣", "价值", "渠道"}
+    assert ContactTag.objects.count() > 50
+    high_value = Tag.objects.get(name="高价值")
+    for name in ("高价值客户", "VIP 关怀"):
+        segment = Segment.objects.get(name=name)
+        tagged = ContactTag.objects.filter(tag=high_value).count()
+        assert segment.member_count == segment.memberships.count() == tagged
+    assert Segment.objects.get(name="新客（近7天）").member_count > 0
+    shanghai = Segment.objects.get(name="上海护肤兴趣客户")
+    assert all(
+        c.city == "上海" for c in Contact.objects.filter(segment_memberships__segment=shanghai)
+    )
+
+    journey = Journey.objects.get(name="VIP 关怀旅程")
+    assert journey.status == JourneyStatus.LIVE
+    assert journey.trigger_segment.name == "VIP 关怀"
+    wait, send = journey.steps.order_by("position")
+    assert (wait.kind, wait.wait_seconds) == (StepKind.WAIT, 60)
+    assert (send.kind, send.title) == (StepKind.SEND, "专属关怀")
+    assert send.channel == Channel.objects.get(name="控制台（演示）")
+    # Contacts already in the segment when the journey went live are not messaged.
+    assert not Enrollment.objects.exists()
+
+    user = get_user_model().objects.get(username="demo")
+    assert user.is_superuser and user.check_password("demo12345")
+    assert "demo / demo12345" in seeded
+
+
+def test_tagging_a_contact_high_value_sends_the_vip_message_after_a_minute(
+    seeded, django_capture_on_commit_callbacks
+):
+    contact = Contact.objects.exclude(contact_tags__tag__name="高价值").first()
+    with django_capture_on_commit_callbacks(execute=True):
+        contact_tag_add(contact=contact, tag=Tag.objects.get(name="高价值"))
+    enrollment = Enrollment.objects.get(contact=contact, journey__name="VIP 关怀旅程")
+
+    enrollments_advance_due()  # runs the wait step
+    assert not Delivery.objects.filter(contact=contact).exists()
+    Enrollment.objects.filter(pk=enrollment.pk).update(next_run_at=timezone.now())
+    enrollments_advance_due()
+    delivery = Delivery.objects.get(contact=contact)
+    assert delivery.payload["title"] == "专属关怀"
+
+
+def test_running_twice_duplicates_nothing(seeded):
+    counts = {
+        model: model.objects.count()
+        for model in (Contact, Identity, Event, ContactTag, Member, PointsEntry, Tier, Tag)
+    }
+    counts.update({Segment: Segment.objects.count(), Journey: Journey.objects.count()})
+    output = seed()
+    assert "already loaded" in output
+    for model, count in counts.items():
+        assert model.objects.count() == count, model.__name__
+    assert get_user_model().objects.filter(username="demo").count() == 1
+
+
+def test_same_seed_gives_same_data():
+    seed(contacts=20, seed=7)
+    first = list(Contact.objects.order_by("pk").values_list("name", "phone", "city"))
+    revenue = Event.objects.filter(name="purchase").aggregate(s=Sum("value"))["s"]
+    Contact.objects.all().delete()
+    seed(contacts=20, seed=7)
+    assert list(Contact.objects.order_by("pk").values_list("name", "phone", "city")) == first
+    assert Event.objects.filter(name="purchase").aggregate(s=Sum("value"))["s"] == revenue
