@@ -1,5 +1,6 @@
 """Settings for the SCRM, driven by environment variables (see .env.example)."""
 
+import os
 import secrets
 from pathlib import Path
 
@@ -109,8 +110,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "transaction_mode": "IMMEDIATE",
         }
     )
-    # Test processes (worker, beat) must see the test database, so keep it in a file.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    # Processes started by end-to-end tests (worker, beat) must see the test database, so it is
+    # a file, not :memory:; per test run, so that two runs side by side do not collide.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

@@ -41,10 +41,20 @@ def contact_get_by_identity(*, kind: str, value: str, app_id: str = "") -> Conta
 def contact_timeline(
     *, contact: Contact, before: int | None = None, limit: int = 50
 ) -> list[Event]:
-    """The newest events of a contact, keyset-paged by event id."""
+    """A contact's events, newest first; `before` is the id of the last event already shown.
+
+    The cursor is (occurred_at, id), the same as the sort, so events recorded out of order
+    (imported history, late mobile batches) are neither skipped nor repeated.
+    """
     qs = Event.objects.filter(contact=contact)
     if before:
-        qs = qs.filter(pk__lt=before)
+        cursor = qs.filter(pk=before).values("occurred_at", "pk").first()
+        if cursor is None:
+            return []
+        qs = qs.filter(
+            Q(occurred_at__lt=cursor["occurred_at"])
+            | Q(occurred_at=cursor["occurred_at"], pk__lt=cursor["pk"])
+        )
     return list(qs.order_by("-occurred_at", "-pk")[:limit])
 
 

@@ -18,7 +18,9 @@ def enrollments_for_contact(*, contact: Contact) -> QuerySet[Enrollment]:
 
 
 def journey_steps(*, journey: Journey) -> QuerySet[JourneyStep]:
-    return JourneyStep.objects.filter(journey=journey).select_related("channel").order_by("position")
+    return (
+        JourneyStep.objects.filter(journey=journey).select_related("channel").order_by("position")
+    )
 
 
 def journey_enrollments(*, journey: Journey) -> QuerySet[Enrollment]:

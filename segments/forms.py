@@ -7,8 +7,14 @@ from django.utils.translation import gettext_lazy as _
 from contacts.selectors import tags_grouped
 from core.errors import ValidationFailed
 from segments.models import Segment
-from segments.rule_labels import FIELD_LABELS, GROUP_LABELS, OPERATOR_LABELS, TAG_MATCH_LABELS
-from segments.rules import DATE_FIELDS
+from segments.rule_labels import (
+    CHOICE_VALUE_LABELS,
+    FIELD_LABELS,
+    GROUP_LABELS,
+    OPERATOR_LABELS,
+    TAG_MATCH_LABELS,
+)
+from segments.rules import DATE_FIELDS, DATE_OPERATORS
 from segments.selectors import segment_name_taken
 
 # The simple editor offers this many attribute rows; richer rules need the builder (or the API).
@@ -41,9 +47,7 @@ class SegmentForm(forms.Form):
         widget=forms.CheckboxSelectMultiple,
     )
 
-    def __init__(
-        self, *args, segment: Segment | None = None, rule_editable: bool = True, **kwargs
-    ):
+    def __init__(self, *args, segment: Segment | None = None, rule_editable: bool = True, **kwargs):
         self.segment = segment
         self.rule_editable = rule_editable
         super().__init__(*args, **kwargs)
@@ -55,8 +59,8 @@ class SegmentForm(forms.Form):
             return
         # The queryset is evaluated per form so that new tags show up without a restart.
         self.fields["tags"].queryset = tags_grouped()
-        field_choices = [("", "—"), *FIELD_LABELS.items()]
-        operator_choices = [("", "—"), *OPERATOR_LABELS.items()]
+        field_choices = [("", _("Field…")), *FIELD_LABELS.items()]
+        operator_choices = [("", _("Operator…")), *OPERATOR_LABELS.items()]
         for i in range(CONDITION_ROWS):
             self.fields[f"c{i}_field"] = forms.ChoiceField(
                 label=_("Field"), choices=field_choices, required=False
@@ -123,9 +127,34 @@ class SegmentForm(forms.Form):
                 self.add_error("tags", message)
                 return
             if attr in ("field", "operator", "value"):
-                self.add_error(f"c{row}_{attr}", message)
+                self.add_error(f"c{row}_{attr}", self._row_message(row, attr, message))
                 return
         self.add_error(None, _("The rule is invalid: %(error)s") % {"error": exc.message})
+
+    def _row_message(self, row: int, attr: str, fallback: str) -> str:
+        """Say what the operator should enter, in their language, rather than the engine's words."""
+        field = self.cleaned_data.get(f"c{row}_field", "")
+        operator = self.cleaned_data.get(f"c{row}_operator", "")
+        if attr == "field":
+            return _("Choose a field.")
+        if attr == "operator":
+            if field in DATE_FIELDS:
+                return _("Dates take “within the last N days” or “more than N days ago”.")
+            if operator in DATE_OPERATORS:
+                return _("“%(operator)s” only applies to date fields.") % {
+                    "operator": OPERATOR_LABELS[operator]
+                }
+            return _("Choose an operator.")
+        if field in DATE_FIELDS:
+            return _("Enter a whole number of days.")
+        if field in CHOICE_VALUE_LABELS:
+            choices = "、".join(
+                f"{value}（{label}）" for value, label in CHOICE_VALUE_LABELS[field].items()
+            )
+            return _("Enter one of: %(choices)s") % {"choices": choices}
+        if operator == "in":
+            return _("Enter one or more values, separated by commas.")
+        return _("Enter a value.") if fallback.startswith("must be") else fallback
 
     @classmethod
     def initial_from_rule(cls, rule: Any) -> dict[str, Any] | None:

@@ -94,9 +94,7 @@ def _describe(node: dict, depth: int, tags: dict[int, str], out: list[RuleLine])
 
 def segment_rule_describe(*, rule: Any) -> list[RuleLine]:
     """The rule as indented, human-readable lines (tag ids resolved to names)."""
-    tags = {
-        t.pk: str(t) for t in Tag.objects.select_related("group").filter(pk__in=_tag_ids(rule))
-    }
+    tags = {t.pk: str(t) for t in Tag.objects.select_related("group").filter(pk__in=_tag_ids(rule))}
     out: list[RuleLine] = []
     try:
         _describe(rule, 0, tags, out)

@@ -3,7 +3,7 @@ from typing import Any
 from django import template
 from django.utils.translation import gettext_lazy as _
 
-from contacts.models import Event
+from contacts.models import Contact, Event, Identity, IdentityKind
 
 register = template.Library()
 
@@ -22,6 +22,11 @@ EVENT_LABELS = {
     "purchase": _("Purchase"),
     "refund": _("Refund"),
     "page_view": _("Page view"),
+    "view_product": _("Viewed product"),
+    "share": _("Shared"),
+    "sign_in": _("Daily check-in"),
+    "qr_scanned": _("Scanned QR code"),
+    "form_submitted": _("Submitted form"),
     "signup": _("Sign-up"),
     "login": _("Login"),
     "add_to_cart": _("Added to cart"),
@@ -42,6 +47,7 @@ DETAIL_KEYS = (
     "error_code",
     "product",
     "order_id",
+    "channel_code",
 )
 
 
@@ -59,3 +65,12 @@ def event_detail(event: Event) -> str:
     if event.value is not None:
         parts.append(f"¥{event.value}")
     return " · ".join(parts[:3])
+
+
+@register.filter
+def identity_value(identity: Identity) -> str:
+    """An identity's value as operators may see it: phone numbers masked like on the contact."""
+    if identity.kind == IdentityKind.PHONE:
+        return Contact(phone=identity.value).masked_phone
+    scope = f"{identity.app_id}:" if identity.app_id else ""
+    return f"{scope}{identity.value}"

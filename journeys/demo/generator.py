@@ -31,6 +31,7 @@ BEIJING_OFFSET = 8 * 3600
 # (a prime) is coprime with the modulus; B comes from the seed.
 PHONE_SPACE = len(catalog.MOBILE_PREFIXES) * 10**8
 PHONE_MULTIPLIER = 2_654_435_761
+CONTACT_STREAMS = 2**32
 EMAIL_WORDS = ["lily", "amy", "sunny", "coco", "momo", "kevin", "jason", "tina", "grace", "leo"]
 HIGH_VALUE_SPEND = Decimal("1500")
 # Events reach the server a few seconds after they happen; never after "now" (events stop 30 s
@@ -121,6 +122,7 @@ class DemoGenerator:
         points_for_amount: Callable[[Decimal], int],
         next_ids: dict[str, int],
     ):
+        self.seed = seed
         self.rng = random.Random(seed)
         self.now = now
         self.now_ts = now.timestamp()
@@ -209,7 +211,9 @@ class DemoGenerator:
         return chunk
 
     def _contact(self, index: int, out: Chunk) -> None:
-        rng = self.rng
+        # One stream per contact: a contact's data depends only on (seed, index), never on
+        # how many draws an earlier contact made (which can vary with the current time).
+        rng = self.rng = random.Random(self.seed * CONTACT_STREAMS + index)
         contact_id = self.next_contact_id
         self.next_contact_id += 1
 
@@ -275,8 +279,9 @@ class DemoGenerator:
             )
         )
         self._identities(contact_id, index, style, phone, email, created_at, out)
-        self._tags(contact_id, created_ts, style, interests, stage, behaviour, out)
         self._membership(contact_id, created_ts, behaviour, out)
+        # Last, because which tags apply depends on the clock (a customer idle for 30 days).
+        self._tags(contact_id, created_ts, style, interests, stage, behaviour, out)
 
     def _name(self, gender: str) -> str:
         rng = self.rng

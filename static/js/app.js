@@ -82,7 +82,7 @@
         {
           name: el.dataset.chartName || "",
           type: "line",
-          smooth: true,
+          smooth: 0.25,
           showSymbol: false,
           data: data[yKey] || [],
           lineStyle: { width: 2 },

@@ -160,3 +160,23 @@ def test_tag_add_and_remove_are_recorded_on_the_timeline():
 def test_event_record_assigns_an_id():
     event = event_record(contact=ContactFactory(), name="sign_in")
     assert len(event.event_id) == 32
+
+
+def test_timeline_pages_follow_time_even_when_events_arrive_out_of_order():
+    from contacts.selectors import contact_timeline
+
+    contact = ContactFactory()
+    now = timezone.now()
+    # Recorded in an order unrelated to when they happened.
+    for minutes in (5, 50, 1, 30, 10, 20, 40):
+        event_record(
+            contact=contact, name="page_view", occurred_at=now - dt.timedelta(minutes=minutes)
+        )
+    seen = []
+    before = None
+    while page := contact_timeline(contact=contact, before=before, limit=3):
+        seen.extend(page)
+        before = page[-1].pk
+    times = [e.occurred_at for e in seen]
+    assert times == sorted(times, reverse=True)
+    assert len(seen) == len({e.pk for e in seen}) == 7

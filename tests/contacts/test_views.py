@@ -1,7 +1,7 @@
 import pytest
 from django.urls import reverse
 
-from contacts.models import ContactTag, Event, LifecycleStage
+from contacts.models import ContactTag, Event, IdentityKind, LifecycleStage
 from tests.factories import ContactFactory, EventFactory, IdentityFactory, TagFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -84,6 +84,7 @@ def test_list_is_keyset_paginated(operator_client):
 def test_detail_shows_profile_identities_tags_and_timeline(operator_client):
     contact = ContactFactory(name="林小雨", phone="+8613800138000")
     IdentityFactory(contact=contact, value="ext-42")
+    IdentityFactory(contact=contact, kind=IdentityKind.PHONE, value="+8613800138000")
     tag = TagFactory(name="新品关注")
     ContactTag.objects.create(contact=contact, tag=tag)
     EventFactory(contact=contact, name="purchase", properties={"product": "面霜"})
@@ -208,3 +209,16 @@ def test_english_ui(operator_client):
     page = operator_client.get(reverse("contacts:detail", args=[contact.pk])).content.decode()
 
     assert "Purchase" in page and "Timeline" in page
+
+
+def test_list_queries_do_not_grow_with_rows(operator_client, django_assert_max_num_queries):
+    tags = TagFactory.create_batch(3)
+    for contact in ContactFactory.create_batch(30):
+        for tag in tags:
+            ContactTag.objects.create(contact=contact, tag=tag)
+
+    # session, user, page of contacts, their tags, the tag filter's options
+    with django_assert_max_num_queries(6):
+        response = operator_client.get(reverse("contacts:list"))
+
+    assert response.content.decode().count('class="tag"') == 90

@@ -6,6 +6,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import Count, Sum
 from django.utils import timezone
 
@@ -13,6 +14,7 @@ from channels.models import Channel, Delivery
 from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagGroup
 from contacts.services import contact_tag_add
 from journeys.demo import catalog
+from journeys.demo.services import demo_seed
 from journeys.models import Enrollment, Journey, JourneyStatus, StepKind
 from journeys.services import enrollments_advance_due
 from membership.models import Member, PointsEntry, Tier
@@ -171,6 +173,22 @@ def test_running_twice_duplicates_nothing(seeded):
     for model, count in counts.items():
         assert model.objects.count() == count, model.__name__
     assert get_user_model().objects.filter(username="demo").count() == 1
+
+
+def test_a_big_load_puts_back_every_index_and_foreign_key():
+    loaded = [Contact, Identity, Event, ContactTag, Member, PointsEntry]
+
+    def constraints():
+        with connection.cursor() as cursor:
+            return {
+                model: set(connection.introspection.get_constraints(cursor, model._meta.db_table))
+                for model in loaded
+            }
+
+    before = constraints()
+    result = demo_seed(contacts=30, defer_indexes=True)
+    assert result.contacts == Contact.objects.count() == 30
+    assert constraints() == before
 
 
 def test_same_seed_gives_same_data():

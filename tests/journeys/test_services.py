@@ -8,7 +8,7 @@ from channels.services import deliveries_dispatch_due
 from contacts.services import contact_tag_add
 from core.errors import ValidationFailed
 from journeys.models import Enrollment, EnrollmentStatus, JourneyStatus
-from journeys.services import enrollments_advance_due, journey_activate
+from journeys.services import enrollment_create, enrollments_advance_due, journey_activate
 from segments.services import segment_create
 from tests.factories import (
     ChannelFactory,
@@ -76,9 +76,7 @@ def test_entering_the_segment_enrolls_then_the_wait_then_the_send(
 
 
 def test_a_contact_is_not_enrolled_twice_without_reentry(vip_journey):
-    journey, tag = vip_journey
-    from journeys.services import enrollment_create
-
+    journey, _ = vip_journey
     contact = ContactFactory()
     assert enrollment_create(journey=journey, contact_id=contact.pk)
     assert enrollment_create(journey=journey, contact_id=contact.pk) is None

@@ -119,8 +119,18 @@ def test_create_with_an_invalid_rule_shows_the_error_and_stores_nothing(operator
 
     page = response.content.decode()
     assert response.status_code == 422
-    assert "must be a whole number of days" in page
+    assert "请输入整数天数" in page  # the engine's complaint, said in the operator's words
     assert 'value="上海高价值"' in page  # the operator's input is kept
+    assert not Segment.objects.exists()
+
+
+def test_create_with_an_operator_that_does_not_fit_the_field(operator_client):
+    response = operator_client.post(
+        reverse("segments:create"), _form(c0_field="city", c0_operator="within_days", c0_value="3")
+    )
+
+    assert response.status_code == 422
+    assert "仅适用于日期字段" in response.content.decode()
     assert not Segment.objects.exists()
 
 

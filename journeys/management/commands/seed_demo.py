@@ -68,9 +68,16 @@ class ProgressBar:
         else:
             self.stream.write(line)
 
+    def say(self, message: str) -> None:
+        """Print a message on a line of its own, below the bar."""
+        self.close()
+        self.stream.write(message)
+
     def close(self) -> None:
+        """End the bar's line; safe to call more than once."""
         if self.drawn:
             self.stream.write("")
+            self.drawn = False
 
 
 class Command(BaseCommand):
@@ -108,6 +115,7 @@ class Command(BaseCommand):
             events_per_contact=events_per_contact,
             seed=seed,
             progress=bar.update,
+            notify=bar.say,
         )
         bar.close()
         if result.bulk_skipped:
