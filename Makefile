@@ -71,7 +71,7 @@ format: install
 MESSAGE_IGNORES := --ignore=.venv --ignore=data --ignore=staticfiles --ignore=static --ignore=node_modules
 
 messages: install
-	$(MANAGE) makemessages --locale zh_Hans --no-obsolete $(MESSAGE_IGNORES)
+	$(MANAGE) makemessages --locale zh_Hans --locale en --no-obsolete $(MESSAGE_IGNORES)
 	$(MANAGE) compilemessages $(MESSAGE_IGNORES)
 
 clean:

@@ -88,10 +88,10 @@ class BulkWriter:
                     cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {qn(name)}")
                     rebuild.append(f"ALTER TABLE {table} ADD CONSTRAINT {qn(name)} {definition}")
                 cursor.execute(
+                    # Indexes that back no constraint (unique and primary keys stay).
                     "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) "
-                    "FROM pg_index i WHERE i.indrelid = %s::regclass AND NOT i.indisprimary "
-                    "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) "
-                    "ORDER BY 1",
+                    "FROM pg_index i WHERE i.indrelid = %s::regclass AND NOT EXISTS "
+                    "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY 1",
                     [table],
                 )
                 for name, definition in cursor.fetchall():

@@ -142,8 +142,16 @@ class DemoGenerator:
         c = catalog
         self.surnames = [s for s, _ in c.SURNAMES]
         self.surname_cum = _cum(w for _, w in c.SURNAMES)
-        self.cities = c.CITIES
-        self.city_cum = _cum(city[4] for city in c.CITIES)
+        self.cities = [
+            (
+                province,
+                city,
+                code,
+                tuple(tuple(d.split()) for d in c.STORE_DISTRICTS[code].split(", ")),
+            )
+            for province, city, code, _ in c.CITIES
+        ]
+        self.city_cum = _cum(weight for *_, weight in c.CITIES)
         self.sources = c.SOURCES
         self.source_cum = _cum(w for _, w, _ in c.SOURCES)
         self.hour_cum = _cum(c.HOUR_WEIGHTS)
@@ -157,9 +165,7 @@ class DemoGenerator:
         self.products_by_category: dict[str, list[int]] = {}
         for index, (_, _, category, _, _) in enumerate(self.products):
             self.products_by_category.setdefault(category, []).append(index)
-        self.premium_products = [
-            i for i, p in enumerate(self.products) if p[3] >= Decimal("1000")
-        ]
+        self.premium_products = [i for i, p in enumerate(self.products) if p[3] >= Decimal("1000")]
         self.page_json = [_json({"page": path, "title": title}) for path, title in c.PAGES]
         self.view_json = [
             _json({"sku": sku, "product": name, "category": cat, "price": float(price)})
@@ -222,7 +228,7 @@ class DemoGenerator:
         name = self._name(gender) if rng.random() < 0.86 else ""
         nickname = self._nickname(gender) if (not name or rng.random() < 0.4) else ""
         birthday = self._birthday() if rng.random() < 0.7 else None
-        province, city, city_code, districts, _ = self._pick(self.cities, self.city_cum)
+        province, city, city_code, districts = self._pick(self.cities, self.city_cum)
         source, _, style = self._pick(self.sources, self.source_cum)
         channel_code = self._channel_code(style, city_code, districts)
 
@@ -459,9 +465,8 @@ class DemoGenerator:
     ) -> tuple[str, Decimal]:
         rng = self.rng
         sku, _, _, price, name_json = self.products[product]
-        quantity = rng.choices((1, 2, 3), (0.7, 0.24, 0.06) if klass == "vip" else (0.85, 0.12, 0.03))[
-            0
-        ]
+        weights = (0.7, 0.24, 0.06) if klass == "vip" else (0.85, 0.12, 0.03)
+        quantity = rng.choices((1, 2, 3), weights)[0]
         amount = price * quantity
         roll = rng.random()
         discounted = True

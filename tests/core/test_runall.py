@@ -17,10 +17,6 @@ from django.conf import settings
 
 pytestmark = pytest.mark.e2e
 
-# Variables that would point the children at shared servers: the supervisor test runs on the
-# embedded default (SQLite and the filesystem broker in its own DATA_DIR) so it touches nothing.
-SHARED_SERVICES = ("DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL", "DJANGO_SETTINGS_MODULE")
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -75,8 +71,18 @@ def _is_zombie(proc_dir: Path) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 def test_runall_serves_healthz_and_stops_every_child_on_sigint(tmp_path):
     data_dir = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if k not in SHARED_SERVICES}
-    env.update(DATA_DIR=str(data_dir), DEBUG="true", PYTHONUNBUFFERED="1")
+    # The embedded default in its own DATA_DIR, set explicitly so that neither the environment
+    # (CI's PostgreSQL and Redis run) nor a developer's .env points the children at shared servers.
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": f"sqlite:///{data_dir / 'scrm.sqlite3'}",
+        "CELERY_BROKER_URL": "filesystem://",
+        "CACHE_URL": f"filecache://{data_dir / 'cache'}",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DEBUG": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
     manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
     # One process for both commands saves a Django start-up (seconds on a busy CI machine).
     prepare = (

@@ -62,21 +62,21 @@ class ProgressBar:
             f"ETA {_duration(eta)}"
         )
         if self.tty:
-            self.stream.write(f"\r{line}\x1b[K", ending="")
+            self.stream.write(f"\r{line}\x1b[K", style_func=str, ending="")
             self.stream.flush()
             self.drawn = True
         else:
-            self.stream.write(line)
+            self.stream.write(line, style_func=str)
 
     def say(self, message: str) -> None:
         """Print a message on a line of its own, below the bar."""
         self.close()
-        self.stream.write(message)
+        self.stream.write(message, style_func=str)
 
     def close(self) -> None:
         """End the bar's line; safe to call more than once."""
         if self.drawn:
-            self.stream.write("")
+            self.stream.write("", style_func=str)
             self.drawn = False
 
 
@@ -109,7 +109,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, contacts: int, events_per_contact: int, seed: int, **options):
         bar = ProgressBar(self.stderr)
-        self.stderr.write(f"Generating {contacts:,} contacts (seed {seed}) …")
+        bar.say(f"Generating {contacts:,} contacts (seed {seed}) …")
         result = demo_seed(
             contacts=contacts,
             events_per_contact=events_per_contact,
