@@ -4,7 +4,6 @@ import re
 import pytest
 import yaml
 from django.core.management import call_command
-from django.test import override_settings
 from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
@@ -113,13 +112,14 @@ def test_healthz_reports_database_and_broker(client):
     assert body["checks"]["broker"]["status"] == "ok"
 
 
-def test_healthz_is_503_when_the_broker_is_down(client):
+def test_healthz_is_503_when_the_broker_is_down(client, monkeypatch):
+    # Celery lets the CELERY_BROKER_URL environment variable win over app.conf.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     previous = celery_app.conf.broker_url
     # A real connection attempt to a port where nothing listens.
     celery_app.conf.broker_url = "redis://127.0.0.1:9/0"
     try:
-        with override_settings():
-            response = client.get("/healthz")
+        response = client.get("/healthz")
     finally:
         celery_app.conf.broker_url = previous
     assert response.status_code == 503
