@@ -369,6 +369,39 @@ def event_record(
     return event
 
 
+# Rows per INSERT when the product appends many events at once; well under SQLite's
+# 32,766-parameter limit at 8 columns per row.
+APPEND_BATCH = 2000
+
+
+def events_append(
+    *,
+    contact_ids: list[int],
+    name: str,
+    properties: dict[str, Any],
+    occurred_at: dt.datetime,
+    source: str = "system",
+) -> int:
+    """Record the same product event for many contacts in batched inserts."""
+    total = 0
+    for start in range(0, len(contact_ids), APPEND_BATCH):
+        batch = [
+            Event(
+                event_id=uuid.uuid4().hex,
+                contact_id=contact_id,
+                name=name,
+                properties=properties,
+                occurred_at=occurred_at,
+                source=source,
+            )
+            for contact_id in contact_ids[start : start + APPEND_BATCH]
+        ]
+        Event.objects.bulk_create(batch)
+        events_recorded.send(sender=Event, events=batch)
+        total += len(batch)
+    return total
+
+
 @transaction.atomic
 def contact_tag_add(
     *,

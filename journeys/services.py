@@ -1,13 +1,12 @@
 import datetime as dt
 import logging
 
-from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db import transaction
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from channels.services import delivery_plan
-from contacts.models import Contact
-from contacts.services import event_record
+from contacts.services import events_append
 from core.errors import ValidationFailed
 from journeys.models import (
     Enrollment,
@@ -47,39 +46,69 @@ def journey_pause(*, journey: Journey) -> Journey:
     return journey
 
 
+# Contacts enrolled per statement when a segment admits many at once.
+ENROLL_BATCH = 2000
+
+
 def journeys_enroll_on_segment_entry(*, segment: Segment, contact_ids: list[int]) -> int:
     """Enroll contacts that entered `segment` in every live journey it triggers."""
     enrolled = 0
     for journey in Journey.objects.filter(trigger_segment=segment, status=JourneyStatus.LIVE):
-        for contact_id in contact_ids:
-            if enrollment_create(journey=journey, contact_id=contact_id):
-                enrolled += 1
+        for start in range(0, len(contact_ids), ENROLL_BATCH):
+            enrolled += enrollments_create(
+                journey=journey, contact_ids=contact_ids[start : start + ENROLL_BATCH]
+            )
     return enrolled
 
 
-def enrollment_create(*, journey: Journey, contact_id: int) -> Enrollment | None:
-    """Start the journey for a contact unless they are in it (or finished and may not re-enter)."""
-    history = Enrollment.objects.filter(journey=journey, contact_id=contact_id)
-    if history.filter(status=EnrollmentStatus.ACTIVE).exists():
-        return None
-    last = history.aggregate(m=Max("occurrence"))["m"] or 0
-    if last and not journey.allow_reentry:
-        return None
+def enrollments_create(*, journey: Journey, contact_ids: list[int]) -> int:
+    """Start the journey for each contact not in it (or finished, unless re-entry is allowed)."""
+    history = (
+        Enrollment.objects.filter(journey=journey, contact_id__in=contact_ids)
+        .values("contact_id")
+        .annotate(last=Max("occurrence"), active=Count("pk", filter=Q(status="active")))
+    )
+    last_by_contact: dict[int, int] = {}
+    blocked: set[int] = set()
+    for row in history:
+        last_by_contact[row["contact_id"]] = row["last"]
+        if row["active"] or not journey.allow_reentry:
+            blocked.add(row["contact_id"])
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            enrollment = Enrollment.objects.create(
-                journey=journey, contact_id=contact_id, occurrence=last + 1, next_run_at=now
-            )
-    except IntegrityError:
-        return None  # a concurrent enroller won
-    event_record(
-        contact=Contact(pk=contact_id),
+    rows = [
+        Enrollment(
+            journey=journey,
+            contact_id=contact_id,
+            occurrence=last_by_contact.get(contact_id, 0) + 1,
+            next_run_at=now,
+            enrolled_at=now,
+        )
+        for contact_id in dict.fromkeys(contact_ids)
+        if contact_id not in blocked
+    ]
+    if not rows:
+        return 0
+    # A concurrent enroller may have won for some contacts; the unique occurrence keeps one.
+    Enrollment.objects.bulk_create(rows, ignore_conflicts=True)
+    created = list(
+        Enrollment.objects.filter(
+            journey=journey, contact_id__in=[r.contact_id for r in rows], enrolled_at=now
+        ).values_list("contact_id", flat=True)
+    )
+    events_append(
+        contact_ids=created,
         name="journey_enrolled",
         properties={"journey_id": journey.pk, "journey": journey.name},
         occurred_at=now,
     )
-    return enrollment
+    return len(created)
+
+
+def enrollment_create(*, journey: Journey, contact_id: int) -> Enrollment | None:
+    """Enroll one contact; None when they are already in (or may not re-enter)."""
+    if not enrollments_create(journey=journey, contact_ids=[contact_id]):
+        return None
+    return Enrollment.objects.filter(journey=journey, contact_id=contact_id).latest("occurrence")
 
 
 def _run_steps(enrollment: Enrollment, steps: list[JourneyStep], now: dt.datetime) -> bool:

@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from contacts.models import Contact
-from contacts.services import event_record
+from contacts.services import events_append
 from segments.models import Segment, SegmentMembership
 from segments.rules import compile_rule, validate_rule
 from segments.signals import segment_entered, segment_exited
@@ -46,24 +46,30 @@ def segment_update(*, segment: Segment, name: str, description: str, rule: dict)
     return segment
 
 
+# Contact ids per statement: bounded so that SQLite's parameter limit is never reached.
+DIFF_BATCH = 2000
+
+
+def _batches(ids: list[int]):
+    for start in range(0, len(ids), DIFF_BATCH):
+        yield ids[start : start + DIFF_BATCH]
+
+
 @transaction.atomic
 def _apply_diff(*, segment: Segment, entered: list[int], exited: list[int]) -> None:
     now = timezone.now()
-    if exited:
-        SegmentMembership.objects.filter(segment=segment, contact_id__in=exited).delete()
-    if entered:
+    for batch in _batches(exited):
+        SegmentMembership.objects.filter(segment=segment, contact_id__in=batch).delete()
+    for batch in _batches(entered):
         SegmentMembership.objects.bulk_create(
-            [SegmentMembership(segment=segment, contact_id=c, entered_at=now) for c in entered],
+            [SegmentMembership(segment=segment, contact_id=c, entered_at=now) for c in batch],
             ignore_conflicts=True,
         )
-    for name, ids in (("segment_entered", entered), ("segment_exited", exited)):
-        for contact in Contact.objects.filter(pk__in=ids).only("pk"):
-            event_record(
-                contact=contact,
-                name=name,
-                properties={"segment_id": segment.pk, "segment": segment.name},
-                occurred_at=now,
-            )
+    properties = {"segment_id": segment.pk, "segment": segment.name}
+    events_append(
+        contact_ids=entered, name="segment_entered", properties=properties, occurred_at=now
+    )
+    events_append(contact_ids=exited, name="segment_exited", properties=properties, occurred_at=now)
     count = SegmentMembership.objects.filter(segment=segment).count()
     Segment.objects.filter(pk=segment.pk).update(member_count=count, last_refreshed_at=now)
     segment.member_count, segment.last_refreshed_at = count, now
@@ -85,16 +91,20 @@ def segment_refresh(*, segment: Segment) -> tuple[int, int]:
 
 def segment_refresh_contacts(*, contact_ids: Iterable[int]) -> None:
     """Re-evaluate only the given contacts against every active segment."""
-    ids = list(contact_ids)
+    ids = sorted(set(contact_ids))
     if not ids:
         return
     for segment in Segment.objects.filter(is_archived=False):
-        matching = set(
-            segment_queryset(segment=segment).filter(pk__in=ids).values_list("pk", flat=True)
-        )
-        current = set(
-            segment.memberships.filter(contact_id__in=ids).values_list("contact_id", flat=True)
-        )
+        matching: set[int] = set()
+        current: set[int] = set()
+        for batch in _batches(ids):
+            qs = segment_queryset(segment=segment).filter(pk__in=batch)
+            matching.update(qs.values_list("pk", flat=True))
+            current.update(
+                segment.memberships.filter(contact_id__in=batch).values_list(
+                    "contact_id", flat=True
+                )
+            )
         entered, exited = sorted(matching - current), sorted(current - matching)
         if entered or exited:
             _apply_diff(segment=segment, entered=entered, exited=exited)

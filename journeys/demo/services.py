@@ -35,8 +35,9 @@ from segments.services import segment_create
 DEFAULT_CONTACTS = 2000
 DEFAULT_EVENTS_PER_CONTACT = 20
 DEFAULT_SEED = 42
-# Contacts generated and written per round: at 20 events each that is ~130k rows, about 60 MB of
-# tuples in memory, and one COPY per table; bigger chunks were no faster on PostgreSQL.
+# Contacts generated and written per round (one COPY per table): ~145k rows at 20 events each.
+# Up to three chunks are alive (writing, queued, generating); the run with 1M contacts and 10M
+# events peaked at 264 MB resident.
 CHUNK_CONTACTS = 5000
 # From this many contacts on, PostgreSQL loads without secondary indexes and foreign keys and
 # rebuilds them at the end: 100k contacts took 82 s instead of 174 s. Small demo loads keep the

@@ -103,3 +103,21 @@ def test_journey_without_steps_cannot_go_live():
         journey_activate(journey=journey)
     journey.refresh_from_db()
     assert journey.status == JourneyStatus.DRAFT
+
+
+def test_a_large_segment_entry_enrolls_everyone_in_batches(vip_journey):
+    from contacts.models import Contact, ContactTag, Event
+    from segments.services import segment_refresh
+
+    journey, tag = vip_journey
+    n = 4500  # more than two insert batches
+    Contact.objects.bulk_create([Contact(name=f"c{i}") for i in range(n)])
+    ids = list(Contact.objects.values_list("pk", flat=True))
+    ContactTag.objects.bulk_create([ContactTag(contact_id=i, tag=tag) for i in ids])
+    assert segment_refresh(segment=journey.trigger_segment) == (n, 0)
+    assert Enrollment.objects.filter(journey=journey).count() == n
+    assert Event.objects.filter(name="segment_entered").count() == n
+    assert Event.objects.filter(name="journey_enrolled").count() == n
+    # A second refresh changes nothing and enrolls nobody again.
+    assert segment_refresh(segment=journey.trigger_segment) == (0, 0)
+    assert Enrollment.objects.filter(journey=journey).count() == n
