@@ -43,3 +43,16 @@ def webhook_receiver():
     receiver = WebhookReceiver().start()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def api(db):
+    """A DRF client authenticated with a fresh API key."""
+    from rest_framework.test import APIClient
+
+    from core.services import api_key_create
+
+    _, raw = api_key_create(name="mini-program backend")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return client

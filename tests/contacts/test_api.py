@@ -1,19 +1,9 @@
 import pytest
-from rest_framework.test import APIClient
 
 from contacts.models import Contact, Event
-from core.services import api_key_create
 from tests.factories import ContactFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def api():
-    _, raw = api_key_create(name="mini-program backend")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
-    return client
 
 
 def test_identify_creates_then_updates(api):

@@ -13,14 +13,6 @@ from core.services import api_key_create
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def api():
-    _, raw = api_key_create(name="mini-program backend")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
-    return client
-
-
 def test_create_api_key_command_prints_the_key_last_and_stores_only_its_hash():
     out = io.StringIO()
     call_command("create_api_key", "store backend", stdout=out, stderr=io.StringIO())
