@@ -1,6 +1,21 @@
 from django.contrib import admin
 
-from contacts.models import Contact, ContactTag, Event, Identity, Tag, TagGroup
+from contacts.models import (
+    Consent,
+    ConsentRecord,
+    Contact,
+    ContactTag,
+    CustomField,
+    Event,
+    Identity,
+    MergeRecord,
+    Note,
+    StaffProfile,
+    Stage,
+    Store,
+    Tag,
+    TagGroup,
+)
 
 
 class IdentityInline(admin.TabularInline):
@@ -29,9 +44,9 @@ class ContactAdmin(admin.ModelAdmin):
         "owner",
         "created_at",
     ]
-    list_filter = ["lifecycle_stage", "gender", "source", "province", "created_at"]
+    list_filter = ["lifecycle_stage", "gender", "source", "store", "province", "created_at"]
     search_fields = ["name", "nickname", "phone", "email", "identities__value"]
-    raw_id_fields = ["owner"]
+    raw_id_fields = ["owner", "merged_into"]
     inlines = [IdentityInline, ContactTagInline]
     date_hierarchy = "created_at"
     # The contact table can hold millions of rows: skip the exact COUNT(*) of the full table.
@@ -83,3 +98,80 @@ class EventAdmin(admin.ModelAdmin):
     raw_id_fields = ["contact"]
     date_hierarchy = "occurred_at"
     show_full_result_count = False
+
+
+@admin.register(Stage)
+class StageAdmin(admin.ModelAdmin):
+    list_display = ["position", "key", "name", "is_active"]
+    list_editable = ["name", "is_active"]
+    list_display_links = ["key"]
+    search_fields = ["key", "name"]
+
+
+@admin.register(Store)
+class StoreAdmin(admin.ModelAdmin):
+    list_display = ["code", "name", "province", "city", "is_active"]
+    list_filter = ["is_active", "province"]
+    search_fields = ["code", "name", "city"]
+
+
+@admin.register(StaffProfile)
+class StaffProfileAdmin(admin.ModelAdmin):
+    list_display = ["user", "store"]
+    list_filter = ["store"]
+    search_fields = ["user__username", "store__name"]
+    raw_id_fields = ["user"]
+
+
+@admin.register(CustomField)
+class CustomFieldAdmin(admin.ModelAdmin):
+    list_display = ["position", "key", "label", "kind", "is_active"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["key", "label"]
+
+
+@admin.register(Note)
+class NoteAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "contact", "author", "follow_up_at", "done_at"]
+    list_filter = ["done_at", "follow_up_at"]
+    search_fields = ["body", "contact__name", "contact__phone"]
+    raw_id_fields = ["contact", "author"]
+    show_full_result_count = False
+
+
+@admin.register(ConsentRecord)
+class ConsentRecordAdmin(admin.ModelAdmin):
+    list_display = ["recorded_at", "contact", "channel", "purpose", "granted", "source"]
+    list_filter = ["channel", "purpose", "granted", "source"]
+    search_fields = ["contact__name", "contact__phone", "notice_version"]
+    raw_id_fields = ["contact", "actor"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request, obj=None):
+        # Consent evidence is append-only.
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Consent)
+class ConsentAdmin(admin.ModelAdmin):
+    list_display = ["contact", "channel", "purpose", "granted", "updated_at"]
+    list_filter = ["channel", "purpose", "granted"]
+    search_fields = ["contact__name", "contact__phone"]
+    raw_id_fields = ["contact", "record"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request, obj=None):
+        # Current state is derived from the records; change it by recording consent.
+        return False
+
+
+@admin.register(MergeRecord)
+class MergeRecordAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "survivor", "duplicate", "reason", "actor", "undone_at"]
+    list_filter = ["reason", "undone_at"]
+    search_fields = ["survivor__name", "duplicate__name", "survivor__phone"]
+    raw_id_fields = ["survivor", "duplicate", "actor"]
+    readonly_fields = ["snapshot", "moved"]

@@ -219,6 +219,7 @@ class IdentityOutSerializer(serializers.Serializer):
 
 class ContactOutSerializer(serializers.ModelSerializer):
     identities = IdentityOutSerializer(many=True)
+    lifecycle_stage = serializers.CharField(source="lifecycle_stage_id")
     tags = serializers.SerializerMethodField()
 
     class Meta:

@@ -3,7 +3,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from contacts.models import Contact, LifecycleStage
+from contacts.models import Contact, Stage
 from contacts.selectors import contact_search, tags_grouped
 
 
@@ -20,8 +20,11 @@ class ContactFilter(django_filters.FilterSet):
         empty_label=_("All tags"),
     )
     city = django_filters.CharFilter(label=_("City"), field_name="city")
-    lifecycle_stage = django_filters.ChoiceFilter(
-        label=_("Lifecycle stage"), choices=LifecycleStage.choices, empty_label=_("All stages")
+    lifecycle_stage = django_filters.ModelChoiceFilter(
+        label=_("Lifecycle stage"),
+        queryset=Stage.objects.filter(is_active=True),
+        to_field_name="key",
+        empty_label=_("All stages"),
     )
     source = django_filters.CharFilter(label=_("Source"), field_name="source")
 

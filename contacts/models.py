@@ -16,6 +16,8 @@ class Gender(models.TextChoices):
 
 
 class LifecycleStage(models.TextChoices):
+    """The default stages; brands rename, reorder and add their own in the Stage table."""
+
     NEW = "new", _("New / prospect")
     INTERESTED = "interested", _("Interested")
     FIRST_PURCHASE = "first_purchase", _("First purchase")
@@ -23,6 +25,89 @@ class LifecycleStage(models.TextChoices):
     LOYAL = "loyal", _("Loyal")
     DORMANT = "dormant", _("Dormant")
     CHURNED = "churned", _("Churned")
+
+
+class Stage(models.Model):
+    """A brand-configurable lifecycle stage (新客 → 意向 → 首购 → 复购 → 忠诚, 沉睡, 流失)."""
+
+    key = models.SlugField(_("key"), max_length=20, unique=True)
+    name = models.CharField(_("name"), max_length=30)
+    position = models.PositiveSmallIntegerField(_("position"), default=0)
+    is_active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        verbose_name = _("lifecycle stage")
+        verbose_name_plural = _("lifecycle stages")
+        ordering = ["position", "key"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Store(models.Model):
+    """A physical store (门店) whose staff own customer relationships."""
+
+    code = models.SlugField(_("code"), max_length=30, unique=True)
+    name = models.CharField(_("name"), max_length=100)
+    province = models.CharField(_("province"), max_length=30, blank=True)
+    city = models.CharField(_("city"), max_length=30, blank=True)
+    is_active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        verbose_name = _("store")
+        verbose_name_plural = _("stores")
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StaffProfile(models.Model):
+    """Links a staff user to the store they work in (store staff see their store's contacts)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_profile"
+    )
+    store = models.ForeignKey(
+        Store, verbose_name=_("store"), null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        verbose_name = _("staff profile")
+        verbose_name_plural = _("staff profiles")
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.store or '-'}"
+
+
+class CustomFieldKind(models.TextChoices):
+    TEXT = "text", _("Text")
+    NUMBER = "number", _("Number")
+    DATE = "date", _("Date")
+    SINGLE_CHOICE = "single_choice", _("Single choice")
+    MULTI_CHOICE = "multi_choice", _("Multiple choice")
+    BOOLEAN = "boolean", _("Yes / no")
+
+
+class CustomField(models.Model):
+    """An operator-defined contact field; values live in Contact.attributes under `key`."""
+
+    key = models.SlugField(_("key"), max_length=64, unique=True)
+    label = models.CharField(_("label"), max_length=50)
+    kind = models.CharField(_("type"), max_length=20, choices=CustomFieldKind.choices)
+    choices = models.JSONField(
+        _("choices"), default=list, blank=True, help_text=_("For choice fields: the options.")
+    )
+    position = models.PositiveSmallIntegerField(_("position"), default=0)
+    is_active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        verbose_name = _("custom field")
+        verbose_name_plural = _("custom fields")
+        ordering = ["position", "key"]
+
+    def __str__(self) -> str:
+        return self.label
 
 
 class Contact(TimeStampedModel):
@@ -40,12 +125,21 @@ class Contact(TimeStampedModel):
     city = models.CharField(_("city"), max_length=30, blank=True, db_index=True)
     source = models.CharField(_("source"), max_length=50, blank=True, db_index=True)
     channel_code = models.CharField(_("channel code"), max_length=50, blank=True)
-    lifecycle_stage = models.CharField(
-        _("lifecycle stage"),
-        max_length=20,
-        choices=LifecycleStage.choices,
-        default=LifecycleStage.NEW,
-        db_index=True,
+    # Attribution of the first touch.
+    utm_source = models.CharField(_("UTM source"), max_length=100, blank=True)
+    utm_medium = models.CharField(_("UTM medium"), max_length=100, blank=True)
+    utm_campaign = models.CharField(_("UTM campaign"), max_length=100, blank=True)
+    utm_content = models.CharField(_("UTM content"), max_length=100, blank=True)
+    utm_term = models.CharField(_("UTM term"), max_length=100, blank=True)
+    # Stores the stage key (e.g. "first_purchase"); the Stage table holds names and order.
+    lifecycle_stage = models.ForeignKey(
+        Stage,
+        verbose_name=_("lifecycle stage"),
+        to_field="key",
+        db_column="lifecycle_stage",
+        default=LifecycleStage.NEW.value,
+        on_delete=models.PROTECT,
+        related_name="contacts",
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -55,9 +149,28 @@ class Contact(TimeStampedModel):
         on_delete=models.SET_NULL,
         related_name="owned_contacts",
     )
-    # Traits sent by clients that have no column of their own yet.
+    store = models.ForeignKey(
+        Store,
+        verbose_name=_("store"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="contacts",
+    )
+    # Custom field values (validated against CustomField) and traits without a column.
     attributes = models.JSONField(_("attributes"), default=dict, blank=True)
+    first_seen_at = models.DateTimeField(_("first seen at"), null=True, blank=True)
     last_seen_at = models.DateTimeField(_("last seen at"), null=True, blank=True)
+    last_active_at = models.DateTimeField(_("last active at"), null=True, blank=True)
+    # Set when this contact was merged into another; merged contacts keep their row for undo.
+    merged_into = models.ForeignKey(
+        "self",
+        verbose_name=_("merged into"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="merged_contacts",
+    )
 
     class Meta:
         verbose_name = _("contact")
@@ -65,6 +178,11 @@ class Contact(TimeStampedModel):
         indexes = [
             models.Index(fields=["-created_at", "-id"], name="contact_created_desc"),
             models.Index(Lower("email"), name="contact_email_lower"),
+        ]
+        permissions = [
+            ("view_personal_data", _("Can view unmasked phone numbers and emails")),
+            ("export_contact", _("Can export contacts")),
+            ("merge_contact", _("Can merge and unmerge contacts")),
         ]
 
     def __str__(self) -> str:
@@ -163,6 +281,7 @@ class ContactTag(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(_("tagged at"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("tag assignment")
@@ -206,3 +325,115 @@ class Event(models.Model):
         if not self.event_id:
             self.event_id = uuid.uuid4().hex
         super().save(*args, **kwargs)
+
+
+class Note(models.Model):
+    """A note or follow-up (跟进) that staff leave on a contact."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    body = models.TextField(_("note"), max_length=5000)
+    follow_up_at = models.DateTimeField(_("follow up at"), null=True, blank=True)
+    done_at = models.DateTimeField(_("done at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("note")
+        verbose_name_plural = _("notes")
+        indexes = [
+            models.Index(fields=["contact", "-created_at"], name="note_contact_time"),
+            models.Index(fields=["follow_up_at"], name="note_follow_up"),
+        ]
+
+    def __str__(self) -> str:
+        return self.body[:50]
+
+
+class ConsentChannel(models.TextChoices):
+    SMS = "sms", _("SMS")
+    EMAIL = "email", _("Email")
+    WECHAT_OA = "wechat_oa", _("WeChat official account")
+    MINIPROGRAM = "miniprogram", _("Mini-program")
+    WECOM = "wecom", _("WeCom")
+    PHONE_CALL = "phone_call", _("Phone call")
+
+
+class ConsentPurpose(models.TextChoices):
+    MARKETING = "marketing", _("Marketing")
+    SERVICE = "service", _("Service notices")
+    ANALYTICS = "analytics", _("Analytics")
+
+
+class ConsentRecord(models.Model):
+    """Append-only evidence of a consent granted or withdrawn (PIPL)."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="consent_records")
+    channel = models.CharField(_("channel"), max_length=20, choices=ConsentChannel.choices)
+    purpose = models.CharField(_("purpose"), max_length=20, choices=ConsentPurpose.choices)
+    granted = models.BooleanField(_("granted"))
+    source = models.CharField(_("source"), max_length=50)
+    notice_version = models.CharField(_("notice version"), max_length=30, blank=True)
+    evidence = models.JSONField(_("evidence"), default=dict, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    recorded_at = models.DateTimeField(_("recorded at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("consent record")
+        verbose_name_plural = _("consent records")
+        indexes = [models.Index(fields=["contact", "-recorded_at"], name="consent_contact_time")]
+
+    def __str__(self) -> str:
+        state = "granted" if self.granted else "withdrawn"
+        return f"{self.contact_id} {self.channel}/{self.purpose} {state}"
+
+
+class Consent(models.Model):
+    """The current consent state per contact, channel and purpose (derived from the records)."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="consents")
+    channel = models.CharField(_("channel"), max_length=20, choices=ConsentChannel.choices)
+    purpose = models.CharField(_("purpose"), max_length=20, choices=ConsentPurpose.choices)
+    granted = models.BooleanField(_("granted"))
+    updated_at = models.DateTimeField(_("updated at"), default=timezone.now)
+    record = models.ForeignKey(ConsentRecord, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        verbose_name = _("consent")
+        verbose_name_plural = _("consents")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contact", "channel", "purpose"], name="consent_unique_state"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} {self.channel}/{self.purpose}={self.granted}"
+
+
+class MergeRecord(models.Model):
+    """One merge of `duplicate` into `survivor`, with what is needed to undo it."""
+
+    survivor = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="+")
+    duplicate = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(_("reason"), max_length=100)
+    # Field values of both contacts before the merge.
+    snapshot = models.JSONField(_("snapshot"), default=dict)
+    # Ids of rows moved to the survivor, per model label, filled in by each app's receiver.
+    moved = models.JSONField(_("moved rows"), default=dict)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(_("merged at"), default=timezone.now)
+    undone_at = models.DateTimeField(_("undone at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("merge")
+        verbose_name_plural = _("merges")
+        indexes = [models.Index(fields=["survivor", "-created_at"], name="merge_survivor_time")]
+
+    def __str__(self) -> str:
+        return f"{self.duplicate_id} → {self.survivor_id}"

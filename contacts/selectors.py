@@ -90,8 +90,12 @@ def tags_grouped() -> QuerySet[Tag]:
 
 def contact_list(*, user: AbstractBaseUser) -> QuerySet[Contact]:
     """Contacts the user may see, with their tags prefetched for list rows."""
-    return contact_visible_to(user=user).prefetch_related(
-        Prefetch("contact_tags", queryset=ContactTag.objects.select_related("tag"))
+    return (
+        contact_visible_to(user=user)
+        .select_related("lifecycle_stage")
+        .prefetch_related(
+            Prefetch("contact_tags", queryset=ContactTag.objects.select_related("tag"))
+        )
     )
 
 

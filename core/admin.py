@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 
-from core.models import ApiKey
+from core.models import ApiKey, AuditLog, Job
 from core.services import api_key_create
 
 
@@ -34,3 +34,32 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description=_("Revoke selected keys"))
     def revoke(self, request, queryset):
         queryset.update(is_active=False)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "actor", "action", "object_type", "object_id", "ip"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor__username", "object_id", "action"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "kind", "status", "done", "total", "created_by", "finished_at"]
+    list_filter = ["kind", "status"]
+    search_fields = ["kind", "error"]
+    readonly_fields = [f.name for f in Job._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

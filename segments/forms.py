@@ -8,11 +8,11 @@ from contacts.selectors import tags_grouped
 from core.errors import ValidationFailed
 from segments.models import Segment
 from segments.rule_labels import (
-    CHOICE_VALUE_LABELS,
     FIELD_LABELS,
     GROUP_LABELS,
     OPERATOR_LABELS,
     TAG_MATCH_LABELS,
+    choice_value_labels,
 )
 from segments.rules import DATE_FIELDS, DATE_OPERATORS
 from segments.selectors import segment_name_taken
@@ -147,9 +147,10 @@ class SegmentForm(forms.Form):
             return _("Choose an operator.")
         if field in DATE_FIELDS:
             return _("Enter a whole number of days.")
-        if field in CHOICE_VALUE_LABELS:
+        value_labels = choice_value_labels()
+        if field in value_labels:
             choices = "、".join(
-                f"{value}（{label}）" for value, label in CHOICE_VALUE_LABELS[field].items()
+                f"{value}（{label}）" for value, label in value_labels[field].items()
             )
             return _("Enter one of: %(choices)s") % {"choices": choices}
         if operator == "in":

@@ -2,7 +2,7 @@
 
 from django.utils.translation import gettext_lazy as _
 
-from contacts.models import Gender, LifecycleStage
+from contacts.models import Gender, Stage
 
 GROUP_LABELS = {"and": _("All of the following"), "or": _("Any of the following")}
 
@@ -35,11 +35,14 @@ OPERATOR_LABELS = {
     "before_days": _("more than N days ago"),
 }
 
+
 # Human labels for the values of choice fields, so a rule reads "生命周期阶段 等于 忠诚".
-CHOICE_VALUE_LABELS = {
-    "lifecycle_stage": dict(LifecycleStage.choices),
-    "gender": dict(Gender.choices),
-}
+def choice_value_labels() -> dict[str, dict[str, str]]:
+    """Labels per choice field; lifecycle stages are brand data, so they are read each time."""
+    return {
+        "lifecycle_stage": dict(Stage.objects.values_list("key", "name")),
+        "gender": {k: str(v) for k, v in Gender.choices},
+    }
 
 
 def field_label(field: str) -> str:

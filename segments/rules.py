@@ -17,13 +17,13 @@ from typing import Any
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from contacts.models import ContactTag, LifecycleStage, Tag
+from contacts.models import ContactTag, Gender, Stage, Tag
 from core.errors import ValidationFailed
 
 GROUP_OPS = ("and", "or")
 TAG_MATCHES = ("any", "all", "none")
 STRING_FIELDS = ("name", "nickname", "phone", "email", "province", "city", "source", "channel_code")
-CHOICE_FIELDS = {"lifecycle_stage": LifecycleStage.values, "gender": ("unknown", "female", "male")}
+CHOICE_FIELDS = ("lifecycle_stage", "gender")
 STRING_OPERATORS = ("eq", "neq", "in", "contains", "startswith", "is_set", "not_set")
 DATE_FIELDS = ("created_at", "last_seen_at")
 DATE_OPERATORS = ("within_days", "before_days")
@@ -94,7 +94,12 @@ def _validate_attribute(node: dict, path: str) -> None:
                 _fail(f"{path}.value", "must be a string or number")
             values = [value]
         if field in CHOICE_FIELDS:
-            bad = [v for v in values if v not in CHOICE_FIELDS[field]]
+            allowed = (
+                set(Stage.objects.values_list("key", flat=True))
+                if field == "lifecycle_stage"
+                else set(Gender.values)
+            )
+            bad = [v for v in values if v not in allowed]
             if bad:
                 _fail(f"{path}.value", f"unknown {field} {bad}")
     elif field in DATE_FIELDS:
@@ -151,7 +156,8 @@ def _compile_attribute(node: dict) -> Q:
         if operator == "within_days":
             return Q(**{f"{field}__gte": since})
         return Q(**{f"{field}__lt": since})
-    lookup = field.replace(".", "__")
+    # The stage is a foreign key on its key column: compare the stored key itself.
+    lookup = "lifecycle_stage_id" if field == "lifecycle_stage" else field.replace(".", "__")
     if operator == "is_set":
         return Q(**{f"{lookup}__isnull": False}) & ~Q(**{lookup: ""})
     if operator == "not_set":

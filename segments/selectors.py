@@ -7,10 +7,10 @@ from django.utils.translation import gettext as _
 from contacts.models import Contact, Tag
 from segments.models import Segment, SegmentMembership
 from segments.rule_labels import (
-    CHOICE_VALUE_LABELS,
     GROUP_LABELS,
     OPERATOR_LABELS,
     TAG_MATCH_LABELS,
+    choice_value_labels,
     field_label,
 )
 
@@ -21,7 +21,9 @@ def segment_list(*, include_archived: bool = False) -> QuerySet[Segment]:
 
 
 def segment_members(*, segment: Segment) -> QuerySet[Contact]:
-    return Contact.objects.filter(segment_memberships__segment=segment)
+    return Contact.objects.filter(segment_memberships__segment=segment).select_related(
+        "lifecycle_stage"
+    )
 
 
 def segments_for_contact(*, contact: Contact) -> QuerySet[SegmentMembership]:
@@ -55,7 +57,7 @@ def _tag_ids(node: Any) -> set[int]:
 
 
 def _value_text(field: str, value: Any) -> str:
-    labels = CHOICE_VALUE_LABELS.get(field, {})
+    labels = choice_value_labels().get(field, {})
     values = value if isinstance(value, list) else [value]
     return "、".join(str(labels.get(v, v)) for v in values)
 

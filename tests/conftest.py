@@ -5,6 +5,26 @@ from tests.factories import UserFactory
 
 
 @pytest.fixture(autouse=True)
+def _default_stages(request):
+    """Transactional tests flush the rows the data migration created; put the stages back."""
+    if not {"db", "transactional_db", "django_db_setup"} & set(request.fixturenames) and not (
+        request.node.get_closest_marker("django_db")
+    ):
+        return
+    request.getfixturevalue("transactional_db" if _is_transactional(request) else "db")
+    from contacts.services import stages_ensure_defaults
+
+    stages_ensure_defaults()
+
+
+def _is_transactional(request) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    return bool(marker and marker.kwargs.get("transaction")) or (
+        "transactional_db" in request.fixturenames or "live_server" in request.fixturenames
+    )
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache():
     # Throttle counters live in the cache, which may be a shared file or Redis.
     cache.clear()

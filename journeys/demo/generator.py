@@ -93,7 +93,8 @@ class Chunk:
 # Column order of the tuples in a Chunk; the writer inserts exactly these fields.
 CONTACT_FIELDS = [
     "id", "created_at", "updated_at", "name", "nickname", "gender", "birthday", "phone", "email",
-    "province", "city", "source", "channel_code", "lifecycle_stage", "attributes", "last_seen_at",
+    "province", "city", "source", "channel_code", "lifecycle_stage_id", "attributes",
+    "last_seen_at",
 ]  # fmt: skip
 IDENTITY_FIELDS = ["contact_id", "kind", "app_id", "value", "created_at"]
 CONTACT_TAG_FIELDS = ["contact_id", "tag_id", "source", "created_at"]

@@ -12,6 +12,7 @@ from django.utils import timezone
 from channels.models import Channel, ChannelKind
 from channels.services import channel_create
 from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagGroup
+from contacts.services import stages_ensure_defaults
 from core.periodic import periodic_tasks_sync
 from journeys.demo import catalog
 from journeys.demo.bulk import BulkWriter
@@ -95,6 +96,7 @@ def demo_seed(
     """
     notify = notify or (lambda message: None)
     with transaction.atomic():
+        stages_ensure_defaults()
         tiers = _tiers_ensure()
         tags = _tags_ensure()
         channel = _console_channel_ensure()

@@ -47,7 +47,7 @@ def test_list_searches_and_filters(operator_client):
     tag = TagFactory(name="高净值")
     shanghai = ContactFactory(name="上海客户", city="上海", source="wecom")
     beijing = ContactFactory(
-        name="北京客户", city="北京", source="ad", lifecycle_stage=LifecycleStage.LOYAL
+        name="北京客户", city="北京", source="ad", lifecycle_stage_id=LifecycleStage.LOYAL
     )
     ContactTag.objects.create(contact=beijing, tag=tag)
 
