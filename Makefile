@@ -46,6 +46,7 @@ install: $(STAMP)
 demo: install
 	$(MANAGE) migrate --no-input
 	$(MANAGE) setup_periodic_tasks
+	$(MANAGE) setup_roles
 	$(MANAGE) seed_demo
 	$(MANAGE) runall --host $(HOST) --port $(PORT)
 

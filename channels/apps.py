@@ -5,3 +5,6 @@ from django.utils.translation import gettext_lazy as _
 class ChannelsConfig(AppConfig):
     name = "channels"
     verbose_name = _("Channels")
+
+    def ready(self) -> None:
+        from channels import receivers  # noqa: F401

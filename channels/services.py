@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from channels.adapters import ADAPTERS, OutboundMessage, adapter_for
 from channels.models import Channel, Delivery, DeliveryStatus
-from contacts.models import Contact
+from contacts.models import Contact, MergeRecord
 from contacts.services import event_record
 from core.errors import ValidationFailed
 
@@ -213,3 +213,22 @@ def deliveries_recover_expired() -> int:
             pk=delivery.pk, status=DeliveryStatus.SENDING, lease_until__lt=now
         ).update(status=new_status, lease_until=None, error_code=code)
     return recovered
+
+
+@transaction.atomic
+def deliveries_merge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Move the duplicate's deliveries (history and pending sends) to the survivor."""
+    ids = list(
+        Delivery.objects.filter(contact=duplicate).order_by("pk").values_list("pk", flat=True)
+    )
+    Delivery.objects.filter(pk__in=ids).update(contact=survivor)
+    record.moved["channels.delivery"] = ids
+    record.save(update_fields=["moved"])
+
+
+@transaction.atomic
+def deliveries_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Give the duplicate back the deliveries deliveries_merge moved."""
+    Delivery.objects.filter(pk__in=record.moved.get("channels.delivery", [])).update(
+        contact=duplicate
+    )

@@ -259,6 +259,11 @@ MEMBERSHIP_POINTS_PER_YUAN = env.float("MEMBERSHIP_POINTS_PER_YUAN", default=1.0
 WEBHOOK_DEFAULT_SECRET = env.str("WEBHOOK_DEFAULT_SECRET", default="")
 # How long a claimed delivery may stay in "sending" before the sweeper treats it as abandoned.
 DELIVERY_LEASE_SECONDS = env.int("DELIVERY_LEASE_SECONDS", default=300)
+# Identity kinds that prove two contacts are one person, so identify merges them automatically;
+# weaker ones (openids, anonymous ids) only report a conflict for an operator to review.
+SCRM_STRONG_IDENTITY_KINDS = env.list(
+    "SCRM_STRONG_IDENTITY_KINDS", default=["wechat_unionid", "phone", "external_id", "email"]
+)
 
 LOGGING = {
     "version": 1,

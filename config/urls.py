@@ -15,6 +15,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("contacts/import/", include("contacts.import_urls")),
     path("contacts/", include("contacts.urls")),
     path("segments/", include("segments.urls")),
     path("journeys/", include("journeys.urls")),

@@ -1,13 +1,22 @@
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from contacts import services
-from contacts.models import Contact, IdentityKind
+from contacts import selectors, services
+from contacts.models import (
+    ConsentChannel,
+    ConsentPurpose,
+    Contact,
+    Gender,
+    IdentityKind,
+    TagSource,
+)
 from core.api import ErrorSerializer
 from core.apiviews import BaseApiView
+from core.errors import NotFound
 
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
 
@@ -29,10 +38,19 @@ class IdentifyInSerializer(serializers.Serializer):
 class IdentifyOutSerializer(serializers.Serializer):
     contact_id = serializers.IntegerField()
     created = serializers.BooleanField()
-    merged = serializers.ListField(child=serializers.IntegerField())
+    merged = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text=(
+            "Contacts merged into this one during the call, because a strong identity "
+            "(unionid, phone, external_id, email by default) linked them."
+        ),
+    )
     conflicts = serializers.ListField(
         child=serializers.IntegerField(),
-        help_text="Other contacts the identities point to; they were not merged.",
+        help_text=(
+            "Other contacts only weak identities (openids, anonymous_id) point to; they were "
+            "not merged."
+        ),
     )
 
 
@@ -58,6 +76,12 @@ class IdentifyApi(BaseApiView):
                 "Answer",
                 response_only=True,
                 value={"contact_id": 42, "created": True, "merged": [], "conflicts": []},
+            ),
+            OpenApiExample(
+                "Answer after a merge",
+                description="The unionid linked an anonymous visitor's contact 57 to contact 42.",
+                response_only=True,
+                value={"contact_id": 42, "created": False, "merged": [57], "conflicts": []},
             ),
         ],
     )
@@ -220,6 +244,8 @@ class IdentityOutSerializer(serializers.Serializer):
 class ContactOutSerializer(serializers.ModelSerializer):
     identities = IdentityOutSerializer(many=True)
     lifecycle_stage = serializers.CharField(source="lifecycle_stage_id")
+    owner = serializers.IntegerField(source="owner_id", allow_null=True, help_text="User id.")
+    store = serializers.SlugRelatedField(slug_field="code", read_only=True, help_text="Code.")
     tags = serializers.SerializerMethodField()
 
     class Meta:
@@ -236,7 +262,14 @@ class ContactOutSerializer(serializers.ModelSerializer):
             "city",
             "source",
             "channel_code",
+            "utm_source",
+            "utm_medium",
+            "utm_campaign",
+            "utm_content",
+            "utm_term",
             "lifecycle_stage",
+            "owner",
+            "store",
             "attributes",
             "identities",
             "tags",
@@ -248,15 +281,387 @@ class ContactOutSerializer(serializers.ModelSerializer):
         return [str(ct.tag) for ct in contact.contact_tags.all()]
 
 
+CONTACT_EXAMPLE = {
+    "id": 42,
+    "name": "林小雨",
+    "nickname": "小林",
+    "gender": "female",
+    "birthday": "1992-03-04",
+    "phone": "+8613800138000",
+    "email": "lin@example.cn",
+    "province": "上海",
+    "city": "上海",
+    "source": "api",
+    "channel_code": "",
+    "utm_source": "",
+    "utm_medium": "",
+    "utm_campaign": "double11",
+    "utm_content": "",
+    "utm_term": "",
+    "lifecycle_stage": "first_purchase",
+    "owner": 3,
+    "store": "sh-01",
+    "attributes": {"skin_type": "dry"},
+    "identities": [
+        {"kind": "miniprogram_openid", "app_id": "wx1234", "value": "oAbc123"},
+        {"kind": "phone", "app_id": "", "value": "+8613800138000"},
+    ],
+    "tags": ["兴趣/护肤"],
+    "created_at": "2026-11-26T10:15:00+08:00",
+    "last_seen_at": "2026-11-26T10:16:30+08:00",
+}
+NOT_FOUND = {404: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
+
+
+def _contact(contact_id: int) -> Contact:
+    """The contact with this id; a merged-away id answers with the contact that absorbed it."""
+    contact = get_object_or_404(Contact, pk=contact_id)
+    return selectors.contact_follow_merges(contact=contact)
+
+
+def _contact_out(contact: Contact) -> dict:
+    contact = (
+        Contact.objects.select_related("store")
+        .prefetch_related("identities", "contact_tags__tag__group")
+        .get(pk=contact.pk)
+    )
+    return ContactOutSerializer(contact).data
+
+
+class ContactPatchSerializer(serializers.Serializer):
+    """The fields a PATCH may change; custom fields are sent by their key next to them.
+
+    Values are passed to the service unchanged so that each gets its own precise error (a
+    number where text belongs is refused, not silently turned into text).
+    """
+
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    nickname = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    gender = serializers.ChoiceField(choices=Gender.choices, required=False)
+    birthday = serializers.DateField(required=False, allow_null=True)
+    phone = serializers.CharField(required=False, allow_blank=True, help_text="Stored as E.164.")
+    email = serializers.EmailField(required=False, allow_blank=True)
+    province = serializers.CharField(max_length=30, required=False, allow_blank=True)
+    city = serializers.CharField(max_length=30, required=False, allow_blank=True)
+    lifecycle_stage = serializers.CharField(required=False, help_text="A stage key.")
+    owner = serializers.IntegerField(required=False, allow_null=True, help_text="A user id.")
+    store = serializers.CharField(required=False, allow_null=True, help_text="Store id or code.")
+    utm_source = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    utm_medium = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    utm_campaign = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    utm_content = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    utm_term = serializers.CharField(max_length=100, required=False, allow_blank=True)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Send an object of field names and values."]}
+            )
+        if not data:
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Send at least one field to change."]}
+            )
+        return dict(data)
+
+
 class ContactDetailApi(BaseApiView):
     @extend_schema(
         operation_id="contact_get",
         summary="One contact with identities and tags",
-        responses={200: ContactOutSerializer, 404: ErrorSerializer, 401: ErrorSerializer},
+        description="A contact that was merged into another answers with the survivor.",
+        responses={200: ContactOutSerializer, **NOT_FOUND},
+        examples=[OpenApiExample("A contact", response_only=True, value=CONTACT_EXAMPLE)],
     )
     def get(self, request: Request, contact_id: int) -> Response:
-        contact = get_object_or_404(
-            Contact.objects.prefetch_related("identities", "contact_tags__tag__group"),
-            pk=contact_id,
+        return Response(_contact_out(_contact(contact_id)))
+
+    @extend_schema(
+        operation_id="contact_update",
+        summary="Change listed profile fields and custom fields",
+        description=(
+            "Only the listed fields and active custom fields (by key) may be sent; anything else "
+            "is refused with `unknown_field`. Every value is checked before anything is stored: "
+            "one bad value stores nothing. `null` or an empty string clears a field."
+        ),
+        request=ContactPatchSerializer,
+        responses={200: ContactOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        examples=[
+            OpenApiExample(
+                "Profile and a custom field",
+                request_only=True,
+                value={
+                    "name": "林小雨",
+                    "birthday": "1992-03-04",
+                    "lifecycle_stage": "first_purchase",
+                    "store": "sh-01",
+                    "skin_type": "dry",
+                },
+            ),
+            OpenApiExample(
+                "Unknown field",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "unknown_field",
+                        "message": "Unknown field 'shoe_size'.",
+                        "details": {"field": "shoe_size"},
+                    }
+                },
+            ),
+        ],
+    )
+    def patch(self, request: Request, contact_id: int) -> Response:
+        contact = _contact(contact_id)
+        data = ContactPatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        contact = services.contact_update(contact=contact, data=data.validated_data, source="api")
+        return Response(_contact_out(contact))
+
+
+class LookupQuerySerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=IdentityKind.choices)
+    value = serializers.CharField(max_length=191)
+    app_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+
+
+class ContactLookupApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_lookup",
+        summary="Find a contact by one identity",
+        description=(
+            "Phones and emails are normalised first, so `13800138000` finds `+8613800138000`. "
+            "No contact with that identity answers 404."
+        ),
+        parameters=[LookupQuerySerializer],
+        responses={200: ContactOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        examples=[OpenApiExample("A contact", response_only=True, value=CONTACT_EXAMPLE)],
+    )
+    def get(self, request: Request) -> Response:
+        query = LookupQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        identity = services.normalize_identity(services.IdentityInput(**query.validated_data))
+        contact = selectors.contact_get_by_identity(
+            kind=identity.kind, value=identity.value, app_id=identity.app_id
         )
-        return Response(ContactOutSerializer(contact).data)
+        if contact is None:
+            raise NotFound("No contact has this identity.")
+        return Response(_contact_out(contact))
+
+
+class TagsInSerializer(serializers.Serializer):
+    tags = serializers.ListField(
+        child=serializers.JSONField(),
+        allow_empty=False,
+        max_length=50,
+        help_text='Tag ids or "group/name" of existing tags.',
+    )
+
+
+class TagsOutSerializer(serializers.Serializer):
+    added = serializers.ListField(child=serializers.CharField(), help_text="Newly added tags.")
+    tags = serializers.ListField(child=serializers.CharField(), help_text="All the contact's tags.")
+
+
+def _tag_names(contact: Contact) -> list[str]:
+    return [str(ct.tag) for ct in selectors.contact_tags(contact=contact)]
+
+
+class ContactTagsApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_tags_add",
+        summary="Tag a contact",
+        description=(
+            "Tags are given by id or as `group/name`; they must exist. A tag the contact already "
+            "has is left as it is. One unknown tag adds none."
+        ),
+        request=TagsInSerializer,
+        responses={200: TagsOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        examples=[
+            OpenApiExample(
+                "By id and by name", request_only=True, value={"tags": [7, "兴趣/护肤"]}
+            ),
+            OpenApiExample(
+                "Answer",
+                response_only=True,
+                value={"added": ["兴趣/护肤"], "tags": ["价值/高价值", "兴趣/护肤"]},
+            ),
+        ],
+    )
+    def post(self, request: Request, contact_id: int) -> Response:
+        contact = _contact(contact_id)
+        data = TagsInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        tags = services.tags_resolve(refs=data.validated_data["tags"])
+        added = services.contact_tags_add(contact=contact, tags=tags, source=TagSource.API)
+        body = {"added": [str(t) for t in added], "tags": _tag_names(contact)}
+        return Response(TagsOutSerializer(body).data)
+
+
+class ContactTagDeleteApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_tag_remove",
+        summary="Remove a tag from a contact",
+        description=(
+            "`tag_id` is a tag id or `group/name` (URL-encoded). Removing a tag the contact "
+            "does not have also answers 204."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "tag_id",
+                OpenApiTypes.STR,
+                OpenApiParameter.PATH,
+                description='Tag id, or "group/name".',
+            )
+        ],
+        responses={204: None, 400: ErrorSerializer, **NOT_FOUND},
+    )
+    def delete(self, request: Request, contact_id: int, tag_id: str) -> Response:
+        contact = _contact(contact_id)
+        (tag,) = services.tags_resolve(refs=[tag_id])
+        services.contact_tag_remove(contact=contact, tag=tag)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ConsentInSerializer(serializers.Serializer):
+    channel = serializers.ChoiceField(choices=ConsentChannel.choices)
+    purpose = serializers.ChoiceField(choices=ConsentPurpose.choices)
+    granted = serializers.BooleanField()
+    source = serializers.CharField(max_length=50, help_text="Where it was given: form, reply …")
+    notice_version = serializers.CharField(
+        max_length=30, required=False, allow_blank=True, default=""
+    )
+    evidence = serializers.DictField(required=False, default=dict)
+
+    def to_internal_value(self, data):
+        # "granted": "yes" or 1 is a client bug in a legal record: accept only true or false.
+        if isinstance(data, dict) and "granted" in data and not isinstance(data["granted"], bool):
+            raise serializers.ValidationError({"granted": ["Must be true or false."]})
+        return super().to_internal_value(data)
+
+
+class ConsentOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    channel = serializers.CharField()
+    purpose = serializers.CharField()
+    granted = serializers.BooleanField()
+    source = serializers.CharField()
+    notice_version = serializers.CharField()
+    evidence = serializers.DictField()
+    recorded_at = serializers.DateTimeField()
+
+
+class ContactConsentsApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_consent_record",
+        summary="Record a consent given or withdrawn",
+        description=(
+            "Appends a record (kept for evidence) and makes it the contact's current state for "
+            "the channel and purpose."
+        ),
+        request=ConsentInSerializer,
+        responses={201: ConsentOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        examples=[
+            OpenApiExample(
+                "Marketing SMS opt-in",
+                request_only=True,
+                value={
+                    "channel": "sms",
+                    "purpose": "marketing",
+                    "granted": True,
+                    "source": "miniprogram_register",
+                    "notice_version": "2026-01",
+                    "evidence": {"page": "/pages/register", "checkbox": "agree_sms"},
+                },
+            ),
+            OpenApiExample(
+                "Answer",
+                response_only=True,
+                status_codes=["201"],
+                value={
+                    "id": 310,
+                    "channel": "sms",
+                    "purpose": "marketing",
+                    "granted": True,
+                    "source": "miniprogram_register",
+                    "notice_version": "2026-01",
+                    "evidence": {"page": "/pages/register", "checkbox": "agree_sms"},
+                    "recorded_at": "2026-11-26T10:15:00+08:00",
+                },
+            ),
+        ],
+    )
+    def post(self, request: Request, contact_id: int) -> Response:
+        contact = _contact(contact_id)
+        data = ConsentInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        record = services.consent_record(contact=contact, **data.validated_data)
+        return Response(ConsentOutSerializer(record).data, status=status.HTTP_201_CREATED)
+
+
+class TimelineQuerySerializer(serializers.Serializer):
+    before = serializers.IntegerField(
+        required=False, min_value=1, help_text="`next_before` of the previous page."
+    )
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=50)
+
+
+class TimelineEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    event_id = serializers.CharField()
+    name = serializers.CharField()
+    occurred_at = serializers.DateTimeField()
+    properties = serializers.DictField()
+    value = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    source = serializers.CharField()
+
+
+class TimelineOutSerializer(serializers.Serializer):
+    events = TimelineEventSerializer(many=True)
+    next_before = serializers.IntegerField(
+        allow_null=True, help_text="Pass as `before` for the next page; null on the last page."
+    )
+
+
+class ContactTimelineApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_timeline",
+        summary="A contact's events, newest first",
+        description="Keyset paging: pass the answer's `next_before` as `before`.",
+        parameters=[TimelineQuerySerializer],
+        responses={200: TimelineOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        examples=[
+            OpenApiExample(
+                "A page",
+                response_only=True,
+                value={
+                    "events": [
+                        {
+                            "id": 9001,
+                            "event_id": "order-20261126-0001",
+                            "name": "purchase",
+                            "occurred_at": "2026-11-26T10:15:00+08:00",
+                            "properties": {"order_id": "20261126-0001"},
+                            "value": "299.00",
+                            "source": "api",
+                        }
+                    ],
+                    "next_before": 9001,
+                },
+            )
+        ],
+    )
+    def get(self, request: Request, contact_id: int) -> Response:
+        contact = _contact(contact_id)
+        query = TimelineQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        limit = query.validated_data["limit"]
+        events = selectors.contact_timeline(
+            contact=contact, before=query.validated_data.get("before"), limit=limit + 1
+        )
+        page = events[:limit]
+        body = {
+            "events": page,
+            "next_before": page[-1].pk if len(events) > limit else None,
+        }
+        return Response(TimelineOutSerializer(body).data)

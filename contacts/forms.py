@@ -1,8 +1,20 @@
+from typing import Any
+
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from contacts.models import Contact
-from contacts.selectors import tags_grouped
+from contacts.models import (
+    ConsentChannel,
+    ConsentPurpose,
+    Contact,
+    CustomField,
+    CustomFieldKind,
+    Gender,
+    Stage,
+)
+from contacts.selectors import contact_custom_fields, staff_users, stores_active, tags_grouped
+
+CUSTOM_PREFIX = "cf__"
 
 
 class TagAddForm(forms.Form):
@@ -16,3 +28,216 @@ class TagAddForm(forms.Form):
         super().__init__(*args, **kwargs)
         if contact is not None:
             self.fields["tag"].queryset = tags_grouped().exclude(contact_tags__contact=contact)
+
+
+# Column fields the edit form offers, in order; phone and email only to those who may see them.
+# Source and channel code record the first touch and are not edited by hand.
+PROFILE_FIELDS = (
+    "name",
+    "nickname",
+    "gender",
+    "birthday",
+    "phone",
+    "email",
+    "province",
+    "city",
+    "lifecycle_stage",
+    "owner",
+    "store",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+)
+PERSONAL_FIELDS = ("phone", "email")
+
+
+def _custom_form_field(definition: CustomField) -> forms.Field:
+    label = definition.label
+    choices = [(str(c), str(c)) for c in definition.choices or []]
+    if definition.kind == CustomFieldKind.NUMBER:
+        return forms.DecimalField(label=label, required=False)
+    if definition.kind == CustomFieldKind.DATE:
+        return forms.DateField(
+            label=label, required=False, widget=forms.DateInput(attrs={"type": "date"})
+        )
+    if definition.kind == CustomFieldKind.SINGLE_CHOICE:
+        return forms.ChoiceField(label=label, required=False, choices=[("", "—"), *choices])
+    if definition.kind == CustomFieldKind.MULTI_CHOICE:
+        return forms.MultipleChoiceField(
+            label=label, required=False, choices=choices, widget=forms.CheckboxSelectMultiple
+        )
+    if definition.kind == CustomFieldKind.BOOLEAN:
+        return forms.NullBooleanField(label=label, required=False)
+    return forms.CharField(label=label, required=False, max_length=500)
+
+
+class ContactEditForm(forms.Form):
+    """The profile edit form; contacts.services.contact_update does the authoritative checks."""
+
+    name = forms.CharField(label=_("Name"), max_length=100, required=False)
+    nickname = forms.CharField(label=_("Nickname"), max_length=100, required=False)
+    gender = forms.ChoiceField(label=_("Gender"), choices=Gender.choices)
+    birthday = forms.DateField(
+        label=_("Birthday"), required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    phone = forms.CharField(label=_("Phone"), max_length=30, required=False)
+    email = forms.EmailField(label=_("Email"), max_length=254, required=False)
+    province = forms.CharField(label=_("Province"), max_length=30, required=False)
+    city = forms.CharField(label=_("City"), max_length=30, required=False)
+    lifecycle_stage = forms.ModelChoiceField(
+        label=_("Lifecycle stage"),
+        queryset=Stage.objects.filter(is_active=True),
+        to_field_name="key",
+        empty_label=None,
+    )
+    owner = forms.ModelChoiceField(
+        label=_("Owner"), queryset=staff_users(), required=False, empty_label="—"
+    )
+    store = forms.ModelChoiceField(
+        label=_("Store"), queryset=stores_active(), required=False, empty_label="—"
+    )
+    utm_source = forms.CharField(label=_("UTM source"), max_length=100, required=False)
+    utm_medium = forms.CharField(label=_("UTM medium"), max_length=100, required=False)
+    utm_campaign = forms.CharField(label=_("UTM campaign"), max_length=100, required=False)
+    utm_content = forms.CharField(label=_("UTM content"), max_length=100, required=False)
+    utm_term = forms.CharField(label=_("UTM term"), max_length=100, required=False)
+
+    def __init__(self, *args, contact: Contact, personal_data: bool, **kwargs):
+        self.contact = contact
+        initial = {
+            name: getattr(contact, Contact._meta.get_field(name).attname) for name in PROFILE_FIELDS
+        }
+        self.custom_fields = list(contact_custom_fields())
+        attributes = contact.attributes if isinstance(contact.attributes, dict) else {}
+        for definition in self.custom_fields:
+            initial[CUSTOM_PREFIX + definition.key] = attributes.get(definition.key)
+        super().__init__(*args, initial=initial, **kwargs)
+        # Stores and users may have been deactivated since; keep the current value selectable.
+        if contact.store_id:
+            self.fields["store"].queryset = (
+                stores_active() | type(contact.store).objects.filter(pk=contact.store_id)
+            ).distinct()
+        if not personal_data:
+            for name in PERSONAL_FIELDS:
+                del self.fields[name]
+        for definition in self.custom_fields:
+            self.fields[CUSTOM_PREFIX + definition.key] = _custom_form_field(definition)
+
+    @property
+    def profile_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in PROFILE_FIELDS if name in self.fields]
+
+    @property
+    def custom_bound_fields(self) -> list[forms.BoundField]:
+        return [self[CUSTOM_PREFIX + d.key] for d in self.custom_fields]
+
+    def changes(self) -> dict[str, Any]:
+        """The changed values, keyed as contact_update expects (custom fields by their key)."""
+        data: dict[str, Any] = {}
+        for name in self.changed_data:
+            value = self.cleaned_data[name]
+            if name.startswith(CUSTOM_PREFIX):
+                data[name.removeprefix(CUSTOM_PREFIX)] = _plain(value)
+            elif name in ("lifecycle_stage", "owner", "store"):
+                data[name] = (
+                    None
+                    if value is None
+                    else (value.key if name == "lifecycle_stage" else value.pk)
+                )
+            else:
+                data[name] = value
+        return data
+
+    def add_service_error(self, field: str | None, message: str) -> None:
+        """Show a service-side validation error next to the field it names."""
+        if field and field in self.fields:
+            self.add_error(field, message)
+        elif field and CUSTOM_PREFIX + field in self.fields:
+            self.add_error(CUSTOM_PREFIX + field, message)
+        else:
+            self.add_error(None, message)
+
+
+def _plain(value: Any) -> Any:
+    """Form values as JSON-friendly primitives for custom fields."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+class NoteForm(forms.Form):
+    body = forms.CharField(
+        label=_("Note"),
+        max_length=5000,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": _("What happened, what's next…")}),
+    )
+    follow_up_at = forms.DateTimeField(
+        label=_("Follow up at"),
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
+    )
+
+
+class ConsentForm(forms.Form):
+    channel = forms.ChoiceField(label=_("Channel"), choices=ConsentChannel.choices)
+    purpose = forms.ChoiceField(label=_("Purpose"), choices=ConsentPurpose.choices)
+    granted = forms.TypedChoiceField(
+        label=_("Decision"),
+        choices=[("1", _("Granted")), ("0", _("Withdrawn"))],
+        coerce=lambda v: v == "1",
+        widget=forms.RadioSelect,
+        initial="1",
+    )
+    source = forms.CharField(
+        label=_("Source"),
+        max_length=50,
+        initial="operator",
+        help_text=_("Where the customer said so: in store, phone call, paper form …"),
+    )
+    notice_version = forms.CharField(label=_("Notice version"), max_length=30, required=False)
+    evidence = forms.CharField(
+        label=_("Evidence"),
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=_("For example the form number or what the customer said."),
+    )
+
+
+class BulkTagForm(forms.Form):
+    SCOPE_SELECTED = "selected"
+    SCOPE_ALL = "all"
+
+    # Not "tag": the list filter of that name travels in the same POST.
+    bulk_tag = forms.ModelChoiceField(
+        label=_("Tag"), queryset=tags_grouped(), empty_label=_("Choose a tag…")
+    )
+    op = forms.ChoiceField(choices=[("add", _("Add tag")), ("remove", _("Remove tag"))])
+    scope = forms.ChoiceField(
+        label=_("Apply to"),
+        choices=[
+            (SCOPE_SELECTED, _("Selected contacts")),
+            (SCOPE_ALL, _("All contacts matching the filter")),
+        ],
+        initial=SCOPE_SELECTED,
+        widget=forms.RadioSelect,
+    )
+    ids = forms.TypedMultipleChoiceField(coerce=int, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Any integer id is acceptable here; visibility is applied to the ids later.
+        self.fields["ids"].valid_value = lambda value: str(value).isdigit()
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("scope") == self.SCOPE_SELECTED and not cleaned.get("ids"):
+            raise forms.ValidationError(_("Select at least one contact, or apply to all."))
+        return cleaned

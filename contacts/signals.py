@@ -6,3 +6,12 @@ contact_changed = Signal()
 # Sent inside the recording transaction; kwargs: events (list[Event]) that were newly stored.
 # Receivers that write (points, scores) therefore commit or roll back together with the events.
 events_recorded = Signal()
+
+# Sent inside the merge transaction; kwargs: record (MergeRecord), survivor, duplicate (Contact).
+# Each higher app moves the rows it holds for `duplicate` to `survivor` and appends their ids to
+# record.moved["<app_label>.<model>"] (then saves the record), so that the merge can be undone.
+contact_merged = Signal()
+
+# Sent inside the undo transaction, before the contacts app moves its own rows back; kwargs as
+# for contact_merged. Each app moves back what it listed in record.moved.
+contact_unmerged = Signal()

@@ -1,21 +1,40 @@
+from urllib.parse import urlencode
+
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.middleware.csrf import get_token
+from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from contacts import selectors, services
+from contacts import bulk, pii, roles, selectors, services
 from contacts.filters import ContactFilter
-from contacts.forms import TagAddForm
-from contacts.models import Contact
-from core.htmx import htmx_target, redirect_or_fragment, render_page
+from contacts.forms import BulkTagForm, ConsentForm, ContactEditForm, NoteForm, TagAddForm
+from contacts.models import Contact, Note
+from core import jobs
+from core.audit import audit_log
+from core.errors import DomainError, ValidationFailed
+from core.htmx import htmx_target, is_fragment_request, redirect_or_fragment, render_page
 from core.pagination import keyset_page
 
 PAGE_SIZE = 50
 TIMELINE_SIZE = 30
 DETAIL_TEMPLATE = "contacts/contact_detail.html"
+EDIT_TEMPLATE = "contacts/contact_edit.html"
+LIST_TEMPLATE = "contacts/contact_list.html"
+# Regions of the 360 page that htmx may ask for by their DOM id.
+DETAIL_FRAGMENTS = {
+    "contact-tags",
+    "contact-profile",
+    "contact-notes",
+    "contact-consent",
+    "contact-merges",
+}
 
 
 def _int_or_none(raw: str | None) -> int | None:
@@ -26,7 +45,118 @@ def _int_or_none(raw: str | None) -> int | None:
 
 
 def _get_contact(request: HttpRequest, pk: int) -> Contact:
-    return get_object_or_404(selectors.contact_visible_to(user=request.user), pk=pk)
+    return get_object_or_404(
+        selectors.contact_visible_to(user=request.user).select_related(
+            "lifecycle_stage", "owner", "store"
+        ),
+        pk=pk,
+    )
+
+
+def _detail_url(contact: Contact) -> str:
+    return reverse("contacts:detail", args=[contact.pk])
+
+
+# --- Contact list and bulk actions -----------------------------------------------------------
+
+
+def _filter_params(data) -> dict[str, list[str]]:
+    """The list-filter values of a GET or POST, for re-running the filter later."""
+    return {
+        name: [v for v in data.getlist(name) if v]
+        for name in ContactFilter.base_filters
+        if any(data.getlist(name))
+    }
+
+
+@login_required
+def contact_list(request: HttpRequest) -> HttpResponse:
+    filters = ContactFilter(request.GET, queryset=selectors.contact_list(user=request.user))
+    page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
+    params = _filter_params(request.GET)
+    context = {
+        "filters": filters,
+        "page": page,
+        "bulk_form": BulkTagForm(),
+        "filter_params": params,
+        "filter_query": urlencode(params, doseq=True),
+        "store_scope": roles.is_store_staff(request.user) and not request.user.is_superuser,
+        "can_bulk_tag": request.user.has_perm("contacts.add_contacttag")
+        or request.user.has_perm("contacts.delete_contacttag"),
+    }
+    return render_page(request, LIST_TEMPLATE, context, fragment="contact-table")
+
+
+@login_required
+@require_POST
+def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
+    perm = (
+        "contacts.delete_contacttag"
+        if request.POST.get("op") == "remove"
+        else "contacts.add_contacttag"
+    )
+    if not request.user.has_perm(perm):
+        raise PermissionDenied
+    form = BulkTagForm(request.POST)
+    params = _filter_params(request.POST)
+    back = reverse("contacts:list")
+    if params:
+        back += "?" + urlencode(params, doseq=True)
+    if not form.is_valid():
+        for error in form.non_field_errors() or [_("Choose a tag and an action.")]:
+            messages.error(request, error)
+        return redirect(back)
+    add = form.cleaned_data["op"] == "add"
+    tag = form.cleaned_data["bulk_tag"]
+    selected = form.cleaned_data["scope"] == BulkTagForm.SCOPE_SELECTED
+    # The list ignores an invalid filter; "all matching" must not silently widen to everyone.
+    if not selected and not ContactFilter(request.POST).is_valid():
+        messages.error(request, _("Fix the filter before applying a bulk action to all matches."))
+        return redirect(back)
+    started = bulk.contacts_bulk_tag_start(
+        tag=tag,
+        add=add,
+        actor=request.user,
+        contact_ids=form.cleaned_data["ids"] if selected else None,
+        filter_params=None if selected else params,
+    )
+    if started.job is not None:
+        messages.info(
+            request,
+            _("Tagging %(count)s contacts in the background.") % {"count": started.job.total},
+        )
+        return redirect("contacts:bulk_job", job_id=started.job.pk)
+    result = started.result
+    if add:
+        text = ngettext(
+            "Tag “%(tag)s” added to %(count)s contact.",
+            "Tag “%(tag)s” added to %(count)s contacts.",
+            result.changed,
+        )
+    else:
+        text = ngettext(
+            "Tag “%(tag)s” removed from %(count)s contact.",
+            "Tag “%(tag)s” removed from %(count)s contacts.",
+            result.changed,
+        )
+    messages.success(request, text % {"tag": tag.name, "count": result.changed})
+    return redirect(back)
+
+
+@login_required
+def contact_bulk_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(
+        jobs.jobs_visible_to(user=request.user).filter(kind=bulk.JOB_KIND), pk=job_id
+    )
+    context = {
+        "job": job,
+        "poll_url": reverse("contacts:bulk_job", args=[job.pk]),
+        "result_template": "contacts/contact_bulk_result.html",
+    }
+    return render_page(request, "contacts/contact_bulk_job.html", context, fragment="job-progress")
+
+
+# --- The 360 page ----------------------------------------------------------------------------
 
 
 def _tags_context(contact: Contact) -> dict:
@@ -37,30 +167,52 @@ def _tags_context(contact: Contact) -> dict:
     }
 
 
-@login_required
-def contact_list(request: HttpRequest) -> HttpResponse:
-    filters = ContactFilter(request.GET, queryset=selectors.contact_list(user=request.user))
-    page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
-    return render_page(
-        request,
-        "contacts/contact_list.html",
-        {"filters": filters, "page": page},
-        fragment="contact-table",
-    )
+def _profile_context(request: HttpRequest, contact: Contact, *, unmasked: bool = False) -> dict:
+    return {
+        "contact": contact,
+        "profile_attributes": selectors.contact_profile_attributes(contact=contact),
+        "unmasked": unmasked,
+        "can_unmask": pii.can_view_personal_data(request.user),
+    }
 
 
-@login_required
-def contact_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    contact = _get_contact(request, pk)
+def _notes_context(contact: Contact, form: NoteForm | None = None) -> dict:
+    return {
+        "contact": contact,
+        "notes": selectors.contact_notes(contact=contact),
+        "note_form": form or NoteForm(),
+    }
+
+
+def _consent_context(contact: Contact, form: ConsentForm | None = None) -> dict:
+    return {
+        "contact": contact,
+        "consents": list(selectors.contact_consents(contact=contact)),
+        "consent_records": list(selectors.contact_consent_records(contact=contact)),
+        "consent_form": form or ConsentForm(),
+    }
+
+
+def _merges_context(contact: Contact) -> dict:
+    return {"contact": contact, "merges": list(selectors.contact_merges(contact=contact))}
+
+
+def _render_detail(
+    request: HttpRequest, contact: Contact, *, unmasked: bool = False
+) -> HttpResponse:
     before = _int_or_none(request.GET.get("before"))
     events = selectors.contact_timeline(contact=contact, before=before, limit=TIMELINE_SIZE + 1)
     timeline = {
         "events": events[:TIMELINE_SIZE],
         "next_before": events[TIMELINE_SIZE - 1].pk if len(events) > TIMELINE_SIZE else None,
     }
-    fragment = "timeline-more" if before else htmx_target(request, allowed={"contact-tags"})
+    fragment = "timeline-more" if before else htmx_target(request, allowed=DETAIL_FRAGMENTS)
     context = {
         **_tags_context(contact),
+        **_profile_context(request, contact, unmasked=unmasked),
+        **_notes_context(contact),
+        **_consent_context(contact),
+        **_merges_context(contact),
         "identities": list(selectors.contact_identities(contact=contact)),
         "timeline": timeline,
         "before": before,
@@ -69,7 +221,106 @@ def contact_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
+def contact_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    visible = selectors.contact_visible_to(user=request.user).select_related(
+        "lifecycle_stage", "owner", "store"
+    )
+    contact = visible.filter(pk=pk).first()
+    if contact is None:
+        # Old links to a merged-away contact lead to the contact it now lives in.
+        survivor = selectors.contact_merged_into_visible(user=request.user, pk=pk)
+        if survivor is None:
+            get_object_or_404(visible, pk=pk)
+        return redirect(_detail_url(survivor))
+    return _render_detail(request, contact)
+
+
+@login_required
 @require_POST
+@permission_required("contacts.view_personal_data", raise_exception=True)
+def contact_unmask(request: HttpRequest, pk: int) -> HttpResponse:
+    """Reveal phone and email once, for this response only; every reveal is audit-logged."""
+    contact = _get_contact(request, pk)
+    audit_log(
+        actor=request.user,
+        action="contact.unmask",
+        obj=contact,
+        details={"fields": ["phone", "email"]},
+        request=request,
+    )
+    if is_fragment_request(request):
+        return render_page(
+            request,
+            DETAIL_TEMPLATE,
+            _profile_context(request, contact, unmasked=True),
+            fragment="contact-profile",
+        )
+    # Without htmx the whole page is rendered here: a redirect would mask the values again.
+    return _render_detail(request, contact, unmasked=True)
+
+
+@login_required
+@permission_required("contacts.change_contact", raise_exception=True)
+def contact_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    contact = _get_contact(request, pk)
+    personal = pii.can_view_personal_data(request.user)
+    form = ContactEditForm(request.POST or None, contact=contact, personal_data=personal)
+    if request.method == "POST" and form.is_valid():
+        changes = form.changes()
+        try:
+            if changes:
+                services.contact_update(
+                    contact=contact, data=changes, actor=request.user, source="manual"
+                )
+        except ValidationFailed as exc:
+            details = exc.details if isinstance(exc.details, dict) else {}
+            form.add_service_error(details.get("field") or _field_named(exc, form), exc.message)
+        else:
+            if changes:
+                messages.success(request, _("Profile saved."))
+            else:
+                messages.info(request, _("Nothing changed."))
+            contact = _get_contact(request, pk)
+            return redirect_or_fragment(
+                request,
+                to=_detail_url(contact),
+                template=DETAIL_TEMPLATE,
+                fragment="contact-profile",
+                context=_profile_context(request, contact),
+            )
+    elif request.method == "GET" and personal:
+        # Showing the edit form reveals phone and email in its inputs.
+        audit_log(
+            actor=request.user,
+            action="contact.unmask",
+            obj=contact,
+            details={"fields": ["phone", "email"], "via": "edit_form"},
+            request=request,
+        )
+    return render_page(
+        request, EDIT_TEMPLATE, {"contact": contact, "form": form}, fragment="contact-profile"
+    )
+
+
+# Service error codes that always concern one field.
+ERROR_CODE_FIELDS = {"invalid_phone": "phone", "invalid_email": "email"}
+
+
+def _field_named(exc: ValidationFailed, form: ContactEditForm) -> str | None:
+    """The form field a service error is about: by its code, or the name it quotes."""
+    if exc.code in ERROR_CODE_FIELDS:
+        return ERROR_CODE_FIELDS[exc.code]
+    message = exc.message
+    for name in form.fields:
+        key = name.removeprefix("cf__")
+        if f"'{key}'" in message:
+            return name
+    return None
+
+
+@login_required
+@require_POST
+@permission_required("contacts.add_contacttag", raise_exception=True)
 def contact_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
     contact = _get_contact(request, pk)
     form = TagAddForm(request.POST)
@@ -83,7 +334,7 @@ def contact_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, _("Choose a tag to add."))
     return redirect_or_fragment(
         request,
-        to=reverse("contacts:detail", args=[contact.pk]),
+        to=_detail_url(contact),
         template=DETAIL_TEMPLATE,
         fragment="contact-tags",
         context=_tags_context(contact),
@@ -92,6 +343,7 @@ def contact_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@permission_required("contacts.delete_contacttag", raise_exception=True)
 def contact_tag_remove(request: HttpRequest, pk: int, tag_id: int) -> HttpResponse:
     contact = _get_contact(request, pk)
     tag = get_object_or_404(selectors.tags_grouped(), pk=tag_id)
@@ -101,8 +353,188 @@ def contact_tag_remove(request: HttpRequest, pk: int, tag_id: int) -> HttpRespon
         messages.info(request, _("The contact did not have “%(tag)s”.") % {"tag": tag.name})
     return redirect_or_fragment(
         request,
-        to=reverse("contacts:detail", args=[contact.pk]),
+        to=_detail_url(contact),
         template=DETAIL_TEMPLATE,
         fragment="contact-tags",
         context=_tags_context(contact),
+    )
+
+
+# --- Notes and follow-ups --------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+@permission_required("contacts.add_note", raise_exception=True)
+def contact_note_add(request: HttpRequest, pk: int) -> HttpResponse:
+    contact = _get_contact(request, pk)
+    form = NoteForm(request.POST)
+    if form.is_valid():
+        try:
+            services.note_add(
+                contact=contact,
+                author=request.user,
+                body=form.cleaned_data["body"],
+                follow_up_at=form.cleaned_data["follow_up_at"],
+            )
+        except ValidationFailed as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, _("Note added."))
+            form = None
+    if form is not None and not is_fragment_request(request):
+        messages.error(request, _("The note was not saved: %(errors)s") % {"errors": _errors(form)})
+    return redirect_or_fragment(
+        request,
+        to=_detail_url(contact) + "#contact-notes",
+        template=DETAIL_TEMPLATE,
+        fragment="contact-notes",
+        context=_notes_context(contact, form),
+    )
+
+
+def _errors(form) -> str:
+    return " ".join(str(e) for errors in form.errors.values() for e in errors)
+
+
+@login_required
+@require_POST
+@permission_required("contacts.change_note", raise_exception=True)
+def contact_note_done(request: HttpRequest, pk: int, note_id: int) -> HttpResponse:
+    contact = _get_contact(request, pk)
+    note = get_object_or_404(Note.objects.filter(contact=contact), pk=note_id)
+    try:
+        services.note_complete(note=note, actor=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _("Follow-up marked done."))
+    return redirect_or_fragment(
+        request,
+        to=_detail_url(contact) + "#contact-notes",
+        template=DETAIL_TEMPLATE,
+        fragment="contact-notes",
+        context=_notes_context(contact),
+    )
+
+
+# --- Consent ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+@permission_required("contacts.add_consentrecord", raise_exception=True)
+def contact_consent(request: HttpRequest, pk: int) -> HttpResponse:
+    contact = _get_contact(request, pk)
+    form = ConsentForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            services.consent_record(
+                contact=contact,
+                channel=data["channel"],
+                purpose=data["purpose"],
+                granted=data["granted"],
+                source=data["source"],
+                notice_version=data["notice_version"],
+                evidence={"note": data["evidence"]} if data["evidence"] else None,
+                actor=request.user,
+            )
+        except ValidationFailed as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, _("Consent recorded."))
+            form = None
+    if form is not None and not is_fragment_request(request):
+        messages.error(
+            request, _("The consent was not recorded: %(errors)s") % {"errors": _errors(form)}
+        )
+    return redirect_or_fragment(
+        request,
+        to=_detail_url(contact) + "#contact-consent",
+        template=DETAIL_TEMPLATE,
+        fragment="contact-consent",
+        context=_consent_context(contact, form),
+    )
+
+
+# --- Manual merge and undo -------------------------------------------------------------------
+
+
+@login_required
+@permission_required("contacts.merge_contact", raise_exception=True)
+def contact_merge_search(request: HttpRequest, pk: int) -> HttpResponse:
+    contact = _get_contact(request, pk)
+    query = request.GET.get("q", "")
+    context = {
+        "contact": contact,
+        "query": query,
+        "candidates": selectors.contact_merge_candidates(
+            user=request.user, contact=contact, query=query
+        ),
+    }
+    return render_page(request, "contacts/contact_merge.html", context, fragment="merge-candidates")
+
+
+@login_required
+@permission_required("contacts.merge_contact", raise_exception=True)
+def contact_merge_preview(request: HttpRequest, pk: int, other_pk: int) -> HttpResponse:
+    survivor = _get_contact(request, pk)
+    duplicate = _get_contact(request, other_pk)
+    if survivor.pk == duplicate.pk:
+        messages.error(request, _("A contact cannot be merged with itself."))
+        return redirect("contacts:merge", pk=survivor.pk)
+    if request.method == "POST":
+        try:
+            record = services.contact_merge(
+                survivor=survivor, duplicate=duplicate, actor=request.user, reason="manual"
+            )
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, _merged_message(request, record, duplicate))
+            return redirect(_detail_url(survivor))
+    context = {
+        "survivor": survivor,
+        "duplicate": duplicate,
+        "preview": selectors.contact_merge_preview(survivor=survivor, duplicate=duplicate),
+    }
+    return render_page(request, "contacts/contact_merge_preview.html", context)
+
+
+def _merged_message(request: HttpRequest, record, duplicate: Contact) -> str:
+    """A toast that carries its own undo button (a plain POST form, works without JS)."""
+    return format_html(
+        '{} <form class="inline-form" method="post" action="{}">'
+        '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
+        '<button type="submit" class="link-button">{}</button></form>',
+        _("“%(name)s” was merged into this contact.") % {"name": duplicate.display_name},
+        reverse("contacts:merge_undo", args=[record.pk]),
+        get_token(request),
+        _("Undo"),
+    )
+
+
+@login_required
+@require_POST
+@permission_required("contacts.merge_contact", raise_exception=True)
+def contact_merge_undo(request: HttpRequest, record_id: int) -> HttpResponse:
+    record = get_object_or_404(selectors.merge_record_visible_to(user=request.user), pk=record_id)
+    try:
+        services.contact_merge_undo(record=record, actor=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            _("Merge undone: “%(name)s” is a separate contact again.")
+            % {"name": record.duplicate.display_name},
+        )
+    survivor = record.survivor
+    return redirect_or_fragment(
+        request,
+        to=_detail_url(survivor),
+        template=DETAIL_TEMPLATE,
+        fragment="contact-merges",
+        context=_merges_context(survivor),
     )

@@ -6,6 +6,7 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from channels.services import delivery_plan
+from contacts.models import Contact, MergeRecord
 from contacts.services import events_append
 from core.errors import ValidationFailed
 from journeys.models import (
@@ -187,3 +188,47 @@ def enrollments_advance_all_due(*, max_batches: int = 50) -> int:
         if advanced < ADVANCE_BATCH:
             break
     return total
+
+
+@transaction.atomic
+def enrollments_merge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Move the duplicate's enrollments to the survivor; where the survivor already has the
+    same journey and occurrence, end the duplicate's instead (it stays on the duplicate)."""
+    taken = set(Enrollment.objects.filter(contact=survivor).values_list("journey_id", "occurrence"))
+    moved: list[int] = []
+    exited: list[dict] = []
+    now = timezone.now()
+    for row in Enrollment.objects.select_for_update().filter(contact=duplicate).order_by("pk"):
+        if (row.journey_id, row.occurrence) not in taken:
+            moved.append(row.pk)
+        elif row.status == EnrollmentStatus.ACTIVE:
+            exited.append(
+                {
+                    "id": row.pk,
+                    "status": row.status,
+                    "next_run_at": row.next_run_at.isoformat() if row.next_run_at else None,
+                    "finished_at": None,
+                }
+            )
+    Enrollment.objects.filter(pk__in=moved).update(contact=survivor)
+    Enrollment.objects.filter(pk__in=[e["id"] for e in exited]).update(
+        status=EnrollmentStatus.EXITED, finished_at=now, next_run_at=None
+    )
+    record.moved["journeys.enrollment"] = moved
+    record.moved["journeys.enrollment_exited"] = exited
+    record.save(update_fields=["moved"])
+
+
+@transaction.atomic
+def enrollments_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Give the duplicate back the enrollments enrollments_merge moved or ended."""
+    Enrollment.objects.filter(pk__in=record.moved.get("journeys.enrollment", [])).update(
+        contact=duplicate
+    )
+    for row in record.moved.get("journeys.enrollment_exited", []):
+        next_run_at = row["next_run_at"]
+        Enrollment.objects.filter(pk=row["id"], contact=duplicate).update(
+            status=row["status"],
+            finished_at=None,
+            next_run_at=dt.datetime.fromisoformat(next_run_at) if next_run_at else None,
+        )

@@ -1,10 +1,11 @@
+import datetime as dt
 from decimal import ROUND_DOWN, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from contacts.models import Contact, Event
+from contacts.models import Contact, Event, MergeRecord
 from core.errors import DomainError
 from membership.models import Member, PointsEntry, Tier
 
@@ -98,3 +99,84 @@ def purchase_reward(*, event: Event) -> PointsEntry | None:
         source_event=event,
         note=str(event.properties.get("order_id", ""))[:200],
     )
+
+
+def _member_retier(member_id: int) -> None:
+    member = Member.objects.get(pk=member_id)
+    tier = tier_for_growth(growth_value=member.growth_value)
+    if tier.pk != member.tier_id:
+        Member.objects.filter(pk=member_id).update(tier=tier)
+
+
+@transaction.atomic
+def members_merge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Move the duplicate's membership to the survivor (fold the two when both are members).
+
+    Folding moves the duplicate's ledger entries to the survivor's member, adds its balance and
+    growth value (so the balance stays the sum of the entries), re-tiers, and deletes the
+    duplicate's emptied member row. What was done is kept in record.moved for members_unmerge.
+    """
+    theirs = Member.objects.select_for_update().filter(contact=duplicate).first()
+    if theirs is None:
+        return
+    mine = Member.objects.select_for_update().filter(contact=survivor).first()
+    if mine is None:
+        Member.objects.filter(pk=theirs.pk).update(contact=survivor)
+        record.moved["membership.member"] = [theirs.pk]
+    else:
+        entries = list(theirs.points_entries.order_by("pk").values_list("pk", flat=True))
+        PointsEntry.objects.filter(pk__in=entries).update(member=mine)
+        Member.objects.filter(pk=mine.pk).update(
+            points_balance=F("points_balance") + theirs.points_balance,
+            growth_value=F("growth_value") + theirs.growth_value,
+            joined_at=min(mine.joined_at, theirs.joined_at),
+        )
+        theirs_pk = theirs.pk
+        theirs.delete()
+        _member_retier(mine.pk)
+        record.moved["membership.pointsentry"] = entries
+        record.moved["membership.member_fold"] = {
+            "survivor_member": mine.pk,
+            "survivor_joined_at": mine.joined_at.isoformat(),
+            "duplicate_member": theirs_pk,
+            "points": theirs.points_balance,
+            "growth": theirs.growth_value,
+            "tier": theirs.tier_id,
+            "joined_at": theirs.joined_at.isoformat(),
+        }
+    record.save(update_fields=["moved"])
+
+
+@transaction.atomic
+def members_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Give the duplicate back the membership that members_merge moved or folded."""
+    moved = record.moved
+    if moved.get("membership.member"):
+        Member.objects.filter(pk__in=moved["membership.member"]).update(contact=duplicate)
+    fold = moved.get("membership.member_fold")
+    if not fold:
+        return
+    mine = Member.objects.select_for_update().get(pk=fold["survivor_member"])
+    if mine.points_balance < fold["points"]:
+        raise DomainError(
+            "The survivor has spent points since the merge; the merge cannot be undone.",
+            code="points_spent",
+            details={"balance": mine.points_balance, "needed": fold["points"]},
+        )
+    Member.objects.create(
+        pk=fold["duplicate_member"],
+        contact=duplicate,
+        tier_id=fold["tier"],
+        points_balance=fold["points"],
+        growth_value=fold["growth"],
+        joined_at=dt.datetime.fromisoformat(fold["joined_at"]),
+    )
+    PointsEntry.objects.filter(pk__in=moved.get("membership.pointsentry", [])).update(
+        member_id=fold["duplicate_member"]
+    )
+    Member.objects.filter(pk=mine.pk).update(
+        points_balance=F("points_balance") - fold["points"],
+        growth_value=F("growth_value") - min(fold["growth"], mine.growth_value),
+        joined_at=dt.datetime.fromisoformat(fold["survivor_joined_at"]),
+    )
+    _member_retier(mine.pk)

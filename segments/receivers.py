@@ -1,6 +1,6 @@
 from django.dispatch import receiver
 
-from contacts.signals import contact_changed
+from contacts.signals import contact_changed, contact_merged, contact_unmerged
 from segments import services, tasks
 
 
@@ -12,3 +12,9 @@ def reevaluate(sender, contact_ids, **kwargs) -> None:
         services.segment_refresh_contacts(contact_ids=contact_ids)
     else:
         tasks.refresh_contacts.delay(list(contact_ids))
+
+
+@receiver(contact_merged, dispatch_uid="segments.reevaluate_merged_contacts")
+@receiver(contact_unmerged, dispatch_uid="segments.reevaluate_unmerged_contacts")
+def reevaluate_merged(sender, record, survivor, duplicate, **kwargs) -> None:
+    services.segments_refresh_after_merge(contact_ids=[survivor.pk, duplicate.pk])

@@ -16,7 +16,8 @@ INLINE_REFRESH_LIMIT = 200
 
 def segment_queryset(*, segment: Segment) -> QuerySet[Contact]:
     """The contacts the segment's rule matches right now (one SQL query)."""
-    return Contact.objects.filter(compile_rule(segment.rule))
+    # Contacts merged into another are kept only for undo and never match a rule.
+    return Contact.objects.filter(compile_rule(segment.rule), merged_into__isnull=True)
 
 
 def segment_create(*, name: str, rule: dict, description: str = "") -> Segment:
@@ -117,3 +118,13 @@ def segments_refresh_all() -> int:
         segment_refresh(segment=segment)
         n += 1
     return n
+
+
+def segments_refresh_after_merge(*, contact_ids: list[int]) -> None:
+    """Re-evaluate merged (or unmerged) contacts once the merge has committed.
+
+    After commit, so that every app has moved its rows first: the survivor's segments then see
+    its full history, and the hidden duplicate leaves every segment.
+    """
+    ids = list(contact_ids)
+    transaction.on_commit(lambda: segment_refresh_contacts(contact_ids=ids))

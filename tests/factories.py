@@ -110,3 +110,27 @@ class JourneyStepFactory(factory.django.DjangoModelFactory):
     journey = factory.SubFactory(JourneyFactory)
     position = factory.Sequence(lambda n: n)
     kind = StepKind.WAIT
+
+
+class StoreFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "contacts.Store"
+
+    code = factory.Sequence(lambda n: f"store-{n}")
+    name = factory.Sequence(lambda n: f"门店{n}")
+    city = "上海"
+
+
+def user_with_role(role: str, *, username: str | None = None, store=None):
+    """A non-superuser in one of the role groups (run contacts.roles.roles_sync first)."""
+    from django.contrib.auth.models import Group
+
+    from contacts.models import StaffProfile
+
+    user = UserFactory(
+        username=username or f"{role}-{uuid.uuid4().hex[:6]}", is_staff=False, is_superuser=False
+    )
+    user.groups.add(Group.objects.get(name=role))
+    if store is not None:
+        StaffProfile.objects.create(user=user, store=store)
+    return user

@@ -3,7 +3,8 @@ from typing import Any
 from django import template
 from django.utils.translation import gettext_lazy as _
 
-from contacts.models import Contact, Event, Identity, IdentityKind
+from contacts import pii, roles
+from contacts.models import Event, Identity, IdentityKind
 
 register = template.Library()
 
@@ -33,6 +34,12 @@ EVENT_LABELS = {
     "subscribe": _("Followed"),
     "unsubscribe": _("Unfollowed"),
     "contact_merged": _("Profiles merged"),
+    "merge_undone": _("Merge undone"),
+    "profile_updated": _("Profile updated"),
+    "note_added": _("Note added"),
+    "follow_up_done": _("Follow-up done"),
+    "consent_granted": _("Consent granted"),
+    "consent_withdrawn": _("Consent withdrawn"),
     "points_earned": _("Points earned"),
     "tier_changed": _("Tier changed"),
 }
@@ -48,6 +55,9 @@ DETAIL_KEYS = (
     "product",
     "order_id",
     "channel_code",
+    "purpose",
+    "preview",
+    "fields",
 )
 
 
@@ -61,7 +71,11 @@ def event_label(name: str) -> str:
 def event_detail(event: Event) -> str:
     """A short summary of what the event was about, e.g. the tag or journey name."""
     props: dict[str, Any] = event.properties if isinstance(event.properties, dict) else {}
-    parts = [str(props[key]) for key in DETAIL_KEYS if props.get(key) not in (None, "")]
+    parts = [
+        ", ".join(map(str, props[key])) if isinstance(props[key], list) else str(props[key])
+        for key in DETAIL_KEYS
+        if props.get(key) not in (None, "", [])
+    ]
     if event.value is not None:
         parts.append(f"¥{event.value}")
     return " · ".join(parts[:3])
@@ -69,8 +83,35 @@ def event_detail(event: Event) -> str:
 
 @register.filter
 def identity_value(identity: Identity) -> str:
-    """An identity's value as operators may see it: phone numbers masked like on the contact."""
+    """An identity's value as operators may see it: phones and emails masked."""
     if identity.kind == IdentityKind.PHONE:
-        return Contact(phone=identity.value).masked_phone
+        return pii.mask_phone(identity.value)
+    if identity.kind == IdentityKind.EMAIL:
+        return pii.mask_email(identity.value)
     scope = f"{identity.app_id}:" if identity.app_id else ""
     return f"{scope}{identity.value}"
+
+
+@register.filter
+def phone(value: str, unmasked: bool = False) -> str:
+    """A phone number, masked (138****8000) unless `unmasked` (only after an audited unmask)."""
+    return value if unmasked else pii.mask_phone(value)
+
+
+@register.filter
+def email(value: str, unmasked: bool = False) -> str:
+    """An email, masked (l***@example.com) unless `unmasked`."""
+    return value if unmasked else pii.mask_email(value)
+
+
+@register.filter
+def role_label(name: str) -> str:
+    """The translated label of a role group name (store_staff → 门店导购)."""
+    return roles.role_label(name)
+
+
+@register.simple_tag(takes_context=True)
+def user_roles(context) -> str:
+    """The acting user's role labels, comma-separated (empty for superusers without a role)."""
+    user = context["request"].user
+    return ", ".join(roles.role_label(name) for name in roles.user_role_names(user))

@@ -1,0 +1,229 @@
+"""Operator screens for importing and exporting contacts and following their background jobs."""
+
+from pathlib import Path
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_http_methods
+
+from contacts import exporters, importers
+from contacts.selectors import tags_grouped
+from core import jobs
+from core.errors import DomainError
+from core.htmx import render_page
+from core.models import AuditLog, Job, JobStatus
+
+IMPORT_PERMISSION = "contacts.add_contact"
+
+
+class ImportUploadForm(forms.Form):
+    file = forms.FileField(
+        label=gettext_lazy("File"),
+        help_text=gettext_lazy(
+            "CSV (UTF-8, UTF-8 with BOM, GBK or GB18030) or Excel .xlsx; the first row holds "
+            "the column names."
+        ),
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.txt,.xlsx"}),
+    )
+
+
+class ImportMappingForm(forms.Form):
+    """One choice per file column (what it maps to), the upsert key and tags for every row."""
+
+    key = forms.ChoiceField(
+        label=gettext_lazy("Match existing contacts by"),
+        choices=[(k, importers.TARGETS[k]) for k in importers.UPSERT_KEYS],
+    )
+    tags = forms.ModelMultipleChoiceField(
+        label=gettext_lazy("Tag every imported contact with"),
+        queryset=tags_grouped(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    def __init__(self, *args, headers: list[str], guessed: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.headers = headers
+        choices = [("", _("— skip —")), *importers.target_choices()]
+        for index, header in enumerate(headers):
+            self.fields[f"col_{index}"] = forms.ChoiceField(
+                label=header, choices=choices, required=False, initial=guessed.get(header, "")
+            )
+        mapped = set(guessed.values())
+        self.fields["key"].initial = next(
+            (k for k in importers.UPSERT_KEYS if k in mapped), "phone"
+        )
+
+    @property
+    def column_fields(self) -> list[forms.BoundField]:
+        return [self[f"col_{i}"] for i in range(len(self.headers))]
+
+    def spec(self, *, actor_id: int | None) -> importers.ImportSpec:
+        data = self.cleaned_data
+        mapping = {h: data.get(f"col_{i}", "") for i, h in enumerate(self.headers)}
+        return importers.ImportSpec(
+            mapping=mapping,
+            key=data["key"],
+            tag_ids=[t.pk for t in data["tags"]],
+            actor_id=actor_id,
+        )
+
+
+def _job_for(request: HttpRequest, pk: int) -> Job:
+    return get_object_or_404(jobs.jobs_visible_to(user=request.user), pk=pk)
+
+
+@login_required
+@permission_required(IMPORT_PERMISSION, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def import_upload(request: HttpRequest) -> HttpResponse:
+    form = ImportUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = importers.import_upload(file=form.cleaned_data["file"], user=request.user)
+        except DomainError as exc:
+            form.add_error("file", exc.message)
+        else:
+            return redirect("contacts_io:import_mapping", pk=job.pk)
+    recent = jobs.jobs_visible_to(user=request.user).filter(
+        kind__in=[importers.JOB_KIND, exporters.JOB_KIND]
+    )[:10]
+    return render_page(
+        request,
+        "contacts/import_upload.html",
+        {"form": form, "recent": recent},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+@permission_required(IMPORT_PERMISSION, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def import_mapping(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_for(request, pk)
+    if job.kind != importers.JOB_KIND:
+        raise Http404
+    if job.params.get("started"):
+        return redirect("contacts_io:job", pk=job.pk)
+    form = ImportMappingForm(
+        request.POST or None, headers=job.params["headers"], guessed=job.params["mapping"]
+    )
+    preview = None
+    error = ""
+    spec = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            spec = form.spec(actor_id=request.user.pk)
+        except DomainError as exc:
+            error = exc.message
+    elif request.method == "GET":
+        try:
+            spec = importers.ImportSpec(
+                mapping=job.params["mapping"], key=form.fields["key"].initial
+            )
+        except DomainError as exc:
+            error = exc.message
+    if spec is not None and request.POST.get("action") == "start":
+        try:
+            importers.import_start(job=job, spec=spec)
+        except DomainError as exc:
+            error = exc.message
+        else:
+            return redirect("contacts_io:job", pk=job.pk)
+    if spec is not None:
+        preview = importers.import_preview(job=job, spec=spec)
+    context = {"job": job, "form": form, "preview": preview, "error": error}
+    fragment = "import-preview" if request.POST.get("action") == "preview" else None
+    return render_page(request, "contacts/import_mapping.html", context, fragment=fragment)
+
+
+RESULT_TEMPLATES = {
+    importers.JOB_KIND: "contacts/import_result.html",
+    exporters.JOB_KIND: "contacts/export_result.html",
+}
+
+
+@login_required
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_for(request, pk)
+    if job.kind not in RESULT_TEMPLATES:
+        raise Http404
+    context = {
+        "job": job,
+        "poll_url": reverse("contacts_io:job", args=[job.pk]),
+        "result_template": RESULT_TEMPLATES[job.kind],
+        "is_import": job.kind == importers.JOB_KIND,
+    }
+    return render_page(request, "contacts/import_job.html", context, fragment="job-progress")
+
+
+@login_required
+def job_download(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_for(request, pk)
+    if job.kind not in RESULT_TEMPLATES or job.status != JobStatus.SUCCEEDED:
+        raise Http404
+    if job.kind == exporters.JOB_KIND and not exporters.can_export(request.user):
+        raise PermissionDenied
+    relative = job.output_file
+    if not relative:
+        raise Http404
+    root = Path(settings.MEDIA_ROOT).resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents or not path.is_file():
+        raise Http404
+    if job.kind == exporters.JOB_KIND:
+        AuditLog.objects.create(
+            actor=request.user,
+            action="contacts_export_download",
+            object_type="job",
+            object_id=str(job.pk),
+            details={"file": relative},
+            ip=request.META.get("REMOTE_ADDR") or None,
+        )
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(
+        label=gettext_lazy("Format"),
+        choices=[("csv", "CSV (UTF-8)"), ("xlsx", "Excel (.xlsx)")],
+        initial="csv",
+        widget=forms.RadioSelect,
+    )
+
+
+@login_required
+@permission_required(exporters.EXPORT_PERMISSION, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def export_start(request: HttpRequest) -> HttpResponse:
+    filters = exporters.export_filters(request.GET)
+    form = ExportForm(request.POST or {"format": request.GET.get("format", "csv")})
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = exporters.export_start(
+                user=request.user, filters=filters, fmt=form.cleaned_data["format"]
+            )
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            return redirect("contacts_io:job", pk=job.pk)
+    try:
+        count = exporters.export_queryset(user=request.user, filters=filters).count()
+    except DomainError:
+        raise Http404 from None
+    context = {
+        "form": form,
+        "filters": filters,
+        "count": count,
+        "large": count > exporters.LARGE_EXPORT,
+        "query": request.GET.urlencode(),
+    }
+    return render_page(request, "contacts/export_start.html", context)

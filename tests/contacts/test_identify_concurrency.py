@@ -1,0 +1,113 @@
+"""Concurrent identify calls, with real threads and real transactions (PostgreSQL and SQLite).
+
+On PostgreSQL both calls really interleave: each looks the phone up, finds nothing, creates a
+contact and inserts the phone identity; the unique constraint lets one win and the loser's retry
+must find the winner's contact. SQLite's IMMEDIATE transactions serialise the two calls instead,
+so there the same test checks that the second call simply finds the first one's contact.
+"""
+
+import contextlib
+import threading
+
+import pytest
+from django.db import connection, connections
+
+from contacts import services
+from contacts.models import Contact, Identity
+from contacts.services import IdentityInput, identify
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PHONE = "13800138000"
+
+
+def _run_in_threads(count: int, target) -> tuple[list, list]:
+    results: list = []
+    errors: list = []
+
+    def run(n: int) -> None:
+        try:
+            results.append(target(n))
+        except Exception as exc:  # reported by the test, not swallowed
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return results, errors
+
+
+def test_two_identify_calls_with_the_same_new_phone_make_exactly_one_contact(monkeypatch):
+    # Hold each call's first look-up until both have looked: both then miss and race to insert.
+    barrier = threading.Barrier(2)
+    held: set[int] = set()
+    lock = threading.Lock()
+    attempts = []
+    find = services._find_identities
+    once = services._identify_once
+
+    def find_then_wait(identities):
+        rows = find(identities)
+        me = threading.get_ident()
+        with lock:
+            first = me not in held
+            held.add(me)
+        if first:
+            # SQLite: the other thread waits for the write lock, so this times out and the
+            # calls run one after the other, which is the serialisation we rely on there.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=2)
+        return rows
+
+    def count_attempts(*args, **kwargs):
+        attempts.append(threading.get_ident())
+        return once(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_find_identities", find_then_wait)
+    monkeypatch.setattr(services, "_identify_once", count_attempts)
+
+    results, errors = _run_in_threads(
+        2,
+        lambda n: identify(
+            identities=[IdentityInput("miniprogram_openid", f"o-{n}", app_id="wxapp")],
+            traits={"phone": PHONE},
+        ),
+    )
+
+    assert errors == []
+    assert Contact.objects.count() == 1
+    contact = Contact.objects.get()
+    assert {r.contact.pk for r in results} == {contact.pk}
+    assert sorted(r.created for r in results) == [False, True]
+    assert set(Identity.objects.values_list("contact_id", "kind", "value")) == {
+        (contact.pk, "phone", "+8613800138000"),
+        (contact.pk, "miniprogram_openid", "o-0"),
+        (contact.pk, "miniprogram_openid", "o-1"),
+    }
+    if connection.vendor == "postgresql":
+        # The race really happened: the loser's first attempt failed and it tried again.
+        assert len(attempts) == 3
+
+
+def test_many_concurrent_identify_calls_converge_on_one_contact():
+    barrier = threading.Barrier(6)
+
+    def call(n: int):
+        barrier.wait(timeout=10)
+        return identify(
+            identities=[IdentityInput("phone", PHONE), IdentityInput("anonymous_id", f"dev-{n}")],
+            traits={"city": "上海"},
+        )
+
+    results, errors = _run_in_threads(6, call)
+
+    assert errors == []
+    assert Contact.objects.count() == 1
+    assert len({r.contact.pk for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert Identity.objects.filter(kind="anonymous_id").count() == 6
