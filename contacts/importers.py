@@ -510,12 +510,11 @@ def _safe_phone(raw: str) -> str | None:
 
 def _normalise_phones(raw: pd.Series) -> pd.Series:
     """E.164 phones via contacts.services.normalize_phone; None where invalid, "" where empty."""
-    cleaned = raw.str.replace(r"[\s\-()]", "", regex=True)
     out = pd.Series("", index=raw.index, dtype=object)
-    cn = cleaned.str.fullmatch(CN_MOBILE_RE)
     # The common case (bare Chinese mobiles) is vectorised; the rest takes the service's path.
-    out[cn] = "+86" + cleaned[cn]
-    other = (cleaned != "") & ~cn
+    cn = raw.str.fullmatch(CN_MOBILE_RE)
+    out[cn] = "+86" + raw[cn]
+    other = (raw != "") & ~cn
     if other.any():
         out[other] = raw[other].map(_safe_phone)
     return out
@@ -523,12 +522,20 @@ def _normalise_phones(raw: pd.Series) -> pd.Series:
 
 def _normalise_birthdays(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parsed dates (NaT where invalid) and their ISO text."""
-    text = raw.str.slice(0, 11).str.replace(r"[/.年月]", "-", regex=True).str.rstrip("日")
-    text = text.str.replace(r"^(\d{4})-(\d)-", r"\1-0\2-", regex=True)
-    text = text.str.replace(r"^(\d{4}-\d{2})-(\d)$", r"\1-0\2", regex=True)
-    text = text.str.replace(r"^(\d{4})(\d{2})(\d{2})$", r"\1-\2-\3", regex=True)
-    text = text.str.slice(0, 10)
-    return pd.to_datetime(text, format="%Y-%m-%d", errors="coerce"), text
+    text = raw.str.slice(0, 10)
+    dates = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+    # ISO dates (and Excel's "1990-05-17 00:00:00") parse at once; other spellings are rewritten.
+    other = dates.isna() & (raw != "")
+    if other.any():
+        alt = raw[other].str.slice(0, 11).str.replace(r"[/.年月]", "-", regex=True).str.rstrip("日")
+        alt = alt.str.replace(r"^(\d{4})-(\d)-", r"\1-0\2-", regex=True)
+        alt = alt.str.replace(r"^(\d{4}-\d{2})-(\d)$", r"\1-0\2", regex=True)
+        alt = alt.str.replace(r"^(\d{4})(\d{2})(\d{2})$", r"\1-\2-\3", regex=True)
+        alt = alt.str.slice(0, 10)
+        text = text.copy()
+        text[other] = alt
+        dates[other] = pd.to_datetime(alt, format="%Y-%m-%d", errors="coerce")
+    return dates, text
 
 
 def _custom_validator() -> Callable[..., dict] | None:
@@ -600,8 +607,12 @@ def prepare_chunk(
         out["lifecycle_stage"] = stages.fillna("")
 
     if "tags" in mapped:
-        tags = out["tags"].str.replace(TAG_SPLIT_RE, "|", regex=True)
-        tags = tags.str.replace(r"\s*\|\s*", "|", regex=True).str.strip("| ")
+        tags = out["tags"]
+        messy = tags.str.contains(r"[,，、]|\s\||\|\s|^\||\|$", regex=True)
+        if messy.any():
+            tidy = tags[messy].str.replace(TAG_SPLIT_RE, "|", regex=True)
+            tags = tags.copy()
+            tags[messy] = tidy.str.replace(r"\s*\|\s*", "|", regex=True).str.strip("| ")
         long_cell = tags.str.len() > 50
         too_long_tag = long_cell & tags.where(long_cell, "").str.split("|").map(
             lambda names: any(len(t) > 50 for t in names)
@@ -730,7 +741,8 @@ def _tag_id_arrays(tags: pd.Series, resolver: TagResolver) -> pd.Series:
     values = [v for v in tags.unique() if v]
     ids = resolver.resolve({n for value in values for n in value.split("|")})
     arrays = {v: "{" + ",".join(str(ids[n]) for n in v.split("|")) + "}" for v in values}
-    return tags.map(arrays).fillna("")
+    arrays[""] = ""
+    return tags.map(arrays).astype(object)
 
 
 STAGE_SQL = """
@@ -740,6 +752,13 @@ CREATE TEMP TABLE scrm_import_raw (
     unionid text, external_id text, attributes jsonb, tag_ids bigint[]
 ) ON COMMIT DROP
 """
+# Columns that are also identities of the contact, with their identity kind.
+IDENTITY_COLUMNS: dict[str, str] = {
+    "phone": IdentityKind.PHONE,
+    "email": IdentityKind.EMAIL,
+    "unionid": IdentityKind.WECHAT_UNIONID,
+    "external_id": IdentityKind.EXTERNAL_ID,
+}
 # Empty cells never overwrite what a contact already has.
 UPDATED_COLUMNS = [
     "name",
@@ -824,23 +843,17 @@ def _write_chunk_postgres(good: pd.DataFrame, spec: ImportSpec, collect: bool) -
                   IS DISTINCT FROM ROW({new_values}, {new_attributes})
             """
         )
+        # A matched row's key identity exists by definition: only new contacts need theirs.
+        branches = [
+            f"SELECT contact_id, %s AS kind, {column} AS value FROM scrm_import_stage"
+            f" WHERE {column} <> ''" + (" AND is_new" if column == spec.key else "")
+            for column in IDENTITY_COLUMNS
+        ]
         cursor.execute(
-            f"""
-            INSERT INTO {identity} (contact_id, kind, app_id, value, created_at)
-            SELECT contact_id, kind, '', value, now() FROM (
-                SELECT contact_id, %s AS kind, phone AS value FROM scrm_import_stage
-                UNION ALL SELECT contact_id, %s, email FROM scrm_import_stage
-                UNION ALL SELECT contact_id, %s, unionid FROM scrm_import_stage
-                UNION ALL SELECT contact_id, %s, external_id FROM scrm_import_stage
-            ) ids WHERE value IS NOT NULL AND value <> ''
-            ON CONFLICT DO NOTHING
-            """,
-            [
-                IdentityKind.PHONE,
-                IdentityKind.EMAIL,
-                IdentityKind.WECHAT_UNIONID,
-                IdentityKind.EXTERNAL_ID,
-            ],
+            f"INSERT INTO {identity} (contact_id, kind, app_id, value, created_at) "
+            f"SELECT contact_id, kind, '', value, now() FROM ({' UNION ALL '.join(branches)}) ids "
+            "ON CONFLICT DO NOTHING",
+            list(IDENTITY_COLUMNS.values()),
         )
         cursor.execute(
             f"""
@@ -917,12 +930,7 @@ def _write_chunk_generic(good: pd.DataFrame, spec: ImportSpec, collect: bool) ->
             cursor.executemany(sql, params)
 
     identities = []
-    for column, ident_kind in (
-        ("phone", IdentityKind.PHONE),
-        ("email", IdentityKind.EMAIL),
-        ("unionid", IdentityKind.WECHAT_UNIONID),
-        ("external_id", IdentityKind.EXTERNAL_ID),
-    ):
+    for column, ident_kind in IDENTITY_COLUMNS.items():
         rows = good[good[column] != ""]
         identities += [
             Identity(contact_id=cid, kind=ident_kind, app_id="", value=value, created_at=now)

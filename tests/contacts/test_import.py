@@ -13,6 +13,7 @@ from contacts import importers
 from contacts.importers import ImportFileError, ImportSpec
 from contacts.models import Contact, ContactTag, CustomField, Identity, IdentityKind, TagSource
 from contacts.signals import contact_changed
+from core.errors import ValidationFailed
 from core.models import AuditLog, Job, JobStatus
 from tests.factories import ContactFactory, IdentityFactory, TagFactory, UserFactory
 
@@ -453,3 +454,17 @@ def test_birthday_spellings(raw, expected):
 
     assert bad.empty, bad["_reason"].tolist()
     assert good["birthday"].tolist() == [expected]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key"),
+    [
+        ({"手机号": "phone"}, "email"),  # the key column is not mapped
+        ({"手机号": "phone", "电话": "phone"}, "phone"),  # two columns for one field
+        ({"手机号": "phone", "鞋码": "cf:unknown"}, "phone"),  # unknown custom field
+        ({"手机号": "phone"}, "name"),  # not an upsert key
+    ],
+)
+def test_impossible_mappings_are_refused(mapping, key):
+    with pytest.raises(ValidationFailed):
+        ImportSpec(mapping=mapping, key=key)

@@ -49,6 +49,8 @@ def test_setup_roles_is_idempotent_and_grants_fitting_permissions(capsys):
     assert all(p.split(".", 1)[1].startswith("view_") for p in analyst)
     assert "contacts.view_contact" in analyst
     assert "contacts.view_personal_data" not in analyst | staff
+    # Every permission named one by one exists (a typo would silently grant nothing).
+    assert len(staff) == len(roles.ROLES["store_staff"].permissions)
     assert "store_staff" in capsys.readouterr().out
 
 
