@@ -445,13 +445,20 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
             "event_id", flat=True
         )
     )
+    # One query for every contact id in the batch instead of one per event.
+    known = {
+        row["pk"]: row["merged_into_id"]
+        for row in Contact.objects.filter(
+            pk__in={i.contact_id for _, i in candidates if i.contact_id is not None}
+        ).values("pk", "merged_into_id")
+    }
     to_store: list[tuple[int, Event]] = []
     for index, item in candidates:
         if item.event_id in existing:
             outcomes[index] = EventOutcome(index, "duplicate", item.event_id)
             continue
         try:
-            contact_id = _resolve_event_contact(item)
+            contact_id = _resolve_event_contact(item, known)
         except ValidationFailed as exc:
             outcomes[index] = EventOutcome(index, "rejected", item.event_id, exc.message)
             continue
@@ -479,12 +486,14 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
     return [o for o in outcomes if o is not None]
 
 
-def _resolve_event_contact(item: EventInput) -> int:
+def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> int:
     if item.contact_id is not None:
-        contact = Contact.objects.filter(pk=item.contact_id).first()
-        if contact is None:
+        if item.contact_id not in known:
             raise ValidationFailed(f"Contact {item.contact_id} does not exist.")
+        if known[item.contact_id] is None:
+            return item.contact_id
         # Events sent for a merged contact land on the contact that absorbed it.
+        contact = Contact.objects.get(pk=item.contact_id)
         return contact_follow_merges(contact=contact).pk
     if not item.identities:
         raise ValidationFailed("Either contact_id or identities is required.")
