@@ -332,13 +332,7 @@ def contact_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
             messages.info(request, _("The contact already has “%(tag)s”.") % {"tag": tag.name})
     else:
         messages.error(request, _("Choose a tag to add."))
-    return redirect_or_fragment(
-        request,
-        to=_detail_url(contact),
-        template=DETAIL_TEMPLATE,
-        fragment="contact-tags",
-        context=_tags_context(contact),
-    )
+    return _tags_response(request, contact)
 
 
 @login_required
@@ -351,13 +345,7 @@ def contact_tag_remove(request: HttpRequest, pk: int, tag_id: int) -> HttpRespon
         messages.success(request, _("Tag “%(tag)s” removed.") % {"tag": tag.name})
     else:
         messages.info(request, _("The contact did not have “%(tag)s”.") % {"tag": tag.name})
-    return redirect_or_fragment(
-        request,
-        to=_detail_url(contact),
-        template=DETAIL_TEMPLATE,
-        fragment="contact-tags",
-        context=_tags_context(contact),
-    )
+    return _tags_response(request, contact)
 
 
 # --- Notes and follow-ups --------------------------------------------------------------------
@@ -384,13 +372,7 @@ def contact_note_add(request: HttpRequest, pk: int) -> HttpResponse:
             form = None
     if form is not None and not is_fragment_request(request):
         messages.error(request, _("The note was not saved: %(errors)s") % {"errors": _errors(form)})
-    return redirect_or_fragment(
-        request,
-        to=_detail_url(contact) + "#contact-notes",
-        template=DETAIL_TEMPLATE,
-        fragment="contact-notes",
-        context=_notes_context(contact, form),
-    )
+    return _notes_response(request, contact, form)
 
 
 def _errors(form) -> str:
@@ -409,13 +391,7 @@ def contact_note_done(request: HttpRequest, pk: int, note_id: int) -> HttpRespon
         messages.error(request, exc.message)
     else:
         messages.success(request, _("Follow-up marked done."))
-    return redirect_or_fragment(
-        request,
-        to=_detail_url(contact) + "#contact-notes",
-        template=DETAIL_TEMPLATE,
-        fragment="contact-notes",
-        context=_notes_context(contact),
-    )
+    return _notes_response(request, contact)
 
 
 # --- Consent ---------------------------------------------------------------------------------
@@ -537,4 +513,28 @@ def contact_merge_undo(request: HttpRequest, record_id: int) -> HttpResponse:
         template=DETAIL_TEMPLATE,
         fragment="contact-merges",
         context=_merges_context(survivor),
+    )
+
+
+def _tags_response(request: HttpRequest, contact: Contact) -> HttpResponse:
+    """After a tag change: the tags region for htmx, the 360 page otherwise."""
+    return redirect_or_fragment(
+        request,
+        to=_detail_url(contact),
+        template=DETAIL_TEMPLATE,
+        fragment="contact-tags",
+        context=_tags_context(contact),
+    )
+
+
+def _notes_response(
+    request: HttpRequest, contact: Contact, form: NoteForm | None = None
+) -> HttpResponse:
+    """After a note change: the notes region for htmx, the 360 page's notes otherwise."""
+    return redirect_or_fragment(
+        request,
+        to=_detail_url(contact) + "#contact-notes",
+        template=DETAIL_TEMPLATE,
+        fragment="contact-notes",
+        context=_notes_context(contact, form),
     )
