@@ -8,6 +8,7 @@ from contacts.models import (
     CustomField,
     Event,
     Identity,
+    MergeBlock,
     MergeRecord,
     Note,
     StaffProfile,
@@ -175,3 +176,10 @@ class MergeRecordAdmin(admin.ModelAdmin):
     search_fields = ["survivor__name", "duplicate__name", "survivor__phone"]
     raw_id_fields = ["survivor", "duplicate", "actor"]
     readonly_fields = ["snapshot", "moved"]
+
+
+@admin.register(MergeBlock)
+class MergeBlockAdmin(admin.ModelAdmin):
+    list_display = ["low", "high", "reason", "actor", "created_at"]
+    search_fields = ["low__name", "high__name", "low__phone", "high__phone"]
+    raw_id_fields = ["low", "high", "actor"]

@@ -119,11 +119,11 @@ class Contact(TimeStampedModel):
         _("gender"), max_length=10, choices=Gender.choices, default=Gender.UNKNOWN
     )
     birthday = models.DateField(_("birthday"), null=True, blank=True)
-    phone = models.CharField(_("phone"), max_length=20, blank=True, db_index=True)
+    phone = models.CharField(_("phone"), max_length=20, blank=True)
     email = models.EmailField(_("email"), blank=True)
     province = models.CharField(_("province"), max_length=30, blank=True)
-    city = models.CharField(_("city"), max_length=30, blank=True, db_index=True)
-    source = models.CharField(_("source"), max_length=50, blank=True, db_index=True)
+    city = models.CharField(_("city"), max_length=30, blank=True)
+    source = models.CharField(_("source"), max_length=50, blank=True)
     channel_code = models.CharField(_("channel code"), max_length=50, blank=True)
     # Attribution of the first touch.
     utm_source = models.CharField(_("UTM source"), max_length=100, blank=True)
@@ -140,6 +140,8 @@ class Contact(TimeStampedModel):
         default=LifecycleStage.NEW.value,
         on_delete=models.PROTECT,
         related_name="contacts",
+        # Indexed in Meta: db_index here would add a varchar_pattern_ops twin on PostgreSQL.
+        db_index=False,
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -162,6 +164,9 @@ class Contact(TimeStampedModel):
     first_seen_at = models.DateTimeField(_("first seen at"), null=True, blank=True)
     last_seen_at = models.DateTimeField(_("last seen at"), null=True, blank=True)
     last_active_at = models.DateTimeField(_("last active at"), null=True, blank=True)
+    # Maintained by segments' lead scoring: the decayed score as of lead_score_at.
+    lead_score = models.FloatField(_("lead score"), default=0)
+    lead_score_at = models.DateTimeField(_("lead score as of"), null=True, blank=True)
     # Set when this contact was merged into another; merged contacts keep their row for undo.
     merged_into = models.ForeignKey(
         "self",
@@ -178,6 +183,14 @@ class Contact(TimeStampedModel):
         indexes = [
             models.Index(fields=["-created_at", "-id"], name="contact_created_desc"),
             models.Index(Lower("email"), name="contact_email_lower"),
+            # Plain btree indexes declared here rather than with db_index=True: PostgreSQL would
+            # get a second varchar_pattern_ops index per column that no query uses, and each
+            # costs every import and update.
+            models.Index(fields=["phone"], name="contact_phone"),
+            models.Index(fields=["city"], name="contact_city"),
+            models.Index(fields=["source"], name="contact_source"),
+            models.Index(fields=["lifecycle_stage"], name="contact_stage"),
+            models.Index(fields=["lead_score"], name="contact_lead_score"),
         ]
         permissions = [
             ("view_personal_data", _("Can view unmasked phone numbers and emails")),
@@ -437,3 +450,34 @@ class MergeRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.duplicate_id} → {self.survivor_id}"
+
+
+class MergeBlock(models.Model):
+    """Two contacts an operator has declared distinct: identity resolution never merges them.
+
+    Written when an automatic merge is undone (otherwise the next `identify` carrying the same
+    strong identities would merge them again) and by operators directly. Stored with
+    `low < high` so that each pair has one row.
+    """
+
+    low = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="+")
+    high = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(_("reason"), max_length=100, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("never-merge pair")
+        verbose_name_plural = _("never-merge pairs")
+        constraints = [
+            models.UniqueConstraint(fields=["low", "high"], name="merge_block_unique"),
+            models.CheckConstraint(
+                condition=models.Q(low__lt=models.F("high")), name="merge_block_ordered"
+            ),
+        ]
+        indexes = [models.Index(fields=["high"], name="merge_block_high")]
+
+    def __str__(self) -> str:
+        return f"{self.low_id} ≠ {self.high_id}"
