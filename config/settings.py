@@ -264,6 +264,9 @@ DELIVERY_LEASE_SECONDS = env.int("DELIVERY_LEASE_SECONDS", default=300)
 SCRM_STRONG_IDENTITY_KINDS = env.list(
     "SCRM_STRONG_IDENTITY_KINDS", default=["wechat_unionid", "phone", "external_id", "email"]
 )
+# Days the files of a finished import or export (upload, export, rejected rows) are kept; the
+# `core: expire job files` periodic task deletes them, and leftovers no job names, after that.
+SCRM_FILE_RETENTION_DAYS = env.int("SCRM_FILE_RETENTION_DAYS", default=7)
 
 LOGGING = {
     "version": 1,
@@ -293,9 +296,34 @@ SCRM_PERIODIC_TASKS = {
         "every_seconds": 60,
         "queue": "bulk",
     },
-    "segments: full refresh": {
-        "task": "segments.refresh_all",
-        "every_seconds": env.int("SEGMENT_FULL_REFRESH_SECONDS", default=3600),
+    "core: expire job files": {
+        "task": "core.expire_job_files",
+        "every_seconds": 3600,
+        "queue": "default",
+    },
+    # Incremental re-evaluation of changed contacts, then the scheduled full refreshes that are
+    # due (each segment's own policy decides when).
+    "segments: tick": {
+        "task": "segments.tick",
+        "every_seconds": env.int("SEGMENT_TICK_SECONDS", default=60),
+        "queue": "default",
+    },
+    # Daily: RFM looks at a year of purchases, so a day's lag moves few buyers between layers.
+    "segments: RFM recompute": {
+        "task": "segments.rfm_recompute",
+        "every_seconds": env.int("RFM_RECOMPUTE_SECONDS", default=86400),
+        "queue": "default",
+    },
+    # Daily: decay is slow (half-lives in weeks), and new events update scores as they arrive.
+    "segments: lead score decay and fit": {
+        "task": "segments.lead_scores_daily",
+        "every_seconds": env.int("LEAD_SCORE_DAILY_SECONDS", default=86400),
+        "queue": "default",
+    },
+    # Daily: KOC ranking reads a year of referral and share events.
+    "segments: influence compute": {
+        "task": "segments.influence_compute",
+        "every_seconds": env.int("INFLUENCE_COMPUTE_SECONDS", default=86400),
         "queue": "default",
     },
 }

@@ -1,54 +1,234 @@
-from collections.abc import Iterable
+"""Segments: create and change them, materialise membership, and keep it fresh.
 
-from django.db import transaction
-from django.db.models import QuerySet
+Membership is materialised in SegmentMembership with `entered_at`. A full refresh is two
+set-based statements (INSERT … SELECT of the newcomers, DELETE of the leavers, both RETURNING the
+contact ids) around the compiled rule; an incremental refresh re-evaluates only the contacts
+queued in DirtyContact. Every entry and exit after the first build is written as a
+`segment_entered` / `segment_exited` event and sent as a signal (journeys enrol on it), and
+auto-tag rules follow the same diff. Segments that read other segments refresh after them.
+"""
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from contacts.models import Contact
+from contacts.models import Contact, ContactTag, Tag, TagSource
 from contacts.services import events_append
-from segments.models import Segment, SegmentMembership
-from segments.rules import compile_rule, validate_rule
+from core.errors import ValidationFailed
+from segments.models import (
+    AutoTagRule,
+    DirtyContact,
+    RefreshPolicy,
+    Segment,
+    SegmentKind,
+    SegmentMembership,
+    SegmentSize,
+)
+from segments.rules import compile_rule, rule_has_time_window, rule_segment_refs, validate_rule
 from segments.signals import segment_entered, segment_exited
+
+logger = logging.getLogger(__name__)
 
 # Above this many changed contacts, re-evaluation leaves the request and runs in a worker.
 INLINE_REFRESH_LIMIT = 200
+# Contact ids per statement: bounded so that SQLite's parameter limit is never reached.
+DIFF_BATCH = 2000
 
 
-def segment_queryset(*, segment: Segment) -> QuerySet[Contact]:
-    """The contacts the segment's rule matches right now (one SQL query)."""
+def segment_queryset(*, segment: Segment, now: dt.datetime | None = None) -> QuerySet[Contact]:
+    """The contacts the segment holds right now: its rule's matches, or a static list."""
     # Contacts merged into another are kept only for undo and never match a rule.
-    return Contact.objects.filter(compile_rule(segment.rule), merged_into__isnull=True)
+    live = Contact.objects.filter(merged_into__isnull=True)
+    if segment.kind == SegmentKind.STATIC:
+        return live.filter(segment_memberships__segment=segment)
+    return live.filter(compile_rule(segment.rule, now=now))
 
 
-def segment_create(*, name: str, rule: dict, description: str = "") -> Segment:
-    """Validate the rule, create the segment and materialise its members."""
-    validate_rule(rule)
-    segment = Segment.objects.create(name=name, rule=rule, description=description)
+def rule_queryset(*, rule: dict, segment_id: int | None = None) -> QuerySet[Contact]:
+    """Validate a rule being edited and return what it matches (the builder's live count)."""
+    validate_rule(rule, segment_id=segment_id)
+    return Contact.objects.filter(compile_rule(rule), merged_into__isnull=True)
+
+
+def _check_name(name: str, exclude: int | None = None) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("A segment needs a name.", code="invalid_name")
+    if len(name) > 100:
+        raise ValidationFailed("A segment name is at most 100 characters.", code="invalid_name")
+    if Segment.objects.filter(name=name).exclude(pk=exclude).exists():
+        raise ValidationFailed(f"A segment named “{name}” already exists.", code="duplicate_name")
+    return name
+
+
+def _check_policy(policy: str, interval: int, hour: int) -> None:
+    if policy not in RefreshPolicy.values:
+        raise ValidationFailed(
+            f"Refresh policy must be one of {', '.join(RefreshPolicy.values)}.",
+            code="invalid_policy",
+        )
+    if policy == RefreshPolicy.INTERVAL and not 5 <= interval <= 7 * 24 * 60:
+        raise ValidationFailed("Refresh every 5 to 10,080 minutes.", code="invalid_policy")
+    if not 0 <= hour <= 23:
+        raise ValidationFailed("The daily refresh hour is 0–23.", code="invalid_policy")
+
+
+def _sync_rule_metadata(segment: Segment) -> None:
+    segment.has_time_window = rule_has_time_window(segment.rule)
+    segment.save(update_fields=["has_time_window"])
+    segment.depends_on.set(rule_segment_refs(segment.rule))
+
+
+def next_refresh_after(segment: Segment, moment: dt.datetime) -> dt.datetime | None:
+    """When a scheduled full refresh is next due (None for policies beat does not schedule)."""
+    if segment.kind == SegmentKind.STATIC:
+        return None
+    if segment.refresh_policy == RefreshPolicy.INTERVAL:
+        return moment + dt.timedelta(minutes=segment.refresh_interval_minutes)
+    if segment.refresh_policy == RefreshPolicy.DAILY or (
+        segment.refresh_policy == RefreshPolicy.ON_CHANGE and segment.has_time_window
+    ):
+        # Daily segments, and on-change segments whose time windows age out without any change.
+        local = timezone.localtime(moment)
+        due = local.replace(hour=segment.refresh_hour, minute=0, second=0, microsecond=0)
+        if due <= local:
+            due += dt.timedelta(days=1)
+        return due
+    return None
+
+
+@transaction.atomic
+def segment_create(
+    *,
+    name: str,
+    rule: dict | None = None,
+    description: str = "",
+    kind: str = SegmentKind.DYNAMIC,
+    refresh_policy: str = RefreshPolicy.ON_CHANGE,
+    refresh_interval_minutes: int = 60,
+    refresh_hour: int = 3,
+    actor: AbstractBaseUser | None = None,
+) -> Segment:
+    """Validate and create a segment; a rule-based one is materialised at once (silently)."""
+    if kind not in SegmentKind.values:
+        raise ValidationFailed("Kind must be dynamic or static.", code="invalid_kind")
+    rule = rule if kind == SegmentKind.DYNAMIC else {}
+    if kind == SegmentKind.DYNAMIC:
+        validate_rule(rule)
+    _check_policy(refresh_policy, refresh_interval_minutes, refresh_hour)
+    segment = Segment.objects.create(
+        name=_check_name(name),
+        rule=rule,
+        description=description,
+        kind=kind,
+        refresh_policy=refresh_policy if kind == SegmentKind.DYNAMIC else RefreshPolicy.MANUAL,
+        refresh_interval_minutes=refresh_interval_minutes,
+        refresh_hour=refresh_hour,
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+    _sync_rule_metadata(segment)
     segment_refresh(segment=segment)
     return segment
 
 
-def segment_update_rule(*, segment: Segment, rule: dict) -> Segment:
-    validate_rule(rule)
-    segment.rule = rule
-    segment.save(update_fields=["rule", "updated_at"])
-    segment_refresh(segment=segment)
-    return segment
-
-
-def segment_update(*, segment: Segment, name: str, description: str, rule: dict) -> Segment:
-    """Rename or re-describe a segment and, when its rule changed, re-evaluate its members."""
-    validate_rule(rule)
-    rule_changed = rule != segment.rule
-    segment.name, segment.description, segment.rule = name, description, rule
-    segment.save(update_fields=["name", "description", "rule", "updated_at"])
+@transaction.atomic
+def segment_update(
+    *,
+    segment: Segment,
+    name: str | None = None,
+    description: str | None = None,
+    rule: dict | None = None,
+    refresh_policy: str | None = None,
+    refresh_interval_minutes: int | None = None,
+    refresh_hour: int | None = None,
+) -> Segment:
+    """Change a segment; when its rule changed, its members are re-evaluated (with events)."""
+    if name is not None:
+        segment.name = _check_name(name, exclude=segment.pk)
+    if description is not None:
+        segment.description = description
+    rule_changed = False
+    if rule is not None and segment.kind == SegmentKind.DYNAMIC:
+        validate_rule(rule, segment_id=segment.pk)
+        rule_changed = rule != segment.rule
+        segment.rule = rule
+    policy = refresh_policy if refresh_policy is not None else segment.refresh_policy
+    interval = (
+        refresh_interval_minutes
+        if refresh_interval_minutes is not None
+        else segment.refresh_interval_minutes
+    )
+    hour = refresh_hour if refresh_hour is not None else segment.refresh_hour
+    _check_policy(policy, interval, hour)
+    if segment.kind == SegmentKind.DYNAMIC:
+        segment.refresh_policy = policy
+    segment.refresh_interval_minutes, segment.refresh_hour = interval, hour
+    segment.save()
+    _sync_rule_metadata(segment)
+    segment.next_refresh_at = next_refresh_after(segment, timezone.now())
+    segment.save(update_fields=["next_refresh_at"])
     if rule_changed:
         segment_refresh(segment=segment)
     return segment
 
 
-# Contact ids per statement: bounded so that SQLite's parameter limit is never reached.
-DIFF_BATCH = 2000
+def segment_update_rule(*, segment: Segment, rule: dict) -> Segment:
+    return segment_update(segment=segment, rule=rule)
+
+
+@transaction.atomic
+def segment_duplicate(*, segment: Segment, actor: AbstractBaseUser | None = None) -> Segment:
+    """A copy of a segment's definition (and, for a static list, its members)."""
+    base = f"{segment.name} (copy)"[:95]
+    name, n = base, 2
+    while Segment.objects.filter(name=name).exists():
+        name, n = f"{base} {n}", n + 1
+    copy = segment_create(
+        name=name,
+        rule=segment.rule,
+        description=segment.description,
+        kind=segment.kind,
+        refresh_policy=segment.refresh_policy,
+        refresh_interval_minutes=segment.refresh_interval_minutes,
+        refresh_hour=segment.refresh_hour,
+        actor=actor,
+    )
+    if segment.kind == SegmentKind.STATIC:
+        ids = list(segment.memberships.values_list("contact_id", flat=True))
+        segment_static_add(segment=copy, contact_ids=ids)
+    return copy
+
+
+def segment_archive(*, segment: Segment, archived: bool = True) -> Segment:
+    """Archive (or restore) a segment. Archived segments are not refreshed; segments reading
+    them must be changed first."""
+    if archived:
+        readers = list(
+            Segment.objects.filter(depends_on=segment, is_archived=False).values_list(
+                "name", flat=True
+            )
+        )
+        if readers:
+            raise ValidationFailed(
+                f"Segments {', '.join(readers)} use this segment; change them first.",
+                code="segment_in_use",
+                details={"segments": readers},
+            )
+    segment.is_archived = archived
+    segment.save(update_fields=["is_archived", "updated_at"])
+    if not archived and segment.kind == SegmentKind.DYNAMIC:
+        segment_refresh(segment=segment)
+    return segment
+
+
+# Materialisation -------------------------------------------------------------------------------
 
 
 def _batches(ids: list[int]):
@@ -56,9 +236,125 @@ def _batches(ids: list[int]):
         yield ids[start : start + DIFF_BATCH]
 
 
-@transaction.atomic
-def _apply_diff(*, segment: Segment, entered: list[int], exited: list[int]) -> None:
-    now = timezone.now()
+@dataclass
+class RefreshResult:
+    entered: list[int]
+    exited: list[int]
+
+
+def _full_diff(segment: Segment, now: dt.datetime, *, returning: bool) -> RefreshResult:
+    """Evaluate the rule once into a temporary table, then insert the newcomers and delete the
+    leavers in two set-based statements."""
+    query = segment_queryset(segment=segment, now=now).order_by().values("pk").query
+    rule_sql, rule_params = query.sql_with_params()
+    table = SegmentMembership._meta.db_table
+    matches = f"segment_match_{segment.pk}"
+    suffix = " RETURNING contact_id" if returning else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {matches}")
+        # A compiled rule filters contacts with EXISTS / IN only, so ids never repeat.
+        cursor.execute(f"CREATE TEMPORARY TABLE {matches} (id bigint PRIMARY KEY)")
+        cursor.execute(f"INSERT INTO {matches} (id) {rule_sql}", rule_params)
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {matches}")
+        cursor.execute(
+            f"INSERT INTO {table} (segment_id, contact_id, entered_at) "
+            f"SELECT %s, m.id, %s FROM {matches} m "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.segment_id = %s "
+            f"AND s.contact_id = m.id){suffix}",
+            [segment.pk, now, segment.pk],
+        )
+        entered = [row[0] for row in cursor.fetchall()] if returning else []
+        cursor.execute(
+            f"DELETE FROM {table} WHERE segment_id = %s AND NOT EXISTS "
+            f"(SELECT 1 FROM {matches} m WHERE m.id = {table}.contact_id){suffix}",
+            [segment.pk],
+        )
+        exited = [row[0] for row in cursor.fetchall()] if returning else []
+        cursor.execute(f"DROP TABLE {matches}")
+    return RefreshResult(sorted(entered), sorted(exited))
+
+
+def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tuple[int, int]:
+    """Re-evaluate every contact of a rule-based segment; return (entered, exited) counts.
+
+    The first build of a segment is silent: its initial members are not "entries" (no events,
+    no signals, so journeys triggered by entry start with the next person who enters).
+    """
+    if segment.kind == SegmentKind.STATIC:
+        _record_size(segment, timezone.now())
+        return 0, 0
+    started = time.monotonic()
+    now = now or timezone.now()
+    first_build = segment.last_refreshed_at is None
+    with transaction.atomic():
+        Segment.objects.select_for_update().filter(pk=segment.pk).first()
+        diff = _full_diff(segment, now, returning=not first_build)
+        if first_build:
+            _finish(segment, now, started, entered=[], exited=[])
+            auto_tags_sync(segment=segment)
+        else:
+            _apply_changes(segment, now, diff.entered, diff.exited)
+            _finish(segment, now, started, entered=diff.entered, exited=diff.exited)
+    return len(diff.entered), len(diff.exited)
+
+
+def _finish(
+    segment: Segment, now: dt.datetime, started: float, *, entered: list[int], exited: list[int]
+) -> None:
+    count = SegmentMembership.objects.filter(segment=segment).count()
+    segment.member_count, segment.last_refreshed_at = count, now
+    segment.last_refresh_seconds = round(time.monotonic() - started, 3)
+    segment.next_refresh_at = next_refresh_after(segment, now)
+    Segment.objects.filter(pk=segment.pk).update(
+        member_count=count,
+        last_refreshed_at=now,
+        last_refresh_seconds=segment.last_refresh_seconds,
+        next_refresh_at=segment.next_refresh_at,
+    )
+    _record_size(segment, now)
+
+
+def _record_size(segment: Segment, now: dt.datetime) -> None:
+    count = SegmentMembership.objects.filter(segment=segment).count()
+    SegmentSize.objects.update_or_create(
+        segment=segment, day=timezone.localdate(now), defaults={"member_count": count}
+    )
+
+
+def _apply_changes(
+    segment: Segment, now: dt.datetime, entered: list[int], exited: list[int]
+) -> None:
+    """What follows a membership change: events, auto-tags, dependants, signals."""
+    if not entered and not exited:
+        return
+    properties = {"segment_id": segment.pk, "segment": segment.name}
+    events_append(
+        contact_ids=entered, name="segment_entered", properties=properties, occurred_at=now
+    )
+    events_append(contact_ids=exited, name="segment_exited", properties=properties, occurred_at=now)
+    _auto_tags_apply(segment, entered=entered, exited=exited, now=now)
+    if segment.dependents.exists():
+        # Segments reading this one re-evaluate these contacts on their next pass.
+        mark_dirty(contact_ids=entered + exited, at=now, overwrite=False)
+    # Inside the transaction: journeys enrol atomically with the membership change.
+    if entered:
+        segment_entered.send(sender=Segment, segment=segment, contact_ids=entered)
+    if exited:
+        segment_exited.send(sender=Segment, segment=segment, contact_ids=exited)
+
+
+def _membership_diff(segment: Segment, ids_q: QuerySet, now: dt.datetime) -> RefreshResult:
+    """Re-evaluate only the contacts `ids_q` (a values("contact_id") subquery) and apply."""
+    matching = set(
+        segment_queryset(segment=segment, now=now).filter(pk__in=ids_q).values_list("pk", flat=True)
+    )
+    current = set(
+        SegmentMembership.objects.filter(segment=segment, contact_id__in=ids_q).values_list(
+            "contact_id", flat=True
+        )
+    )
+    entered, exited = sorted(matching - current), sorted(current - matching)
     for batch in _batches(exited):
         SegmentMembership.objects.filter(segment=segment, contact_id__in=batch).delete()
     for batch in _batches(entered):
@@ -66,58 +362,144 @@ def _apply_diff(*, segment: Segment, entered: list[int], exited: list[int]) -> N
             [SegmentMembership(segment=segment, contact_id=c, entered_at=now) for c in batch],
             ignore_conflicts=True,
         )
-    properties = {"segment_id": segment.pk, "segment": segment.name}
-    events_append(
-        contact_ids=entered, name="segment_entered", properties=properties, occurred_at=now
-    )
-    events_append(contact_ids=exited, name="segment_exited", properties=properties, occurred_at=now)
-    count = SegmentMembership.objects.filter(segment=segment).count()
-    Segment.objects.filter(pk=segment.pk).update(member_count=count, last_refreshed_at=now)
-    segment.member_count, segment.last_refreshed_at = count, now
-    # Inside the transaction: journeys enroll atomically with the membership change.
-    if entered:
-        segment_entered.send(sender=Segment, segment=segment, contact_ids=entered)
-    if exited:
-        segment_exited.send(sender=Segment, segment=segment, contact_ids=exited)
+    return RefreshResult(entered, exited)
 
 
-def segment_refresh(*, segment: Segment) -> tuple[int, int]:
-    """Re-evaluate every contact; return (entered, exited) counts."""
-    matching = set(segment_queryset(segment=segment).values_list("pk", flat=True))
-    current = set(segment.memberships.values_list("contact_id", flat=True))
-    entered, exited = sorted(matching - current), sorted(current - matching)
-    _apply_diff(segment=segment, entered=entered, exited=exited)
-    return len(entered), len(exited)
+def segments_in_refresh_order(segments: Iterable[Segment]) -> list[Segment]:
+    """Segments sorted so that every segment comes after the segments it reads."""
+    pending = {s.pk: s for s in segments}
+    deps = {pk: set(ids) & pending.keys() for pk, ids in _dependency_map(list(pending)).items()}
+    ordered: list[Segment] = []
+    done: set[int] = set()
+    while pending:
+        ready = sorted(pk for pk in pending if deps.get(pk, set()) <= done)
+        if not ready:  # a cycle slipped past validation (e.g. edited in the admin): break it
+            ready = [min(pending)]
+        for pk in ready:
+            ordered.append(pending.pop(pk))
+            done.add(pk)
+    return ordered
+
+
+def _dependency_map(ids: list[int]) -> dict[int, list[int]]:
+    through = Segment.depends_on.through
+    deps: dict[int, list[int]] = {}
+    for src, dst in through.objects.filter(from_segment_id__in=ids).values_list(
+        "from_segment_id", "to_segment_id"
+    ):
+        deps.setdefault(src, []).append(dst)
+    return deps
+
+
+def _live_rule_segments(policies: Iterable[str] | None = None) -> list[Segment]:
+    qs = Segment.objects.filter(is_archived=False, kind=SegmentKind.DYNAMIC)
+    if policies is not None:
+        qs = qs.filter(refresh_policy__in=list(policies))
+    return segments_in_refresh_order(qs)
 
 
 def segment_refresh_contacts(*, contact_ids: Iterable[int]) -> None:
-    """Re-evaluate only the given contacts against every active segment."""
+    """Re-evaluate the given contacts against every on-change segment.
+
+    A handful (an operator's click, one API call) are evaluated at once so that the operator
+    sees the result; more are queued for the next incremental pass.
+    """
     ids = sorted(set(contact_ids))
     if not ids:
         return
-    for segment in Segment.objects.filter(is_archived=False):
-        matching: set[int] = set()
-        current: set[int] = set()
-        for batch in _batches(ids):
-            qs = segment_queryset(segment=segment).filter(pk__in=batch)
-            matching.update(qs.values_list("pk", flat=True))
-            current.update(
-                segment.memberships.filter(contact_id__in=batch).values_list(
-                    "contact_id", flat=True
-                )
-            )
-        entered, exited = sorted(matching - current), sorted(current - matching)
-        if entered or exited:
-            _apply_diff(segment=segment, entered=entered, exited=exited)
+    now = timezone.now()
+    mark_dirty(contact_ids=ids, at=now)
+    if len(ids) > INLINE_REFRESH_LIMIT:
+        return
+    mine = Q(contact_id__in=ids, changed_at__lte=now)
+    _incremental_pass(batch_filter=mine, now=now)
+    DirtyContact.objects.filter(mine).delete()
+
+
+def _incremental_pass(*, batch_filter: Q, now: dt.datetime) -> dict[int, tuple[int, int]]:
+    """Re-evaluate the queued contacts matching `batch_filter` against on-change segments."""
+    changes: dict[int, tuple[int, int]] = {}
+    for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE]):
+        # Read the queue afresh for each segment: upstream segments add the contacts that
+        # entered or left them, which the segments reading them must then re-evaluate.
+        ids_q = DirtyContact.objects.filter(batch_filter).values("contact_id")
+        with transaction.atomic():
+            diff = _membership_diff(segment, ids_q, now)
+            if diff.entered or diff.exited:
+                _apply_changes(segment, now, diff.entered, diff.exited)
+                count = SegmentMembership.objects.filter(segment=segment).count()
+                Segment.objects.filter(pk=segment.pk).update(member_count=count)
+                segment.member_count = count
+                changes[segment.pk] = (len(diff.entered), len(diff.exited))
+    return changes
+
+
+def segments_refresh_incremental(*, now: dt.datetime | None = None) -> dict[int, tuple[int, int]]:
+    """Re-evaluate every contact queued in DirtyContact against the on-change segments.
+
+    Rows queued after the cut-off (changes that land while this runs) stay for the next pass.
+    """
+    now = now or timezone.now()
+    cutoff = Q(changed_at__lte=now)
+    if not DirtyContact.objects.filter(cutoff).exists():
+        return {}
+    changes = _incremental_pass(batch_filter=cutoff, now=now)
+    DirtyContact.objects.filter(cutoff).delete()
+    return changes
+
+
+def segments_refresh_due(*, now: dt.datetime | None = None) -> list[int]:
+    """Full refresh of the segments whose scheduled refresh is due (interval, daily, and the
+    daily pass of on-change segments with time windows), in dependency order."""
+    now = now or timezone.now()
+    due = Segment.objects.filter(
+        is_archived=False, kind=SegmentKind.DYNAMIC, next_refresh_at__lte=now
+    )
+    done = []
+    for segment in segments_in_refresh_order(due):
+        segment_refresh(segment=segment, now=now)
+        done.append(segment.pk)
+    return done
+
+
+def segments_tick(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """What beat runs every minute: the incremental pass, then the scheduled full refreshes."""
+    now = now or timezone.now()
+    changed = segments_refresh_incremental(now=now)
+    refreshed = segments_refresh_due(now=now)
+    return {"incremental_segments_changed": len(changed), "full_refreshes": len(refreshed)}
 
 
 def segments_refresh_all() -> int:
-    """Full refresh of every active segment (catches time windows that aged out)."""
+    """Full refresh of every active rule-based segment, in dependency order."""
     n = 0
-    for segment in Segment.objects.filter(is_archived=False):
+    for segment in _live_rule_segments():
         segment_refresh(segment=segment)
         n += 1
     return n
+
+
+def mark_dirty(
+    *, contact_ids: Iterable[int], at: dt.datetime | None = None, overwrite=True
+) -> None:
+    """Queue contacts for the next incremental refresh.
+
+    `overwrite` moves an already-queued contact's time forward, so that a change arriving while
+    a pass runs is not deleted with that pass's rows.
+    """
+    at = at or timezone.now()
+    ids = sorted(set(contact_ids))
+    for batch in _batches(ids):
+        rows = [DirtyContact(contact_id=pk, changed_at=at) for pk in batch]
+        if overwrite:
+            DirtyContact.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["contact_id"],
+                update_fields=["changed_at"],
+            )
+        else:
+            DirtyContact.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 def segments_refresh_after_merge(*, contact_ids: list[int]) -> None:
@@ -128,3 +510,182 @@ def segments_refresh_after_merge(*, contact_ids: list[int]) -> None:
     """
     ids = list(contact_ids)
     transaction.on_commit(lambda: segment_refresh_contacts(contact_ids=ids))
+
+
+# Static lists ----------------------------------------------------------------------------------
+
+
+def _require_static(segment: Segment) -> None:
+    if segment.kind != SegmentKind.STATIC:
+        raise ValidationFailed(
+            "Members can be added or removed by hand only in a static list.",
+            code="not_static",
+        )
+
+
+@transaction.atomic
+def segment_static_add(*, segment: Segment, contact_ids: Iterable[int]) -> int:
+    """Add contacts to a static list; return how many were new. Safe to retry."""
+    _require_static(segment)
+    now = timezone.now()
+    ids = sorted(set(contact_ids))
+    live = set()
+    for batch in _batches(ids):
+        live.update(
+            Contact.objects.filter(pk__in=batch, merged_into__isnull=True).values_list(
+                "pk", flat=True
+            )
+        )
+    unknown = sorted(set(ids) - live)
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown contacts: {unknown[:20]}",
+            code="unknown_contact",
+            details={"contact_ids": unknown[:100]},
+        )
+    present = set()
+    for batch in _batches(ids):
+        present.update(
+            segment.memberships.filter(contact_id__in=batch).values_list("contact_id", flat=True)
+        )
+    entered = [pk for pk in ids if pk not in present]
+    for batch in _batches(entered):
+        SegmentMembership.objects.bulk_create(
+            [SegmentMembership(segment=segment, contact_id=c, entered_at=now) for c in batch],
+            ignore_conflicts=True,
+        )
+    _apply_changes(segment, now, entered, [])
+    _static_finish(segment, now)
+    return len(entered)
+
+
+@transaction.atomic
+def segment_static_remove(*, segment: Segment, contact_ids: Iterable[int]) -> int:
+    """Remove contacts from a static list; return how many were members. Safe to retry."""
+    _require_static(segment)
+    now = timezone.now()
+    ids = sorted(set(contact_ids))
+    exited = []
+    for batch in _batches(ids):
+        members = list(
+            segment.memberships.filter(contact_id__in=batch).values_list("contact_id", flat=True)
+        )
+        SegmentMembership.objects.filter(segment=segment, contact_id__in=members).delete()
+        exited.extend(members)
+    _apply_changes(segment, now, [], sorted(exited))
+    _static_finish(segment, now)
+    return len(exited)
+
+
+def _static_finish(segment: Segment, now: dt.datetime) -> None:
+    count = segment.memberships.count()
+    Segment.objects.filter(pk=segment.pk).update(member_count=count, last_refreshed_at=now)
+    segment.member_count, segment.last_refreshed_at = count, now
+    _record_size(segment, now)
+
+
+# Auto-tags -------------------------------------------------------------------------------------
+
+
+def _rule_tag_events(ids: list[int], tag: Tag, *, added: bool, now: dt.datetime) -> None:
+    events_append(
+        contact_ids=ids,
+        name="tag_added" if added else "tag_removed",
+        properties={"tag_id": tag.pk, "tag": str(tag), "source": TagSource.RULE},
+        occurred_at=now,
+    )
+
+
+def _auto_tags_apply(
+    segment: Segment, *, entered: list[int], exited: list[int], now: dt.datetime
+) -> None:
+    for rule in segment.auto_tags.filter(is_active=True).select_related("tag__group"):
+        _tag_contacts(rule.tag, entered, now)
+        if rule.remove_on_exit:
+            _untag_contacts(rule.tag, exited, now)
+
+
+def _tag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
+    added: list[int] = []
+    for batch in _batches(ids):
+        have = set(
+            ContactTag.objects.filter(tag=tag, contact_id__in=batch).values_list(
+                "contact_id", flat=True
+            )
+        )
+        new = [pk for pk in batch if pk not in have]
+        ContactTag.objects.bulk_create(
+            [
+                ContactTag(contact_id=pk, tag=tag, source=TagSource.RULE, created_at=now)
+                for pk in new
+            ],
+            ignore_conflicts=True,
+        )
+        added.extend(new)
+    if added:
+        _rule_tag_events(added, tag, added=True, now=now)
+        _tags_changed(added)
+    return added
+
+
+def _untag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
+    removed: list[int] = []
+    for batch in _batches(ids):
+        # Only the assignments the rule made: a tag an operator set by hand stays.
+        mine = ContactTag.objects.filter(tag=tag, contact_id__in=batch, source=TagSource.RULE)
+        ids_ = list(mine.values_list("contact_id", flat=True))
+        mine.delete()
+        removed.extend(ids_)
+    if removed:
+        _rule_tag_events(removed, tag, added=False, now=now)
+        _tags_changed(removed)
+    return removed
+
+
+def _tags_changed(ids: list[int]) -> None:
+    # Other segments may read this tag: queue the contacts for the next incremental pass
+    # rather than re-entering the refresh from inside it.
+    mark_dirty(contact_ids=ids)
+
+
+def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tuple[int, int]:
+    """Bring auto-tags fully in line with the segment's members; return (added, removed)."""
+    now = timezone.now()
+    rules = [rule] if rule is not None else list(segment.auto_tags.filter(is_active=True))
+    added = removed = 0
+    members = SegmentMembership.objects.filter(segment=segment).values("contact_id")
+    for r in rules:
+        with transaction.atomic():
+            missing = list(
+                members.exclude(
+                    contact_id__in=ContactTag.objects.filter(tag=r.tag).values("contact_id")
+                ).values_list("contact_id", flat=True)
+            )
+            added += len(_tag_contacts(r.tag, missing, now))
+            if r.remove_on_exit:
+                stale = list(
+                    ContactTag.objects.filter(tag=r.tag, source=TagSource.RULE)
+                    .exclude(contact_id__in=members)
+                    .values_list("contact_id", flat=True)
+                )
+                removed += len(_untag_contacts(r.tag, stale, now))
+    return added, removed
+
+
+def auto_tag_rule_create(*, segment: Segment, tag: Tag, remove_on_exit: bool = True) -> AutoTagRule:
+    """Keep `tag` in sync with `segment` from now on (and apply it to today's members)."""
+    rule, _ = AutoTagRule.objects.update_or_create(
+        segment=segment,
+        tag=tag,
+        defaults={"remove_on_exit": remove_on_exit, "is_active": True},
+    )
+    auto_tags_sync(segment=segment, rule=rule)
+    return rule
+
+
+def segment_refresh_by_id(*, segment_id: int) -> tuple[int, int]:
+    """The worker's entry point for "refresh now" (skips segments archived meanwhile)."""
+    segment = Segment.objects.filter(pk=segment_id, is_archived=False).first()
+    if segment is None:
+        return 0, 0
+    return segment_refresh(segment=segment)

@@ -1,0 +1,485 @@
+"""Compile a validated rule tree into one Q over Contact: a segment is always one SQL query.
+
+Conditions on related rows become EXISTS / NOT EXISTS or `id IN (SELECT contact_id ... GROUP BY
+... HAVING ...)` sub-queries over indexed columns; nothing loops over contacts in Python. The
+meaning of every operator is defined here and mirrored, independently, by the plain-Python
+reference evaluator in tests/segments/reference.py, which property-based tests compare against.
+
+Semantics worth knowing (docs/segments.md says the same for operators):
+- a negative operator (neq, not_in, not_contains) also matches contacts whose value is unset;
+- text matching with contains/startswith ignores case; eq/in are exact;
+- dates compare in the brand's time zone (settings.TIME_ZONE): "on 2026-05-01" is that local day;
+- "within the last N days" is [now − N days, now]; "more than N days ago" is before now − N
+  days and never matches an unset value;
+- event count and sum treat a contact without matching events as 0 (so "spent < 100" includes
+  non-buyers); avg, first and last never match a contact without matching events;
+- expired tag assignments do not count.
+"""
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django.db import NotSupportedError
+from django.db.models import (
+    Avg,
+    BooleanField,
+    Count,
+    DecimalField,
+    Exists,
+    F,
+    Func,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from contacts.models import Consent, ContactTag, Event, Identity, IdentityKind
+from segments.rules.schema import (
+    BOOL,
+    CHOICE,
+    DATE,
+    DATETIME,
+    MULTI,
+    NUMBER,
+    REF,
+    STRING,
+    FieldSpec,
+    field_spec,
+    normalise_operator,
+    parse_date,
+)
+
+REF_LOOKUPS = {"owner": "owner_id", "store": "store_id", "lifecycle_stage": "lifecycle_stage_id"}
+REACHABLE_IDENTITY = {
+    "wechat_oa": IdentityKind.WECHAT_OPENID,
+    "miniprogram": IdentityKind.MINIPROGRAM_OPENID,
+    "wecom": IdentityKind.WECOM_EXTERNAL_USERID,
+}
+NOTHING = Q(pk__in=[])
+
+
+class JSONKeyIs(Func):
+    """True when a JSON object's key holds a value of the given kind ("number" or "string").
+
+    Numeric comparisons are only made between JSON numbers: PostgreSQL orders jsonb strings
+    below numbers while SQLite orders text above them, so without this guard `"150" > 100`
+    would differ between the two databases.
+    """
+
+    output_field = BooleanField()
+    SQLITE_TYPES = {"number": "('integer', 'real')", "string": "('text')"}
+
+    def __init__(self, field: str, key: str, kind: str) -> None:
+        self.key, self.kind = key, kind
+        super().__init__(F(field))
+
+    def as_postgresql(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"(JSONB_TYPEOF({sql} -> %s) = %s)", (*params, self.key, self.kind)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        sql, params = compiler.compile(self.source_expressions[0])
+        types = self.SQLITE_TYPES[self.kind]
+        return f"(JSON_TYPE({sql}, %s) IN {types})", (*params, f'$."{self.key}"')
+
+    def as_sql(self, compiler, connection, **extra):
+        raise NotSupportedError("Segment rules support PostgreSQL and SQLite.")
+
+
+def compile_rule(rule: dict, *, now: dt.datetime | None = None) -> Q:
+    """Compile a validated rule into a Q over Contact (evaluated as of `now`)."""
+    return Compiler(now).node(rule)
+
+
+class Compiler:
+    def __init__(self, now: dt.datetime | None = None) -> None:
+        self.now = now or timezone.now()
+        self.today = timezone.localdate(self.now)
+
+    # Structure ---------------------------------------------------------------------------------
+
+    def node(self, node: dict) -> Q:
+        if "op" in node:
+            parts = [self.node(child) for child in node["conditions"]]
+            if node["op"] == "or":
+                return _any(parts)
+            combined = _all(parts)
+            return ~combined if node["op"] == "not" else combined
+        return getattr(self, node["type"])(node)
+
+    # Time helpers ------------------------------------------------------------------------------
+
+    def day_start(self, day: dt.date) -> dt.datetime:
+        return timezone.make_aware(dt.datetime.combine(day, dt.time.min))
+
+    def days_ago(self, days: int) -> dt.datetime:
+        return self.now - dt.timedelta(days=days)
+
+    # Condition kinds ---------------------------------------------------------------------------
+
+    def attribute(self, node: dict) -> Q:
+        spec = field_spec(node["field"])
+        if spec.custom is not None:
+            return self.json_field(
+                "attributes", spec.custom.key, spec, node["operator"], node.get("value")
+            )
+        lookup = REF_LOOKUPS.get(spec.path, spec.path)
+        return self.column(lookup, spec.type, node["operator"], node.get("value"))
+
+    def column(self, lookup: str, kind: str, operator: str, value: Any) -> Q:
+        """A condition on a real column (never JSON) of the queried model."""
+        operator = normalise_operator(operator)
+        if kind in (DATE, DATETIME):
+            return self.dates(lookup, kind, operator, value)
+        if operator == "is_set":
+            q = Q(**{f"{lookup}__isnull": False})
+            return q & ~Q(**{lookup: ""}) if kind == STRING else q
+        if operator == "not_set":
+            return ~self.column(lookup, kind, "is_set", value)
+        if operator == "is_true":
+            return Q(**{lookup: True})
+        if operator == "is_false":
+            return Q(**{lookup: False})
+        return _compare(lookup, operator, value)
+
+    def dates(self, lookup: str, kind: str, operator: str, value: Any) -> Q:
+        if operator == "is_set":
+            return Q(**{f"{lookup}__isnull": False})
+        if operator == "not_set":
+            return Q(**{f"{lookup}__isnull": True})
+        if operator == "anniversary_within_days":
+            return self.anniversary(lookup, value)
+        low, high = self.date_bounds(kind, operator, value)
+        q = Q(**{f"{lookup}__isnull": False})
+        if low is not None:
+            q &= Q(**{f"{lookup}__gte": low})
+        if high is not None:
+            q &= Q(**{f"{lookup}__lt": high})
+        return q
+
+    def date_bounds(self, kind: str, operator: str, value: Any) -> tuple[Any, Any]:
+        """[low, high) for a date operator, as dates (DATE) or aware datetimes (DATETIME)."""
+        if kind == DATE:
+            one = dt.timedelta(days=1)
+            if operator == "within_last_days":
+                return self.today - dt.timedelta(days=value), self.today + one
+            if operator == "more_than_days_ago":
+                return None, self.today - dt.timedelta(days=value)
+            first, last = self._date_range(operator, value)
+            return first, (last + one if last is not None else None)
+        if operator == "within_last_days":
+            return self.days_ago(value), self.now + dt.timedelta(microseconds=1)
+        if operator == "more_than_days_ago":
+            return None, self.days_ago(value)
+        first, last = self._date_range(operator, value)
+        return (
+            self.day_start(first) if first is not None else None,
+            self.day_start(last + dt.timedelta(days=1)) if last is not None else None,
+        )
+
+    @staticmethod
+    def _date_range(operator: str, value: Any) -> tuple[dt.date | None, dt.date | None]:
+        """Inclusive first and last day an absolute date operator accepts."""
+        if operator == "between":
+            return parse_date(value[0]), parse_date(value[1])
+        day = parse_date(value)
+        if operator == "on":
+            return day, day
+        if operator == "before":
+            return None, day - dt.timedelta(days=1)
+        return day + dt.timedelta(days=1), None  # after
+
+    def anniversary_days(self, days: int) -> list[dt.date]:
+        return [self.today + dt.timedelta(days=i) for i in range(min(days, 366) + 1)]
+
+    def anniversary(self, lookup: str, days: int) -> Q:
+        """Month and day within the next `days` days, whatever the year (birthdays)."""
+        by_month: dict[int, list[int]] = {}
+        for day in self.anniversary_days(days):
+            by_month.setdefault(day.month, []).append(day.day)
+        return _any(
+            [
+                Q(
+                    **{
+                        f"{lookup}__month": month,
+                        f"{lookup}__day__gte": min(days_),
+                        f"{lookup}__day__lte": max(days_),
+                    }
+                )
+                for month, days_ in by_month.items()
+            ]
+        )
+
+    def json_field(self, field: str, key: str, spec: FieldSpec, operator: str, value: Any) -> Q:
+        """A condition on a custom field stored in a JSON object under `key`."""
+        operator = normalise_operator(operator)
+        path = f"{field}__{key}"
+        present = Q(**{f"{field}__has_key": key}) & ~Q(**{path: None})
+        if spec.type == MULTI:
+            present &= ~Q(**{path: []})
+        elif spec.type in (STRING, CHOICE, DATE):
+            present &= Q(JSONKeyIs(field, key, "string")) & ~Q(**{path: ""})
+        elif spec.type == NUMBER:
+            present &= Q(JSONKeyIs(field, key, "number"))
+        if operator == "is_set":
+            return present
+        if operator == "not_set":
+            return ~present
+        if operator == "is_true":
+            return present & Q(**{path: True})
+        if operator == "is_false":
+            return present & Q(**{path: False})
+        if spec.type == MULTI:
+            items = value if isinstance(value, list) else [value]
+            # A stored value lists distinct choices, so it has at most len(choices) elements:
+            # compare each position exactly (text search in the JSON would depend on how each
+            # database escapes non-ASCII characters).
+            width = max(len(spec.custom.choices), 1)
+            # Each comparison is guarded by the element's existence so that a missing element
+            # gives false, not NULL (NULL would make "does not contain" drop the contact).
+            has = _any(
+                [
+                    Q(**{f"{path}__{i}__isnull": False, f"{path}__{i}": v})
+                    for v in items
+                    for i in range(width)
+                ]
+            )
+            return ~(present & has) if operator == "not_contains" else present & has
+        if spec.type == DATE:
+            if operator == "anniversary_within_days":
+                suffixes = {f"-{d:%m-%d}" for d in self.anniversary_days(value)}
+                return present & _any([Q(**{f"{path}__endswith": s}) for s in sorted(suffixes)])
+            low, high = self.date_bounds(DATE, operator, value)
+            q = present
+            if low is not None:
+                q &= Q(**{f"{path}__gte": low.isoformat()})
+            if high is not None:
+                q &= Q(**{f"{path}__lt": high.isoformat()})
+            return q
+        negated = operator in ("neq", "not_in", "not_contains")
+        positive = {"neq": "eq", "not_in": "in", "not_contains": "contains"}.get(operator, operator)
+        q = present & _compare(path, positive, value)
+        return ~q if negated else q
+
+    def tag(self, node: dict) -> Q:
+        live = Q(expires_at__isnull=True) | Q(expires_at__gt=self.now)
+
+        def has(tag_ids: list[int]) -> Q:
+            return Q(
+                Exists(
+                    ContactTag.objects.filter(live, contact_id=OuterRef("pk"), tag_id__in=tag_ids)
+                )
+            )
+
+        tags = node["tags"]
+        if node["match"] == "any":
+            return has(tags)
+        if node["match"] == "none":
+            return ~has(tags)
+        return _all([has([t]) for t in tags])
+
+    def event(self, node: dict) -> Q:
+        events = Event.objects.filter(name=node["name"])
+        window = node.get("window") or {}
+        if "last_days" in window:
+            events = events.filter(occurred_at__gte=self.days_ago(window["last_days"]))
+        elif window:
+            first, last = parse_date(window["from"]), parse_date(window["to"])
+            events = events.filter(
+                occurred_at__gte=self.day_start(first),
+                occurred_at__lt=self.day_start(last + dt.timedelta(days=1)),
+            )
+        for item in node.get("filters") or []:
+            events = events.filter(self.property_filter(item))
+        measure = node.get("measure", "performed")
+        if measure in ("performed", "not_performed"):
+            exists = Q(Exists(events.filter(contact_id=OuterRef("pk"))))
+            return exists if measure == "performed" else ~exists
+        operator, value = normalise_operator(node["operator"]), node["value"]
+        grouped = events.order_by().values("contact_id")
+        if measure in ("first", "last"):
+            aggregate = Min("occurred_at") if measure == "first" else Max("occurred_at")
+            test = self.dates("m", DATETIME, operator, value)
+            return Q(pk__in=grouped.annotate(m=aggregate).filter(test).values("contact_id"))
+        if measure == "count":
+            aggregate = Count("id")
+        elif measure == "sum":
+            aggregate = Coalesce(
+                Sum("value"), Value(Decimal(0)), output_field=DecimalField(max_digits=20)
+            )
+        else:
+            aggregate = Avg("value")
+        value = [Decimal(str(v)) for v in value] if isinstance(value, list) else Decimal(str(value))
+        test = _compare("m", operator, value)
+        matching = grouped.annotate(m=aggregate)
+        if measure != "avg" and _holds(operator, value, Decimal(0)):
+            # Zero satisfies the test, so contacts without events match: exclude the others.
+            return ~Q(pk__in=matching.filter(~test).values("contact_id"))
+        return Q(pk__in=matching.filter(test).values("contact_id"))
+
+    @staticmethod
+    def property_filter(item: dict) -> Q:
+        prop, operator, value = item["property"], item["operator"], item.get("value")
+        path = f"properties__{prop}"
+        present = Q(properties__has_key=prop)
+        if operator == "exists":
+            return present
+        if operator == "not_exists":
+            return ~present
+        if operator in ("gt", "gte", "lt", "lte"):
+            return (
+                present
+                & Q(JSONKeyIs("properties", prop, "number"))
+                & Q(**{f"{path}__{operator}": value})
+            )
+        if operator == "contains":
+            return (
+                present
+                & Q(JSONKeyIs("properties", prop, "string"))
+                & Q(**{f"{path}__icontains": value})
+            )
+        if operator == "in":
+            return present & Q(**{f"{path}__in": value})
+        if operator == "neq":
+            return ~(present & Q(**{path: value}))
+        return present & Q(**{path: value})
+
+    def membership(self, node: dict) -> Q:
+        from membership.models import Member
+
+        field = node["field"]
+        members = Member.objects.filter(contact_id=OuterRef("pk"))
+        if field == "is_member":
+            exists = Q(Exists(members))
+            return exists if normalise_operator(node["operator"]) == "is_true" else ~exists
+        kind = {"tier": CHOICE, "joined_at": DATETIME}.get(field, NUMBER)
+        lookup = "tier__code" if field == "tier" else field
+        condition = self.column(lookup, kind, node["operator"], node.get("value"))
+        return Q(Exists(members.filter(condition)))
+
+    def consent(self, node: dict) -> Q:
+        records = Consent.objects.filter(
+            contact_id=OuterRef("pk"),
+            channel=node["channel"],
+            purpose=node.get("purpose", "marketing"),
+        )
+        state = node["state"]
+        if state == "unknown":
+            return ~Q(Exists(records))
+        return Q(Exists(records.filter(granted=state == "granted")))
+
+    def reachable(self, node: dict) -> Q:
+        channel = node["channel"]
+        if channel == "sms":
+            address = ~Q(phone="")
+        elif channel == "email":
+            address = ~Q(email="")
+        else:
+            address = Q(
+                Exists(
+                    Identity.objects.filter(
+                        contact_id=OuterRef("pk"), kind=REACHABLE_IDENTITY[channel]
+                    )
+                )
+            )
+        withdrawn = Exists(
+            Consent.objects.filter(
+                contact_id=OuterRef("pk"), channel=channel, purpose="marketing", granted=False
+            )
+        )
+        q = address & ~Q(withdrawn)
+        return q if node.get("value", True) else ~q
+
+    def segment(self, node: dict) -> Q:
+        from segments.models import SegmentMembership
+
+        exists = Q(
+            Exists(
+                SegmentMembership.objects.filter(
+                    segment_id=node["segment"], contact_id=OuterRef("pk")
+                )
+            )
+        )
+        return exists if node.get("match", "in") == "in" else ~exists
+
+    def rfm(self, node: dict) -> Q:
+        from segments.models import RFMScore
+
+        exists = Q(Exists(RFMScore.objects.filter(pk=OuterRef("pk"), layer__in=node["layers"])))
+        return exists if node.get("match", "in") == "in" else ~exists
+
+    def koc(self, node: dict) -> Q:
+        from segments.models import Influence
+
+        influence = Influence.objects.filter(pk=OuterRef("pk"))
+        operator = node["operator"]
+        if operator == "is_koc":
+            return Q(Exists(influence.filter(is_koc=True)))
+        if operator == "not_koc":
+            return ~Q(Exists(influence.filter(is_koc=True)))
+        lookup = "score__gte" if operator == "score_gte" else "score__lte"
+        q = Q(Exists(influence.filter(**{lookup: node["value"]})))
+        # Without an influence row the score is 0.
+        if operator == "score_lte" and node["value"] >= 0:
+            q |= ~Q(Exists(influence))
+        return q
+
+
+def _any(parts: list[Q]) -> Q:
+    if not parts:
+        return NOTHING
+    combined = parts[0]
+    for part in parts[1:]:
+        combined |= part
+    return combined
+
+
+def _all(parts: list[Q]) -> Q:
+    combined = Q()
+    for part in parts:
+        combined &= part
+    return combined
+
+
+def _compare(lookup: str, operator: str, value: Any) -> Q:
+    if operator == "eq":
+        return Q(**{lookup: value})
+    if operator == "neq":
+        return ~Q(**{lookup: value})
+    if operator == "in":
+        return Q(**{f"{lookup}__in": value})
+    if operator == "not_in":
+        return ~Q(**{f"{lookup}__in": value})
+    if operator == "contains":
+        return Q(**{f"{lookup}__icontains": value})
+    if operator == "not_contains":
+        return ~Q(**{f"{lookup}__icontains": value})
+    if operator == "startswith":
+        return Q(**{f"{lookup}__istartswith": value})
+    if operator == "between":
+        return Q(**{f"{lookup}__gte": value[0], f"{lookup}__lte": value[1]})
+    if operator in ("gt", "gte", "lt", "lte"):
+        return Q(**{f"{lookup}__{operator}": value})
+    raise ValueError(f"unknown operator {operator}")
+
+
+def _holds(operator: str, value: Any, x: Decimal) -> bool:
+    """Does the number x satisfy `operator value`? (Used to decide how to treat "no events".)"""
+    if operator == "between":
+        return value[0] <= x <= value[1]
+    return {
+        "eq": x == value,
+        "gt": x > value,
+        "gte": x >= value,
+        "lt": x < value,
+        "lte": x <= value,
+    }[operator]
+
+
+__all__ = ["BOOL", "REF", "Compiler", "compile_rule"]

@@ -1,0 +1,547 @@
+"""The rule language: what a condition may say, and validation with errors that point at it.
+
+A rule is a JSON tree. Groups combine conditions:
+
+    {"op": "and" | "or" | "not", "conditions": [<node>, ...]}
+
+`not` matches the contacts that do NOT match all of its conditions (NOT (a AND b ...)).
+Every other node is a condition with a "type"; docs/segments.md is the operator-facing reference
+of each kind, and compiler.py gives each its SQL meaning.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from contacts.models import (
+    ConsentChannel,
+    ConsentPurpose,
+    CustomField,
+    CustomFieldKind,
+    Gender,
+    Stage,
+    Store,
+    Tag,
+)
+from core.errors import ValidationFailed
+
+GROUP_OPS = ("and", "or", "not")
+MAX_DEPTH = 6
+MAX_CONDITIONS = 100
+MAX_DAYS = 36500
+MAX_LIST = 1000
+
+# Value types of fields and the operators each accepts.
+STRING, CHOICE, REF, NUMBER, DATE, DATETIME, BOOL, MULTI = (
+    "string",
+    "choice",
+    "ref",
+    "number",
+    "date",
+    "datetime",
+    "bool",
+    "multi",
+)
+SET_OPS = ("is_set", "not_set")
+RELATIVE_OPS = ("within_last_days", "more_than_days_ago")
+DATE_OPS = ("on", "before", "after", "between", *RELATIVE_OPS, *SET_OPS)
+OPERATORS: dict[str, tuple[str, ...]] = {
+    STRING: ("eq", "neq", "in", "not_in", "contains", "not_contains", "startswith", *SET_OPS),
+    CHOICE: ("eq", "neq", "in", "not_in", *SET_OPS),
+    REF: ("eq", "neq", "in", "not_in", *SET_OPS),
+    NUMBER: ("eq", "neq", "gt", "gte", "lt", "lte", "between", *SET_OPS),
+    DATE: (*DATE_OPS, "anniversary_within_days"),
+    DATETIME: DATE_OPS,
+    BOOL: ("is_true", "is_false", *SET_OPS),
+    MULTI: ("contains", "not_contains", "contains_any", *SET_OPS),
+}
+# The first rule language spelled two date operators differently; stored rules keep working.
+LEGACY_OPERATORS = {"within_days": "within_last_days", "before_days": "more_than_days_ago"}
+LIST_OPS = ("in", "not_in", "contains_any")
+DAYS_OPS = (*RELATIVE_OPS, "anniversary_within_days")
+
+CORE_FIELDS: dict[str, str] = {
+    "name": STRING,
+    "nickname": STRING,
+    "phone": STRING,
+    "email": STRING,
+    "province": STRING,
+    "city": STRING,
+    "source": STRING,
+    "channel_code": STRING,
+    "utm_source": STRING,
+    "utm_medium": STRING,
+    "utm_campaign": STRING,
+    "utm_content": STRING,
+    "utm_term": STRING,
+    "gender": CHOICE,
+    "lifecycle_stage": CHOICE,
+    "owner": REF,
+    "store": REF,
+    "birthday": DATE,
+    "created_at": DATETIME,
+    "first_seen_at": DATETIME,
+    "last_seen_at": DATETIME,
+    "last_active_at": DATETIME,
+    "lead_score": NUMBER,
+}
+CUSTOM_KIND_TYPES = {
+    CustomFieldKind.TEXT: STRING,
+    CustomFieldKind.NUMBER: NUMBER,
+    CustomFieldKind.DATE: DATE,
+    CustomFieldKind.SINGLE_CHOICE: CHOICE,
+    CustomFieldKind.MULTI_CHOICE: MULTI,
+    CustomFieldKind.BOOLEAN: BOOL,
+}
+
+EVENT_MEASURES = ("performed", "not_performed", "count", "sum", "avg", "first", "last")
+AGGREGATE_OPS = ("eq", "gt", "gte", "lt", "lte", "between")
+OCCURRENCE_OPS = ("on", "before", "after", "between", *RELATIVE_OPS)
+PROPERTY_OPS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists", "not_exists")
+NUMERIC_PROPERTY_OPS = ("gt", "gte", "lt", "lte")
+
+MEMBERSHIP_FIELDS = {
+    "is_member": BOOL,
+    "tier": CHOICE,
+    "points_balance": NUMBER,
+    "growth_value": NUMBER,
+    "joined_at": DATETIME,
+}
+CONSENT_STATES = ("granted", "withdrawn", "unknown")
+REACHABLE_CHANNELS = ("sms", "email", "wechat_oa", "miniprogram", "wecom")
+KOC_OPS = ("is_koc", "not_koc", "score_gte", "score_lte")
+MATCH_IN = ("in", "not_in")
+TAG_MATCHES = ("any", "all", "none")
+
+CONDITION_TYPES = (
+    "attribute",
+    "tag",
+    "event",
+    "membership",
+    "consent",
+    "reachable",
+    "segment",
+    "rfm",
+    "koc",
+)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a field path means: its value type and, for choice fields, the allowed values."""
+
+    path: str
+    type: str
+    custom: CustomField | None = None
+
+
+def _fail(path: str, message: str) -> None:
+    raise ValidationFailed(f"{path}: {message}", code="invalid_rule", details={"path": path})
+
+
+def field_spec(field: Any) -> FieldSpec | None:
+    if not isinstance(field, str):
+        return None
+    if field in CORE_FIELDS:
+        return FieldSpec(field, CORE_FIELDS[field])
+    if field.startswith("attributes.") and len(field) > 11:
+        custom = CustomField.objects.filter(key=field[11:]).first()
+        if custom is not None:
+            return FieldSpec(field, CUSTOM_KIND_TYPES[custom.kind], custom)
+    return None
+
+
+def normalise_operator(operator: Any) -> Any:
+    return LEGACY_OPERATORS.get(operator, operator)
+
+
+def parse_date(value: Any) -> dt.date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_days(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DAYS
+
+
+def validate_rule(rule: Any, *, segment_id: int | None = None) -> None:
+    """Raise ValidationFailed naming the offending node's path, e.g. `rule.conditions[2].value`.
+
+    `segment_id` is the segment the rule belongs to (if it exists yet), so that a rule reading
+    another segment that (directly or not) reads this one is rejected as a cycle.
+    """
+    Validator(segment_id).node(rule, "rule", 0)
+
+
+class Validator:
+    def __init__(self, segment_id: int | None) -> None:
+        self.segment_id = segment_id
+        self.count = 0
+
+    def node(self, node: Any, path: str, depth: int) -> None:
+        if not isinstance(node, dict):
+            _fail(path, "must be an object")
+        if depth > MAX_DEPTH:
+            _fail(path, f"groups nest deeper than {MAX_DEPTH} levels")
+        self.count += 1
+        if self.count > MAX_CONDITIONS:
+            _fail(path, f"a rule may hold at most {MAX_CONDITIONS} conditions")
+        if "op" in node:
+            if node["op"] not in GROUP_OPS:
+                _fail(f"{path}.op", f"must be one of {', '.join(GROUP_OPS)}")
+            children = node.get("conditions")
+            if not isinstance(children, list):
+                _fail(f"{path}.conditions", "must be a list")
+            if node["op"] == "not" and not children:
+                _fail(f"{path}.conditions", "a NOT group needs at least one condition")
+            for i, child in enumerate(children):
+                self.node(child, f"{path}.conditions[{i}]", depth + 1)
+            return
+        kind = node.get("type")
+        if kind not in CONDITION_TYPES:
+            _fail(
+                f"{path}.type",
+                f"must be one of {', '.join(CONDITION_TYPES)} (or the node must be a group "
+                "with 'op')",
+            )
+        getattr(self, kind)(node, path)
+
+    # Condition kinds -------------------------------------------------------------------------
+
+    def attribute(self, node: dict, path: str) -> None:
+        spec = field_spec(node.get("field"))
+        if spec is None:
+            _fail(f"{path}.field", f"unknown field '{node.get('field')}'")
+        self.operator_value(spec, node, path)
+
+    def operator_value(self, spec: FieldSpec, node: dict, path: str) -> None:
+        operator = normalise_operator(node.get("operator"))
+        allowed = OPERATORS[spec.type]
+        if operator not in allowed:
+            _fail(f"{path}.operator", f"must be one of {', '.join(allowed)} for this field")
+        value = node.get("value")
+        vpath = f"{path}.value"
+        if operator in SET_OPS or operator in ("is_true", "is_false"):
+            return
+        if operator in DAYS_OPS:
+            if not _is_days(value):
+                _fail(vpath, f"must be a whole number of days between 0 and {MAX_DAYS}")
+            return
+        if spec.type in (DATE, DATETIME):
+            self.dates(operator, value, vpath)
+            return
+        if operator == "between":
+            if (
+                not isinstance(value, list)
+                or len(value) != 2
+                or not all(_is_number(v) for v in value)
+            ):
+                _fail(vpath, "must be a list of two numbers [low, high]")
+            if value[0] > value[1]:
+                _fail(vpath, "the low bound is above the high bound")
+            return
+        values = self.values(operator, value, vpath)
+        if spec.type == NUMBER:
+            if not all(_is_number(v) for v in values):
+                _fail(vpath, "must be a number")
+            return
+        if spec.type == REF:
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                _fail(vpath, "must be an id (a whole number)")
+            model = get_user_model() if node.get("field") == "owner" else Store
+            known = set(model.objects.filter(pk__in=values).values_list("pk", flat=True))
+            missing = sorted(set(values) - known)
+            if missing:
+                _fail(vpath, f"unknown {node.get('field')} ids {missing}")
+            return
+        if not all(isinstance(v, str) and v != "" for v in values):
+            _fail(vpath, "must be non-empty text")
+        if any(len(v) > 200 for v in values):
+            _fail(vpath, "is longer than 200 characters")
+        allowed_values = self.choices(spec)
+        if allowed_values is not None:
+            bad = [v for v in values if v not in allowed_values]
+            if bad:
+                _fail(vpath, f"unknown choices {bad}; allowed: {', '.join(allowed_values)}")
+
+    @staticmethod
+    def choices(spec: FieldSpec) -> list[str] | None:
+        if spec.path == "lifecycle_stage":
+            return list(Stage.objects.values_list("key", flat=True))
+        if spec.path == "gender":
+            return list(Gender.values)
+        if spec.custom is not None and spec.type in (CHOICE, MULTI):
+            return [str(c) for c in spec.custom.choices]
+        return None
+
+    @staticmethod
+    def values(operator: str, value: Any, vpath: str) -> list:
+        if operator in LIST_OPS:
+            if not isinstance(value, list) or not value:
+                _fail(vpath, "must be a non-empty list")
+            if len(value) > MAX_LIST:
+                _fail(vpath, f"may hold at most {MAX_LIST} values")
+            return value
+        if isinstance(value, list | dict) or value is None:
+            _fail(vpath, "must be a single value")
+        return [value]
+
+    @staticmethod
+    def dates(operator: str, value: Any, vpath: str) -> None:
+        if operator == "between":
+            if not isinstance(value, list) or len(value) != 2:
+                _fail(vpath, "must be a list of two dates [from, to] like 2026-05-17")
+            first, last = parse_date(value[0]), parse_date(value[1])
+            if first is None or last is None:
+                _fail(vpath, "must be a list of two dates [from, to] like 2026-05-17")
+            if first > last:
+                _fail(vpath, "the start date is after the end date")
+            return
+        if parse_date(value) is None:
+            _fail(vpath, "must be a date like 2026-05-17")
+
+    def tag(self, node: dict, path: str) -> None:
+        if node.get("match") not in TAG_MATCHES:
+            _fail(f"{path}.match", f"must be one of {', '.join(TAG_MATCHES)}")
+        tags = node.get("tags")
+        if (
+            not isinstance(tags, list)
+            or not tags
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in tags)
+        ):
+            _fail(f"{path}.tags", "must be a non-empty list of tag ids")
+        missing = set(tags) - set(Tag.objects.filter(pk__in=tags).values_list("pk", flat=True))
+        if missing:
+            _fail(f"{path}.tags", f"unknown tag ids {sorted(missing)}")
+
+    def event(self, node: dict, path: str) -> None:
+        name = node.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 64:
+            _fail(f"{path}.name", "must be an event name (1–64 characters)")
+        measure = node.get("measure", "performed")
+        if measure not in EVENT_MEASURES:
+            _fail(f"{path}.measure", f"must be one of {', '.join(EVENT_MEASURES)}")
+        operator = normalise_operator(node.get("operator"))
+        value = node.get("value")
+        if measure in ("count", "sum", "avg"):
+            if operator not in AGGREGATE_OPS:
+                _fail(f"{path}.operator", f"must be one of {', '.join(AGGREGATE_OPS)}")
+            if operator == "between":
+                if (
+                    not isinstance(value, list)
+                    or len(value) != 2
+                    or not all(_is_number(v) for v in value)
+                    or value[0] > value[1]
+                ):
+                    _fail(f"{path}.value", "must be two numbers [low, high] with low ≤ high")
+            elif not _is_number(value):
+                _fail(f"{path}.value", "must be a number")
+            if measure == "count":
+                values = value if isinstance(value, list) else [value]
+                if any(not isinstance(v, int) or v < 0 for v in values):
+                    _fail(f"{path}.value", "a count must be a whole number ≥ 0")
+        elif measure in ("first", "last"):
+            if operator not in OCCURRENCE_OPS:
+                _fail(f"{path}.operator", f"must be one of {', '.join(OCCURRENCE_OPS)}")
+            if operator in RELATIVE_OPS:
+                if (
+                    not isinstance(value, int)
+                    or isinstance(value, bool)
+                    or not 0 <= value <= MAX_DAYS
+                ):
+                    _fail(f"{path}.value", "must be a whole number of days")
+            else:
+                self.dates(operator, value, f"{path}.value")
+        self.window(node.get("window"), f"{path}.window")
+        filters = node.get("filters", [])
+        if not isinstance(filters, list):
+            _fail(f"{path}.filters", "must be a list of property filters")
+        for i, item in enumerate(filters):
+            validate_property_filter(item, f"{path}.filters[{i}]")
+
+    @staticmethod
+    def window(window: Any, path: str) -> None:
+        if window in (None, {}):
+            return
+        if not isinstance(window, dict):
+            _fail(path, 'must be an object: {"last_days": N} or {"from": date, "to": date}')
+        if "last_days" in window:
+            days = window["last_days"]
+            if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
+                _fail(f"{path}.last_days", f"must be a whole number of days, 1–{MAX_DAYS}")
+            return
+        first, last = parse_date(window.get("from")), parse_date(window.get("to"))
+        if first is None or last is None:
+            _fail(path, "needs last_days, or from and to dates like 2026-05-17")
+        if first > last:
+            _fail(path, "the start date is after the end date")
+
+    def membership(self, node: dict, path: str) -> None:
+        field = node.get("field")
+        if field not in MEMBERSHIP_FIELDS:
+            _fail(f"{path}.field", f"must be one of {', '.join(MEMBERSHIP_FIELDS)}")
+        if field == "is_member":
+            if normalise_operator(node.get("operator")) not in ("is_true", "is_false"):
+                _fail(f"{path}.operator", "must be is_true or is_false")
+            return
+        spec = FieldSpec(f"membership.{field}", MEMBERSHIP_FIELDS[field])
+        operator = normalise_operator(node.get("operator"))
+        if operator in SET_OPS:
+            _fail(f"{path}.operator", "membership conditions apply to members only")
+        self.operator_value(spec, node, path)
+        if field == "tier":
+            from membership.models import Tier
+
+            values = node["value"] if isinstance(node["value"], list) else [node["value"]]
+            known = set(Tier.objects.values_list("code", flat=True))
+            bad = [v for v in values if v not in known]
+            if bad:
+                _fail(f"{path}.value", f"unknown tier codes {bad}")
+
+    def consent(self, node: dict, path: str) -> None:
+        if node.get("channel") not in ConsentChannel.values:
+            _fail(f"{path}.channel", f"must be one of {', '.join(ConsentChannel.values)}")
+        if node.get("purpose", "marketing") not in ConsentPurpose.values:
+            _fail(f"{path}.purpose", f"must be one of {', '.join(ConsentPurpose.values)}")
+        if node.get("state") not in CONSENT_STATES:
+            _fail(f"{path}.state", f"must be one of {', '.join(CONSENT_STATES)}")
+
+    def reachable(self, node: dict, path: str) -> None:
+        if node.get("channel") not in REACHABLE_CHANNELS:
+            _fail(f"{path}.channel", f"must be one of {', '.join(REACHABLE_CHANNELS)}")
+        if not isinstance(node.get("value", True), bool):
+            _fail(f"{path}.value", "must be true or false")
+
+    def segment(self, node: dict, path: str) -> None:
+        from segments.models import Segment
+
+        if node.get("match", "in") not in MATCH_IN:
+            _fail(f"{path}.match", "must be in or not_in")
+        ref = node.get("segment")
+        if not isinstance(ref, int) or isinstance(ref, bool):
+            _fail(f"{path}.segment", "must be a segment id")
+        if ref == self.segment_id:
+            _fail(f"{path}.segment", "a segment cannot refer to itself")
+        target = Segment.objects.filter(pk=ref).first()
+        if target is None:
+            _fail(f"{path}.segment", f"unknown segment {ref}")
+        if self.segment_id is not None and self.segment_id in segment_ancestors(target):
+            _fail(
+                f"{path}.segment",
+                f"segment “{target.name}” already depends on this one: that would be a cycle",
+            )
+
+    def rfm(self, node: dict, path: str) -> None:
+        from segments.models import RFMLayer
+
+        if node.get("match", "in") not in MATCH_IN:
+            _fail(f"{path}.match", "must be in or not_in")
+        layers = node.get("layers")
+        if not isinstance(layers, list) or not layers:
+            _fail(f"{path}.layers", "must be a non-empty list of RFM layers")
+        bad = [v for v in layers if v not in RFMLayer.values]
+        if bad:
+            _fail(f"{path}.layers", f"unknown layers {bad}")
+
+    def koc(self, node: dict, path: str) -> None:
+        operator = node.get("operator")
+        if operator not in KOC_OPS:
+            _fail(f"{path}.operator", f"must be one of {', '.join(KOC_OPS)}")
+        if operator.startswith("score_") and not _is_number(node.get("value")):
+            _fail(f"{path}.value", "must be a number")
+
+
+def validate_property_filter(item: Any, path: str) -> None:
+    """Check one event property filter: {"property": "amount", "operator": "gt", "value": 100}."""
+    if not isinstance(item, dict):
+        _fail(path, "must be an object with property, operator and value")
+    prop = item.get("property")
+    if (
+        not isinstance(prop, str)
+        or not prop
+        or len(prop) > 64
+        or not prop.replace("_", "").isalnum()
+    ):
+        _fail(f"{path}.property", "must be a property name (letters, digits, _)")
+    operator = item.get("operator")
+    if operator not in PROPERTY_OPS:
+        _fail(f"{path}.operator", f"must be one of {', '.join(PROPERTY_OPS)}")
+    value = item.get("value")
+    if operator in ("exists", "not_exists"):
+        return
+    if operator in NUMERIC_PROPERTY_OPS:
+        if not _is_number(value):
+            _fail(f"{path}.value", "must be a number")
+    elif operator == "in":
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value)
+        ):
+            _fail(f"{path}.value", "must be a non-empty list of values")
+    elif operator == "contains":
+        if not isinstance(value, str) or not value:
+            _fail(f"{path}.value", "must be non-empty text")
+    elif not isinstance(value, str | int | float) or isinstance(value, bool):
+        _fail(f"{path}.value", "must be text or a number")
+
+
+def rule_segment_refs(rule: Any) -> set[int]:
+    """The ids of the segments a rule reads."""
+    found: set[int] = set()
+
+    def walk(node: Any) -> None:
+        if not isinstance(node, dict):
+            return
+        if "op" in node:
+            for child in node.get("conditions") or []:
+                walk(child)
+        elif node.get("type") == "segment" and isinstance(node.get("segment"), int):
+            found.add(node["segment"])
+
+    walk(rule)
+    return found
+
+
+def segment_ancestors(segment) -> set[int]:
+    """Every segment that `segment` reads, directly or through others (by stored rules)."""
+    from segments.models import Segment
+
+    seen: set[int] = set()
+    frontier = rule_segment_refs(segment.rule)
+    while frontier:
+        seen |= frontier
+        rules = Segment.objects.filter(pk__in=frontier).values_list("rule", flat=True)
+        frontier = set().union(*(rule_segment_refs(r) for r in rules)) - seen if rules else set()
+    return seen
+
+
+def rule_has_time_window(rule: Any) -> bool:
+    """True when the rule's result can change with time alone (or with data recomputed daily)."""
+
+    def walk(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return False
+        if "op" in node:
+            return any(walk(child) for child in node.get("conditions") or [])
+        kind = node.get("type")
+        if kind in ("rfm", "koc"):
+            return True
+        if kind == "attribute" and node.get("field") == "lead_score":
+            return True  # the score decays daily
+        operator = normalise_operator(node.get("operator"))
+        if operator in DAYS_OPS:
+            return True
+        return kind == "event" and "last_days" in (node.get("window") or {})
+
+    return walk(rule)

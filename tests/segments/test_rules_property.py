@@ -1,0 +1,488 @@
+"""Property-based: random rules over random data give the same contacts compiled to SQL as the
+plain-Python reference evaluation (tests/segments/reference.py), on SQLite and PostgreSQL."""
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from contacts.models import (
+    Consent,
+    ConsentRecord,
+    Contact,
+    ContactTag,
+    CustomField,
+    Event,
+    Identity,
+    Stage,
+    Store,
+    Tag,
+    TagGroup,
+)
+from membership.models import Member, Tier
+from segments.models import Influence, RFMLayer, RFMScore, Segment, SegmentMembership
+from segments.rules import compile_rule, validate_rule
+from tests.segments.reference import World
+
+NOW = timezone.make_aware(dt.datetime(2026, 6, 15, 10, 30))
+TODAY = timezone.localdate(NOW)
+WORDS = ["上海", "北京", "ab", "Ab", "abc", "x_y", "杭州市", ""]
+SKUS = ["A1", "B2", "c3"]
+EVENT_NAMES = ["purchase", "view", "share"]
+CHOICES = ["S", "M", "L"]
+HOBBIES = ["跑步", "yoga", "Yoga2"]
+
+# --- data ------------------------------------------------------------------------------------
+
+offsets = st.integers(min_value=-200 * 24, max_value=0).map(lambda h: NOW + dt.timedelta(hours=h))
+maybe_moment = st.none() | offsets
+maybe_date = st.none() | st.integers(min_value=-800, max_value=60).map(
+    lambda d: TODAY + dt.timedelta(days=d)
+)
+
+contact_data = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(WORDS),
+        "city": st.sampled_from(WORDS),
+        "phone": st.sampled_from(["", "+8613800000001"]),
+        "email": st.sampled_from(["", "a@example.com"]),
+        "gender": st.sampled_from(["unknown", "female", "male"]),
+        "stage": st.sampled_from(["new", "interested", "first_purchase"]),
+        "store": st.sampled_from([None, 0, 1]),
+        "birthday": maybe_date,
+        "created_at": offsets,
+        "last_active_at": maybe_moment,
+        "lead_score": st.sampled_from([0.0, 10.0, 42.5, 60.0]),
+        "level": st.none() | st.sampled_from([1, 2, 3.5, 10]),
+        "hobby": st.none() | st.lists(st.sampled_from(HOBBIES), max_size=3, unique=True),
+        "vip": st.none() | st.booleans(),
+        "since": maybe_date,
+        "size": st.none() | st.sampled_from(CHOICES),
+        "note": st.none() | st.sampled_from(WORDS[:-1]),
+        "tags": st.lists(st.tuples(st.integers(0, 2), st.sampled_from([None, -5, 5])), max_size=3),
+        "events": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.sampled_from(EVENT_NAMES),
+                    "at": offsets,
+                    "value": st.none() | st.integers(0, 300),
+                    "properties": st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "amount": st.integers(0, 300) | st.just("150"),
+                            "sku": st.sampled_from(SKUS),
+                            "flag": st.booleans(),
+                        },
+                    ),
+                }
+            ),
+            max_size=5,
+        ),
+        "member": st.none()
+        | st.fixed_dictionaries(
+            {
+                "tier": st.sampled_from(["silver", "gold"]),
+                "points": st.integers(0, 500),
+                "joined": offsets,
+            }
+        ),
+        "consent": st.sampled_from([None, True, False]),
+        "openid": st.booleans(),
+        "in_segment": st.booleans(),
+        "rfm": st.none() | st.sampled_from(RFMLayer.values[:3]),
+        "influence": st.none() | st.tuples(st.sampled_from([0.0, 5.0, 20.0]), st.booleans()),
+    }
+)
+
+# --- rules -----------------------------------------------------------------------------------
+
+days = st.integers(0, 120)
+a_date = st.integers(-300, 30).map(lambda d: (TODAY + dt.timedelta(days=d)).isoformat())
+date_range = st.tuples(a_date, a_date).map(sorted).map(list)
+
+
+def date_conditions(field: str, *, anniversary: bool) -> st.SearchStrategy:
+    ops = [
+        st.tuples(st.sampled_from(["within_last_days", "more_than_days_ago"]), days),
+        st.tuples(st.sampled_from(["on", "before", "after"]), a_date),
+        st.tuples(st.just("between"), date_range),
+        st.tuples(st.sampled_from(["is_set", "not_set"]), st.none()),
+    ]
+    if anniversary:
+        ops.append(st.tuples(st.just("anniversary_within_days"), st.integers(0, 40)))
+    return st.one_of(ops).map(
+        lambda ov: {"type": "attribute", "field": field, "operator": ov[0], "value": ov[1]}
+    )
+
+
+def text_condition(field: str) -> st.SearchStrategy:
+    words = st.sampled_from([w for w in WORDS if w])
+    return st.one_of(
+        st.tuples(st.sampled_from(["eq", "neq", "contains", "not_contains", "startswith"]), words),
+        st.tuples(st.sampled_from(["in", "not_in"]), st.lists(words, min_size=1, max_size=3)),
+        st.tuples(st.sampled_from(["is_set", "not_set"]), st.none()),
+    ).map(lambda ov: {"type": "attribute", "field": field, "operator": ov[0], "value": ov[1]})
+
+
+numbers = st.sampled_from([0, 1, 2, 3.5, 10, 42.5, 60])
+number_condition = st.one_of(
+    st.tuples(st.sampled_from(["eq", "neq", "gt", "gte", "lt", "lte"]), numbers),
+    st.tuples(st.just("between"), st.tuples(numbers, numbers).map(sorted).map(list)),
+    st.tuples(st.sampled_from(["is_set", "not_set"]), st.none()),
+)
+
+property_filter = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "property": st.just("amount"),
+            "operator": st.sampled_from(["gt", "gte", "lt", "lte"]),
+            "value": st.integers(0, 300),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "property": st.sampled_from(["sku", "amount"]),
+            "operator": st.sampled_from(["eq", "neq"]),
+            "value": st.sampled_from([*SKUS, 150, "150"]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "property": st.just("sku"),
+            "operator": st.just("in"),
+            "value": st.lists(st.sampled_from(SKUS), min_size=1, max_size=2),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "property": st.sampled_from(["sku", "amount"]),
+            "operator": st.just("contains"),
+            "value": st.sampled_from(["a", "15", "B"]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "property": st.sampled_from(["flag", "sku"]),
+            "operator": st.sampled_from(["exists", "not_exists"]),
+        }
+    ),
+)
+window = st.one_of(
+    st.none(),
+    st.integers(1, 200).map(lambda d: {"last_days": d}),
+    date_range.map(lambda r: {"from": r[0], "to": r[1]}),
+)
+aggregate = st.one_of(
+    st.tuples(st.sampled_from(["eq", "gt", "gte", "lt", "lte"]), st.integers(0, 4)),
+    st.tuples(
+        st.just("between"), st.tuples(st.integers(0, 4), st.integers(0, 4)).map(sorted).map(list)
+    ),
+)
+money = st.one_of(
+    st.tuples(
+        st.sampled_from(["eq", "gt", "gte", "lt", "lte"]), st.sampled_from([0, 100, 150.5, 300])
+    ),
+    st.tuples(
+        st.just("between"),
+        st.tuples(st.integers(0, 400), st.integers(0, 400)).map(sorted).map(list),
+    ),
+)
+
+
+@st.composite
+def event_condition(draw):
+    node = {"type": "event", "name": draw(st.sampled_from(EVENT_NAMES))}
+    measure = draw(
+        st.sampled_from(["performed", "not_performed", "count", "sum", "avg", "first", "last"])
+    )
+    node["measure"] = measure
+    if measure == "count":
+        node["operator"], node["value"] = draw(aggregate)
+    elif measure in ("sum", "avg"):
+        node["operator"], node["value"] = draw(money)
+    elif measure in ("first", "last"):
+        node["operator"], node["value"] = draw(
+            st.one_of(
+                st.tuples(st.sampled_from(["within_last_days", "more_than_days_ago"]), days),
+                st.tuples(st.sampled_from(["on", "before", "after"]), a_date),
+                st.tuples(st.just("between"), date_range),
+            )
+        )
+    w = draw(window)
+    if w:
+        node["window"] = w
+    node["filters"] = draw(st.lists(property_filter, max_size=2))
+    return node
+
+
+def leaves(tag_ids: list[int], store_ids: list[int], segment_id: int) -> st.SearchStrategy:
+    return st.one_of(
+        text_condition("name"),
+        text_condition("city"),
+        text_condition("attributes.note"),
+        st.tuples(
+            st.sampled_from(["eq", "neq", "in", "not_in"]), st.sampled_from(["female", "male"])
+        ).map(
+            lambda ov: {
+                "type": "attribute",
+                "field": "gender",
+                "operator": ov[0],
+                "value": [ov[1]] if ov[0] in ("in", "not_in") else ov[1],
+            }
+        ),
+        st.tuples(
+            st.sampled_from(["eq", "neq", "in", "not_in", "is_set", "not_set"]),
+            st.sampled_from(CHOICES),
+        ).map(
+            lambda ov: {
+                "type": "attribute",
+                "field": "attributes.size",
+                "operator": ov[0],
+                "value": [ov[1]] if ov[0] in ("in", "not_in") else ov[1],
+            }
+        ),
+        st.tuples(
+            st.sampled_from(["eq", "neq", "in", "not_in", "is_set", "not_set"]),
+            st.sampled_from(store_ids),
+        ).map(
+            lambda ov: {
+                "type": "attribute",
+                "field": "store",
+                "operator": ov[0],
+                "value": [ov[1]] if ov[0] in ("in", "not_in") else ov[1],
+            }
+        ),
+        number_condition.map(
+            lambda ov: {
+                "type": "attribute",
+                "field": "lead_score",
+                "operator": ov[0],
+                "value": ov[1],
+            }
+        ),
+        number_condition.map(
+            lambda ov: {
+                "type": "attribute",
+                "field": "attributes.level",
+                "operator": ov[0],
+                "value": ov[1],
+            }
+        ),
+        st.sampled_from(["is_true", "is_false", "is_set", "not_set"]).map(
+            lambda op: {"type": "attribute", "field": "attributes.vip", "operator": op}
+        ),
+        st.one_of(
+            st.tuples(
+                st.sampled_from(["contains", "not_contains"]), st.sampled_from(HOBBIES + ["yoga"])
+            ),
+            st.tuples(
+                st.just("contains_any"), st.lists(st.sampled_from(HOBBIES), min_size=1, max_size=2)
+            ),
+            st.tuples(st.sampled_from(["is_set", "not_set"]), st.none()),
+        ).map(
+            lambda ov: {
+                "type": "attribute",
+                "field": "attributes.hobby",
+                "operator": ov[0],
+                "value": ov[1],
+            }
+        ),
+        date_conditions("birthday", anniversary=True),
+        date_conditions("attributes.since", anniversary=True),
+        date_conditions("created_at", anniversary=False),
+        date_conditions("last_active_at", anniversary=False),
+        st.tuples(
+            st.sampled_from(["any", "all", "none"]),
+            st.lists(st.sampled_from(tag_ids), min_size=1, max_size=3, unique=True),
+        ).map(lambda mt: {"type": "tag", "match": mt[0], "tags": mt[1]}),
+        event_condition(),
+        st.one_of(
+            st.sampled_from(["is_true", "is_false"]).map(
+                lambda op: {"type": "membership", "field": "is_member", "operator": op}
+            ),
+            st.sampled_from(["eq", "neq"]).map(
+                lambda op: {"type": "membership", "field": "tier", "operator": op, "value": "gold"}
+            ),
+            st.tuples(st.sampled_from(["gt", "lte", "between"]), st.integers(0, 500)).map(
+                lambda ov: {
+                    "type": "membership",
+                    "field": "points_balance",
+                    "operator": ov[0],
+                    "value": [0, ov[1]] if ov[0] == "between" else ov[1],
+                }
+            ),
+            st.tuples(st.sampled_from(["within_last_days", "before"]), st.integers(0, 100)).map(
+                lambda ov: {
+                    "type": "membership",
+                    "field": "joined_at",
+                    "operator": ov[0],
+                    "value": ov[1]
+                    if ov[0] != "before"
+                    else (TODAY - dt.timedelta(days=ov[1])).isoformat(),
+                }
+            ),
+        ),
+        st.sampled_from(["granted", "withdrawn", "unknown"]).map(
+            lambda s: {"type": "consent", "channel": "sms", "purpose": "marketing", "state": s}
+        ),
+        st.tuples(st.sampled_from(["sms", "email", "wechat_oa"]), st.booleans()).map(
+            lambda cv: {"type": "reachable", "channel": cv[0], "value": cv[1]}
+        ),
+        st.sampled_from(["in", "not_in"]).map(
+            lambda m: {"type": "segment", "match": m, "segment": segment_id}
+        ),
+        st.tuples(
+            st.sampled_from(["in", "not_in"]),
+            st.lists(st.sampled_from(RFMLayer.values[:3]), min_size=1, max_size=2),
+        ).map(lambda ml: {"type": "rfm", "match": ml[0], "layers": ml[1]}),
+        st.tuples(
+            st.sampled_from(["is_koc", "not_koc", "score_gte", "score_lte"]),
+            st.sampled_from([0, 5, 10]),
+        ).map(lambda ov: {"type": "koc", "operator": ov[0], "value": ov[1]}),
+    )
+
+
+def rules(tag_ids, store_ids, segment_id) -> st.SearchStrategy:
+    return st.recursive(
+        leaves(tag_ids, store_ids, segment_id),
+        lambda children: st.tuples(
+            st.sampled_from(["and", "or", "not"]), st.lists(children, min_size=1, max_size=3)
+        ).map(lambda oc: {"op": oc[0], "conditions": oc[1]}),
+        max_leaves=6,
+    )
+
+
+# --- fixture data that does not vary ---------------------------------------------------------
+
+
+@pytest.fixture
+def catalogue(db):
+    group = TagGroup.objects.create(name="兴趣")
+    tags = [Tag.objects.create(group=group, name=f"t{i}") for i in range(3)]
+    stores = [Store.objects.create(code=f"s{i}", name=f"门店{i}") for i in range(2)]
+    CustomField.objects.create(key="level", label="等级", kind="number")
+    CustomField.objects.create(key="hobby", label="爱好", kind="multi_choice", choices=HOBBIES)
+    CustomField.objects.create(key="vip", label="VIP", kind="boolean")
+    CustomField.objects.create(key="since", label="入会", kind="date")
+    CustomField.objects.create(key="size", label="尺码", kind="single_choice", choices=CHOICES)
+    CustomField.objects.create(key="note", label="备注", kind="text")
+    tiers = {
+        "silver": Tier.objects.create(name="银卡", code="silver", rank=1),
+        "gold": Tier.objects.create(name="金卡", code="gold", rank=2),
+    }
+    other = Segment.objects.create(name="静态名单", kind="static")
+    assert Stage.objects.filter(key="interested").exists()
+    return {"tags": tags, "stores": stores, "tiers": tiers, "segment": other}
+
+
+def load(data: list[dict], cat: dict) -> None:
+    Consent.objects.all().delete()
+    Contact.objects.all().delete()
+    for row in data:
+        attributes = {
+            key: row[key]
+            for key in ("level", "hobby", "vip", "size", "note")
+            if row[key] is not None
+        }
+        if row["since"] is not None:
+            attributes["since"] = row["since"].isoformat()
+        c = Contact.objects.create(
+            name=row["name"],
+            city=row["city"],
+            phone=row["phone"],
+            email=row["email"],
+            gender=row["gender"],
+            lifecycle_stage_id=row["stage"],
+            store=cat["stores"][row["store"]] if row["store"] is not None else None,
+            birthday=row["birthday"],
+            created_at=row["created_at"],
+            last_active_at=row["last_active_at"],
+            lead_score=row["lead_score"],
+            attributes=attributes,
+        )
+        for index, expiry in row["tags"]:
+            ContactTag.objects.get_or_create(
+                contact=c,
+                tag=cat["tags"][index],
+                defaults={
+                    "expires_at": None if expiry is None else NOW + dt.timedelta(days=expiry)
+                },
+            )
+        Event.objects.bulk_create(
+            Event(
+                event_id=uuid.uuid4().hex,
+                contact=c,
+                name=e["name"],
+                occurred_at=e["at"],
+                value=None if e["value"] is None else Decimal(e["value"]),
+                properties=e["properties"],
+            )
+            for e in row["events"]
+        )
+        if row["member"]:
+            Member.objects.create(
+                contact=c,
+                tier=cat["tiers"][row["member"]["tier"]],
+                points_balance=row["member"]["points"],
+                joined_at=row["member"]["joined"],
+            )
+        if row["consent"] is not None:
+            record = ConsentRecord.objects.create(
+                contact=c, channel="sms", purpose="marketing", granted=row["consent"], source="test"
+            )
+            Consent.objects.create(
+                contact=c, channel="sms", purpose="marketing", granted=row["consent"], record=record
+            )
+        if row["openid"]:
+            Identity.objects.create(contact=c, kind="wechat_openid", app_id="wx1", value=f"o{c.pk}")
+        if row["in_segment"]:
+            SegmentMembership.objects.create(segment=cat["segment"], contact=c)
+        if row["rfm"]:
+            RFMScore.objects.create(
+                contact=c,
+                recency_days=1,
+                frequency=1,
+                monetary=1,
+                r_score=3,
+                f_score=3,
+                m_score=3,
+                layer=row["rfm"],
+                computed_at=NOW,
+            )
+        if row["influence"]:
+            Influence.objects.create(
+                contact=c, score=row["influence"][0], is_koc=row["influence"][1], computed_at=NOW
+            )
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_compiled_rules_match_the_reference_evaluation(catalogue, data):
+    rows = data.draw(st.lists(contact_data, min_size=3, max_size=14), label="contacts")
+    load(rows, catalogue)
+    world = World(NOW)
+    strategy = rules(
+        [t.pk for t in catalogue["tags"]],
+        [s.pk for s in catalogue["stores"]],
+        catalogue["segment"].pk,
+    )
+    for _ in range(8):
+        rule = data.draw(strategy, label="rule")
+        validate_rule(rule)
+        compiled = set(
+            Contact.objects.filter(
+                compile_rule(rule, now=NOW), merged_into__isnull=True
+            ).values_list("pk", flat=True)
+        )
+        expected = world.matching(rule)
+        assert compiled == expected, rule
+        # Shown by --hypothesis-show-statistics: most rules should split the contacts.
+        event("some match" if 0 < len(expected) < len(rows) else "all or none match")
