@@ -1,3 +1,4 @@
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -5,7 +6,7 @@ from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
 from contacts.models import Contact, Tag
-from segments.models import Segment, SegmentMembership
+from segments.models import Segment, SegmentKind, SegmentMembership
 from segments.rule_labels import (
     GROUP_LABELS,
     OPERATOR_LABELS,
@@ -13,6 +14,7 @@ from segments.rule_labels import (
     choice_value_labels,
     field_label,
 )
+from segments.rules.compiler import Compiler
 
 
 def segment_list(*, include_archived: bool = False) -> QuerySet[Segment]:
@@ -104,3 +106,124 @@ def segment_rule_describe(*, rule: Any) -> list[RuleLine]:
         # A rule stored without validation (e.g. by hand in the admin): show it raw.
         return [RuleLine(0, str(rule))]
     return out
+
+
+@dataclass
+class ExplainNode:
+    """One node of a rule with whether the contact satisfies it right now."""
+
+    path: str
+    node: dict
+    matched: bool
+    children: list["ExplainNode"]
+
+
+def segment_explain(
+    *, segment: Segment, contact: Contact, now: dt.datetime | None = None
+) -> ExplainNode | None:
+    """Why a contact is in or out: every group and condition of the rule, true or false.
+
+    One small query per node (a rule holds at most 100): each node's compiled condition,
+    restricted to this contact. None for a static list (membership there is by hand).
+    """
+    if segment.kind == SegmentKind.STATIC:
+        return None
+    compiler = Compiler(now)
+    base = Contact.objects.filter(pk=contact.pk, merged_into__isnull=True)
+
+    def walk(node: dict, path: str) -> ExplainNode:
+        children = []
+        if "op" in node:
+            children = [
+                walk(child, f"{path}.conditions[{i}]")
+                for i, child in enumerate(node.get("conditions") or [])
+            ]
+        matched = base.filter(compiler.node(node)).exists()
+        return ExplainNode(path=path, node=node, matched=matched, children=children)
+
+    return walk(segment.rule, "rule")
+
+
+# Builder, list and detail pages (segment builder UI) ----------------------------------------
+
+
+def segment_rule_lines(*, rule: Any) -> list[RuleLine]:
+    """Every kind of condition as indented lines in words (store, owner, segment and tag ids
+    resolved to names)."""
+    from segments.rule_labels import Names, describe_condition, describe_group
+
+    names = Names.for_rule(rule)
+    out: list[RuleLine] = []
+
+    def walk(node: Any, depth: int) -> None:
+        if not isinstance(node, dict):
+            out.append(RuleLine(depth, str(node)))
+        elif "op" in node:
+            out.append(RuleLine(depth, describe_group(node)))
+            for child in node.get("conditions") or []:
+                walk(child, depth + 1)
+        else:
+            out.append(RuleLine(depth, describe_condition(node, names)))
+
+    walk(rule, 0)
+    return out
+
+
+def segment_size_series(*, segment_ids: list[int], days: int = 30) -> dict[int, list[int]]:
+    """Member counts per segment over the last `days` days, oldest first (one query)."""
+    from django.utils import timezone
+
+    from segments.models import SegmentSize
+
+    since = timezone.localdate() - dt.timedelta(days=days)
+    series: dict[int, list[int]] = {pk: [] for pk in segment_ids}
+    rows = (
+        SegmentSize.objects.filter(segment_id__in=segment_ids, day__gt=since)
+        .order_by("segment_id", "day")
+        .values_list("segment_id", "member_count")
+    )
+    for segment_id, count in rows:
+        series[segment_id].append(count)
+    return series
+
+
+# Recent events are enough to suggest names; scanning the whole table would be slow.
+RECENT_EVENT_SAMPLE = 5000
+STANDARD_EVENT_NAMES = (
+    "page_view",
+    "view_product",
+    "add_to_cart",
+    "purchase",
+    "refund",
+    "sign_in",
+    "share",
+    "form_submitted",
+    "qr_scanned",
+    "referral_accepted",
+    "message_sent",
+    "message_failed",
+    "message_delivered",
+    "message_opened",
+    "message_clicked",
+    "tag_added",
+    "tag_removed",
+    "segment_entered",
+    "segment_exited",
+    "stage_changed",
+    "journey_enrolled",
+)
+
+
+def event_names_known() -> list[str]:
+    """The standard event names (docs/events.md) plus names seen in recent events."""
+    from contacts.models import Event
+
+    recent_ids = Event.objects.order_by("-pk").values("pk")[:RECENT_EVENT_SAMPLE]
+    seen = set(
+        Event.objects.filter(pk__in=recent_ids).values_list("name", flat=True).distinct()
+    )
+    return sorted(seen | set(STANDARD_EVENT_NAMES))
+
+
+def segment_membership_of(*, segment: Segment, contact_id: int) -> SegmentMembership | None:
+    return SegmentMembership.objects.filter(segment=segment, contact_id=contact_id).first()

@@ -13,14 +13,18 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
-from contacts.models import Contact, ContactTag, Tag, TagSource
-from contacts.services import events_append
+from contacts.importers import detect_encoding
+from contacts.models import Contact, ContactTag, Identity, IdentityKind, Tag, TagSource
+from contacts.services import IdentityInput, events_append, normalize_identity
 from core.errors import ValidationFailed
 from segments.models import (
     AutoTagRule,
@@ -689,3 +693,109 @@ def segment_refresh_by_id(*, segment_id: int) -> tuple[int, int]:
     if segment is None:
         return 0, 0
     return segment_refresh(segment=segment)
+
+
+# Static lists from a file ----------------------------------------------------------------------
+
+STATIC_MATCH_KINDS = {
+    "phone": IdentityKind.PHONE,
+    "email": IdentityKind.EMAIL,
+    "external_id": IdentityKind.EXTERNAL_ID,
+    "unionid": IdentityKind.WECHAT_UNIONID,
+}
+STATIC_IMPORT_MAX_ROWS = 200_000
+LOOKUP_BATCH = 1000
+
+
+@dataclass
+class StaticImportReport:
+    rows: int
+    matched: int
+    added: int
+    # (row number as the operator sees it in the file, the value, why it matched nobody)
+    unmatched: list[tuple[int, str, str]]
+
+
+def _read_values(path: Path) -> list[str]:
+    """The first column of a CSV (UTF-8/BOM/GBK/GB18030) or xlsx file, header row included
+    when it holds a value rather than a title."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".xlsx", ".xlsm"):
+            frame = pd.read_excel(path, header=None, dtype=str, usecols=[0])
+        else:
+            frame = pd.read_csv(
+                path,
+                header=None,
+                dtype=str,
+                usecols=[0],
+                encoding=detect_encoding(path),
+                skip_blank_lines=False,
+                keep_default_na=False,
+            )
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        raise ValidationFailed(
+            f"The file could not be read as CSV or Excel: {exc}", code="invalid_file"
+        ) from exc
+    values = ["" if pd.isna(v) else str(v).strip() for v in frame.iloc[:, 0].tolist()]
+    if len(values) > STATIC_IMPORT_MAX_ROWS:
+        raise ValidationFailed(
+            f"A static list file may hold at most {STATIC_IMPORT_MAX_ROWS:,} rows.",
+            code="file_too_large",
+        )
+    return values
+
+
+HEADER_WORDS = {"手机号", "手机", "电话", "邮箱", "phone", "mobile", "email", "unionid", "id"}
+
+
+def segment_static_import(
+    *, segment: Segment, file: str | Path, match_by: str
+) -> StaticImportReport:
+    """Add the contacts listed in a file (one value per row, first column) to a static list.
+
+    Rows that match nobody are reported with the reason; the ones that match are added in one
+    transaction (re-importing the same file adds nothing twice).
+    """
+    _require_static(segment)
+    kind = STATIC_MATCH_KINDS.get(match_by)
+    if kind is None:
+        raise ValidationFailed(
+            f"Match by one of {', '.join(STATIC_MATCH_KINDS)}.", code="invalid_match_by"
+        )
+    values = _read_values(Path(file))
+    first_row = 1
+    if values and values[0].strip().lower() in HEADER_WORDS:
+        values, first_row = values[1:], 2
+    unmatched: list[tuple[int, str, str]] = []
+    wanted: dict[str, list[int]] = {}
+    for offset, raw in enumerate(values):
+        row = first_row + offset
+        if not raw:
+            unmatched.append((row, raw, str(_("empty"))))
+            continue
+        try:
+            key = normalize_identity(IdentityInput(kind=kind, value=raw)).value
+        except ValidationFailed as exc:
+            unmatched.append((row, raw, exc.message))
+            continue
+        wanted.setdefault(key, []).append(row)
+    owners: dict[str, int] = {}
+    keys = list(wanted)
+    for start in range(0, len(keys), LOOKUP_BATCH):
+        owners.update(
+            Identity.objects.filter(
+                kind=kind,
+                value__in=keys[start : start + LOOKUP_BATCH],
+                contact__merged_into__isnull=True,
+            ).values_list("value", "contact_id")
+        )
+    for key, rows in wanted.items():
+        if key not in owners:
+            unmatched.extend((row, key, str(_("no contact has this value"))) for row in rows)
+    contact_ids = sorted(set(owners.values()))
+    added = segment_static_add(segment=segment, contact_ids=contact_ids) if contact_ids else 0
+    unmatched.sort()
+    return StaticImportReport(
+        rows=len(values), matched=len(contact_ids), added=added, unmatched=unmatched
+    )

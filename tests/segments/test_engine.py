@@ -1,0 +1,418 @@
+"""Segment engine services: validation, refresh (full, incremental, scheduled), dependencies,
+static lists, auto-tags and explanations."""
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from contacts.models import Contact, ContactTag, Event, Identity, TagSource
+from contacts.services import EventInput, contact_tag_add, contact_update, events_record
+from core.errors import ValidationFailed
+from segments.models import DirtyContact, RefreshPolicy, Segment, SegmentSize
+from segments.rules import validate_rule
+from segments.selectors import segment_explain
+from segments.services import (
+    auto_tag_rule_create,
+    mark_dirty,
+    segment_archive,
+    segment_create,
+    segment_duplicate,
+    segment_refresh,
+    segment_static_add,
+    segment_static_import,
+    segment_static_remove,
+    segment_update,
+    segments_in_refresh_order,
+    segments_refresh_incremental,
+    segments_tick,
+)
+from tests.factories import ContactFactory, TagFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def city_rule(city: str) -> dict:
+    return {
+        "op": "and",
+        "conditions": [{"type": "attribute", "field": "city", "operator": "eq", "value": city}],
+    }
+
+
+def members(segment: Segment) -> set[int]:
+    return set(segment.memberships.values_list("contact_id", flat=True))
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "path"),
+    [
+        ({"op": "xor", "conditions": []}, "rule.op"),
+        ({"op": "not", "conditions": []}, "rule.conditions"),
+        ({"op": "and", "conditions": [{"type": "nope"}]}, "rule.conditions[0].type"),
+        (
+            {"op": "and", "conditions": [{"type": "attribute", "field": "shoe", "operator": "eq"}]},
+            "rule.conditions[0].field",
+        ),
+        (
+            {
+                "op": "or",
+                "conditions": [
+                    {"type": "attribute", "field": "city", "operator": "eq", "value": "上海"},
+                    {"type": "attribute", "field": "lead_score", "operator": "gt", "value": "high"},
+                ],
+            },
+            "rule.conditions[1].value",
+        ),
+        (
+            {
+                "op": "and",
+                "conditions": [
+                    {
+                        "type": "attribute",
+                        "field": "created_at",
+                        "operator": "between",
+                        "value": ["2026-05-02", "2026-05-01"],
+                    }
+                ],
+            },
+            "rule.conditions[0].value",
+        ),
+        (
+            {
+                "op": "and",
+                "conditions": [
+                    {
+                        "type": "event",
+                        "name": "purchase",
+                        "measure": "sum",
+                        "operator": "gte",
+                        "value": 500,
+                        "window": {"last_days": 0},
+                    }
+                ],
+            },
+            "rule.conditions[0].window.last_days",
+        ),
+        (
+            {
+                "op": "and",
+                "conditions": [
+                    {
+                        "type": "event",
+                        "name": "purchase",
+                        "filters": [{"property": "amount", "operator": "gt", "value": "100"}],
+                    }
+                ],
+            },
+            "rule.conditions[0].filters[0].value",
+        ),
+        (
+            {"op": "and", "conditions": [{"type": "rfm", "layers": ["vip"]}]},
+            "rule.conditions[0].layers",
+        ),
+        (
+            {
+                "op": "and",
+                "conditions": [
+                    {
+                        "type": "attribute",
+                        "field": "lifecycle_stage",
+                        "operator": "eq",
+                        "value": "martian",
+                    }
+                ],
+            },
+            "rule.conditions[0].value",
+        ),
+    ],
+)
+def test_invalid_rules_name_the_offending_node(rule, path):
+    with pytest.raises(ValidationFailed) as exc:
+        validate_rule(rule)
+    assert exc.value.details["path"] == path
+
+
+def test_a_segment_that_would_read_itself_through_another_is_rejected():
+    a = segment_create(name="A", rule=city_rule("上海"))
+    b = segment_create(
+        name="B", rule={"op": "and", "conditions": [{"type": "segment", "segment": a.pk}]}
+    )
+    with pytest.raises(ValidationFailed) as exc:
+        segment_update(
+            segment=a,
+            rule={"op": "and", "conditions": [{"type": "segment", "segment": b.pk}]},
+        )
+    assert "cycle" in exc.value.message
+    a.refresh_from_db()
+    assert a.rule == city_rule("上海")  # nothing stored half-way
+    with pytest.raises(ValidationFailed):
+        segment_update(
+            segment=a, rule={"op": "and", "conditions": [{"type": "segment", "segment": a.pk}]}
+        )
+
+
+# --- full refresh --------------------------------------------------------------------------
+
+
+def test_first_build_is_silent_and_later_changes_are_events():
+    sh = ContactFactory(city="上海")
+    ContactFactory(city="北京")
+    segment = segment_create(name="上海客户", rule=city_rule("上海"))
+    assert members(segment) == {sh.pk}
+    assert not Event.objects.filter(name="segment_entered").exists()
+    newcomer = ContactFactory(city="上海")
+    Contact.objects.filter(pk=sh.pk).update(city="杭州")
+    assert segment_refresh(segment=segment) == (1, 1)
+    assert members(segment) == {newcomer.pk}
+    assert Event.objects.get(name="segment_entered").contact_id == newcomer.pk
+    assert Event.objects.get(name="segment_exited").contact_id == sh.pk
+    segment.refresh_from_db()
+    assert segment.member_count == 1 and segment.last_refresh_seconds is not None
+    assert SegmentSize.objects.get(segment=segment).member_count == 1
+    # Nothing changed: nothing written.
+    assert segment_refresh(segment=segment) == (0, 0)
+    assert Event.objects.filter(name__startswith="segment_").count() == 2
+
+
+def test_merged_contacts_never_match():
+    a = ContactFactory(city="上海")
+    b = ContactFactory(city="上海")
+    Contact.objects.filter(pk=b.pk).update(merged_into=a)
+    segment = segment_create(name="s", rule=city_rule("上海"))
+    assert members(segment) == {a.pk}
+
+
+# --- incremental ---------------------------------------------------------------------------
+
+
+def _purchase(contact: Contact, amount: int) -> EventInput:
+    return EventInput(
+        event_id=uuid.uuid4().hex,
+        name="purchase",
+        occurred_at=timezone.now() - dt.timedelta(minutes=5),
+        contact_id=contact.pk,
+        value=Decimal(amount),
+        properties={"amount": amount},
+    )
+
+
+def test_new_events_queue_contacts_and_the_incremental_pass_applies_them():
+    big = {
+        "op": "and",
+        "conditions": [
+            {
+                "type": "event",
+                "name": "purchase",
+                "measure": "sum",
+                "operator": "gte",
+                "value": 500,
+                "window": {"last_days": 90},
+            }
+        ],
+    }
+    segment = segment_create(name="高消费", rule=big)
+    buyer, other = ContactFactory(), ContactFactory()
+    events_record(items=[_purchase(buyer, 300), _purchase(buyer, 250), _purchase(other, 10)])
+    assert set(DirtyContact.objects.values_list("contact_id", flat=True)) == {buyer.pk, other.pk}
+    assert members(segment) == set()  # nothing happens until the pass
+    changes = segments_refresh_incremental()
+    assert changes == {segment.pk: (1, 0)}
+    assert members(segment) == {buyer.pk}
+    assert not DirtyContact.objects.exists()
+    # The incremental result equals a full rebuild.
+    assert segment_refresh(segment=segment) == (0, 0)
+
+
+def test_changes_after_the_cutoff_stay_queued():
+    segment = segment_create(name="s", rule=city_rule("上海"))
+    c = ContactFactory(city="上海")
+    earlier = timezone.now()
+    mark_dirty(contact_ids=[c.pk], at=earlier + dt.timedelta(seconds=5))
+    segments_refresh_incremental(now=earlier)
+    assert DirtyContact.objects.filter(contact_id=c.pk).exists()
+    assert members(segment) == set()
+    segments_refresh_incremental(now=earlier + dt.timedelta(seconds=10))
+    assert members(segment) == {c.pk}
+
+
+def test_operator_changes_apply_at_once(django_capture_on_commit_callbacks, operator):
+    segment = segment_create(name="s", rule=city_rule("上海"))
+    c = ContactFactory(city="北京")
+    with django_capture_on_commit_callbacks(execute=True):
+        contact_update(contact=c, data={"city": "上海"}, actor=operator)
+    assert members(segment) == {c.pk}
+    assert not DirtyContact.objects.exists()
+
+
+def test_segments_reading_segments_refresh_after_them_in_one_pass():
+    base = segment_create(name="上海", rule=city_rule("上海"))
+    top = segment_create(
+        name="上海且有标签",
+        rule={"op": "and", "conditions": [{"type": "segment", "match": "in", "segment": base.pk}]},
+    )
+    outside = segment_create(
+        name="非上海",
+        rule={
+            "op": "and",
+            "conditions": [{"type": "segment", "match": "not_in", "segment": base.pk}],
+        },
+    )
+    assert segments_in_refresh_order([outside, top, base])[0].pk == base.pk
+    c = ContactFactory(city="北京")
+    mark_dirty(contact_ids=[c.pk])
+    segments_refresh_incremental()
+    assert c.pk in members(outside)
+    Contact.objects.filter(pk=c.pk).update(city="上海")
+    mark_dirty(contact_ids=[c.pk])
+    segments_refresh_incremental()
+    assert c.pk in members(base) and c.pk in members(top) and c.pk not in members(outside)
+
+
+# --- policies and the tick ------------------------------------------------------------------
+
+
+def test_scheduled_refreshes_run_when_due():
+    c = ContactFactory(city="上海")
+    hourly = segment_create(
+        name="hourly",
+        rule=city_rule("上海"),
+        refresh_policy=RefreshPolicy.INTERVAL,
+        refresh_interval_minutes=60,
+    )
+    hourly.refresh_from_db()
+    due = hourly.next_refresh_at
+    assert due is not None
+    Contact.objects.filter(pk=c.pk).update(city="北京")  # not signalled: only a refresh sees it
+    segments_tick(now=due - dt.timedelta(minutes=1))
+    assert members(hourly) == {c.pk}
+    segments_tick(now=due + dt.timedelta(seconds=1))
+    assert members(hourly) == set()
+    hourly.refresh_from_db()
+    assert hourly.next_refresh_at > due
+
+
+def test_on_change_segments_skip_the_queue_for_other_policies():
+    manual = segment_create(
+        name="manual", rule=city_rule("上海"), refresh_policy=RefreshPolicy.MANUAL
+    )
+    c = ContactFactory(city="上海")
+    mark_dirty(contact_ids=[c.pk])
+    segments_tick()
+    assert members(manual) == set()
+
+
+def test_bad_policy_is_refused():
+    with pytest.raises(ValidationFailed):
+        segment_create(
+            name="x", rule=city_rule("上海"), refresh_policy="interval", refresh_interval_minutes=1
+        )
+    assert not Segment.objects.filter(name="x").exists()
+
+
+# --- static lists --------------------------------------------------------------------------
+
+
+def test_static_lists_add_and_remove_idempotently():
+    a, b = ContactFactory(), ContactFactory()
+    static = segment_create(name="名单", kind="static")
+    assert segment_static_add(segment=static, contact_ids=[a.pk, b.pk]) == 2
+    assert segment_static_add(segment=static, contact_ids=[a.pk]) == 0
+    assert members(static) == {a.pk, b.pk}
+    assert Event.objects.filter(name="segment_entered").count() == 2
+    assert segment_static_remove(segment=static, contact_ids=[a.pk, a.pk]) == 1
+    assert members(static) == {b.pk}
+    with pytest.raises(ValidationFailed):
+        segment_static_add(segment=static, contact_ids=[999_999])
+    assert members(static) == {b.pk}
+    rule_based = segment_create(name="r", rule=city_rule("上海"))
+    with pytest.raises(ValidationFailed):
+        segment_static_add(segment=rule_based, contact_ids=[a.pk])
+
+
+def test_static_list_from_a_gbk_file_reports_rows_matching_nobody(tmp_path):
+    known = ContactFactory(phone="+8613800000001")
+    Identity.objects.create(contact=known, kind="phone", value="+8613800000001")
+    path = tmp_path / "list.csv"
+    path.write_bytes("手机号\n13800000001\n13900000009\nnot-a-phone\n\n".encode("gbk"))
+    static = segment_create(name="名单", kind="static")
+    report = segment_static_import(segment=static, file=path, match_by="phone")
+    assert (report.rows, report.matched, report.added) == (4, 1, 1)
+    assert [row for row, _, _ in report.unmatched] == [3, 4, 5]
+    assert report.unmatched[0][1] == "+8613900000009"
+    assert members(static) == {known.pk}
+    again = segment_static_import(segment=static, file=path, match_by="phone")
+    assert again.added == 0
+
+
+def test_duplicate_and_archive():
+    ContactFactory(city="上海")
+    segment = segment_create(name="上海", rule=city_rule("上海"))
+    copy = segment_duplicate(segment=segment)
+    assert copy.name == "上海 (copy)" and members(copy) == members(segment)
+    reader = segment_create(
+        name="r", rule={"op": "and", "conditions": [{"type": "segment", "segment": segment.pk}]}
+    )
+    with pytest.raises(ValidationFailed) as exc:
+        segment_archive(segment=segment)
+    assert exc.value.details["segments"] == ["r"]
+    segment_archive(segment=reader)
+    segment_archive(segment=segment)
+    segment.refresh_from_db()
+    assert segment.is_archived
+
+
+# --- auto-tags -----------------------------------------------------------------------------
+
+
+def test_auto_tags_follow_the_segment_but_leave_manual_tags_alone():
+    tag = TagFactory(name="上海人")
+    a = ContactFactory(city="上海")
+    manual = ContactFactory(city="北京")
+    contact_tag_add(contact=manual, tag=tag)
+    segment = segment_create(name="上海", rule=city_rule("上海"))
+    auto_tag_rule_create(segment=segment, tag=tag, remove_on_exit=True)
+    assert ContactTag.objects.get(contact=a, tag=tag).source == TagSource.RULE
+    Contact.objects.filter(pk=a.pk).update(city="杭州")
+    b = ContactFactory(city="上海")
+    segment_refresh(segment=segment)
+    assert set(ContactTag.objects.filter(tag=tag).values_list("contact_id", flat=True)) == {
+        b.pk,
+        manual.pk,
+    }
+    assert Event.objects.filter(name="tag_removed", contact=a).exists()
+    # The tag change queues the contacts for segments that read tags.
+    assert DirtyContact.objects.filter(contact_id=b.pk).exists()
+
+
+# --- explain -------------------------------------------------------------------------------
+
+
+def test_explain_marks_each_condition():
+    tag = TagFactory()
+    c = ContactFactory(city="上海")
+    rule = {
+        "op": "and",
+        "conditions": [
+            {"type": "attribute", "field": "city", "operator": "eq", "value": "上海"},
+            {
+                "op": "or",
+                "conditions": [
+                    {"type": "tag", "match": "any", "tags": [tag.pk]},
+                    {"type": "event", "name": "purchase", "measure": "performed"},
+                ],
+            },
+        ],
+    }
+    segment = segment_create(name="s", rule=rule)
+    tree = segment_explain(segment=segment, contact=c)
+    assert tree.matched is False
+    assert [n.matched for n in tree.children] == [True, False]
+    assert [n.matched for n in tree.children[1].children] == [False, False]
+    assert tree.children[1].children[0].path == "rule.conditions[1].conditions[0]"
+    contact_tag_add(contact=c, tag=tag)
+    assert segment_explain(segment=segment, contact=c).matched is True
