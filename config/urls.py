@@ -7,6 +7,7 @@ from config import views
 
 api_v1 = [
     path("", include("contacts.api_urls")),
+    path("", include("segments.api_urls")),
 ]
 
 urlpatterns = [

@@ -21,6 +21,13 @@ from core.errors import NotFound
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
 
 
+def _validated(serializer: type[serializers.Serializer], data) -> dict:
+    """The validated request body or query; invalid input answers 400 with the field errors."""
+    checked = serializer(data=data)
+    checked.is_valid(raise_exception=True)
+    return checked.validated_data
+
+
 class IdentityInSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=IdentityKind.choices)
     app_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
@@ -48,8 +55,10 @@ class IdentifyOutSerializer(serializers.Serializer):
     conflicts = serializers.ListField(
         child=serializers.IntegerField(),
         help_text=(
-            "Other contacts only weak identities (openids, anonymous_id) point to; they were "
-            "not merged."
+            "Other contacts the identities point to that were not merged: only weak identities "
+            "(openids, anonymous_id) link them, or an operator marked them as not the same "
+            "person (for example by undoing a merge). In the latter case the call's new "
+            "identities and traits are not stored, since they may belong to either person."
         ),
     )
 
@@ -83,15 +92,21 @@ class IdentifyApi(BaseApiView):
                 response_only=True,
                 value={"contact_id": 42, "created": False, "merged": [57], "conflicts": []},
             ),
+            OpenApiExample(
+                "Answer for a never-merge pair",
+                description=(
+                    "The unionid points to contact 42 and the phone to contact 57, which an "
+                    "operator marked as a different person: nothing is merged or stored."
+                ),
+                response_only=True,
+                value={"contact_id": 42, "created": False, "merged": [], "conflicts": [57]},
+            ),
         ],
     )
     def post(self, request: Request) -> Response:
-        data = IdentifyInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = _validated(IdentifyInSerializer, request.data)
         result = services.identify(
-            identities=data.validated_data["identities"],
-            traits=data.validated_data["traits"],
-            source="api",
+            identities=data["identities"], traits=data["traits"], source="api"
         )
         body = IdentifyOutSerializer(
             {
@@ -182,14 +197,13 @@ class EventsApi(BaseApiView):
         ],
     )
     def post(self, request: Request) -> Response:
-        batch = EventsInSerializer(data=request.data)
-        batch.is_valid(raise_exception=True)
+        events = _validated(EventsInSerializer, request.data)["events"]
         items: list[services.EventInput | None] = []
         parse_errors: dict[int, str] = {}
         # One serializer validates every item: building a serializer per item (DRF copies its
         # fields each time) cost most of the request time in bench/events_ingest.py.
         item_serializer = EventInSerializer()
-        for index, raw in enumerate(batch.validated_data["events"]):
+        for index, raw in enumerate(events):
             try:
                 v = item_serializer.run_validation(raw)
             except serializers.ValidationError as exc:
@@ -213,7 +227,7 @@ class EventsApi(BaseApiView):
         results = [
             {
                 "index": i,
-                "event_id": _raw_event_id(batch.validated_data["events"][i]),
+                "event_id": _raw_event_id(events[i]),
                 "status": "rejected",
                 "reason": reason,
             }
@@ -314,6 +328,9 @@ CONTACT_EXAMPLE = {
     "last_seen_at": "2026-11-26T10:16:30+08:00",
 }
 NOT_FOUND = {404: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
+# What an operation on one contact may answer besides success.
+CONTACT_ERRORS = {400: ErrorSerializer, **NOT_FOUND}
+CONTACT_ANSWER = OpenApiExample("A contact", response_only=True, value=CONTACT_EXAMPLE)
 
 
 def _contact(contact_id: int) -> Contact:
@@ -373,7 +390,7 @@ class ContactDetailApi(BaseApiView):
         summary="One contact with identities and tags",
         description="A contact that was merged into another answers with the survivor.",
         responses={200: ContactOutSerializer, **NOT_FOUND},
-        examples=[OpenApiExample("A contact", response_only=True, value=CONTACT_EXAMPLE)],
+        examples=[CONTACT_ANSWER],
     )
     def get(self, request: Request, contact_id: int) -> Response:
         return Response(_contact_out(_contact(contact_id)))
@@ -387,7 +404,7 @@ class ContactDetailApi(BaseApiView):
             "one bad value stores nothing. `null` or an empty string clears a field."
         ),
         request=ContactPatchSerializer,
-        responses={200: ContactOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        responses={200: ContactOutSerializer, **CONTACT_ERRORS},
         examples=[
             OpenApiExample(
                 "Profile and a custom field",
@@ -416,9 +433,8 @@ class ContactDetailApi(BaseApiView):
     )
     def patch(self, request: Request, contact_id: int) -> Response:
         contact = _contact(contact_id)
-        data = ContactPatchSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        contact = services.contact_update(contact=contact, data=data.validated_data, source="api")
+        data = _validated(ContactPatchSerializer, request.data)
+        contact = services.contact_update(contact=contact, data=data, source="api")
         return Response(_contact_out(contact))
 
 
@@ -437,13 +453,12 @@ class ContactLookupApi(BaseApiView):
             "No contact with that identity answers 404."
         ),
         parameters=[LookupQuerySerializer],
-        responses={200: ContactOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
-        examples=[OpenApiExample("A contact", response_only=True, value=CONTACT_EXAMPLE)],
+        responses={200: ContactOutSerializer, **CONTACT_ERRORS},
+        examples=[CONTACT_ANSWER],
     )
     def get(self, request: Request) -> Response:
-        query = LookupQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        identity = services.normalize_identity(services.IdentityInput(**query.validated_data))
+        query = _validated(LookupQuerySerializer, request.query_params)
+        identity = services.normalize_identity(services.IdentityInput(**query))
         contact = selectors.contact_get_by_identity(
             kind=identity.kind, value=identity.value, app_id=identity.app_id
         )
@@ -479,7 +494,7 @@ class ContactTagsApi(BaseApiView):
             "has is left as it is. One unknown tag adds none."
         ),
         request=TagsInSerializer,
-        responses={200: TagsOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        responses={200: TagsOutSerializer, **CONTACT_ERRORS},
         examples=[
             OpenApiExample(
                 "By id and by name", request_only=True, value={"tags": [7, "兴趣/护肤"]}
@@ -493,9 +508,7 @@ class ContactTagsApi(BaseApiView):
     )
     def post(self, request: Request, contact_id: int) -> Response:
         contact = _contact(contact_id)
-        data = TagsInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        tags = services.tags_resolve(refs=data.validated_data["tags"])
+        tags = services.tags_resolve(refs=_validated(TagsInSerializer, request.data)["tags"])
         added = services.contact_tags_add(contact=contact, tags=tags, source=TagSource.API)
         body = {"added": [str(t) for t in added], "tags": _tag_names(contact)}
         return Response(TagsOutSerializer(body).data)
@@ -517,7 +530,7 @@ class ContactTagDeleteApi(BaseApiView):
                 description='Tag id, or "group/name".',
             )
         ],
-        responses={204: None, 400: ErrorSerializer, **NOT_FOUND},
+        responses={204: None, **CONTACT_ERRORS},
     )
     def delete(self, request: Request, contact_id: int, tag_id: str) -> Response:
         contact = _contact(contact_id)
@@ -554,6 +567,16 @@ class ConsentOutSerializer(serializers.Serializer):
     recorded_at = serializers.DateTimeField()
 
 
+CONSENT_EXAMPLE = {
+    "channel": "sms",
+    "purpose": "marketing",
+    "granted": True,
+    "source": "miniprogram_register",
+    "notice_version": "2026-01",
+    "evidence": {"page": "/pages/register", "checkbox": "agree_sms"},
+}
+
+
 class ContactConsentsApi(BaseApiView):
     @extend_schema(
         operation_id="contact_consent_record",
@@ -563,42 +586,21 @@ class ContactConsentsApi(BaseApiView):
             "the channel and purpose."
         ),
         request=ConsentInSerializer,
-        responses={201: ConsentOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        responses={201: ConsentOutSerializer, **CONTACT_ERRORS},
         examples=[
-            OpenApiExample(
-                "Marketing SMS opt-in",
-                request_only=True,
-                value={
-                    "channel": "sms",
-                    "purpose": "marketing",
-                    "granted": True,
-                    "source": "miniprogram_register",
-                    "notice_version": "2026-01",
-                    "evidence": {"page": "/pages/register", "checkbox": "agree_sms"},
-                },
-            ),
+            OpenApiExample("Marketing SMS opt-in", request_only=True, value=CONSENT_EXAMPLE),
             OpenApiExample(
                 "Answer",
                 response_only=True,
                 status_codes=["201"],
-                value={
-                    "id": 310,
-                    "channel": "sms",
-                    "purpose": "marketing",
-                    "granted": True,
-                    "source": "miniprogram_register",
-                    "notice_version": "2026-01",
-                    "evidence": {"page": "/pages/register", "checkbox": "agree_sms"},
-                    "recorded_at": "2026-11-26T10:15:00+08:00",
-                },
+                value={"id": 310, **CONSENT_EXAMPLE, "recorded_at": "2026-11-26T10:15:00+08:00"},
             ),
         ],
     )
     def post(self, request: Request, contact_id: int) -> Response:
         contact = _contact(contact_id)
-        data = ConsentInSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        record = services.consent_record(contact=contact, **data.validated_data)
+        data = _validated(ConsentInSerializer, request.data)
+        record = services.consent_record(contact=contact, **data)
         return Response(ConsentOutSerializer(record).data, status=status.HTTP_201_CREATED)
 
 
@@ -632,7 +634,7 @@ class ContactTimelineApi(BaseApiView):
         summary="A contact's events, newest first",
         description="Keyset paging: pass the answer's `next_before` as `before`.",
         parameters=[TimelineQuerySerializer],
-        responses={200: TimelineOutSerializer, 400: ErrorSerializer, **NOT_FOUND},
+        responses={200: TimelineOutSerializer, **CONTACT_ERRORS},
         examples=[
             OpenApiExample(
                 "A page",
@@ -656,11 +658,10 @@ class ContactTimelineApi(BaseApiView):
     )
     def get(self, request: Request, contact_id: int) -> Response:
         contact = _contact(contact_id)
-        query = TimelineQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        limit = query.validated_data["limit"]
+        query = _validated(TimelineQuerySerializer, request.query_params)
+        limit = query["limit"]
         events = selectors.contact_timeline(
-            contact=contact, before=query.validated_data.get("before"), limit=limit + 1
+            contact=contact, before=query.get("before"), limit=limit + 1
         )
         page = events[:limit]
         body = {

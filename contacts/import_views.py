@@ -168,11 +168,18 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def job_download(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job_for(request, pk)
-    if job.kind not in RESULT_TEMPLATES or job.status != JobStatus.SUCCEEDED:
+    if job.kind == importers.JOB_KIND:
+        # The rejected rows of an import that stopped half-way are as useful as a finished
+        # one's: the rows before the failure were committed, and these are the ones that were not.
+        if job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            raise Http404
+        relative = (job.result or {}).get("rejected_file") or job.output_file
+    elif job.kind == exporters.JOB_KIND and job.status == JobStatus.SUCCEEDED:
+        if not exporters.can_export(request.user):
+            raise PermissionDenied
+        relative = job.output_file
+    else:
         raise Http404
-    if job.kind == exporters.JOB_KIND and not exporters.can_export(request.user):
-        raise PermissionDenied
-    relative = job.output_file
     if not relative:
         raise Http404
     root = Path(settings.MEDIA_ROOT).resolve()

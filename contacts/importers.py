@@ -10,16 +10,19 @@ rejected-rows CSV with their reason and never block the good ones.
 import codecs
 import csv
 import datetime as dt
+import functools
 import io
 import json
 import logging
+import queue
 import re
+import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,10 +30,11 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from phonenumbers import PhoneMetadata
 
 from contacts import services
 from contacts.models import (
@@ -51,6 +55,7 @@ from core.errors import DomainError, ValidationFailed
 from core.models import AuditLog, Job, JobStatus
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JOB_KIND = "contact_import"
 # Rows per chunk: each chunk is one transaction. 20,000 rows keep a chunk's DataFrames near
@@ -150,7 +155,6 @@ EMAIL_RE = (
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
 )
-CN_MOBILE_RE = r"1[3-9]\d{9}"
 # The columns of a prepared chunk, in staging-table order.
 STAGE_COLUMNS = [
     "rn",
@@ -486,11 +490,23 @@ def _custom_fields() -> dict[str, CustomField]:
 
 @dataclass
 class ChunkState:
-    """What validation must remember across chunks: keys already seen, the row offset."""
+    """What validation remembers across chunks: sorted hashes of the keys seen, the row offset."""
 
     seen: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     offset: int = 0
     stages: dict[str, str] = field(default_factory=dict)
+
+    def seen_before(self, hashes: np.ndarray) -> np.ndarray:
+        # `seen` stays sorted: a binary search per key instead of np.isin, which re-sorts
+        # everything seen so far for each chunk (half the Python time of a 1,000,000-row file).
+        if not len(self.seen):
+            return np.zeros(len(hashes), dtype=bool)
+        positions = np.minimum(np.searchsorted(self.seen, hashes), len(self.seen) - 1)
+        return self.seen[positions] == hashes
+
+    def remember(self, hashes: np.ndarray) -> None:
+        hashes = np.sort(hashes)
+        self.seen = np.insert(self.seen, np.searchsorted(self.seen, hashes), hashes)
 
     @classmethod
     def load(cls) -> "ChunkState":
@@ -508,15 +524,77 @@ def _safe_phone(raw: str) -> str | None:
         return None
 
 
+# Bare 11-digit numbers that phonenumbers (region CN) parses without stripping an international
+# prefix (00, 1[12]xx00, 179xx00), a carrier code (1[12]xx, 179xx) or a national prefix (0):
+# their national number is the text itself. ASCII digits only: phonenumbers also reads
+# full-width digits, which the slow path handles.
+CN_PLAIN_RE = r"1(?:[3-68][0-9]|7[0-8]|9[0-9])[0-9]{8}"
+# The number types phonenumbers' is_valid_number accepts, in the order it checks them.
+_NUMBER_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
+@functools.cache
+def _cn_plain_patterns() -> tuple[str, str] | None:
+    """The patterns is_valid_number applies to a plain 11-digit CN national number.
+
+    Read from phonenumbers' own metadata (general description, then any number type whose
+    possible lengths allow 11 digits), so a library upgrade moves both paths together.
+    """
+    if services.DEFAULT_PHONE_REGION != "CN":
+        return None
+    metadata = PhoneMetadata.metadata_for_region("CN")
+
+    def applies(desc: Any) -> bool:
+        return bool(
+            desc is not None
+            and desc.national_number_pattern
+            and (not desc.possible_length or 11 in desc.possible_length)
+        )
+
+    if metadata is None or not applies(metadata.general_desc):
+        return None
+    types = [getattr(metadata, name, None) for name in _NUMBER_TYPES]
+    alternatives = "|".join(f"(?:{d.national_number_pattern})" for d in types if applies(d))
+    if not alternatives:
+        return None
+    return metadata.general_desc.national_number_pattern, alternatives
+
+
 def _normalise_phones(raw: pd.Series) -> pd.Series:
-    """E.164 phones via contacts.services.normalize_phone; None where invalid, "" where empty."""
+    """E.164 phones exactly as contacts.services.normalize_phone gives them.
+
+    None where invalid, "" where empty. Plain Chinese mobiles (nearly every row of a real file)
+    are checked column-wise against phonenumbers' metadata; every other spelling goes through
+    normalize_phone itself, once per distinct value.
+    """
     out = pd.Series("", index=raw.index, dtype=object)
-    # The common case (bare Chinese mobiles) is vectorised; the rest takes the service's path.
-    cn = raw.str.fullmatch(CN_MOBILE_RE)
-    out[cn] = "+86" + raw[cn]
-    other = (raw != "") & ~cn
-    if other.any():
-        out[other] = raw[other].map(_safe_phone)
+    todo = (raw != "").to_numpy()
+    patterns = _cn_plain_patterns()
+    if patterns is not None and todo.any():
+        general, types = patterns
+        plain = raw.str.fullmatch(CN_PLAIN_RE).to_numpy(dtype=bool)
+        if plain.any():
+            candidates = raw[plain]
+            valid = (candidates.str.fullmatch(general) & candidates.str.fullmatch(types)).to_numpy(
+                dtype=bool
+            )
+            out[plain] = np.where(valid, "+86" + candidates.to_numpy(dtype=object), None)
+            todo = todo & ~plain
+    if todo.any():
+        values = raw[todo]
+        outcomes = {value: _safe_phone(value) for value in values.unique()}
+        out[todo] = np.array([outcomes[v] for v in values], dtype=object)
     return out
 
 
@@ -544,6 +622,19 @@ def _custom_validator() -> Callable[..., dict] | None:
     return getattr(services, "custom_fields_validate", None)
 
 
+# Whitespace at either end of any cell of a column joined with NULs; `\s` is exactly what
+# str.strip() removes (both use str.isspace()).
+_EDGE_SPACE_RE = re.compile(r"\A\s|\s\x00|\x00\s|\s\Z")
+
+
+def _stripped(column: pd.Series) -> pd.Series:
+    """The column with its cells stripped; most columns have nothing to strip, and one search
+    over the joined text costs a fraction of stripping every cell."""
+    if _EDGE_SPACE_RE.search("\x00".join(column.tolist())) is None:
+        return column
+    return column.str.strip()
+
+
 def prepare_chunk(
     frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -555,7 +646,7 @@ def prepare_chunk(
     state.offset += n
     for header, target in spec.mapping.items():
         if header in frame.columns:
-            out[target] = frame[header].astype(str).str.strip()
+            out[target] = _stripped(frame[header].astype(str))
     for column in [*TARGETS, *(f"{CUSTOM_PREFIX}{k}" for k in spec.custom_keys)]:
         if column not in out.columns:
             out[column] = ""
@@ -628,10 +719,10 @@ def prepare_chunk(
     hashes = pd.util.hash_pandas_object(key, index=False).to_numpy()
     # Only rows that are otherwise valid count: an invalid first occurrence stores nothing.
     in_chunk = pd.Series(np.where(ok, key.to_numpy(), None)).duplicated().to_numpy() & ok
-    earlier = np.isin(hashes, state.seen) & ok
+    earlier = state.seen_before(hashes) & ok
     reject(in_chunk | earlier, _("duplicate of an earlier row in this file (same key)"))
     ok = errors == ""
-    state.seen = np.concatenate([state.seen, hashes[ok]])
+    state.remember(hashes[ok])
 
     out["key"] = key
     good = out.loc[ok, STAGE_COLUMNS]
@@ -759,6 +850,8 @@ IDENTITY_COLUMNS: dict[str, str] = {
     "unionid": IdentityKind.WECHAT_UNIONID,
     "external_id": IdentityKind.EXTERNAL_ID,
 }
+# The contact columns without a database default that the INSERT must fill.
+LEAD_SCORE_DEFAULT = Contact._meta.get_field("lead_score").default
 # Empty cells never overwrite what a contact already has.
 UPDATED_COLUMNS = [
     "name",
@@ -775,10 +868,55 @@ UPDATED_COLUMNS = [
 ]
 
 
-def _write_chunk_postgres(good: pd.DataFrame, spec: ImportSpec, collect: bool) -> ChunkResult:
+@dataclass
+class MatchedChunk:
+    """A chunk whose rows know their contact: matched by key, or numbered as new.
+
+    On PostgreSQL the rows live in the transaction's temporary table `scrm_import_stage`;
+    elsewhere in `rows` (the chunk plus `contact_id` and `is_new`).
+    """
+
+    size: int
+    new: int
+    rows: pd.DataFrame | None = None
+
+
+def import_chunk_match(
+    *, good: pd.DataFrame, spec: ImportSpec, resolver: TagResolver
+) -> MatchedChunk:
+    """Find each row's contact by its key; call inside the transaction that writes the chunk."""
+    good = good.assign(tags=_tag_id_arrays(good["tags"], resolver))
+    if connection.vendor == "postgresql":
+        return _match_postgres(good, spec)
+    return _match_generic(good, spec)
+
+
+def import_chunk_apply(*, matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
+    """Write a matched chunk: new contacts, changed fields, identities and tags.
+
+    A new row's key identity is claimed before anything else is written; when another
+    transaction (an `identify` call) created that identity since the match, the row updates the
+    contact that owns it instead of creating a second person without a key.
+    """
+    if connection.vendor == "postgresql":
+        return _apply_postgres(matched, spec, collect)
+    return _apply_generic(matched, spec, collect)
+
+
+@transaction.atomic
+def import_chunk_write(
+    *, good: pd.DataFrame, spec: ImportSpec, resolver: TagResolver, collect: bool
+) -> ChunkResult:
+    """Upsert one chunk of validated rows in one transaction."""
+    if good.empty:
+        return ChunkResult()
+    matched = import_chunk_match(good=good, spec=spec, resolver=resolver)
+    return import_chunk_apply(matched=matched, spec=spec, collect=collect)
+
+
+def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
     contact = Contact._meta.db_table
     identity = Identity._meta.db_table
-    contact_tag = ContactTag._meta.db_table
     buffer = io.StringIO()
     good.to_csv(buffer, header=False, index=False)
     columns = ", ".join(c if c != "tags" else "tag_ids" for c in STAGE_COLUMNS)
@@ -786,6 +924,15 @@ def _write_chunk_postgres(good: pd.DataFrame, spec: ImportSpec, collect: bool) -
         # A server crash may lose the last chunks' commits (never corrupt them); re-running the
         # import is idempotent, and not waiting for each WAL flush saves a lot per chunk.
         cursor.execute("SET LOCAL synchronous_commit = off")
+        # Statistics lag behind a bulk import (autovacuum has not seen the new rows yet), and a
+        # planner that believes contacts or identities are small hash- or merge-joins each
+        # chunk against all of them. A chunk is small next to the tables, so probing their
+        # unique indexes row by row is always the right plan; this also spares the ANALYZE
+        # runs that kept the statistics fresh before (a sixth of the database time).
+        cursor.execute(
+            "SELECT set_config('enable_hashjoin', 'off', true), "
+            "set_config('enable_mergejoin', 'off', true)"
+        )
         cursor.execute(STAGE_SQL)
         raw = cursor.cursor  # psycopg 3 cursor under Django's wrapper
         with raw.copy(f"COPY scrm_import_raw ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
@@ -802,97 +949,150 @@ def _write_chunk_postgres(good: pd.DataFrame, spec: ImportSpec, collect: bool) -
             f"{identity} WHERE kind = %s AND app_id = '' AND value = r.key LIMIT 1) i ON true",
             [UPSERT_KEYS[spec.key]],
         )
-        cursor.execute(
-            f"""
-            INSERT INTO {contact} (
-                id, created_at, updated_at, name, nickname, gender, birthday, phone, email,
-                province, city, source, channel_code, utm_source, utm_medium, utm_campaign,
-                utm_content, utm_term, lifecycle_stage, attributes, first_seen_at
+        cursor.execute("DROP TABLE scrm_import_raw")
+        cursor.execute("SELECT count(*) FILTER (WHERE is_new), count(*) FROM scrm_import_stage")
+        new, size = cursor.fetchone()
+    return MatchedChunk(size=size, new=new)
+
+
+def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
+    contact = Contact._meta.db_table
+    identity = Identity._meta.db_table
+    contact_tag = ContactTag._meta.db_table
+    key_kind = UPSERT_KEYS[spec.key]
+    new = matched.new
+    with connection.cursor() as cursor:
+        if new:
+            # The key identities go in first (the foreign key to the contact is checked at
+            # commit): a conflict here means someone else got the key since the match.
+            cursor.execute(
+                f"INSERT INTO {identity} (contact_id, kind, app_id, value, created_at) "
+                "SELECT contact_id, %s, '', key, now() FROM scrm_import_stage WHERE is_new "
+                "ON CONFLICT DO NOTHING",
+                [key_kind],
             )
-            SELECT contact_id, now(), now(), COALESCE(name, ''), COALESCE(nickname, ''),
-                COALESCE(NULLIF(gender, ''), %s), birthday, COALESCE(phone, ''),
-                COALESCE(email, ''), COALESCE(province, ''), COALESCE(city, ''),
-                COALESCE(NULLIF(source, ''), %s), COALESCE(channel_code, ''), '', '', '', '', '',
-                COALESCE(NULLIF(lifecycle_stage, ''), %s), COALESCE(attributes, '{{}}'::jsonb),
-                now()
-            FROM scrm_import_stage WHERE is_new
-            """,
-            [Gender.UNKNOWN, spec.default_source, "new"],
-        )
-        new_values = ", ".join(
-            f"COALESCE(NULLIF(s.{c}, ''), c.{c})"
-            if c != "birthday"
-            else "COALESCE(s.birthday, c.birthday)"
-            for c in UPDATED_COLUMNS
-        )
-        old_values = ", ".join(f"c.{c}" for c in UPDATED_COLUMNS)
-        new_attributes = "c.attributes || COALESCE(s.attributes, '{}'::jsonb)"
-        assignments = ", ".join(
-            f"{c} = COALESCE(NULLIF(s.{c}, ''), c.{c})"
-            if c != "birthday"
-            else "birthday = COALESCE(s.birthday, c.birthday)"
-            for c in UPDATED_COLUMNS
-        )
-        cursor.execute(
-            f"""
-            UPDATE {contact} c SET {assignments},
-                attributes = {new_attributes},
-                updated_at = now()
-            FROM scrm_import_stage s
-            WHERE c.id = s.contact_id AND NOT s.is_new
-              AND ROW({old_values}, c.attributes)
-                  IS DISTINCT FROM ROW({new_values}, {new_attributes})
-            """
-        )
-        # A matched row's key identity exists by definition: only new contacts need theirs.
-        branches = [
-            f"SELECT contact_id, %s AS kind, {column} AS value FROM scrm_import_stage"
-            f" WHERE {column} <> ''" + (" AND is_new" if column == spec.key else "")
-            for column in IDENTITY_COLUMNS
-        ]
-        cursor.execute(
-            f"INSERT INTO {identity} (contact_id, kind, app_id, value, created_at) "
-            f"SELECT contact_id, kind, '', value, now() FROM ({' UNION ALL '.join(branches)}) ids "
-            "ON CONFLICT DO NOTHING",
-            list(IDENTITY_COLUMNS.values()),
-        )
+            if cursor.rowcount < new:
+                # A new statement sees what the other transaction committed meanwhile.
+                cursor.execute(
+                    f"UPDATE scrm_import_stage s SET is_new = false, contact_id = i.contact_id "
+                    f"FROM {identity} i WHERE s.is_new AND i.kind = %s AND i.app_id = '' "
+                    "AND i.value = s.key AND i.contact_id <> s.contact_id",
+                    [key_kind],
+                )
+                new -= cursor.rowcount
+        if new:
+            cursor.execute(
+                f"""
+                INSERT INTO {contact} (
+                    id, created_at, updated_at, name, nickname, gender, birthday, phone, email,
+                    province, city, source, channel_code, utm_source, utm_medium, utm_campaign,
+                    utm_content, utm_term, lifecycle_stage, attributes, first_seen_at,
+                    lead_score
+                )
+                SELECT contact_id, now(), now(), COALESCE(name, ''), COALESCE(nickname, ''),
+                    COALESCE(NULLIF(gender, ''), %s), birthday, COALESCE(phone, ''),
+                    COALESCE(email, ''), COALESCE(province, ''), COALESCE(city, ''),
+                    COALESCE(NULLIF(source, ''), %s), COALESCE(channel_code, ''), '', '', '',
+                    '', '', COALESCE(NULLIF(lifecycle_stage, ''), %s),
+                    COALESCE(attributes, '{{}}'::jsonb), now(), %s
+                FROM scrm_import_stage WHERE is_new
+                """,
+                [Gender.UNKNOWN, spec.default_source, "new", LEAD_SCORE_DEFAULT],
+            )
+        if new < matched.size:
+            new_values = ", ".join(
+                f"COALESCE(NULLIF(s.{c}, ''), c.{c})"
+                if c != "birthday"
+                else "COALESCE(s.birthday, c.birthday)"
+                for c in UPDATED_COLUMNS
+            )
+            old_values = ", ".join(f"c.{c}" for c in UPDATED_COLUMNS)
+            new_attributes = "c.attributes || COALESCE(s.attributes, '{}'::jsonb)"
+            assignments = ", ".join(
+                f"{c} = COALESCE(NULLIF(s.{c}, ''), c.{c})"
+                if c != "birthday"
+                else "birthday = COALESCE(s.birthday, c.birthday)"
+                for c in UPDATED_COLUMNS
+            )
+            cursor.execute(
+                f"""
+                UPDATE {contact} c SET {assignments},
+                    attributes = {new_attributes},
+                    updated_at = now()
+                FROM scrm_import_stage s
+                WHERE c.id = s.contact_id AND NOT s.is_new
+                  AND ROW({old_values}, c.attributes)
+                      IS DISTINCT FROM ROW({new_values}, {new_attributes})
+                """
+            )
+        # Every row's key identity exists by now (claimed above, or the match itself).
+        columns = _identity_columns(spec)
+        if columns:
+            branches = [
+                f"SELECT contact_id, %s AS kind, {column} AS value FROM scrm_import_stage"
+                f" WHERE {column} <> ''"
+                for column in columns
+            ]
+            cursor.execute(
+                f"INSERT INTO {identity} (contact_id, kind, app_id, value, created_at) "
+                f"SELECT contact_id, kind, '', value, now() "
+                f"FROM ({' UNION ALL '.join(branches)}) ids ON CONFLICT DO NOTHING",
+                list(columns.values()),
+            )
         cursor.execute(
             f"""
             INSERT INTO {contact_tag} (contact_id, tag_id, source, actor_id, created_at)
             SELECT s.contact_id, t.tag_id, %s, %s::integer, now()
             FROM scrm_import_stage s
             CROSS JOIN LATERAL unnest(COALESCE(s.tag_ids, '{{}}') || %s::bigint[]) AS t(tag_id)
+            {"" if spec.tag_ids else "WHERE s.tag_ids IS NOT NULL"}
             ON CONFLICT DO NOTHING
             """,
             [TagSource.IMPORT, spec.actor_id, spec.tag_ids],
         )
-        cursor.execute("SELECT count(*) FILTER (WHERE is_new), count(*) FROM scrm_import_stage")
-        created, total = cursor.fetchone()
         ids: list[int] = []
         if collect:
             cursor.execute("SELECT contact_id FROM scrm_import_stage")
             ids = [r[0] for r in cursor.fetchall()]
-        cursor.execute("DROP TABLE scrm_import_stage, scrm_import_raw")
-    return ChunkResult(created=created, updated=total - created, contact_ids=ids)
+        cursor.execute("DROP TABLE scrm_import_stage")
+    return ChunkResult(created=new, updated=matched.size - new, contact_ids=ids)
+
+
+def _identity_columns(spec: ImportSpec) -> dict[str, str]:
+    """The mapped identity columns other than the key (new rows claim it, matched rows have it)."""
+    mapped = set(spec.mapping.values())
+    return {c: k for c, k in IDENTITY_COLUMNS.items() if c in mapped and c != spec.key}
 
 
 # SQLite allows 32,766 parameters per statement; 500 values per IN list stays well clear.
 LOOKUP_BATCH = 500
 
 
-def _write_chunk_generic(good: pd.DataFrame, spec: ImportSpec, collect: bool) -> ChunkResult:
-    kind = UPSERT_KEYS[spec.key]
-    keys = good["key"].tolist()
-    existing: dict[str, int] = {}
-    for start in range(0, len(keys), LOOKUP_BATCH):
-        existing.update(
+def _owners(kind: str, values: list[str]) -> dict[str, int]:
+    owners: dict[str, int] = {}
+    for start in range(0, len(values), LOOKUP_BATCH):
+        owners.update(
             Identity.objects.filter(
-                kind=kind, app_id="", value__in=keys[start : start + LOOKUP_BATCH]
+                kind=kind, app_id="", value__in=values[start : start + LOOKUP_BATCH]
             ).values_list("value", "contact_id")
         )
-    is_new = ~good["key"].isin(list(existing))
+    return owners
+
+
+def _match_generic(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
+    existing = _owners(UPSERT_KEYS[spec.key], good["key"].tolist())
+    contact_ids = good["key"].map(existing)
+    rows = good.assign(is_new=contact_ids.isna(), contact_id=contact_ids.fillna(0).astype("int64"))
+    new = int(rows["is_new"].sum())
+    return MatchedChunk(size=len(rows), new=new, rows=rows)
+
+
+def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
+    assert matched.rows is not None
+    good = matched.rows
     now = timezone.now()
-    new_rows = good[is_new]
+    key_kind = UPSERT_KEYS[spec.key]
+    is_new = good["is_new"].to_numpy(dtype=bool, copy=True)
     contacts = [
         Contact(
             name=r.name,
@@ -909,12 +1109,33 @@ def _write_chunk_generic(good: pd.DataFrame, spec: ImportSpec, collect: bool) ->
             attributes=json.loads(r.attributes) if r.attributes else {},
             first_seen_at=now,
         )
-        for r in new_rows.itertuples(index=False)
+        for r in good[is_new].itertuples(index=False)
     ]
     Contact.objects.bulk_create(contacts, batch_size=LOOKUP_BATCH)
-    contact_ids = good["key"].map(existing).to_numpy(dtype=object)
-    contact_ids[is_new.to_numpy()] = [c.pk for c in contacts]
-    good = good.assign(contact_id=contact_ids.astype("int64"))
+    contact_ids = good["contact_id"].to_numpy(dtype="int64", copy=True)
+    contact_ids[is_new] = [c.pk for c in contacts]
+    if contacts:
+        keys = good.loc[is_new, "key"].tolist()
+        Identity.objects.bulk_create(
+            [
+                Identity(contact_id=c.pk, kind=key_kind, app_id="", value=k, created_at=now)
+                for c, k in zip(contacts, keys, strict=True)
+            ],
+            batch_size=LOOKUP_BATCH,
+            ignore_conflicts=True,
+        )
+        owners = _owners(key_kind, keys)
+        lost = [c.pk for c, k in zip(contacts, keys, strict=True) if owners.get(k) != c.pk]
+        if lost:
+            # Someone else got the key since the match: the row updates the owner instead, and
+            # the contact created for it (nothing refers to it yet) goes.
+            Contact.objects.filter(pk__in=lost).delete()
+            new_positions = np.flatnonzero(is_new)
+            for position, key in zip(new_positions, keys, strict=True):
+                if owners.get(key) != contact_ids[position]:
+                    contact_ids[position] = owners[key]
+                    is_new[position] = False
+    good = good.assign(contact_id=contact_ids)
 
     old = good[~is_new]
     if len(old):
@@ -931,7 +1152,7 @@ def _write_chunk_generic(good: pd.DataFrame, spec: ImportSpec, collect: bool) ->
             cursor.executemany(sql, params)
 
     identities = []
-    for column, ident_kind in IDENTITY_COLUMNS.items():
+    for column, ident_kind in _identity_columns(spec).items():
         rows = good[good[column] != ""]
         identities += [
             Identity(contact_id=cid, kind=ident_kind, app_id="", value=value, created_at=now)
@@ -958,57 +1179,6 @@ def _write_chunk_generic(good: pd.DataFrame, spec: ImportSpec, collect: bool) ->
     created = int(is_new.sum())
     ids_out = good["contact_id"].tolist() if collect else []
     return ChunkResult(created=created, updated=len(good) - created, contact_ids=ids_out)
-
-
-class StatisticsKeeper:
-    """Re-ANALYZE the contact tables whenever an import has doubled them (PostgreSQL).
-
-    Autovacuum lags behind a bulk import; with statistics saying "a few rows" the planner joins
-    each chunk against a full scan of contacts, and every chunk gets slower than the last.
-    """
-
-    TABLES = (Contact, Identity, ContactTag)
-
-    def __init__(self) -> None:
-        self.enabled = connection.vendor == "postgresql"
-        self.pending = 0
-        self.base = 0
-        if self.enabled:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [Contact._meta.db_table],
-                )
-                row = cursor.fetchone()
-            self.base = int(row[0]) if row else 0
-
-    def written(self, created: int) -> None:
-        self.pending += created
-        if not self.enabled or self.pending < max(self.base, CHUNK_ROWS):
-            return
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                for model in self.TABLES:
-                    cursor.execute(f"ANALYZE {model._meta.db_table}")
-        except DatabaseError:
-            logger.warning("ANALYZE after an import chunk failed", exc_info=True)
-            self.enabled = False
-            return
-        self.base += self.pending
-        self.pending = 0
-
-
-@transaction.atomic
-def import_chunk_write(
-    *, good: pd.DataFrame, spec: ImportSpec, resolver: TagResolver, collect: bool
-) -> ChunkResult:
-    """Upsert one chunk of validated rows in one transaction."""
-    if good.empty:
-        return ChunkResult()
-    good = good.assign(tags=_tag_id_arrays(good["tags"], resolver))
-    if connection.vendor == "postgresql":
-        return _write_chunk_postgres(good, spec, collect)
-    return _write_chunk_generic(good, spec, collect)
 
 
 # --- Running ----------------------------------------------------------------------------------
@@ -1061,7 +1231,6 @@ def _import_run(job: Job) -> dict[str, Any]:
     jobs.job_start(job_id=job.pk, total=source.estimate_rows())
     state = ChunkState.load()
     resolver = TagResolver()
-    statistics = StatisticsKeeper()
     counts = {"created": 0, "updated": 0, "rejected": 0, "rows": 0}
     touched: list[int] = []
     rejected_relative = _rejected_path(job)
@@ -1071,8 +1240,13 @@ def _import_run(job: Job) -> dict[str, Any]:
         with rejected_path.open("w", encoding="utf-8-sig", newline="") as rejected_file:
             writer = csv.writer(rejected_file)
             writer.writerow([_("Row"), *params["headers"], _("Reason")])
-            for frame in source.chunks():
-                good, bad = prepare_chunk(frame, spec=spec, state=state)
+            chunks = _prepared_chunks(source, spec, state)
+            # Custom fields are validated against the database, which a second thread would
+            # see through its own connection (outside this job's transactions): read ahead
+            # only when preparing a chunk is pure pandas.
+            if not spec.custom_keys:
+                chunks = _read_ahead(chunks)
+            for rows, good, bad in chunks:
                 collect = len(touched) <= SIGNAL_LIMIT
                 result = import_chunk_write(
                     good=good, spec=spec, resolver=resolver, collect=collect
@@ -1081,11 +1255,10 @@ def _import_run(job: Job) -> dict[str, Any]:
                     touched += result.contact_ids
                 if not bad.empty:
                     bad.to_csv(rejected_file, header=False, index=False)
-                statistics.written(result.created)
                 counts["created"] += result.created
                 counts["updated"] += result.updated
                 counts["rejected"] += len(bad)
-                counts["rows"] += len(frame)
+                counts["rows"] += rows
                 jobs.job_progress(job_id=job.pk, done=counts["rows"])
     except Exception as exc:
         logger.exception("import job %s failed", job.pk)
@@ -1107,6 +1280,61 @@ def _import_run(job: Job) -> dict[str, Any]:
     _audit(job, counts, failed=False)
     _signal_changed(touched, counts)
     return result
+
+
+def _prepared_chunks(
+    source: SourceFile, spec: ImportSpec, state: ChunkState
+) -> Iterator[tuple[int, pd.DataFrame, pd.DataFrame]]:
+    for frame in source.chunks():
+        good, bad = prepare_chunk(frame, spec=spec, state=state)
+        yield len(frame), good, bad
+
+
+def _read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield from `items`, producing the next item in a thread while the caller works.
+
+    Reading and validating a chunk is Python work; writing the previous one is mostly waiting
+    on the database, which releases the GIL: overlapping them takes the Python part (about a
+    fifth of an import) off the clock on a machine with two cores.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(message: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(message, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="contact-import-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _audit(job: Job, counts: dict[str, int], *, failed: bool) -> None:

@@ -1,11 +1,14 @@
 import datetime as dt
+from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db import connections
+from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from contacts import roles
+from contacts import pii, roles
 from contacts.models import (
     Consent,
     ConsentRecord,
@@ -14,12 +17,15 @@ from contacts.models import (
     CustomField,
     Event,
     Identity,
+    MergeBlock,
     MergeRecord,
     Note,
     StaffProfile,
+    Stage,
     Store,
     Tag,
 )
+from core.pagination import KeysetPage, parse_after
 
 
 def contact_visible_to(*, user: AbstractBaseUser) -> QuerySet[Contact]:
@@ -127,14 +133,144 @@ def tags_grouped() -> QuerySet[Tag]:
 
 
 def contact_list(*, user: AbstractBaseUser) -> QuerySet[Contact]:
-    """Contacts the user may see, with their tags prefetched for list rows."""
-    return (
-        contact_visible_to(user=user)
-        .select_related("lifecycle_stage", "owner", "store")
-        .prefetch_related(
-            Prefetch("contact_tags", queryset=ContactTag.objects.select_related("tag"))
-        )
+    """Contacts the user may see, for the list's filters; rows come from `contact_list_page`."""
+    return contact_visible_to(user=user)
+
+
+@dataclass(slots=True)
+class ContactListRow:
+    """What one row of the contact list shows."""
+
+    pk: int
+    name: str
+    nickname: str
+    phone: str  # masked: the raw number never reaches the list template
+    city: str
+    source: str
+    stage_key: str
+    stage_name: str
+    owner: str  # username, "" without an owner
+    store: str  # store name, "" without a store
+    created_at: dt.datetime
+    tags: list[tuple[str, str]]  # (name, colour), sorted by name
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.nickname or self.phone or f"#{self.pk}"
+
+
+# The contact's own columns a row shows; stage, owner and store names and the tags come from
+# `_contact_list_labels`.
+CONTACT_LIST_COLUMNS = (
+    "pk",
+    "name",
+    "nickname",
+    "phone",
+    "city",
+    "source",
+    "lifecycle_stage_id",
+    "owner_id",
+    "store_id",
+    "created_at",
+)
+
+
+def contact_list_page(
+    *, qs: QuerySet[Contact], after: str | int | None, size: int = 50
+) -> KeysetPage:
+    """One keyset page (newest first) of `qs` as list rows, in two queries whatever the page holds.
+
+    The list masks phones for everyone, including holders of `contacts.view_personal_data`:
+    unmasking is a per-contact, audit-logged action on the 360 page.
+    """
+    qs = qs.order_by("-pk")
+    after_id = parse_after(after)
+    if after_id is not None:
+        qs = qs.filter(pk__lt=after_id)
+    fetched = list(qs.values_list(*CONTACT_LIST_COLUMNS)[: size + 1])
+    next_after = fetched[size - 1][0] if len(fetched) > size else None
+    fetched = fetched[:size]
+    if not fetched:
+        return KeysetPage(items=[], next_after=None)
+    tags, stages, owners, stores = _contact_list_labels(
+        using=qs.db,
+        contact_ids=[r[0] for r in fetched],
+        owner_ids={r[7] for r in fetched if r[7] is not None},
+        store_ids={r[8] for r in fetched if r[8] is not None},
     )
+    rows = [
+        ContactListRow(
+            pk=pk,
+            name=name,
+            nickname=nickname,
+            phone=pii.mask_phone(phone),
+            city=city,
+            source=source,
+            stage_key=stage_key,
+            stage_name=stages.get(stage_key, stage_key),
+            owner=owners.get(owner_id, ""),
+            store=stores.get(store_id, ""),
+            created_at=created_at,
+            tags=sorted(tags.get(pk, ())),
+        )
+        for pk, name, nickname, phone, city, source, stage_key, owner_id, store_id, created_at in (
+            fetched
+        )
+    ]
+    return KeysetPage(items=rows, next_after=next_after)
+
+
+def _contact_list_labels(
+    *, using: str, contact_ids: list[int], owner_ids: set[int], store_ids: set[int]
+) -> tuple[dict, dict, dict, dict]:
+    """The page's tags and its stage, owner and store names, in one round trip.
+
+    Hand-written because this is the list's hot path: ORM joins for the three names plus an ORM
+    query for the tags cost about as much Python as all of the page's SQL takes (see
+    docs/benchmarks.md). The rows' own query stays in the ORM, where filters and scoping live.
+    """
+    connection = connections[using]
+    user_model = get_user_model()
+    contact_tag, tag, stage = ContactTag._meta.db_table, Tag._meta.db_table, Stage._meta.db_table
+    stage_key = connection.ops.quote_name("key")
+
+    def id_list(ids) -> str:
+        # Integers inlined, not bound: the client-side binding would inline them just the same,
+        # but only after re-parsing the statement, which psycopg caches only up to 50 parameters.
+        return ", ".join(str(int(pk)) for pk in ids)
+
+    parts = [
+        f"SELECT 't', ct.contact_id, t.name, t.color FROM {contact_tag} ct"
+        f" JOIN {tag} t ON t.id = ct.tag_id WHERE ct.contact_id IN ({id_list(contact_ids)})",
+        f"SELECT 's', NULL, {stage_key}, name FROM {stage}",
+    ]
+    if owner_ids:
+        username = user_model._meta.get_field(user_model.USERNAME_FIELD).column
+        parts.append(
+            f"SELECT 'o', id, {username}, NULL FROM {user_model._meta.db_table}"
+            f" WHERE id IN ({id_list(owner_ids)})"
+        )
+    if store_ids:
+        parts.append(
+            f"SELECT 'r', id, name, NULL FROM {Store._meta.db_table}"
+            f" WHERE id IN ({id_list(store_ids)})"
+        )
+    tags: dict[int, list[tuple[str, str]]] = {}
+    stages: dict[str, str] = {}
+    owners: dict[int, str] = {}
+    stores: dict[int, str] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts))
+        for kind, key, text, extra in cursor.fetchall():
+            if kind == "t":
+                tags.setdefault(key, []).append((text, extra))
+            elif kind == "s":
+                stages[text] = extra
+            elif kind == "o":
+                owners[key] = text
+            else:
+                stores[key] = text
+    return tags, stages, owners, stores
 
 
 def contact_tags(*, contact: Contact) -> QuerySet[ContactTag]:
@@ -228,6 +364,19 @@ def contact_merges(*, contact: Contact) -> QuerySet[MergeRecord]:
         .select_related("duplicate", "actor")
         .order_by("-created_at", "-pk")
     )
+
+
+def contact_merge_blocks(*, contact: Contact) -> list[dict]:
+    """Contacts declared not the same person as this one, newest first, with who said so."""
+    blocks = (
+        MergeBlock.objects.filter(Q(low=contact) | Q(high=contact))
+        .select_related("low", "high", "actor")
+        .order_by("-created_at", "-pk")
+    )
+    return [
+        {"block": block, "other": block.high if block.low_id == contact.pk else block.low}
+        for block in blocks
+    ]
 
 
 def merge_record_visible_to(*, user: AbstractBaseUser) -> QuerySet[MergeRecord]:

@@ -17,5 +17,11 @@ urlpatterns = [
     path("<int:pk>/consent/", views.contact_consent, name="consent"),
     path("<int:pk>/merge/", views.contact_merge_search, name="merge"),
     path("<int:pk>/merge/<int:other_pk>/", views.contact_merge_preview, name="merge_preview"),
+    path("<int:pk>/merge/<int:other_pk>/block/", views.contact_merge_block, name="merge_block"),
+    path(
+        "<int:pk>/merge/<int:other_pk>/unblock/",
+        views.contact_merge_unblock,
+        name="merge_unblock",
+    ),
     path("merges/<int:record_id>/undo/", views.contact_merge_undo, name="merge_undo"),
 ]

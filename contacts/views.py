@@ -1,12 +1,16 @@
+from collections.abc import Callable
 from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
+from django.utils.functional import SimpleLazyObject
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -20,7 +24,7 @@ from core import jobs
 from core.audit import audit_log
 from core.errors import DomainError, ValidationFailed
 from core.htmx import htmx_target, is_fragment_request, redirect_or_fragment, render_page
-from core.pagination import keyset_page
+from core.pagination import KeysetPage
 
 PAGE_SIZE = 50
 TIMELINE_SIZE = 30
@@ -69,13 +73,30 @@ def _filter_params(data) -> dict[str, list[str]]:
     }
 
 
+def contact_list_data(
+    *, data: QueryDict, user: AbstractBaseUser
+) -> tuple[ContactFilter, KeysetPage, dict[str, list[str]]]:
+    """The list's filter set, its page of rows and the filter values in use.
+
+    bench/contact_list.py times this very function against raw SQL, so keep the list's whole
+    data path here.
+    """
+    visible = selectors.contact_list(user=user)
+    params = _filter_params(data)
+    # Built only when used: without filter values it would only validate an empty form, which
+    # costs about as much as the page's SQL. A full page still builds it for the filter bar.
+    filters = SimpleLazyObject(lambda: ContactFilter(data, queryset=visible))
+    qs = filters.qs if params else visible
+    page = selectors.contact_list_page(qs=qs, after=data.get("after"), size=PAGE_SIZE)
+    return filters, page, params
+
+
 @login_required
 def contact_list(request: HttpRequest) -> HttpResponse:
-    filters = ContactFilter(request.GET, queryset=selectors.contact_list(user=request.user))
-    page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
-    params = _filter_params(request.GET)
+    filters, page, params = contact_list_data(data=request.GET, user=request.user)
     context = {
         "filters": filters,
+        "filter_errors": bool(params) and bool(filters.errors),
         "page": page,
         "bulk_form": BulkTagForm(),
         "filter_params": params,
@@ -194,7 +215,11 @@ def _consent_context(contact: Contact, form: ConsentForm | None = None) -> dict:
 
 
 def _merges_context(contact: Contact) -> dict:
-    return {"contact": contact, "merges": list(selectors.contact_merges(contact=contact))}
+    return {
+        "contact": contact,
+        "merges": list(selectors.contact_merges(contact=contact)),
+        "merge_blocks": selectors.contact_merge_blocks(contact=contact),
+    }
 
 
 def _render_detail(
@@ -356,27 +381,53 @@ def contact_tag_remove(request: HttpRequest, pk: int, tag_id: int) -> HttpRespon
 @permission_required("contacts.add_note", raise_exception=True)
 def contact_note_add(request: HttpRequest, pk: int) -> HttpResponse:
     contact = _get_contact(request, pk)
-    form = NoteForm(request.POST)
-    if form.is_valid():
-        try:
-            services.note_add(
-                contact=contact,
-                author=request.user,
-                body=form.cleaned_data["body"],
-                follow_up_at=form.cleaned_data["follow_up_at"],
-            )
-        except ValidationFailed as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, _("Note added."))
-            form = None
-    if form is not None and not is_fragment_request(request):
-        messages.error(request, _("The note was not saved: %(errors)s") % {"errors": _errors(form)})
+    form = _submit(
+        request,
+        NoteForm(request.POST),
+        lambda data: services.note_add(
+            contact=contact,
+            author=request.user,
+            body=data["body"],
+            follow_up_at=data["follow_up_at"],
+        ),
+        success=_("Note added."),
+        failure=_("The note was not saved: %(errors)s"),
+    )
     return _notes_response(request, contact, form)
 
 
-def _errors(form) -> str:
-    return " ".join(str(e) for errors in form.errors.values() for e in errors)
+def _submit(
+    request: HttpRequest,
+    form: forms.Form,
+    save: Callable[[dict], object],
+    *,
+    success: str,
+    failure: str,
+) -> forms.Form | None:
+    """Validate a 360-page form and save it through a service; return the form to show again
+    with its errors, or None once saved. A full page gets the errors as a toast too."""
+    if form.is_valid():
+        try:
+            save(form.cleaned_data)
+        except ValidationFailed as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, success)
+            return None
+    if not is_fragment_request(request):
+        text = " ".join(str(e) for errors in form.errors.values() for e in errors)
+        messages.error(request, failure % {"errors": text})
+    return form
+
+
+def _toast_outcome(request: HttpRequest, call: Callable[[], object], *, success: str) -> None:
+    """Run a service call and say how it went: its domain error, or `success`."""
+    try:
+        call()
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, success)
 
 
 @login_required
@@ -385,12 +436,11 @@ def _errors(form) -> str:
 def contact_note_done(request: HttpRequest, pk: int, note_id: int) -> HttpResponse:
     contact = _get_contact(request, pk)
     note = get_object_or_404(Note.objects.filter(contact=contact), pk=note_id)
-    try:
-        services.note_complete(note=note, actor=request.user)
-    except DomainError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, _("Follow-up marked done."))
+    _toast_outcome(
+        request,
+        lambda: services.note_complete(note=note, actor=request.user),
+        success=_("Follow-up marked done."),
+    )
     return _notes_response(request, contact)
 
 
@@ -402,29 +452,22 @@ def contact_note_done(request: HttpRequest, pk: int, note_id: int) -> HttpRespon
 @permission_required("contacts.add_consentrecord", raise_exception=True)
 def contact_consent(request: HttpRequest, pk: int) -> HttpResponse:
     contact = _get_contact(request, pk)
-    form = ConsentForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            services.consent_record(
-                contact=contact,
-                channel=data["channel"],
-                purpose=data["purpose"],
-                granted=data["granted"],
-                source=data["source"],
-                notice_version=data["notice_version"],
-                evidence={"note": data["evidence"]} if data["evidence"] else None,
-                actor=request.user,
-            )
-        except ValidationFailed as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, _("Consent recorded."))
-            form = None
-    if form is not None and not is_fragment_request(request):
-        messages.error(
-            request, _("The consent was not recorded: %(errors)s") % {"errors": _errors(form)}
-        )
+    form = _submit(
+        request,
+        ConsentForm(request.POST),
+        lambda data: services.consent_record(
+            contact=contact,
+            channel=data["channel"],
+            purpose=data["purpose"],
+            granted=data["granted"],
+            source=data["source"],
+            notice_version=data["notice_version"],
+            evidence={"note": data["evidence"]} if data["evidence"] else None,
+            actor=request.user,
+        ),
+        success=_("Consent recorded."),
+        failure=_("The consent was not recorded: %(errors)s"),
+    )
     return redirect_or_fragment(
         request,
         to=_detail_url(contact) + "#contact-consent",
@@ -474,6 +517,7 @@ def contact_merge_preview(request: HttpRequest, pk: int, other_pk: int) -> HttpR
         "survivor": survivor,
         "duplicate": duplicate,
         "preview": selectors.contact_merge_preview(survivor=survivor, duplicate=duplicate),
+        "blocked": bool(services.merge_blocked_with(contact_id=survivor.pk, others=[duplicate.pk])),
     }
     return render_page(request, "contacts/contact_merge_preview.html", context)
 
@@ -496,23 +540,55 @@ def _merged_message(request: HttpRequest, record, duplicate: Contact) -> str:
 @permission_required("contacts.merge_contact", raise_exception=True)
 def contact_merge_undo(request: HttpRequest, record_id: int) -> HttpResponse:
     record = get_object_or_404(selectors.merge_record_visible_to(user=request.user), pk=record_id)
-    try:
-        services.contact_merge_undo(record=record, actor=request.user)
-    except DomainError as exc:
-        messages.error(request, exc.message)
-    else:
+    _toast_outcome(
+        request,
+        lambda: services.contact_merge_undo(record=record, actor=request.user),
+        success=_("Merge undone: “%(name)s” is a separate contact again.")
+        % {"name": record.duplicate.display_name},
+    )
+    return _merges_response(request, record.survivor)
+
+
+@login_required
+@require_POST
+@permission_required("contacts.merge_contact", raise_exception=True)
+def contact_merge_block(request: HttpRequest, pk: int, other_pk: int) -> HttpResponse:
+    """Mark two contacts as different people: neither identify nor an operator merges them."""
+    contact, other = _get_contact(request, pk), _get_contact(request, other_pk)
+    _toast_outcome(
+        request,
+        lambda: services.merge_block_add(contact=contact, other=other, actor=request.user),
+        success=_("“%(name)s” is marked as not the same person; the two will not be merged.")
+        % {"name": other.display_name},
+    )
+    return _merges_response(request, contact)
+
+
+@login_required
+@require_POST
+@permission_required("contacts.merge_contact", raise_exception=True)
+def contact_merge_unblock(request: HttpRequest, pk: int, other_pk: int) -> HttpResponse:
+    contact, other = _get_contact(request, pk), _get_contact(request, other_pk)
+    if services.merge_block_remove(contact=contact, other=other, actor=request.user):
         messages.success(
             request,
-            _("Merge undone: “%(name)s” is a separate contact again.")
-            % {"name": record.duplicate.display_name},
+            _("“%(name)s” may be merged with this contact again.") % {"name": other.display_name},
         )
-    survivor = record.survivor
+    else:
+        messages.info(request, _("The two contacts were not marked as different people."))
+    if request.POST.get("then") == "merge":
+        return redirect("contacts:merge_preview", pk=contact.pk, other_pk=other.pk)
+    return _merges_response(request, contact)
+
+
+def _merges_response(request: HttpRequest, contact: Contact) -> HttpResponse:
+    """After a merge, undo or block: the merges region for htmx, the 360 page otherwise."""
     return redirect_or_fragment(
         request,
-        to=_detail_url(survivor),
+        to=_detail_url(contact) + "#contact-merges",
         template=DETAIL_TEMPLATE,
         fragment="contact-merges",
-        context=_merges_context(survivor),
+        context=_merges_context(contact),
     )
 
 

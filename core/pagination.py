@@ -14,13 +14,18 @@ class KeysetPage:
         return self.next_after is not None
 
 
+def parse_after(after: str | int | None) -> int | None:
+    """The id a keyset page starts after; a missing or malformed value means the first page."""
+    try:
+        return int(after) if after not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def keyset_page(qs: QuerySet, *, after: str | int | None, size: int = 50) -> KeysetPage:
     """Return the page of `qs` (newest id first) that follows id `after`; no OFFSET, no COUNT."""
     qs = qs.order_by("-pk")
-    try:
-        after_id = int(after) if after not in (None, "") else None
-    except (TypeError, ValueError):
-        after_id = None
+    after_id = parse_after(after)
     if after_id is not None:
         qs = qs.filter(pk__lt=after_id)
     rows = list(qs[: size + 1])

@@ -219,9 +219,7 @@ def event_names_known() -> list[str]:
     from contacts.models import Event
 
     recent_ids = Event.objects.order_by("-pk").values("pk")[:RECENT_EVENT_SAMPLE]
-    seen = set(
-        Event.objects.filter(pk__in=recent_ids).values_list("name", flat=True).distinct()
-    )
+    seen = set(Event.objects.filter(pk__in=recent_ids).values_list("name", flat=True).distinct())
     return sorted(seen | set(STANDARD_EVENT_NAMES))
 
 

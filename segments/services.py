@@ -46,13 +46,20 @@ INLINE_REFRESH_LIMIT = 200
 DIFF_BATCH = 2000
 
 
-def segment_queryset(*, segment: Segment, now: dt.datetime | None = None) -> QuerySet[Contact]:
-    """The contacts the segment holds right now: its rule's matches, or a static list."""
+def segment_queryset(
+    *, segment: Segment, now: dt.datetime | None = None, scope: QuerySet | None = None
+) -> QuerySet[Contact]:
+    """The contacts the segment holds right now: its rule's matches, or a static list.
+
+    With `scope` (a query of contact ids), only those contacts are considered.
+    """
     # Contacts merged into another are kept only for undo and never match a rule.
     live = Contact.objects.filter(merged_into__isnull=True)
+    if scope is not None:
+        live = live.filter(pk__in=scope)
     if segment.kind == SegmentKind.STATIC:
         return live.filter(segment_memberships__segment=segment)
-    return live.filter(compile_rule(segment.rule, now=now))
+    return live.filter(compile_rule(segment.rule, now=now, scope=scope))
 
 
 def rule_queryset(*, rule: dict, segment_id: int | None = None) -> QuerySet[Contact]:
@@ -351,7 +358,7 @@ def _apply_changes(
 def _membership_diff(segment: Segment, ids_q: QuerySet, now: dt.datetime) -> RefreshResult:
     """Re-evaluate only the contacts `ids_q` (a values("contact_id") subquery) and apply."""
     matching = set(
-        segment_queryset(segment=segment, now=now).filter(pk__in=ids_q).values_list("pk", flat=True)
+        segment_queryset(segment=segment, now=now, scope=ids_q).values_list("pk", flat=True)
     )
     current = set(
         SegmentMembership.objects.filter(segment=segment, contact_id__in=ids_q).values_list(

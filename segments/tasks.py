@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from segments import services
+from segments import influence, rfm, scoring, services
 
 
 @shared_task(name="segments.refresh_contacts")
@@ -8,6 +8,42 @@ def refresh_contacts(contact_ids: list[int]) -> None:
     services.segment_refresh_contacts(contact_ids=contact_ids)
 
 
+@shared_task(name="segments.tick")
+def tick() -> dict[str, int]:
+    return services.segments_tick()
+
+
+@shared_task(name="segments.refresh")
+def refresh(segment_id: int) -> tuple[int, int]:
+    return services.segment_refresh_by_id(segment_id=segment_id)
+
+
 @shared_task(name="segments.refresh_all")
 def refresh_all() -> int:
     return services.segments_refresh_all()
+
+
+# Beat runs it daily without a job; the "recompute now" button passes one for the page to watch.
+@shared_task(name="segments.rfm_recompute")
+def rfm_recompute(job_id: int | None = None) -> int:
+    return rfm.rfm_recompute_run(job_id=job_id).pk
+
+
+@shared_task(name="segments.lead_scores_daily")
+def lead_scores_daily() -> dict[str, int]:
+    return scoring.lead_scores_daily()
+
+
+@shared_task(name="segments.lead_scores_recompute")
+def lead_scores_recompute() -> int:
+    return scoring.lead_scores_recompute_all()
+
+
+@shared_task(name="segments.lead_scores_fit")
+def lead_scores_fit(contact_ids: list[int] | None = None) -> tuple[int, int]:
+    return scoring.lead_scores_fit(contact_ids=contact_ids)
+
+
+@shared_task(name="segments.influence_compute")
+def influence_compute() -> dict[str, int]:
+    return influence.influence_compute()

@@ -1,125 +1,499 @@
+import tempfile
+from pathlib import Path
+from urllib.parse import urlencode
+
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from contacts.selectors import contact_visible_to
+from contacts.filters import ContactFilter
+from contacts.selectors import contact_search, contact_visible_to
 from core.errors import ValidationFailed
-from core.htmx import render_page
+from core.htmx import is_fragment_request, render_page
 from core.pagination import keyset_page
 from segments import selectors, services
-from segments.forms import SegmentForm
-from segments.models import Segment
+from segments.forms import (
+    AutoTagForm,
+    SegmentForm,
+    StaticImportForm,
+    builder_tree,
+    rule_apply_action,
+    rule_error_location,
+    rule_from_post,
+)
+from segments.models import AutoTagRule, Segment, SegmentKind
 
 PAGE_SIZE = 50
+SAMPLE_SIZE = 10
+SPARK_DAYS = 30
+# Contacts accepted by one "add to static list" request from the contact list: the same bound
+# as the API, so one request never holds a transaction open for long.
+MAX_BULK_IDS = 1000
+VIEW = "segments.view_segment"
+CHANGE = "segments.change_segment"
+ADD = "segments.add_segment"
 
 
 def _get_segment(pk: int) -> Segment:
     return get_object_or_404(selectors.segment_list(include_archived=True), pk=pk)
 
 
-@login_required
-def segment_list(request: HttpRequest) -> HttpResponse:
-    page = keyset_page(selectors.segment_list(), after=request.GET.get("after"), size=PAGE_SIZE)
-    return render_page(
-        request, "segments/segment_list.html", {"page": page}, fragment="segment-table"
+def _sparkline(values: list[int], width: int = 80, height: int = 20) -> str:
+    """SVG polyline points for a tiny growth chart (server-side: no script, no chart library)."""
+    if len(values) < 2:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1
+    step = width / (len(values) - 1)
+    return " ".join(
+        f"{i * step:.1f},{height - 1 - (v - low) / span * (height - 2):.1f}"
+        for i, v in enumerate(values)
     )
 
 
 @login_required
-def segment_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    segment = _get_segment(pk)
+@permission_required(VIEW, raise_exception=True)
+def segment_list(request: HttpRequest) -> HttpResponse:
+    archived = request.GET.get("archived") == "1"
+    qs = selectors.segment_list(include_archived=True).filter(is_archived=archived)
+    page = keyset_page(qs, after=request.GET.get("after"), size=PAGE_SIZE)
+    series = selectors.segment_size_series(segment_ids=[s.pk for s in page.items], days=SPARK_DAYS)
+    rows = [(s, _sparkline(series.get(s.pk, []))) for s in page.items]
+    context = {"page": page, "rows": rows, "archived": archived}
+    return render_page(request, "segments/segment_list.html", context, fragment="segment-table")
+
+
+def _detail_context(request: HttpRequest, segment: Segment) -> dict:
     members = keyset_page(
         selectors.segment_members(segment=segment), after=request.GET.get("after"), size=PAGE_SIZE
     )
-    context = {
+    return {
         "segment": segment,
-        "rule_lines": selectors.segment_rule_describe(rule=segment.rule),
+        "rule_lines": selectors.segment_rule_lines(rule=segment.rule),
         "page": members,
+        "auto_tags": segment.auto_tags.select_related("tag__group").order_by("created_at"),
+        "auto_tag_form": AutoTagForm(),
+        "import_form": StaticImportForm(),
+        "readers": list(
+            segment.dependents.filter(is_archived=False).values_list("name", flat=True)
+        ),
+        "can_change": request.user.has_perm(CHANGE),
+        **_refresh_context(segment, request.GET.get("refreshing")),
     }
+
+
+def _refresh_context(segment: Segment, since: str | None) -> dict:
+    """While a queued refresh runs, the page polls its status with the stamp it waits to move."""
+    if since is None:
+        return {"pending": False}
+    since = "" if since == "-" else since
+    url = reverse("segments:refresh_status", args=[segment.pk])
+    return {"pending": True, "status_url": f"{url}?{urlencode({'since': since})}"}
+
+
+@login_required
+@permission_required(VIEW, raise_exception=True)
+def segment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    segment = _get_segment(pk)
+    context = _detail_context(request, segment)
     return render_page(request, "segments/segment_detail.html", context, fragment="segment-members")
 
 
-@login_required
-def segment_create(request: HttpRequest) -> HttpResponse:
-    form = SegmentForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            segment = services.segment_create(
-                name=form.cleaned_data["name"],
-                description=form.cleaned_data["description"],
-                rule=form.build_rule(),
-            )
-        except ValidationFailed as exc:
-            form.add_rule_error(exc)
-        else:
-            messages.success(
-                request,
-                _("Segment “%(name)s” created with %(count)s members.")
-                % {"name": segment.name, "count": segment.member_count},
-            )
-            return redirect("segments:detail", pk=segment.pk)
-    status = 422 if form.errors else 200
-    return render_page(
-        request, "segments/segment_form.html", {"form": form, "segment": None}, status=status
-    )
+# Builder ---------------------------------------------------------------------------------------
 
 
-@login_required
-def segment_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    segment = _get_segment(pk)
-    rule_initial = SegmentForm.initial_from_rule(segment.rule)
-    form = SegmentForm(
-        request.POST or None,
-        segment=segment,
-        rule_editable=rule_initial is not None,
-        initial={"name": segment.name, "description": segment.description, **(rule_initial or {})},
-    )
-    if request.method == "POST" and form.is_valid():
-        try:
-            services.segment_update(
-                segment=segment,
-                name=form.cleaned_data["name"],
-                description=form.cleaned_data["description"],
-                rule=form.build_rule() or segment.rule,
-            )
-        except ValidationFailed as exc:
-            form.add_rule_error(exc)
-        else:
-            messages.success(request, _("Segment “%(name)s” saved.") % {"name": segment.name})
-            return redirect("segments:detail", pk=segment.pk)
-    context = {
+def _form_context(
+    request: HttpRequest,
+    form: SegmentForm,
+    segment: Segment | None,
+    rule: dict,
+    error: ValidationFailed | None = None,
+) -> dict:
+    return {
         "form": form,
         "segment": segment,
-        "rule_lines": selectors.segment_rule_describe(rule=segment.rule),
+        "tree": builder_tree(rule, segment=segment, error=error),
+        "rule_error": error,
+        "event_names": selectors.event_names_known(),
     }
-    status = 422 if form.errors else 200
-    return render_page(request, "segments/segment_form.html", context, status=status)
+
+
+def _render_form(request, form, segment, rule, error=None, status=200) -> HttpResponse:
+    context = _form_context(request, form, segment, rule, error)
+    response = render_page(
+        request, "segments/segment_form.html", context, fragment="rule-builder", status=status
+    )
+    if is_fragment_request(request):
+        # The preview listens for this to recount after rows are added or removed.
+        response["HX-Trigger-After-Settle"] = "rule-changed"
+    return response
+
+
+def _save(request: HttpRequest, form: SegmentForm, segment: Segment | None):
+    """Create or update from a valid form; returns the segment or the ValidationFailed."""
+    data = form.cleaned_data
+    static = form.is_static
+    rule = None if static else rule_from_post(request.POST)
+    try:
+        if segment is None:
+            return services.segment_create(
+                name=data["name"],
+                description=data["description"],
+                rule=rule,
+                kind=SegmentKind.STATIC if static else SegmentKind.DYNAMIC,
+                refresh_policy=data["refresh_policy"],
+                refresh_interval_minutes=data["refresh_interval_minutes"],
+                refresh_hour=data["refresh_hour"],
+                actor=request.user,
+            )
+        return services.segment_update(
+            segment=segment,
+            name=data["name"],
+            description=data["description"],
+            rule=rule,
+            refresh_policy=None if static else data["refresh_policy"],
+            refresh_interval_minutes=data["refresh_interval_minutes"],
+            refresh_hour=data["refresh_hour"],
+        )
+    except ValidationFailed as exc:
+        return exc
+
+
+def _builder_view(request: HttpRequest, segment: Segment | None) -> HttpResponse:
+    if request.method != "POST":
+        initial = {"kind": request.GET.get("kind", SegmentKind.DYNAMIC)} if not segment else None
+        form = SegmentForm(segment=segment, **({"initial": initial} if initial else {}))
+        rule = segment.rule if segment else {"op": "and", "conditions": []}
+        return _render_form(request, form, segment, rule)
+    form = SegmentForm(request.POST, segment=segment)
+    rule = rule_from_post(request.POST)
+    action = request.POST.get("action")
+    if action is not None:
+        # A builder button (add / remove a row) or a select that needs other widgets.
+        return _render_form(request, form, segment, rule_apply_action(rule, action))
+    if not form.is_valid():
+        return _render_form(request, form, segment, rule, status=422)
+    with transaction.atomic():
+        result = _save(request, form, segment)
+        if isinstance(result, ValidationFailed):
+            transaction.set_rollback(True)
+    if isinstance(result, ValidationFailed):
+        rule_error = None if form.apply_error(result) else result
+        return _render_form(request, form, segment, rule, rule_error, status=422)
+    if segment is None:
+        messages.success(
+            request,
+            _("Segment “%(name)s” created with %(count)s members.")
+            % {"name": result.name, "count": result.member_count},
+        )
+    else:
+        messages.success(request, _("Segment “%(name)s” saved.") % {"name": result.name})
+    return redirect("segments:detail", pk=result.pk)
+
+
+@login_required
+@permission_required(ADD, raise_exception=True)
+def segment_create(request: HttpRequest) -> HttpResponse:
+    return _builder_view(request, None)
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+def segment_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    return _builder_view(request, _get_segment(pk))
 
 
 @login_required
 @require_POST
+def segment_preview(request: HttpRequest) -> HttpResponse:
+    """The live count and a few sample contacts of the rule being edited."""
+    if not (request.user.has_perm(ADD) or request.user.has_perm(CHANGE)):
+        raise PermissionDenied
+    segment_id = request.POST.get("segment")
+    segment_id = int(segment_id) if segment_id and segment_id.isdigit() else None
+    rule = rule_from_post(request.POST)
+    context: dict = {"error": None}
+    try:
+        qs = services.rule_queryset(rule=rule, segment_id=segment_id)
+        context["count"] = qs.count()
+        context["samples"] = list(
+            qs.select_related("lifecycle_stage").order_by("-pk")[:SAMPLE_SIZE]
+        )
+    except ValidationFailed as exc:
+        path, attr = rule_error_location(exc)
+        context["error"] = exc.message.split(": ", 1)[-1]
+        context["error_path"] = path
+        context["error_attr"] = attr
+    response = render(request, "segments/_rule_preview.html", context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+# Segment actions -------------------------------------------------------------------------------
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+@require_POST
 def segment_refresh(request: HttpRequest, pk: int) -> HttpResponse:
+    """Queue a full refresh in the worker; the page polls until last_refreshed_at moves."""
+    from segments import tasks
+
     segment = _get_segment(pk)
-    entered, exited = services.segment_refresh(segment=segment)
-    messages.success(
-        request,
-        _("Refreshed: %(entered)s entered, %(exited)s left; %(count)s members now.")
-        % {"entered": entered, "exited": exited, "count": segment.member_count},
+    if segment.kind == SegmentKind.STATIC or segment.is_archived:
+        messages.error(request, _("Only an active rule-based segment can be refreshed."))
+        return redirect("segments:detail", pk=segment.pk)
+    since = segment.last_refreshed_at.isoformat() if segment.last_refreshed_at else ""
+    transaction.on_commit(lambda: tasks.refresh.delay(segment.pk))
+    if is_fragment_request(request):
+        context = {"segment": segment, **_refresh_context(segment, since or "-")}
+        return render(request, "segments/segment_detail.html#refresh-status", context)
+    messages.info(request, _("Refresh queued; the page shows the new count once it is done."))
+    return redirect(f"{reverse('segments:detail', args=[segment.pk])}?refreshing={since or '-'}")
+
+
+@login_required
+@permission_required(VIEW, raise_exception=True)
+def segment_refresh_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """Polled while a refresh runs: pending until last_refreshed_at is newer than `since`."""
+    segment = _get_segment(pk)
+    since = parse_datetime(request.GET.get("since") or "")
+    done = segment.last_refreshed_at is not None and (
+        since is None or segment.last_refreshed_at > since
     )
+    context = {"segment": segment, **_refresh_context(segment, request.GET.get("since") or "-")}
+    context["pending"] = not done
+    response = render(request, "segments/segment_detail.html#refresh-status", context)
+    if done and since is not None:
+        # The member list changed: reload it along with the counters.
+        response["HX-Trigger"] = "segment-refreshed"
+    return response
+
+
+@login_required
+@permission_required(ADD, raise_exception=True)
+@require_POST
+def segment_duplicate(request: HttpRequest, pk: int) -> HttpResponse:
+    segment = _get_segment(pk)
+    try:
+        copy = services.segment_duplicate(segment=segment, actor=request.user)
+    except ValidationFailed as exc:
+        messages.error(request, exc.message)
+        return redirect("segments:detail", pk=segment.pk)
+    messages.success(request, _("Copied as “%(name)s”.") % {"name": copy.name})
+    return redirect("segments:detail", pk=copy.pk)
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+@require_POST
+def segment_archive(request: HttpRequest, pk: int) -> HttpResponse:
+    segment = _get_segment(pk)
+    archived = request.POST.get("archived", "1") == "1"
+    try:
+        services.segment_archive(segment=segment, archived=archived)
+    except ValidationFailed as exc:
+        messages.error(request, exc.message)
+    else:
+        if archived:
+            messages.success(request, _("Segment archived: it is no longer refreshed."))
+        else:
+            messages.success(request, _("Segment restored and refreshed."))
     return redirect("segments:detail", pk=segment.pk)
 
 
 @login_required
-def contact_segments(request: HttpRequest, contact_id: int) -> HttpResponse:
-    """The segments panel of the contact 360 page."""
-    contact = get_object_or_404(contact_visible_to(user=request.user), pk=contact_id)
+@permission_required(CHANGE, raise_exception=True)
+@require_POST
+def segment_auto_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
+    segment = _get_segment(pk)
+    form = AutoTagForm(request.POST)
+    if form.is_valid():
+        services.auto_tag_rule_create(
+            segment=segment,
+            tag=form.cleaned_data["tag"],
+            remove_on_exit=form.cleaned_data["remove_on_exit"],
+        )
+        messages.success(
+            request, _("Members now get the tag “%(tag)s”.") % {"tag": form.cleaned_data["tag"]}
+        )
+    else:
+        messages.error(request, _("Choose a tag."))
+    return redirect("segments:detail", pk=segment.pk)
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+@require_POST
+def segment_auto_tag_remove(request: HttpRequest, pk: int, rule_id: int) -> HttpResponse:
+    segment = _get_segment(pk)
+    rule = get_object_or_404(AutoTagRule, pk=rule_id, segment=segment)
+    rule.delete()
+    messages.success(request, _("The tag “%(tag)s” is no longer kept in sync.") % {"tag": rule.tag})
+    return redirect("segments:detail", pk=segment.pk)
+
+
+# Static lists ----------------------------------------------------------------------------------
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+def segment_static_import(request: HttpRequest, pk: int) -> HttpResponse:
+    """Add the contacts listed in a CSV / Excel file; show the rows that matched nobody."""
+    segment = _get_segment(pk)
+    form = StaticImportForm(request.POST or None, request.FILES or None)
+    report, error = None, None
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        suffix = Path(upload.name).suffix.lower() or ".csv"
+        with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
+            for chunk in upload.chunks():
+                handle.write(chunk)
+            handle.flush()
+            try:
+                report = services.segment_static_import(
+                    segment=segment, file=handle.name, match_by=form.cleaned_data["match_by"]
+                )
+            except ValidationFailed as exc:
+                error = exc.message
+        segment.refresh_from_db()
+    context = {"segment": segment, "form": form, "report": report, "error": error}
+    status = 422 if (error or form.errors) else 200
+    return render_page(
+        request, "segments/static_import.html", context, fragment="static-import", status=status
+    )
+
+
+def _posted_contact_ids(request: HttpRequest) -> list[int]:
+    raw = request.POST.getlist("contact_ids[]") or request.POST.getlist("contact_ids")
+    ids = []
+    for value in raw:
+        if not str(value).isdigit():
+            raise ValidationFailed(
+                _("“%(value)s” is not a contact id.") % {"value": value}, code="invalid"
+            )
+        ids.append(int(value))
+    return ids
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+@require_POST
+def segment_static_members(request: HttpRequest) -> HttpResponse:
+    """Add (or remove) contacts to a static list from the contact list's bulk actions.
+
+    Form contract: `segment` (a static list id), `operation` (add | remove, default add), and
+    either `contact_ids[]` (selected rows) or `all_matching=1` plus the contact list's filter
+    parameters (q, tag, source, lifecycle_stage, …), which are re-evaluated here.
+    """
+    segment = get_object_or_404(
+        Segment.objects.filter(is_archived=False), pk=request.POST.get("segment") or 0
+    )
+    back = request.POST.get("next") or reverse("segments:detail", args=[segment.pk])
+    if not back.startswith("/") or back.startswith("//"):
+        back = reverse("segments:detail", args=[segment.pk])
+    try:
+        if request.POST.get("all_matching") == "1":
+            filters = ContactFilter(request.POST, queryset=contact_visible_to(user=request.user))
+            ids = list(filters.qs.values_list("pk", flat=True)[: MAX_BULK_IDS + 1])
+        else:
+            ids = _posted_contact_ids(request)
+            visible = set(
+                contact_visible_to(user=request.user)
+                .filter(pk__in=ids)
+                .values_list("pk", flat=True)
+            )
+            if set(ids) - visible:
+                raise ValidationFailed(_("Some of these contacts are not visible to you."))
+        if not ids:
+            raise ValidationFailed(_("Select at least one contact."))
+        if len(ids) > MAX_BULK_IDS:
+            raise ValidationFailed(
+                _("At most %(max)s contacts at a time; narrow the filter.") % {"max": MAX_BULK_IDS}
+            )
+        if request.POST.get("operation") == "remove":
+            n = services.segment_static_remove(segment=segment, contact_ids=ids)
+            messages.success(
+                request,
+                _("%(n)s contacts removed from “%(name)s”.") % {"n": n, "name": segment.name},
+            )
+        else:
+            n = services.segment_static_add(segment=segment, contact_ids=ids)
+            messages.success(
+                request, _("%(n)s contacts added to “%(name)s”.") % {"n": n, "name": segment.name}
+            )
+    except ValidationFailed as exc:
+        messages.error(request, exc.message)
+    return redirect(back)
+
+
+# Explain ---------------------------------------------------------------------------------------
+
+
+@login_required
+@permission_required(VIEW, raise_exception=True)
+def segment_explain(request: HttpRequest, pk: int) -> HttpResponse:
+    """Why a contact is in or out: pick one, see each condition of the rule true or false."""
+    from segments.rule_labels import Names, describe_condition, describe_group
+
+    segment = _get_segment(pk)
+    visible = contact_visible_to(user=request.user).filter(merged_into__isnull=True)
+    query = (request.GET.get("q") or "").strip()
+    contact, candidates, lines = None, [], []
+    contact_id = request.GET.get("contact")
+    if contact_id and contact_id.isdigit():
+        contact = visible.filter(pk=int(contact_id)).first()
+    elif query.isdigit() and visible.filter(pk=int(query)).exists():
+        contact = visible.get(pk=int(query))
+    elif query:
+        candidates = list(contact_search(qs=visible, query=query).order_by("-pk")[:10])
+        if len(candidates) == 1:
+            contact, candidates = candidates[0], []
+    membership = None
+    if contact is not None:
+        membership = selectors.segment_membership_of(segment=segment, contact_id=contact.pk)
+        tree = selectors.segment_explain(segment=segment, contact=contact)
+        names = Names.for_rule(segment.rule)
+
+        def walk(node, depth):
+            if "op" in node.node:
+                text = describe_group(node.node)
+            else:
+                text = describe_condition(node.node, names)
+            lines.append({"depth": depth, "text": text, "matched": node.matched})
+            for child in node.children:
+                walk(child, depth + 1)
+
+        if tree is not None:
+            walk(tree, 0)
     context = {
+        "segment": segment,
+        "q": query,
         "contact": contact,
-        "memberships": list(selectors.segments_for_contact(contact=contact)),
+        "candidates": candidates,
+        "lines": lines,
+        "membership": membership,
+        "matches_now": lines[0]["matched"] if lines else None,
     }
+    return render_page(request, "segments/segment_explain.html", context, fragment="explain")
+
+
+@login_required
+def contact_segments(request: HttpRequest, contact_id: int) -> HttpResponse:
+    """The segments panel of the contact 360 page (empty for roles that may not see segments,
+    e.g. store staff, so that the contact page itself still loads for them)."""
+    contact = get_object_or_404(contact_visible_to(user=request.user), pk=contact_id)
+    allowed = request.user.has_perm(VIEW)
+    memberships = selectors.segments_for_contact(contact=contact) if allowed else []
+    context = {"contact": contact, "memberships": list(memberships), "allowed": allowed}
     return render_page(
         request, "segments/contact_segments.html", context, fragment="contact-segments"
     )

@@ -6,12 +6,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
 from channels.models import Channel, ChannelKind
 from channels.services import channel_create
-from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagGroup
+from contacts import roles
+from contacts.models import (
+    Contact,
+    ContactTag,
+    Event,
+    Identity,
+    IdentityKind,
+    StaffProfile,
+    Store,
+    Tag,
+    TagGroup,
+)
 from contacts.services import stages_ensure_defaults
 from core.periodic import periodic_tasks_sync
 from journeys.demo import catalog
@@ -47,6 +59,15 @@ DEFER_INDEXES_FROM = 50_000
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo12345"
+# Role demo users, so that what store staff and analysts see can be tried without setting up.
+DEMO_STORE_STAFF_LOGIN = ("store", "store12345")
+DEMO_ANALYST_LOGIN = ("analyst", "analyst12345")
+# The store the store-staff user works in; its city's demo contacts belong to it.
+DEMO_STORE = {"code": "sh-jingan", "name": "上海静安店", "province": "上海", "city": "上海"}
+# Enough to make "my store's customers" a real list, few enough to tell apart from "everyone".
+DEMO_STORE_CONTACTS = 300
+# Of those, the ones the store-staff user owns personally (their own clienteling book).
+DEMO_OWNED_CONTACTS = 30
 CONSOLE_CHANNEL = "控制台（演示）"
 VIP_SEGMENT = "VIP 关怀"
 VIP_JOURNEY = "VIP 关怀旅程"
@@ -69,6 +90,8 @@ class DemoSeedResult:
     segments: list[tuple[str, int, bool]] = field(default_factory=list)
     journey: Journey | None = None
     user_created: bool = False
+    # The role demo users: (username, password, role name, created now).
+    role_users: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
 
 def demo_data_exists() -> bool:
@@ -118,6 +141,8 @@ def demo_seed(
             defer_indexes=defer_indexes,
         )
     result.user_created = user_created
+    with transaction.atomic():
+        result.role_users = _role_users_ensure()
     result.segments = _segments_ensure(tags=tags, notify=notify)
     result.journey = _vip_journey_ensure(
         segment=Segment.objects.get(name=VIP_SEGMENT), channel=channel
@@ -160,6 +185,36 @@ def _demo_user_ensure() -> bool:
         return False
     users.create_superuser(username=DEMO_USERNAME, email="", password=DEMO_PASSWORD)
     return True
+
+
+def _role_users_ensure() -> list[tuple[str, str, str, bool]]:
+    """A store-staff user in a demo store that owns some demo contacts, and an analyst."""
+    roles.roles_sync()
+    store, _ = Store.objects.get_or_create(code=DEMO_STORE["code"], defaults=DEMO_STORE)
+    users = []
+    for (username, password), role in (
+        (DEMO_STORE_STAFF_LOGIN, roles.STORE_STAFF),
+        (DEMO_ANALYST_LOGIN, roles.ANALYST),
+    ):
+        user, created = get_user_model().objects.get_or_create(username=username)
+        if created:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            user.groups.add(Group.objects.get(name=role))
+        users.append((user, password, role, created))
+    staff = users[0][0]
+    StaffProfile.objects.get_or_create(user=staff, defaults={"store": store})
+    # Only once: contacts an operator has since reassigned keep their new store and owner.
+    if not Contact.objects.filter(store=store).exists():
+        ids = list(
+            Contact.objects.filter(city=DEMO_STORE["city"], merged_into__isnull=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:DEMO_STORE_CONTACTS]
+        )
+        # Raw updates like the bulk load itself: demo data is loaded, not edited by someone.
+        Contact.objects.filter(pk__in=ids).update(store=store)
+        Contact.objects.filter(pk__in=ids[:DEMO_OWNED_CONTACTS]).update(owner=staff)
+    return [(user.username, password, role, created) for user, password, role, created in users]
 
 
 def _bulk_load(

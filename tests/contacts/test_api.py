@@ -4,7 +4,16 @@ from urllib.parse import quote
 import pytest
 from django.utils import timezone
 
-from contacts.models import Consent, ConsentRecord, Contact, ContactTag, CustomField, Event
+from contacts.models import (
+    Consent,
+    ConsentRecord,
+    Contact,
+    ContactTag,
+    CustomField,
+    Event,
+    MergeRecord,
+)
+from contacts.services import contact_merge_undo
 from tests.factories import ContactFactory, EventFactory, IdentityFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
@@ -153,6 +162,33 @@ def test_identify_answer_names_the_contacts_it_merged(api):
     }
     # The merged-away id still answers, with the survivor.
     assert api.get(f"/api/v1/contacts/{anonymous}").json()["id"] == known
+
+
+def test_identify_after_an_undone_merge_reports_the_conflict_and_stores_nothing(api):
+    def identify(*identities, traits=None):
+        body = {"identities": list(identities), "traits": traits or {}}
+        return api.post("/api/v1/identify", body, format="json")
+
+    unionid, phone = (
+        {"kind": "wechat_unionid", "value": "u-2"},
+        {"kind": "phone", "value": "13800138002"},
+    )
+    known = identify(unionid).json()["contact_id"]
+    other = identify(phone).json()["contact_id"]
+    assert identify(unionid, phone).json()["merged"] == [other]
+    contact_merge_undo(record=MergeRecord.objects.get())
+
+    response = identify(unionid, phone, traits={"nickname": "小林"})
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "contact_id": known,
+        "created": False,
+        "merged": [],
+        "conflicts": [other],
+    }
+    assert set(Contact.objects.values_list("nickname", flat=True)) == {""}
+    assert api.get(f"/api/v1/contacts/{other}").json()["id"] == other
 
 
 # --- lookup --------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import threading
 import pytest
 from django.db import connection, connections
 
-from contacts import services
 from contacts.models import Contact, Identity
 from contacts.services import IdentityInput, identify
+from contacts.services import identity as services
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,19 +1,22 @@
 import csv
 import datetime as dt
 import io
+import threading
 
 import openpyxl
 import pandas as pd
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import translation
 
-from contacts import importers
+from contacts import importers, services
 from contacts.importers import ImportFileError, ImportSpec
 from contacts.models import Contact, ContactTag, CustomField, Identity, IdentityKind, TagSource
 from contacts.signals import contact_changed
-from core.errors import ValidationFailed
+from core.errors import DomainError, ValidationFailed
 from core.models import AuditLog, Job, JobStatus
 from tests.factories import ContactFactory, IdentityFactory, TagFactory, UserFactory
 
@@ -468,3 +471,186 @@ def test_birthday_spellings(raw, expected):
 def test_impossible_mappings_are_refused(mapping, key):
     with pytest.raises(ValidationFailed):
         ImportSpec(mapping=mapping, key=key)
+
+
+# --- Phone normalisation, races and failed jobs ------------------------------------------------
+
+
+def _api_phone(raw: str) -> str | None:
+    try:
+        return services.normalize_phone(raw)
+    except DomainError:
+        return None
+
+
+ODD_PHONES = [
+    "13800138000",
+    "19912345678",
+    "14012345678",  # 140 is no Chinese mobile range
+    "14512345678",
+    "16212345678",
+    "16012345678",
+    "17400012345",  # 1740[0-5] is a satellite range
+    "17409012345",
+    "17912345678",  # 179xx is a carrier prefix
+    "17951001380",
+    "11012345678",
+    "12012345678",
+    "10012345678",
+    "1380013800",  # one digit short
+    "138001380000",  # one digit long
+    "１３８００１３８０００",  # full-width digits
+    "+8613800138000",
+    "008613800138000",
+    "86 138 0013 8000",
+    "138-0013-8000",
+    "(010) 6552 9988",
+    "02165529988",
+    "0755-8888 6666",
+    "4008123123",
+    "95588",
+    "+1 650 253 0000",
+    "+44 20 7946 0958",
+    "abc",
+    "13800138000abc",
+    "1" * 31,
+    "+",
+    "0",
+]
+
+
+def test_phones_are_normalised_exactly_like_the_api():
+    # Every second-and-third digit range and a spread of four-digit ones, so that the
+    # column-wise fast path is compared against normalize_phone across all mobile prefixes.
+    generated = [f"1{p:02d}{s:08d}" for p in range(100) for s in (0, 12345678, 99999999)]
+    generated += [f"1{p:03d}{p * 7919 % 10**7:07d}" for p in range(1000)]
+    generated += [f"17{p:02d}{s:07d}" for p in range(100) for s in (0, 5000000)]
+    values = pd.Series(ODD_PHONES + generated)
+
+    ours = importers._normalise_phones(values)
+
+    expected = [_api_phone(v) for v in values]
+    assert ours.tolist() == expected
+    assert any(e is None for e in expected) and any(e is not None for e in expected)
+
+
+def test_imported_phones_are_accepted_and_rejected_like_the_api(
+    media, django_capture_on_commit_callbacks
+):
+    rows = [{"手机号": p, "姓名": f"客户{i}"} for i, p in enumerate(ODD_PHONES)]
+
+    job = run(upload(csv_bytes(rows)), django_capture_on_commit_callbacks)
+
+    expected = {p: _api_phone(p) for p in ODD_PHONES}
+    valid = {e for e in expected.values() if e}
+    stored = set(Identity.objects.filter(kind=IdentityKind.PHONE).values_list("value", flat=True))
+    assert stored == valid
+    duplicates = len([e for e in expected.values() if e]) - len(valid)
+    rejected = [r for r in rejected_rows(job, media)[1:]]
+    assert {r[1] for r in rejected if "invalid phone" in r[-1]} == {
+        p for p, e in expected.items() if e is None
+    }
+    assert job.result["rejected"] == len(ODD_PHONES) - len(valid)
+    assert duplicates == len([r for r in rejected if "duplicate" in r[-1]])
+
+
+@pytest.mark.parametrize("key", ["phone", "email"])
+def test_a_key_identity_created_between_match_and_write_updates_its_owner(key):
+    spec = ImportSpec(mapping={"手机号": "phone", "邮箱": "email", "姓名": "name"}, key=key)
+    frame = pd.DataFrame(
+        [
+            {"手机号": "13800138000", "邮箱": "lin@example.com", "姓名": "林小雨"},
+            {"手机号": "13900139000", "邮箱": "wang@example.com", "姓名": "王大山"},
+        ]
+    )
+    good, bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
+    assert bad.empty
+    raced = {"phone": "13800138000", "email": "lin@example.com"}[key]
+
+    with transaction.atomic():
+        matched = importers.import_chunk_match(
+            good=good, spec=spec, resolver=importers.TagResolver()
+        )
+        assert matched.new == 2
+        # An identify call from the API takes the first row's key after the match.
+        owner = services.identify(
+            identities=[services.IdentityInput(kind=key, value=raced)], traits={"name": "API"}
+        ).contact
+        outcome = importers.import_chunk_apply(matched=matched, spec=spec, collect=True)
+
+    assert (outcome.created, outcome.updated) == (1, 1)
+    assert sorted(outcome.contact_ids) == sorted(Contact.objects.values_list("pk", flat=True))
+    assert Contact.objects.count() == 2  # no second person for the raced key
+    owner.refresh_from_db()
+    assert owner.name == "林小雨" and owner.phone == "+8613800138000"
+    for contact in Contact.objects.all():
+        kinds = set(contact.identities.values_list("kind", flat=True))
+        assert {IdentityKind.PHONE, IdentityKind.EMAIL} <= kinds  # nobody is half-written
+
+
+def test_rejected_rows_of_a_failed_import_can_be_downloaded(
+    monkeypatch, media, client, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(importers, "CHUNK_ROWS", 2)
+    real_write = importers.import_chunk_write
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real_write(**kwargs)
+
+    monkeypatch.setattr(importers, "import_chunk_write", flaky)
+    owner = UserFactory(username="importer", is_superuser=False)
+    owner.user_permissions.add(Permission.objects.get(codename="add_contact"))
+    rows = [{"手机号": p} for p in ("13800138000", "bad", "13900139000", "13700137000")]
+    job = run(upload(csv_bytes(rows), user=owner), django_capture_on_commit_callbacks)
+    assert job.status == JobStatus.FAILED and job.result["rejected"] == 1
+
+    client.force_login(owner)
+    page = client.get(reverse("contacts_io:job", args=[job.pk])).content.decode()
+    link = reverse("contacts_io:job_download", args=[job.pk])
+    assert 'id="import-partial-result"' in page and link in page
+    download = client.get(link)
+    assert download.status_code == 200
+    content = b"".join(download.streaming_content).decode("utf-8-sig")
+    assert "bad" in content and "invalid phone number" in content
+
+    client.force_login(UserFactory(username="nosy", is_superuser=False))
+    assert client.get(link).status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs a second real connection (PostgreSQL)"
+)
+def test_an_identify_committed_by_another_connection_mid_chunk_is_respected():
+    spec = ImportSpec(mapping={"手机号": "phone", "姓名": "name"}, key="phone")
+    frame = pd.DataFrame([{"手机号": "13800138000", "姓名": "林小雨"}])
+    good, _bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
+    owners = []
+
+    def identify_elsewhere() -> None:
+        try:
+            owners.append(
+                services.identify(
+                    identities=[services.IdentityInput(kind="phone", value="13800138000")]
+                ).contact.pk
+            )
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        matched = importers.import_chunk_match(
+            good=good, spec=spec, resolver=importers.TagResolver()
+        )
+        # The API commits the same phone on its own connection while the chunk is in flight.
+        other = threading.Thread(target=identify_elsewhere)
+        other.start()
+        other.join(timeout=30)
+        assert owners, "identify did not finish"
+        outcome = importers.import_chunk_apply(matched=matched, spec=spec, collect=True)
+
+    assert (outcome.created, outcome.updated, outcome.contact_ids) == (0, 1, owners)
+    assert list(Contact.objects.values_list("pk", "name")) == [(owners[0], "林小雨")]

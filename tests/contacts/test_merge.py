@@ -2,6 +2,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from channels.models import Delivery
@@ -10,6 +11,7 @@ from contacts.models import (
     Contact,
     Event,
     Identity,
+    MergeBlock,
     MergeRecord,
 )
 from contacts.selectors import contact_get_by_identity, contact_stats, contact_visible_to
@@ -23,6 +25,8 @@ from contacts.services import (
     event_record,
     events_record,
     identify,
+    merge_block_add,
+    merge_block_remove,
     note_add,
 )
 from core.errors import DomainError
@@ -40,6 +44,7 @@ from tests.factories import (
     TagFactory,
     TierFactory,
     UserFactory,
+    user_with_role,
 )
 
 pytestmark = pytest.mark.django_db
@@ -426,3 +431,143 @@ def test_identify_purchase_after_merge_pays_the_survivor(tiers):
         ]
     )
     assert Member.objects.get(contact=older).points_balance == 99
+
+
+# --- Never-merge pairs ------------------------------------------------------------------------
+
+
+def _merged_by_identify() -> tuple[Contact, Contact, MergeRecord]:
+    older = identify(identities=[IdentityInput("wechat_unionid", "u-twin")]).contact
+    newer = identify(identities=[IdentityInput("phone", "13800138020")]).contact
+    identify(
+        identities=[
+            IdentityInput("wechat_unionid", "u-twin"),
+            IdentityInput("phone", "13800138020"),
+        ]
+    )
+    return older, newer, MergeRecord.objects.get(survivor=older, duplicate=newer)
+
+
+def test_an_undone_merge_is_not_redone_by_the_next_identify():
+    older, newer, record = _merged_by_identify()
+    operator = UserFactory()
+    contact_merge_undo(record=record, actor=operator)
+    block = MergeBlock.objects.get()
+    assert (block.low_id, block.high_id) == tuple(sorted([older.pk, newer.pk]))
+    assert block.actor == operator
+    assert block.reason == "merge undone"
+
+    result = identify(
+        identities=[
+            IdentityInput("wechat_unionid", "u-twin"),
+            IdentityInput("phone", "13800138020"),
+            IdentityInput("anonymous_id", "dev-twin"),
+        ],
+        traits={"city": "成都"},
+    )
+
+    assert result.merged == []
+    assert result.conflicts == [newer.pk]
+    assert result.contact.pk == older.pk
+    assert MergeRecord.objects.count() == 1
+    assert Contact.objects.get(pk=newer.pk).merged_into_id is None
+    # Which of the two the new identity and traits belong to is unknown: neither gets them.
+    assert not Identity.objects.filter(kind="anonymous_id").exists()
+    assert set(Contact.objects.values_list("city", flat=True)) == {""}
+
+
+def test_a_blocked_pair_still_merges_with_a_third_contact():
+    older, newer, record = _merged_by_identify()
+    contact_merge_undo(record=record)
+    third = identify(identities=[IdentityInput("external_id", "crm-twin")]).contact
+
+    result = identify(
+        identities=[
+            IdentityInput("wechat_unionid", "u-twin"),
+            IdentityInput("phone", "13800138020"),
+            IdentityInput("external_id", "crm-twin"),
+        ]
+    )
+
+    assert result.contact.pk == older.pk
+    assert result.merged == [third.pk]
+    assert result.conflicts == [newer.pk]
+
+
+def test_a_manual_merge_of_a_blocked_pair_is_refused_until_the_block_is_removed():
+    a, b = ContactFactory(), ContactFactory()
+    operator = UserFactory()
+    merge_block_add(contact=b, other=a, actor=operator)
+    merge_block_add(contact=a, other=b, actor=operator)  # once is enough: still one row
+    assert MergeBlock.objects.count() == 1
+
+    with pytest.raises(DomainError) as exc:
+        contact_merge(survivor=a, duplicate=b, actor=operator)
+    assert exc.value.code == "merge_blocked"
+    assert "not the same person" in exc.value.message
+    assert MergeRecord.objects.count() == 0
+    assert Contact.objects.get(pk=b.pk).merged_into_id is None
+
+    assert merge_block_remove(contact=a, other=b, actor=operator) is True
+    assert merge_block_remove(contact=a, other=b, actor=operator) is False
+    contact_merge(survivor=a, duplicate=b, actor=operator)
+    assert Contact.objects.get(pk=b.pk).merged_into_id == a.pk
+    assert list(
+        AuditLog.objects.filter(action__startswith="contact.merge")
+        .order_by("pk")
+        .values_list("action", flat=True)
+    ) == ["contact.merge_block", "contact.merge_unblock", "contact.merge"]
+
+
+def test_a_contact_cannot_be_blocked_from_itself():
+    a = ContactFactory()
+    with pytest.raises(DomainError) as exc:
+        merge_block_add(contact=a, other=a)
+    assert exc.value.code == "same_contact"
+    assert not MergeBlock.objects.exists()
+
+
+def test_operator_marks_two_contacts_as_different_people_and_takes_it_back(
+    operator_client, operator
+):
+    a, b = ContactFactory(name="林小雨"), ContactFactory(name="林晓雨")
+    preview_url = reverse("contacts:merge_preview", args=[a.pk, b.pk])
+    block_url = reverse("contacts:merge_block", args=[a.pk, b.pk])
+    unblock_url = reverse("contacts:merge_unblock", args=[a.pk, b.pk])
+    assert block_url in operator_client.get(preview_url).content.decode()
+
+    response = operator_client.post(block_url)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("contacts:detail", args=[a.pk]) + "#contact-merges"
+    assert MergeBlock.objects.filter(actor=operator).count() == 1
+    page = operator_client.get(reverse("contacts:detail", args=[a.pk])).content.decode()
+    assert "林晓雨" in page and unblock_url in page
+
+    # The preview now refuses to merge and offers to remove the mark instead.
+    page = operator_client.get(preview_url).content.decode()
+    assert unblock_url in page and block_url not in page
+    operator_client.post(preview_url)
+    assert Contact.objects.get(pk=b.pk).merged_into_id is None
+
+    fragment = operator_client.post(unblock_url, HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="contact-merges"' in fragment and unblock_url not in fragment
+    assert not MergeBlock.objects.exists()
+    assert AuditLog.objects.filter(action="contact.merge_unblock", actor=operator).count() == 1
+
+    operator_client.post(block_url)
+    response = operator_client.post(unblock_url, {"then": "merge"})
+    assert response["Location"] == preview_url
+    operator_client.post(preview_url)
+    assert Contact.objects.get(pk=b.pk).merged_into_id == a.pk
+
+
+def test_blocking_needs_the_merge_permission(client):
+    from contacts import roles
+
+    roles.roles_sync()
+    a, b = ContactFactory(), ContactFactory()
+    client.force_login(user_with_role("analyst"))
+    for name in ("contacts:merge_block", "contacts:merge_unblock"):
+        assert client.post(reverse(name, args=[a.pk, b.pk])).status_code == 403
+        assert client.get(reverse(name, args=[a.pk, b.pk])).status_code in (403, 405)
+    assert not MergeBlock.objects.exists()

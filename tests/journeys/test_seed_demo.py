@@ -8,10 +8,23 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count, Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from channels.models import Channel, Delivery
-from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagGroup
+from contacts import roles
+from contacts.models import (
+    Contact,
+    ContactTag,
+    Event,
+    Identity,
+    IdentityKind,
+    StaffProfile,
+    Store,
+    Tag,
+    TagGroup,
+)
+from contacts.selectors import contact_visible_to
 from contacts.services import contact_tag_add
 from journeys.demo import catalog
 from journeys.demo.services import demo_seed
@@ -199,3 +212,55 @@ def test_same_seed_gives_same_data():
     seed(contacts=20, seed=7)
     assert list(Contact.objects.order_by("pk").values_list("name", "phone", "city")) == first
     assert Event.objects.filter(name="purchase").aggregate(s=Sum("value"))["s"] == revenue
+
+
+def test_store_staff_and_analyst_demo_users_see_what_their_roles_allow(seeded, client):
+    store = Store.objects.get(code="sh-jingan")
+    staff = get_user_model().objects.get(username="store")
+    analyst = get_user_model().objects.get(username="analyst")
+    assert staff.check_password("store12345") and analyst.check_password("analyst12345")
+    assert not staff.is_superuser and not analyst.is_superuser
+    assert roles.user_role_names(staff) == [roles.STORE_STAFF]
+    assert roles.user_role_names(analyst) == [roles.ANALYST]
+    assert StaffProfile.objects.get(user=staff).store == store
+    assert "store / store12345" in seeded and "analyst / analyst12345" in seeded
+
+    # The store's customers are the demo contacts in its city; the user owns some of them.
+    store_contacts = Contact.objects.filter(store=store)
+    assert store_contacts.exists()
+    assert set(store_contacts.values_list("city", flat=True)) == {"上海"}
+    owned = Contact.objects.filter(owner=staff)
+    assert 0 < owned.count() <= store_contacts.count()
+    assert set(contact_visible_to(user=staff)) == set(store_contacts)
+    assert contact_visible_to(user=analyst).count() == 50
+
+    client.force_login(staff)
+    page = client.get(reverse("contacts:detail", args=[owned.first().pk]))
+    assert page.status_code == 200
+    outside = Contact.objects.exclude(store=store).first()
+    assert client.get(reverse("contacts:detail", args=[outside.pk])).status_code == 404
+    client.force_login(analyst)
+    assert client.get(reverse("contacts:detail", args=[outside.pk])).status_code == 200
+    assert (
+        client.post(reverse("contacts:edit", args=[outside.pk]), {"name": "x"}).status_code == 403
+    )
+
+
+def test_a_second_seed_keeps_the_demo_users_and_their_contacts(seeded):
+    staff = get_user_model().objects.get(username="store")
+    staff.set_password("changed-by-the-owner")
+    staff.save()
+    moved = Contact.objects.filter(owner=staff).first()
+    Contact.objects.filter(pk=moved.pk).update(owner=None)
+    before = set(Contact.objects.filter(store__code="sh-jingan").values_list("pk", flat=True))
+
+    again = seed()
+
+    staff.refresh_from_db()
+    assert staff.check_password("changed-by-the-owner")
+    assert "store (password unchanged)" in again
+    assert get_user_model().objects.filter(username__in=["store", "analyst"]).count() == 2
+    assert (
+        set(Contact.objects.filter(store__code="sh-jingan").values_list("pk", flat=True)) == before
+    )
+    assert Contact.objects.get(pk=moved.pk).owner is None

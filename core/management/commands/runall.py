@@ -15,6 +15,8 @@ from django.core.management.color import supports_color
 COLOURS = {"web": "\033[36m", "worker": "\033[33m", "beat": "\033[35m", "runall": "\033[32m"}
 RESET = "\033[0m"
 DEMO_LOGIN = ("demo", "demo12345")
+# The role demo users seed_demo creates (journeys.demo.services, which core may not import).
+DEMO_ROLE_LOGINS = (("store staff", "store", "store12345"), ("analyst", "analyst", "analyst12345"))
 POLL_SECONDS = 0.2
 
 
@@ -58,6 +60,8 @@ class Command(BaseCommand):
         url_host = f"[{host}]" if ":" in host else host
         self.say(f"SCRM is starting at http://{url_host}:{port}/")
         self.say(f"Log in as {DEMO_LOGIN[0]} / {DEMO_LOGIN[1]} (created by `manage.py seed_demo`)")
+        for role, username, password in DEMO_ROLE_LOGINS:
+            self.say(f"  or as {role}: {username} / {password}")
         self.say("Press Ctrl-C to stop web, worker and beat.")
 
         failed: Child | None = None

@@ -3,12 +3,14 @@ import time
 
 from django.core.management.base import BaseCommand, OutputWrapper
 
+from contacts import roles
 from journeys.demo.services import (
     CONSOLE_CHANNEL,
     DEFAULT_CONTACTS,
     DEFAULT_EVENTS_PER_CONTACT,
     DEFAULT_SEED,
     DEMO_PASSWORD,
+    DEMO_STORE,
     DEMO_USERNAME,
     demo_seed,
 )
@@ -16,6 +18,10 @@ from journeys.demo.services import (
 BAR_WIDTH = 30
 # Redraw at most this often on a terminal; elsewhere (logs, CI) print a line per tenth.
 REDRAW_SECONDS = 0.2
+ROLE_NOTES = {
+    roles.STORE_STAFF: f"store staff of {DEMO_STORE['name']}, sees only that store's customers",
+    roles.ANALYST: "analyst, reads everything, changes nothing, phones and emails masked",
+}
 
 
 def positive_int(raw: str) -> int:
@@ -144,3 +150,6 @@ class Command(BaseCommand):
         else:
             login = f"Log in as {DEMO_USERNAME} (user already existed; password unchanged)"
         self.stdout.write(self.style.SUCCESS(f"Demo ready. {login}"))
+        for username, password, role, created in result.role_users:
+            login = f"{username} / {password}" if created else f"{username} (password unchanged)"
+            self.stdout.write(f"  or as {login}: {ROLE_NOTES[role]}")

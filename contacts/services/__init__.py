@@ -1,0 +1,111 @@
+"""Write operations on contacts, one module per concern.
+
+Callers import from `contacts.services`; the modules are an internal layout."""
+
+from contacts.services.consent import (
+    consent_record,
+)
+from contacts.services.custom_fields import (
+    FALSE_WORDS,
+    MAX_CUSTOM_TEXT,
+    TRUE_WORDS,
+    custom_fields_validate,
+)
+from contacts.services.events import (
+    APPEND_BATCH,
+    event_record,
+    events_append,
+)
+from contacts.services.identity import (
+    COLUMN_TRAITS,
+    DEFAULT_PHONE_REGION,
+    MAX_ATTRIBUTE_KEYS,
+    IdentifyResult,
+    IdentityInput,
+    identify,
+    normalize_identity,
+    normalize_phone,
+    strong_identity_kinds,
+)
+from contacts.services.ingest import (
+    MAX_CLOCK_SKEW,
+    MAX_EVENTS_PER_BATCH,
+    EventInput,
+    EventOutcome,
+    events_record,
+)
+from contacts.services.merge import (
+    MERGE_SKIP_FIELDS,
+    MergeRefused,
+    contact_merge,
+    contact_merge_undo,
+    merge_block_add,
+    merge_block_remove,
+    merge_blocked_with,
+)
+from contacts.services.notes import (
+    MAX_NOTE_LENGTH,
+    note_add,
+    note_complete,
+)
+from contacts.services.profile import (
+    OLDEST_BIRTHDAY,
+    PROFILE_FIELDS,
+    PROFILE_TEXT_FIELDS,
+    contact_update,
+)
+from contacts.services.stages import (
+    DEFAULT_STAGE_NAMES,
+    stages_ensure_defaults,
+)
+from contacts.services.tags import (
+    contact_tag_add,
+    contact_tag_remove,
+    contact_tags_add,
+    tags_resolve,
+)
+
+__all__ = [
+    "APPEND_BATCH",
+    "COLUMN_TRAITS",
+    "DEFAULT_PHONE_REGION",
+    "DEFAULT_STAGE_NAMES",
+    "FALSE_WORDS",
+    "MAX_ATTRIBUTE_KEYS",
+    "MAX_CLOCK_SKEW",
+    "MAX_CUSTOM_TEXT",
+    "MAX_EVENTS_PER_BATCH",
+    "MAX_NOTE_LENGTH",
+    "MERGE_SKIP_FIELDS",
+    "OLDEST_BIRTHDAY",
+    "PROFILE_FIELDS",
+    "PROFILE_TEXT_FIELDS",
+    "TRUE_WORDS",
+    "EventInput",
+    "EventOutcome",
+    "IdentifyResult",
+    "IdentityInput",
+    "MergeRefused",
+    "consent_record",
+    "contact_merge",
+    "contact_merge_undo",
+    "contact_tag_add",
+    "contact_tag_remove",
+    "contact_tags_add",
+    "contact_update",
+    "custom_fields_validate",
+    "event_record",
+    "events_append",
+    "events_record",
+    "identify",
+    "merge_block_add",
+    "merge_block_remove",
+    "merge_blocked_with",
+    "normalize_identity",
+    "normalize_phone",
+    "note_add",
+    "note_complete",
+    "stages_ensure_defaults",
+    "strong_identity_kinds",
+    "tags_resolve",
+]

@@ -1,0 +1,154 @@
+"""Batches of client events (the events API): validated, deduplicated, never all-or-nothing."""
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from contacts.models import (
+    Contact,
+    Event,
+)
+from contacts.selectors import contact_follow_merges
+from contacts.services.identity import IdentityInput, identify
+from contacts.signals import events_recorded
+from core.errors import ValidationFailed
+
+
+@dataclass
+class EventInput:
+    name: str
+    occurred_at: dt.datetime
+    event_id: str = ""
+    contact_id: int | None = None
+    identities: list[IdentityInput] = field(default_factory=list)
+    properties: dict[str, Any] = field(default_factory=dict)
+    value: Decimal | None = None
+    source: str = "api"
+
+
+@dataclass
+class EventOutcome:
+    index: int
+    status: str  # accepted | duplicate | rejected
+    event_id: str = ""
+    reason: str = ""
+
+
+MAX_EVENTS_PER_BATCH = 500
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def _validate_event(item: EventInput) -> str | None:
+    if not item.event_id or len(item.event_id) > 64:
+        return "event_id is required and at most 64 characters."
+    if not item.name or len(item.name) > 64:
+        return "name is required and at most 64 characters."
+    if item.occurred_at > timezone.now() + MAX_CLOCK_SKEW:
+        return "occurred_at is in the future."
+    return None
+
+
+def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
+    """Store a batch of events; duplicates and bad items are reported, never block the rest."""
+    if len(items) > MAX_EVENTS_PER_BATCH:
+        raise ValidationFailed(f"At most {MAX_EVENTS_PER_BATCH} events per call.", code="too_many")
+    outcomes: list[EventOutcome | None] = [None] * len(items)
+    seen: set[str] = set()
+    candidates: list[tuple[int, EventInput]] = []
+    for index, item in enumerate(items):
+        error = _validate_event(item)
+        if error:
+            outcomes[index] = EventOutcome(index, "rejected", item.event_id, error)
+        elif item.event_id in seen:
+            outcomes[index] = EventOutcome(index, "duplicate", item.event_id, "repeated in batch")
+        else:
+            seen.add(item.event_id)
+            candidates.append((index, item))
+
+    existing = set(
+        Event.objects.filter(event_id__in=[i.event_id for _, i in candidates]).values_list(
+            "event_id", flat=True
+        )
+    )
+    # One query for every contact id in the batch instead of one per event.
+    known = {
+        row["pk"]: row["merged_into_id"]
+        for row in Contact.objects.filter(
+            pk__in={i.contact_id for _, i in candidates if i.contact_id is not None}
+        ).values("pk", "merged_into_id")
+    }
+    to_store: list[tuple[int, Event]] = []
+    for index, item in candidates:
+        if item.event_id in existing:
+            outcomes[index] = EventOutcome(index, "duplicate", item.event_id)
+            continue
+        try:
+            contact_id = _resolve_event_contact(item, known)
+        except ValidationFailed as exc:
+            outcomes[index] = EventOutcome(index, "rejected", item.event_id, exc.message)
+            continue
+        to_store.append(
+            (
+                index,
+                Event(
+                    event_id=item.event_id,
+                    contact_id=contact_id,
+                    name=item.name,
+                    occurred_at=item.occurred_at,
+                    properties=item.properties,
+                    value=item.value,
+                    source=item.source,
+                ),
+            )
+        )
+
+    stored = _store_events(to_store)
+    for index, event in to_store:
+        if index in stored:
+            outcomes[index] = EventOutcome(index, "accepted", event.event_id)
+        else:
+            outcomes[index] = EventOutcome(index, "duplicate", event.event_id)
+    return [o for o in outcomes if o is not None]
+
+
+def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> int:
+    if item.contact_id is not None:
+        if item.contact_id not in known:
+            raise ValidationFailed(f"Contact {item.contact_id} does not exist.")
+        if known[item.contact_id] is None:
+            return item.contact_id
+        # Events sent for a merged contact land on the contact that absorbed it.
+        contact = Contact.objects.get(pk=item.contact_id)
+        return contact_follow_merges(contact=contact).pk
+    if not item.identities:
+        raise ValidationFailed("Either contact_id or identities is required.")
+    return identify(identities=item.identities, source=item.source).contact.pk
+
+
+def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
+    """Insert events, returning the batch indexes actually stored (a racing retry may win)."""
+    if not rows:
+        return set()
+    try:
+        with transaction.atomic():
+            Event.objects.bulk_create([e for _, e in rows])
+            events_recorded.send(sender=Event, events=[e for _, e in rows])
+        return {i for i, _ in rows}
+    except IntegrityError:
+        pass
+    # A concurrent call stored some of these ids first: fall back to one savepoint per event.
+    stored: set[int] = set()
+    for index, event in rows:
+        try:
+            with transaction.atomic():
+                event.pk = None
+                event.save(force_insert=True)
+                events_recorded.send(sender=Event, events=[event])
+            stored.add(index)
+        except IntegrityError:
+            continue
+    return stored

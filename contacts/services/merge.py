@@ -1,0 +1,345 @@
+"""Merging two contacts into one, and undoing it."""
+
+import datetime as dt
+import json
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from contacts.models import (
+    Consent,
+    ConsentRecord,
+    Contact,
+    ContactTag,
+    Event,
+    Gender,
+    Identity,
+    MergeBlock,
+    MergeRecord,
+    Note,
+)
+from contacts.services.events import APPEND_BATCH, event_record
+from contacts.signals import contact_merged, contact_unmerged
+from core.errors import DomainError, NotFound
+from core.models import AuditLog
+
+# Fields the merge never copies from the duplicate (keys, bookkeeping, the merge link itself).
+MERGE_SKIP_FIELDS = {"id", "created_at", "updated_at", "merged_into", "attributes"}
+
+
+class MergeRefused(DomainError):
+    code = "merge_refused"
+
+
+def _contact_fields(contact: Contact) -> dict[str, Any]:
+    values = {f.attname: getattr(contact, f.attname) for f in Contact._meta.concrete_fields}
+    return json.loads(json.dumps(values, cls=DjangoJSONEncoder))
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or value == "" or value == Gender.UNKNOWN
+
+
+def _move(model: type, ids: list[int], contact: Contact) -> None:
+    for start in range(0, len(ids), APPEND_BATCH):
+        model.objects.filter(pk__in=ids[start : start + APPEND_BATCH]).update(contact=contact)
+
+
+def _ids(qs) -> list[int]:
+    return list(qs.order_by("pk").values_list("pk", flat=True))
+
+
+def _audit(*, actor: AbstractBaseUser | None, action: str, contact: Contact, details: dict) -> None:
+    AuditLog.objects.create(
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        object_type="contacts.contact",
+        object_id=str(contact.pk),
+        details=details,
+    )
+
+
+@transaction.atomic
+def contact_merge(
+    *,
+    survivor: Contact,
+    duplicate: Contact,
+    actor: AbstractBaseUser | None = None,
+    reason: str = "manual",
+) -> MergeRecord:
+    """Merge `duplicate` into `survivor`, recording what moved so that it can be undone."""
+    if survivor.pk == duplicate.pk:
+        raise MergeRefused("A contact cannot be merged into itself.")
+    # Lock both rows in id order so that two merges of the same pair cannot deadlock.
+    locked = {
+        c.pk: c
+        for c in Contact.objects.select_for_update()
+        .filter(pk__in=[survivor.pk, duplicate.pk])
+        .order_by("pk")
+    }
+    if len(locked) != 2:
+        raise NotFound("Contact not found.")
+    survivor, duplicate = locked[survivor.pk], locked[duplicate.pk]
+    for contact in (survivor, duplicate):
+        if contact.merged_into_id is not None:
+            raise MergeRefused(
+                f"Contact {contact.pk} was already merged into {contact.merged_into_id}.",
+                code="already_merged",
+            )
+    if merge_blocked_with(contact_id=survivor.pk, others=[duplicate.pk]):
+        raise MergeRefused(
+            f"Contacts {survivor.pk} and {duplicate.pk} are marked as not the same person; "
+            "remove that mark before merging them.",
+            code="merge_blocked",
+        )
+    record = MergeRecord.objects.create(
+        survivor=survivor,
+        duplicate=duplicate,
+        reason=reason[:100],
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        snapshot={"survivor": _contact_fields(survivor), "duplicate": _contact_fields(duplicate)},
+    )
+
+    # The survivor keeps its fields and fills blanks from the duplicate.
+    filled: list[str] = []
+    for f in Contact._meta.concrete_fields:
+        if f.attname in MERGE_SKIP_FIELDS:
+            continue
+        mine, theirs = getattr(survivor, f.attname), getattr(duplicate, f.attname)
+        if f.attname == "first_seen_at" and mine and theirs:
+            value = min(mine, theirs)
+        elif f.attname in ("last_seen_at", "last_active_at") and mine and theirs:
+            value = max(mine, theirs)
+        elif _is_blank(mine) and not _is_blank(theirs):
+            value = theirs
+        else:
+            continue
+        if value != mine:
+            setattr(survivor, f.attname, value)
+            filled.append(f.attname)
+    added_attributes = [k for k in duplicate.attributes if k not in survivor.attributes]
+    survivor.attributes = {**duplicate.attributes, **survivor.attributes}
+    survivor.save()
+    # What the survivor took from the duplicate, so that undo gives back exactly that.
+    record.snapshot = {**record.snapshot, "filled": filled, "added_attributes": added_attributes}
+
+    moved: dict[str, Any] = {}
+    for label, qs in (
+        ("contacts.identity", Identity.objects.filter(contact=duplicate)),
+        ("contacts.event", Event.objects.filter(contact=duplicate)),
+        ("contacts.note", Note.objects.filter(contact=duplicate)),
+        ("contacts.consentrecord", ConsentRecord.objects.filter(contact=duplicate)),
+        # A tag both have stays on the (hidden) duplicate, so the survivor has it once.
+        (
+            "contacts.contacttag",
+            ContactTag.objects.filter(contact=duplicate).exclude(
+                tag__in=ContactTag.objects.filter(contact=survivor).values("tag")
+            ),
+        ),
+    ):
+        ids = _ids(qs)
+        _move(qs.model, ids, survivor)
+        moved[label] = ids
+
+    # Current consent: keep the most recent state per channel and purpose.
+    moved_consents: list[int] = []
+    replaced: list[dict[str, Any]] = []
+    mine = {(c.channel, c.purpose): c for c in Consent.objects.filter(contact=survivor)}
+    for theirs in Consent.objects.filter(contact=duplicate).order_by("pk"):
+        current = mine.get((theirs.channel, theirs.purpose))
+        if current is None:
+            moved_consents.append(theirs.pk)
+        elif theirs.updated_at > current.updated_at:
+            replaced.append(
+                {
+                    "id": current.pk,
+                    "granted": current.granted,
+                    "updated_at": current.updated_at.isoformat(),
+                    "record_id": current.record_id,
+                }
+            )
+            Consent.objects.filter(pk=current.pk).update(
+                granted=theirs.granted, updated_at=theirs.updated_at, record_id=theirs.record_id
+            )
+    _move(Consent, moved_consents, survivor)
+    moved["contacts.consent"] = moved_consents
+    moved["contacts.consent_replaced"] = replaced
+
+    duplicate.merged_into = survivor
+    duplicate.save(update_fields=["merged_into", "updated_at"])
+    record.moved = moved
+    record.save(update_fields=["moved", "snapshot"])
+    # Higher apps move their own rows (points, enrollments, deliveries) and add to record.moved.
+    contact_merged.send(sender=Contact, record=record, survivor=survivor, duplicate=duplicate)
+    record.refresh_from_db(fields=["moved"])
+
+    event_record(
+        contact=survivor,
+        name="contact_merged",
+        properties={"duplicate_id": duplicate.pk, "merge_id": record.pk, "reason": reason},
+    )
+    _audit(
+        actor=actor,
+        action="contact.merge",
+        contact=survivor,
+        details={"duplicate_id": duplicate.pk, "merge_id": record.pk, "reason": reason},
+    )
+    return record
+
+
+def _restore_fields(contact: Contact, saved: dict[str, Any], fields: list[str] | None) -> None:
+    for f in Contact._meta.concrete_fields:
+        if f.attname in ("id", "created_at", "updated_at", "merged_into_id"):
+            continue
+        if fields is None or f.attname in fields:
+            setattr(contact, f.attname, f.to_python(saved.get(f.attname)))
+
+
+@transaction.atomic
+def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = None) -> Contact:
+    """Undo a merge: move every recorded row back and restore both contacts; return the
+    restored duplicate."""
+    record = MergeRecord.objects.select_for_update().get(pk=record.pk)
+    if record.undone_at is not None:
+        raise MergeRefused("This merge was already undone.", code="already_undone")
+    locked = {
+        c.pk: c
+        for c in Contact.objects.select_for_update()
+        .filter(pk__in=[record.survivor_id, record.duplicate_id])
+        .order_by("pk")
+    }
+    survivor, duplicate = locked[record.survivor_id], locked[record.duplicate_id]
+    if survivor.merged_into_id is not None:
+        raise MergeRefused(
+            f"Contact {survivor.pk} was merged into {survivor.merged_into_id} since; "
+            "undo that merge first.",
+            code="merged_since",
+        )
+    # Higher apps first: they undo in the reverse order of the merge.
+    contact_unmerged.send(sender=Contact, record=record, survivor=survivor, duplicate=duplicate)
+    moved = record.moved
+    for label, model in (
+        ("contacts.identity", Identity),
+        ("contacts.event", Event),
+        ("contacts.note", Note),
+        ("contacts.consentrecord", ConsentRecord),
+        ("contacts.contacttag", ContactTag),
+        ("contacts.consent", Consent),
+    ):
+        _move(model, moved.get(label, []), duplicate)
+    for row in moved.get("contacts.consent_replaced", []):
+        Consent.objects.filter(pk=row["id"]).update(
+            granted=row["granted"],
+            updated_at=dt.datetime.fromisoformat(row["updated_at"]),
+            record_id=row["record_id"],
+        )
+
+    # The survivor gets back only what the merge filled in and nobody changed since.
+    before, theirs = record.snapshot["survivor"], record.snapshot["duplicate"]
+    survivor_now = _contact_fields(survivor)
+    refill = [
+        name
+        for name in record.snapshot.get("filled", [])
+        if survivor_now.get(name) == theirs.get(name)
+    ]
+    _restore_fields(survivor, before, refill)
+    attributes = dict(survivor.attributes)
+    for key in record.snapshot.get("added_attributes", []):
+        if key in attributes and attributes[key] == theirs["attributes"].get(key):
+            attributes.pop(key)
+    survivor.attributes = attributes
+    survivor.save()
+    _restore_fields(duplicate, theirs, None)
+    duplicate.merged_into = None
+    duplicate.save()
+
+    record.undone_at = timezone.now()
+    record.save(update_fields=["undone_at"])
+    # Otherwise the next identify carrying the same strong identities merges them again.
+    merge_block_add(contact=survivor, other=duplicate, actor=actor, reason="merge undone")
+    for contact in (survivor, duplicate):
+        event_record(
+            contact=contact,
+            name="merge_undone",
+            properties={
+                "survivor_id": survivor.pk,
+                "duplicate_id": duplicate.pk,
+                "merge_id": record.pk,
+            },
+        )
+    _audit(
+        actor=actor,
+        action="contact.merge_undo",
+        contact=survivor,
+        details={"duplicate_id": duplicate.pk, "merge_id": record.pk},
+    )
+    return duplicate
+
+
+# --- Never-merge pairs -----------------------------------------------------------------------
+
+
+def _pair(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
+
+
+def merge_blocked_with(*, contact_id: int, others: list[int]) -> set[int]:
+    """The contacts among `others` declared distinct from `contact_id`."""
+    others = [pk for pk in others if pk != contact_id]
+    if not others:
+        return set()
+    rows = MergeBlock.objects.filter(
+        Q(low_id=contact_id, high_id__in=others) | Q(high_id=contact_id, low_id__in=others)
+    ).values_list("low_id", "high_id")
+    return {high if low == contact_id else low for low, high in rows}
+
+
+@transaction.atomic
+def merge_block_add(
+    *,
+    contact: Contact,
+    other: Contact,
+    actor: AbstractBaseUser | None = None,
+    reason: str = "manual",
+) -> MergeBlock:
+    """Declare two contacts different people, so that nothing merges them (idempotent)."""
+    if contact.pk == other.pk:
+        raise MergeRefused("A contact is always the same person as itself.", code="same_contact")
+    low, high = _pair(contact.pk, other.pk)
+    block, created = MergeBlock.objects.get_or_create(
+        low_id=low,
+        high_id=high,
+        defaults={
+            "reason": reason[:100],
+            "actor": actor if actor is not None and actor.is_authenticated else None,
+        },
+    )
+    if created:
+        _audit(
+            actor=actor,
+            action="contact.merge_block",
+            contact=contact,
+            details={"other_id": other.pk, "reason": block.reason},
+        )
+    return block
+
+
+@transaction.atomic
+def merge_block_remove(
+    *, contact: Contact, other: Contact, actor: AbstractBaseUser | None = None
+) -> bool:
+    """Allow two contacts declared distinct to be merged again; False when they were not."""
+    low, high = _pair(contact.pk, other.pk)
+    deleted, _ = MergeBlock.objects.filter(low_id=low, high_id=high).delete()
+    if deleted:
+        _audit(
+            actor=actor,
+            action="contact.merge_unblock",
+            contact=contact,
+            details={"other_id": other.pk},
+        )
+    return bool(deleted)

@@ -1,0 +1,56 @@
+"""Notes and follow-ups staff leave on a contact."""
+
+import datetime as dt
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from contacts.models import (
+    Contact,
+    Note,
+)
+from contacts.services.events import event_record
+from contacts.services.validation import field_error
+
+MAX_NOTE_LENGTH = 5000
+
+
+@transaction.atomic
+def note_add(
+    *,
+    contact: Contact,
+    author: AbstractBaseUser | None,
+    body: str,
+    follow_up_at: dt.datetime | None = None,
+) -> Note:
+    """Leave a note, optionally with a follow-up date, on a contact."""
+    body = (body or "").strip()
+    if not body:
+        raise field_error("body", "is empty")
+    if len(body) > MAX_NOTE_LENGTH:
+        raise field_error("body", f"is longer than {MAX_NOTE_LENGTH} characters")
+    note = Note.objects.create(contact=contact, author=author, body=body, follow_up_at=follow_up_at)
+    event_record(
+        contact=contact,
+        name="note_added",
+        properties={
+            "note_id": note.pk,
+            "preview": body[:100],
+            "follow_up_at": follow_up_at.isoformat() if follow_up_at else None,
+        },
+    )
+    return note
+
+
+def note_complete(*, note: Note, actor: AbstractBaseUser | None) -> Note:
+    """Mark a note's follow-up as done (once; doing it again changes nothing)."""
+    updated = Note.objects.filter(pk=note.pk, done_at__isnull=True).update(done_at=timezone.now())
+    note.refresh_from_db(fields=["done_at"])
+    if updated:
+        event_record(
+            contact=note.contact,
+            name="follow_up_done",
+            properties={"note_id": note.pk, "actor_id": actor.pk if actor is not None else None},
+        )
+    return note

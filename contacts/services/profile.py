@@ -1,0 +1,206 @@
+"""Profile updates by operators and integrations."""
+
+import datetime as dt
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from contacts.models import (
+    Contact,
+    Gender,
+    Identity,
+    IdentityKind,
+    Stage,
+    Store,
+)
+from contacts.services.custom_fields import custom_fields_validate
+from contacts.services.events import event_record
+from contacts.services.identity import IdentityInput, normalize_identity, normalize_phone
+from contacts.services.validation import field_error
+from contacts.signals import contact_changed
+from core.errors import ValidationFailed
+
+# Profile fields an operator or an integration may set, with their maximum length for text.
+PROFILE_TEXT_FIELDS = {
+    "name": 100,
+    "nickname": 100,
+    "province": 30,
+    "city": 30,
+    "utm_source": 100,
+    "utm_medium": 100,
+    "utm_campaign": 100,
+    "utm_content": 100,
+    "utm_term": 100,
+}
+PROFILE_FIELDS = {
+    *PROFILE_TEXT_FIELDS,
+    "gender",
+    "birthday",
+    "phone",
+    "email",
+    "lifecycle_stage",
+    "owner",
+    "store",
+}
+OLDEST_BIRTHDAY = dt.date(1900, 1, 1)
+
+
+def _profile_value(key: str, raw: Any) -> Any:
+    """Validate one profile field; return the value to set on the model attribute."""
+    if key in PROFILE_TEXT_FIELDS:
+        if raw is None:
+            return ""
+        if not isinstance(raw, str):
+            raise field_error(key, "must be text")
+        value = raw.strip()
+        if len(value) > PROFILE_TEXT_FIELDS[key]:
+            raise field_error(key, f"is longer than {PROFILE_TEXT_FIELDS[key]} characters")
+        return value
+    if key == "gender":
+        if raw not in Gender.values:
+            raise field_error(key, f"must be one of {', '.join(Gender.values)}")
+        return raw
+    if key == "birthday":
+        if raw is None or raw == "":
+            return None
+        if isinstance(raw, dt.date) and not isinstance(raw, dt.datetime):
+            day = raw
+        else:
+            try:
+                day = dt.date.fromisoformat(raw) if isinstance(raw, str) else None
+            except ValueError:
+                day = None
+            if day is None:
+                raise field_error(key, "must be a date like 1990-05-17")
+        if day > timezone.localdate():
+            raise field_error(key, "is in the future")
+        if day < OLDEST_BIRTHDAY:
+            raise field_error(key, "is before 1900")
+        return day
+    if key == "phone":
+        if raw is None or raw == "":
+            return ""
+        if not isinstance(raw, str | int) or isinstance(raw, bool):
+            raise field_error(key, "must be text", code="invalid_phone")
+        try:
+            return normalize_phone(str(raw))
+        except ValidationFailed as exc:
+            raise ValidationFailed(exc.message, code=exc.code, details={"field": key}) from exc
+    if key == "email":
+        if raw is None or raw == "":
+            return ""
+        if not isinstance(raw, str) or len(raw) > 254:
+            raise ValidationFailed(
+                f"'{raw}' is not a valid email.", code="invalid_email", details={"field": key}
+            )
+        try:
+            return normalize_identity(IdentityInput(IdentityKind.EMAIL, raw)).value
+        except ValidationFailed as exc:
+            raise ValidationFailed(exc.message, code=exc.code, details={"field": key}) from exc
+    if key == "lifecycle_stage":
+        stage = Stage.objects.filter(key=raw, is_active=True).first() if raw else None
+        if not isinstance(raw, str) or stage is None:
+            raise field_error(key, "must be the key of an active lifecycle stage")
+        return stage
+    if key == "owner":
+        if raw is None or raw == "":
+            return None
+        user = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            user = get_user_model().objects.filter(pk=raw, is_active=True).first()
+        if user is None:
+            raise field_error(key, "must be the id of an active user")
+        return user
+    if key == "store":
+        if raw is None or raw == "":
+            return None
+        store = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            store = Store.objects.filter(pk=raw).first()
+        elif isinstance(raw, str):
+            store = Store.objects.filter(code=raw.strip()).first()
+        if store is None:
+            raise field_error(key, "must be the id or code of a store")
+        return store
+    raise field_error(key, "is not a profile field", code="unknown_field")
+
+
+def _identity_owner(kind: str, value: str) -> int | None:
+    return (
+        Identity.objects.filter(kind=kind, app_id="", value=value)
+        .values_list("contact_id", flat=True)
+        .first()
+    )
+
+
+@transaction.atomic
+def contact_update(
+    *,
+    contact: Contact,
+    data: dict[str, Any],
+    actor: AbstractBaseUser | None = None,
+    source: str = "manual",
+) -> Contact:
+    """Validate and apply profile and custom field changes; nothing is stored on any error."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("The changes must be an object of field names and values.")
+    profile = {k: v for k, v in data.items() if k in PROFILE_FIELDS}
+    custom = custom_fields_validate(values={k: v for k, v in data.items() if k not in profile})
+    values = {key: _profile_value(key, raw) for key, raw in profile.items()}
+    # Phone and email are identities too: refuse one that already belongs to someone else.
+    for kind in (IdentityKind.PHONE, IdentityKind.EMAIL):
+        new = values.get(kind)
+        if new and new != getattr(contact, kind):
+            owner = _identity_owner(kind, new)
+            if owner is not None and owner != contact.pk:
+                raise ValidationFailed(
+                    f"This {kind} belongs to contact {owner}; merge the two contacts instead.",
+                    code="identity_taken",
+                    details={"field": kind, "contact_id": owner},
+                )
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    changed: list[str] = []
+    for key, value in values.items():
+        if getattr(contact, key) != value:
+            if key in (IdentityKind.PHONE, IdentityKind.EMAIL):
+                old = getattr(contact, key)
+                # A corrected phone or email replaces the wrong one as an identity.
+                if old:
+                    Identity.objects.filter(
+                        contact=contact, kind=key, app_id="", value=old
+                    ).delete()
+                if value:
+                    Identity.objects.get_or_create(
+                        kind=key, app_id="", value=value, defaults={"contact": contact}
+                    )
+            setattr(contact, key, value)
+            changed.append(key)
+    attributes = dict(contact.attributes)
+    for key, value in custom.items():
+        if value is None:
+            if key in attributes:
+                attributes.pop(key)
+                changed.append(key)
+        elif attributes.get(key) != value:
+            attributes[key] = value
+            changed.append(key)
+    if not changed:
+        return contact
+    contact.attributes = attributes
+    contact.save()
+    event_record(
+        contact=contact,
+        name="profile_updated",
+        properties={
+            "fields": changed,
+            "source": source,
+            "actor_id": actor.pk if actor is not None else None,
+        },
+        source=source,
+    )
+    contact_id = contact.pk
+    transaction.on_commit(lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id]))
+    return contact

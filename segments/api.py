@@ -1,0 +1,246 @@
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from contacts.models import Contact
+from contacts.selectors import contact_follow_merges
+from core.api import ErrorSerializer
+from core.apiviews import BaseApiView
+from core.pagination import keyset_page
+from segments import selectors, services
+from segments.models import Segment, SegmentKind
+
+# One call changes at most this many members: a static list of any size is built in calls of
+# this size, and no single request holds its transaction open for long.
+MAX_IDS = 1000
+LIST_PAGE_SIZE = 100
+NOT_FOUND = {404: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
+ERRORS = {400: ErrorSerializer, **NOT_FOUND}
+
+
+class SegmentOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(
+        choices=SegmentKind.choices, help_text="`dynamic` (rule-based) or `static` (a list)."
+    )
+    member_count = serializers.IntegerField()
+    last_refreshed_at = serializers.DateTimeField(allow_null=True)
+
+
+class SegmentPageSerializer(serializers.Serializer):
+    results = SegmentOutSerializer(many=True)
+    next_after = serializers.IntegerField(
+        allow_null=True, help_text="Pass as `after` for the next page; null on the last page."
+    )
+
+
+class ContactSegmentSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="segment_id")
+    name = serializers.CharField(source="segment.name")
+    kind = serializers.CharField(source="segment.kind")
+    entered_at = serializers.DateTimeField()
+
+
+class MembershipOutSerializer(serializers.Serializer):
+    member = serializers.BooleanField()
+    entered_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the contact entered; null when not a member."
+    )
+
+
+class MembersInSerializer(serializers.Serializer):
+    contact_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        allow_empty=False,
+        max_length=MAX_IDS,
+        help_text=f"Contact ids, at most {MAX_IDS} per call.",
+    )
+
+
+class MembersOutSerializer(serializers.Serializer):
+    changed = serializers.IntegerField(
+        help_text="How many were added (POST) or removed (DELETE); repeats change nothing."
+    )
+    member_count = serializers.IntegerField()
+
+
+SEGMENT_EXAMPLE = {
+    "id": 7,
+    "name": "上海高价值客户",
+    "kind": "dynamic",
+    "member_count": 1284,
+    "last_refreshed_at": "2026-11-26T10:15:00+08:00",
+}
+
+
+def _segment(segment_id: int) -> Segment:
+    return get_object_or_404(Segment.objects.filter(is_archived=False), pk=segment_id)
+
+
+def _contact(contact_id: int) -> Contact:
+    return contact_follow_merges(contact=get_object_or_404(Contact, pk=contact_id))
+
+
+def _ids(request: Request) -> list[int]:
+    """The contact ids of a members call: the JSON body, or `contact_ids` query parameters
+    (some proxies drop the body of a DELETE)."""
+    data = request.data
+    if not data and "contact_ids" in request.query_params:
+        data = {"contact_ids": request.query_params.getlist("contact_ids")}
+    checked = MembersInSerializer(data=data)
+    checked.is_valid(raise_exception=True)
+    return checked.validated_data["contact_ids"]
+
+
+class SegmentListApi(BaseApiView):
+    @extend_schema(
+        operation_id="segments_list",
+        summary="Active segments and static lists",
+        parameters=[
+            OpenApiParameter(
+                "after", OpenApiTypes.INT, description="`next_after` of the previous page."
+            ),
+            OpenApiParameter(
+                "kind", OpenApiTypes.STR, enum=list(SegmentKind.values), description="Filter."
+            ),
+        ],
+        responses={200: SegmentPageSerializer, 401: ErrorSerializer, 429: ErrorSerializer},
+        examples=[
+            OpenApiExample(
+                "A page",
+                response_only=True,
+                value={"results": [SEGMENT_EXAMPLE], "next_after": None},
+            )
+        ],
+    )
+    def get(self, request: Request) -> Response:
+        qs = selectors.segment_list()
+        kind = request.query_params.get("kind")
+        if kind in SegmentKind.values:
+            qs = qs.filter(kind=kind)
+        page = keyset_page(qs, after=request.query_params.get("after"), size=LIST_PAGE_SIZE)
+        body = {"results": page.items, "next_after": page.next_after}
+        return Response(SegmentPageSerializer(body).data)
+
+
+class ContactSegmentsApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_segments",
+        summary="The segments a contact is in, with entry times",
+        responses={200: ContactSegmentSerializer(many=True), **NOT_FOUND},
+        examples=[
+            OpenApiExample(
+                "Segments",
+                response_only=True,
+                value=[
+                    {
+                        "id": 7,
+                        "name": "上海高价值客户",
+                        "kind": "dynamic",
+                        "entered_at": "2026-11-20T09:00:00+08:00",
+                    }
+                ],
+            )
+        ],
+    )
+    def get(self, request: Request, contact_id: int) -> Response:
+        contact = _contact(contact_id)
+        rows = selectors.segments_for_contact(contact=contact).filter(segment__is_archived=False)
+        return Response(ContactSegmentSerializer(rows.order_by("segment__name"), many=True).data)
+
+
+class SegmentMemberApi(BaseApiView):
+    @extend_schema(
+        operation_id="segment_member_check",
+        summary="Is this contact in the segment? (for personalisation)",
+        description=(
+            "Answers from the materialised membership, so it is as fresh as the segment's last "
+            "refresh (changed contacts are re-evaluated within about a minute)."
+        ),
+        responses={200: MembershipOutSerializer, **NOT_FOUND},
+        examples=[
+            OpenApiExample(
+                "A member",
+                response_only=True,
+                value={"member": True, "entered_at": "2026-11-20T09:00:00+08:00"},
+            ),
+            OpenApiExample(
+                "Not a member", response_only=True, value={"member": False, "entered_at": None}
+            ),
+        ],
+    )
+    def get(self, request: Request, segment_id: int, contact_id: int) -> Response:
+        segment = _segment(segment_id)
+        contact = _contact(contact_id)
+        membership = selectors.segment_membership_of(segment=segment, contact_id=contact.pk)
+        body = {
+            "member": membership is not None,
+            "entered_at": membership.entered_at if membership else None,
+        }
+        return Response(MembershipOutSerializer(body).data)
+
+
+MEMBERS_DESCRIPTION = (
+    "Only for static lists: a rule-based segment answers 400 `not_static`. Unknown or "
+    "merged-away contact ids answer 400 `unknown_contact` with the ids in `details` and change "
+    f"nothing. At most {MAX_IDS} ids per call. Safe to retry."
+)
+
+
+class SegmentMembersApi(BaseApiView):
+    @extend_schema(
+        operation_id="segment_members_add",
+        summary="Add contacts to a static list",
+        description=MEMBERS_DESCRIPTION,
+        request=MembersInSerializer,
+        responses={200: MembersOutSerializer, **ERRORS},
+        examples=[
+            OpenApiExample("Contacts", request_only=True, value={"contact_ids": [42, 57]}),
+            OpenApiExample("Answer", response_only=True, value={"changed": 2, "member_count": 310}),
+            OpenApiExample(
+                "A rule-based segment",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "not_static",
+                        "message": "Members can be added or removed by hand only in a static list.",
+                        "details": None,
+                    }
+                },
+            ),
+        ],
+    )
+    def post(self, request: Request, segment_id: int) -> Response:
+        segment = _segment(segment_id)
+        changed = services.segment_static_add(segment=segment, contact_ids=_ids(request))
+        return Response({"changed": changed, "member_count": segment.member_count})
+
+    @extend_schema(
+        operation_id="segment_members_remove",
+        summary="Remove contacts from a static list",
+        description=(
+            MEMBERS_DESCRIPTION
+            + " Send the same JSON body as for adding, or repeat `contact_ids` in the query."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "contact_ids",
+                OpenApiTypes.INT,
+                many=True,
+                description="Contact ids, when the body cannot be sent.",
+            )
+        ],
+        responses={200: MembersOutSerializer, **ERRORS},
+        examples=[
+            OpenApiExample("Answer", response_only=True, value={"changed": 1, "member_count": 309})
+        ],
+    )
+    def delete(self, request: Request, segment_id: int) -> Response:
+        segment = _segment(segment_id)
+        changed = services.segment_static_remove(segment=segment, contact_ids=_ids(request))
+        return Response({"changed": changed, "member_count": segment.member_count})

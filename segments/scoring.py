@@ -1,0 +1,743 @@
+"""Lead scoring: points per event and per profile fit, decaying engagement, stage thresholds.
+
+A contact's score is the sum of its awards (LeadScoreAward):
+
+    score(t) = Σ fit points + Σ event points × 0.5 ** ((t − awarded_at) / half_life)
+
+Profile-fit points describe who the contact *is* and count in full while the contact matches;
+engagement (event) points fade with the configured half-life (0 = never). The score stored on
+Contact.lead_score is exact as of Contact.lead_score_at; new awards update it incrementally and a
+daily pass recomputes everyone from the awards.
+"""
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q, Sum
+from django.utils import timezone
+
+from contacts.models import Contact, Event, MergeRecord, Stage
+from contacts.services import contact_update, event_record
+from core.errors import ValidationFailed
+from segments.models import (
+    CapPeriod,
+    LeadScoreAward,
+    LeadScoreRule,
+    LeadScoringConfig,
+    LeadStageThreshold,
+    ScoreRuleKind,
+)
+from segments.rules import compile_rule, validate_rule
+
+PROPERTY_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists")
+MAX_PROPERTY_FILTERS = 20
+# Contacts per recompute batch: four queries and one UPDATE per 1,000 rows. Measured with 10
+# awards a contact on the shared 2-core machine: ~0.5 s a batch on SQLite, ~1 s on PostgreSQL.
+RECOMPUTE_BATCH = 2000
+# Rows per score UPDATE: three parameters a row, far below SQLite's limit of 32,766.
+STORE_BATCH = 1000
+# The event written on the timeline when a threshold moves a contact's lifecycle stage.
+STAGE_CHANGED_EVENT = "stage_changed"
+STAGE_CHANGE_REASON = "lead_score"
+MERGE_MOVED_KEY = "segments.leadscoreaward"
+# Profile-fit re-evaluation runs inline for this many changed contacts (an operator's edit, one
+# API call) so the score is current on the next page view; bigger changes go to a worker.
+FIT_INLINE_LIMIT = 200
+SECONDS_PER_DAY = 86400
+
+
+# --- Configuration --------------------------------------------------------------------------
+
+
+def scoring_config_get() -> LeadScoringConfig:
+    """Return the lead-scoring settings row, creating it with defaults on first use."""
+    config, _ = LeadScoringConfig.objects.get_or_create(pk=1)
+    return config
+
+
+@transaction.atomic
+def scoring_config_update(*, half_life_days: int) -> LeadScoringConfig:
+    """Change the half-life and recompute every score with it (after commit)."""
+    if not isinstance(half_life_days, int) or isinstance(half_life_days, bool):
+        raise ValidationFailed("The half-life must be a whole number of days.", code="invalid")
+    if half_life_days < 0 or half_life_days > 3650:
+        raise ValidationFailed(
+            "The half-life must be between 0 (no decay) and 3650 days.", code="invalid"
+        )
+    config = scoring_config_get()
+    if config.half_life_days != half_life_days:
+        config.half_life_days = half_life_days
+        config.save()
+        _recompute_all_after_commit()
+    return config
+
+
+def _recompute_all_after_commit() -> None:
+    # Imported here: segments.tasks imports this module.
+    from segments import tasks
+
+    transaction.on_commit(lambda: tasks.lead_scores_recompute.delay())
+
+
+# --- Property filters -----------------------------------------------------------------------
+
+
+def _filter_error(path: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{path}: {message}", code="invalid_filter", details={"path": path})
+
+
+def property_filters_validate(*, filters: Any) -> list[dict[str, Any]]:
+    """Return the filters cleaned, or raise ValidationFailed naming the offending row."""
+    if filters in (None, ""):
+        return []
+    if not isinstance(filters, list):
+        raise _filter_error("property_filters", "must be a list")
+    if len(filters) > MAX_PROPERTY_FILTERS:
+        raise _filter_error("property_filters", f"at most {MAX_PROPERTY_FILTERS} filters")
+    cleaned: list[dict[str, Any]] = []
+    for i, row in enumerate(filters):
+        path = f"property_filters[{i}]"
+        if not isinstance(row, dict):
+            raise _filter_error(path, "must be an object with property, operator and value")
+        prop = row.get("property")
+        if not isinstance(prop, str) or not prop.strip() or len(prop) > 100:
+            raise _filter_error(f"{path}.property", "must be a property name")
+        operator = row.get("operator")
+        if operator not in PROPERTY_OPERATORS:
+            raise _filter_error(
+                f"{path}.operator", f"must be one of {', '.join(PROPERTY_OPERATORS)}"
+            )
+        value = row.get("value")
+        if operator == "exists":
+            value = True if value in (None, "") else value
+            if not isinstance(value, bool):
+                raise _filter_error(f"{path}.value", "must be true or false")
+        elif operator in ("gt", "gte", "lt", "lte"):
+            if _number(value) is None:
+                raise _filter_error(f"{path}.value", "must be a number")
+        elif operator == "in":
+            if not isinstance(value, list) or not value:
+                raise _filter_error(f"{path}.value", "must be a non-empty list")
+            if not all(_is_scalar(v) for v in value):
+                raise _filter_error(f"{path}.value", "must hold only strings and numbers")
+        elif not _is_scalar(value):
+            raise _filter_error(f"{path}.value", "must be a string or a number")
+        cleaned.append({"property": prop.strip(), "operator": operator, "value": value})
+    return cleaned
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float | Decimal):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(Decimal(value.strip()))
+        except (InvalidOperation, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _lookup(properties: dict[str, Any], path: str) -> tuple[bool, Any]:
+    # Dotted paths reach into nested objects: "items.sku" or "order.amount".
+    current: Any = properties
+    for part in path.split("."):
+        if not isinstance(current, dict) or part not in current:
+            return False, None
+        current = current[part]
+    return True, current
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    a, b = _number(actual), _number(expected)
+    if a is not None and b is not None:
+        return a == b
+    return actual == expected or (
+        isinstance(actual, str | int) and not isinstance(actual, bool) and str(actual) == expected
+    )
+
+
+def _matches(actual: Any, operator: str, expected: Any) -> bool:
+    if operator == "eq":
+        return _equal(actual, expected)
+    if operator == "neq":
+        return not _equal(actual, expected)
+    if operator == "in":
+        return any(_equal(actual, v) for v in expected)
+    if operator == "contains":
+        if isinstance(actual, list):
+            return any(_equal(item, expected) for item in actual)
+        return isinstance(actual, str) and str(expected) in actual
+    a, b = _number(actual), _number(expected)
+    if a is None or b is None:
+        return False
+    return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[operator]
+
+
+def property_filters_match(*, filters: list[dict[str, Any]], properties: dict[str, Any]) -> bool:
+    """True when the event properties pass every filter (AND)."""
+    for row in filters:
+        found, actual = _lookup(properties if isinstance(properties, dict) else {}, row["property"])
+        if row["operator"] == "exists":
+            present = found and actual is not None
+            if present != bool(row.get("value", True)):
+                return False
+            continue
+        if not found and row["operator"] != "neq":
+            return False
+        if found and not _matches(actual, row["operator"], row["value"]):
+            return False
+    return True
+
+
+# --- Rules ----------------------------------------------------------------------------------
+
+
+RULE_FIELDS = ("name", "kind", "event_name", "property_filters", "condition", "points")
+
+
+def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
+    name = (data.get("name") or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationFailed("name: required, at most 100 characters.", code="invalid")
+    kind = data.get("kind")
+    if kind not in ScoreRuleKind.values:
+        raise ValidationFailed(
+            f"kind: must be one of {', '.join(ScoreRuleKind.values)}.", code="invalid"
+        )
+    points = data.get("points")
+    if not isinstance(points, int) or isinstance(points, bool) or abs(points) > 100000:
+        raise ValidationFailed("points: a whole number between -100000 and 100000.")
+    if points == 0:
+        raise ValidationFailed("points: must not be zero.", code="invalid")
+    cap_period = data.get("cap_period") or CapPeriod.NONE
+    if cap_period not in CapPeriod.values:
+        raise ValidationFailed(f"cap_period: must be one of {', '.join(CapPeriod.values)}.")
+    cap_points = data.get("cap_points")
+    if cap_period == CapPeriod.NONE:
+        cap_points = None
+    elif not isinstance(cap_points, int) or isinstance(cap_points, bool) or cap_points <= 0:
+        raise ValidationFailed(
+            "cap_points: a capped rule needs a positive number of points.", code="invalid"
+        )
+    cleaned = {
+        "name": name,
+        "kind": kind,
+        "points": points,
+        "cap_period": cap_period,
+        "cap_points": cap_points,
+        "is_active": bool(data.get("is_active", True)),
+        "event_name": "",
+        "property_filters": [],
+        "condition": {},
+    }
+    if kind == ScoreRuleKind.EVENT:
+        event_name = (data.get("event_name") or "").strip()
+        if not event_name or len(event_name) > 64:
+            raise ValidationFailed("event_name: required, at most 64 characters.")
+        cleaned["event_name"] = event_name
+        cleaned["property_filters"] = property_filters_validate(
+            filters=data.get("property_filters")
+        )
+    else:
+        condition = data.get("condition")
+        if not condition:
+            raise ValidationFailed("condition: a profile-fit rule needs a condition.")
+        validate_rule(condition)
+        cleaned["condition"] = condition
+        # Fit points are given once while the contact matches; a cap has nothing to limit.
+        cleaned["cap_period"], cleaned["cap_points"] = CapPeriod.NONE, None
+    return cleaned
+
+
+@transaction.atomic
+def score_rule_create(*, data: dict[str, Any]) -> LeadScoreRule:
+    """Validate and store a scoring rule; a profile-fit rule is applied after commit."""
+    rule = LeadScoreRule.objects.create(**_clean_rule(data))
+    if rule.kind == ScoreRuleKind.ATTRIBUTE and rule.is_active:
+        _fit_all_after_commit()
+    return rule
+
+
+@transaction.atomic
+def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScoreRule:
+    """Change a rule; awards already given stay, except profile-fit awards, which re-evaluate."""
+    cleaned = _clean_rule(data)
+    was_fit = rule.kind == ScoreRuleKind.ATTRIBUTE
+    for key, value in cleaned.items():
+        setattr(rule, key, value)
+    rule.save()
+    if rule.kind == ScoreRuleKind.ATTRIBUTE or was_fit:
+        if rule.kind == ScoreRuleKind.EVENT:
+            _delete_awards(LeadScoreAward.objects.filter(rule=rule, event__isnull=True))
+        else:
+            # New points or condition: drop the old fit awards and let the pass award again.
+            _delete_awards(LeadScoreAward.objects.filter(rule=rule))
+        _fit_all_after_commit()
+    return rule
+
+
+@transaction.atomic
+def score_rule_delete(*, rule: LeadScoreRule) -> None:
+    """Delete a rule and the points it gave; the affected scores are recomputed now."""
+    _delete_awards(LeadScoreAward.objects.filter(rule=rule))
+    rule.delete()
+
+
+def _delete_awards(qs) -> None:
+    contact_ids = list(qs.values_list("contact_id", flat=True).distinct())
+    qs.delete()
+    if len(contact_ids) <= FIT_INLINE_LIMIT:
+        lead_scores_recompute_contacts(contact_ids=contact_ids)
+    else:
+        _recompute_all_after_commit()
+
+
+def _fit_all_after_commit() -> None:
+    # Imported here: segments.tasks imports this module.
+    from segments import tasks
+
+    transaction.on_commit(lambda: tasks.lead_scores_fit.delay())
+
+
+# --- Thresholds -----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def threshold_set(*, stage_key: str, min_score: float) -> LeadStageThreshold:
+    """Create or change the minimum score that moves contacts to a stage."""
+    stage = Stage.objects.filter(key=stage_key, is_active=True).first()
+    if stage is None:
+        raise ValidationFailed("stage: must be an active lifecycle stage.", code="invalid")
+    if not isinstance(min_score, int | float) or isinstance(min_score, bool):
+        raise ValidationFailed("min_score: must be a number.", code="invalid")
+    if not math.isfinite(min_score) or min_score <= 0:
+        raise ValidationFailed("min_score: must be greater than zero.", code="invalid")
+    threshold, _ = LeadStageThreshold.objects.update_or_create(
+        stage=stage, defaults={"min_score": float(min_score)}
+    )
+    return threshold
+
+
+def threshold_delete(*, threshold: LeadStageThreshold) -> None:
+    """Stop moving contacts to the threshold's stage (stages already set stay)."""
+    threshold.delete()
+
+
+def _thresholds() -> list[tuple[float, Stage]]:
+    return [
+        (t.min_score, t.stage)
+        for t in LeadStageThreshold.objects.select_related("stage").filter(stage__is_active=True)
+    ]
+
+
+def _apply_thresholds(scores: dict[int, float]) -> int:
+    """Move contacts forward to the furthest stage their score reaches; return how many moved."""
+    thresholds = _thresholds()
+    if not thresholds or not scores:
+        return 0
+    lowest = min(m for m, _ in thresholds)
+    candidates = [pk for pk, score in scores.items() if score >= lowest]
+    if not candidates:
+        return 0
+    current = {
+        row["pk"]: (row["lifecycle_stage"], row["lifecycle_stage__position"])
+        for row in Contact.objects.filter(pk__in=candidates, merged_into__isnull=True).values(
+            "pk", "lifecycle_stage", "lifecycle_stage__position"
+        )
+    }
+    moved = 0
+    for pk, (stage_key, position) in current.items():
+        reached = [stage for minimum, stage in thresholds if scores[pk] >= minimum]
+        target = max(reached, key=lambda s: (s.position, s.key))
+        # Forward only: a threshold never pulls a buyer back to "interested".
+        if target.position <= position:
+            continue
+        contact = contact_update(
+            contact=Contact(pk=pk),
+            data={"lifecycle_stage": target.key},
+            source=STAGE_CHANGE_REASON,
+        )
+        event_record(
+            contact=contact,
+            name=STAGE_CHANGED_EVENT,
+            properties={
+                "from": stage_key,
+                "to": target.key,
+                "reason": STAGE_CHANGE_REASON,
+                "score": round(scores[pk], 2),
+            },
+        )
+        moved += 1
+    return moved
+
+
+# --- Decay ----------------------------------------------------------------------------------
+
+
+def decay_factor(*, age: dt.timedelta, half_life_days: int) -> float:
+    """The weight left after `age`: 0.5 ** (age / half-life); 1 when decay is off."""
+    if half_life_days <= 0:
+        return 1.0
+    return 0.5 ** (age.total_seconds() / (half_life_days * SECONDS_PER_DAY))
+
+
+def _score_from_awards(
+    awards: Iterable[tuple[int, dt.datetime, bool]], *, now: dt.datetime, half_life_days: int
+) -> float:
+    total = 0.0
+    for points, awarded_at, is_fit in awards:
+        if is_fit:
+            total += points
+        else:
+            total += points * decay_factor(age=now - awarded_at, half_life_days=half_life_days)
+    return total
+
+
+def _fit_totals(contact_ids: list[int]) -> dict[int, int]:
+    return {
+        row["contact_id"]: row["total"] or 0
+        for row in LeadScoreAward.objects.filter(contact_id__in=contact_ids, event__isnull=True)
+        .values("contact_id")
+        .annotate(total=Sum("points"))
+    }
+
+
+def lead_scores_recompute_contacts(
+    *, contact_ids: Iterable[int], now: dt.datetime | None = None, apply_thresholds: bool = True
+) -> dict[int, float]:
+    """Recompute the given contacts' scores from their awards; return the new scores."""
+    now = now or timezone.now()
+    half_life = scoring_config_get().half_life_days
+    ids = sorted(set(contact_ids))
+    scores: dict[int, float] = {}
+    for start in range(0, len(ids), RECOMPUTE_BATCH):
+        batch = ids[start : start + RECOMPUTE_BATCH]
+        awards: dict[int, list[tuple[int, dt.datetime, bool]]] = defaultdict(list)
+        for contact_id, points, awarded_at, event_id in LeadScoreAward.objects.filter(
+            contact_id__in=batch
+        ).values_list("contact_id", "points", "awarded_at", "event_id"):
+            awards[contact_id].append((points, awarded_at, event_id is None))
+        # A contact without awards and already at zero is left alone: nothing to store, and
+        # an untouched row is what a merge undo expects to find.
+        unscored = [pk for pk in batch if pk not in awards]
+        zeroed = set(
+            Contact.objects.filter(pk__in=unscored)
+            .exclude(lead_score=0)
+            .values_list("pk", flat=True)
+            if unscored
+            else ()
+        )
+        batch_scores = {
+            pk: _score_from_awards(awards.get(pk, ()), now=now, half_life_days=half_life)
+            for pk in batch
+            if pk in awards or pk in zeroed
+        }
+        _store_scores(batch_scores, now)
+        scores.update(batch_scores)
+    if apply_thresholds:
+        _apply_thresholds(scores)
+    return scores
+
+
+def _store_scores(scores: dict[int, float], now: dt.datetime) -> None:
+    # One UPDATE … CASE per batch in plain SQL: QuerySet.bulk_update builds one Q object per
+    # row in Python; recomputing 4,000 contacts took 10.6 s with it and 0.65 s with this.
+    table = connection.ops.quote_name(Contact._meta.db_table)
+    pk = connection.ops.quote_name(Contact._meta.pk.column)
+    score_col = connection.ops.quote_name(Contact._meta.get_field("lead_score").column)
+    at_col = connection.ops.quote_name(Contact._meta.get_field("lead_score_at").column)
+    at = connection.ops.adapt_datetimefield_value(now)
+    rows = sorted(scores.items())
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), STORE_BATCH):
+            batch = rows[start : start + STORE_BATCH]
+            cases = " ".join("WHEN %s THEN %s" for _ in batch)
+            marks = ", ".join("%s" for _ in batch)
+            params: list[Any] = [v for row in batch for v in row]
+            params += [at, *(pk_ for pk_, _ in batch)]
+            cursor.execute(
+                f"UPDATE {table} SET {score_col} = CASE {pk} {cases} END, {at_col} = %s "
+                f"WHERE {pk} IN ({marks})",
+                params,
+            )
+
+
+def lead_scores_recompute_all(*, now: dt.datetime | None = None) -> int:
+    """Recompute every contact that has awards or a non-zero score; return how many."""
+    now = now or timezone.now()
+    scored = Contact.objects.filter(
+        ~Q(lead_score=0) | Exists(LeadScoreAward.objects.filter(contact_id=OuterRef("pk")))
+    )
+    after = 0
+    total = 0
+    while True:
+        ids = list(
+            scored.filter(pk__gt=after)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:RECOMPUTE_BATCH]
+        )
+        if not ids:
+            return total
+        with transaction.atomic():
+            lead_scores_recompute_contacts(contact_ids=ids, now=now)
+        total += len(ids)
+        after = ids[-1]
+
+
+# --- Event awards ---------------------------------------------------------------------------
+
+
+def _period_bounds(period: str, moment: dt.datetime) -> tuple[dt.datetime | None, dt.datetime]:
+    """The [start, end) of the cap period holding `moment`, in the site's time zone."""
+    local = timezone.localtime(moment)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == CapPeriod.EVER:
+        return None, dt.datetime.max.replace(tzinfo=dt.UTC)
+    if period == CapPeriod.DAY:
+        start = midnight
+        end = start + dt.timedelta(days=1)
+    elif period == CapPeriod.WEEK:
+        start = midnight - dt.timedelta(days=local.weekday())
+        end = start + dt.timedelta(days=7)
+    else:
+        start = midnight.replace(day=1)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+    # Re-localise so that a DST change inside the period keeps the wall-clock boundaries.
+    tz = timezone.get_current_timezone()
+    return (
+        timezone.make_aware(start.replace(tzinfo=None), tz),
+        timezone.make_aware(end.replace(tzinfo=None), tz),
+    )
+
+
+def _awarded_so_far(
+    rule: LeadScoreRule, contact_ids: set[int], start: dt.datetime | None, end: dt.datetime
+) -> dict[int, int]:
+    qs = LeadScoreAward.objects.filter(rule=rule, contact_id__in=contact_ids)
+    if start is not None:
+        qs = qs.filter(awarded_at__gte=start, awarded_at__lt=end)
+    return {
+        row["contact_id"]: row["total"] or 0
+        for row in qs.values("contact_id").annotate(total=Sum("points"))
+    }
+
+
+@transaction.atomic
+def lead_scores_award_events(*, events: list[Event], now: dt.datetime | None = None) -> int:
+    """Award the event rules' points for these events (idempotent); return the points given."""
+    if not events:
+        return 0
+    rules_by_name: dict[str, list[LeadScoreRule]] = defaultdict(list)
+    for rule in LeadScoreRule.objects.filter(
+        kind=ScoreRuleKind.EVENT, is_active=True, event_name__in={e.name for e in events}
+    ).order_by("pk"):
+        rules_by_name[rule.event_name].append(rule)
+    if not rules_by_name:
+        return 0
+    now = now or timezone.now()
+    candidates = [
+        (rule, event)
+        for event in sorted(events, key=lambda e: (e.occurred_at, e.pk))
+        for rule in rules_by_name.get(event.name, ())
+        if property_filters_match(filters=rule.property_filters, properties=event.properties)
+    ]
+    if not candidates:
+        return 0
+    contact_ids = sorted({event.contact_id for _, event in candidates})
+    # Row locks serialise concurrent batches for the same contact: caps and the incremental
+    # score both read before they write.
+    locked = {
+        row["pk"]: row
+        for row in Contact.objects.select_for_update()
+        .filter(pk__in=contact_ids)
+        .order_by("pk")
+        .values("pk", "lead_score", "lead_score_at")
+    }
+    done = set(
+        LeadScoreAward.objects.filter(
+            event_id__in={e.pk for _, e in candidates},
+            rule_id__in={r.pk for r, _ in candidates},
+        ).values_list("rule_id", "event_id")
+    )
+    # Running totals per (rule, contact, period start), seeded from the database on first use.
+    running: dict[tuple[int, int, dt.datetime | None], int] = {}
+    loaded: set[tuple[int, dt.datetime | None]] = set()
+    new_awards: list[LeadScoreAward] = []
+    for rule, event in candidates:
+        if (rule.pk, event.pk) in done:
+            continue
+        done.add((rule.pk, event.pk))
+        awarded_at = min(event.occurred_at, now)
+        points = rule.points
+        if rule.cap_period != CapPeriod.NONE and rule.cap_points:
+            start, end = _period_bounds(rule.cap_period, awarded_at)
+            if (rule.pk, start) not in loaded:
+                loaded.add((rule.pk, start))
+                same_period = {
+                    e.contact_id
+                    for r, e in candidates
+                    if r.pk == rule.pk
+                    and _period_bounds(rule.cap_period, min(e.occurred_at, now))[0] == start
+                }
+                for contact_id, total in _awarded_so_far(rule, same_period, start, end).items():
+                    running[(rule.pk, contact_id, start)] = total
+            key = (rule.pk, event.contact_id, start)
+            used = abs(running.get(key, 0))
+            # A negative rule's cap limits how much it can take away, symmetrically.
+            allowed = max(rule.cap_points - used, 0)
+            points = int(math.copysign(min(abs(points), allowed), points))
+            if points == 0:
+                continue
+            running[key] = running.get(key, 0) + points
+        new_awards.append(
+            LeadScoreAward(
+                contact_id=event.contact_id,
+                rule=rule,
+                event=event,
+                points=points,
+                awarded_at=awarded_at,
+            )
+        )
+    if not new_awards:
+        return 0
+    LeadScoreAward.objects.bulk_create(new_awards, ignore_conflicts=True)
+    _add_to_scores(locked, new_awards, now)
+    return sum(a.points for a in new_awards)
+
+
+def _add_to_scores(
+    locked: dict[int, dict[str, Any]], awards: list[LeadScoreAward], now: dt.datetime
+) -> None:
+    """Decay each stored score to `now`, add the new awards, store, and apply thresholds."""
+    half_life = scoring_config_get().half_life_days
+    touched = sorted({a.contact_id for a in awards})
+    fits = _fit_totals(touched)
+    scores: dict[int, float] = {}
+    for pk in touched:
+        row = locked[pk]
+        fit = fits.get(pk, 0)
+        engagement = row["lead_score"] - fit
+        if row["lead_score_at"] is not None:
+            engagement *= decay_factor(age=now - row["lead_score_at"], half_life_days=half_life)
+        scores[pk] = fit + engagement
+    for award in awards:
+        scores[award.contact_id] += award.points * decay_factor(
+            age=now - award.awarded_at, half_life_days=half_life
+        )
+    _store_scores(scores, now)
+    _apply_thresholds(scores)
+
+
+# --- Profile fit ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def lead_scores_fit(
+    *, contact_ids: Iterable[int] | None = None, now: dt.datetime | None = None
+) -> tuple[int, int]:
+    """Give profile-fit points to matching contacts and take them back from the others.
+
+    Evaluates the given contacts, or everyone when `contact_ids` is None; merged contacts are
+    left as they are (their rows come back to life on undo). Returns (added, removed).
+    """
+    now = now or timezone.now()
+    ids = None if contact_ids is None else sorted(set(contact_ids))
+    if ids == []:
+        return 0, 0
+    live = Contact.objects.filter(merged_into__isnull=True)
+    if ids is not None:
+        live = live.filter(pk__in=ids)
+    fit_awards = LeadScoreAward.objects.filter(
+        event__isnull=True, contact__merged_into__isnull=True
+    )
+    if ids is not None:
+        fit_awards = fit_awards.filter(contact_id__in=ids)
+    touched: set[int] = set()
+    added = removed = 0
+    # Awards of rules that are no longer active profile-fit rules go.
+    stale = fit_awards.exclude(rule__kind=ScoreRuleKind.ATTRIBUTE, rule__is_active=True)
+    touched.update(stale.values_list("contact_id", flat=True))
+    removed += stale.delete()[0]
+    for rule in LeadScoreRule.objects.filter(kind=ScoreRuleKind.ATTRIBUTE, is_active=True):
+        matching = set(live.filter(compile_rule(rule.condition)).values_list("pk", flat=True))
+        holding = set(fit_awards.filter(rule=rule).values_list("contact_id", flat=True))
+        gone = holding - matching
+        new = matching - holding
+        if gone:
+            removed += LeadScoreAward.objects.filter(
+                rule=rule, event__isnull=True, contact_id__in=gone
+            ).delete()[0]
+        if new:
+            LeadScoreAward.objects.bulk_create(
+                [
+                    LeadScoreAward(contact_id=pk, rule=rule, points=rule.points, awarded_at=now)
+                    for pk in sorted(new)
+                ],
+                ignore_conflicts=True,
+                batch_size=RECOMPUTE_BATCH,
+            )
+            added += len(new)
+        touched |= gone | new
+    if touched:
+        lead_scores_recompute_contacts(contact_ids=touched, now=now)
+    return added, removed
+
+
+def lead_scores_daily(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """The daily pass: re-evaluate profile fit for everyone, then recompute every score."""
+    now = now or timezone.now()
+    added, removed = lead_scores_fit(now=now)
+    recomputed = lead_scores_recompute_all(now=now)
+    return {"fit_added": added, "fit_removed": removed, "recomputed": recomputed}
+
+
+# --- Merges ---------------------------------------------------------------------------------
+
+
+def lead_scores_merge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Move the duplicate's awards to the survivor and recompute both scores."""
+    # A fit award the survivor also holds stays with the (hidden) duplicate: one per rule.
+    qs = LeadScoreAward.objects.filter(contact=duplicate).exclude(
+        event__isnull=True,
+        rule__in=LeadScoreAward.objects.filter(contact=survivor, event__isnull=True).values("rule"),
+    )
+    ids = list(qs.order_by("pk").values_list("pk", flat=True))
+    for start in range(0, len(ids), RECOMPUTE_BATCH):
+        LeadScoreAward.objects.filter(pk__in=ids[start : start + RECOMPUTE_BATCH]).update(
+            contact=survivor
+        )
+    record.moved[MERGE_MOVED_KEY] = ids
+    record.save(update_fields=["moved"])
+    # The survivor took blank fields from the duplicate, so its profile fit may have changed.
+    lead_scores_fit(contact_ids=[survivor.pk])
+    lead_scores_recompute_contacts(contact_ids=[survivor.pk, duplicate.pk])
+
+
+def lead_scores_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Contact) -> None:
+    """Give the duplicate back the awards the merge moved; rescore both after commit."""
+    ids = record.moved.get(MERGE_MOVED_KEY, [])
+    for start in range(0, len(ids), RECOMPUTE_BATCH):
+        LeadScoreAward.objects.filter(pk__in=ids[start : start + RECOMPUTE_BATCH]).update(
+            contact=duplicate
+        )
+    pair = [survivor.pk, duplicate.pk]
+
+    def rescore() -> None:
+        # After commit: the undo restores both contact rows (score columns included) from its
+        # snapshot after this signal, which would overwrite a score computed now.
+        lead_scores_fit(contact_ids=pair)
+        lead_scores_recompute_contacts(contact_ids=pair)
+
+    transaction.on_commit(rescore)

@@ -1,0 +1,215 @@
+import json
+import re
+from typing import Any
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from contacts.models import Stage
+from core.errors import ValidationFailed
+from segments.models import CapPeriod, LeadScoreRule, ScoreRuleKind
+from segments.scoring import PROPERTY_OPERATORS
+
+# Rows of property filters the form offers; rules needing more are edited through the admin.
+FILTER_ROWS = 4
+LIST_SPLIT_RE = re.compile(r"[,，、]")
+FILTER_PATH_RE = re.compile(r"^property_filters\[(\d+)\](?:\.(\w+))?")
+NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
+
+OPERATOR_LABELS = {
+    "eq": _("equals"),
+    "neq": _("does not equal"),
+    "gt": _("greater than"),
+    "gte": _("at least"),
+    "lt": _("less than"),
+    "lte": _("at most"),
+    "in": _("is one of"),
+    "contains": _("contains"),
+    "exists": _("is present"),
+}
+
+
+def _typed(text: str) -> Any:
+    """A number when the text is one, so that JSON shows 100 rather than "100"."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text else number
+
+
+class ScoreRuleForm(forms.Form):
+    name = forms.CharField(label=_("Name"), max_length=100)
+    kind = forms.ChoiceField(
+        label=_("Kind"), choices=ScoreRuleKind.choices, initial=ScoreRuleKind.EVENT
+    )
+    event_name = forms.CharField(
+        label=_("Event name"),
+        max_length=64,
+        required=False,
+        help_text=_("For per-event rules, e.g. purchase, page_view, share."),
+    )
+    condition = forms.CharField(
+        label=_("Profile condition (JSON rule)"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text=_(
+            'For profile-fit rules: a segment rule, e.g. {"op": "and", "conditions": '
+            '[{"type": "attribute", "field": "city", "operator": "eq", "value": "上海"}]}.'
+        ),
+    )
+    points = forms.IntegerField(
+        label=_("Points"),
+        min_value=-100000,
+        max_value=100000,
+        help_text=_("Negative points lower the score (e.g. an unsubscribe)."),
+    )
+    cap_points = forms.IntegerField(label=_("Cap (points)"), min_value=1, required=False)
+    cap_period = forms.ChoiceField(
+        label=_("Cap period"), choices=CapPeriod.choices, initial=CapPeriod.NONE
+    )
+    is_active = forms.BooleanField(label=_("Active"), required=False, initial=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        operator_choices = [("", _("Operator…"))]
+        operator_choices += [(op, OPERATOR_LABELS[op]) for op in PROPERTY_OPERATORS]
+        for i in range(FILTER_ROWS):
+            self.fields[f"f{i}_property"] = forms.CharField(
+                label=_("Property"),
+                max_length=100,
+                required=False,
+                widget=forms.TextInput(attrs={"placeholder": _("Property, e.g. amount")}),
+            )
+            self.fields[f"f{i}_operator"] = forms.ChoiceField(
+                label=_("Operator"), choices=operator_choices, required=False
+            )
+            self.fields[f"f{i}_value"] = forms.CharField(
+                label=_("Value"),
+                max_length=200,
+                required=False,
+                widget=forms.TextInput(attrs={"placeholder": _("Value (comma-separate lists)")}),
+            )
+        self._row_of_filter: dict[int, int] = {}
+
+    @classmethod
+    def initial_from_rule(cls, rule: LeadScoreRule) -> dict[str, Any]:
+        initial: dict[str, Any] = {
+            "name": rule.name,
+            "kind": rule.kind,
+            "event_name": rule.event_name,
+            "condition": json.dumps(rule.condition, ensure_ascii=False) if rule.condition else "",
+            "points": rule.points,
+            "cap_points": rule.cap_points,
+            "cap_period": rule.cap_period,
+            "is_active": rule.is_active,
+        }
+        for i, row in enumerate(rule.property_filters[:FILTER_ROWS]):
+            value = row.get("value")
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            initial[f"f{i}_property"] = row.get("property", "")
+            initial[f"f{i}_operator"] = row.get("operator", "")
+            initial[f"f{i}_value"] = "" if value is None else str(value)
+        return initial
+
+    @property
+    def filter_rows(self) -> list[tuple[forms.BoundField, forms.BoundField, forms.BoundField]]:
+        return [
+            (self[f"f{i}_property"], self[f"f{i}_operator"], self[f"f{i}_value"])
+            for i in range(FILTER_ROWS)
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        text = (data.get("condition") or "").strip()
+        data["condition_json"] = {}
+        if data.get("kind") == ScoreRuleKind.ATTRIBUTE and text:
+            try:
+                data["condition_json"] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self.add_error(
+                    "condition",
+                    _("Not valid JSON (line %(line)s, column %(col)s): %(msg)s")
+                    % {"line": exc.lineno, "col": exc.colno, "msg": exc.msg},
+                )
+        return data
+
+    def build_filters(self) -> list[dict[str, Any]]:
+        filters: list[dict[str, Any]] = []
+        self._row_of_filter = {}
+        for i in range(FILTER_ROWS):
+            prop = self.cleaned_data.get(f"f{i}_property", "").strip()
+            operator = self.cleaned_data.get(f"f{i}_operator", "")
+            raw = self.cleaned_data.get(f"f{i}_value", "").strip()
+            if not prop and not operator and not raw:
+                continue
+            value: Any
+            if operator == "in":
+                value = [_typed(v.strip()) for v in LIST_SPLIT_RE.split(raw) if v.strip()]
+            elif operator == "exists":
+                value = raw.lower() not in ("false", "no", "0", "否")
+            elif operator in NUMERIC_OPERATORS:
+                value = _typed(raw)
+            else:
+                value = raw
+            self._row_of_filter[len(filters)] = i
+            filters.append({"property": prop, "operator": operator, "value": value})
+        return filters
+
+    def service_data(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "kind": data["kind"],
+            "event_name": data.get("event_name", ""),
+            "property_filters": self.build_filters(),
+            "condition": data.get("condition_json") or {},
+            "points": data["points"],
+            "cap_points": data.get("cap_points"),
+            "cap_period": data.get("cap_period"),
+            "is_active": data.get("is_active", False),
+        }
+
+    def add_service_error(self, exc: ValidationFailed) -> None:
+        """Attach a service error to the field (or filter row) its path names."""
+        message = exc.message
+        path = (exc.details or {}).get("path", "") if isinstance(exc.details, dict) else ""
+        match = FILTER_PATH_RE.match(path or message)
+        if match:
+            row = self._row_of_filter.get(int(match.group(1)), 0)
+            part = match.group(2) or "property"
+            self.add_error(f"f{row}_{part}", message.split(": ", 1)[-1])
+            return
+        if (path or message).startswith("rule"):
+            self.add_error("condition", message)
+            return
+        field = message.split(":", 1)[0]
+        if field in self.fields and ":" in message:
+            self.add_error(field, message.split(": ", 1)[1])
+        else:
+            self.add_error(None, message)
+
+
+class HalfLifeForm(forms.Form):
+    half_life_days = forms.IntegerField(
+        label=_("Half-life (days)"),
+        min_value=0,
+        max_value=3650,
+        help_text=_("Event points lose half their weight after this many days. 0 = never."),
+    )
+
+
+class ThresholdForm(forms.Form):
+    min_score = forms.FloatField(label=_("Minimum score"), min_value=0.01)
+    stage = forms.ModelChoiceField(
+        label=_("Move to stage"), queryset=Stage.objects.none(), to_field_name="key"
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["stage"].queryset = Stage.objects.filter(is_active=True).order_by(
+            "position", "key"
+        )

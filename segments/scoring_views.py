@@ -1,0 +1,156 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from contacts.models import Contact
+from core.errors import ValidationFailed
+from core.htmx import render_page
+from segments import influence, scoring, tasks
+from segments.models import LeadScoreRule, LeadStageThreshold
+from segments.scoring_forms import HalfLifeForm, ScoreRuleForm, ThresholdForm
+
+VIEW_PERMISSION = "segments.view_segment"
+CHANGE_PERMISSION = "segments.change_segment"
+TOP_SCORED = 50
+KOC_PAGE_SIZE = 100
+
+
+def _scoring_context(
+    *, half_life_form: HalfLifeForm | None = None, threshold_form: ThresholdForm | None = None
+) -> dict:
+    config = scoring.scoring_config_get()
+    return {
+        "rules": LeadScoreRule.objects.all(),
+        "config": config,
+        "half_life_form": half_life_form
+        or HalfLifeForm(initial={"half_life_days": config.half_life_days}),
+        "thresholds": LeadStageThreshold.objects.select_related("stage"),
+        "threshold_form": threshold_form or ThresholdForm(),
+        # Served by the lead_score index; merged contacts keep no score of their own.
+        "top_contacts": Contact.objects.filter(merged_into__isnull=True, lead_score__gt=0)
+        .select_related("lifecycle_stage")
+        .order_by("-lead_score", "pk")[:TOP_SCORED],
+    }
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+def scoring_overview(request: HttpRequest) -> HttpResponse:
+    return render_page(request, "segments/scoring.html", _scoring_context())
+
+
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def scoring_rule_create(request: HttpRequest) -> HttpResponse:
+    return _rule_form(request, rule=None)
+
+
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def scoring_rule_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    return _rule_form(request, rule=get_object_or_404(LeadScoreRule, pk=pk))
+
+
+def _rule_form(request: HttpRequest, *, rule: LeadScoreRule | None) -> HttpResponse:
+    initial = ScoreRuleForm.initial_from_rule(rule) if rule else None
+    form = ScoreRuleForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            if rule is None:
+                saved = scoring.score_rule_create(data=form.service_data())
+            else:
+                saved = scoring.score_rule_update(rule=rule, data=form.service_data())
+        except ValidationFailed as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(request, _("Scoring rule “%(name)s” saved.") % {"name": saved.name})
+            return redirect("segments:scoring")
+    status = 422 if form.errors else 200
+    return render_page(
+        request, "segments/scoring_rule_form.html", {"form": form, "rule": rule}, status=status
+    )
+
+
+@require_POST
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def scoring_rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    rule = get_object_or_404(LeadScoreRule, pk=pk)
+    scoring.score_rule_delete(rule=rule)
+    messages.success(request, _("Scoring rule “%(name)s” deleted.") % {"name": rule.name})
+    return redirect("segments:scoring")
+
+
+@require_POST
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def scoring_settings(request: HttpRequest) -> HttpResponse:
+    form = HalfLifeForm(request.POST)
+    if form.is_valid():
+        try:
+            scoring.scoring_config_update(half_life_days=form.cleaned_data["half_life_days"])
+        except ValidationFailed as exc:
+            form.add_error("half_life_days", exc.message)
+        else:
+            messages.success(request, _("Half-life saved; scores are being recomputed."))
+            return redirect("segments:scoring")
+    return render_page(
+        request, "segments/scoring.html", _scoring_context(half_life_form=form), status=422
+    )
+
+
+@require_POST
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def scoring_threshold_set(request: HttpRequest) -> HttpResponse:
+    form = ThresholdForm(request.POST)
+    if form.is_valid():
+        try:
+            scoring.threshold_set(
+                stage_key=form.cleaned_data["stage"].key,
+                min_score=form.cleaned_data["min_score"],
+            )
+        except ValidationFailed as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, _("Threshold saved."))
+            return redirect("segments:scoring")
+    return render_page(
+        request, "segments/scoring.html", _scoring_context(threshold_form=form), status=422
+    )
+
+
+@require_POST
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def scoring_threshold_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    scoring.threshold_delete(threshold=get_object_or_404(LeadStageThreshold, pk=pk))
+    messages.success(request, _("Threshold removed."))
+    return redirect("segments:scoring")
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+def koc_list(request: HttpRequest) -> HttpResponse:
+    koc_only = request.GET.get("koc") == "1"
+    context = {
+        "rows": influence.koc_ranking(koc_only=koc_only, limit=KOC_PAGE_SIZE),
+        "koc_only": koc_only,
+        "computed_at": influence.influence_last_computed_at(),
+        "rule": influence.koc_rule(),
+        "weights": influence.INFLUENCE_WEIGHTS,
+        "can_change": request.user.has_perm(CHANGE_PERMISSION),
+    }
+    return render_page(request, "segments/koc.html", context, fragment="koc-table")
+
+
+@require_POST
+@login_required
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
+def koc_recompute(request: HttpRequest) -> HttpResponse:
+    tasks.influence_compute.delay()
+    messages.success(request, _("Influence recompute started; refresh the page in a moment."))
+    return redirect("segments:koc")

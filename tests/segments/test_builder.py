@@ -1,0 +1,290 @@
+"""The rule builder: a rule rendered as rows and posted back is the same rule."""
+
+from html.parser import HTMLParser
+
+import pytest
+from django.urls import reverse
+
+from contacts.models import CustomField, CustomFieldKind
+from membership.models import Tier
+from segments.forms import rule_apply_action, rule_from_post
+from segments.models import Segment
+from segments.services import segment_create
+from tests.factories import SegmentFactory, StoreFactory, TagFactory
+
+pytestmark = pytest.mark.django_db
+
+
+class FormFields(HTMLParser):
+    """What a browser would submit for the form with the given id (successful controls only)."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.inside = False
+        self.select: tuple[str, bool] | None = None
+        self.options: list[tuple[str, bool]] = []
+        self.option_open: dict | None = None
+        self.textarea: str | None = None
+        self.pairs: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form" and a.get("id") == self.form_id:
+            self.inside = True
+        if not self.inside:
+            return
+        if tag == "input" and a.get("name"):
+            kind = a.get("type", "text")
+            if kind in ("checkbox", "radio") and "checked" not in a:
+                return
+            if kind in ("submit", "button", "file"):
+                return
+            self.pairs.append((a["name"], a.get("value", "on" if kind == "checkbox" else "")))
+        elif tag == "select":
+            self.select = (a.get("name"), "multiple" in a)
+            self.options = []
+        elif tag == "option" and self.select is not None:
+            self.options.append((a.get("value", ""), "selected" in a))
+        elif tag == "textarea":
+            self.textarea = a.get("name")
+            self.pairs.append((self.textarea, ""))
+
+    def handle_data(self, data):
+        if self.textarea is not None:
+            name, text = self.pairs[-1]
+            self.pairs[-1] = (name, text + data)
+
+    def handle_endtag(self, tag):
+        if tag == "form" and self.inside:
+            self.inside = False
+        elif tag == "textarea":
+            self.textarea = None
+        elif tag == "select" and self.select is not None:
+            name, multiple = self.select
+            chosen = [v for v, selected in self.options if selected]
+            if not multiple and not chosen and self.options:
+                chosen = [self.options[0][0]]
+            self.pairs.extend((name, v) for v in chosen)
+            self.select = None
+
+
+def form_data(html: str, form_id: str = "segment-form") -> dict[str, list[str]]:
+    parser = FormFields(form_id)
+    parser.feed(html)
+    data: dict[str, list[str]] = {}
+    for name, value in parser.pairs:
+        data.setdefault(name, []).append(value)
+    return data
+
+
+def _querydict(data: dict[str, list[str]]):
+    from django.http import QueryDict
+
+    q = QueryDict(mutable=True)
+    for key, values in data.items():
+        q.setlist(key, values)
+    return q
+
+
+@pytest.fixture
+def catalogue():
+    CustomField.objects.create(
+        key="skin_type", label="肤质", kind=CustomFieldKind.SINGLE_CHOICE, choices=["dry", "oily"]
+    )
+    Tier.objects.create(name="金卡", code="gold", rank=2, min_growth=100)
+    return {
+        "tags": [TagFactory(name="VIP"), TagFactory(name="护肤")],
+        "store": StoreFactory(),
+        "other": SegmentFactory(name="老客"),
+    }
+
+
+def nested_rule(catalogue) -> dict:
+    tags = catalogue["tags"]
+    return {
+        "op": "and",
+        "conditions": [
+            {"type": "attribute", "field": "city", "operator": "in", "value": ["上海", "杭州"]},
+            {"type": "attribute", "field": "gender", "operator": "eq", "value": "female"},
+            {
+                "type": "attribute",
+                "field": "store",
+                "operator": "in",
+                "value": [catalogue["store"].pk],
+            },
+            {
+                "type": "attribute",
+                "field": "birthday",
+                "operator": "between",
+                "value": ["1990-01-01", "1999-12-31"],
+            },
+            {"type": "attribute", "field": "lead_score", "operator": "gte", "value": 10},
+            {
+                "type": "attribute",
+                "field": "last_seen_at",
+                "operator": "within_last_days",
+                "value": 30,
+            },
+            {
+                "type": "attribute",
+                "field": "attributes.skin_type",
+                "operator": "eq",
+                "value": "dry",
+            },
+            {
+                "op": "or",
+                "conditions": [
+                    {"type": "tag", "match": "all", "tags": [tags[0].pk, tags[1].pk]},
+                    {
+                        "type": "event",
+                        "name": "purchase",
+                        "measure": "count",
+                        "operator": "gte",
+                        "value": 2,
+                        "window": {"last_days": 90},
+                        "filters": [
+                            {"property": "sku", "operator": "in", "value": ["A-30ML", "B-50ML"]},
+                            {"property": "amount", "operator": "gt", "value": 100},
+                        ],
+                    },
+                    {
+                        "op": "not",
+                        "conditions": [
+                            {
+                                "type": "membership",
+                                "field": "tier",
+                                "operator": "in",
+                                "value": ["gold"],
+                            },
+                            {
+                                "type": "consent",
+                                "channel": "sms",
+                                "purpose": "marketing",
+                                "state": "withdrawn",
+                            },
+                        ],
+                    },
+                ],
+            },
+            {
+                "type": "event",
+                "name": "refund",
+                "measure": "not_performed",
+                "window": {"from": "2026-01-01", "to": "2026-06-30"},
+            },
+            {"type": "reachable", "channel": "wechat_oa", "value": False},
+            {"type": "segment", "match": "not_in", "segment": catalogue["other"].pk},
+            {"type": "rfm", "match": "in", "layers": ["important_value", "general_value"]},
+            {"type": "koc", "operator": "score_gte", "value": 2.5},
+            {"type": "membership", "field": "is_member", "operator": "is_true"},
+        ],
+    }
+
+
+def test_a_nested_rule_round_trips_through_the_edit_page(operator_client, catalogue):
+    rule = nested_rule(catalogue)
+    segment = segment_create(name="复杂规则", rule=rule)
+
+    page = operator_client.get(reverse("segments:edit", args=[segment.pk])).content.decode()
+    data = form_data(page)
+
+    assert rule_from_post(_querydict(data)) == rule
+    response = operator_client.post(reverse("segments:edit", args=[segment.pk]), data)
+    assert response.status_code == 302
+    segment.refresh_from_db()
+    assert segment.rule == rule
+
+
+def test_actions_add_and_remove_rows_at_any_depth(operator_client, catalogue):
+    rule = {"op": "and", "conditions": [{"op": "or", "conditions": []}]}
+    rule = rule_apply_action(rule, "add-condition:r-0")
+    rule = rule_apply_action(rule, "add-group:r-0")
+    assert [c.get("op", c.get("type")) for c in rule["conditions"][0]["conditions"]] == [
+        "attribute",
+        "and",
+    ]
+    rule = rule_apply_action(rule, "remove:r-0-0")
+    assert rule["conditions"][0]["conditions"] == [
+        {
+            "op": "and",
+            "conditions": [{"type": "attribute", "field": "city", "operator": "eq", "value": ""}],
+        }
+    ]
+    # The root cannot be removed, and unknown paths change nothing.
+    assert rule_apply_action(rule, "remove:r") == rule
+    assert rule_apply_action(rule, "add-condition:r-7-1") == rule
+
+
+def test_builder_button_re_renders_the_rows_as_a_fragment(operator_client, catalogue):
+    page = operator_client.get(reverse("segments:create")).content.decode()
+    data = form_data(page)
+    data["action"] = ["add-group:r"]
+
+    response = operator_client.post(reverse("segments:create"), data, HTTP_HX_REQUEST="true")
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith('<div id="rule-builder">')
+    assert 'name="r-0.kind"' in html and 'name="r-0-0.kind"' in html
+    assert response["HX-Trigger-After-Settle"] == "rule-changed"
+    assert list(Segment.objects.values_list("name", flat=True)) == ["老客"]
+
+
+def test_switching_a_condition_kind_starts_from_that_kinds_defaults(operator_client):
+    data = {
+        "name": "x",
+        "kind": "dynamic",
+        "refresh_policy": "on_change",
+        "refresh_interval_minutes": "60",
+        "refresh_hour": "3",
+        "r.kind": "group",
+        "r.op": "and",
+        "r-0.kind": "tag",
+        "r-0.was": "attribute",
+        "r-0.field": "city",
+        "r-0.operator": "eq",
+        "r-0.value": "上海",
+        "action": "refresh",
+    }
+    response = operator_client.post(reverse("segments:create"), data, HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert 'name="r-0.match"' in html and 'name="r-0.field"' not in html
+
+
+def test_changing_the_field_offers_that_fields_operators(operator_client):
+    data = {
+        "name": "x",
+        "kind": "dynamic",
+        "refresh_policy": "on_change",
+        "refresh_interval_minutes": "60",
+        "refresh_hour": "3",
+        "r.kind": "group",
+        "r.op": "and",
+        "r-0.kind": "attribute",
+        "r-0.was": "attribute",
+        "r-0.field": "created_at",
+        "r-0.field_was": "city",
+        "r-0.operator": "contains",
+        "r-0.value": "上海",
+        "action": "refresh",
+    }
+    response = operator_client.post(reverse("segments:create"), data, HTTP_HX_REQUEST="true")
+    html = response.content.decode()
+    assert 'value="within_last_days"' in html and 'value="contains"' not in html
+    assert 'type="date" name="r-0.value"' in html
+
+
+def test_value_widgets_fit_the_field(operator_client, catalogue):
+    rule = nested_rule(catalogue)
+    segment = segment_create(name="控件", rule=rule)
+    html = operator_client.get(reverse("segments:edit", args=[segment.pk])).content.decode()
+    # a multi-select of stores, a choice list for gender, two date pickers, a tag picker with
+    # colours, a datalist of event names, tiers and RFM layers
+    assert 'name="r-2.value" multiple' in html
+    assert 'name="r-1.value"' in html and '<option value="female" selected>' in html
+    assert 'type="date" name="r-3.value_lo"' in html and 'type="date" name="r-3.value_hi"' in html
+    assert "--tag-color" in html
+    assert '<datalist id="event-names">' in html and '<option value="purchase">' in html
+    assert '<option value="gold" selected>' in html
+    assert 'value="important_value" checked' in html
