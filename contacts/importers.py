@@ -850,7 +850,7 @@ IDENTITY_COLUMNS: dict[str, str] = {
     "unionid": IdentityKind.WECHAT_UNIONID,
     "external_id": IdentityKind.EXTERNAL_ID,
 }
-# The contact columns without a database default that the INSERT must fill.
+# lead_score has only a Python-side default, which the raw INSERT must spell out.
 LEAD_SCORE_DEFAULT = Contact._meta.get_field("lead_score").default
 # Empty cells never overwrite what a contact already has.
 UPDATED_COLUMNS = [

@@ -66,7 +66,7 @@ NO_VALUE_OPS = (*SET_OPS, "is_true", "is_false", "exists", "not_exists")
 LIST_SPLIT_RE = re.compile(r"\s*[,，、]\s*")
 PATH_STEP_RE = re.compile(r"\.conditions\[(\d+)\]")
 NEW_CONDITION = {"type": "attribute", "field": "city", "operator": "eq", "value": ""}
-NEW_FILTER = {"property": "", "operator": "eq", "value": ""}
+NEW_FILTER = {"property": "", "operator": "eq", "value": None}
 # The defaults a condition kind starts from when the operator switches to it.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "attribute": NEW_CONDITION,
@@ -210,9 +210,12 @@ class _Reader:
                 "operator": self.data.get(f"{fpath}.operator", "eq"),
             }
             raw = self.data.get(f"{fpath}.value", "")
+            # Event properties are untyped JSON: "150" and 150 match differently, so a value
+            # stored as text stays text (the row carries that fact in a hidden input).
+            text = self.data.get(f"{fpath}.text") == "1"
             if item["operator"] == "in":
-                item["value"] = [_scalar(v) for v in _split(raw)]
-            elif item["operator"] == "contains":
+                item["value"] = _split(raw) if text else [_scalar(v) for v in _split(raw)]
+            elif item["operator"] == "contains" or (text and item["operator"] in ("eq", "neq")):
                 item["value"] = raw
             elif item["operator"] not in NO_VALUE_OPS:
                 item["value"] = _scalar(raw)
@@ -478,6 +481,12 @@ def _value_widget(value_type: str | None, operator: str, value: Any, choices) ->
     return ValueWidget("text", value=_text(value))
 
 
+def _is_text(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str)
+
+
 def _operators(allowed, operator) -> tuple[list[Option], str]:
     operator = normalise_operator(operator)
     if operator not in allowed:
@@ -607,6 +616,7 @@ class _Rows:
                     f.get("operator") if isinstance(f, dict) else "eq",
                 ),
                 "value": _text(f.get("value")) if isinstance(f, dict) else "",
+                "text": isinstance(f, dict) and _is_text(f.get("value")),
             }
             for j, f in enumerate(node.get("filters") or [])
         ]

@@ -15,6 +15,7 @@ Definitions (docs/rfm.md explains them to operators):
 """
 
 import datetime as dt
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -123,6 +124,24 @@ def _buyer_rows(*, start: dt.datetime, now: dt.datetime):
     )
 
 
+def _fetch(qs) -> Iterator[tuple]:
+    """The rows of `qs`, converted to Python values a chunk at a time."""
+    if connection.vendor != "postgresql":
+        return qs.iterator(chunk_size=FETCH_CHUNK)
+    # A server-side cursor (what iterator() uses here) cannot run the GROUP BY in parallel and
+    # took 4× as long at 1M buyers; a plain cursor keeps the result in libpq (~100 MB at 1M)
+    # and psycopg already returns aware datetimes and Decimals, as Django would.
+    sql, params = qs.query.sql_with_params()
+
+    def rows() -> Iterator[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            while batch := cursor.fetchmany(FETCH_CHUNK):
+                yield from batch
+
+    return rows()
+
+
 def _cents(amount: Decimal | None) -> int:
     return int((amount or 0) * 100)
 
@@ -149,7 +168,7 @@ def _load(*, start: dt.datetime, now: dt.datetime) -> dict[str, np.ndarray]:
         )
         chunk.clear()
 
-    for row in _buyer_rows(start=start, now=now).iterator(chunk_size=FETCH_CHUNK):
+    for row in _fetch(_buyer_rows(start=start, now=now)):
         chunk.append(row)
         if len(chunk) >= FETCH_CHUNK:
             flush()

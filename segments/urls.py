@@ -22,6 +22,7 @@ urlpatterns = [
     path("<int:pk>/explain/", views.segment_explain, name="explain"),
     path("preview/", views.segment_preview, name="preview"),
     path("static-members/", views.segment_static_members, name="static_members"),
+    path("static-picker/", views.segment_static_picker, name="static_picker"),
     path("contact/<int:contact_id>/segments/", views.contact_segments, name="contact_segments"),
     path("rfm/", rfm_views.rfm_overview, name="rfm"),
     path("rfm/recompute/", rfm_views.rfm_recompute, name="rfm_recompute"),

@@ -373,7 +373,12 @@ def segment_static_import(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _posted_contact_ids(request: HttpRequest) -> list[int]:
-    raw = request.POST.getlist("contact_ids[]") or request.POST.getlist("contact_ids")
+    # `ids` is what the contact list's bulk form posts its ticked rows as.
+    raw = (
+        request.POST.getlist("contact_ids[]")
+        or request.POST.getlist("contact_ids")
+        or request.POST.getlist("ids")
+    )
     ids = []
     for value in raw:
         if not str(value).isdigit():
@@ -401,7 +406,7 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
     if not back.startswith("/") or back.startswith("//"):
         back = reverse("segments:detail", args=[segment.pk])
     try:
-        if request.POST.get("all_matching") == "1":
+        if request.POST.get("all_matching") == "1" or request.POST.get("scope") == "all":
             filters = ContactFilter(request.POST, queryset=contact_visible_to(user=request.user))
             ids = list(filters.qs.values_list("pk", flat=True)[: MAX_BULK_IDS + 1])
         else:
@@ -433,6 +438,18 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
     except ValidationFailed as exc:
         messages.error(request, exc.message)
     return redirect(back)
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+def segment_static_picker(request: HttpRequest) -> HttpResponse:
+    """The "add to static list" control the contact list loads into its bulk-action form."""
+    lists = Segment.objects.filter(kind=SegmentKind.STATIC, is_archived=False).order_by("name")
+    return render(
+        request,
+        "segments/_static_picker.html",
+        {"lists": lists, "next": request.GET.get("next", "")},
+    )
 
 
 # Explain ---------------------------------------------------------------------------------------

@@ -654,3 +654,15 @@ def test_an_identify_committed_by_another_connection_mid_chunk_is_respected():
 
     assert (outcome.created, outcome.updated, outcome.contact_ids) == (0, 1, owners)
     assert list(Contact.objects.values_list("pk", "name")) == [(owners[0], "林小雨")]
+
+
+def test_cells_are_stripped_of_any_whitespace_at_their_ends(django_capture_on_commit_callbacks):
+    rows = [
+        {"手机号": "13800138000", "姓名": "林小雨", "城市": "上海"},
+        {"手机号": "\u300013900139000 ", "姓名": " 王大山\u3000", "城市": "北京\t"},
+    ]
+
+    run(upload(csv_bytes(rows)), django_capture_on_commit_callbacks)
+
+    stored = set(Contact.objects.values_list("phone", "name", "city"))
+    assert stored == {("+8613800138000", "林小雨", "上海"), ("+8613900139000", "王大山", "北京")}

@@ -633,3 +633,70 @@ def test_export_members_starts_a_contact_export_limited_to_the_segment(operator_
 
     assert page.status_code == 200
     assert page.context["count"] == 1
+
+
+def test_list_page_query_budget_does_not_grow_with_segments(
+    operator_client, django_assert_max_num_queries
+):
+    for i in range(5):
+        segment_create(name=f"分群{i}", rule=CITY_RULE)
+    operator_client.get(reverse("segments:list"))  # warm the session and permission caches
+    with django_assert_max_num_queries(6) as five:
+        operator_client.get(reverse("segments:list"), **HX)
+    for i in range(5, 15):
+        segment_create(name=f"分群{i}", rule=CITY_RULE)
+    with django_assert_max_num_queries(len(five.captured_queries)):
+        operator_client.get(reverse("segments:list"), **HX)
+
+
+def test_refresh_now_without_htmx_redirects_to_a_polling_page(operator_client):
+    segment = segment_create(name="上海", rule=CITY_RULE)
+
+    response = operator_client.post(reverse("segments:refresh", args=[segment.pk]))
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("segments:detail", args=[segment.pk]))
+    page = operator_client.get(response["Location"]).content.decode()
+    assert 'hx-trigger="every 1s"' in page
+    assert reverse("segments:refresh_status", args=[segment.pk]) in page
+
+
+def test_enter_in_a_text_box_saves_rather_than_removing_a_row(operator_client):
+    segment = segment_create(name="上海", rule=CITY_RULE)
+    html = operator_client.get(reverse("segments:edit", args=[segment.pk])).content.decode()
+    form = html[html.index('<form id="segment-form"') :]
+    first_submit = re.search(r"<button[^>]*type=\"submit\"[^>]*>", form).group(0)
+    assert 'name="action"' not in first_submit
+
+
+def test_the_contact_list_bulk_form_adds_to_a_static_list(operator_client):
+    """The contact list loads the picker into its bulk form, whose fields are `ids`/`scope`."""
+    static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
+    segment_create(name="规则分群", rule=CITY_RULE)
+    a, b, other = ContactFactory(name="甲"), ContactFactory(name="乙"), ContactFactory(name="丙")
+
+    page = operator_client.get(reverse("contacts:list")).content.decode()
+    assert reverse("segments:static_picker") in page
+    picker = operator_client.get(reverse("segments:static_picker"), {"next": "/contacts/"})
+    html = picker.content.decode()
+    assert "活动名单" in html and "规则分群" not in html  # only static lists are offered
+    assert 'form="bulk-form"' in html
+
+    operator_client.post(
+        reverse("segments:static_members"),
+        {"segment": static.pk, "ids": [a.pk, b.pk], "scope": "selected", "operation": "add"},
+    )
+    assert set(static.memberships.values_list("contact_id", flat=True)) == {a.pk, b.pk}
+    operator_client.post(
+        reverse("segments:static_members"),
+        {"segment": static.pk, "scope": "all", "q": "丙", "operation": "add"},
+    )
+    assert other.pk in set(static.memberships.values_list("contact_id", flat=True))
+
+
+def test_the_static_picker_needs_the_change_permission(client):
+    from tests.factories import user_with_role
+
+    roles_sync()
+    client.force_login(user_with_role(ANALYST))
+    assert client.get(reverse("segments:static_picker")).status_code == 403
