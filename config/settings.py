@@ -301,6 +301,12 @@ SCRM_PERIODIC_TASKS = {
         "every_seconds": 3600,
         "queue": "default",
     },
+    # Tags given "until" a date come off on time (and the change reaches segments).
+    "contacts: expire tags": {
+        "task": "contacts.expire_tags",
+        "every_seconds": 300,
+        "queue": "default",
+    },
     # Incremental re-evaluation of changed contacts, then the scheduled full refreshes that are
     # due (each segment's own policy decides when).
     "segments: tick": {

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from contacts import bulk, exporters, importers
+from contacts import bulk, exporters, importers, services
 
 
 # acks_late: a worker that dies mid-import gets the message redelivered; the upsert is
@@ -19,3 +19,8 @@ def export_contacts(job_id: int) -> None:
 @shared_task(name="contacts.bulk_tag", acks_late=True)
 def bulk_tag(job_id: int) -> None:
     bulk.bulk_tag_job_run(job_id=job_id)
+
+
+@shared_task(name="contacts.expire_tags")
+def expire_tags() -> int:
+    return services.contact_tags_expire()

@@ -79,9 +79,25 @@ class Segment(TimeStampedModel):
 
 
 class SegmentMembership(models.Model):
-    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="memberships")
+    # Derived rows, rebuilt by every full refresh, written by the hundred thousand: no database
+    # foreign-key constraints (each would cost a trigger per row at commit). Deleting a segment
+    # or contact through the ORM still cascades; a row orphaned any other way is removed by
+    # the segment's next full refresh, which keeps only the contacts its rule matches.
+    # No single-column indexes either: (segment, contact) is unique and (contact) is indexed in
+    # Meta; two more copies would cost every insert without serving any query.
+    segment = models.ForeignKey(
+        Segment,
+        on_delete=models.CASCADE,
+        related_name="memberships",
+        db_constraint=False,
+        db_index=False,
+    )
     contact = models.ForeignKey(
-        Contact, on_delete=models.CASCADE, related_name="segment_memberships"
+        Contact,
+        on_delete=models.CASCADE,
+        related_name="segment_memberships",
+        db_constraint=False,
+        db_index=False,
     )
     entered_at = models.DateTimeField(_("entered at"), default=timezone.now)
 

@@ -18,9 +18,7 @@ SELF_EVENTS = {"segment_entered", "segment_exited"}
 
 @receiver(events_recorded, dispatch_uid="segments.queue_contacts_with_new_events")
 def queue_event_contacts(sender, events, **kwargs) -> None:
-    services.mark_dirty(
-        contact_ids=[e.contact_id for e in events if e.name not in SELF_EVENTS]
-    )
+    services.mark_dirty(contact_ids=[e.contact_id for e in events if e.name not in SELF_EVENTS])
 
 
 @receiver(contact_merged, dispatch_uid="segments.reevaluate_merged_contacts")

@@ -62,6 +62,7 @@ from contacts.services.tags import (
     contact_tag_add,
     contact_tag_remove,
     contact_tags_add,
+    contact_tags_expire,
     tags_resolve,
 )
 
@@ -92,6 +93,7 @@ __all__ = [
     "contact_tag_add",
     "contact_tag_remove",
     "contact_tags_add",
+    "contact_tags_expire",
     "contact_update",
     "custom_fields_validate",
     "event_record",

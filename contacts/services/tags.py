@@ -1,9 +1,11 @@
 """Tagging contacts."""
 
+import datetime as dt
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.utils import timezone
 
 from contacts.models import (
     Contact,
@@ -11,7 +13,7 @@ from contacts.models import (
     Tag,
     TagSource,
 )
-from contacts.services.events import event_record
+from contacts.services.events import event_record, events_append
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
@@ -96,3 +98,42 @@ def contact_tags_add(
     return [
         tag for tag in tags if contact_tag_add(contact=contact, tag=tag, actor=actor, source=source)
     ]
+
+
+EXPIRE_BATCH = 1000
+
+
+def contact_tags_expire(*, now: dt.datetime | None = None) -> int:
+    """Remove tag assignments whose expiry has passed; return how many were removed.
+
+    Each removal is written to the timeline (reason "expired") and the contacts are signalled
+    as changed, like any other untagging. Batched, one transaction per batch.
+    """
+    now = now or timezone.now()
+    total = 0
+    while True:
+        with transaction.atomic():
+            due = list(
+                ContactTag.objects.select_for_update(skip_locked=True)
+                .filter(expires_at__lte=now)
+                .select_related("tag__group")
+                .order_by("pk")[:EXPIRE_BATCH]
+            )
+            if not due:
+                return total
+            ContactTag.objects.filter(pk__in=[row.pk for row in due]).delete()
+            by_tag: dict[int, tuple[Tag, list[int]]] = {}
+            for row in due:
+                by_tag.setdefault(row.tag_id, (row.tag, []))[1].append(row.contact_id)
+            for tag, contact_ids in by_tag.values():
+                events_append(
+                    contact_ids=contact_ids,
+                    name="tag_removed",
+                    properties={"tag_id": tag.pk, "tag": str(tag), "reason": "expired"},
+                    occurred_at=now,
+                )
+            changed = sorted({row.contact_id for row in due})
+            transaction.on_commit(
+                lambda ids=changed: contact_changed.send(sender=Contact, contact_ids=ids)
+            )
+        total += len(due)

@@ -473,3 +473,39 @@ def test_contact_update_without_changes_records_nothing():
     contact = ContactFactory(city="上海")
     contact_update(contact=contact, data={"city": "上海"})
     assert not contact.events.exists()
+
+
+def test_expired_tags_come_off_with_a_timeline_entry_and_a_change_signal(
+    django_capture_on_commit_callbacks,
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from contacts.models import ContactTag, Event
+    from contacts.services import contact_tags_expire
+    from contacts.signals import contact_changed
+    from tests.factories import ContactFactory, TagFactory
+
+    tag = TagFactory(name="双11活动")
+    gone, stays, forever = ContactFactory(), ContactFactory(), ContactFactory()
+    now = timezone.now()
+    ContactTag.objects.create(contact=gone, tag=tag, expires_at=now - dt.timedelta(minutes=1))
+    ContactTag.objects.create(contact=stays, tag=tag, expires_at=now + dt.timedelta(days=1))
+    ContactTag.objects.create(contact=forever, tag=tag)
+    seen = []
+
+    def listener(sender, contact_ids, **kwargs):
+        seen.extend(contact_ids)
+
+    contact_changed.connect(listener)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert contact_tags_expire(now=now) == 1
+    finally:
+        contact_changed.disconnect(listener)
+    assert set(ContactTag.objects.values_list("contact_id", flat=True)) == {stays.pk, forever.pk}
+    removed = Event.objects.get(name="tag_removed")
+    assert removed.contact_id == gone.pk and removed.properties["reason"] == "expired"
+    assert seen == [gone.pk]
+    assert contact_tags_expire(now=now) == 0  # nothing left to do: safe to run again

@@ -276,9 +276,7 @@ def leaves(tag_ids: list[int], store_ids: list[int], segment_id: int) -> st.Sear
             lambda op: {"type": "attribute", "field": "attributes.vip", "operator": op}
         ),
         st.one_of(
-            st.tuples(
-                st.sampled_from(["contains", "not_contains"]), st.sampled_from(HOBBIES)
-            ),
+            st.tuples(st.sampled_from(["contains", "not_contains"]), st.sampled_from(HOBBIES)),
             st.tuples(
                 st.just("contains_any"), st.lists(st.sampled_from(HOBBIES), min_size=1, max_size=2)
             ),

@@ -546,7 +546,9 @@ def test_rule_form_shows_clear_errors(operator_client):
 
     bad_json = operator_client.post(url, _form(kind="attribute", condition="{city: 上海"))
     assert bad_json.status_code == 422
-    assert "Not valid JSON" in bad_json.content.decode()
+    assert _zh("Not valid JSON (line %(line)s, column %(col)s): %(msg)s").split("%(")[
+        0
+    ].strip() in (bad_json.content.decode())
 
     bad_rule = operator_client.post(
         url, _form(kind="attribute", condition='{"type": "attribute", "field": "nope"}')
@@ -604,3 +606,11 @@ def test_settings_and_thresholds_forms(operator_client, django_capture_on_commit
     )
     operator_client.post(reverse("segments:scoring_threshold_delete", args=[threshold.pk]))
     assert not LeadStageThreshold.objects.exists()
+
+
+def _zh(msgid: str) -> str:
+    """The text as the default (Chinese) UI shows it."""
+    from django.utils import translation
+
+    with translation.override("zh-hans"):
+        return translation.gettext(msgid)
