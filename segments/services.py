@@ -14,11 +14,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -331,7 +333,18 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tupl
         else:
             _apply_changes(segment, now, diff.entered, diff.exited)
             _finish(segment, now, started, entered=diff.entered, exited=diff.exited)
+        moved = segment.member_count if first_build else len(diff.entered) + len(diff.exited)
+        if connection.vendor == "postgresql" and moved > STATISTICS_REFRESH_ROWS:
+            # Rules that read this segment are planned from the membership statistics; a
+            # segment that grew by thousands while they said "one row" gets nested-loop plans
+            # that probe every member. ANALYZE samples a fixed number of rows: well under a
+            # second whatever the table's size.
+            with connection.cursor() as cursor:
+                cursor.execute(f"ANALYZE {SegmentMembership._meta.db_table}")
     return len(diff.entered), len(diff.exited)
+
+
+STATISTICS_REFRESH_ROWS = 10_000
 
 
 def _finish(
@@ -384,8 +397,9 @@ def _apply_changes(
         segment_exited.send(sender=Segment, segment=segment, contact_ids=exited)
 
 
-def _membership_diff(segment: Segment, ids: list[int], now: dt.datetime) -> RefreshResult:
-    """Re-evaluate only the contacts `ids` (one batch) and write the difference."""
+def _membership_diff(segment: Segment, ids: Any, now: dt.datetime) -> RefreshResult:
+    """Re-evaluate only the contacts `ids` (a batch of ids, or a query of them) and write the
+    difference."""
     matching = set(
         segment_queryset(segment=segment, now=now, scope=ids).values_list("pk", flat=True)
     )
@@ -459,46 +473,87 @@ def segment_refresh_contacts(*, contact_ids: Iterable[int]) -> None:
 INCREMENTAL_MAX = 200_000
 
 
+INCREMENTAL_IDS_TABLE = "segment_incremental_ids"
+
+
+def _scope_table(ids: Iterable[int]) -> RawSQL:
+    """Put the contacts of an incremental pass in a keyed temporary table (PostgreSQL)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {INCREMENTAL_IDS_TABLE}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {INCREMENTAL_IDS_TABLE} (id bigint PRIMARY KEY)")
+        _scope_add(cursor, ids)
+        cursor.execute(f"ANALYZE {INCREMENTAL_IDS_TABLE}")
+    return RawSQL(f"SELECT id FROM {INCREMENTAL_IDS_TABLE}", [])
+
+
+def _scope_add(cursor, ids: Iterable[int]) -> None:
+    with cursor.copy(f"COPY {INCREMENTAL_IDS_TABLE} (id) FROM STDIN") as copy:
+        for pk in sorted(set(ids)):
+            copy.write_row((pk,))
+
+
 def _incremental_pass(*, ids: list[int], now: dt.datetime) -> dict[int, tuple[int, int]]:
     """Re-evaluate the contacts `ids` against the on-change segments, in dependency order.
 
-    Explicit id batches, not a join with the queue table: the planner then probes the
-    contacts' primary key (and each sub-query's contact index) for exactly these contacts,
-    where a join would scan every contact for a few thousand changed ones.
+    The planner must probe indexes for exactly these contacts (the contacts' primary key,
+    each sub-query's contact index) rather than scan millions of rows for a few thousand
+    changed ones. On PostgreSQL the ids go into a keyed temporary table and, inside the pass,
+    hash and merge joins are off so that every join is driven by that table; elsewhere (and
+    for a handful of ids) they go as literal batches.
     """
     pending = set(ids)
+    postgres = connection.vendor == "postgresql"
+    use_table = postgres and len(pending) > INLINE_REFRESH_LIMIT
+    scope = _scope_table(pending) if use_table else None
     changes: dict[int, tuple[int, int]] = {}
-    for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE]):
-        started = time.monotonic()
-        entered: list[int] = []
-        exited: list[int] = []
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
+    try:
+        for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE]):
+            started = time.monotonic()
+            entered: list[int] = []
+            exited: list[int] = []
+            with transaction.atomic():
+                if postgres:
+                    with connection.cursor() as cursor:
+                        # Compiling these short queries would cost more than running them.
+                        cursor.execute("SET LOCAL jit = off")
+                        if use_table:
+                            cursor.execute("SET LOCAL enable_hashjoin = off")
+                            cursor.execute("SET LOCAL enable_mergejoin = off")
+                if scope is not None:
+                    diff = _membership_diff(segment, scope, now)
+                    entered, exited = diff.entered, diff.exited
+                else:
+                    for batch in _batches(sorted(pending)):
+                        diff = _membership_diff(segment, batch, now)
+                        entered += diff.entered
+                        exited += diff.exited
+                if entered or exited:
+                    _apply_changes(segment, now, entered, exited, queue_dependents=False)
+                    # By difference: counting a large segment's rows again would cost more
+                    # than the whole incremental evaluation.
+                    delta = len(entered) - len(exited)
+                    Segment.objects.filter(pk=segment.pk).update(
+                        member_count=F("member_count") + delta
+                    )
+                    segment.member_count += delta
+                    changes[segment.pk] = (len(entered), len(exited))
+            # Segments reading this one (later in the order) re-evaluate who entered or left.
+            moved = set(entered) | set(exited)
+            if moved - pending and scope is not None and segment.dependents.exists():
                 with connection.cursor() as cursor:
-                    # Compiling these short queries would cost more than running them.
-                    cursor.execute("SET LOCAL jit = off")
-            for batch in _batches(sorted(pending)):
-                diff = _membership_diff(segment, batch, now)
-                entered += diff.entered
-                exited += diff.exited
-            if entered or exited:
-                _apply_changes(segment, now, entered, exited, queue_dependents=False)
-                # By difference: counting a large segment's rows again would cost more than
-                # the whole incremental evaluation.
-                delta = len(entered) - len(exited)
-                Segment.objects.filter(pk=segment.pk).update(member_count=F("member_count") + delta)
-                segment.member_count += delta
-                changes[segment.pk] = (len(entered), len(exited))
-        # Segments reading this one (later in the order) re-evaluate who entered or left.
-        pending.update(entered)
-        pending.update(exited)
-        logger.info(
-            "incremental %s: +%d -%d in %.3f s",
-            segment.name,
-            len(entered),
-            len(exited),
-            time.monotonic() - started,
-        )
+                    _scope_add(cursor, moved - pending)
+            pending |= moved
+            logger.info(
+                "incremental %s: +%d -%d in %.3f s",
+                segment.name,
+                len(entered),
+                len(exited),
+                time.monotonic() - started,
+            )
+    finally:
+        if scope is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS {INCREMENTAL_IDS_TABLE}")
     return changes
 
 

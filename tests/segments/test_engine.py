@@ -416,3 +416,45 @@ def test_explain_marks_each_condition():
     assert tree.children[1].children[0].path == "rule.conditions[1].conditions[0]"
     contact_tag_add(contact=c, tag=tag)
     assert segment_explain(segment=segment, contact=c).matched is True
+
+
+def test_a_large_incremental_pass_matches_a_full_rebuild():
+    """Above the inline limit the pass takes its other path (a keyed id table on PostgreSQL)."""
+    base = segment_create(name="上海", rule=city_rule("上海"))
+    spenders = segment_create(
+        name="上海且买过",
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "segment", "segment": base.pk},
+                {
+                    "type": "event",
+                    "name": "purchase",
+                    "measure": "count",
+                    "operator": "gte",
+                    "value": 1,
+                    "window": {"last_days": 30},
+                },
+            ],
+        },
+    )
+    contacts = Contact.objects.bulk_create([Contact(name=f"c{i}", city="北京") for i in range(300)])
+    ids = [c.pk for c in contacts]
+    Contact.objects.filter(pk__in=ids[:150]).update(city="上海")
+    now = timezone.now()
+    Event.objects.bulk_create(
+        Event(
+            event_id=uuid.uuid4().hex,
+            contact_id=pk,
+            name="purchase",
+            occurred_at=now - dt.timedelta(days=1),
+        )
+        for pk in ids[100:250]
+    )
+    mark_dirty(contact_ids=ids, at=now)
+    segments_refresh_incremental(now=now)
+    assert members(base) == set(ids[:150])
+    assert members(spenders) == set(ids[100:150])  # read base's new members in the same pass
+    assert not DirtyContact.objects.exists()
+    assert segment_refresh(segment=base, now=now) == (0, 0)
+    assert segment_refresh(segment=spenders, now=now) == (0, 0)
