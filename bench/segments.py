@@ -509,8 +509,10 @@ def main() -> None:
     # one instant T0, so that time windows do not age between the passes being compared (aging
     # is the scheduled full refresh's job, not the incremental pass's).
     instant = timezone.now()
-    ordered = segments_in_refresh_order(Segment.objects.filter(name__startswith=PREFIX))
-    for s in ordered:  # bring every segment to T0 first
+    every = segments_in_refresh_order(
+        Segment.objects.filter(is_archived=False, kind="dynamic", refresh_policy="on_change")
+    )
+    for s in every:  # bring every segment the incremental pass covers to T0 first
         segment_refresh(segment=s, now=instant)
     rng = random.Random(args.seed)
     ids = list(Contact.objects.filter(merged_into__isnull=True).values_list("pk", flat=True))
@@ -542,9 +544,6 @@ def main() -> None:
     # Both paths start from this same state. The full rebuild (with everything it writes:
     # memberships, entry and exit events, journey enrolments) runs first inside a transaction
     # that is rolled back; then the incremental pass runs for real.
-    every = segments_in_refresh_order(
-        Segment.objects.filter(is_archived=False, kind="dynamic", refresh_policy="on_change")
-    )
 
     class Rollback(Exception):
         pass
