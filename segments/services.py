@@ -192,10 +192,6 @@ def segment_update(
     return segment
 
 
-def segment_update_rule(*, segment: Segment, rule: dict) -> Segment:
-    return segment_update(segment=segment, rule=rule)
-
-
 @transaction.atomic
 def segment_duplicate(*, segment: Segment, actor: AbstractBaseUser | None = None) -> Segment:
     """A copy of a segment's definition (and, for a static list, its members)."""

@@ -11,14 +11,8 @@ from segments.rules.schema import (
     validate_rule,
 )
 
-# Names the first rule form used; the builder replaces them.
-DATE_FIELDS = ("created_at", "last_seen_at")
-DATE_OPERATORS = ("within_days", "before_days")
-
 __all__ = [
     "CORE_FIELDS",
-    "DATE_FIELDS",
-    "DATE_OPERATORS",
     "OPERATORS",
     "compile_rule",
     "rule_has_time_window",
