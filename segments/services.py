@@ -356,11 +356,12 @@ def _finish(
         last_refresh_seconds=segment.last_refresh_seconds,
         next_refresh_at=segment.next_refresh_at,
     )
-    _record_size(segment, now)
+    _record_size(segment, now, count)
 
 
-def _record_size(segment: Segment, now: dt.datetime) -> None:
-    count = SegmentMembership.objects.filter(segment=segment).count()
+def _record_size(segment: Segment, now: dt.datetime, count: int | None = None) -> None:
+    if count is None:
+        count = SegmentMembership.objects.filter(segment=segment).count()
     SegmentSize.objects.update_or_create(
         segment=segment, day=timezone.localdate(now), defaults={"member_count": count}
     )
@@ -707,7 +708,7 @@ def _static_finish(segment: Segment, now: dt.datetime) -> None:
     count = segment.memberships.count()
     Segment.objects.filter(pk=segment.pk).update(member_count=count, last_refreshed_at=now)
     segment.member_count, segment.last_refreshed_at = count, now
-    _record_size(segment, now)
+    _record_size(segment, now, count)
 
 
 # Auto-tags -------------------------------------------------------------------------------------
