@@ -317,19 +317,19 @@ SCRM_PERIODIC_TASKS = {
     # Daily: RFM looks at a year of purchases, so a day's lag moves few buyers between layers.
     "segments: RFM recompute": {
         "task": "segments.rfm_recompute",
-        "every_seconds": env.int("RFM_RECOMPUTE_SECONDS", default=86400),
+        "daily_at": env.str("RFM_RECOMPUTE_AT", default="02:30"),
         "queue": "default",
     },
     # Daily: decay is slow (half-lives in weeks), and new events update scores as they arrive.
     "segments: lead score decay and fit": {
         "task": "segments.lead_scores_daily",
-        "every_seconds": env.int("LEAD_SCORE_DAILY_SECONDS", default=86400),
+        "daily_at": env.str("LEAD_SCORE_DAILY_AT", default="03:00"),
         "queue": "default",
     },
     # Daily: KOC ranking reads a year of referral and share events.
     "segments: influence compute": {
         "task": "segments.influence_compute",
-        "every_seconds": env.int("INFLUENCE_COMPUTE_SECONDS", default=86400),
+        "daily_at": env.str("INFLUENCE_COMPUTE_AT", default="03:30"),
         "queue": "default",
     },
 }

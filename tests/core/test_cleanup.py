@@ -198,3 +198,27 @@ def test_expired_import_and_export_pages_say_expired_instead_of_linking(
     assert download[exported.pk] not in page
     assert "The export file has expired" in page
     assert admin_client.get(download[exported.pk]).status_code == 404
+
+
+@pytest.mark.django_db
+def test_daily_tasks_get_a_clock_time_and_bad_times_are_refused(settings):
+    from django_celery_beat.models import PeriodicTask
+
+    settings.SCRM_PERIODIC_TASKS = {
+        "nightly": {"task": "segments.influence_compute", "daily_at": "4:05"},
+        "often": {"task": "segments.tick", "every_seconds": 60},
+    }
+    periodic_tasks_sync()
+    nightly = PeriodicTask.objects.get(name="scrm: nightly")
+    assert (nightly.crontab.hour, nightly.crontab.minute, nightly.interval) == ("4", "5", None)
+    often = PeriodicTask.objects.get(name="scrm: often")
+    assert often.crontab is None and often.interval.every == 60
+    # Switching a task from a clock time to an interval rewrites the same row.
+    settings.SCRM_PERIODIC_TASKS = {"nightly": {"task": "segments.tick", "every_seconds": 30}}
+    periodic_tasks_sync()
+    nightly = PeriodicTask.objects.get(name="scrm: nightly")
+    assert nightly.crontab is None and nightly.interval.every == 30
+    assert not PeriodicTask.objects.filter(name="scrm: often").exists()
+    settings.SCRM_PERIODIC_TASKS = {"bad": {"task": "segments.tick", "daily_at": "25:00"}}
+    with pytest.raises(ValueError, match="daily_at"):
+        periodic_tasks_sync()

@@ -373,8 +373,13 @@ def test_beat_runs_the_task_daily_without_arguments():
 
     spec = settings.SCRM_PERIODIC_TASKS["segments: RFM recompute"]
     assert spec["task"] == "segments.rfm_recompute" and spec["task"] in app.tasks
-    assert spec["every_seconds"] == 86400
+    assert spec["daily_at"] == "02:30"
     assert "scrm: segments: RFM recompute" in periodic_tasks_sync()
+    from django_celery_beat.models import PeriodicTask
+
+    task = PeriodicTask.objects.get(name="scrm: segments: RFM recompute")
+    assert (task.crontab.hour, task.crontab.minute, task.interval) == ("2", "30", None)
+    assert str(task.crontab.timezone) == settings.TIME_ZONE
     _buy(ContactFactory(), days_ago=1)
     assert isinstance(app.tasks[spec["task"]].delay().get(), int)
 
