@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from contacts import selectors, services
 from contacts.models import (
+    PROFILE_COLUMNS,
     ConsentChannel,
     ConsentPurpose,
     Contact,
@@ -269,16 +270,7 @@ class ContactOutSerializer(serializers.ModelSerializer):
         model = Contact
         fields = [
             "id",
-            "name",
-            "nickname",
-            "gender",
-            "birthday",
-            "phone",
-            "email",
-            "province",
-            "city",
-            "source",
-            "channel_code",
+            *PROFILE_COLUMNS,
             "utm_source",
             "utm_medium",
             "utm_campaign",

@@ -21,7 +21,7 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from contacts.filters import ContactFilter
-from contacts.models import Contact, ContactTag, CustomField, Stage
+from contacts.models import PROFILE_COLUMNS, Contact, ContactTag, CustomField, Stage
 from contacts.pii import can_view_personal_data, mask_email, mask_phone
 from contacts.selectors import contact_visible_to
 from core import jobs
@@ -43,16 +43,7 @@ FILTER_KEYS = tuple(ContactFilter.base_filters)
 
 COLUMNS = [
     "id",
-    "name",
-    "nickname",
-    "gender",
-    "birthday",
-    "phone",
-    "email",
-    "province",
-    "city",
-    "source",
-    "channel_code",
+    *PROFILE_COLUMNS,
     "lifecycle_stage",
     "tags",
     "created_at",

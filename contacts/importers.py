@@ -38,6 +38,7 @@ from phonenumbers import PhoneMetadata
 
 from contacts import services
 from contacts.models import (
+    PROFILE_COLUMNS,
     Contact,
     ContactTag,
     CustomField,
@@ -126,16 +127,11 @@ TAG_SPLIT_RE = r"[,，、|]"
 
 # Longest value per target; phones and emails are checked after normalisation.
 MAX_LENGTHS: dict[str, int] = {
-    "name": 100,
-    "nickname": 100,
-    "province": 30,
-    "city": 30,
-    "source": 50,
-    "channel_code": 50,
-    "email": 254,
-    "phone": 20,
-    "unionid": 191,
-    "external_id": 191,
+    **services.COLUMN_TRAITS,
+    "email": Contact._meta.get_field("email").max_length,
+    "phone": Contact._meta.get_field("phone").max_length,
+    "unionid": Identity._meta.get_field("value").max_length,
+    "external_id": Identity._meta.get_field("value").max_length,
 }
 GENDERS = {
     "男": Gender.MALE,
@@ -159,16 +155,7 @@ EMAIL_RE = (
 STAGE_COLUMNS = [
     "rn",
     "key",
-    "name",
-    "nickname",
-    "gender",
-    "birthday",
-    "phone",
-    "email",
-    "province",
-    "city",
-    "source",
-    "channel_code",
+    *PROFILE_COLUMNS,
     "lifecycle_stage",
     "unionid",
     "external_id",
@@ -850,22 +837,8 @@ IDENTITY_COLUMNS: dict[str, str] = {
     "unionid": IdentityKind.WECHAT_UNIONID,
     "external_id": IdentityKind.EXTERNAL_ID,
 }
-# lead_score has only a Python-side default, which the raw INSERT must spell out.
-LEAD_SCORE_DEFAULT = Contact._meta.get_field("lead_score").default
 # Empty cells never overwrite what a contact already has.
-UPDATED_COLUMNS = [
-    "name",
-    "nickname",
-    "gender",
-    "birthday",
-    "phone",
-    "email",
-    "province",
-    "city",
-    "source",
-    "channel_code",
-    "lifecycle_stage",
-]
+UPDATED_COLUMNS = [*PROFILE_COLUMNS, "lifecycle_stage"]
 
 
 @dataclass
@@ -986,18 +959,17 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                 INSERT INTO {contact} (
                     id, created_at, updated_at, name, nickname, gender, birthday, phone, email,
                     province, city, source, channel_code, utm_source, utm_medium, utm_campaign,
-                    utm_content, utm_term, lifecycle_stage, attributes, first_seen_at,
-                    lead_score
+                    utm_content, utm_term, lifecycle_stage, attributes, first_seen_at
                 )
                 SELECT contact_id, now(), now(), COALESCE(name, ''), COALESCE(nickname, ''),
                     COALESCE(NULLIF(gender, ''), %s), birthday, COALESCE(phone, ''),
                     COALESCE(email, ''), COALESCE(province, ''), COALESCE(city, ''),
                     COALESCE(NULLIF(source, ''), %s), COALESCE(channel_code, ''), '', '', '',
                     '', '', COALESCE(NULLIF(lifecycle_stage, ''), %s),
-                    COALESCE(attributes, '{{}}'::jsonb), now(), %s
+                    COALESCE(attributes, '{{}}'::jsonb), now()
                 FROM scrm_import_stage WHERE is_new
                 """,
-                [Gender.UNKNOWN, spec.default_source, "new", LEAD_SCORE_DEFAULT],
+                [Gender.UNKNOWN, spec.default_source, "new"],
             )
         if new < matched.size:
             new_values = ", ".join(

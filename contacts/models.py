@@ -165,7 +165,8 @@ class Contact(TimeStampedModel):
     last_seen_at = models.DateTimeField(_("last seen at"), null=True, blank=True)
     last_active_at = models.DateTimeField(_("last active at"), null=True, blank=True)
     # Maintained by segments' lead scoring: the decayed score as of lead_score_at.
-    lead_score = models.FloatField(_("lead score"), default=0)
+    # Also a database default, so that set-based inserts (import, seeding) need not name it.
+    lead_score = models.FloatField(_("lead score"), default=0, db_default=0)
     lead_score_at = models.DateTimeField(_("lead score as of"), null=True, blank=True)
     # Set when this contact was merged into another; merged contacts keep their row for undo.
     merged_into = models.ForeignKey(
@@ -209,6 +210,21 @@ class Contact(TimeStampedModel):
     def masked_phone(self) -> str:
         p = self.phone
         return f"{p[:-8]}****{p[-4:]}" if len(p) >= 11 else p
+
+
+# The contact's own profile columns, in the order every list, file, form and preview shows them.
+PROFILE_COLUMNS = (
+    "name",
+    "nickname",
+    "gender",
+    "birthday",
+    "phone",
+    "email",
+    "province",
+    "city",
+    "source",
+    "channel_code",
+)
 
 
 class IdentityKind(models.TextChoices):

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from contacts import pii, roles
 from contacts.models import (
+    PROFILE_COLUMNS,
     Consent,
     ConsentRecord,
     Contact,
@@ -398,16 +399,7 @@ def contact_merge_candidates(
 
 # Fields compared side by side in the merge preview, in display order.
 MERGE_PREVIEW_FIELDS = (
-    "name",
-    "nickname",
-    "gender",
-    "birthday",
-    "phone",
-    "email",
-    "province",
-    "city",
-    "source",
-    "channel_code",
+    *PROFILE_COLUMNS,
     "utm_source",
     "utm_campaign",
     "lifecycle_stage",

@@ -26,12 +26,8 @@ from core.errors import ValidationFailed
 
 # Traits that map to columns; anything else is kept in Contact.attributes.
 COLUMN_TRAITS = {
-    "name": 100,
-    "nickname": 100,
-    "province": 30,
-    "city": 30,
-    "source": 50,
-    "channel_code": 50,
+    name: Contact._meta.get_field(name).max_length
+    for name in ("name", "nickname", "province", "city", "source", "channel_code")
 }
 MAX_ATTRIBUTE_KEYS = 100
 # Numbers without a country code are read as Chinese (11-digit mobiles, landlines with area code).
