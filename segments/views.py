@@ -14,7 +14,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from contacts.filters import ContactFilter
+from contacts.bulk import bulk_target
 from contacts.selectors import contact_search, contact_visible_to
 from core.errors import ValidationFailed
 from core.htmx import is_fragment_request, render_page
@@ -406,15 +406,15 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
     if not back.startswith("/") or back.startswith("//"):
         back = reverse("segments:detail", args=[segment.pk])
     try:
+        # The same target the contact list's tag bulk action uses: chosen ids or the list
+        # filter, always within what this user may see.
         if request.POST.get("all_matching") == "1" or request.POST.get("scope") == "all":
-            filters = ContactFilter(request.POST, queryset=contact_visible_to(user=request.user))
-            ids = list(filters.qs.values_list("pk", flat=True)[: MAX_BULK_IDS + 1])
+            target = bulk_target(actor=request.user, filter_params=dict(request.POST.lists()))
+            ids = list(target.values_list("pk", flat=True)[: MAX_BULK_IDS + 1])
         else:
             ids = _posted_contact_ids(request)
             visible = set(
-                contact_visible_to(user=request.user)
-                .filter(pk__in=ids)
-                .values_list("pk", flat=True)
+                bulk_target(actor=request.user, contact_ids=ids).values_list("pk", flat=True)
             )
             if set(ids) - visible:
                 raise ValidationFailed(_("Some of these contacts are not visible to you."))
