@@ -267,6 +267,9 @@ SCRM_STRONG_IDENTITY_KINDS = env.list(
 # Days the files of a finished import or export (upload, export, rejected rows) are kept; the
 # `core: expire job files` periodic task deletes them, and leftovers no job names, after that.
 SCRM_FILE_RETENTION_DAYS = env.int("SCRM_FILE_RETENTION_DAYS", default=7)
+# Segments refreshed side by side (PostgreSQL; each in its own connection) when several are due
+# at once. The work is in the database server: about its number of cores.
+SEGMENT_REFRESH_CONCURRENCY = env.int("SEGMENT_REFRESH_CONCURRENCY", default=2)
 
 LOGGING = {
     "version": 1,

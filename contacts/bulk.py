@@ -104,7 +104,9 @@ def _tag_batch(*, ids: list[int], tag: Tag, add: bool, actor: AbstractBaseUser |
                 occurred_at=now,
             )
             transaction.on_commit(
-                lambda: contact_changed.send(sender=Contact, contact_ids=list(changed))
+                lambda: contact_changed.send(
+                    sender=Contact, contact_ids=list(changed), changed=["tags"]
+                )
             )
     return changed
 

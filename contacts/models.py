@@ -1,4 +1,5 @@
-import uuid
+import secrets
+import time
 
 from django.conf import settings
 from django.db import models
@@ -324,13 +325,26 @@ class ContactTag(models.Model):
         return f"{self.contact_id} · {self.tag}"
 
 
+def new_event_id() -> str:
+    """An id for an event the product records itself: 32 hex characters like a UUID, but
+    time-ordered (milliseconds first, then 80 random bits, as in UUIDv7), so that the product's
+    own events extend the unique index at its right edge instead of landing on a random page
+    each (one random page per row costs a full-page WAL image after every checkpoint)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
 class Event(models.Model):
     """Something a contact did or that happened to them; append-only."""
 
     # Client-supplied id so that a retried batch never records an event twice.
-    event_id = models.CharField(_("event id"), max_length=64, unique=True, default="")
+    event_id = models.CharField(_("event id"), max_length=64, default="")
     contact = models.ForeignKey(
-        Contact, verbose_name=_("contact"), on_delete=models.CASCADE, related_name="events"
+        Contact,
+        verbose_name=_("contact"),
+        on_delete=models.CASCADE,
+        related_name="events",
+        # event_contact_time starts with the contact: a second index would only slow ingest.
+        db_index=False,
     )
     name = models.CharField(_("name"), max_length=64)
     occurred_at = models.DateTimeField(_("occurred at"))
@@ -346,13 +360,16 @@ class Event(models.Model):
             models.Index(fields=["contact", "-occurred_at"], name="event_contact_time"),
             models.Index(fields=["name", "occurred_at"], name="event_name_time"),
         ]
+        # A constraint rather than unique=True: on PostgreSQL that would add a second,
+        # pattern-matching index on event_id that no query uses.
+        constraints = [models.UniqueConstraint(fields=["event_id"], name="event_id_unique")]
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.occurred_at:%Y-%m-%d %H:%M}"
 
     def save(self, *args, **kwargs):
         if not self.event_id:
-            self.event_id = uuid.uuid4().hex
+            self.event_id = new_event_id()
         super().save(*args, **kwargs)
 
 

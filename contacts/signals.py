@@ -1,6 +1,9 @@
 from django.dispatch import Signal
 
-# Sent after commit when contacts' tags or attributes changed; kwargs: contact_ids (list[int]).
+# Sent after commit when contacts' tags or attributes changed; kwargs: contact_ids (list[int])
+# and, when the sender knows, changed (list[str]): what changed, as topics: profile field names
+# ("city", "lifecycle_stage"), "attributes" for any custom field, "tags", "consent",
+# "identities". Without `changed` a receiver must assume anything may have changed.
 contact_changed = Signal()
 
 # Sent inside the recording transaction; kwargs: events (list[Event]) that were newly stored.

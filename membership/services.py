@@ -8,6 +8,7 @@ from django.db.models import F
 from contacts.models import Contact, Event, MergeRecord
 from core.errors import DomainError
 from membership.models import Member, PointsEntry, Tier
+from membership.signals import membership_changed
 
 
 class NoTiersConfigured(DomainError):
@@ -28,7 +29,9 @@ def member_get_or_create(*, contact: Contact) -> Member:
         return member
     try:
         with transaction.atomic():
-            return Member.objects.create(contact=contact, tier=tier_for_growth(growth_value=0))
+            member = Member.objects.create(contact=contact, tier=tier_for_growth(growth_value=0))
+            membership_changed.send(sender=Member, contact_ids=[contact.pk])
+            return member
     except IntegrityError:
         return Member.objects.get(contact=contact)
 
@@ -72,6 +75,7 @@ def points_apply(
     if new_tier.pk != locked.tier_id:
         Member.objects.filter(pk=member.pk).update(tier=new_tier)
     member.refresh_from_db()
+    membership_changed.send(sender=Member, contact_ids=[member.contact_id])
     return entry
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth import get_user_model
 from django.http import QueryDict
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from contacts.models import ConsentChannel, ConsentPurpose, CustomField, Stage, Store, TagGroup
@@ -506,9 +507,54 @@ def builder_tree(
     if error is not None:
         path, attr = rule_error_location(error)
         target = _find(root, path) or root
-        target.error = error.message.split(": ", 1)[-1]
-        target.error_attr = attr
+        target.error = rule_error_message(error)
+        target.error_attr = rule_error_part(attr)
     return root
+
+
+def rule_error_message(error: ValidationFailed) -> str:
+    """The human part of a rule error, without the path (the builder shows the row instead):
+    `rule.conditions[2].value: 须为数字` → `须为数字`, in the language active when raised."""
+    path = (error.details or {}).get("path", "") if isinstance(error.details, dict) else ""
+    prefix = f"{path}: "
+    if path and error.message.startswith(prefix):
+        return error.message[len(prefix) :]
+    return error.message
+
+
+# What a condition row calls the part a rule error names (the labels of its own widgets).
+ERROR_PART_LABELS = {
+    "type": _("Condition type"),
+    "field": _("Field"),
+    "operator": _("Operator"),
+    "value": _("Value"),
+    "match": _("Match"),
+    "tags": _("Tags"),
+    "name": _("Event name"),
+    "measure": _("Measure"),
+    "window": _("When"),
+    "window.last_days": _("When"),
+    "filters": _("Property filter"),
+    "property": _("Property"),
+    "channel": _("Channel"),
+    "purpose": _("Purpose"),
+    "state": _("State"),
+    "segment": _("Segment"),
+}
+FILTER_PART_RE = re.compile(r"filters\[(\d+)\](?:\.(\w+))?$")
+
+
+def rule_error_part(attr: str) -> str:
+    """The row's own label for the part of it an error names, in the operator's language:
+    `value` → 值, `filters[1].value` → 属性筛选 2 · 值; "" when the row alone says enough."""
+    step = FILTER_PART_RE.match(attr)
+    if step is None:
+        return str(ERROR_PART_LABELS.get(attr, ""))
+    number = int(step.group(1)) + 1
+    part = ERROR_PART_LABELS.get(step.group(2) or "")
+    if part is None:
+        return gettext("Property filter %(number)s") % {"number": number}
+    return gettext("Property filter %(number)s · %(part)s") % {"number": number, "part": part}
 
 
 def rule_error_location(error: ValidationFailed) -> tuple[str, str]:

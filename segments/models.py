@@ -5,6 +5,7 @@ from django.utils.translation import gettext_lazy as _
 
 from contacts.models import Contact, Event, Stage, Tag
 from core.models import Job, TimeStampedModel
+from segments.rules.topics import ALL as ALL_TOPICS
 
 
 class SegmentKind(models.TextChoices):
@@ -139,6 +140,9 @@ class DirtyContact(models.Model):
 
     contact_id = models.BigIntegerField(primary_key=True)
     changed_at = models.DateTimeField(default=timezone.now)
+    # What changed, as a mask of topics (segments.rules.topics): only segments whose rules read
+    # one of them re-evaluate the contact. Queueing a contact again ORs the masks together.
+    topics = models.BigIntegerField(default=ALL_TOPICS)
 
     class Meta:
         verbose_name = _("changed contact")

@@ -1,14 +1,23 @@
 from django.dispatch import receiver
 
+from contacts.services import is_activity
 from contacts.signals import contact_changed, contact_merged, contact_unmerged, events_recorded
+from membership.signals import membership_changed
 from segments import scoring, services, tasks
+from segments.rules.topics import MEMBERSHIP, event_topic, topic_bit
 
 
 @receiver(contact_changed, dispatch_uid="segments.reevaluate_changed_contacts")
-def reevaluate(sender, contact_ids, **kwargs) -> None:
+def reevaluate(sender, contact_ids, changed=None, **kwargs) -> None:
     # Small changes (an operator's click, one API call) are evaluated at once so that the
     # operator sees the result; big ones are queued for beat's incremental pass.
-    services.segment_refresh_contacts(contact_ids=contact_ids)
+    services.segment_refresh_contacts(contact_ids=contact_ids, topics=changed)
+
+
+@receiver(membership_changed, dispatch_uid="segments.queue_membership_changes")
+def queue_membership_changes(sender, contact_ids, **kwargs) -> None:
+    # Queued, not evaluated at once: points mostly move with purchases, inside event ingestion.
+    services.mark_dirty(contact_ids=contact_ids, topics=[MEMBERSHIP])
 
 
 # Events written by the segment refresh itself never change what a rule matches in a way the
@@ -16,9 +25,22 @@ def reevaluate(sender, contact_ids, **kwargs) -> None:
 SELF_EVENTS = {"segment_entered", "segment_exited"}
 
 
+ACTIVE_BIT = topic_bit("last_active_at")
+
+
 @receiver(events_recorded, dispatch_uid="segments.queue_contacts_with_new_events")
 def queue_event_contacts(sender, events, **kwargs) -> None:
-    services.mark_dirty(contact_ids=[e.contact_id for e in events if e.name not in SELF_EVENTS])
+    # Each contact is queued with the names of its new events and, for activity, the
+    # last_active_at the contacts app has just moved: only rules reading those re-evaluate it.
+    masks: dict[int, int] = {}
+    for event in events:
+        if event.name in SELF_EVENTS:
+            continue
+        bit = topic_bit(event_topic(event.name))
+        if is_activity(event.name):
+            bit |= ACTIVE_BIT
+        masks[event.contact_id] = masks.get(event.contact_id, 0) | bit
+    services.queue_contacts(masks=masks)
 
 
 @receiver(contact_merged, dispatch_uid="segments.reevaluate_merged_contacts")

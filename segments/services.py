@@ -12,13 +12,15 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -38,6 +40,7 @@ from segments.models import (
     SegmentSize,
 )
 from segments.rules import compile_rule, rule_has_time_window, rule_segment_refs, validate_rule
+from segments.rules.topics import TAGS, rule_mask, segment_topic, topic_bit, topics_mask
 from segments.signals import segment_entered, segment_exited
 
 logger = logging.getLogger(__name__)
@@ -128,8 +131,11 @@ def segment_create(
     refresh_interval_minutes: int = 60,
     refresh_hour: int = 3,
     actor: AbstractBaseUser | None = None,
+    build: bool = True,
 ) -> Segment:
-    """Validate and create a segment; a rule-based one is materialised at once (silently)."""
+    """Validate and create a segment; a rule-based one is materialised at once (silently),
+    unless `build` is False: then the caller builds it, e.g. several with
+    segments_materialise."""
     if kind not in SegmentKind.values:
         raise ValidationFailed("Kind must be dynamic or static.", code="invalid_kind")
     rule = rule if kind == SegmentKind.DYNAMIC else {}
@@ -147,7 +153,8 @@ def segment_create(
         created_by=actor if actor is not None and actor.is_authenticated else None,
     )
     _sync_rule_metadata(segment)
-    segment_refresh(segment=segment)
+    if build:
+        segment_refresh(segment=segment)
     return segment
 
 
@@ -260,6 +267,7 @@ def _full_diff(segment: Segment, now: dt.datetime, *, returning: bool) -> Refres
     matches = f"segment_match_{segment.pk}"
     suffix = " RETURNING contact_id" if returning else ""
     postgres = connection.vendor == "postgresql"
+    first = not SegmentMembership.objects.filter(segment=segment).exists()
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {matches}")
         if postgres:
@@ -272,14 +280,16 @@ def _full_diff(segment: Segment, now: dt.datetime, *, returning: bool) -> Refres
                 f"CREATE TEMPORARY TABLE {matches} (id) AS {rule_sql}",
                 rule_params,
             )
-            # The key makes the leavers' anti-join a probe per member, never a scan per member.
-            cursor.execute(f"ALTER TABLE {matches} ADD PRIMARY KEY (id)")
-            cursor.execute(f"ANALYZE {matches}")
+            if not first:
+                # The key makes the leavers' anti-join a probe per member, never a scan per
+                # member (a first build has no leavers: it only copies the table in order).
+                cursor.execute(f"ALTER TABLE {matches} ADD PRIMARY KEY (id)")
+                cursor.execute(f"ANALYZE {matches}")
         else:
             # A compiled rule filters contacts with EXISTS / IN only, so ids never repeat.
             cursor.execute(f"CREATE TEMPORARY TABLE {matches} (id bigint PRIMARY KEY)")
             cursor.execute(f"INSERT INTO {matches} (id) {rule_sql}", rule_params)
-        if not SegmentMembership.objects.filter(segment=segment).exists():
+        if first:
             # Nothing to compare with (a first build): nobody leaves, everyone is new. In id
             # order, so that both indexes grow at their right edge.
             cursor.execute(
@@ -386,7 +396,12 @@ def _apply_changes(
     _auto_tags_apply(segment, entered=entered, exited=exited, now=now)
     if queue_dependents and segment.dependents.exists():
         # Segments reading this one re-evaluate these contacts on their next pass.
-        mark_dirty(contact_ids=entered + exited, at=now, overwrite=False)
+        mark_dirty(
+            contact_ids=entered + exited,
+            at=now,
+            overwrite=False,
+            topics=[segment_topic(segment.pk)],
+        )
     # Inside the transaction: journeys enrol atomically with the membership change.
     if entered:
         segment_entered.send(sender=Segment, segment=segment, contact_ids=entered)
@@ -449,8 +464,11 @@ def _live_rule_segments(policies: Iterable[str] | None = None) -> list[Segment]:
     return segments_in_refresh_order(qs)
 
 
-def segment_refresh_contacts(*, contact_ids: Iterable[int]) -> None:
-    """Re-evaluate the given contacts against every on-change segment.
+def segment_refresh_contacts(
+    *, contact_ids: Iterable[int], topics: Iterable[str] | None = None
+) -> None:
+    """Re-evaluate the given contacts against the on-change segments that read `topics` (what
+    changed; None: anything may have).
 
     A handful (an operator's click, one API call) are evaluated at once so that the operator
     sees the result; more are queued for the next incremental pass.
@@ -459,11 +477,13 @@ def segment_refresh_contacts(*, contact_ids: Iterable[int]) -> None:
     if not ids:
         return
     now = timezone.now()
-    mark_dirty(contact_ids=ids, at=now)
+    mark_dirty(contact_ids=ids, at=now, topics=topics)
     if len(ids) > INLINE_REFRESH_LIMIT:
         return
-    _incremental_pass(ids=ids, now=now)
-    DirtyContact.objects.filter(contact_id__in=ids, changed_at__lte=now).delete()
+    # With whatever else was queued for them: their queue rows are consumed below.
+    queued = DirtyContact.objects.filter(contact_id__in=ids, changed_at__lte=now)
+    _incremental_pass(masks=dict(queued.values_list("contact_id", "topics")), now=now)
+    queued.delete()
 
 
 # Above this many queued contacts an incremental pass costs about as much as full refreshes.
@@ -473,24 +493,37 @@ INCREMENTAL_MAX = 200_000
 INCREMENTAL_IDS_TABLE = "segment_incremental_ids"
 
 
-def _scope_table(ids: Iterable[int]) -> RawSQL:
-    """Put the contacts of an incremental pass in a keyed temporary table (PostgreSQL)."""
+def _scope_table(masks: dict[int, int]) -> None:
+    """Put the contacts of an incremental pass, with their topic masks, in a keyed temporary
+    table (PostgreSQL)."""
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {INCREMENTAL_IDS_TABLE}")
-        cursor.execute(f"CREATE TEMPORARY TABLE {INCREMENTAL_IDS_TABLE} (id bigint PRIMARY KEY)")
-        _scope_add(cursor, ids)
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {INCREMENTAL_IDS_TABLE} "
+            "(id bigint PRIMARY KEY, topics bigint NOT NULL)"
+        )
+        with cursor.copy(f"COPY {INCREMENTAL_IDS_TABLE} (id, topics) FROM STDIN") as copy:
+            for row in sorted(masks.items()):
+                copy.write_row(row)
         cursor.execute(f"ANALYZE {INCREMENTAL_IDS_TABLE}")
-    return RawSQL(f"SELECT id FROM {INCREMENTAL_IDS_TABLE}", [])
 
 
-def _scope_add(cursor, ids: Iterable[int]) -> None:
-    with cursor.copy(f"COPY {INCREMENTAL_IDS_TABLE} (id) FROM STDIN") as copy:
-        for pk in sorted(set(ids)):
-            copy.write_row((pk,))
+def _scope_add(ids: list[int], bit: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {INCREMENTAL_IDS_TABLE} AS t (id, topics) "
+            "SELECT unnest(%s::bigint[]), %s "
+            "ON CONFLICT (id) DO UPDATE SET topics = t.topics | excluded.topics",
+            [ids, bit],
+        )
 
 
-def _incremental_pass(*, ids: list[int], now: dt.datetime) -> dict[int, tuple[int, int]]:
-    """Re-evaluate the contacts `ids` against the on-change segments, in dependency order.
+def _incremental_pass(*, masks: dict[int, int], now: dt.datetime) -> dict[int, tuple[int, int]]:
+    """Re-evaluate queued contacts against the on-change segments, in dependency order.
+
+    `masks` maps each contact to the topics that changed for it; a segment re-evaluates only
+    the contacts with a topic its rule reads, and is skipped when there are none. Contacts
+    that enter or leave a segment get that segment's topic, so segments reading it follow.
 
     The planner must probe indexes for exactly these contacts (the contacts' primary key,
     each sub-query's contact index) rather than scan millions of rows for a few thousand
@@ -498,13 +531,18 @@ def _incremental_pass(*, ids: list[int], now: dt.datetime) -> dict[int, tuple[in
     hash and merge joins are off so that every join is driven by that table; elsewhere (and
     for a handful of ids) they go as literal batches.
     """
-    pending = set(ids)
+    masks = dict(masks)
     postgres = connection.vendor == "postgresql"
-    use_table = postgres and len(pending) > INLINE_REFRESH_LIMIT
-    scope = _scope_table(pending) if use_table else None
+    use_table = postgres and len(masks) > INLINE_REFRESH_LIMIT
+    if use_table:
+        _scope_table(masks)
     changes: dict[int, tuple[int, int]] = {}
     try:
         for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE]):
+            wanted = rule_mask(segment.rule)
+            ids = sorted(pk for pk, mask in masks.items() if mask & wanted)
+            if not ids:
+                continue
             started = time.monotonic()
             entered: list[int] = []
             exited: list[int] = []
@@ -516,11 +554,15 @@ def _incremental_pass(*, ids: list[int], now: dt.datetime) -> dict[int, tuple[in
                         if use_table:
                             cursor.execute("SET LOCAL enable_hashjoin = off")
                             cursor.execute("SET LOCAL enable_mergejoin = off")
-                if scope is not None:
+                if use_table and len(ids) > INLINE_REFRESH_LIMIT:
+                    scope = RawSQL(
+                        f"SELECT id FROM {INCREMENTAL_IDS_TABLE} WHERE (topics & %s) <> 0",
+                        [wanted],
+                    )
                     diff = _membership_diff(segment, scope, now)
                     entered, exited = diff.entered, diff.exited
                 else:
-                    for batch in _batches(sorted(pending)):
+                    for batch in _batches(ids):
                         diff = _membership_diff(segment, batch, now)
                         entered += diff.entered
                         exited += diff.exited
@@ -535,20 +577,23 @@ def _incremental_pass(*, ids: list[int], now: dt.datetime) -> dict[int, tuple[in
                     segment.member_count += delta
                     changes[segment.pk] = (len(entered), len(exited))
             # Segments reading this one (later in the order) re-evaluate who entered or left.
-            moved = set(entered) | set(exited)
-            if moved - pending and scope is not None and segment.dependents.exists():
-                with connection.cursor() as cursor:
-                    _scope_add(cursor, moved - pending)
-            pending |= moved
+            moved = entered + exited
+            if moved and segment.dependents.exists():
+                bit = topic_bit(segment_topic(segment.pk))
+                for pk in moved:
+                    masks[pk] = masks.get(pk, 0) | bit
+                if use_table:
+                    _scope_add(moved, bit)
             logger.info(
-                "incremental %s: +%d -%d in %.3f s",
+                "incremental %s: %d contacts, +%d -%d in %.3f s",
                 segment.name,
+                len(ids),
                 len(entered),
                 len(exited),
                 time.monotonic() - started,
             )
     finally:
-        if scope is not None:
+        if use_table:
             with connection.cursor() as cursor:
                 cursor.execute(f"DROP TABLE IF EXISTS {INCREMENTAL_IDS_TABLE}")
     return changes
@@ -561,32 +606,91 @@ def segments_refresh_incremental(*, now: dt.datetime | None = None) -> dict[int,
     A queue too large for an incremental pass to pay off becomes full refreshes.
     """
     now = now or timezone.now()
-    cutoff = Q(changed_at__lte=now)
-    ids = list(DirtyContact.objects.filter(cutoff).values_list("contact_id", flat=True))
-    if not ids:
+    queued = DirtyContact.objects.filter(changed_at__lte=now)
+    masks = dict(queued.values_list("contact_id", "topics"))
+    if not masks:
         return {}
-    if len(ids) > INCREMENTAL_MAX:
-        changes = {}
-        for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE]):
-            changes[segment.pk] = segment_refresh(segment=segment, now=now)
+    if len(masks) > INCREMENTAL_MAX:
+        changes = segments_materialise(
+            segments=_live_rule_segments([RefreshPolicy.ON_CHANGE]), now=now
+        )
     else:
-        changes = _incremental_pass(ids=ids, now=now)
-    DirtyContact.objects.filter(cutoff).delete()
+        changes = _incremental_pass(masks=masks, now=now)
+    queued.delete()
     return changes
 
 
 def segments_refresh_due(*, now: dt.datetime | None = None) -> list[int]:
     """Full refresh of the segments whose scheduled refresh is due (interval, daily, and the
-    daily pass of on-change segments with time windows), in dependency order."""
+    daily pass of on-change segments with time windows) and of any never built (created with
+    build=False by a caller that did not get to build it), in dependency order."""
     now = now or timezone.now()
-    due = Segment.objects.filter(
-        is_archived=False, kind=SegmentKind.DYNAMIC, next_refresh_at__lte=now
+    due = Segment.objects.filter(is_archived=False, kind=SegmentKind.DYNAMIC).filter(
+        Q(next_refresh_at__lte=now) | Q(last_refreshed_at__isnull=True)
     )
-    done = []
-    for segment in segments_in_refresh_order(due):
-        segment_refresh(segment=segment, now=now)
-        done.append(segment.pk)
-    return done
+    return list(segments_materialise(segments=due, now=now))
+
+
+def segments_materialise(
+    *,
+    segments: Iterable[Segment],
+    now: dt.datetime | None = None,
+    concurrency: int | None = None,
+) -> dict[int, tuple[int, int]]:
+    """Full refresh (or first build) of several segments; return {id: (entered, exited)}.
+
+    On PostgreSQL independent segments are refreshed side by side, up to `concurrency`
+    (SEGMENT_REFRESH_CONCURRENCY) at once, each in its own thread and database connection: the
+    work is in the database server, and the driver releases the GIL while a statement runs. A
+    segment starts only after every segment of this set that it reads has committed, and the
+    slowest known segments start first. SQLite has one writer, and a caller inside a
+    transaction must see its own uncommitted rows: there they run one after the other.
+    """
+    ordered = segments_in_refresh_order(segments)
+    workers = concurrency or settings.SEGMENT_REFRESH_CONCURRENCY
+    results: dict[int, tuple[int, int]] = {}
+    if (
+        connection.vendor != "postgresql"
+        or connection.in_atomic_block
+        or workers <= 1
+        or len(ordered) <= 1
+    ):
+        for segment in ordered:
+            results[segment.pk] = segment_refresh(segment=segment, now=now)
+        return results
+
+    pending = {s.pk: s for s in ordered}
+    deps = {pk: set(ids) & pending.keys() for pk, ids in _dependency_map(list(pending)).items()}
+    done: set[int] = set()
+    failures: list[BaseException] = []
+
+    def build(segment: Segment) -> tuple[int, int]:
+        try:
+            return segment_refresh(segment=segment, now=now)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segment-refresh") as pool:
+        running: dict[Future, int] = {}
+        while pending or running:
+            ready = [pk for pk in pending if deps.get(pk, set()) <= done]
+            if not ready and not running:  # a cycle slipped past validation: break it
+                ready = [next(iter(pending))]
+            ready.sort(key=lambda pk: -(pending[pk].last_refresh_seconds or 0))
+            for pk in ready[: workers - len(running)]:
+                running[pool.submit(build, pending.pop(pk))] = pk
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                pk = running.pop(future)
+                done.add(pk)
+                try:
+                    results[pk] = future.result()
+                except Exception as exc:  # the others still refresh; the first error is raised
+                    logger.exception("refresh of segment %s failed", pk)
+                    failures.append(exc)
+    if failures:
+        raise failures[0]
+    return results
 
 
 def segments_tick(*, now: dt.datetime | None = None) -> dict[str, int]:
@@ -599,34 +703,55 @@ def segments_tick(*, now: dt.datetime | None = None) -> dict[str, int]:
 
 def segments_refresh_all() -> int:
     """Full refresh of every active rule-based segment, in dependency order."""
-    n = 0
-    for segment in _live_rule_segments():
-        segment_refresh(segment=segment)
-        n += 1
-    return n
+    return len(segments_materialise(segments=_live_rule_segments()))
 
 
 def mark_dirty(
-    *, contact_ids: Iterable[int], at: dt.datetime | None = None, overwrite=True
+    *,
+    contact_ids: Iterable[int],
+    at: dt.datetime | None = None,
+    overwrite: bool = True,
+    topics: Iterable[str] | None = None,
 ) -> None:
-    """Queue contacts for the next incremental refresh.
+    """Queue contacts for the next incremental refresh, saying what changed (`topics`, see
+    segments.rules.topics; None: not known, every segment re-evaluates them).
 
     `overwrite` moves an already-queued contact's time forward, so that a change arriving while
     a pass runs is not deleted with that pass's rows.
     """
-    at = at or timezone.now()
-    ids = sorted(set(contact_ids))
-    for batch in _batches(ids):
-        rows = [DirtyContact(contact_id=pk, changed_at=at) for pk in batch]
-        if overwrite:
-            DirtyContact.objects.bulk_create(
-                rows,
-                update_conflicts=True,
-                unique_fields=["contact_id"],
-                update_fields=["changed_at"],
+    mask = topics_mask(None if topics is None else list(topics))
+    queue_contacts(masks={pk: mask for pk in contact_ids}, at=at, overwrite=overwrite)
+
+
+def queue_contacts(
+    *, masks: dict[int, int], at: dt.datetime | None = None, overwrite: bool = True
+) -> None:
+    """Queue contacts with a topic mask each; a contact already queued keeps the union."""
+    if not masks:
+        return
+    # As the ORM would store it (SQLite keeps datetimes as text compared as text).
+    at = connection.ops.adapt_datetimefield_value(at or timezone.now())
+    table = DirtyContact._meta.db_table
+    when = "changed_at = excluded.changed_at, " if overwrite else ""
+    rows = sorted(masks.items())
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), QUEUE_BATCH):
+            batch = rows[start : start + QUEUE_BATCH]
+            values = ", ".join(["(%s, %s, %s)"] * len(batch))
+            params: list[Any] = []
+            for pk, mask in batch:
+                params += [pk, at, mask]
+            # One statement for both databases: SQLite and PostgreSQL share the upsert syntax,
+            # and OR-ing the masks keeps every topic queued by concurrent writers.
+            cursor.execute(
+                f"INSERT INTO {table} (contact_id, changed_at, topics) VALUES {values} "
+                f"ON CONFLICT (contact_id) DO UPDATE SET {when}"
+                f"topics = {table}.topics | excluded.topics",
+                params,
             )
-        else:
-            DirtyContact.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+QUEUE_BATCH = 500
 
 
 def segments_refresh_after_merge(*, contact_ids: list[int]) -> None:
@@ -772,7 +897,7 @@ def _untag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
 def _tags_changed(ids: list[int]) -> None:
     # Other segments may read this tag: queue the contacts for the next incremental pass
     # rather than re-entering the refresh from inside it.
-    mark_dirty(contact_ids=ids)
+    mark_dirty(contact_ids=ids, topics=[TAGS])
 
 
 def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tuple[int, int]:

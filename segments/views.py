@@ -27,6 +27,8 @@ from segments.forms import (
     builder_tree,
     rule_apply_action,
     rule_error_location,
+    rule_error_message,
+    rule_error_part,
     rule_from_post,
 )
 from segments.models import AutoTagRule, Segment, SegmentKind
@@ -176,6 +178,11 @@ def _builder_view(request: HttpRequest, segment: Segment | None) -> HttpResponse
     form = SegmentForm(request.POST, segment=segment)
     rule = rule_from_post(request.POST)
     action = request.POST.get("action")
+    if action is None and is_fragment_request(request):
+        # A select that changes which widgets a row needs (kind, field, operator …) posts the
+        # form through htmx without an action: re-render the rows, never save (only the form's
+        # own submit saves) and never answer 422, which htmx would not swap in.
+        action = "refresh"
     if action is not None:
         # A builder button (add / remove a row) or a select that needs other widgets.
         return _render_form(request, form, segment, rule_apply_action(rule, action))
@@ -229,9 +236,9 @@ def segment_preview(request: HttpRequest) -> HttpResponse:
         )
     except ValidationFailed as exc:
         path, attr = rule_error_location(exc)
-        context["error"] = exc.message.split(": ", 1)[-1]
+        context["error"] = rule_error_message(exc)
         context["error_path"] = path
-        context["error_attr"] = attr
+        context["error_attr"] = rule_error_part(attr)
     response = render(request, "segments/_rule_preview.html", context)
     patch_vary_headers(response, ["HX-Request"])
     return response

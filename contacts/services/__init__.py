@@ -13,8 +13,11 @@ from contacts.services.custom_fields import (
 )
 from contacts.services.events import (
     APPEND_BATCH,
+    PASSIVE_EVENTS,
     event_record,
     events_append,
+    events_stored,
+    is_activity,
 )
 from contacts.services.identity import (
     COLUMN_TRAITS,
@@ -79,6 +82,7 @@ __all__ = [
     "MAX_NOTE_LENGTH",
     "MERGE_SKIP_FIELDS",
     "OLDEST_BIRTHDAY",
+    "PASSIVE_EVENTS",
     "PROFILE_FIELDS",
     "PROFILE_TEXT_FIELDS",
     "TRUE_WORDS",
@@ -99,7 +103,9 @@ __all__ = [
     "event_record",
     "events_append",
     "events_record",
+    "events_stored",
     "identify",
+    "is_activity",
     "merge_block_add",
     "merge_block_remove",
     "merge_blocked_with",

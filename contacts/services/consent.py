@@ -69,5 +69,7 @@ def consent_record(
         },
     )
     contact_id = contact.pk
-    transaction.on_commit(lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id]))
+    transaction.on_commit(
+        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=["consent"])
+    )
     return record

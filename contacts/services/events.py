@@ -1,17 +1,66 @@
 """Events the product itself records on contacts."""
 
 import datetime as dt
-import uuid
 from decimal import Decimal
 from typing import Any
 
+from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
 from contacts.models import (
     Contact,
     Event,
+    new_event_id,
 )
 from contacts.signals import events_recorded
+
+# Events that record what the product or staff did to a contact, not what the contact did:
+# they never make a contact "active". Every other name, standard or custom, does.
+PASSIVE_EVENTS = frozenset(
+    {
+        "contact_merged",
+        "merge_undone",
+        "profile_updated",
+        "note_added",
+        "follow_up_done",
+        "tag_added",
+        "tag_removed",
+        "consent_granted",
+        "consent_withdrawn",
+        "segment_entered",
+        "segment_exited",
+        "stage_changed",
+        "journey_enrolled",
+        "message_sent",
+        "message_failed",
+        "message_delivered",
+    }
+)
+
+
+def is_activity(name: str) -> bool:
+    return name not in PASSIVE_EVENTS
+
+
+def events_stored(events: list[Event]) -> None:
+    """What follows storing events, inside their transaction: the contacts' last activity
+    moves forward, then the other apps hear of the events (events_recorded)."""
+    latest: dict[int, dt.datetime] = {}
+    for event in events:
+        if is_activity(event.name):
+            seen = latest.get(event.contact_id)
+            if seen is None or event.occurred_at > seen:
+                latest[event.contact_id] = event.occurred_at
+    if latest:
+        when = Case(
+            *[When(pk=pk, then=Value(at)) for pk, at in latest.items()],
+            output_field=DateTimeField(),
+        )
+        # Never backwards: an old event arriving late leaves a newer activity time alone.
+        Contact.objects.filter(pk__in=list(latest)).filter(
+            Q(last_active_at__isnull=True) | Q(last_active_at__lt=when)
+        ).update(last_active_at=when)
+    events_recorded.send(sender=Event, events=events)
 
 
 def event_record(
@@ -26,7 +75,7 @@ def event_record(
 ) -> Event:
     """Record one event raised by the product itself (message sent, tag added …)."""
     event = Event.objects.create(
-        event_id=event_id or uuid.uuid4().hex,
+        event_id=event_id or new_event_id(),
         contact=contact,
         name=name,
         properties=properties or {},
@@ -34,7 +83,7 @@ def event_record(
         occurred_at=occurred_at or timezone.now(),
         source=source,
     )
-    events_recorded.send(sender=Event, events=[event])
+    events_stored([event])
     return event
 
 
@@ -56,7 +105,7 @@ def events_append(
     for start in range(0, len(contact_ids), APPEND_BATCH):
         batch = [
             Event(
-                event_id=uuid.uuid4().hex,
+                event_id=new_event_id(),
                 contact_id=contact_id,
                 name=name,
                 properties=properties,
@@ -66,6 +115,6 @@ def events_append(
             for contact_id in contact_ids[start : start + APPEND_BATCH]
         ]
         Event.objects.bulk_create(batch)
-        events_recorded.send(sender=Event, events=batch)
+        events_stored(batch)
         total += len(batch)
     return total

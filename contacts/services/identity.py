@@ -278,5 +278,13 @@ def _identify_once(
     contact.save()
     _attach_identities(contact, new)
     contact_id = contact.pk
-    transaction.on_commit(lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id]))
+    # A new contact changes everything a rule can read; a known one what the call brought.
+    topics = None
+    if not created:
+        topics = [*columns, "last_seen_at", "first_seen_at"]
+        topics += ["attributes"] if attributes else []
+        topics += ["identities"] if new else []
+    transaction.on_commit(
+        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics)
+    )
     return IdentifyResult(contact=contact, created=created, merged=merged, conflicts=conflicts)

@@ -13,8 +13,8 @@ from contacts.models import (
     Event,
 )
 from contacts.selectors import contact_follow_merges
+from contacts.services.events import events_stored
 from contacts.services.identity import IdentityInput, identify
-from contacts.signals import events_recorded
 from core.errors import ValidationFailed
 
 
@@ -136,7 +136,7 @@ def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
     try:
         with transaction.atomic():
             Event.objects.bulk_create([e for _, e in rows])
-            events_recorded.send(sender=Event, events=[e for _, e in rows])
+            events_stored([e for _, e in rows])
         return {i for i, _ in rows}
     except IntegrityError:
         pass
@@ -147,7 +147,7 @@ def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
             with transaction.atomic():
                 event.pk = None
                 event.save(force_insert=True)
-                events_recorded.send(sender=Event, events=[event])
+                events_stored([event])
             stored.add(index)
         except IntegrityError:
             continue

@@ -35,9 +35,17 @@ class MergeRefused(DomainError):
     code = "merge_refused"
 
 
+class _SnapshotEncoder(DjangoJSONEncoder):
+    # DjangoJSONEncoder cuts datetimes to milliseconds; an undo must restore them exactly.
+    def default(self, o: Any) -> Any:
+        if isinstance(o, dt.datetime):
+            return o.isoformat()
+        return super().default(o)
+
+
 def _contact_fields(contact: Contact) -> dict[str, Any]:
     values = {f.attname: getattr(contact, f.attname) for f in Contact._meta.concrete_fields}
-    return json.loads(json.dumps(values, cls=DjangoJSONEncoder))
+    return json.loads(json.dumps(values, cls=_SnapshotEncoder))
 
 
 def _is_blank(value: Any) -> bool:

@@ -178,6 +178,7 @@ def contact_update(
                     )
             setattr(contact, key, value)
             changed.append(key)
+    topics = list(changed)
     attributes = dict(contact.attributes)
     for key, value in custom.items():
         if value is None:
@@ -201,6 +202,10 @@ def contact_update(
         },
         source=source,
     )
+    if len(changed) > len(topics):
+        topics.append("attributes")
     contact_id = contact.pk
-    transaction.on_commit(lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id]))
+    transaction.on_commit(
+        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics)
+    )
     return contact

@@ -37,7 +37,7 @@ def contact_tag_add(
             properties={"tag_id": tag.pk, "tag": str(tag), "source": source},
         )
         transaction.on_commit(
-            lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk])
+            lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk], changed=["tags"])
         )
     return created
 
@@ -55,7 +55,7 @@ def contact_tag_remove(
             properties={"tag_id": tag.pk, "tag": str(tag)},
         )
         transaction.on_commit(
-            lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk])
+            lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk], changed=["tags"])
         )
     return bool(deleted)
 
@@ -134,6 +134,8 @@ def contact_tags_expire(*, now: dt.datetime | None = None) -> int:
                 )
             changed = sorted({row.contact_id for row in due})
             transaction.on_commit(
-                lambda ids=changed: contact_changed.send(sender=Contact, contact_ids=ids)
+                lambda ids=changed: contact_changed.send(
+                    sender=Contact, contact_ids=ids, changed=["tags"]
+                )
             )
         total += len(due)

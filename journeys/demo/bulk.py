@@ -114,6 +114,20 @@ class BulkWriter:
             for sql in statements:
                 cursor.execute(sql)
 
+    def vacuum_analyze(self, *loaded: type[models.Model]) -> None:
+        """After a big load (PostgreSQL, outside a transaction): the planner gets statistics
+        and the visibility map gets set, so that the first queries neither plan from empty
+        statistics nor set hint bits on millions of rows, nor skip index-only scans until
+        autovacuum gets round to the tables."""
+        if not self.postgres:
+            return
+        qn = self.connection.ops.quote_name
+        # VACUUM cannot run inside a transaction (a caller's, or a test's): statistics at least.
+        command = "ANALYZE" if self.connection.in_atomic_block else "VACUUM (ANALYZE)"
+        with self.connection.cursor() as cursor:
+            for model in loaded:
+                cursor.execute(f"{command} {qn(model._meta.db_table)}")
+
     def write(self, model: type[models.Model], fields: list[str], rows: Iterable[tuple]) -> int:
         """Insert rows whose values follow `fields` (attnames); return how many were written."""
         columns, extra, converters = self._plan(model, fields)

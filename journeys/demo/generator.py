@@ -94,7 +94,7 @@ class Chunk:
 CONTACT_FIELDS = [
     "id", "created_at", "updated_at", "name", "nickname", "gender", "birthday", "phone", "email",
     "province", "city", "source", "channel_code", "lifecycle_stage_id", "attributes",
-    "last_seen_at",
+    "last_seen_at", "last_active_at",
 ]  # fmt: skip
 IDENTITY_FIELDS = ["contact_id", "kind", "app_id", "value", "created_at"]
 CONTACT_TAG_FIELDS = ["contact_id", "tag_id", "source", "created_at"]
@@ -283,6 +283,7 @@ class DemoGenerator:
                 stage,
                 _json(attributes),
                 last_seen_at,
+                last_seen_at,  # every generated event is the customer's own activity
             )
         )
         self._identities(contact_id, index, style, phone, email, created_at, out)

@@ -43,7 +43,7 @@ from journeys.services import journey_activate
 from membership.models import Member, PointsEntry, Tier
 from membership.services import points_for_amount
 from segments.models import Segment
-from segments.services import segment_create
+from segments.services import segment_create, segments_materialise
 
 DEFAULT_CONTACTS = 2000
 DEFAULT_EVENTS_PER_CONTACT = 20
@@ -269,6 +269,9 @@ def _bulk_load(
             if defer_indexes:
                 notify("Rebuilding indexes and foreign keys …")
         writer.finish(Contact, Event, Member)
+    if defer_indexes:
+        notify("Updating planner statistics …")
+        writer.vacuum_analyze(*loaded)
     result.bulk_seconds = time.monotonic() - started
     return result
 
@@ -364,14 +367,21 @@ def _segment_specs(tags: dict[str, int]) -> list[tuple[str, str, dict]]:
 def _segments_ensure(
     *, tags: dict[str, int], notify: Callable[[str], None]
 ) -> list[tuple[str, int, bool]]:
-    summary = []
+    rows: list[tuple[Segment, bool]] = []
     for name, description, rule in _segment_specs(tags):
         segment = Segment.objects.filter(name=name).first()
         created = segment is None
         if created:
-            notify(f"Materialising segment {name} …")
-            segment = segment_create(name=name, rule=rule, description=description)
-        summary.append((name, segment.member_count, created))
+            segment = segment_create(name=name, rule=rule, description=description, build=False)
+        rows.append((segment, created))
+    new = [segment for segment, created in rows if created]
+    if new:
+        notify(f"Materialising {len(new)} segments …")
+        segments_materialise(segments=new)
+    summary = []
+    for segment, created in rows:
+        segment.refresh_from_db(fields=["member_count"])
+        summary.append((segment.name, segment.member_count, created))
     return summary
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     ConsentChannel,
@@ -138,7 +139,13 @@ class FieldSpec:
 
 
 def _fail(path: str, message: str) -> None:
+    # `message` is translated where it is raised, so it reads in the language active then: the
+    # operator's in the builder, English in the API unless the client sends Accept-Language.
     raise ValidationFailed(f"{path}: {message}", code="invalid_rule", details={"path": path})
+
+
+def _one_of(choices) -> str:
+    return _("must be one of %(choices)s") % {"choices": ", ".join(choices)}
 
 
 def field_spec(field: Any) -> FieldSpec | None:
@@ -190,20 +197,20 @@ class Validator:
 
     def node(self, node: Any, path: str, depth: int) -> None:
         if not isinstance(node, dict):
-            _fail(path, "must be an object")
+            _fail(path, _("must be an object"))
         if depth > MAX_DEPTH:
-            _fail(path, f"groups nest deeper than {MAX_DEPTH} levels")
+            _fail(path, _("groups nest deeper than %(max)s levels") % {"max": MAX_DEPTH})
         self.count += 1
         if self.count > MAX_CONDITIONS:
-            _fail(path, f"a rule may hold at most {MAX_CONDITIONS} conditions")
+            _fail(path, _("a rule may hold at most %(max)s conditions") % {"max": MAX_CONDITIONS})
         if "op" in node:
             if node["op"] not in GROUP_OPS:
-                _fail(f"{path}.op", f"must be one of {', '.join(GROUP_OPS)}")
+                _fail(f"{path}.op", _one_of(GROUP_OPS))
             children = node.get("conditions")
             if not isinstance(children, list):
-                _fail(f"{path}.conditions", "must be a list")
+                _fail(f"{path}.conditions", _("must be a list"))
             if node["op"] == "not" and not children:
-                _fail(f"{path}.conditions", "a NOT group needs at least one condition")
+                _fail(f"{path}.conditions", _("a NOT group needs at least one condition"))
             for i, child in enumerate(children):
                 self.node(child, f"{path}.conditions[{i}]", depth + 1)
             return
@@ -211,8 +218,8 @@ class Validator:
         if kind not in CONDITION_TYPES:
             _fail(
                 f"{path}.type",
-                f"must be one of {', '.join(CONDITION_TYPES)} (or the node must be a group "
-                "with 'op')",
+                _("must be one of %(choices)s (or the node must be a group with 'op')")
+                % {"choices": ", ".join(CONDITION_TYPES)},
             )
         getattr(self, kind)(node, path)
 
@@ -221,21 +228,27 @@ class Validator:
     def attribute(self, node: dict, path: str) -> None:
         spec = field_spec(node.get("field"))
         if spec is None:
-            _fail(f"{path}.field", f"unknown field '{node.get('field')}'")
+            _fail(f"{path}.field", _("unknown field '%(field)s'") % {"field": node.get("field")})
         self.operator_value(spec, node, path)
 
     def operator_value(self, spec: FieldSpec, node: dict, path: str) -> None:
         operator = normalise_operator(node.get("operator"))
         allowed = OPERATORS[spec.type]
         if operator not in allowed:
-            _fail(f"{path}.operator", f"must be one of {', '.join(allowed)} for this field")
+            _fail(
+                f"{path}.operator",
+                _("must be one of %(choices)s for this field") % {"choices": ", ".join(allowed)},
+            )
         value = node.get("value")
         vpath = f"{path}.value"
         if operator in SET_OPS or operator in ("is_true", "is_false"):
             return
         if operator in DAYS_OPS:
             if not _is_days(value):
-                _fail(vpath, f"must be a whole number of days between 0 and {MAX_DAYS}")
+                _fail(
+                    vpath,
+                    _("must be a whole number of days between 0 and %(max)s") % {"max": MAX_DAYS},
+                )
             return
         if spec.type in (DATE, DATETIME):
             self.dates(operator, value, vpath)
@@ -246,33 +259,42 @@ class Validator:
                 or len(value) != 2
                 or not all(_is_number(v) for v in value)
             ):
-                _fail(vpath, "must be a list of two numbers [low, high]")
+                _fail(vpath, _("must be a list of two numbers [low, high]"))
             if value[0] > value[1]:
-                _fail(vpath, "the low bound is above the high bound")
+                _fail(vpath, _("the low bound is above the high bound"))
             return
         values = self.values(operator, value, vpath)
         if spec.type == NUMBER:
             if not all(_is_number(v) for v in values):
-                _fail(vpath, "must be a number")
+                _fail(vpath, _("must be a number"))
             return
         if spec.type == REF:
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                _fail(vpath, "must be an id (a whole number)")
+                _fail(vpath, _("must be an id (a whole number)"))
             model = get_user_model() if node.get("field") == "owner" else Store
             known = set(model.objects.filter(pk__in=values).values_list("pk", flat=True))
             missing = sorted(set(values) - known)
             if missing:
-                _fail(vpath, f"unknown {node.get('field')} ids {missing}")
+                message = (
+                    _("unknown owner ids %(ids)s")
+                    if node.get("field") == "owner"
+                    else _("unknown store ids %(ids)s")
+                )
+                _fail(vpath, message % {"ids": missing})
             return
         if not all(isinstance(v, str) and v != "" for v in values):
-            _fail(vpath, "must be non-empty text")
+            _fail(vpath, _("must be non-empty text"))
         if any(len(v) > 200 for v in values):
-            _fail(vpath, "is longer than 200 characters")
+            _fail(vpath, _("is longer than %(max)s characters") % {"max": 200})
         allowed_values = self.choices(spec)
         if allowed_values is not None:
             bad = [v for v in values if v not in allowed_values]
             if bad:
-                _fail(vpath, f"unknown choices {bad}; allowed: {', '.join(allowed_values)}")
+                _fail(
+                    vpath,
+                    _("unknown choices %(values)s; allowed: %(choices)s")
+                    % {"values": bad, "choices": ", ".join(allowed_values)},
+                )
 
     @staticmethod
     def choices(spec: FieldSpec) -> list[str] | None:
@@ -288,54 +310,54 @@ class Validator:
     def values(operator: str, value: Any, vpath: str) -> list:
         if operator in LIST_OPS:
             if not isinstance(value, list) or not value:
-                _fail(vpath, "must be a non-empty list")
+                _fail(vpath, _("must be a non-empty list"))
             if len(value) > MAX_LIST:
-                _fail(vpath, f"may hold at most {MAX_LIST} values")
+                _fail(vpath, _("may hold at most %(max)s values") % {"max": MAX_LIST})
             return value
         if isinstance(value, list | dict) or value is None:
-            _fail(vpath, "must be a single value")
+            _fail(vpath, _("must be a single value"))
         return [value]
 
     @staticmethod
     def dates(operator: str, value: Any, vpath: str) -> None:
         if operator == "between":
             if not isinstance(value, list) or len(value) != 2:
-                _fail(vpath, "must be a list of two dates [from, to] like 2026-05-17")
+                _fail(vpath, _("must be a list of two dates [from, to] like 2026-05-17"))
             first, last = parse_date(value[0]), parse_date(value[1])
             if first is None or last is None:
-                _fail(vpath, "must be a list of two dates [from, to] like 2026-05-17")
+                _fail(vpath, _("must be a list of two dates [from, to] like 2026-05-17"))
             if first > last:
-                _fail(vpath, "the start date is after the end date")
+                _fail(vpath, _("the start date is after the end date"))
             return
         if parse_date(value) is None:
-            _fail(vpath, "must be a date like 2026-05-17")
+            _fail(vpath, _("must be a date like 2026-05-17"))
 
     def tag(self, node: dict, path: str) -> None:
         if node.get("match") not in TAG_MATCHES:
-            _fail(f"{path}.match", f"must be one of {', '.join(TAG_MATCHES)}")
+            _fail(f"{path}.match", _one_of(TAG_MATCHES))
         tags = node.get("tags")
         if (
             not isinstance(tags, list)
             or not tags
             or not all(isinstance(t, int) and not isinstance(t, bool) for t in tags)
         ):
-            _fail(f"{path}.tags", "must be a non-empty list of tag ids")
+            _fail(f"{path}.tags", _("must be a non-empty list of tag ids"))
         missing = set(tags) - set(Tag.objects.filter(pk__in=tags).values_list("pk", flat=True))
         if missing:
-            _fail(f"{path}.tags", f"unknown tag ids {sorted(missing)}")
+            _fail(f"{path}.tags", _("unknown tag ids %(ids)s") % {"ids": sorted(missing)})
 
     def event(self, node: dict, path: str) -> None:
         name = node.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 64:
-            _fail(f"{path}.name", "must be an event name (1–64 characters)")
+            _fail(f"{path}.name", _("must be an event name (1–64 characters)"))
         measure = node.get("measure", "performed")
         if measure not in EVENT_MEASURES:
-            _fail(f"{path}.measure", f"must be one of {', '.join(EVENT_MEASURES)}")
+            _fail(f"{path}.measure", _one_of(EVENT_MEASURES))
         operator = normalise_operator(node.get("operator"))
         value = node.get("value")
         if measure in ("count", "sum", "avg"):
             if operator not in AGGREGATE_OPS:
-                _fail(f"{path}.operator", f"must be one of {', '.join(AGGREGATE_OPS)}")
+                _fail(f"{path}.operator", _one_of(AGGREGATE_OPS))
             if operator == "between":
                 if (
                     not isinstance(value, list)
@@ -343,29 +365,29 @@ class Validator:
                     or not all(_is_number(v) for v in value)
                     or value[0] > value[1]
                 ):
-                    _fail(f"{path}.value", "must be two numbers [low, high] with low ≤ high")
+                    _fail(f"{path}.value", _("must be two numbers [low, high] with low ≤ high"))
             elif not _is_number(value):
-                _fail(f"{path}.value", "must be a number")
+                _fail(f"{path}.value", _("must be a number"))
             if measure == "count":
                 values = value if isinstance(value, list) else [value]
                 if any(not isinstance(v, int) or v < 0 for v in values):
-                    _fail(f"{path}.value", "a count must be a whole number ≥ 0")
+                    _fail(f"{path}.value", _("a count must be a whole number ≥ 0"))
         elif measure in ("first", "last"):
             if operator not in OCCURRENCE_OPS:
-                _fail(f"{path}.operator", f"must be one of {', '.join(OCCURRENCE_OPS)}")
+                _fail(f"{path}.operator", _one_of(OCCURRENCE_OPS))
             if operator in RELATIVE_OPS:
                 if (
                     not isinstance(value, int)
                     or isinstance(value, bool)
                     or not 0 <= value <= MAX_DAYS
                 ):
-                    _fail(f"{path}.value", "must be a whole number of days")
+                    _fail(f"{path}.value", _("must be a whole number of days"))
             else:
                 self.dates(operator, value, f"{path}.value")
         self.window(node.get("window"), f"{path}.window")
         filters = node.get("filters", [])
         if not isinstance(filters, list):
-            _fail(f"{path}.filters", "must be a list of property filters")
+            _fail(f"{path}.filters", _("must be a list of property filters"))
         for i, item in enumerate(filters):
             validate_property_filter(item, f"{path}.filters[{i}]")
 
@@ -374,30 +396,33 @@ class Validator:
         if window in (None, {}):
             return
         if not isinstance(window, dict):
-            _fail(path, 'must be an object: {"last_days": N} or {"from": date, "to": date}')
+            _fail(path, _('must be an object: {"last_days": N} or {"from": date, "to": date}'))
         if "last_days" in window:
             days = window["last_days"]
             if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
-                _fail(f"{path}.last_days", f"must be a whole number of days, 1–{MAX_DAYS}")
+                _fail(
+                    f"{path}.last_days",
+                    _("must be a whole number of days, 1–%(max)s") % {"max": MAX_DAYS},
+                )
             return
         first, last = parse_date(window.get("from")), parse_date(window.get("to"))
         if first is None or last is None:
-            _fail(path, "needs last_days, or from and to dates like 2026-05-17")
+            _fail(path, _("needs last_days, or from and to dates like 2026-05-17"))
         if first > last:
-            _fail(path, "the start date is after the end date")
+            _fail(path, _("the start date is after the end date"))
 
     def membership(self, node: dict, path: str) -> None:
         field = node.get("field")
         if field not in MEMBERSHIP_FIELDS:
-            _fail(f"{path}.field", f"must be one of {', '.join(MEMBERSHIP_FIELDS)}")
+            _fail(f"{path}.field", _one_of(MEMBERSHIP_FIELDS))
         if field == "is_member":
             if normalise_operator(node.get("operator")) not in ("is_true", "is_false"):
-                _fail(f"{path}.operator", "must be is_true or is_false")
+                _fail(f"{path}.operator", _("must be is_true or is_false"))
             return
         spec = FieldSpec(f"membership.{field}", MEMBERSHIP_FIELDS[field])
         operator = normalise_operator(node.get("operator"))
         if operator in SET_OPS:
-            _fail(f"{path}.operator", "membership conditions apply to members only")
+            _fail(f"{path}.operator", _("membership conditions apply to members only"))
         self.operator_value(spec, node, path)
         if field == "tier":
             from membership.models import Tier
@@ -406,65 +431,66 @@ class Validator:
             known = set(Tier.objects.values_list("code", flat=True))
             bad = [v for v in values if v not in known]
             if bad:
-                _fail(f"{path}.value", f"unknown tier codes {bad}")
+                _fail(f"{path}.value", _("unknown tier codes %(codes)s") % {"codes": bad})
 
     def consent(self, node: dict, path: str) -> None:
         if node.get("channel") not in ConsentChannel.values:
-            _fail(f"{path}.channel", f"must be one of {', '.join(ConsentChannel.values)}")
+            _fail(f"{path}.channel", _one_of(ConsentChannel.values))
         if node.get("purpose", "marketing") not in ConsentPurpose.values:
-            _fail(f"{path}.purpose", f"must be one of {', '.join(ConsentPurpose.values)}")
+            _fail(f"{path}.purpose", _one_of(ConsentPurpose.values))
         if node.get("state") not in CONSENT_STATES:
-            _fail(f"{path}.state", f"must be one of {', '.join(CONSENT_STATES)}")
+            _fail(f"{path}.state", _one_of(CONSENT_STATES))
 
     def reachable(self, node: dict, path: str) -> None:
         if node.get("channel") not in REACHABLE_CHANNELS:
-            _fail(f"{path}.channel", f"must be one of {', '.join(REACHABLE_CHANNELS)}")
+            _fail(f"{path}.channel", _one_of(REACHABLE_CHANNELS))
         if not isinstance(node.get("value", True), bool):
-            _fail(f"{path}.value", "must be true or false")
+            _fail(f"{path}.value", _("must be true or false"))
 
     def segment(self, node: dict, path: str) -> None:
         from segments.models import Segment
 
         if node.get("match", "in") not in MATCH_IN:
-            _fail(f"{path}.match", "must be in or not_in")
+            _fail(f"{path}.match", _("must be in or not_in"))
         ref = node.get("segment")
         if not isinstance(ref, int) or isinstance(ref, bool):
-            _fail(f"{path}.segment", "must be a segment id")
+            _fail(f"{path}.segment", _("must be a segment id"))
         if ref == self.segment_id:
-            _fail(f"{path}.segment", "a segment cannot refer to itself")
+            _fail(f"{path}.segment", _("a segment cannot refer to itself"))
         target = Segment.objects.filter(pk=ref).first()
         if target is None:
-            _fail(f"{path}.segment", f"unknown segment {ref}")
+            _fail(f"{path}.segment", _("unknown segment %(id)s") % {"id": ref})
         if self.segment_id is not None and self.segment_id in segment_ancestors(target):
             _fail(
                 f"{path}.segment",
-                f"segment “{target.name}” already depends on this one: that would be a cycle",
+                _("segment “%(name)s” already depends on this one: that would be a cycle")
+                % {"name": target.name},
             )
 
     def rfm(self, node: dict, path: str) -> None:
         from segments.models import RFMLayer
 
         if node.get("match", "in") not in MATCH_IN:
-            _fail(f"{path}.match", "must be in or not_in")
+            _fail(f"{path}.match", _("must be in or not_in"))
         layers = node.get("layers")
         if not isinstance(layers, list) or not layers:
-            _fail(f"{path}.layers", "must be a non-empty list of RFM layers")
+            _fail(f"{path}.layers", _("must be a non-empty list of RFM layers"))
         bad = [v for v in layers if v not in RFMLayer.values]
         if bad:
-            _fail(f"{path}.layers", f"unknown layers {bad}")
+            _fail(f"{path}.layers", _("unknown layers %(layers)s") % {"layers": bad})
 
     def koc(self, node: dict, path: str) -> None:
         operator = node.get("operator")
         if operator not in KOC_OPS:
-            _fail(f"{path}.operator", f"must be one of {', '.join(KOC_OPS)}")
+            _fail(f"{path}.operator", _one_of(KOC_OPS))
         if operator.startswith("score_") and not _is_number(node.get("value")):
-            _fail(f"{path}.value", "must be a number")
+            _fail(f"{path}.value", _("must be a number"))
 
 
 def validate_property_filter(item: Any, path: str) -> None:
     """Check one event property filter: {"property": "amount", "operator": "gt", "value": 100}."""
     if not isinstance(item, dict):
-        _fail(path, "must be an object with property, operator and value")
+        _fail(path, _("must be an object with property, operator and value"))
     prop = item.get("property")
     if (
         not isinstance(prop, str)
@@ -472,28 +498,28 @@ def validate_property_filter(item: Any, path: str) -> None:
         or len(prop) > 64
         or not prop.replace("_", "").isalnum()
     ):
-        _fail(f"{path}.property", "must be a property name (letters, digits, _)")
+        _fail(f"{path}.property", _("must be a property name (letters, digits, _)"))
     operator = item.get("operator")
     if operator not in PROPERTY_OPS:
-        _fail(f"{path}.operator", f"must be one of {', '.join(PROPERTY_OPS)}")
+        _fail(f"{path}.operator", _one_of(PROPERTY_OPS))
     value = item.get("value")
     if operator in ("exists", "not_exists"):
         return
     if operator in NUMERIC_PROPERTY_OPS:
         if not _is_number(value):
-            _fail(f"{path}.value", "must be a number")
+            _fail(f"{path}.value", _("must be a number"))
     elif operator == "in":
         if (
             not isinstance(value, list)
             or not value
             or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value)
         ):
-            _fail(f"{path}.value", "must be a non-empty list of values")
+            _fail(f"{path}.value", _("must be a non-empty list of values"))
     elif operator == "contains":
         if not isinstance(value, str) or not value:
-            _fail(f"{path}.value", "must be non-empty text")
+            _fail(f"{path}.value", _("must be non-empty text"))
     elif not isinstance(value, str | int | float) or isinstance(value, bool):
-        _fail(f"{path}.value", "must be text or a number")
+        _fail(f"{path}.value", _("must be text or a number"))
 
 
 def rule_segment_refs(rule: Any) -> set[int]:

@@ -142,6 +142,31 @@ def test_events_record_reports_each_item_and_never_duplicates():
     assert Event.objects.filter(event_id__in=["e1", "e4"]).count() == 2
 
 
+def test_activity_events_move_last_active_forward_and_never_back():
+    contact, quiet = ContactFactory(), ContactFactory()
+    now = timezone.now()
+    events_record(
+        items=[
+            _event("a1", contact, occurred_at=now - dt.timedelta(days=3)),
+            _event("a2", contact, occurred_at=now - dt.timedelta(days=1)),
+        ]
+    )
+    contact.refresh_from_db()
+    assert contact.last_active_at == now - dt.timedelta(days=1)  # the latest of the batch
+    # An old event arriving late leaves the newer time alone.
+    events_record(items=[_event("a3", contact, occurred_at=now - dt.timedelta(days=10))])
+    contact.refresh_from_db()
+    assert contact.last_active_at == now - dt.timedelta(days=1)
+    # What the product or staff do to a contact is not the contact's activity.
+    contact_tag_add(contact=quiet, tag=TagFactory())
+    event_record(contact=quiet, name="message_sent", properties={})
+    quiet.refresh_from_db()
+    assert quiet.last_active_at is None
+    event_record(contact=quiet, name="message_clicked", properties={}, occurred_at=now)
+    quiet.refresh_from_db()
+    assert quiet.last_active_at == now
+
+
 def test_events_record_resolves_contacts_from_identities():
     outcomes = events_record(
         items=[

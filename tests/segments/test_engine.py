@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from contacts.models import Contact, ContactTag, Event, Identity, TagSource
 from contacts.services import EventInput, contact_tag_add, contact_update, events_record
@@ -137,12 +137,34 @@ def test_invalid_rules_name_the_offending_node(rule, path):
     assert exc.value.details["path"] == path
 
 
+@pytest.mark.parametrize("language", ["en", "zh-hans"])
+def test_a_rule_error_reads_in_the_active_language_and_keeps_its_path_and_code(language):
+    """The message is translated when raised (the builder's operator, or the API's English
+    unless the client sends Accept-Language); code and path stay machine-readable."""
+    rule = {
+        "op": "and",
+        "conditions": [
+            {"type": "attribute", "field": "lead_score", "operator": "gt", "value": "high"}
+        ],
+    }
+    with translation.override(language), pytest.raises(ValidationFailed) as exc:
+        validate_rule(rule)
+    with translation.override(language):
+        expected = translation.gettext("must be a number")
+
+    assert exc.value.code == "invalid_rule"
+    assert exc.value.details == {"path": "rule.conditions[0].value"}
+    assert exc.value.message == f"rule.conditions[0].value: {expected}"
+    if language == "en":
+        assert expected == "must be a number"
+
+
 def test_a_segment_that_would_read_itself_through_another_is_rejected():
     a = segment_create(name="A", rule=city_rule("上海"))
     b = segment_create(
         name="B", rule={"op": "and", "conditions": [{"type": "segment", "segment": a.pk}]}
     )
-    with pytest.raises(ValidationFailed) as exc:
+    with translation.override("en"), pytest.raises(ValidationFailed) as exc:
         segment_update(
             segment=a,
             rule={"op": "and", "conditions": [{"type": "segment", "segment": b.pk}]},
@@ -458,3 +480,140 @@ def test_a_large_incremental_pass_matches_a_full_rebuild():
     assert not DirtyContact.objects.exists()
     assert segment_refresh(segment=base, now=now) == (0, 0)
     assert segment_refresh(segment=spenders, now=now) == (0, 0)
+
+
+def test_a_queued_change_re_evaluates_only_the_segments_that_read_it():
+    """Topics: a contact queued for a tag change is not re-evaluated against a city rule, and
+    segments reading a segment follow its entries in the same pass (both pass paths: above
+    the inline limit PostgreSQL takes the keyed id table)."""
+    tag = TagFactory(name="VIP")
+    base = segment_create(name="上海", rule=city_rule("上海"))
+    spenders = segment_create(
+        name="上海且买过",
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "segment", "segment": base.pk},
+                {"type": "event", "name": "purchase", "measure": "performed"},
+            ],
+        },
+    )
+    tagged = segment_create(
+        name="VIP",
+        rule={"op": "and", "conditions": [{"type": "tag", "match": "any", "tags": [tag.pk]}]},
+    )
+    contacts = Contact.objects.bulk_create([Contact(name=f"c{i}", city="北京") for i in range(300)])
+    ids = [c.pk for c in contacts]
+    now = timezone.now()
+    Event.objects.bulk_create(
+        Event(event_id=uuid.uuid4().hex, contact_id=pk, name="purchase", occurred_at=now)
+        for pk in ids[100:250]
+    )
+    # Written behind the services' backs, so that only the queued topics say what changed.
+    Contact.objects.filter(pk__in=ids[:250]).update(city="上海")
+    ContactTag.objects.create(contact_id=ids[0], tag=tag)
+    mark_dirty(contact_ids=ids[:250], at=now, topics=["city"])
+
+    changes = segments_refresh_incremental(now=now)
+
+    assert members(base) == set(ids[:250])
+    assert members(spenders) == set(ids[100:250])  # re-evaluated because they entered base
+    assert members(tagged) == set()  # no tag change was queued: the tag rule was not run
+    assert tagged.pk not in changes
+    assert not DirtyContact.objects.exists()
+
+    mark_dirty(contact_ids=[ids[0]], topics=["tags"])
+    segments_refresh_incremental()
+    assert members(tagged) == {ids[0]}
+    for segment in (base, spenders, tagged):
+        assert segment_refresh(segment=segment, now=now) == (0, 0)
+
+
+def test_queueing_again_keeps_every_topic():
+    c = ContactFactory()
+    mark_dirty(contact_ids=[c.pk], topics=["city"])
+    mark_dirty(contact_ids=[c.pk], topics=["tags"], overwrite=False)
+    segment = segment_create(name="上海", rule=city_rule("上海"))
+    Contact.objects.filter(pk=c.pk).update(city="上海")
+    segments_refresh_incremental(now=timezone.now() + dt.timedelta(seconds=1))
+    assert members(segment) == {c.pk}
+
+
+def test_points_changes_queue_the_member_for_membership_rules():
+    from membership.models import Tier
+    from membership.services import member_get_or_create, points_apply
+
+    Tier.objects.create(code="silver", name="银卡", rank=1, min_growth=0)
+    rich = segment_create(
+        name="积分≥100",
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "membership", "field": "points_balance", "operator": "gte", "value": 100}
+            ],
+        },
+    )
+    c = ContactFactory()
+    member = member_get_or_create(contact=c)
+    points_apply(member=member, delta=150, reason="adjustment", idempotency_key="k-1")
+    assert DirtyContact.objects.filter(contact_id=c.pk).exists()
+    segments_refresh_incremental(now=timezone.now() + dt.timedelta(seconds=1))
+    assert members(rich) == {c.pk}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_several_segments_materialise_side_by_side_after_the_segments_they_read():
+    """On PostgreSQL independent segments build in parallel connections (committed data is
+    what they see, hence a transactional test); a segment reading another waits for it."""
+    from segments.services import segments_materialise
+
+    contacts = Contact.objects.bulk_create(
+        [Contact(name=f"c{i}", city=("上海", "北京", "杭州")[i % 3]) for i in range(90)]
+    )
+    shanghai = segment_create(name="上海", rule=city_rule("上海"), build=False)
+    beijing = segment_create(name="北京", rule=city_rule("北京"), build=False)
+    not_shanghai = segment_create(
+        name="非上海",
+        rule={
+            "op": "and",
+            "conditions": [{"type": "segment", "segment": shanghai.pk, "match": "not_in"}],
+        },
+        build=False,
+    )
+    assert members(shanghai) == set()  # not built yet
+
+    results = segments_materialise(segments=[not_shanghai, beijing, shanghai], concurrency=2)
+
+    by_city = {
+        city: {c.pk for c in contacts if c.city == city} for city in ("上海", "北京", "杭州")
+    }
+    assert members(shanghai) == by_city["上海"]
+    assert members(beijing) == by_city["北京"]
+    assert members(not_shanghai) == by_city["北京"] | by_city["杭州"]
+    assert set(results) == {shanghai.pk, beijing.pk, not_shanghai.pk}
+    for segment in (shanghai, beijing, not_shanghai):
+        segment.refresh_from_db()
+        assert segment.last_refreshed_at is not None
+        assert segment.member_count == len(members(segment))
+
+
+def test_a_segment_created_without_its_build_is_built_on_the_next_tick():
+    c = ContactFactory(city="上海")
+    segment = segment_create(name="s", rule=city_rule("上海"), build=False)
+    assert segment.last_refreshed_at is None
+    assert members(segment) == set()
+    segments_tick()
+    assert members(segment) == {c.pk}
+    segment.refresh_from_db()
+    assert segment.last_refreshed_at is not None
+
+
+def test_every_field_a_rule_can_read_has_a_topic_bit_of_its_own():
+    from segments.rules import CORE_FIELDS
+    from segments.rules.topics import FIXED_BITS, FIXED_TOPICS, HASHED_BITS, topic_bit
+
+    assert set(CORE_FIELDS) <= set(FIXED_TOPICS)
+    assert len(set(FIXED_BITS.values())) == len(FIXED_TOPICS)
+    assert HASHED_BITS > 16
+    hashed = topic_bit("event:purchase") | topic_bit("segment:7")
+    assert not hashed & sum(FIXED_BITS.values())  # events never cost a profile-field rule

@@ -254,8 +254,8 @@ def test_a_validation_error_is_shown_at_the_offending_condition(operator_client)
     assert not Segment.objects.filter(name="上海高价值").exists()
     row = _node_html(html, "r-1-0")
     assert "has-error" in row.split(">", 1)[0]
-    assert "must be a number" in row
-    assert "must be a number" not in _node_html(html, "r-0")
+    assert "须为数字" in row  # the operator's language (zh-Hans by default)
+    assert "须为数字" not in _node_html(html, "r-0")
     # What the operator typed is kept
     assert 'value="two"' in row
 
@@ -318,7 +318,7 @@ def test_a_cycle_is_refused_at_the_segment_condition(operator_client):
     )
     response = operator_client.post(reverse("segments:edit", args=[a.pk]), data)
     assert response.status_code == 422
-    assert "cycle" in _node_html(response.content.decode(), "r-0")
+    assert "循环" in _node_html(response.content.decode(), "r-0")
     a.refresh_from_db()
     assert a.rule == CITY_RULE
 
@@ -356,7 +356,7 @@ def test_preview_of_an_invalid_rule_shows_the_error_instead_of_a_count(operator_
     )
     html = operator_client.post(reverse("segments:preview"), data, **HX).content.decode()
     assert "data-count" not in html
-    assert 'data-error-path="r-0"' in html and "must be a number" in html
+    assert 'data-error-path="r-0"' in html and "须为数字" in html
 
 
 def test_preview_rejects_a_cycle_for_the_segment_being_edited(operator_client):
@@ -369,7 +369,7 @@ def test_preview_rejects_a_cycle_for_the_segment_being_edited(operator_client):
         **{"r-0.kind": "segment", "r-0.was": "segment", "r-0.segment": str(b.pk)},
     )
     html = operator_client.post(reverse("segments:preview"), data, **HX).content.decode()
-    assert "cycle" in html
+    assert "循环" in html
 
 
 # Segment actions --------------------------------------------------------------------------------
