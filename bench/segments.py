@@ -438,6 +438,13 @@ def members(segment: Segment) -> set[int]:
 
 def cleanup() -> None:
     Segment.objects.filter(name__startswith=PREFIX).delete()
+    # Each run writes and deletes millions of membership rows: start every run from compact
+    # tables, not from whatever autovacuum has got round to (a bloated table made builds 50%
+    # slower).
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM FULL {SegmentMembership._meta.db_table}")
+        cursor.execute(f"VACUUM (ANALYZE) {SegmentMembership._meta.db_table}")
+        cursor.execute(f"VACUUM (ANALYZE) {Event._meta.db_table}")
 
 
 def main() -> None:
