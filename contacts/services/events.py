@@ -6,7 +6,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Case, DateTimeField, Q, Value, When
 from django.utils import timezone
 
 from contacts.models import (
@@ -54,15 +53,31 @@ def events_stored(events: list[Event]) -> None:
             if seen is None or event.occurred_at > seen:
                 latest[event.contact_id] = event.occurred_at
     if latest:
-        when = Case(
-            *[When(pk=pk, then=Value(at)) for pk, at in latest.items()],
-            output_field=DateTimeField(),
-        )
-        # Never backwards: an old event arriving late leaves a newer activity time alone.
-        Contact.objects.filter(pk__in=list(latest)).filter(
-            Q(last_active_at__isnull=True) | Q(last_active_at__lt=when)
-        ).update(last_active_at=when)
+        _last_active_forward(latest)
     events_recorded.send(sender=Event, events=events)
+
+
+def _last_active_forward(latest: dict[int, dt.datetime]) -> None:
+    """Move each contact's last_active_at to the given time, never backwards (an old event
+    arriving late leaves a newer time alone). One statement per batch, in id order so that
+    concurrent batches lock shared contacts in the same order."""
+    table = Contact._meta.db_table
+    rows = sorted(latest.items())
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {table} AS c SET last_active_at = v.at "
+                "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, at) "
+                "WHERE c.id = v.id AND (c.last_active_at IS NULL OR c.last_active_at < v.at)",
+                [[pk for pk, _ in rows], [at for _, at in rows]],
+            )
+        else:
+            adapt = connection.ops.adapt_datetimefield_value
+            cursor.executemany(
+                f"UPDATE {table} SET last_active_at = %s "
+                "WHERE id = %s AND (last_active_at IS NULL OR last_active_at < %s)",
+                [(adapt(at), pk, adapt(at)) for pk, at in rows],
+            )
 
 
 def event_record(
