@@ -33,6 +33,7 @@ from segments.models import (
     ScoreRuleKind,
 )
 from segments.rules import compile_rule, validate_rule
+from segments.services import mark_dirty
 
 PROPERTY_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists")
 MAX_PROPERTY_FILTERS = 20
@@ -637,6 +638,9 @@ def _add_to_scores(
             age=now - award.awarded_at, half_life_days=half_life
         )
     _store_scores(scores, now)
+    # Rules on the score re-evaluate these contacts on the next incremental pass (the daily
+    # decay needs no queue: such rules have a time window and are rebuilt daily anyway).
+    mark_dirty(contact_ids=touched, topics=["lead_score"])
     _apply_thresholds(scores)
 
 
@@ -692,6 +696,8 @@ def lead_scores_fit(
         touched |= gone | new
     if touched:
         lead_scores_recompute_contacts(contact_ids=touched, now=now)
+        if ids is not None:
+            mark_dirty(contact_ids=touched, topics=["lead_score"])
     return added, removed
 
 

@@ -10,6 +10,7 @@ of each kind, and compiler.py gives each its SQL meaning.
 """
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -522,21 +523,24 @@ def validate_property_filter(item: Any, path: str) -> None:
         _fail(f"{path}.value", _("must be text or a number"))
 
 
+def rule_conditions(rule: Any) -> Iterator[dict]:
+    """Every condition (leaf) of a rule tree, depth first; malformed nodes are skipped."""
+    if not isinstance(rule, dict):
+        return
+    if "op" in rule:
+        for child in rule.get("conditions") or []:
+            yield from rule_conditions(child)
+    else:
+        yield rule
+
+
 def rule_segment_refs(rule: Any) -> set[int]:
     """The ids of the segments a rule reads."""
-    found: set[int] = set()
-
-    def walk(node: Any) -> None:
-        if not isinstance(node, dict):
-            return
-        if "op" in node:
-            for child in node.get("conditions") or []:
-                walk(child)
-        elif node.get("type") == "segment" and isinstance(node.get("segment"), int):
-            found.add(node["segment"])
-
-    walk(rule)
-    return found
+    return {
+        node["segment"]
+        for node in rule_conditions(rule)
+        if node.get("type") == "segment" and isinstance(node.get("segment"), int)
+    }
 
 
 def segment_ancestors(segment) -> set[int]:
@@ -555,19 +559,14 @@ def segment_ancestors(segment) -> set[int]:
 def rule_has_time_window(rule: Any) -> bool:
     """True when the rule's result can change with time alone (or with data recomputed daily)."""
 
-    def walk(node: Any) -> bool:
-        if not isinstance(node, dict):
-            return False
-        if "op" in node:
-            return any(walk(child) for child in node.get("conditions") or [])
+    def ages(node: dict) -> bool:
         kind = node.get("type")
         if kind in ("rfm", "koc"):
             return True
         if kind == "attribute" and node.get("field") == "lead_score":
             return True  # the score decays daily
-        operator = normalise_operator(node.get("operator"))
-        if operator in DAYS_OPS:
+        if normalise_operator(node.get("operator")) in DAYS_OPS:
             return True
         return kind == "event" and "last_days" in (node.get("window") or {})
 
-    return walk(rule)
+    return any(ages(node) for node in rule_conditions(rule))

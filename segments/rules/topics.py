@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+from segments.rules.schema import rule_conditions
+
 ALL = (1 << 63) - 1  # every bit of a signed 64-bit integer but the sign
 
 TAGS, CONSENT, IDENTITIES, MEMBERSHIP, RFM, KOC = (
@@ -79,16 +81,9 @@ REACHABLE_TOPICS = {
 
 
 def rule_topics(rule: Any) -> set[str]:
-    """Every topic a (validated) rule reads."""
+    """Every topic a (validated) rule reads; "*" for a condition kind not known here."""
     found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if not isinstance(node, dict):
-            return
-        if "op" in node:
-            for child in node.get("conditions") or []:
-                walk(child)
-            return
+    for node in rule_conditions(rule):
         kind = node.get("type")
         if kind == "attribute":
             found.add(field_topic(str(node.get("field"))))
@@ -102,10 +97,8 @@ def rule_topics(rule: Any) -> set[str]:
             found.update(REACHABLE_TOPICS.get(node.get("channel"), (IDENTITIES, CONSENT)))
         elif kind == "segment":
             found.add(segment_topic(node.get("segment")))
-        else:  # a kind this module does not know yet: assume it reads everything
+        else:
             found.add("*")
-
-    walk(rule)
     return found
 
 

@@ -614,3 +614,36 @@ def _zh(msgid: str) -> str:
 
     with translation.override("zh-hans"):
         return translation.gettext(msgid)
+
+
+def test_points_from_events_reach_segments_on_the_score():
+    """A scored event queues the contact for rules on lead_score, not only for rules on the
+    event itself."""
+    from django.utils import timezone
+
+    from contacts.services import EventInput, events_record
+    from segments.services import segment_create, segments_refresh_incremental
+
+    _rule(points=30)
+    hot = segment_create(
+        name="热线索",
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "attribute", "field": "lead_score", "operator": "gte", "value": 25}
+            ],
+        },
+    )
+    contact = ContactFactory()
+    events_record(
+        items=[
+            EventInput(
+                event_id="scored-1",
+                name="purchase",
+                occurred_at=timezone.now(),
+                contact_id=contact.pk,
+            )
+        ]
+    )
+    segments_refresh_incremental(now=timezone.now() + dt.timedelta(seconds=1))
+    assert set(hot.memberships.values_list("contact_id", flat=True)) == {contact.pk}
