@@ -18,6 +18,7 @@ from segments.models import (
     SegmentSize,
 )
 from segments.rules import validate_rule
+from segments.rules.topics import mask_topics
 from segments.services import segment_refresh
 
 
@@ -86,8 +87,12 @@ class SegmentSizeAdmin(admin.ModelAdmin):
 
 @admin.register(DirtyContact)
 class DirtyContactAdmin(admin.ModelAdmin):
-    list_display = ["contact_id", "changed_at"]
+    list_display = ["contact_id", "changed_at", "what_changed"]
     show_full_result_count = False
+
+    @admin.display(description=_("what changed"))
+    def what_changed(self, obj: DirtyContact) -> str:
+        return ", ".join(mask_topics(obj.topics))
 
 
 @admin.register(AutoTagRule)

@@ -105,3 +105,14 @@ def rule_topics(rule: Any) -> set[str]:
 def rule_mask(rule: Any) -> int:
     topics = rule_topics(rule)
     return ALL if "*" in topics else topics_mask(topics)
+
+
+def mask_topics(mask: int) -> list[str]:
+    """The fixed topics a mask holds, and "events / segments" for any hashed bit (their names
+    cannot be recovered); for showing a queue row to an admin."""
+    if mask == ALL:
+        return ["*"]
+    named = [topic for topic, bit in FIXED_BITS.items() if mask & bit]
+    if mask >> len(FIXED_TOPICS):
+        named.append("events / segments")
+    return named

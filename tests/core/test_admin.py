@@ -62,3 +62,12 @@ def test_api_key_created_in_the_admin_is_shown_once_and_works(operator_client):
     # The change page never shows the key again.
     page = operator_client.get(reverse("admin:core_apikey_change", args=[key.pk]))
     assert raw not in page.content.decode()
+
+
+def test_the_change_queue_shows_what_changed(operator_client):
+    from segments.services import mark_dirty
+
+    contact = ContactFactory()
+    mark_dirty(contact_ids=[contact.pk], topics=["city", "tags"])
+    html = operator_client.get(reverse("admin:segments_dirtycontact_changelist")).content.decode()
+    assert "city, tags" in html

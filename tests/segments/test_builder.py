@@ -14,6 +14,7 @@ from segments.forms import rule_apply_action, rule_error_part, rule_from_post
 from segments.models import Segment
 from segments.services import segment_create
 from tests.factories import SegmentFactory, StoreFactory, TagFactory
+from tests.segments.posts import CITY_ROW, builder_post
 
 pytestmark = pytest.mark.django_db
 
@@ -256,22 +257,15 @@ def test_switching_a_condition_kind_starts_from_that_kinds_defaults(operator_cli
 
 
 def test_changing_the_field_offers_that_fields_operators(operator_client):
-    data = {
-        "name": "x",
-        "kind": "dynamic",
-        "refresh_policy": "on_change",
-        "refresh_interval_minutes": "60",
-        "refresh_hour": "3",
-        "r.kind": "group",
-        "r.op": "and",
-        "r-0.kind": "attribute",
-        "r-0.was": "attribute",
-        "r-0.field": "created_at",
-        "r-0.field_was": "city",
-        "r-0.operator": "contains",
-        "r-0.value": "上海",
-        "action": "refresh",
-    }
+    data = builder_post(
+        CITY_ROW,
+        name="x",
+        **{
+            "r-0__field": "created_at",
+            "r-0__operator": "contains",
+            "action": "refresh",
+        },
+    )
     response = operator_client.post(reverse("segments:create"), data, HTTP_HX_REQUEST="true")
     html = response.content.decode()
     assert 'value="within_last_days"' in html and 'value="contains"' not in html
@@ -361,23 +355,7 @@ def test_every_valid_rule_round_trips_through_the_rows(property_catalogue):
 
 def _rows(**fields) -> dict[str, str]:
     """The form a browser posts for a root AND group with one condition at r-0."""
-    data = {
-        "name": "上海客户",
-        "kind": "dynamic",
-        "refresh_policy": "on_change",
-        "refresh_interval_minutes": "60",
-        "refresh_hour": "3",
-        "r.kind": "group",
-        "r.op": "and",
-        "r-0.kind": "attribute",
-        "r-0.was": "attribute",
-        "r-0.field": "city",
-        "r-0.field_was": "city",
-        "r-0.operator": "eq",
-        "r-0.value": "上海",
-    }
-    data.update({key.replace("__", "."): value for key, value in fields.items()})
-    return data
+    return builder_post(CITY_ROW, **{"name": "上海客户", **fields})
 
 
 @pytest.mark.parametrize("name", ["上海客户", ""])

@@ -617,3 +617,11 @@ def test_every_field_a_rule_can_read_has_a_topic_bit_of_its_own():
     assert HASHED_BITS > 16
     hashed = topic_bit("event:purchase") | topic_bit("segment:7")
     assert not hashed & sum(FIXED_BITS.values())  # events never cost a profile-field rule
+
+
+def test_a_mask_reads_back_as_the_topics_it_holds():
+    from segments.rules.topics import ALL, mask_topics, topics_mask
+
+    assert mask_topics(topics_mask(["city", "tags"])) == ["city", "tags"]
+    assert mask_topics(topics_mask(["event:purchase"])) == ["events / segments"]
+    assert mask_topics(ALL) == ["*"]

@@ -17,6 +17,7 @@ from tests.factories import (
     TagFactory,
     user_with_role,
 )
+from tests.segments.posts import builder_post
 from tests.segments.test_builder import form_data
 
 pytestmark = pytest.mark.django_db
@@ -26,22 +27,6 @@ CITY_RULE = {
     "op": "and",
     "conditions": [{"type": "attribute", "field": "city", "operator": "eq", "value": "上海"}],
 }
-BASE = {
-    "name": "上海高价值",
-    "description": "",
-    "kind": "dynamic",
-    "refresh_policy": "on_change",
-    "refresh_interval_minutes": "60",
-    "refresh_hour": "3",
-    "r.kind": "group",
-    "r.op": "and",
-}
-
-
-def _post(**fields):
-    data = dict(BASE)
-    data.update(fields)
-    return data
 
 
 def _node_html(html: str, path: str) -> str:
@@ -97,8 +82,8 @@ def test_analysts_read_but_cannot_change(analyst_client):
     for url in forbidden_gets:
         assert analyst_client.get(url).status_code == 403, url
     forbidden_posts = [
-        (reverse("segments:create"), _post()),
-        (reverse("segments:preview"), _post()),
+        (reverse("segments:create"), builder_post()),
+        (reverse("segments:preview"), builder_post()),
         (reverse("segments:refresh", args=[segment.pk]), {}),
         (reverse("segments:duplicate", args=[segment.pk]), {}),
         (reverse("segments:archive", args=[segment.pk]), {"archived": "1"}),
@@ -194,7 +179,7 @@ def test_detail_shows_rule_in_words_and_members(operator_client):
 def test_create_builds_the_rule_from_the_rows(operator_client):
     tag = TagFactory(name="VIP")
     ContactFactory(city="上海")
-    data = _post(
+    data = builder_post(
         **{
             "r-0.kind": "attribute",
             "r-0.was": "attribute",
@@ -228,7 +213,7 @@ def test_create_builds_the_rule_from_the_rows(operator_client):
 
 def test_a_validation_error_is_shown_at_the_offending_condition(operator_client):
     """The error sits in the row of the nested event condition, not in a banner."""
-    data = _post(
+    data = builder_post(
         **{
             "r-0.kind": "attribute",
             "r-0.was": "attribute",
@@ -262,7 +247,7 @@ def test_a_validation_error_is_shown_at_the_offending_condition(operator_client)
 
 def test_create_with_a_taken_name_shows_it_on_the_name(operator_client):
     SegmentFactory(name="上海高价值")
-    response = operator_client.post(reverse("segments:create"), _post())
+    response = operator_client.post(reverse("segments:create"), builder_post())
     assert response.status_code == 422
     assert "already exists" in response.content.decode() or "已存在" in response.content.decode()
     assert Segment.objects.filter(name="上海高价值").count() == 1
@@ -326,7 +311,7 @@ def test_a_cycle_is_refused_at_the_segment_condition(operator_client):
 def test_preview_counts_and_samples(operator_client):
     ContactFactory(name="上海甲", city="上海")
     ContactFactory(name="北京乙", city="北京")
-    data = _post(
+    data = builder_post(
         **{
             "r-0.kind": "attribute",
             "r-0.was": "attribute",
@@ -344,7 +329,7 @@ def test_preview_counts_and_samples(operator_client):
 
 
 def test_preview_of_an_invalid_rule_shows_the_error_instead_of_a_count(operator_client):
-    data = _post(
+    data = builder_post(
         **{
             "r-0.kind": "attribute",
             "r-0.was": "attribute",
@@ -364,7 +349,7 @@ def test_preview_rejects_a_cycle_for_the_segment_being_edited(operator_client):
     b = segment_create(
         name="B", rule={"op": "and", "conditions": [{"type": "segment", "segment": a.pk}]}
     )
-    data = _post(
+    data = builder_post(
         segment=str(a.pk),
         **{"r-0.kind": "segment", "r-0.was": "segment", "r-0.segment": str(b.pk)},
     )
