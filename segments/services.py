@@ -11,11 +11,11 @@ auto-tag rules follow the same diff. Segments that read other segments refresh a
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from django.conf import settings
@@ -503,113 +503,112 @@ INCREMENTAL_MAX = 200_000
 INCREMENTAL_IDS_TABLE = "segment_incremental_ids"
 
 
-def _scope_table(masks: dict[int, int]) -> None:
-    """Put the contacts of an incremental pass, with their topic masks, in a keyed temporary
-    table (PostgreSQL)."""
+def _scope_table(ids: list[int]) -> RawSQL:
+    """Put the contacts one segment re-evaluates in a keyed temporary table of this connection
+    (PostgreSQL), dropped when the segment's transaction commits."""
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {INCREMENTAL_IDS_TABLE}")
         cursor.execute(
-            f"CREATE TEMPORARY TABLE {INCREMENTAL_IDS_TABLE} "
-            "(id bigint PRIMARY KEY, topics bigint NOT NULL)"
+            f"CREATE TEMPORARY TABLE {INCREMENTAL_IDS_TABLE} (id bigint PRIMARY KEY) ON COMMIT DROP"
         )
-        with cursor.copy(f"COPY {INCREMENTAL_IDS_TABLE} (id, topics) FROM STDIN") as copy:
-            for row in sorted(masks.items()):
-                copy.write_row(row)
+        with cursor.copy(f"COPY {INCREMENTAL_IDS_TABLE} (id) FROM STDIN") as copy:
+            for pk in ids:
+                copy.write_row((pk,))
         cursor.execute(f"ANALYZE {INCREMENTAL_IDS_TABLE}")
+    return RawSQL(f"SELECT id FROM {INCREMENTAL_IDS_TABLE}", [])
 
 
-def _scope_add(ids: list[int], bit: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {INCREMENTAL_IDS_TABLE} AS t (id, topics) "
-            "SELECT unnest(%s::bigint[]), %s "
-            "ON CONFLICT (id) DO UPDATE SET topics = t.topics | excluded.topics",
-            [ids, bit],
-        )
+def _incremental_segment(
+    segment: Segment, ids: list[int], now: dt.datetime, *, use_table: bool
+) -> tuple[list[int], list[int]]:
+    """Re-evaluate `ids` (sorted) against one segment and apply what moved, in one transaction.
+
+    The planner must probe indexes for exactly these contacts (the contacts' primary key, each
+    sub-query's contact index) rather than scan millions of rows for a few thousand changed
+    ones. With `use_table` (PostgreSQL, many contacts) the ids go into a keyed temporary table
+    and hash and merge joins, sequential and bitmap scans are off (discouraged: a table without
+    a usable index is still read) so that every access is driven by that table; otherwise they
+    go as literal batches.
+    """
+    started = time.monotonic()
+    entered: list[int] = []
+    exited: list[int] = []
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # Compiling these short queries would cost more than running them.
+                cursor.execute("SET LOCAL jit = off")
+                if use_table:
+                    # The planner prices a probe as a disk read and would rather scan every
+                    # purchase in a window than probe 10,000 contacts' events.
+                    for switch in ("hashjoin", "mergejoin", "seqscan", "bitmapscan"):
+                        cursor.execute(f"SET LOCAL enable_{switch} = off")
+        if use_table:
+            diff = _membership_diff(segment, _scope_table(ids), now)
+            entered, exited = diff.entered, diff.exited
+        else:
+            for batch in _batches(ids):
+                diff = _membership_diff(segment, batch, now)
+                entered += diff.entered
+                exited += diff.exited
+        if entered or exited:
+            _apply_changes(segment, now, entered, exited, queue_dependents=False)
+            # By difference: counting a large segment's rows again would cost more than the
+            # whole incremental evaluation.
+            Segment.objects.filter(pk=segment.pk).update(
+                member_count=F("member_count") + len(entered) - len(exited)
+            )
+    logger.info(
+        "incremental %s: %d contacts, +%d -%d in %.3f s",
+        segment.name,
+        len(ids),
+        len(entered),
+        len(exited),
+        time.monotonic() - started,
+    )
+    return entered, exited
 
 
-def _incremental_pass(*, masks: dict[int, int], now: dt.datetime) -> dict[int, tuple[int, int]]:
+def _incremental_pass(
+    *, masks: dict[int, int], now: dt.datetime, concurrency: int | None = None
+) -> dict[int, tuple[int, int]]:
     """Re-evaluate queued contacts against the on-change segments, in dependency order.
 
     `masks` maps each contact to the topics that changed for it; a segment re-evaluates only
     the contacts with a topic its rule reads, and is skipped when there are none. Contacts
     that enter or leave a segment get that segment's topic, so segments reading it follow.
-
-    The planner must probe indexes for exactly these contacts (the contacts' primary key,
-    each sub-query's contact index) rather than scan millions of rows for a few thousand
-    changed ones. On PostgreSQL the ids go into a keyed temporary table and, inside the pass,
-    hash and merge joins, sequential and bitmap scans are off (discouraged: a table without a
-    usable index is still read) so that every access is driven by that table; elsewhere (and
-    for a handful of ids) they go as literal batches.
+    A large pass on PostgreSQL evaluates independent segments side by side, like a full
+    refresh (segments_materialise); a handful of contacts (an operator's click) go one
+    segment after the other in the caller's connection.
     """
     masks = dict(masks)
-    postgres = connection.vendor == "postgresql"
-    use_table = postgres and len(masks) > INLINE_REFRESH_LIMIT
-    if use_table:
-        _scope_table(masks)
+    use_table = connection.vendor == "postgresql" and len(masks) > INLINE_REFRESH_LIMIT
     changes: dict[int, tuple[int, int]] = {}
-    try:
-        for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE]):
-            wanted = rule_mask(segment.rule)
-            ids = sorted(pk for pk, mask in masks.items() if mask & wanted)
-            if not ids:
-                continue
-            started = time.monotonic()
-            entered: list[int] = []
-            exited: list[int] = []
-            with transaction.atomic():
-                if postgres:
-                    with connection.cursor() as cursor:
-                        # Compiling these short queries would cost more than running them.
-                        cursor.execute("SET LOCAL jit = off")
-                        if use_table:
-                            # Every access driven by the changed contacts: per-contact index
-                            # probes, never a scan of every purchase in a window for them (the
-                            # planner prices a probe as a disk read and scans instead).
-                            for switch in ("hashjoin", "mergejoin", "seqscan", "bitmapscan"):
-                                cursor.execute(f"SET LOCAL enable_{switch} = off")
-                if use_table and len(ids) > INLINE_REFRESH_LIMIT:
-                    scope = RawSQL(
-                        f"SELECT id FROM {INCREMENTAL_IDS_TABLE} WHERE (topics & %s) <> 0",
-                        [wanted],
-                    )
-                    diff = _membership_diff(segment, scope, now)
-                    entered, exited = diff.entered, diff.exited
-                else:
-                    for batch in _batches(ids):
-                        diff = _membership_diff(segment, batch, now)
-                        entered += diff.entered
-                        exited += diff.exited
-                if entered or exited:
-                    _apply_changes(segment, now, entered, exited, queue_dependents=False)
-                    # By difference: counting a large segment's rows again would cost more
-                    # than the whole incremental evaluation.
-                    delta = len(entered) - len(exited)
-                    Segment.objects.filter(pk=segment.pk).update(
-                        member_count=F("member_count") + delta
-                    )
-                    segment.member_count += delta
-                    changes[segment.pk] = (len(entered), len(exited))
-            # Segments reading this one (later in the order) re-evaluate who entered or left.
-            moved = entered + exited
-            if moved and segment.dependents.exists():
-                bit = topic_bit(segment_topic(segment.pk))
-                for pk in moved:
-                    masks[pk] = masks.get(pk, 0) | bit
-                if use_table:
-                    _scope_add(moved, bit)
-            logger.info(
-                "incremental %s: %d contacts, +%d -%d in %.3f s",
-                segment.name,
-                len(ids),
-                len(entered),
-                len(exited),
-                time.monotonic() - started,
-            )
-    finally:
-        if use_table:
-            with connection.cursor() as cursor:
-                cursor.execute(f"DROP TABLE IF EXISTS {INCREMENTAL_IDS_TABLE}")
+
+    def prepare(segment: Segment) -> Callable[[], tuple[list[int], list[int]]] | None:
+        wanted = rule_mask(segment.rule)
+        ids = sorted(pk for pk, mask in masks.items() if mask & wanted)
+        if not ids:
+            return None
+        return lambda: _incremental_segment(segment, ids, now, use_table=use_table)
+
+    def finished(segment: Segment, moved: tuple[list[int], list[int]]) -> None:
+        entered, exited = moved
+        if not entered and not exited:
+            return
+        changes[segment.pk] = (len(entered), len(exited))
+        # Segments reading this one (they start after it) re-evaluate who entered or left.
+        if segment.dependents.exists():
+            bit = topic_bit(segment_topic(segment.pk))
+            for pk in entered + exited:
+                masks[pk] = masks.get(pk, 0) | bit
+
+    _in_dependency_order(
+        _live_rule_segments([RefreshPolicy.ON_CHANGE]),
+        prepare=prepare,
+        finished=finished,
+        concurrency=concurrency if use_table else 1,
+    )
     return changes
 
 
@@ -653,16 +652,39 @@ def segments_materialise(
 ) -> dict[int, tuple[int, int]]:
     """Full refresh (or first build) of several segments; return {id: (entered, exited)}.
 
-    On PostgreSQL independent segments are refreshed side by side, up to `concurrency`
-    (SEGMENT_REFRESH_CONCURRENCY) at once, each in its own thread and database connection: the
-    work is in the database server, and the driver releases the GIL while a statement runs. A
-    segment starts only after every segment of this set that it reads has committed, and the
-    slowest known segments start first. SQLite has one writer, and a caller inside a
-    transaction must see its own uncommitted rows: there they run one after the other.
+    Independent segments are refreshed side by side on PostgreSQL (see _in_dependency_order).
+    """
+    return _in_dependency_order(
+        segments,
+        prepare=lambda segment: lambda: segment_refresh(segment=segment, now=now),
+        concurrency=concurrency,
+    )
+
+
+T = TypeVar("T")
+
+
+def _in_dependency_order(
+    segments: Iterable[Segment],
+    *,
+    prepare: Callable[[Segment], Callable[[], T] | None],
+    finished: Callable[[Segment, T], None] | None = None,
+    concurrency: int | None = None,
+) -> dict[int, T]:
+    """Run one job per segment, each after the jobs of the segments of this set it reads;
+    return {segment id: the job's result}.
+
+    `prepare(segment)` runs in the calling thread once those have finished (and `finished` has
+    seen their results) and returns the job, or None to skip the segment. On PostgreSQL jobs of
+    independent segments run side by side, up to `concurrency` (SEGMENT_REFRESH_CONCURRENCY) at
+    once, each in its own thread and database connection: the work is in the database server,
+    and the driver releases the GIL while a statement runs; the slowest known segments start
+    first. SQLite has one writer, and a caller inside a transaction must see its own
+    uncommitted rows: there they run one after the other in the caller's connection.
     """
     ordered = segments_in_refresh_order(segments)
     workers = concurrency or settings.SEGMENT_REFRESH_CONCURRENCY
-    results: dict[int, tuple[int, int]] = {}
+    results: dict[int, T] = {}
     if (
         connection.vendor != "postgresql"
         or connection.in_atomic_block
@@ -670,7 +692,11 @@ def segments_materialise(
         or len(ordered) <= 1
     ):
         for segment in ordered:
-            results[segment.pk] = segment_refresh(segment=segment, now=now)
+            job = prepare(segment)
+            if job is not None:
+                results[segment.pk] = result = job()
+                if finished is not None:
+                    finished(segment, result)
         return results
 
     pending = {s.pk: s for s in ordered}
@@ -678,30 +704,42 @@ def segments_materialise(
     done: set[int] = set()
     failures: list[BaseException] = []
 
-    def build(segment: Segment) -> tuple[int, int]:
+    def run(job: Callable[[], T]) -> T:
         try:
-            return segment_refresh(segment=segment, now=now)
+            return job()
         finally:
             connections.close_all()  # this thread's own connection
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segment-refresh") as pool:
-        running: dict[Future, int] = {}
+        running: dict[Future, Segment] = {}
         while pending or running:
             ready = [pk for pk in pending if deps.get(pk, set()) <= done]
             if not ready and not running:  # a cycle slipped past validation: break it
                 ready = [next(iter(pending))]
             ready.sort(key=lambda pk: -(pending[pk].last_refresh_seconds or 0))
-            for pk in ready[: workers - len(running)]:
-                running[pool.submit(build, pending.pop(pk))] = pk
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                pk = running.pop(future)
-                done.add(pk)
+            for pk in ready:
+                if len(running) >= workers:
+                    break
+                segment = pending.pop(pk)
+                job = prepare(segment)
+                if job is None:
+                    done.add(pk)
+                else:
+                    running[pool.submit(run, job)] = segment
+            if not running:
+                continue
+            finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                segment = running.pop(future)
+                done.add(segment.pk)
                 try:
-                    results[pk] = future.result()
-                except Exception as exc:  # the others still refresh; the first error is raised
-                    logger.exception("refresh of segment %s failed", pk)
+                    results[segment.pk] = result = future.result()
+                except Exception as exc:  # the others still run; the first error is raised
+                    logger.exception("refresh of segment %s failed", segment.pk)
                     failures.append(exc)
+                    continue
+                if finished is not None:
+                    finished(segment, result)
     if failures:
         raise failures[0]
     return results

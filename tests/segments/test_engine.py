@@ -6,6 +6,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone, translation
 
 from contacts.models import Contact, ContactTag, Event, Identity, TagSource
@@ -13,6 +14,7 @@ from contacts.services import EventInput, contact_tag_add, contact_update, event
 from core.errors import ValidationFailed
 from segments.models import DirtyContact, RefreshPolicy, Segment, SegmentSize
 from segments.rules import validate_rule
+from segments.rules.topics import event_topic
 from segments.selectors import segment_explain
 from segments.services import (
     auto_tag_rule_create,
@@ -595,6 +597,52 @@ def test_several_segments_materialise_side_by_side_after_the_segments_they_read(
         segment.refresh_from_db()
         assert segment.last_refreshed_at is not None
         assert segment.member_count == len(members(segment))
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(SEGMENT_REFRESH_CONCURRENCY=2)
+def test_a_large_incremental_pass_evaluates_independent_segments_side_by_side():
+    """Beat's pass outside a transaction: on PostgreSQL independent segments are evaluated in
+    parallel connections (each with its own id table), a segment reading another after it and
+    with its entries; the member counts, entry events and queue end as a sequential pass leaves
+    them."""
+    contacts = Contact.objects.bulk_create([Contact(name=f"c{i}", city="杭州") for i in range(300)])
+    ids = [c.pk for c in contacts]
+    shanghai = segment_create(name="上海", rule=city_rule("上海"))
+    beijing = segment_create(name="北京", rule=city_rule("北京"))
+    buyers_in_shanghai = segment_create(
+        name="上海且买过",
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "segment", "segment": shanghai.pk},
+                {"type": "event", "name": "purchase", "measure": "performed"},
+            ],
+        },
+    )
+    now = timezone.now()
+    Contact.objects.filter(pk__in=ids[:120]).update(city="上海")
+    Contact.objects.filter(pk__in=ids[120:200]).update(city="北京")
+    Event.objects.bulk_create(
+        Event(event_id=uuid.uuid4().hex, contact_id=pk, name="purchase", occurred_at=now)
+        for pk in ids[60:180]
+    )
+    mark_dirty(contact_ids=ids, at=now, topics=["city", event_topic("purchase")])
+
+    changes = segments_refresh_incremental(now=now)
+
+    assert members(shanghai) == set(ids[:120])
+    assert members(beijing) == set(ids[120:200])
+    assert members(buyers_in_shanghai) == set(ids[60:120])
+    assert changes == {shanghai.pk: (120, 0), beijing.pk: (80, 0), buyers_in_shanghai.pk: (60, 0)}
+    for segment in (shanghai, beijing, buyers_in_shanghai):
+        segment.refresh_from_db()
+        assert segment.member_count == len(members(segment))
+        entered = Event.objects.filter(
+            name="segment_entered", properties__segment_id=segment.pk
+        ).values_list("contact_id", flat=True)
+        assert sorted(entered) == sorted(members(segment))
+    assert not DirtyContact.objects.exists()
 
 
 def test_a_segment_created_without_its_build_is_built_on_the_next_tick():
