@@ -30,6 +30,7 @@ from contacts.importers import detect_encoding
 from contacts.models import Contact, ContactTag, Identity, IdentityKind, Tag, TagSource
 from contacts.services import IdentityInput, events_append, normalize_identity
 from core.errors import ValidationFailed
+from core.sql import bigint_array
 from segments.models import (
     AutoTagRule,
     DirtyContact,
@@ -431,7 +432,7 @@ def _membership_diff(segment: Segment, ids: Any, now: dt.datetime) -> RefreshRes
                 f"INSERT INTO {SegmentMembership._meta.db_table} "
                 "(segment_id, contact_id, entered_at) "
                 "SELECT %s, unnest(%s::bigint[]), %s ON CONFLICT DO NOTHING",
-                [segment.pk, entered, now],
+                [segment.pk, bigint_array(entered), now],
             )
     elif entered:
         SegmentMembership.objects.bulk_create(
@@ -512,8 +513,7 @@ def _scope_table(ids: list[int]) -> RawSQL:
             f"CREATE TEMPORARY TABLE {INCREMENTAL_IDS_TABLE} (id bigint PRIMARY KEY) ON COMMIT DROP"
         )
         with cursor.copy(f"COPY {INCREMENTAL_IDS_TABLE} (id) FROM STDIN") as copy:
-            for pk in ids:
-                copy.write_row((pk,))
+            copy.write("".join(f"{int(pk)}\n" for pk in ids))
         cursor.execute(f"ANALYZE {INCREMENTAL_IDS_TABLE}")
     return RawSQL(f"SELECT id FROM {INCREMENTAL_IDS_TABLE}", [])
 
