@@ -268,7 +268,8 @@ SCRM_STRONG_IDENTITY_KINDS = env.list(
 # `core: expire job files` periodic task deletes them, and leftovers no job names, after that.
 SCRM_FILE_RETENTION_DAYS = env.int("SCRM_FILE_RETENTION_DAYS", default=7)
 # Segments refreshed side by side (PostgreSQL; each in its own connection) when several are due
-# at once. The work is in the database server: about its number of cores.
+# at once, and re-evaluated side by side by the incremental pass. The work is in the database
+# server: about its number of cores.
 SEGMENT_REFRESH_CONCURRENCY = env.int("SEGMENT_REFRESH_CONCURRENCY", default=2)
 
 LOGGING = {
@@ -329,10 +330,11 @@ SCRM_PERIODIC_TASKS = {
         "daily_at": env.str("LEAD_SCORE_DAILY_AT", default="03:00"),
         "queue": "default",
     },
-    # Daily: KOC ranking reads a year of referral and share events.
+    # Daily: KOC ranking reads a year of referral and share events. Before 03:00, the default
+    # hour of the daily segment refreshes, so that KOC rules there see today's flags.
     "segments: influence compute": {
         "task": "segments.influence_compute",
-        "daily_at": env.str("INFLUENCE_COMPUTE_AT", default="03:30"),
+        "daily_at": env.str("INFLUENCE_COMPUTE_AT", default="02:45"),
         "queue": "default",
     },
 }

@@ -1,4 +1,9 @@
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.db import transaction
+from django.utils.translation import gettext_lazy as _
 
 from contacts.models import (
     Consent,
@@ -8,6 +13,7 @@ from contacts.models import (
     CustomField,
     Event,
     Identity,
+    IdentityKind,
     MergeBlock,
     MergeRecord,
     Note,
@@ -17,10 +23,144 @@ from contacts.models import (
     Tag,
     TagGroup,
 )
+from contacts.services import (
+    IdentityInput,
+    contact_update,
+    custom_fields_validate,
+    normalize_identity,
+    normalize_phone,
+)
+from contacts.signals import contact_changed
+from core.errors import ValidationFailed
+
+# Written through contacts.services.contact_update, which keeps the phone and email identities
+# in step with the columns; every other field is saved as the admin form has it.
+SERVICE_FIELDS = ("phone", "email", "attributes")
+
+
+def _form_error(exc: ValidationFailed) -> forms.ValidationError:
+    return forms.ValidationError(exc.message, code=exc.code)
+
+
+class IdentityAdminForm(forms.ModelForm):
+    """Identity values normalised as identify() does, so look-ups by them find the contact."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        kind, value = cleaned.get("kind"), cleaned.get("value")
+        # Rows left as they were are not re-checked: one legacy value that no longer normalises
+        # must not block saving the rest of the contact.
+        if kind and value and (not self.instance.pk or self.has_changed()):
+            try:
+                identity = normalize_identity(
+                    IdentityInput(kind=kind, value=value, app_id=cleaned.get("app_id") or "")
+                )
+            except ValidationFailed as exc:
+                raise _form_error(exc) from exc
+            cleaned["value"], cleaned["app_id"] = identity.value, identity.app_id
+        return cleaned
+
+
+class ContactAdminForm(forms.ModelForm):
+    """Phone, email and custom fields checked and normalised as on every other write path."""
+
+    # Wider than the column: the E.164 form stored is shorter than what people type.
+    phone = forms.CharField(
+        label=Contact._meta.get_field("phone").verbose_name, max_length=30, required=False
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = self.instance.attributes if self.instance.pk else {}
+        self.stored_attributes: dict[str, Any] = stored if isinstance(stored, dict) else {}
+        self.custom_changes: dict[str, Any] = {}
+
+    def clean_phone(self) -> str:
+        raw = self.cleaned_data.get("phone") or ""
+        if self.instance.pk and "phone" not in self.changed_data:
+            return raw  # as stored: see IdentityAdminForm.clean
+        try:
+            return normalize_phone(raw) if raw.strip() else ""
+        except ValidationFailed as exc:
+            raise _form_error(exc) from exc
+
+    def clean_email(self) -> str:
+        raw = self.cleaned_data.get("email") or ""
+        if not raw:
+            return ""
+        if self.instance.pk and "email" not in self.changed_data:
+            return raw
+        try:
+            return normalize_identity(IdentityInput(kind=IdentityKind.EMAIL, value=raw)).value
+        except ValidationFailed as exc:
+            raise _form_error(exc) from exc
+
+    def clean_attributes(self) -> dict[str, Any]:
+        """Validate the custom fields that were added or changed; keep untouched traits as is.
+
+        Besides custom field values, attributes hold free-form traits sent to identify; those
+        may stay or be removed here, but a new or changed key must be an active custom field.
+        """
+        value = self.cleaned_data.get("attributes")
+        if value in (None, ""):
+            value = {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError(
+                _("Attributes must be an object of custom field keys and values."),
+                code="invalid_attributes",
+            )
+        stored = self.stored_attributes
+        changed = {k: v for k, v in value.items() if k not in stored or stored[k] != v}
+        try:
+            cleaned = custom_fields_validate(values=changed)
+        except ValidationFailed as exc:
+            raise _form_error(exc) from exc
+        removed = [k for k in stored if k not in value]
+        removed_custom = set(
+            CustomField.objects.filter(key__in=removed, is_active=True).values_list(
+                "key", flat=True
+            )
+        )
+        self.custom_changes = {**cleaned, **dict.fromkeys(removed_custom)}
+        # What is stored before contact_update applies the custom changes: the traits kept.
+        return {k: v for k, v in stored.items() if k in value or k in removed_custom}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # The same rule as contact_update, checked here so that the admin shows it on the form.
+        for kind in (IdentityKind.PHONE, IdentityKind.EMAIL):
+            value = cleaned.get(kind)
+            if not value or value == getattr(self.instance, kind, ""):
+                continue
+            owner = (
+                Identity.objects.filter(kind=kind, app_id="", value=value)
+                .exclude(contact_id=self.instance.pk)
+                .values_list("contact_id", flat=True)
+                .first()
+            )
+            if owner is not None:
+                self.add_error(
+                    kind,
+                    forms.ValidationError(
+                        _(
+                            "Contact %(contact_id)s already has this value; merge the two "
+                            "contacts instead."
+                        ),
+                        code="identity_taken",
+                        params={"contact_id": owner},
+                    ),
+                )
+        return cleaned
+
+    def service_changes(self) -> dict[str, Any]:
+        """The changes contact_update applies, keyed as it expects."""
+        data = {k: self.cleaned_data[k] for k in ("phone", "email") if k in self.changed_data}
+        return {**data, **self.custom_changes}
 
 
 class IdentityInline(admin.TabularInline):
     model = Identity
+    form = IdentityAdminForm
     extra = 0
 
 
@@ -34,6 +174,7 @@ class ContactTagInline(admin.TabularInline):
 
 @admin.register(Contact)
 class ContactAdmin(admin.ModelAdmin):
+    form = ContactAdminForm
     list_display = [
         "id",
         "name",
@@ -47,15 +188,66 @@ class ContactAdmin(admin.ModelAdmin):
     ]
     list_filter = ["lifecycle_stage", "gender", "source", "store", "province", "created_at"]
     search_fields = ["name", "nickname", "phone", "email", "identities__value"]
-    raw_id_fields = ["owner", "merged_into"]
+    raw_id_fields = ["owner"]
+    # Merging (and undoing one) moves every app's rows and is recorded: only the merge screens
+    # do it. Setting the field here would hide a contact without any of that.
+    readonly_fields = ["merged_into"]
     inlines = [IdentityInline, ContactTagInline]
     date_hierarchy = "created_at"
     # The contact table can hold millions of rows: skip the exact COUNT(*) of the full table.
     show_full_result_count = False
 
+    def save_model(self, request, obj: Contact, form: ContactAdminForm, change: bool) -> None:
+        # contact_update compares with the stored row, so phone, email and custom fields are
+        # left as stored here and handed to it; it records the change and tells higher apps.
+        service_changes = form.service_changes()
+        if change:
+            stored = Contact.objects.get(pk=obj.pk)
+            obj.phone, obj.email = stored.phone, stored.email
+            others = [name for name in form.changed_data if name not in SERVICE_FIELDS]
+            if obj.attributes != stored.attributes:
+                others.append("attributes")
+            if others:
+                obj.save(update_fields=[*others, "updated_at"])
+        else:
+            obj.phone = obj.email = ""
+            others = []
+            obj.save()
+        if service_changes:
+            contact_update(contact=obj, data=service_changes, actor=request.user, source="admin")
+            obj.refresh_from_db()
+        if others or not change:
+            # A new contact may match any rule (changed=None); otherwise name what changed.
+            topics = others if change else None
+            contact_id = obj.pk
+            transaction.on_commit(
+                lambda: contact_changed.send(
+                    sender=Contact, contact_ids=[contact_id], changed=topics
+                )
+            )
+
+    def save_related(self, request, form, formsets, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # Tags and identities edited inline change what segment rules read.
+        topics = {
+            ContactTag: "tags",
+            Identity: "identities",
+        }
+        changed = sorted(
+            {topics[f.model] for f in formsets if f.model in topics and f.has_changed()}
+        )
+        if change and changed:
+            contact_id = form.instance.pk
+            transaction.on_commit(
+                lambda: contact_changed.send(
+                    sender=Contact, contact_ids=[contact_id], changed=changed
+                )
+            )
+
 
 @admin.register(Identity)
 class IdentityAdmin(admin.ModelAdmin):
+    form = IdentityAdminForm
     list_display = ["kind", "app_id", "value", "contact", "created_at"]
     list_filter = ["kind"]
     search_fields = ["value", "app_id"]

@@ -40,7 +40,18 @@ class IdentityInSerializer(serializers.Serializer):
 
 class IdentifyInSerializer(serializers.Serializer):
     identities = IdentityInSerializer(many=True, allow_empty=False, max_length=20)
-    traits = serializers.DictField(required=False, default=dict)
+    traits = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text=(
+            "Checked like a `PATCH` of the contact: the profile fields it lists, plus `source` "
+            "and `channel_code`, go to their own fields (with the same types and lengths), the "
+            "keys of active custom fields to `attributes`. Any other key is refused with "
+            "`unknown_trait`, a wrong type or length with `invalid_trait` (a custom field's "
+            "with `invalid_custom_field`, a phone or email with `invalid_phone` / "
+            "`invalid_email`); a refused call stores nothing."
+        ),
+    )
 
 
 class IdentifyOutSerializer(serializers.Serializer):
@@ -92,6 +103,22 @@ class IdentifyApi(BaseApiView):
                 description="The unionid linked an anonymous visitor's contact 57 to contact 42.",
                 response_only=True,
                 value={"contact_id": 42, "created": False, "merged": [57], "conflicts": []},
+            ),
+            OpenApiExample(
+                "Unknown trait",
+                description="A key that is neither a profile field nor an active custom field.",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "unknown_trait",
+                        "message": (
+                            "Unknown trait 'shoe_size': send a profile field or the key of an "
+                            "active custom field."
+                        ),
+                        "details": {"field": "shoe_size"},
+                    }
+                },
             ),
             OpenApiExample(
                 "Answer for a never-merge pair",
@@ -194,7 +221,41 @@ class EventsApi(BaseApiView):
                         }
                     ]
                 },
-            )
+            ),
+            OpenApiExample(
+                "Answer",
+                description=(
+                    "Item 0 was stored, item 1 had been sent before, item 2 was refused with "
+                    "its reason. Only a refused item needs fixing before it is sent again."
+                ),
+                response_only=True,
+                status_codes=["200"],
+                value={
+                    "accepted": 1,
+                    "duplicates": 1,
+                    "rejected": 1,
+                    "results": [
+                        {
+                            "index": 0,
+                            "event_id": "order-20261126-0001",
+                            "status": "accepted",
+                            "reason": "",
+                        },
+                        {
+                            "index": 1,
+                            "event_id": "page-view-7f3c",
+                            "status": "duplicate",
+                            "reason": "",
+                        },
+                        {
+                            "index": 2,
+                            "event_id": "sign-in-20991126",
+                            "status": "rejected",
+                            "reason": "occurred_at is in the future.",
+                        },
+                    ],
+                },
+            ),
         ],
     )
     def post(self, request: Request) -> Response:
@@ -410,6 +471,13 @@ class ContactDetailApi(BaseApiView):
                 },
             ),
             OpenApiExample(
+                "Answer",
+                description="The whole contact after the change.",
+                response_only=True,
+                status_codes=["200"],
+                value=CONTACT_EXAMPLE,
+            ),
+            OpenApiExample(
                 "Unknown field",
                 response_only=True,
                 status_codes=["400"],
@@ -466,6 +534,16 @@ class TagsInSerializer(serializers.Serializer):
         max_length=50,
         help_text='Tag ids or "group/name" of existing tags.',
     )
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text=(
+            "Optional: when the tags are removed again. Must be in the future "
+            "(`invalid_expiry` otherwise). Sent for a tag the contact already has, it replaces "
+            "that tag's expiry; left out, an existing tag's expiry is kept."
+        ),
+    )
 
 
 class TagsOutSerializer(serializers.Serializer):
@@ -483,13 +561,33 @@ class ContactTagsApi(BaseApiView):
         summary="Tag a contact",
         description=(
             "Tags are given by id or as `group/name`; they must exist. A tag the contact already "
-            "has is left as it is. One unknown tag adds none."
+            "has is not added again, but an `expires_at` sent with it replaces its expiry, so "
+            "repeating a call changes nothing. One unknown tag, or an expiry that is not in the "
+            "future, adds none."
         ),
         request=TagsInSerializer,
         responses={200: TagsOutSerializer, **CONTACT_ERRORS},
         examples=[
             OpenApiExample(
                 "By id and by name", request_only=True, value={"tags": [7, "兴趣/护肤"]}
+            ),
+            OpenApiExample(
+                "Until the end of a campaign",
+                description="The tag is removed again at the given time.",
+                request_only=True,
+                value={"tags": ["兴趣/双11意向"], "expires_at": "2026-11-12T00:00:00+08:00"},
+            ),
+            OpenApiExample(
+                "Expiry in the past",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "invalid_expiry",
+                        "message": "The tag's expiry must be in the future.",
+                        "details": {"field": "expires_at"},
+                    }
+                },
             ),
             OpenApiExample(
                 "Answer",
@@ -500,8 +598,11 @@ class ContactTagsApi(BaseApiView):
     )
     def post(self, request: Request, contact_id: int) -> Response:
         contact = _contact(contact_id)
-        tags = services.tags_resolve(refs=_validated(TagsInSerializer, request.data)["tags"])
-        added = services.contact_tags_add(contact=contact, tags=tags, source=TagSource.API)
+        data = _validated(TagsInSerializer, request.data)
+        tags = services.tags_resolve(refs=data["tags"])
+        added = services.contact_tags_add(
+            contact=contact, tags=tags, source=TagSource.API, expires_at=data["expires_at"]
+        )
         body = {"added": [str(t) for t in added], "tags": _tag_names(contact)}
         return Response(TagsOutSerializer(body).data)
 

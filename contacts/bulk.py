@@ -1,5 +1,6 @@
 """Bulk tag and untag of many contacts: inline for small sets, a background job for large ones."""
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,11 +11,14 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import QueryDict
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 
 from contacts.filters import ContactFilter
 from contacts.models import Contact, ContactTag, Tag, TagSource
 from contacts.selectors import contact_visible_to
 from contacts.services import events_append
+from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core import jobs
 from core.models import Job
@@ -67,8 +71,19 @@ def bulk_target(
     return ContactFilter(_query_dict(filter_params), queryset=visible).qs
 
 
-def _tag_batch(*, ids: list[int], tag: Tag, add: bool, actor: AbstractBaseUser | None) -> list[int]:
-    """Add or remove `tag` for one batch of contact ids; return the ids that changed."""
+def _tag_batch(
+    *,
+    ids: list[int],
+    tag: Tag,
+    add: bool,
+    actor: AbstractBaseUser | None,
+    expires_at: dt.datetime | None = None,
+) -> list[int]:
+    """Add or remove `tag` for one batch of contact ids; return the ids that gained or lost it.
+
+    With `expires_at` (adding only) new rows get that expiry and rows already there have theirs
+    replaced, as contact_tag_add does; an expiry change alone does not count as a change.
+    """
     now = timezone.now()
     with transaction.atomic():
         tagged = set(
@@ -81,26 +96,40 @@ def _tag_batch(*, ids: list[int], tag: Tag, add: bool, actor: AbstractBaseUser |
             ContactTag.objects.bulk_create(
                 [
                     ContactTag(
-                        contact_id=pk, tag=tag, source=TagSource.MANUAL, actor=actor, created_at=now
+                        contact_id=pk,
+                        tag=tag,
+                        source=TagSource.MANUAL,
+                        actor=actor,
+                        created_at=now,
+                        expires_at=expires_at,
                     )
                     for pk in changed
                 ],
                 # A concurrent single tag-add may win a row; the constraint keeps one.
                 ignore_conflicts=True,
             )
+            if expires_at is not None:
+                # Rows already there (or won by a concurrent add) take the new expiry too.
+                # Except rule-kept tags: see contact_tag_add.
+                ContactTag.objects.filter(tag=tag, contact_id__in=ids).exclude(
+                    expires_at=expires_at
+                ).exclude(source=TagSource.RULE).update(expires_at=expires_at)
         else:
             changed = sorted(tagged)
             ContactTag.objects.filter(tag=tag, contact_id__in=changed).delete()
         if changed:
+            properties: dict[str, Any] = {
+                "tag_id": tag.pk,
+                "tag": str(tag),
+                "source": TagSource.MANUAL,
+                "bulk": True,
+            }
+            if add and expires_at is not None:
+                properties["expires_at"] = expires_at.isoformat()
             events_append(
                 contact_ids=changed,
                 name="tag_added" if add else "tag_removed",
-                properties={
-                    "tag_id": tag.pk,
-                    "tag": str(tag),
-                    "source": TagSource.MANUAL,
-                    "bulk": True,
-                },
+                properties=properties,
                 occurred_at=now,
             )
             transaction.on_commit(
@@ -121,8 +150,15 @@ def contacts_bulk_tag(
     after: int = 0,
     max_batches: int | None = None,
     on_batch: Callable[[BulkTagResult], None] | None = None,
+    expires_at: dt.datetime | None = None,
 ) -> BulkTagResult:
-    """Add (or remove) `tag` on the chosen contacts in id batches; safe to run again."""
+    """Add (or remove) `tag` on the chosen contacts in id batches; safe to run again.
+
+    `expires_at` (adding only; ignored when removing) is taken as given: contacts_bulk_tag_start
+    checks that it is in the future, and a resumed job must not refuse it later.
+    """
+    if not add:
+        expires_at = None
     qs = bulk_target(actor=actor, contact_ids=contact_ids, filter_params=filter_params)
     result = BulkTagResult(cursor=after)
     batches = 0
@@ -136,7 +172,7 @@ def contacts_bulk_tag(
         if not ids:
             result.finished = True
             break
-        changed = _tag_batch(ids=ids, tag=tag, add=add, actor=actor)
+        changed = _tag_batch(ids=ids, tag=tag, add=add, actor=actor, expires_at=expires_at)
         result.processed += len(ids)
         result.changed += len(changed)
         result.cursor = ids[-1]
@@ -156,8 +192,13 @@ def contacts_bulk_tag_start(
     actor: AbstractBaseUser,
     contact_ids: list[int] | None = None,
     filter_params: dict[str, list[str]] | None = None,
+    expires_at: dt.datetime | None = None,
 ) -> BulkTagStart:
-    """Tag or untag now when the set is small, else queue a background job and return it."""
+    """Tag or untag now when the set is small, else queue a background job and return it.
+
+    `expires_at` gives added tags an expiry (it must be in the future); untagging ignores it.
+    """
+    expires_at = tag_expiry_check(expires_at=expires_at) if add else None
     qs = bulk_target(actor=actor, contact_ids=contact_ids, filter_params=filter_params)
     if qs[: INLINE_LIMIT + 1].count() <= INLINE_LIMIT:
         return BulkTagStart(
@@ -167,6 +208,7 @@ def contacts_bulk_tag_start(
                 actor=actor,
                 contact_ids=contact_ids,
                 filter_params=filter_params,
+                expires_at=expires_at,
             )
         )
     params: dict[str, Any] = {
@@ -175,6 +217,7 @@ def contacts_bulk_tag_start(
         "add": add,
         "contact_ids": contact_ids,
         "filter_params": filter_params,
+        "expires_at": expires_at.isoformat() if expires_at is not None else None,
     }
     job = jobs.job_create(kind=JOB_KIND, created_by=actor, params=params, total=qs.count())
     transaction.on_commit(lambda: _enqueue(job.pk))
@@ -200,8 +243,9 @@ def bulk_tag_job_run(*, job_id: int) -> None:
     params = job.params
     tag = Tag.objects.filter(pk=params.get("tag_id")).first()
     actor = job.created_by
+    expires_at = parse_datetime(params["expires_at"]) if params.get("expires_at") else None
     if tag is None or actor is None:
-        jobs.job_fail(job_id=job.pk, error="The tag or the user who started the job is gone.")
+        jobs.job_fail(job_id=job.pk, error=_("The tag or the user who started the job is gone."))
         return
     try:
         result = contacts_bulk_tag(
@@ -212,6 +256,7 @@ def bulk_tag_job_run(*, job_id: int) -> None:
             filter_params=params.get("filter_params"),
             after=cursor,
             max_batches=BATCHES_PER_RUN,
+            expires_at=expires_at,
             on_batch=lambda r: jobs.job_progress(job_id=job.pk, done=done_before + r.processed),
         )
     except Exception as exc:

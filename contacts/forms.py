@@ -1,6 +1,8 @@
 from typing import Any
 
 from django import forms
+from django.db.models import Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from contacts.models import (
@@ -17,17 +19,51 @@ from contacts.selectors import contact_custom_fields, staff_users, stores_active
 CUSTOM_PREFIX = "cf__"
 
 
-class TagAddForm(forms.Form):
-    """Pick one tag to add; rendered without the tags the contact already has."""
+# How a browser's <input type="datetime-local"> sends and shows a time.
+DATETIME_LOCAL_FORMAT = "%Y-%m-%dT%H:%M"
+
+
+def _expires_at_field() -> forms.DateTimeField:
+    """The optional "until when" of a tag assignment (the 360 page and the bulk action)."""
+    return forms.DateTimeField(
+        label=_("Expires at"),
+        required=False,
+        help_text=_("Optional: the tag is removed again at this time."),
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_LOCAL_FORMAT),
+    )
+
+
+class TagExpiryMixin:
+    """Shared set-up and check of an `expires_at` field made by _expires_at_field."""
+
+    def _expires_at_setup(self) -> None:
+        # The browser's picker offers no past times; clean_expires_at still checks.
+        expires_at = self.fields["expires_at"]
+        expires_at.widget.attrs["min"] = timezone.localtime().strftime(DATETIME_LOCAL_FORMAT)
+        expires_at.widget.attrs["title"] = expires_at.help_text
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError(
+                _("The tag's expiry must be in the future."), code="invalid_expiry"
+            )
+        return expires_at
+
+
+class TagAddForm(TagExpiryMixin, forms.Form):
+    """Pick one tag to add, optionally until a time; rendered without the contact's tags."""
 
     tag = forms.ModelChoiceField(
         label=_("Tag"), queryset=tags_grouped(), empty_label=_("Choose a tag…")
     )
+    expires_at = _expires_at_field()
 
     def __init__(self, *args, contact: Contact | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if contact is not None:
             self.fields["tag"].queryset = tags_grouped().exclude(contact_tags__contact=contact)
+        self._expires_at_setup()
 
 
 # Column fields the edit form offers, in order; phone and email only to those who may see them.
@@ -114,7 +150,12 @@ class ContactEditForm(forms.Form):
         for definition in self.custom_fields:
             initial[CUSTOM_PREFIX + definition.key] = attributes.get(definition.key)
         super().__init__(*args, initial=initial, **kwargs)
-        # Stores and users may have been deactivated since; keep the current value selectable.
+        # Stages, stores and users may have been deactivated since; keep the current value
+        # selectable, or saving the form would silently move the contact elsewhere.
+        if contact.lifecycle_stage_id:
+            self.fields["lifecycle_stage"].queryset = Stage.objects.filter(
+                Q(is_active=True) | Q(key=contact.lifecycle_stage_id)
+            )
         if contact.store_id:
             self.fields["store"].queryset = (
                 stores_active() | type(contact.store).objects.filter(pk=contact.store_id)
@@ -211,7 +252,7 @@ class ConsentForm(forms.Form):
     )
 
 
-class BulkTagForm(forms.Form):
+class BulkTagForm(TagExpiryMixin, forms.Form):
     SCOPE_SELECTED = "selected"
     SCOPE_ALL = "all"
 
@@ -220,6 +261,8 @@ class BulkTagForm(forms.Form):
         label=_("Tag"), queryset=tags_grouped(), empty_label=_("Choose a tag…")
     )
     op = forms.ChoiceField(choices=[("add", _("Add tag")), ("remove", _("Remove tag"))])
+    # After `op`: removing ignores the expiry, so clean_expires_at can look at the action.
+    expires_at = _expires_at_field()
     scope = forms.ChoiceField(
         label=_("Apply to"),
         choices=[
@@ -235,6 +278,12 @@ class BulkTagForm(forms.Form):
         super().__init__(*args, **kwargs)
         # Any integer id is acceptable here; visibility is applied to the ids later.
         self.fields["ids"].valid_value = lambda value: str(value).isdigit()
+        self._expires_at_setup()
+
+    def clean_expires_at(self):
+        if self.cleaned_data.get("op") == "remove":
+            return None  # untagging has no expiry; a stale value in the field is no error
+        return super().clean_expires_at()
 
     def clean(self):
         cleaned = super().clean()

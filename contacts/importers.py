@@ -50,7 +50,7 @@ from contacts.models import (
     TagGroup,
     TagSource,
 )
-from contacts.signals import contact_changed
+from contacts.signals import contact_changed, contacts_changed_in_bulk
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.models import AuditLog, Job, JobStatus
@@ -63,8 +63,8 @@ JOB_KIND = "contact_import"
 # 30 MB and a chunk's commit under a second on PostgreSQL (measured by bench/import_vs_copy.py).
 CHUNK_ROWS = 20_000
 PREVIEW_ROWS = 20
-# Above this many touched contacts no per-contact signal is sent; the periodic full segment
-# refresh picks the changes up instead (sending 1,000,000 ids would re-evaluate them one by one).
+# Above this many touched contacts no per-contact signal is sent (1,000,000 ids would be
+# re-evaluated one by one): one contacts_changed_in_bulk tells receivers to rebuild instead.
 SIGNAL_LIMIT = 10_000
 SIGNAL_BATCH = 1_000
 # Tags named in a file that do not exist yet are created in this group.
@@ -1243,6 +1243,8 @@ def _import_run(job: Job) -> dict[str, Any]:
             result={**counts, "rejected_file": rejected_relative if counts["rejected"] else ""},
         )
         _audit(job, counts, failed=True)
+        # The chunks committed before the failure stay: their contacts did change.
+        _signal_changed(touched, counts)
         return counts
     if not counts["rejected"]:
         rejected_path.unlink(missing_ok=True)
@@ -1325,8 +1327,11 @@ def _audit(job: Job, counts: dict[str, int], *, failed: bool) -> None:
 
 
 def _signal_changed(touched: list[int], counts: dict[str, int]) -> None:
-    if counts["created"] + counts["updated"] > SIGNAL_LIMIT:
-        # Segments' periodic full refresh catches up; see docs/import-export.md.
+    """Tell higher apps which contacts the import changed (every chunk has committed)."""
+    changed = counts["created"] + counts["updated"]
+    if changed > SIGNAL_LIMIT or len(touched) > SIGNAL_LIMIT:
+        # `touched` stopped growing at the limit: receivers rebuild rather than re-evaluate.
+        contacts_changed_in_bulk.send(sender=Contact, count=changed)
         return
     ids = sorted(set(touched))
     for start in range(0, len(ids), SIGNAL_BATCH):

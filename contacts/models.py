@@ -2,6 +2,7 @@ import secrets
 import time
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -109,6 +110,41 @@ class CustomField(models.Model):
 
     def __str__(self) -> str:
         return self.label
+
+    CHOICE_KINDS = (CustomFieldKind.SINGLE_CHOICE, CustomFieldKind.MULTI_CHOICE)
+
+    def clean(self) -> None:
+        """A choice field needs a list of distinct, non-empty texts; other kinds take none."""
+        super().clean()
+
+        def refuse(message: str, code: str) -> ValidationError:
+            return ValidationError({"choices": ValidationError(message, code=code)})
+
+        if self.kind not in CustomFieldKind.values:
+            return  # the kind field reports its own error
+        choices = self.choices
+        if self.kind not in self.CHOICE_KINDS:
+            if choices in (None, "", [], {}):
+                self.choices = []
+                return
+            raise refuse(
+                _("Only single and multiple choice fields take choices."), "choices_not_allowed"
+            )
+        if choices in (None, "", []):
+            raise refuse(_("A choice field needs at least one choice."), "no_choices")
+        if not isinstance(choices, list):
+            raise refuse(
+                _('Give the choices as a list, for example ["S", "M", "L"].'), "invalid_choices"
+            )
+        if not all(isinstance(c, str) and c.strip() for c in choices):
+            raise refuse(_("Every choice must be a non-empty text."), "invalid_choices")
+        repeated = sorted({c for c in choices if choices.count(c) > 1})
+        if repeated:
+            raise refuse(
+                _("Choices must be distinct; repeated: %(choices)s.")
+                % {"choices": ", ".join(repeated)},
+                "duplicate_choices",
+            )
 
 
 class Contact(TimeStampedModel):

@@ -18,3 +18,8 @@ contact_merged = Signal()
 # Sent inside the undo transaction, before the contacts app moves its own rows back; kwargs as
 # for contact_merged. Each app moves back what it listed in record.moved.
 contact_unmerged = Signal()
+
+# Sent after commit when more contacts changed than are worth listing one by one (an import of
+# hundreds of thousands of rows); kwargs: count (int), how many were created or updated.
+# Receivers must assume that any contact may have changed in any way.
+contacts_changed_in_bulk = Signal()

@@ -124,7 +124,8 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
     if params:
         back += "?" + urlencode(params, doseq=True)
     if not form.is_valid():
-        for error in form.non_field_errors() or [_("Choose a tag and an action.")]:
+        errors = [*form.non_field_errors(), *form.errors.get("expires_at", [])]
+        for error in errors or [_("Choose a tag and an action.")]:
             messages.error(request, error)
         return redirect(back)
     add = form.cleaned_data["op"] == "add"
@@ -134,13 +135,18 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
     if not selected and not ContactFilter(request.POST).is_valid():
         messages.error(request, _("Fix the filter before applying a bulk action to all matches."))
         return redirect(back)
-    started = bulk.contacts_bulk_tag_start(
-        tag=tag,
-        add=add,
-        actor=request.user,
-        contact_ids=form.cleaned_data["ids"] if selected else None,
-        filter_params=None if selected else params,
-    )
+    try:
+        started = bulk.contacts_bulk_tag_start(
+            tag=tag,
+            add=add,
+            actor=request.user,
+            contact_ids=form.cleaned_data["ids"] if selected else None,
+            filter_params=None if selected else params,
+            expires_at=form.cleaned_data["expires_at"],
+        )
+    except ValidationFailed as exc:  # the expiry passed between the form check and now
+        messages.error(request, exc.message)
+        return redirect(back)
     if started.job is not None:
         messages.info(
             request,
@@ -351,10 +357,15 @@ def contact_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
     form = TagAddForm(request.POST)
     if form.is_valid():
         tag = form.cleaned_data["tag"]
-        if services.contact_tag_add(contact=contact, tag=tag, actor=request.user):
+        expires_at = form.cleaned_data["expires_at"]
+        if services.contact_tag_add(
+            contact=contact, tag=tag, actor=request.user, expires_at=expires_at
+        ):
             messages.success(request, _("Tag “%(tag)s” added.") % {"tag": tag.name})
         else:
             messages.info(request, _("The contact already has “%(tag)s”.") % {"tag": tag.name})
+    elif "expires_at" in form.errors:
+        messages.error(request, form.errors["expires_at"][0])
     else:
         messages.error(request, _("Choose a tag to add."))
     return _tags_response(request, contact)

@@ -4,6 +4,7 @@ import logging
 from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from channels.services import delivery_plan
 from contacts.models import Contact, MergeRecord
@@ -29,11 +30,12 @@ def journey_activate(*, journey: Journey) -> Journey:
     """Put a journey live after checking that it can run."""
     steps = list(journey.steps.all())
     if not steps:
-        raise ValidationFailed("A journey needs at least one step.", code="no_steps")
+        raise ValidationFailed(_("A journey needs at least one step."), code="no_steps")
     for step in steps:
         if step.kind == StepKind.SEND and (step.channel is None or not step.channel.is_active):
             raise ValidationFailed(
-                f"Step {step.position} sends through a missing or inactive channel.",
+                _("Step %(position)s sends through a missing or inactive channel.")
+                % {"position": step.position},
                 code="bad_channel",
             )
     journey.status = JourneyStatus.LIVE
@@ -126,7 +128,7 @@ def _run_steps(enrollment: Enrollment, steps: list[JourneyStep], now: dt.datetim
             if step.wait_seconds > 0:
                 return planned
             continue
-        _, created = delivery_plan(
+        _delivery, created = delivery_plan(
             idempotency_key=(
                 f"journey:{enrollment.journey_id}:step:{step.pk}:enrollment:{enrollment.pk}"
             ),
@@ -182,7 +184,7 @@ def enrollments_advance_due(*, limit: int = ADVANCE_BATCH) -> tuple[int, int]:
 
 def enrollments_advance_all_due(*, max_batches: int = 50) -> int:
     total = 0
-    for _ in range(max_batches):
+    for _batch in range(max_batches):
         advanced, _planned = enrollments_advance_due()
         total += advanced
         if advanced < ADVANCE_BATCH:

@@ -1,5 +1,5 @@
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.utils.translation import gettext as _
@@ -15,6 +15,7 @@ from journeys.models import Journey
 PAGE_SIZE = 50
 ENROLLMENTS_PAGE_SIZE = 25
 CONTACT_ENROLLMENTS_LIMIT = 20
+CHANGE_PERMISSION = "journeys.change_journey"
 
 
 def _get_journey(pk: int) -> Journey:
@@ -24,10 +25,8 @@ def _get_journey(pk: int) -> Journey:
 def _activation_error(exc: ValidationFailed) -> str:
     if exc.code == "no_steps":
         return _("A journey needs at least one step before it can go live.")
-    if exc.code == "bad_channel":
-        return _("A send step uses a missing or inactive channel (%(detail)s).") % {
-            "detail": exc.message
-        }
+    # Other refusals (a send step's missing or inactive channel, …) name what is wrong
+    # themselves, in the operator's language.
     return exc.message
 
 
@@ -41,9 +40,12 @@ def journey_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def journey_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The journey's steps and the enrollments of the contacts the user may see."""
     journey = _get_journey(pk)
     enrollments = keyset_page(
-        selectors.journey_enrollments(journey=journey),
+        selectors.journey_enrollments(journey=journey).filter(
+            contact__in=contact_visible_to(user=request.user)
+        ),
         after=request.GET.get("after"),
         size=ENROLLMENTS_PAGE_SIZE,
     )
@@ -59,6 +61,7 @@ def journey_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
 def journey_activate(request: HttpRequest, pk: int) -> HttpResponse:
     journey = _get_journey(pk)
     try:
@@ -72,6 +75,7 @@ def journey_activate(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@permission_required(CHANGE_PERMISSION, raise_exception=True)
 def journey_pause(request: HttpRequest, pk: int) -> HttpResponse:
     journey = _get_journey(pk)
     services.journey_pause(journey=journey)

@@ -4,6 +4,7 @@ from decimal import ROUND_DOWN, Decimal
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils.translation import gettext as _
 
 from contacts.models import Contact, Event, MergeRecord
 from core.errors import DomainError
@@ -18,7 +19,7 @@ class NoTiersConfigured(DomainError):
 def tier_for_growth(*, growth_value: int) -> Tier:
     tier = Tier.objects.filter(min_growth__lte=growth_value).order_by("-min_growth").first()
     if tier is None:
-        raise NoTiersConfigured("Create at least one tier with a minimum growth value of 0.")
+        raise NoTiersConfigured(_("Create at least one tier with a minimum growth value of 0."))
     return tier
 
 
@@ -54,7 +55,7 @@ def points_apply(
     locked = Member.objects.select_for_update().get(pk=member.pk)
     if locked.points_balance + delta < 0:
         raise DomainError(
-            "Not enough points.",
+            _("Not enough points."),
             code="insufficient_points",
             details={"balance": locked.points_balance, "requested": -delta},
         )
@@ -163,7 +164,7 @@ def members_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Contac
     mine = Member.objects.select_for_update().get(pk=fold["survivor_member"])
     if mine.points_balance < fold["points"]:
         raise DomainError(
-            "The survivor has spent points since the merge; the merge cannot be undone.",
+            _("The survivor has spent points since the merge; the merge cannot be undone."),
             code="points_spent",
             details={"balance": mine.points_balance, "needed": fold["points"]},
         )

@@ -1,4 +1,4 @@
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 
@@ -10,12 +10,15 @@ from membership.filters import MemberFilter
 
 PAGE_SIZE = 50
 POINTS_HISTORY_SIZE = 10
+VIEW_PERMISSION = "membership.view_member"
 
 
 @login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
 def membership_index(request: HttpRequest) -> HttpResponse:
-    """Tiers with their member counts, and the member list (filterable by tier)."""
-    filters = MemberFilter(request.GET, queryset=selectors.member_list())
+    """Tiers with their member counts, and the members of the contacts the user may see."""
+    members = selectors.member_list().filter(contact__in=contact_visible_to(user=request.user))
+    filters = MemberFilter(request.GET, queryset=members)
     page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
     context = {
         "tiers": list(selectors.tiers_with_member_counts()),
@@ -26,6 +29,7 @@ def membership_index(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
 def contact_card(request: HttpRequest, contact_id: int) -> HttpResponse:
     """The membership panel of the contact 360 page."""
     contact = get_object_or_404(contact_visible_to(user=request.user), pk=contact_id)

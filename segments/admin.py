@@ -1,8 +1,11 @@
+from typing import Any
+
 from django import forms
 from django.contrib import admin
+from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 
-from core.errors import DomainError
+from core.errors import ValidationFailed
 from segments.models import (
     AutoTagRule,
     DirtyContact,
@@ -14,15 +17,33 @@ from segments.models import (
     RFMRun,
     RFMScore,
     Segment,
-    SegmentMembership,
+    SegmentKind,
     SegmentSize,
 )
 from segments.rules import validate_rule
 from segments.rules.topics import mask_topics
-from segments.services import segment_refresh
+from segments.services import (
+    _check_name,
+    _check_policy,
+    auto_tag_check_free,
+    segment_archive,
+    segment_create,
+    segment_refresh,
+    segment_update,
+)
+
+
+def _form_error(exc: ValidationFailed) -> forms.ValidationError:
+    return forms.ValidationError(exc.message, code=exc.code)
+
+
+class _DryRun(Exception):
+    """Raised to roll back a service call that was made only for the checks it runs first."""
 
 
 class SegmentAdminForm(forms.ModelForm):
+    """Checked as the segment services check (they also do the writing: see SegmentAdmin)."""
+
     class Meta:
         model = Segment
         fields = [
@@ -36,13 +57,52 @@ class SegmentAdminForm(forms.ModelForm):
             "is_archived",
         ]
 
-    def clean_rule(self):
-        rule = self.cleaned_data["rule"]
+    @property
+    def segment_kind(self) -> str | None:
+        # An existing segment's kind is read-only in the admin (a list and a rule do not convert).
+        if self.instance.pk:
+            return self.instance.kind
+        return self.cleaned_data.get("kind")
+
+    def clean_name(self) -> str:
         try:
-            validate_rule(rule)
-        except DomainError as exc:
-            raise forms.ValidationError(exc.message) from exc
-        return rule
+            return _check_name(self.cleaned_data["name"], exclude=self.instance.pk)
+        except ValidationFailed as exc:
+            raise _form_error(exc) from exc
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.segment_kind == SegmentKind.STATIC:
+            cleaned["rule"] = {}
+        elif self.segment_kind == SegmentKind.DYNAMIC and "rule" in cleaned:
+            try:
+                # With the segment's own id, a rule reading it (directly or not) is a cycle.
+                validate_rule(cleaned["rule"], segment_id=self.instance.pk)
+            except ValidationFailed as exc:
+                self.add_error("rule", _form_error(exc))
+        policy = [
+            cleaned.get(f) for f in ("refresh_policy", "refresh_interval_minutes", "refresh_hour")
+        ]
+        if None not in policy:
+            try:
+                _check_policy(*policy)
+            except ValidationFailed as exc:
+                self.add_error(None, _form_error(exc))
+        if self.instance.pk and cleaned.get("is_archived") and not self.instance.is_archived:
+            self._check_archive()
+        return cleaned
+
+    def _check_archive(self) -> None:
+        """Refuse archiving as segment_archive would (segments still read this one), without
+        archiving yet: the call runs in a savepoint that is rolled back."""
+        try:
+            with transaction.atomic():
+                segment_archive(segment=Segment.objects.get(pk=self.instance.pk), archived=True)
+                raise _DryRun
+        except _DryRun:
+            pass
+        except ValidationFailed as exc:
+            self.add_error("is_archived", _form_error(exc))
 
 
 @admin.register(Segment)
@@ -62,6 +122,49 @@ class SegmentAdmin(admin.ModelAdmin):
     readonly_fields = ["member_count", "last_refreshed_at"]
     actions = ["refresh"]
 
+    def get_readonly_fields(self, request, obj: Segment | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            fields.append("kind")
+            if obj.kind == SegmentKind.STATIC:
+                fields.append("rule")  # a static list has no rule
+        return fields
+
+    def save_model(self, request, obj: Segment, form: SegmentAdminForm, change: bool) -> None:
+        # The services keep what the form does not show in step: dependencies, time-window
+        # metadata, the next scheduled refresh, and members (with entry and exit events) when
+        # the rule changed. `obj` already holds the posted values, so a change starts from the
+        # stored row.
+        data = form.cleaned_data
+        policy = {
+            "refresh_policy": data["refresh_policy"],
+            "refresh_interval_minutes": data["refresh_interval_minutes"],
+            "refresh_hour": data["refresh_hour"],
+        }
+        if change:
+            stored = Segment.objects.get(pk=obj.pk)
+            segment = segment_update(
+                segment=stored,
+                name=data["name"],
+                description=data["description"],
+                rule=data["rule"] if stored.kind == SegmentKind.DYNAMIC else None,
+                **policy,
+            )
+        else:
+            segment = segment_create(
+                name=data["name"],
+                description=data["description"],
+                kind=data["kind"],
+                rule=data["rule"],
+                actor=request.user,
+                **policy,
+            )
+        if data["is_archived"] != segment.is_archived:
+            segment_archive(segment=segment, archived=data["is_archived"])
+        obj.pk = segment.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
+
     @admin.action(description=_("Refresh membership now"))
     def refresh(self, request, queryset):
         for segment in queryset:
@@ -69,13 +172,8 @@ class SegmentAdmin(admin.ModelAdmin):
         self.message_user(request, _("Refreshed %(n)d segments.") % {"n": queryset.count()})
 
 
-@admin.register(SegmentMembership)
-class SegmentMembershipAdmin(admin.ModelAdmin):
-    list_display = ["segment", "contact", "entered_at"]
-    list_filter = ["segment"]
-    search_fields = ["contact__name", "contact__phone"]
-    raw_id_fields = ["contact"]
-    show_full_result_count = False
+# SegmentMembership is not registered: its primary key is (segment, contact), which the admin
+# cannot address. A segment's members are listed on its page in the operator UI.
 
 
 @admin.register(SegmentSize)
@@ -95,8 +193,25 @@ class DirtyContactAdmin(admin.ModelAdmin):
         return ", ".join(mask_topics(obj.topics))
 
 
+class AutoTagRuleAdminForm(forms.ModelForm):
+    class Meta:
+        model = AutoTagRule
+        fields = ["segment", "tag", "remove_on_exit", "is_active"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        segment, tag = cleaned.get("segment"), cleaned.get("tag")
+        if segment is not None and tag is not None and cleaned.get("is_active"):
+            try:
+                auto_tag_check_free(tag=tag, segment=segment)
+            except ValidationFailed as exc:
+                raise _form_error(exc) from exc
+        return cleaned
+
+
 @admin.register(AutoTagRule)
 class AutoTagRuleAdmin(admin.ModelAdmin):
+    form = AutoTagRuleAdminForm
     list_display = ["segment", "tag", "remove_on_exit", "is_active", "created_at"]
     list_filter = ["is_active", "remove_on_exit"]
     raw_id_fields = ["segment", "tag"]

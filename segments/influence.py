@@ -30,6 +30,8 @@ from django.utils import timezone
 
 from contacts.models import Contact, Event
 from segments.models import Influence
+from segments.rules.topics import KOC
+from segments.services import mark_dirty
 
 REFERRAL_EVENT = "referral_accepted"
 PURCHASE_EVENT = "purchase"
@@ -222,6 +224,10 @@ def influence_compute(*, now: dt.datetime | None = None) -> dict[str, int]:
     components = {pk: c for pk, c in components.items() if pk in live}
     scores = {pk: influence_score(c) for pk, c in components.items()}
     kocs = _koc_ids(scores, min_score=rule["min_score"], top_percent=rule["top_percent"])
+    previous = {
+        pk: (score, is_koc)
+        for pk, score, is_koc in Influence.objects.values_list("contact_id", "score", "is_koc")
+    }
     rows = [
         Influence(
             contact_id=pk,
@@ -250,6 +256,10 @@ def influence_compute(*, now: dt.datetime | None = None) -> dict[str, int]:
     )
     # Contacts that fell out of the window keep no stale row.
     stale = Influence.objects.exclude(computed_at=now).delete()[0]
+    # Rules read the score and the KOC flag (no row: 0, not a KOC): segments re-evaluate the
+    # contacts for which either moved on their next incremental pass.
+    changed = {pk for pk in scores if previous.pop(pk, None) != (scores[pk], pk in kocs)}
+    mark_dirty(contact_ids=sorted(changed | previous.keys()), topics=[KOC])
     return {"contacts": len(rows), "kocs": len(kocs), "removed": stale}
 
 

@@ -1,9 +1,16 @@
+from django.db import transaction
 from django.dispatch import receiver
 
 from contacts.services import is_activity
-from contacts.signals import contact_changed, contact_merged, contact_unmerged, events_recorded
+from contacts.signals import (
+    contact_changed,
+    contact_merged,
+    contact_unmerged,
+    contacts_changed_in_bulk,
+    events_recorded,
+)
 from membership.signals import membership_changed
-from segments import scoring, services, tasks
+from segments import merging, scoring, services, tasks
 from segments.rules.topics import MEMBERSHIP, event_topic, topic_bit
 
 
@@ -12,6 +19,12 @@ def reevaluate(sender, contact_ids, changed=None, **kwargs) -> None:
     # Small changes (an operator's click, one API call) are evaluated at once so that the
     # operator sees the result; big ones are queued for beat's incremental pass.
     services.segment_refresh_contacts(contact_ids=contact_ids, topics=changed)
+
+
+@receiver(contacts_changed_in_bulk, dispatch_uid="segments.refresh_after_bulk_change")
+def refresh_after_bulk_change(sender, **kwargs) -> None:
+    # Too many contacts to queue one by one: the on-change segments are rebuilt in a worker.
+    transaction.on_commit(tasks.refresh_on_change.delay)
 
 
 @receiver(membership_changed, dispatch_uid="segments.queue_membership_changes")
@@ -49,6 +62,16 @@ def reevaluate_merged(sender, record, survivor, duplicate, **kwargs) -> None:
     services.segments_refresh_after_merge(contact_ids=[survivor.pk, duplicate.pk])
 
 
+@receiver(contact_merged, dispatch_uid="segments.static_lists_merge")
+def static_lists_merge(sender, record, survivor, duplicate, **kwargs) -> None:
+    merging.static_lists_merge(record=record, survivor=survivor, duplicate=duplicate)
+
+
+@receiver(contact_unmerged, dispatch_uid="segments.static_lists_unmerge")
+def static_lists_unmerge(sender, record, survivor, duplicate, **kwargs) -> None:
+    merging.static_lists_unmerge(record=record, survivor=survivor, duplicate=duplicate)
+
+
 @receiver(events_recorded, dispatch_uid="segments.lead_score_events")
 def score_events(sender, events, **kwargs) -> None:
     # Inside the recording transaction: the points commit or roll back with the events.
@@ -61,6 +84,13 @@ def score_fit(sender, contact_ids, **kwargs) -> None:
         scoring.lead_scores_fit(contact_ids=contact_ids)
     else:
         tasks.lead_scores_fit.delay(list(contact_ids))
+
+
+@receiver(contacts_changed_in_bulk, dispatch_uid="segments.lead_score_fit_all")
+def score_fit_all(sender, **kwargs) -> None:
+    # Profile fit for everyone, as the daily pass does; its score changes reach segments
+    # through the queue.
+    transaction.on_commit(tasks.lead_scores_fit.delay)
 
 
 @receiver(contact_merged, dispatch_uid="segments.lead_score_merge")

@@ -12,7 +12,8 @@ from contacts.models import ConsentChannel, ConsentPurpose, CustomField, Gender,
 GROUP_LABELS = {
     "and": gettext_lazy("All of the following"),
     "or": gettext_lazy("Any of the following"),
-    "not": gettext_lazy("None of the following"),
+    # NOT (a AND b …): "none of" would promise NOT (a OR b …).
+    "not": gettext_lazy("Not all of the following"),
 }
 
 TAG_MATCH_LABELS = {

@@ -20,6 +20,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import Contact, Event, MergeRecord, Stage
 from contacts.services import contact_update, event_record
@@ -57,7 +58,7 @@ SECONDS_PER_DAY = 86400
 
 def scoring_config_get() -> LeadScoringConfig:
     """Return the lead-scoring settings row, creating it with defaults on first use."""
-    config, _ = LeadScoringConfig.objects.get_or_create(pk=1)
+    config, _created = LeadScoringConfig.objects.get_or_create(pk=1)
     return config
 
 
@@ -65,10 +66,11 @@ def scoring_config_get() -> LeadScoringConfig:
 def scoring_config_update(*, half_life_days: int) -> LeadScoringConfig:
     """Change the half-life and recompute every score with it (after commit)."""
     if not isinstance(half_life_days, int) or isinstance(half_life_days, bool):
-        raise ValidationFailed("The half-life must be a whole number of days.", code="invalid")
+        raise ValidationFailed(_("The half-life must be a whole number of days."), code="invalid")
     if half_life_days < 0 or half_life_days > 3650:
         raise ValidationFailed(
-            "The half-life must be between 0 (no decay) and 3650 days.", code="invalid"
+            _("The half-life must be between 0 (no decay) and %(max)s days.") % {"max": 3650},
+            code="invalid",
         )
     config = scoring_config_get()
     if config.half_life_days != half_life_days:
@@ -89,6 +91,7 @@ def _recompute_all_after_commit() -> None:
 
 
 def _filter_error(path: str, message: str) -> ValidationFailed:
+    # The path stays untranslated before the colon: the rule form reads it to place the error.
     return ValidationFailed(f"{path}: {message}", code="invalid_filter", details={"path": path})
 
 
@@ -97,37 +100,40 @@ def property_filters_validate(*, filters: Any) -> list[dict[str, Any]]:
     if filters in (None, ""):
         return []
     if not isinstance(filters, list):
-        raise _filter_error("property_filters", "must be a list")
+        raise _filter_error("property_filters", _("must be a list"))
     if len(filters) > MAX_PROPERTY_FILTERS:
-        raise _filter_error("property_filters", f"at most {MAX_PROPERTY_FILTERS} filters")
+        raise _filter_error(
+            "property_filters", _("at most %(max)s filters") % {"max": MAX_PROPERTY_FILTERS}
+        )
     cleaned: list[dict[str, Any]] = []
     for i, row in enumerate(filters):
         path = f"property_filters[{i}]"
         if not isinstance(row, dict):
-            raise _filter_error(path, "must be an object with property, operator and value")
+            raise _filter_error(path, _("must be an object with property, operator and value"))
         prop = row.get("property")
         if not isinstance(prop, str) or not prop.strip() or len(prop) > 100:
-            raise _filter_error(f"{path}.property", "must be a property name")
+            raise _filter_error(f"{path}.property", _("must be a property name"))
         operator = row.get("operator")
         if operator not in PROPERTY_OPERATORS:
             raise _filter_error(
-                f"{path}.operator", f"must be one of {', '.join(PROPERTY_OPERATORS)}"
+                f"{path}.operator",
+                _("must be one of %(choices)s") % {"choices": ", ".join(PROPERTY_OPERATORS)},
             )
         value = row.get("value")
         if operator == "exists":
             value = True if value in (None, "") else value
             if not isinstance(value, bool):
-                raise _filter_error(f"{path}.value", "must be true or false")
+                raise _filter_error(f"{path}.value", _("must be true or false"))
         elif operator in ("gt", "gte", "lt", "lte"):
             if _number(value) is None:
-                raise _filter_error(f"{path}.value", "must be a number")
+                raise _filter_error(f"{path}.value", _("must be a number"))
         elif operator == "in":
             if not isinstance(value, list) or not value:
-                raise _filter_error(f"{path}.value", "must be a non-empty list")
+                raise _filter_error(f"{path}.value", _("must be a non-empty list"))
             if not all(_is_scalar(v) for v in value):
-                raise _filter_error(f"{path}.value", "must hold only strings and numbers")
+                raise _filter_error(f"{path}.value", _("must hold only strings and numbers"))
         elif not _is_scalar(value):
-            raise _filter_error(f"{path}.value", "must be a string or a number")
+            raise _filter_error(f"{path}.value", _("must be a string or a number"))
         cleaned.append({"property": prop.strip(), "operator": operator, "value": value})
     return cleaned
 
@@ -208,30 +214,39 @@ def property_filters_match(*, filters: list[dict[str, Any]], properties: dict[st
 RULE_FIELDS = ("name", "kind", "event_name", "property_filters", "condition", "points")
 
 
+def _field_error(field: str, message: str) -> ValidationFailed:
+    # "field: message": the rule form reads the field name before the colon to place the error.
+    return ValidationFailed(f"{field}: {message}", code="invalid")
+
+
 def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
     name = (data.get("name") or "").strip()
     if not name or len(name) > 100:
-        raise ValidationFailed("name: required, at most 100 characters.", code="invalid")
+        raise _field_error("name", _("required, at most %(max)s characters.") % {"max": 100})
     kind = data.get("kind")
     if kind not in ScoreRuleKind.values:
-        raise ValidationFailed(
-            f"kind: must be one of {', '.join(ScoreRuleKind.values)}.", code="invalid"
+        raise _field_error(
+            "kind", _("must be one of %(choices)s.") % {"choices": ", ".join(ScoreRuleKind.values)}
         )
     points = data.get("points")
     if not isinstance(points, int) or isinstance(points, bool) or abs(points) > 100000:
-        raise ValidationFailed("points: a whole number between -100000 and 100000.")
+        raise _field_error(
+            "points",
+            _("a whole number between %(min)s and %(max)s.") % {"min": -100000, "max": 100000},
+        )
     if points == 0:
-        raise ValidationFailed("points: must not be zero.", code="invalid")
+        raise _field_error("points", _("must not be zero."))
     cap_period = data.get("cap_period") or CapPeriod.NONE
     if cap_period not in CapPeriod.values:
-        raise ValidationFailed(f"cap_period: must be one of {', '.join(CapPeriod.values)}.")
+        raise _field_error(
+            "cap_period",
+            _("must be one of %(choices)s.") % {"choices": ", ".join(CapPeriod.values)},
+        )
     cap_points = data.get("cap_points")
     if cap_period == CapPeriod.NONE:
         cap_points = None
     elif not isinstance(cap_points, int) or isinstance(cap_points, bool) or cap_points <= 0:
-        raise ValidationFailed(
-            "cap_points: a capped rule needs a positive number of points.", code="invalid"
-        )
+        raise _field_error("cap_points", _("a capped rule needs a positive number of points."))
     cleaned = {
         "name": name,
         "kind": kind,
@@ -246,7 +261,9 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
     if kind == ScoreRuleKind.EVENT:
         event_name = (data.get("event_name") or "").strip()
         if not event_name or len(event_name) > 64:
-            raise ValidationFailed("event_name: required, at most 64 characters.")
+            raise _field_error(
+                "event_name", _("required, at most %(max)s characters.") % {"max": 64}
+            )
         cleaned["event_name"] = event_name
         cleaned["property_filters"] = property_filters_validate(
             filters=data.get("property_filters")
@@ -254,7 +271,7 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
     else:
         condition = data.get("condition")
         if not condition:
-            raise ValidationFailed("condition: a profile-fit rule needs a condition.")
+            raise _field_error("condition", _("a profile-fit rule needs a condition."))
         validate_rule(condition)
         cleaned["condition"] = condition
         # Fit points are given once while the contact matches; a cap has nothing to limit.
@@ -320,12 +337,12 @@ def threshold_set(*, stage_key: str, min_score: float) -> LeadStageThreshold:
     """Create or change the minimum score that moves contacts to a stage."""
     stage = Stage.objects.filter(key=stage_key, is_active=True).first()
     if stage is None:
-        raise ValidationFailed("stage: must be an active lifecycle stage.", code="invalid")
+        raise _field_error("stage", _("must be an active lifecycle stage."))
     if not isinstance(min_score, int | float) or isinstance(min_score, bool):
-        raise ValidationFailed("min_score: must be a number.", code="invalid")
+        raise _field_error("min_score", _("must be a number."))
     if not math.isfinite(min_score) or min_score <= 0:
-        raise ValidationFailed("min_score: must be greater than zero.", code="invalid")
-    threshold, _ = LeadStageThreshold.objects.update_or_create(
+        raise _field_error("min_score", _("must be greater than zero."))
+    threshold, _created = LeadStageThreshold.objects.update_or_create(
         stage=stage, defaults={"min_score": float(min_score)}
     )
     return threshold

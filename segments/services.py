@@ -77,24 +77,28 @@ def rule_queryset(*, rule: dict, segment_id: int | None = None) -> QuerySet[Cont
 def _check_name(name: str, exclude: int | None = None) -> str:
     name = (name or "").strip()
     if not name:
-        raise ValidationFailed("A segment needs a name.", code="invalid_name")
+        raise ValidationFailed(_("A segment needs a name."), code="invalid_name")
     if len(name) > 100:
-        raise ValidationFailed("A segment name is at most 100 characters.", code="invalid_name")
+        raise ValidationFailed(_("A segment name is at most 100 characters."), code="invalid_name")
     if Segment.objects.filter(name=name).exclude(pk=exclude).exists():
-        raise ValidationFailed(f"A segment named “{name}” already exists.", code="duplicate_name")
+        raise ValidationFailed(
+            _("A segment named “%(name)s” already exists.") % {"name": name},
+            code="duplicate_name",
+        )
     return name
 
 
 def _check_policy(policy: str, interval: int, hour: int) -> None:
     if policy not in RefreshPolicy.values:
         raise ValidationFailed(
-            f"Refresh policy must be one of {', '.join(RefreshPolicy.values)}.",
+            _("Refresh policy must be one of %(choices)s.")
+            % {"choices": ", ".join(RefreshPolicy.values)},
             code="invalid_policy",
         )
     if policy == RefreshPolicy.INTERVAL and not 5 <= interval <= 7 * 24 * 60:
-        raise ValidationFailed("Refresh every 5 to 10,080 minutes.", code="invalid_policy")
+        raise ValidationFailed(_("Refresh every 5 to 10,080 minutes."), code="invalid_policy")
     if not 0 <= hour <= 23:
-        raise ValidationFailed("The daily refresh hour is 0–23.", code="invalid_policy")
+        raise ValidationFailed(_("The daily refresh hour is 0–23."), code="invalid_policy")
 
 
 def _sync_rule_metadata(segment: Segment) -> None:
@@ -138,7 +142,7 @@ def segment_create(
     unless `build` is False: then the caller builds it, e.g. several with
     segments_materialise."""
     if kind not in SegmentKind.values:
-        raise ValidationFailed("Kind must be dynamic or static.", code="invalid_kind")
+        raise ValidationFailed(_("Kind must be dynamic or static."), code="invalid_kind")
     rule = rule if kind == SegmentKind.DYNAMIC else {}
     if kind == SegmentKind.DYNAMIC:
         validate_rule(rule)
@@ -234,7 +238,8 @@ def segment_archive(*, segment: Segment, archived: bool = True) -> Segment:
         )
         if readers:
             raise ValidationFailed(
-                f"Segments {', '.join(readers)} use this segment; change them first.",
+                _("Segments %(segments)s use this segment; change them first.")
+                % {"segments": ", ".join(readers)},
                 code="segment_in_use",
                 details={"segments": readers},
             )
@@ -492,9 +497,9 @@ def segment_refresh_contacts(
     if len(ids) > INLINE_REFRESH_LIMIT:
         return
     # With whatever else was queued for them: their queue rows are consumed below.
-    queued = DirtyContact.objects.filter(contact_id__in=ids, changed_at__lte=now)
-    _incremental_pass(masks=dict(queued.values_list("contact_id", "topics")), now=now)
-    queued.delete()
+    taken = _queue_take(DirtyContact.objects.filter(contact_id__in=ids, changed_at__lte=now))
+    _incremental_pass(masks={pk: mask for pk, mask, _ in taken}, now=now)
+    _queue_release(taken)
 
 
 # Above this many queued contacts an incremental pass costs about as much as full refreshes.
@@ -619,8 +624,8 @@ def segments_refresh_incremental(*, now: dt.datetime | None = None) -> dict[int,
     A queue too large for an incremental pass to pay off becomes full refreshes.
     """
     now = now or timezone.now()
-    queued = DirtyContact.objects.filter(changed_at__lte=now)
-    masks = dict(queued.values_list("contact_id", "topics"))
+    taken = _queue_take(DirtyContact.objects.filter(changed_at__lte=now))
+    masks = {pk: mask for pk, mask, _ in taken}
     if not masks:
         return {}
     if len(masks) > INCREMENTAL_MAX:
@@ -629,8 +634,41 @@ def segments_refresh_incremental(*, now: dt.datetime | None = None) -> dict[int,
         )
     else:
         changes = _incremental_pass(masks=masks, now=now)
-    queued.delete()
+    _queue_release(taken)
     return changes
+
+
+QueueRow = tuple[int, int, dt.datetime]
+
+
+def _queue_take(queued: QuerySet[DirtyContact]) -> list[QueueRow]:
+    return list(queued.values_list("contact_id", "topics", "changed_at"))
+
+
+def _queue_release(taken: list[QueueRow]) -> None:
+    """Delete the queue rows a pass has evaluated, exactly as it read them.
+
+    A row that changed since (a change committed while the pass ran: its time moved forward or
+    its topics grew) stays for the next pass; deleting by contact and cut-off time would drop
+    changes committed after the read with an earlier timestamp.
+    """
+    table = DirtyContact._meta.db_table
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        for start in range(0, len(taken), QUEUE_BATCH):
+            batch = taken[start : start + QUEUE_BATCH]
+            params: list[Any] = []
+            for pk, mask, at in batch:
+                params += [pk, mask, adapt(at)]
+            rows = ", ".join(["(%s, %s, %s)"] * len(batch))
+            cursor.execute(
+                f"DELETE FROM {table} WHERE (contact_id, topics, changed_at) IN (VALUES {rows})"
+                if connection.vendor == "sqlite"
+                else f"DELETE FROM {table} t USING (VALUES {rows}) AS v(contact_id, topics, at) "
+                "WHERE t.contact_id = v.contact_id AND t.topics = v.topics "
+                "AND t.changed_at = v.at::timestamptz",
+                params,
+            )
 
 
 def segments_refresh_due(*, now: dt.datetime | None = None) -> list[int]:
@@ -753,6 +791,12 @@ def segments_tick(*, now: dt.datetime | None = None) -> dict[str, int]:
     return {"incremental_segments_changed": len(changed), "full_refreshes": len(refreshed)}
 
 
+def segments_refresh_on_change() -> int:
+    """Full refresh of every live segment that follows contact changes (after a change too
+    large to queue contact by contact), in dependency order."""
+    return len(segments_materialise(segments=_live_rule_segments([RefreshPolicy.ON_CHANGE])))
+
+
 def segments_refresh_all() -> int:
     """Full refresh of every active rule-based segment, in dependency order."""
     return len(segments_materialise(segments=_live_rule_segments()))
@@ -822,7 +866,7 @@ def segments_refresh_after_merge(*, contact_ids: list[int]) -> None:
 def _require_static(segment: Segment) -> None:
     if segment.kind != SegmentKind.STATIC:
         raise ValidationFailed(
-            "Members can be added or removed by hand only in a static list.",
+            _("Members can be added or removed by hand only in a static list."),
             code="not_static",
         )
 
@@ -843,7 +887,7 @@ def segment_static_add(*, segment: Segment, contact_ids: Iterable[int]) -> int:
     unknown = sorted(set(ids) - live)
     if unknown:
         raise ValidationFailed(
-            f"Unknown contacts: {unknown[:20]}",
+            _("Unknown contacts: %(ids)s") % {"ids": unknown[:20]},
             code="unknown_contact",
             details={"contact_ids": unknown[:100]},
         )
@@ -976,9 +1020,33 @@ def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tupl
     return added, removed
 
 
+def auto_tag_check_free(*, tag: Tag, segment: Segment) -> None:
+    """Refuse a tag that an active rule of another segment already keeps in sync."""
+    other = (
+        AutoTagRule.objects.filter(tag=tag, is_active=True)
+        .exclude(segment=segment)
+        .select_related("segment")
+        .first()
+    )
+    if other is not None:
+        raise ValidationFailed(
+            _(
+                "The tag “%(tag)s” already follows the segment “%(segment)s”; a tag can follow "
+                "one segment only."
+            )
+            % {"tag": tag.name, "segment": other.segment.name},
+            code="tag_in_use",
+        )
+
+
 def auto_tag_rule_create(*, segment: Segment, tag: Tag, remove_on_exit: bool = True) -> AutoTagRule:
-    """Keep `tag` in sync with `segment` from now on (and apply it to today's members)."""
-    rule, _ = AutoTagRule.objects.update_or_create(
+    """Keep `tag` in sync with `segment` from now on (and apply it to today's members).
+
+    A contact holds a tag once, whoever gave it: two segments keeping the same tag would take
+    it off each other's members on exit, so a tag follows one segment only.
+    """
+    auto_tag_check_free(tag=tag, segment=segment)
+    rule, _created = AutoTagRule.objects.update_or_create(
         segment=segment,
         tag=tag,
         defaults={"remove_on_exit": remove_on_exit, "is_active": True},
@@ -1035,12 +1103,14 @@ def _read_values(path: Path) -> list[str]:
             )
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         raise ValidationFailed(
-            f"The file could not be read as CSV or Excel: {exc}", code="invalid_file"
+            _("The file could not be read as CSV or Excel: %(error)s") % {"error": exc},
+            code="invalid_file",
         ) from exc
     values = ["" if pd.isna(v) else str(v).strip() for v in frame.iloc[:, 0].tolist()]
     if len(values) > STATIC_IMPORT_MAX_ROWS:
         raise ValidationFailed(
-            f"A static list file may hold at most {STATIC_IMPORT_MAX_ROWS:,} rows.",
+            _("A static list file may hold at most %(max)s rows.")
+            % {"max": f"{STATIC_IMPORT_MAX_ROWS:,}"},
             code="file_too_large",
         )
     return values
@@ -1061,7 +1131,8 @@ def segment_static_import(
     kind = STATIC_MATCH_KINDS.get(match_by)
     if kind is None:
         raise ValidationFailed(
-            f"Match by one of {', '.join(STATIC_MATCH_KINDS)}.", code="invalid_match_by"
+            _("Match by one of %(choices)s.") % {"choices": ", ".join(STATIC_MATCH_KINDS)},
+            code="invalid_match_by",
         )
     values = _read_values(Path(file))
     first_row = 1

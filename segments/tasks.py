@@ -23,6 +23,13 @@ def refresh_all() -> int:
     return services.segments_refresh_all()
 
 
+# After a change too large to list contact by contact (a big import): the segments that follow
+# changes are rebuilt in full, in dependency order; the scheduled ones keep their own schedule.
+@shared_task(name="segments.refresh_on_change")
+def refresh_on_change() -> int:
+    return services.segments_refresh_on_change()
+
+
 # Beat runs it daily without a job; the "recompute now" button passes one for the page to watch.
 @shared_task(name="segments.rfm_recompute")
 def rfm_recompute(job_id: int | None = None) -> int:

@@ -324,14 +324,19 @@ def segment_auto_tag_add(request: HttpRequest, pk: int) -> HttpResponse:
     segment = _get_segment(pk)
     form = AutoTagForm(request.POST)
     if form.is_valid():
-        services.auto_tag_rule_create(
-            segment=segment,
-            tag=form.cleaned_data["tag"],
-            remove_on_exit=form.cleaned_data["remove_on_exit"],
-        )
-        messages.success(
-            request, _("Members now get the tag “%(tag)s”.") % {"tag": form.cleaned_data["tag"]}
-        )
+        try:
+            services.auto_tag_rule_create(
+                segment=segment,
+                tag=form.cleaned_data["tag"],
+                remove_on_exit=form.cleaned_data["remove_on_exit"],
+            )
+        except ValidationFailed as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request,
+                _("Members now get the tag “%(tag)s”.") % {"tag": form.cleaned_data["tag"]},
+            )
     else:
         messages.error(request, _("Choose a tag."))
     return redirect("segments:detail", pk=segment.pk)

@@ -2,6 +2,7 @@
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Consent,
@@ -11,8 +12,12 @@ from contacts.models import (
     Contact,
 )
 from contacts.services.events import event_record
-from contacts.services.validation import field_error
 from contacts.signals import contact_changed
+from core.errors import ValidationFailed
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, code="invalid_field", details={"field": field})
 
 
 @transaction.atomic
@@ -29,18 +34,38 @@ def consent_record(
 ) -> ConsentRecord:
     """Append a consent record and make it the contact's current state for channel/purpose."""
     if channel not in ConsentChannel.values:
-        raise field_error("channel", f"must be one of {', '.join(ConsentChannel.values)}")
+        raise _invalid(
+            "channel",
+            _("Field '%(field)s' must be one of %(choices)s.")
+            % {"field": "channel", "choices": ", ".join(ConsentChannel.values)},
+        )
     if purpose not in ConsentPurpose.values:
-        raise field_error("purpose", f"must be one of {', '.join(ConsentPurpose.values)}")
+        raise _invalid(
+            "purpose",
+            _("Field '%(field)s' must be one of %(choices)s.")
+            % {"field": "purpose", "choices": ", ".join(ConsentPurpose.values)},
+        )
     if not isinstance(granted, bool):
-        raise field_error("granted", "must be true or false")
+        raise _invalid(
+            "granted", _("Field '%(field)s' must be true or false.") % {"field": "granted"}
+        )
     source = (source or "").strip()
     if not source or len(source) > 50:
-        raise field_error("source", "is required and at most 50 characters")
+        raise _invalid(
+            "source",
+            _("Field '%(field)s' is required and at most %(max)s characters.")
+            % {"field": "source", "max": 50},
+        )
     if len(notice_version or "") > 30:
-        raise field_error("notice_version", "is longer than 30 characters")
+        raise _invalid(
+            "notice_version",
+            _("Field '%(field)s' is longer than %(max)s characters.")
+            % {"field": "notice_version", "max": 30},
+        )
     if evidence is not None and not isinstance(evidence, dict):
-        raise field_error("evidence", "must be an object")
+        raise _invalid(
+            "evidence", _("Field '%(field)s' must be an object.") % {"field": "evidence"}
+        )
     record = ConsentRecord.objects.create(
         contact=contact,
         channel=channel,

@@ -5,6 +5,8 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from contacts.models import (
     CustomField,
     CustomFieldKind,
@@ -19,29 +21,35 @@ FALSE_WORDS = {"false", "0", "no", "n", "否", "不"}
 def _custom_value(definition: CustomField, raw: Any) -> Any:
     key, kind = definition.key, definition.kind
 
-    def invalid(what: str) -> ValidationFailed:
+    def invalid(message: str, **params: Any) -> ValidationFailed:
+        # `message` is translated and names the field as %(field)s.
         return ValidationFailed(
-            f"Custom field '{key}' {what}.", code="invalid_custom_field", details={"field": key}
+            message % {"field": key, **params},
+            code="invalid_custom_field",
+            details={"field": key},
         )
 
     if raw is None or raw == "":
         return None
     if kind == CustomFieldKind.TEXT:
         if not isinstance(raw, str | int | float) or isinstance(raw, bool):
-            raise invalid("must be text")
+            raise invalid(_("Custom field '%(field)s' must be text."))
         value = str(raw).strip()
         if len(value) > MAX_CUSTOM_TEXT:
-            raise invalid(f"is longer than {MAX_CUSTOM_TEXT} characters")
+            raise invalid(
+                _("Custom field '%(field)s' is longer than %(max)s characters."),
+                max=MAX_CUSTOM_TEXT,
+            )
         return value
     if kind == CustomFieldKind.NUMBER:
         if isinstance(raw, bool) or not isinstance(raw, int | float | Decimal | str):
-            raise invalid("must be a number")
+            raise invalid(_("Custom field '%(field)s' must be a number."))
         try:
             number = float(str(raw).strip())
         except ValueError as exc:
-            raise invalid("must be a number") from exc
+            raise invalid(_("Custom field '%(field)s' must be a number.")) from exc
         if not math.isfinite(number):
-            raise invalid("must be a finite number")
+            raise invalid(_("Custom field '%(field)s' must be a finite number."))
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == CustomFieldKind.DATE:
         if isinstance(raw, dt.datetime):
@@ -51,22 +59,28 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
         try:
             return dt.date.fromisoformat(str(raw).strip()).isoformat()
         except ValueError as exc:
-            raise invalid("must be a date like 2026-05-17") from exc
+            raise invalid(_("Custom field '%(field)s' must be a date like 2026-05-17.")) from exc
     if kind == CustomFieldKind.SINGLE_CHOICE:
         value = str(raw).strip() if isinstance(raw, str | int) else None
         if value not in [str(c) for c in definition.choices]:
-            raise invalid(f"must be one of: {', '.join(map(str, definition.choices))}")
+            raise invalid(
+                _("Custom field '%(field)s' must be one of: %(choices)s."),
+                choices=", ".join(map(str, definition.choices)),
+            )
         return value
     if kind == CustomFieldKind.MULTI_CHOICE:
         # Imports give "a,b"; the API and forms give a list.
         items = raw.split(",") if isinstance(raw, str) else raw
         if not isinstance(items, list | tuple):
-            raise invalid("must be a list of choices")
+            raise invalid(_("Custom field '%(field)s' must be a list of choices."))
         allowed = [str(c) for c in definition.choices]
         chosen = [str(i).strip() for i in items if str(i).strip()]
         unknown = [i for i in chosen if i not in allowed]
         if unknown or any(not isinstance(i, str | int) for i in items):
-            raise invalid(f"has options outside the choices: {', '.join(unknown)}")
+            raise invalid(
+                _("Custom field '%(field)s' has options outside the choices: %(values)s."),
+                values=", ".join(unknown),
+            )
         return list(dict.fromkeys(chosen))
     if kind == CustomFieldKind.BOOLEAN:
         if isinstance(raw, bool):
@@ -76,8 +90,8 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
             return True
         if word in FALSE_WORDS:
             return False
-        raise invalid("must be true or false")
-    raise invalid(f"has an unknown type '{kind}'")
+        raise invalid(_("Custom field '%(field)s' must be true or false."))
+    raise invalid(_("Custom field '%(field)s' has an unknown type '%(kind)s'."), kind=kind)
 
 
 def custom_fields_validate(*, values: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +102,9 @@ def custom_fields_validate(*, values: dict[str, Any]) -> dict[str, Any]:
         definition = definitions.get(key)
         if definition is None or not definition.is_active:
             raise ValidationFailed(
-                f"Unknown field '{key}'.", code="unknown_field", details={"field": key}
+                _("Unknown field '%(field)s'.") % {"field": key},
+                code="unknown_field",
+                details={"field": key},
             )
         cleaned[key] = _custom_value(definition, raw)
     return cleaned

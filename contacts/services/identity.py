@@ -1,6 +1,5 @@
 """Identity normalisation and resolution: find or create the contact identities point to."""
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,25 +9,24 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Contact,
-    CustomField,
-    Gender,
     Identity,
     IdentityKind,
 )
 from contacts.selectors import contact_follow_merges
-from contacts.services.custom_fields import custom_fields_validate
 from contacts.services.merge import contact_merge, merge_blocked_with
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
-# Traits that map to columns; anything else is kept in Contact.attributes.
+# Text columns an identify or an import may set, with their length.
 COLUMN_TRAITS = {
     name: Contact._meta.get_field(name).max_length
     for name in ("name", "nickname", "province", "city", "source", "channel_code")
 }
+# Most traits one identify may carry: bounds the work a single call can ask for.
 MAX_ATTRIBUTE_KEYS = 100
 # Numbers without a country code are read as Chinese (11-digit mobiles, landlines with area code).
 DEFAULT_PHONE_REGION = "CN"
@@ -49,17 +47,19 @@ class IdentifyResult:
     conflicts: list[int] = field(default_factory=list)
 
 
+def _invalid_phone(raw: str) -> str:
+    return _("'%(value)s' is not a valid phone number.") % {"value": raw}
+
+
 def normalize_phone(raw: str) -> str:
     """Return a phone as E.164; numbers without a country code are read as Chinese."""
     value = str(raw).strip()
     try:
         parsed = phonenumbers.parse(value, DEFAULT_PHONE_REGION)
     except phonenumbers.NumberParseException as exc:
-        raise ValidationFailed(
-            f"'{raw}' is not a valid phone number.", code="invalid_phone"
-        ) from exc
+        raise ValidationFailed(_invalid_phone(raw), code="invalid_phone") from exc
     if len(value) > 30 or not phonenumbers.is_valid_number(parsed):
-        raise ValidationFailed(f"'{raw}' is not a valid phone number.", code="invalid_phone")
+        raise ValidationFailed(_invalid_phone(raw), code="invalid_phone")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -67,24 +67,29 @@ def normalize_identity(identity: IdentityInput) -> IdentityInput:
     """Validate and canonicalise one identity so equal people get equal keys."""
     if identity.kind not in IdentityKind.values:
         raise ValidationFailed(
-            f"Unknown identity kind '{identity.kind}'.",
+            _("Unknown identity kind '%(kind)s'.") % {"kind": identity.kind},
             code="invalid_identity",
             details={"allowed": IdentityKind.values},
         )
     value = str(identity.value).strip()
     if not value:
         raise ValidationFailed(
-            f"Identity '{identity.kind}' has an empty value.", code="invalid_identity"
+            _("Identity '%(kind)s' has an empty value.") % {"kind": identity.kind},
+            code="invalid_identity",
         )
     if len(value) > 191:
-        raise ValidationFailed(f"Identity '{identity.kind}' is too long.", code="invalid_identity")
+        raise ValidationFailed(
+            _("Identity '%(kind)s' is too long.") % {"kind": identity.kind},
+            code="invalid_identity",
+        )
     app_id = (identity.app_id or "").strip()
     if (
         identity.kind in (IdentityKind.WECHAT_OPENID, IdentityKind.MINIPROGRAM_OPENID)
         and not app_id
     ):
         raise ValidationFailed(
-            f"Identity '{identity.kind}' needs the app_id it belongs to.", code="invalid_identity"
+            _("Identity '%(kind)s' needs the app_id it belongs to.") % {"kind": identity.kind},
+            code="invalid_identity",
         )
     if identity.kind == IdentityKind.PHONE:
         value = normalize_phone(value)
@@ -94,62 +99,49 @@ def normalize_identity(identity: IdentityInput) -> IdentityInput:
             validate_email(value)
         except ValidationError as exc:
             raise ValidationFailed(
-                f"'{value}' is not a valid email.", code="invalid_email"
+                _("'%(value)s' is not a valid email.") % {"value": value}, code="invalid_email"
             ) from exc
     return IdentityInput(kind=identity.kind, value=value, app_id=app_id)
 
 
-def _clean_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    columns: dict[str, Any] = {}
-    attributes: dict[str, Any] = {}
-    for key, raw in traits.items():
-        if key in COLUMN_TRAITS:
-            value = "" if raw is None else str(raw).strip()
-            if len(value) > COLUMN_TRAITS[key]:
-                raise ValidationFailed(
-                    f"Trait '{key}' is longer than {COLUMN_TRAITS[key]} characters.",
-                    code="invalid_trait",
-                )
-            columns[key] = value
-        elif key == "gender":
-            if raw not in Gender.values:
-                raise ValidationFailed(
-                    f"Trait 'gender' must be one of {', '.join(Gender.values)}.",
-                    code="invalid_trait",
-                )
-            columns[key] = raw
-        elif key == "birthday":
-            try:
-                day = dt.date.fromisoformat(str(raw))
-            except ValueError as exc:
-                raise ValidationFailed(
-                    "Trait 'birthday' must be a date like 1990-05-17.", code="invalid_trait"
-                ) from exc
-            if day > timezone.localdate():
-                raise ValidationFailed("Trait 'birthday' is in the future.", code="invalid_trait")
-            columns[key] = day
-        elif key == "phone":
-            columns[key] = normalize_phone(raw) if raw else ""
-        elif key == "email":
-            columns[key] = normalize_identity(IdentityInput("email", raw)).value if raw else ""
-        else:
-            if not isinstance(key, str) or not key or len(key) > 64:
-                raise ValidationFailed(f"Invalid trait name '{key}'.", code="invalid_trait")
-            attributes[key] = raw
-    if len(attributes) > MAX_ATTRIBUTE_KEYS:
-        raise ValidationFailed("Too many custom traits.", code="invalid_trait")
-    # Traits named like an operator-defined custom field must hold a valid value for it; other
-    # free-form traits are kept as they come.
-    defined = set(
-        CustomField.objects.filter(key__in=list(attributes), is_active=True).values_list(
-            "key", flat=True
+def _clean_traits(traits: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate traits like a PATCH of the profile; return (column values, custom field values).
+
+    Profile fields (and `source`, `channel_code`) go to their columns, active custom fields to
+    `attributes`; any other key is refused, so nothing arrives unchecked.
+    """
+    # profile imports this module, so it is imported here rather than at the top.
+    from contacts.services.profile import profile_values_validate
+
+    if not isinstance(traits, dict):
+        raise ValidationFailed(
+            _("Traits must be an object of field names and values."), code="invalid_trait"
         )
-    )
-    if defined:
-        attributes.update(
-            custom_fields_validate(values={k: v for k, v in attributes.items() if k in defined})
-        )
-    return columns, attributes
+    for key in traits:
+        if not isinstance(key, str) or not key or len(key) > 64:
+            raise ValidationFailed(
+                _("Invalid trait name '%(name)s'.") % {"name": str(key)[:64]},
+                code="invalid_trait",
+            )
+    if len(traits) > MAX_ATTRIBUTE_KEYS:
+        raise ValidationFailed(_("Too many traits."), code="invalid_trait")
+    try:
+        return profile_values_validate(data=traits, origin=True)
+    except ValidationFailed as exc:
+        # The profile's codes name fields; identify's name traits, as documented.
+        if exc.code == "unknown_field":
+            raise ValidationFailed(
+                _(
+                    "Unknown trait '%(trait)s': send a profile field or the key of an active "
+                    "custom field."
+                )
+                % {"trait": (exc.details or {}).get("field")},
+                code="unknown_trait",
+                details=exc.details,
+            ) from exc
+        if exc.code == "invalid_field":
+            raise ValidationFailed(exc.message, code="invalid_trait", details=exc.details) from exc
+        raise
 
 
 def _find_identities(identities: list[IdentityInput]) -> list[Identity]:
@@ -185,7 +177,7 @@ def identify(
 ) -> IdentifyResult:
     """Find or create the contact the identities point to, then apply traits."""
     if not identities:
-        raise ValidationFailed("At least one identity is required.", code="invalid_identity")
+        raise ValidationFailed(_("At least one identity is required."), code="invalid_identity")
     normalized = [normalize_identity(i) for i in identities]
     columns, attributes = _clean_traits(traits or {})
     # Phone and email traits are identities too, so later look-ups by them find this contact.
@@ -270,7 +262,9 @@ def _identify_once(
     for key, value in columns.items():
         setattr(contact, key, value)
     if attributes:
-        contact.attributes = {**contact.attributes, **attributes}
+        # A custom field sent as null or "" is cleared, as in a PATCH.
+        merged_attributes = {**contact.attributes, **attributes}
+        contact.attributes = {k: v for k, v in merged_attributes.items() if v is not None}
     now = timezone.now()
     contact.last_seen_at = now
     if contact.first_seen_at is None:

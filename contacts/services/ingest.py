@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Contact,
@@ -55,7 +56,10 @@ def _validate_event(item: EventInput) -> str | None:
 def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
     """Store a batch of events; duplicates and bad items are reported, never block the rest."""
     if len(items) > MAX_EVENTS_PER_BATCH:
-        raise ValidationFailed(f"At most {MAX_EVENTS_PER_BATCH} events per call.", code="too_many")
+        raise ValidationFailed(
+            _("At most %(max)s events per call.") % {"max": MAX_EVENTS_PER_BATCH},
+            code="too_many",
+        )
     outcomes: list[EventOutcome | None] = [None] * len(items)
     seen: set[str] = set()
     candidates: list[tuple[int, EventInput]] = []
@@ -118,14 +122,14 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
 def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> int:
     if item.contact_id is not None:
         if item.contact_id not in known:
-            raise ValidationFailed(f"Contact {item.contact_id} does not exist.")
+            raise ValidationFailed(_("Contact %(id)s does not exist.") % {"id": item.contact_id})
         if known[item.contact_id] is None:
             return item.contact_id
         # Events sent for a merged contact land on the contact that absorbed it.
         contact = Contact.objects.get(pk=item.contact_id)
         return contact_follow_merges(contact=contact).pk
     if not item.identities:
-        raise ValidationFailed("Either contact_id or identities is required.")
+        raise ValidationFailed(_("Either contact_id or identities is required."))
     return identify(identities=item.identities, source=item.source).contact.pk
 
 

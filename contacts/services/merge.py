@@ -9,6 +9,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Consent,
@@ -81,7 +82,7 @@ def contact_merge(
 ) -> MergeRecord:
     """Merge `duplicate` into `survivor`, recording what moved so that it can be undone."""
     if survivor.pk == duplicate.pk:
-        raise MergeRefused("A contact cannot be merged into itself.")
+        raise MergeRefused(_("A contact cannot be merged into itself."))
     # Lock both rows in id order so that two merges of the same pair cannot deadlock.
     locked = {
         c.pk: c
@@ -90,18 +91,22 @@ def contact_merge(
         .order_by("pk")
     }
     if len(locked) != 2:
-        raise NotFound("Contact not found.")
+        raise NotFound(_("Contact not found."))
     survivor, duplicate = locked[survivor.pk], locked[duplicate.pk]
     for contact in (survivor, duplicate):
         if contact.merged_into_id is not None:
             raise MergeRefused(
-                f"Contact {contact.pk} was already merged into {contact.merged_into_id}.",
+                _("Contact %(contact)s was already merged into %(into)s.")
+                % {"contact": contact.pk, "into": contact.merged_into_id},
                 code="already_merged",
             )
     if merge_blocked_with(contact_id=survivor.pk, others=[duplicate.pk]):
         raise MergeRefused(
-            f"Contacts {survivor.pk} and {duplicate.pk} are marked as not the same person; "
-            "remove that mark before merging them.",
+            _(
+                "Contacts %(survivor)s and %(duplicate)s are marked as not the same person; "
+                "remove that mark before merging them."
+            )
+            % {"survivor": survivor.pk, "duplicate": duplicate.pk},
             code="merge_blocked",
         )
     record = MergeRecord.objects.create(
@@ -213,7 +218,7 @@ def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = 
     restored duplicate."""
     record = MergeRecord.objects.select_for_update().get(pk=record.pk)
     if record.undone_at is not None:
-        raise MergeRefused("This merge was already undone.", code="already_undone")
+        raise MergeRefused(_("This merge was already undone."), code="already_undone")
     locked = {
         c.pk: c
         for c in Contact.objects.select_for_update()
@@ -223,8 +228,8 @@ def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = 
     survivor, duplicate = locked[record.survivor_id], locked[record.duplicate_id]
     if survivor.merged_into_id is not None:
         raise MergeRefused(
-            f"Contact {survivor.pk} was merged into {survivor.merged_into_id} since; "
-            "undo that merge first.",
+            _("Contact %(contact)s was merged into %(into)s since; undo that merge first.")
+            % {"contact": survivor.pk, "into": survivor.merged_into_id},
             code="merged_since",
         )
     # Higher apps first: they undo in the reverse order of the merge.
@@ -316,7 +321,7 @@ def merge_block_add(
 ) -> MergeBlock:
     """Declare two contacts different people, so that nothing merges them (idempotent)."""
     if contact.pk == other.pk:
-        raise MergeRefused("A contact is always the same person as itself.", code="same_contact")
+        raise MergeRefused(_("A contact is always the same person as itself."), code="same_contact")
     low, high = _pair(contact.pk, other.pk)
     block, created = MergeBlock.objects.get_or_create(
         low_id=low,
@@ -342,7 +347,7 @@ def merge_block_remove(
 ) -> bool:
     """Allow two contacts declared distinct to be merged again; False when they were not."""
     low, high = _pair(contact.pk, other.pk)
-    deleted, _ = MergeBlock.objects.filter(low_id=low, high_id=high).delete()
+    deleted, _by_model = MergeBlock.objects.filter(low_id=low, high_id=high).delete()
     if deleted:
         _audit(
             actor=actor,

@@ -5,6 +5,7 @@ import datetime as dt
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Contact,
@@ -27,9 +28,12 @@ def note_add(
     """Leave a note, optionally with a follow-up date, on a contact."""
     body = (body or "").strip()
     if not body:
-        raise field_error("body", "is empty")
+        raise field_error("body", _("The note is empty."))
     if len(body) > MAX_NOTE_LENGTH:
-        raise field_error("body", f"is longer than {MAX_NOTE_LENGTH} characters")
+        raise field_error(
+            "body",
+            _("The note is longer than %(max)s characters.") % {"max": MAX_NOTE_LENGTH},
+        )
     note = Note.objects.create(contact=contact, author=author, body=body, follow_up_at=follow_up_at)
     event_record(
         contact=contact,

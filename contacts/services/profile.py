@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Contact,
@@ -19,7 +20,6 @@ from contacts.models import (
 from contacts.services.custom_fields import custom_fields_validate
 from contacts.services.events import event_record
 from contacts.services.identity import IdentityInput, normalize_identity, normalize_phone
-from contacts.services.validation import field_error
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
@@ -45,23 +45,38 @@ PROFILE_FIELDS = {
     "owner",
     "store",
 }
+# Where a contact came from: identify and imports set these, a PATCH does not.
+ORIGIN_TEXT_FIELDS = {"source": 50, "channel_code": 50}
+TEXT_FIELD_LIMITS = {**PROFILE_TEXT_FIELDS, **ORIGIN_TEXT_FIELDS}
 OLDEST_BIRTHDAY = dt.date(1900, 1, 1)
+
+
+def _invalid(key: str, message: str, code: str = "invalid_field") -> ValidationFailed:
+    return ValidationFailed(message, code=code, details={"field": key})
 
 
 def _profile_value(key: str, raw: Any) -> Any:
     """Validate one profile field; return the value to set on the model attribute."""
-    if key in PROFILE_TEXT_FIELDS:
+    if key in TEXT_FIELD_LIMITS:
         if raw is None:
             return ""
         if not isinstance(raw, str):
-            raise field_error(key, "must be text")
+            raise _invalid(key, _("Field '%(field)s' must be text.") % {"field": key})
         value = raw.strip()
-        if len(value) > PROFILE_TEXT_FIELDS[key]:
-            raise field_error(key, f"is longer than {PROFILE_TEXT_FIELDS[key]} characters")
+        if len(value) > TEXT_FIELD_LIMITS[key]:
+            raise _invalid(
+                key,
+                _("Field '%(field)s' is longer than %(max)s characters.")
+                % {"field": key, "max": TEXT_FIELD_LIMITS[key]},
+            )
         return value
     if key == "gender":
         if raw not in Gender.values:
-            raise field_error(key, f"must be one of {', '.join(Gender.values)}")
+            raise _invalid(
+                key,
+                _("Field '%(field)s' must be one of %(choices)s.")
+                % {"field": key, "choices": ", ".join(Gender.values)},
+            )
         return raw
     if key == "birthday":
         if raw is None or raw == "":
@@ -74,17 +89,21 @@ def _profile_value(key: str, raw: Any) -> Any:
             except ValueError:
                 day = None
             if day is None:
-                raise field_error(key, "must be a date like 1990-05-17")
+                raise _invalid(
+                    key, _("Field '%(field)s' must be a date like 1990-05-17.") % {"field": key}
+                )
         if day > timezone.localdate():
-            raise field_error(key, "is in the future")
+            raise _invalid(key, _("Field '%(field)s' is in the future.") % {"field": key})
         if day < OLDEST_BIRTHDAY:
-            raise field_error(key, "is before 1900")
+            raise _invalid(key, _("Field '%(field)s' is before 1900.") % {"field": key})
         return day
     if key == "phone":
         if raw is None or raw == "":
             return ""
         if not isinstance(raw, str | int) or isinstance(raw, bool):
-            raise field_error(key, "must be text", code="invalid_phone")
+            raise _invalid(
+                key, _("Field '%(field)s' must be text.") % {"field": key}, code="invalid_phone"
+            )
         try:
             return normalize_phone(str(raw))
         except ValidationFailed as exc:
@@ -93,8 +112,8 @@ def _profile_value(key: str, raw: Any) -> Any:
         if raw is None or raw == "":
             return ""
         if not isinstance(raw, str) or len(raw) > 254:
-            raise ValidationFailed(
-                f"'{raw}' is not a valid email.", code="invalid_email", details={"field": key}
+            raise _invalid(
+                key, _("'%(value)s' is not a valid email.") % {"value": raw}, code="invalid_email"
             )
         try:
             return normalize_identity(IdentityInput(IdentityKind.EMAIL, raw)).value
@@ -103,7 +122,11 @@ def _profile_value(key: str, raw: Any) -> Any:
     if key == "lifecycle_stage":
         stage = Stage.objects.filter(key=raw, is_active=True).first() if raw else None
         if not isinstance(raw, str) or stage is None:
-            raise field_error(key, "must be the key of an active lifecycle stage")
+            raise _invalid(
+                key,
+                _("Field '%(field)s' must be the key of an active lifecycle stage.")
+                % {"field": key},
+            )
         return stage
     if key == "owner":
         if raw is None or raw == "":
@@ -112,7 +135,9 @@ def _profile_value(key: str, raw: Any) -> Any:
         if isinstance(raw, int) and not isinstance(raw, bool):
             user = get_user_model().objects.filter(pk=raw, is_active=True).first()
         if user is None:
-            raise field_error(key, "must be the id of an active user")
+            raise _invalid(
+                key, _("Field '%(field)s' must be the id of an active user.") % {"field": key}
+            )
         return user
     if key == "store":
         if raw is None or raw == "":
@@ -123,9 +148,26 @@ def _profile_value(key: str, raw: Any) -> Any:
         elif isinstance(raw, str):
             store = Store.objects.filter(code=raw.strip()).first()
         if store is None:
-            raise field_error(key, "must be the id or code of a store")
+            raise _invalid(
+                key, _("Field '%(field)s' must be the id or code of a store.") % {"field": key}
+            )
         return store
-    raise field_error(key, "is not a profile field", code="unknown_field")
+    raise _invalid(
+        key, _("Field '%(field)s' is not a profile field.") % {"field": key}, code="unknown_field"
+    )
+
+
+def profile_values_validate(
+    *, data: dict[str, Any], origin: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check profile and custom field values; return (model attribute values, custom values).
+
+    `origin` also accepts `source` and `channel_code`, which identify sets and a PATCH does not.
+    """
+    fields = PROFILE_FIELDS | ORIGIN_TEXT_FIELDS.keys() if origin else PROFILE_FIELDS
+    profile = {k: v for k, v in data.items() if k in fields}
+    custom = custom_fields_validate(values={k: v for k, v in data.items() if k not in profile})
+    return {key: _profile_value(key, raw) for key, raw in profile.items()}, custom
 
 
 def _identity_owner(kind: str, value: str) -> int | None:
@@ -146,18 +188,23 @@ def contact_update(
 ) -> Contact:
     """Validate and apply profile and custom field changes; nothing is stored on any error."""
     if not isinstance(data, dict):
-        raise ValidationFailed("The changes must be an object of field names and values.")
-    profile = {k: v for k, v in data.items() if k in PROFILE_FIELDS}
-    custom = custom_fields_validate(values={k: v for k, v in data.items() if k not in profile})
-    values = {key: _profile_value(key, raw) for key, raw in profile.items()}
+        raise ValidationFailed(_("The changes must be an object of field names and values."))
+    values, custom = profile_values_validate(data=data)
     # Phone and email are identities too: refuse one that already belongs to someone else.
     for kind in (IdentityKind.PHONE, IdentityKind.EMAIL):
         new = values.get(kind)
         if new and new != getattr(contact, kind):
             owner = _identity_owner(kind, new)
             if owner is not None and owner != contact.pk:
+                message = (
+                    _("This phone belongs to contact %(contact)s; merge the two contacts instead.")
+                    if kind == IdentityKind.PHONE
+                    else _(
+                        "This email belongs to contact %(contact)s; merge the two contacts instead."
+                    )
+                )
                 raise ValidationFailed(
-                    f"This {kind} belongs to contact {owner}; merge the two contacts instead.",
+                    message % {"contact": owner},
                     code="identity_taken",
                     details={"field": kind, "contact_id": owner},
                 )

@@ -6,6 +6,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     Contact,
@@ -18,6 +19,21 @@ from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
 
+def tag_expiry_check(*, expires_at: dt.datetime | None) -> dt.datetime | None:
+    """Return an aware expiry, refusing one that is not in the future."""
+    if expires_at is None:
+        return None
+    if timezone.is_naive(expires_at):
+        expires_at = timezone.make_aware(expires_at)
+    if expires_at <= timezone.now():
+        raise ValidationFailed(
+            _("The tag's expiry must be in the future."),
+            code="invalid_expiry",
+            details={"field": "expires_at"},
+        )
+    return expires_at
+
+
 @transaction.atomic
 def contact_tag_add(
     *,
@@ -25,17 +41,33 @@ def contact_tag_add(
     tag: Tag,
     actor: AbstractBaseUser | None = None,
     source: str = TagSource.MANUAL,
+    expires_at: dt.datetime | None = None,
 ) -> bool:
-    """Tag a contact; return False when it already had the tag."""
-    _, created = ContactTag.objects.get_or_create(
-        contact=contact, tag=tag, defaults={"source": source, "actor": actor}
+    """Tag a contact; return False when it already had the tag.
+
+    With `expires_at` the tag is removed then (by the expiry task); re-adding a tag the contact
+    has sets its expiry to the new one. Without it an existing tag's expiry is left as it is.
+    """
+    expires_at = tag_expiry_check(expires_at=expires_at)
+    row, created = ContactTag.objects.get_or_create(
+        contact=contact,
+        tag=tag,
+        defaults={"source": source, "actor": actor, "expires_at": expires_at},
     )
+    # A tag an auto-tag rule keeps belongs to its segment: an expiry would take it off a
+    # member that the rule (which tags on entry only) would never give back.
+    if (
+        not created
+        and expires_at is not None
+        and row.expires_at != expires_at
+        and row.source != TagSource.RULE
+    ):
+        ContactTag.objects.filter(pk=row.pk).update(expires_at=expires_at)
     if created:
-        event_record(
-            contact=contact,
-            name="tag_added",
-            properties={"tag_id": tag.pk, "tag": str(tag), "source": source},
-        )
+        properties = {"tag_id": tag.pk, "tag": str(tag), "source": source}
+        if expires_at is not None:
+            properties["expires_at"] = expires_at.isoformat()
+        event_record(contact=contact, name="tag_added", properties=properties)
         transaction.on_commit(
             lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk], changed=["tags"])
         )
@@ -47,7 +79,7 @@ def contact_tag_remove(
     *, contact: Contact, tag: Tag, actor: AbstractBaseUser | None = None
 ) -> bool:
     """Remove a tag from a contact; return False when it did not have it."""
-    deleted, _ = ContactTag.objects.filter(contact=contact, tag=tag).delete()
+    deleted, _by_model = ContactTag.objects.filter(contact=contact, tag=tag).delete()
     if deleted:
         event_record(
             contact=contact,
@@ -70,7 +102,7 @@ def tags_resolve(*, refs: list[Any]) -> list[Tag]:
         elif isinstance(ref, str) and ref.strip().isdigit():
             tag = Tag.objects.select_related("group").filter(pk=int(ref)).first()
         elif isinstance(ref, str) and "/" in ref:
-            group, _, name = ref.strip().partition("/")
+            group, _slash, name = ref.strip().partition("/")
             tag = (
                 Tag.objects.select_related("group")
                 .filter(group__name=group.strip(), name=name.strip())
@@ -78,7 +110,8 @@ def tags_resolve(*, refs: list[Any]) -> list[Tag]:
             )
         if tag is None:
             raise ValidationFailed(
-                f"Unknown tag '{ref}': give a tag id or \"group/name\" of an existing tag.",
+                _("Unknown tag '%(tag)s': give a tag id or \"group/name\" of an existing tag.")
+                % {"tag": ref},
                 code="unknown_tag",
                 details={"tag": ref},
             )
@@ -93,10 +126,15 @@ def contact_tags_add(
     tags: list[Tag],
     actor: AbstractBaseUser | None = None,
     source: str = TagSource.MANUAL,
+    expires_at: dt.datetime | None = None,
 ) -> list[Tag]:
     """Tag a contact with several tags at once; return the tags it did not have yet."""
     return [
-        tag for tag in tags if contact_tag_add(contact=contact, tag=tag, actor=actor, source=source)
+        tag
+        for tag in tags
+        if contact_tag_add(
+            contact=contact, tag=tag, actor=actor, source=source, expires_at=expires_at
+        )
     ]
 
 
@@ -114,7 +152,9 @@ def contact_tags_expire(*, now: dt.datetime | None = None) -> int:
     while True:
         with transaction.atomic():
             due = list(
-                ContactTag.objects.select_for_update(skip_locked=True)
+                # Only the assignments: locking their tags too would block every tagging with
+                # those tags for the length of the batch.
+                ContactTag.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(expires_at__lte=now)
                 .select_related("tag__group")
                 .order_by("pk")[:EXPIRE_BATCH]

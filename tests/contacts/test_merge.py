@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from channels.models import Delivery
 from contacts.models import (
@@ -501,7 +501,7 @@ def test_a_manual_merge_of_a_blocked_pair_is_refused_until_the_block_is_removed(
     merge_block_add(contact=a, other=b, actor=operator)  # once is enough: still one row
     assert MergeBlock.objects.count() == 1
 
-    with pytest.raises(DomainError) as exc:
+    with translation.override("en"), pytest.raises(DomainError) as exc:
         contact_merge(survivor=a, duplicate=b, actor=operator)
     assert exc.value.code == "merge_blocked"
     assert "not the same person" in exc.value.message

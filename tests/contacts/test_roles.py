@@ -199,11 +199,11 @@ def test_unmask_refuses_get_and_invisible_contacts(client):
 
 def test_role_labels_are_translated(client):
     client.force_login(user_with_role("store_staff", username="clerk"))
+    chinese = client.get(reverse("contacts:list")).content.decode()
     client.cookies["django_language"] = "en"
-
-    page = client.get(reverse("contacts:list")).content.decode()
-
-    assert "Store staff" in page
+    english = client.get(reverse("contacts:list")).content.decode()
+    assert "您的角色：门店导购" in chinese and "Store staff" not in chinese
+    assert "Your role: Store staff" in english and "门店导购" not in english
 
 
 def test_import_and_export_links_follow_permissions(client):

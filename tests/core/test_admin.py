@@ -19,6 +19,14 @@ pytestmark = pytest.mark.django_db
 OUR_APPS = {"core", "contacts", "membership", "segments", "channels", "journeys"}
 
 
+# Models the admin cannot show, with where their rows are seen instead.
+NOT_IN_ADMIN = {
+    # Keyed by (segment, contact), which Django's admin does not support; derived data, listed
+    # and exported on the segment page, static lists edited there.
+    "segments.SegmentMembership",
+}
+
+
 def test_every_model_of_ours_is_in_the_admin():
     from django.apps import apps
 
@@ -27,7 +35,9 @@ def test_every_model_of_ours_is_in_the_admin():
         for m in apps.get_models()
         if m._meta.app_label in OUR_APPS and m not in admin.site._registry
     ]
-    assert missing == []
+    assert sorted(missing) == sorted(NOT_IN_ADMIN)
+    for label in NOT_IN_ADMIN:  # still a model the admin cannot register
+        assert apps.get_model(label)._meta.is_composite_pk
 
 
 @pytest.mark.parametrize(

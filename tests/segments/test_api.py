@@ -149,3 +149,20 @@ def test_schema_documents_the_segment_endpoints(client):
         "/api/v1/contacts/{contact_id}/segments",
     ):
         assert path in schema["paths"], path
+
+
+def test_service_errors_are_english_unless_the_client_asks_for_another_language(api, shanghai):
+    contact = ContactFactory()
+    url = f"/api/v1/segments/{shanghai.pk}/members"
+    body = {"contact_ids": [contact.pk]}
+
+    default = api.post(url, body, format="json").json()["error"]
+    chinese = api.post(url, body, format="json", HTTP_ACCEPT_LANGUAGE="zh-hans").json()["error"]
+
+    assert default == {
+        "code": "not_static",
+        "message": "Members can be added or removed by hand only in a static list.",
+        "details": None,
+    }
+    assert chinese["code"] == "not_static"
+    assert chinese["message"] != default["message"] and "静态名单" in chinese["message"]

@@ -19,6 +19,7 @@ from segments.selectors import segment_explain
 from segments.services import (
     auto_tag_rule_create,
     mark_dirty,
+    queue_contacts,
     segment_archive,
     segment_create,
     segment_duplicate,
@@ -413,6 +414,20 @@ def test_auto_tags_follow_the_segment_but_leave_manual_tags_alone():
     assert DirtyContact.objects.filter(contact_id=b.pk).exists()
 
 
+def test_a_tag_follows_one_segment_only():
+    tag = TagFactory(name="上海人")
+    shanghai = segment_create(name="上海", rule=city_rule("上海"))
+    beijing = segment_create(name="北京", rule=city_rule("北京"))
+    auto_tag_rule_create(segment=shanghai, tag=tag)
+    with pytest.raises(ValidationFailed) as caught:
+        auto_tag_rule_create(segment=beijing, tag=tag)
+    assert caught.value.code == "tag_in_use"
+    assert "上海" in caught.value.message
+    assert not beijing.auto_tags.exists()
+    auto_tag_rule_create(segment=shanghai, tag=tag, remove_on_exit=False)  # same segment: update
+    assert shanghai.auto_tags.get().remove_on_exit is False
+
+
 # --- explain -------------------------------------------------------------------------------
 
 
@@ -673,3 +688,23 @@ def test_a_mask_reads_back_as_the_topics_it_holds():
     assert mask_topics(topics_mask(["city", "tags"])) == ["city", "tags"]
     assert mask_topics(topics_mask(["event:purchase"])) == ["events / segments"]
     assert mask_topics(ALL) == ["*"]
+
+
+def test_a_change_queued_while_a_pass_runs_stays_queued():
+    """The pass deletes exactly the queue rows it read: a contact queued again meanwhile (a
+    change committed during the pass, stamped before its cut-off) is kept for the next one."""
+    from segments.services import _queue_release, _queue_take
+
+    first, second = ContactFactory(), ContactFactory()
+    before = timezone.now() - dt.timedelta(minutes=5)
+    mark_dirty(contact_ids=[first.pk, second.pk], at=before, topics=["city"])
+    taken = _queue_take(DirtyContact.objects.all())
+    mark_dirty(contact_ids=[first.pk], at=before + dt.timedelta(seconds=1), topics=["city"])
+    mark_dirty(contact_ids=[second.pk], at=before, overwrite=False, topics=["tags"])
+    queue_contacts(masks={ContactFactory().pk: 1}, at=before)
+
+    _queue_release(taken)
+
+    assert DirtyContact.objects.count() == 3  # first: re-stamped; second: more topics; a newcomer
+    _queue_release(_queue_take(DirtyContact.objects.all()))
+    assert not DirtyContact.objects.exists()

@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from contacts.models import Contact, Event
 from contacts.services import contact_merge, contact_merge_undo, contact_update, event_record
@@ -95,7 +95,7 @@ def test_dotted_property_paths_reach_nested_objects():
     ],
 )
 def test_bad_filters_are_refused_with_the_row_named(filters, message):
-    with pytest.raises(ValidationFailed) as exc:
+    with translation.override("en"), pytest.raises(ValidationFailed) as exc:
         _rule(property_filters=filters)
     assert message in exc.value.message
     assert not LeadScoreRule.objects.exists()
@@ -542,7 +542,7 @@ def test_rule_form_shows_clear_errors(operator_client):
         url, _form(f1_property="amount", f1_operator="gt", f1_value="lots")
     )
     assert bad_value.status_code == 422
-    assert "must be a number" in bad_value.content.decode()
+    assert _zh("must be a number") in bad_value.content.decode()
 
     bad_json = operator_client.post(url, _form(kind="attribute", condition="{city: 上海"))
     assert bad_json.status_code == 422
@@ -558,7 +558,7 @@ def test_rule_form_shows_clear_errors(operator_client):
 
     no_cap = operator_client.post(url, _form(cap_period="day"))
     assert no_cap.status_code == 422
-    assert "positive number of points" in no_cap.content.decode()
+    assert _zh("a capped rule needs a positive number of points.") in no_cap.content.decode()
     assert not LeadScoreRule.objects.exists()
 
 
