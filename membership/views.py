@@ -17,11 +17,11 @@ VIEW_PERMISSION = "membership.view_member"
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 def membership_index(request: HttpRequest) -> HttpResponse:
     """Tiers with their member counts, and the members of the contacts the user may see."""
-    members = selectors.member_list().filter(contact__in=contact_visible_to(user=request.user))
-    filters = MemberFilter(request.GET, queryset=members)
+    visible = contact_visible_to(user=request.user)
+    filters = MemberFilter(request.GET, queryset=selectors.member_list(contacts=visible))
     page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
     context = {
-        "tiers": list(selectors.tiers_with_member_counts()),
+        "tiers": list(selectors.tiers_with_member_counts(contacts=visible)),
         "filters": filters,
         "page": page,
     }

@@ -42,6 +42,16 @@ def test_store_staff_see_only_the_members_of_their_store_and_their_own(client, t
         assert "徐汇会员" not in html and "无店会员" not in html
 
 
+def test_tier_counts_count_only_the_members_the_user_may_see(client, two_stores):
+    client.force_login(two_stores)
+    tiers = client.get(reverse("membership:index")).context["tiers"]
+    assert [(t.name, t.member_count) for t in tiers if t.name == "金卡"] == [("金卡", 2)]
+
+    client.force_login(user_with_role("operator"))
+    tiers = client.get(reverse("membership:index")).context["tiers"]
+    assert [(t.name, t.member_count) for t in tiers if t.name == "金卡"] == [("金卡", 4)]
+
+
 def test_store_staff_cannot_open_the_card_of_another_stores_member(client, two_stores):
     elsewhere = Member.objects.get(contact__name="徐汇会员").contact
     client.force_login(two_stores)
