@@ -32,8 +32,9 @@ from contacts.models import Event
 from core import jobs
 from core.errors import ValidationFailed
 from core.models import Job, JobStatus
-from segments.models import DirtyContact, RFMLayer, RFMRun, RFMScore
-from segments.rules.topics import RFM, topics_mask
+from segments.models import RFMLayer, RFMRun, RFMScore
+from segments.rules.topics import RFM
+from segments.services import queue_contacts_matching
 
 DEFAULT_WINDOW_DAYS = 365
 PURCHASE = "purchase"
@@ -286,26 +287,14 @@ def _queue_layer_changes() -> int:
     rows and return how many were queued."""
     table = connection.ops.quote_name(RFMScore._meta.db_table)
     previous = PREVIOUS_LAYERS_TABLE
-    queue = connection.ops.quote_name(DirtyContact._meta.db_table)
     changed = (
         f"SELECT n.contact_id FROM {table} n LEFT JOIN {previous} p "
         "ON p.contact_id = n.contact_id WHERE p.contact_id IS NULL OR p.layer <> n.layer "
         f"UNION ALL SELECT p.contact_id FROM {previous} p WHERE NOT EXISTS "
         f"(SELECT 1 FROM {table} n WHERE n.contact_id = p.contact_id)"
     )
-    # The upsert of segments.services.queue_contacts, set-based: the first run changes every
-    # buyer's layer, and queueing a million ids from Python took about a minute on PostgreSQL.
-    # ("WHERE true" lets SQLite parse ON CONFLICT after a SELECT.)
-    at = connection.ops.adapt_datetimefield_value(timezone.now())
+    queued = queue_contacts_matching(select_sql=changed, params=[], topics=[RFM])
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {queue} (contact_id, changed_at, topics) "
-            f"SELECT c.contact_id, %s, %s FROM ({changed}) c WHERE true "
-            "ON CONFLICT (contact_id) DO UPDATE SET changed_at = excluded.changed_at, "
-            f"topics = {queue}.topics | excluded.topics",
-            [at, topics_mask([RFM])],
-        )
-        queued = cursor.rowcount
         cursor.execute(f"DROP TABLE {previous}")
     return queued
 
