@@ -29,6 +29,7 @@ from contacts.services import (
     custom_fields_validate,
     normalize_identity,
     normalize_phone,
+    tag_delete,
 )
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
@@ -272,6 +273,16 @@ class TagAdmin(admin.ModelAdmin):
     list_display = ["name", "group", "color"]
     list_filter = ["group"]
     search_fields = ["name", "group__name"]
+
+    # Through the service: each contact that had the tag gets a timeline entry and its segments
+    # follow. (A tag a segment rule or an auto-tag rule reads is protected: the confirmation
+    # page lists them and nothing is deleted.)
+    def delete_model(self, request, obj: Tag) -> None:
+        tag_delete(tag=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for tag in queryset:
+            tag_delete(tag=tag)
 
 
 @admin.register(ContactTag)

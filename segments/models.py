@@ -48,6 +48,15 @@ class Segment(TimeStampedModel):
     depends_on = models.ManyToManyField(
         "self", symmetrical=False, related_name="dependents", blank=True, editable=False
     )
+    # Tags this one's rule reads (kept in sync with the rule by the services): a tag a rule
+    # reads cannot be deleted (see SegmentTagRef).
+    tags_read = models.ManyToManyField(
+        Tag,
+        through="SegmentTagRef",
+        related_name="segments_reading",
+        blank=True,
+        editable=False,
+    )
     # True when the rule holds a relative time window, which ages out without any change.
     has_time_window = models.BooleanField(default=False, editable=False)
     is_archived = models.BooleanField(_("archived"), default=False)
@@ -152,14 +161,37 @@ class DirtyContact(models.Model):
         return f"{self.contact_id} @ {self.changed_at:%Y-%m-%d %H:%M:%S}"
 
 
+class SegmentTagRef(models.Model):
+    """A tag a segment's rule reads. Deleting the tag is refused while a rule reads it: a rule
+    on a deleted tag would silently match nobody ("has any of") or everybody ("has none of")."""
+
+    segment = models.ForeignKey(
+        Segment, verbose_name=_("segment"), on_delete=models.CASCADE, related_name="+"
+    )
+    tag = models.ForeignKey(
+        Tag, verbose_name=_("tag"), on_delete=models.PROTECT, related_name="segment_refs"
+    )
+
+    class Meta:
+        verbose_name = _("tag read by a segment")
+        verbose_name_plural = _("tags read by segments")
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "tag"], name="segment_tag_ref_unique")
+        ]
+
+    def __str__(self) -> str:
+        return _("segment “%(segment)s” reads it") % {"segment": self.segment}
+
+
 class AutoTagRule(models.Model):
     """Keeps a tag in sync with a segment: added on entry and, optionally, removed on exit."""
 
     segment = models.ForeignKey(
         Segment, verbose_name=_("segment"), on_delete=models.CASCADE, related_name="auto_tags"
     )
+    # Protected: deleting the tag would silently drop the rule.
     tag = models.ForeignKey(
-        Tag, verbose_name=_("tag"), on_delete=models.CASCADE, related_name="auto_tag_rules"
+        Tag, verbose_name=_("tag"), on_delete=models.PROTECT, related_name="auto_tag_rules"
     )
     remove_on_exit = models.BooleanField(_("remove when no longer matching"), default=True)
     is_active = models.BooleanField(_("active"), default=True)

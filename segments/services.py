@@ -40,7 +40,13 @@ from segments.models import (
     SegmentMembership,
     SegmentSize,
 )
-from segments.rules import compile_rule, rule_has_time_window, rule_segment_refs, validate_rule
+from segments.rules import (
+    compile_rule,
+    rule_has_time_window,
+    rule_segment_refs,
+    rule_tag_refs,
+    validate_rule,
+)
 from segments.rules.topics import TAGS, rule_mask, segment_topic, topic_bit, topics_mask
 from segments.signals import segment_entered, segment_exited
 
@@ -105,6 +111,7 @@ def _sync_rule_metadata(segment: Segment) -> None:
     segment.has_time_window = rule_has_time_window(segment.rule)
     segment.save(update_fields=["has_time_window"])
     segment.depends_on.set(rule_segment_refs(segment.rule))
+    segment.tags_read.set(Tag.objects.filter(pk__in=rule_tag_refs(segment.rule)))
 
 
 def next_refresh_after(segment: Segment, moment: dt.datetime) -> dt.datetime | None:

@@ -66,6 +66,7 @@ from contacts.services.tags import (
     contact_tag_remove,
     contact_tags_add,
     contact_tags_expire,
+    tag_delete,
     tags_resolve,
 )
 
@@ -115,5 +116,6 @@ __all__ = [
     "note_complete",
     "stages_ensure_defaults",
     "strong_identity_kinds",
+    "tag_delete",
     "tags_resolve",
 ]

@@ -92,6 +92,30 @@ def contact_tag_remove(
     return bool(deleted)
 
 
+@transaction.atomic
+def tag_delete(*, tag: Tag) -> int:
+    """Delete a tag; return how many contacts lost it.
+
+    Its assignments go with it like any untagging: written to each contact's timeline (reason
+    "tag_deleted") and signalled as a tag change. A tag that another app protects (a segment
+    rule reads it, an auto-tag rule keeps it) raises ProtectedError and nothing changes.
+    """
+    label, tag_id = str(tag), tag.pk
+    contact_ids = list(ContactTag.objects.filter(tag=tag).values_list("contact_id", flat=True))
+    tag.delete()
+    events_append(
+        contact_ids=contact_ids,
+        name="tag_removed",
+        properties={"tag_id": tag_id, "tag": label, "reason": "tag_deleted"},
+        occurred_at=timezone.now(),
+    )
+    if contact_ids:
+        transaction.on_commit(
+            lambda: contact_changed.send(sender=Contact, contact_ids=contact_ids, changed=["tags"])
+        )
+    return len(contact_ids)
+
+
 def tags_resolve(*, refs: list[Any]) -> list[Tag]:
     """Find tags by id or by "group/name"; every reference must exist."""
     tags: list[Tag] = []

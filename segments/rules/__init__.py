@@ -7,6 +7,7 @@ from segments.rules.schema import (
     OPERATORS,
     rule_has_time_window,
     rule_segment_refs,
+    rule_tag_refs,
     validate_property_filter,
     validate_rule,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "compile_rule",
     "rule_has_time_window",
     "rule_segment_refs",
+    "rule_tag_refs",
     "validate_property_filter",
     "validate_rule",
 ]

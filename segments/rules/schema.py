@@ -543,6 +543,17 @@ def rule_segment_refs(rule: Any) -> set[int]:
     }
 
 
+def rule_tag_refs(rule: Any) -> set[int]:
+    """The ids of the tags a rule reads."""
+    return {
+        tag
+        for node in rule_conditions(rule)
+        if node.get("type") == "tag" and isinstance(node.get("tags"), list)
+        for tag in node["tags"]
+        if isinstance(tag, int) and not isinstance(tag, bool)
+    }
+
+
 def segment_ancestors(segment) -> set[int]:
     """Every segment that `segment` reads, directly or through others (by stored rules)."""
     from segments.models import Segment
