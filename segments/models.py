@@ -200,7 +200,17 @@ class AutoTagRule(models.Model):
     class Meta:
         verbose_name = _("auto-tag rule")
         verbose_name_plural = _("auto-tag rules")
-        constraints = [models.UniqueConstraint(fields=["segment", "tag"], name="auto_tag_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "tag"], name="auto_tag_unique"),
+            # A contact holds a tag once: two segments keeping one tag would take it off each
+            # other's members (the services say so in words; this holds under concurrency).
+            models.UniqueConstraint(
+                fields=["tag"],
+                condition=models.Q(is_active=True),
+                name="auto_tag_one_segment",
+                violation_error_message=_("A tag can follow one segment only."),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.segment} → {self.tag}"

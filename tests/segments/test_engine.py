@@ -708,3 +708,18 @@ def test_a_change_queued_while_a_pass_runs_stays_queued():
     assert DirtyContact.objects.count() == 3  # first: re-stamped; second: more topics; a newcomer
     _queue_release(_queue_take(DirtyContact.objects.all()))
     assert not DirtyContact.objects.exists()
+
+
+def test_the_database_holds_one_active_rule_per_tag_whatever_the_caller():
+    """Two concurrent creations could both pass the service's check; the constraint holds."""
+    from django.db import IntegrityError, transaction
+
+    from segments.models import AutoTagRule
+
+    tag = TagFactory(name="上海人")
+    shanghai = segment_create(name="上海", rule=city_rule("上海"))
+    beijing = segment_create(name="北京", rule=city_rule("北京"))
+    AutoTagRule.objects.create(segment=shanghai, tag=tag)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AutoTagRule.objects.create(segment=beijing, tag=tag)
+    AutoTagRule.objects.create(segment=beijing, tag=tag, is_active=False)  # inactive: allowed
