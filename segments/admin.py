@@ -22,6 +22,7 @@ from segments.models import (
 )
 from segments.rules import validate_rule
 from segments.rules.topics import mask_topics
+from segments.scoring import score_rule_sync_tags
 from segments.services import (
     _check_name,
     _check_policy,
@@ -251,6 +252,10 @@ class LeadScoreRuleAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "event_name", "points", "cap_points", "cap_period", "is_active"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name", "event_name"]
+
+    def save_model(self, request, obj: LeadScoreRule, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        score_rule_sync_tags(rule=obj)
 
 
 @admin.register(LeadScoreAward)

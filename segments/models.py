@@ -312,6 +312,15 @@ class LeadScoreRule(models.Model):
     property_filters = models.JSONField(_("property filters"), default=list, blank=True)
     # For profile-fit rules: a segment rule tree the contact must match.
     condition = models.JSONField(_("condition"), default=dict, blank=True)
+    # Tags the condition reads (kept in sync by the scoring services): protected, as for
+    # segment rules (see SegmentTagRef).
+    tags_read = models.ManyToManyField(
+        Tag,
+        through="LeadScoreRuleTagRef",
+        related_name="score_rules_reading",
+        blank=True,
+        editable=False,
+    )
     points = models.IntegerField(_("points"))
     cap_points = models.PositiveIntegerField(_("cap (points)"), null=True, blank=True)
     cap_period = models.CharField(
@@ -327,6 +336,30 @@ class LeadScoreRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.points:+d})"
+
+
+class LeadScoreRuleTagRef(models.Model):
+    """A tag a profile-fit rule's condition reads; deleting the tag is refused meanwhile."""
+
+    rule = models.ForeignKey(
+        LeadScoreRule,
+        verbose_name=_("lead scoring rule"),
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
+    tag = models.ForeignKey(
+        Tag, verbose_name=_("tag"), on_delete=models.PROTECT, related_name="score_rule_refs"
+    )
+
+    class Meta:
+        verbose_name = _("tag read by a lead scoring rule")
+        verbose_name_plural = _("tags read by lead scoring rules")
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "tag"], name="score_rule_tag_ref_unique")
+        ]
+
+    def __str__(self) -> str:
+        return _("lead scoring rule “%(rule)s” reads it") % {"rule": self.rule.name}
 
 
 class LeadScoreAward(models.Model):

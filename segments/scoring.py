@@ -22,7 +22,7 @@ from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from contacts.models import Contact, Event, MergeRecord, Stage
+from contacts.models import Contact, Event, MergeRecord, Stage, Tag
 from contacts.services import contact_update, event_record
 from core.errors import ValidationFailed
 from segments.models import (
@@ -33,7 +33,7 @@ from segments.models import (
     LeadStageThreshold,
     ScoreRuleKind,
 )
-from segments.rules import compile_rule, validate_rule
+from segments.rules import compile_rule, rule_tag_refs, validate_rule
 from segments.services import mark_dirty
 
 PROPERTY_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists")
@@ -283,6 +283,7 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
 def score_rule_create(*, data: dict[str, Any]) -> LeadScoreRule:
     """Validate and store a scoring rule; a profile-fit rule is applied after commit."""
     rule = LeadScoreRule.objects.create(**_clean_rule(data))
+    score_rule_sync_tags(rule=rule)
     if rule.kind == ScoreRuleKind.ATTRIBUTE and rule.is_active:
         _fit_all_after_commit()
     return rule
@@ -296,6 +297,7 @@ def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScore
     for key, value in cleaned.items():
         setattr(rule, key, value)
     rule.save()
+    score_rule_sync_tags(rule=rule)
     if rule.kind == ScoreRuleKind.ATTRIBUTE or was_fit:
         if rule.kind == ScoreRuleKind.EVENT:
             _delete_awards(LeadScoreAward.objects.filter(rule=rule, event__isnull=True))
@@ -304,6 +306,12 @@ def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScore
             _delete_awards(LeadScoreAward.objects.filter(rule=rule))
         _fit_all_after_commit()
     return rule
+
+
+def score_rule_sync_tags(*, rule: LeadScoreRule) -> None:
+    """Record the tags the rule's condition reads, so that they cannot be deleted under it."""
+    tags = rule_tag_refs(rule.condition) if rule.kind == ScoreRuleKind.ATTRIBUTE else set()
+    rule.tags_read.set(Tag.objects.filter(pk__in=tags))
 
 
 @transaction.atomic

@@ -28,6 +28,7 @@ NOT_IN_ADMIN = {
     # desynchronise them); deleting a tag a rule reads lists them as what protects it. Not
     # registered, so deleting a segment needs no permission on them.
     "segments.SegmentTagRef",
+    "segments.LeadScoreRuleTagRef",  # the same, for lead-score profile-fit rules
 }
 
 

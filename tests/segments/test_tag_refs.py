@@ -81,3 +81,23 @@ def test_the_admin_refuses_to_delete_a_tag_a_rule_reads(admin_client):
     assert "会员分群" in page.content.decode()
     assert response.status_code == 200  # the confirmation page again, listing what protects it
     assert Tag.objects.filter(pk=vip.pk).exists()
+
+
+def test_a_tag_a_profile_fit_rule_reads_cannot_be_deleted_until_the_rule_stops_reading_it():
+    from segments import scoring
+
+    vip = TagFactory(name="VIP")
+    rule = scoring.score_rule_create(
+        data={"name": "VIP 加分", "kind": "attribute", "condition": has_any(vip), "points": 10}
+    )
+    assert set(rule.tags_read.all()) == {vip}
+    with pytest.raises(ProtectedError):
+        tag_delete(tag=vip)
+
+    other = TagFactory(name="其他")
+    scoring.score_rule_update(
+        rule=rule,
+        data={"name": "VIP 加分", "kind": "attribute", "condition": has_any(other), "points": 10},
+    )
+    tag_delete(tag=vip)
+    assert not Tag.objects.filter(pk=vip.pk).exists()
