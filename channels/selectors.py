@@ -23,8 +23,11 @@ def messages_sent_today() -> int:
     return Delivery.objects.filter(status=DeliveryStatus.SENT, sent_at__gte=start).count()
 
 
-def delivery_list() -> QuerySet[Delivery]:
-    return Delivery.objects.select_related("channel", "contact")
+def delivery_list(*, contacts: QuerySet[Contact] | None = None) -> QuerySet[Delivery]:
+    """Deliveries with their channel and contact; only to `contacts` (those the user may see)
+    when given."""
+    qs = Delivery.objects.select_related("channel", "contact")
+    return qs.filter(contact__in=contacts) if contacts is not None else qs
 
 
 @dataclass

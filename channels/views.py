@@ -22,7 +22,7 @@ def channel_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def delivery_list(request: HttpRequest) -> HttpResponse:
     """Deliveries to the contacts the user may see (store staff: their own and their store's)."""
-    deliveries = selectors.delivery_list().filter(contact__in=contact_visible_to(user=request.user))
+    deliveries = selectors.delivery_list(contacts=contact_visible_to(user=request.user))
     filters = DeliveryFilter(request.GET, queryset=deliveries)
     page = keyset_page(filters.qs, after=request.GET.get("after"), size=PAGE_SIZE)
     return render_page(

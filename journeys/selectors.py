@@ -23,6 +23,10 @@ def journey_steps(*, journey: Journey) -> QuerySet[JourneyStep]:
     )
 
 
-def journey_enrollments(*, journey: Journey) -> QuerySet[Enrollment]:
-    """A journey's enrollments with their contacts, for keyset pages (newest first)."""
-    return Enrollment.objects.filter(journey=journey).select_related("contact")
+def journey_enrollments(
+    *, journey: Journey, contacts: QuerySet[Contact] | None = None
+) -> QuerySet[Enrollment]:
+    """A journey's enrollments with their contacts, for keyset pages (newest first); only of
+    `contacts` (those the user may see) when given."""
+    qs = Enrollment.objects.filter(journey=journey).select_related("contact")
+    return qs.filter(contact__in=contacts) if contacts is not None else qs

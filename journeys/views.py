@@ -43,8 +43,8 @@ def journey_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The journey's steps and the enrollments of the contacts the user may see."""
     journey = _get_journey(pk)
     enrollments = keyset_page(
-        selectors.journey_enrollments(journey=journey).filter(
-            contact__in=contact_visible_to(user=request.user)
+        selectors.journey_enrollments(
+            journey=journey, contacts=contact_visible_to(user=request.user)
         ),
         after=request.GET.get("after"),
         size=ENROLLMENTS_PAGE_SIZE,
