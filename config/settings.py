@@ -268,8 +268,8 @@ SCRM_STRONG_IDENTITY_KINDS = env.list(
 # `core: expire job files` periodic task deletes them, and leftovers no job names, after that.
 SCRM_FILE_RETENTION_DAYS = env.int("SCRM_FILE_RETENTION_DAYS", default=7)
 # Segments refreshed side by side (PostgreSQL; each in its own connection) when several are due
-# at once, and re-evaluated side by side by the incremental pass. The work is in the database
-# server: about its number of cores.
+# at once; in the incremental pass, the connections writing segments' entries and exits while
+# the next segment is evaluated. The work is in the database server: about its number of cores.
 SEGMENT_REFRESH_CONCURRENCY = env.int("SEGMENT_REFRESH_CONCURRENCY", default=2)
 
 LOGGING = {

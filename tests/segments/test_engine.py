@@ -6,6 +6,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone, translation
 
@@ -617,10 +618,10 @@ def test_several_segments_materialise_side_by_side_after_the_segments_they_read(
 @pytest.mark.django_db(transaction=True)
 @override_settings(SEGMENT_REFRESH_CONCURRENCY=2)
 def test_a_large_incremental_pass_evaluates_independent_segments_side_by_side():
-    """Beat's pass outside a transaction: on PostgreSQL independent segments are evaluated in
-    parallel connections (each with its own id table), a segment reading another after it and
-    with its entries; the member counts, entry events and queue end as a sequential pass leaves
-    them."""
+    """Beat's pass outside a transaction: on PostgreSQL each segment's moves are written in a
+    worker's connection while the next segment is evaluated, a segment reading another after
+    it and with its entries; the member counts, entry events and queue end as a sequential pass
+    leaves them, and the evaluation's copies of the contacts and events tables are gone."""
     contacts = Contact.objects.bulk_create([Contact(name=f"c{i}", city="杭州") for i in range(300)])
     ids = [c.pk for c in contacts]
     shanghai = segment_create(name="上海", rule=city_rule("上海"))
@@ -658,6 +659,40 @@ def test_a_large_incremental_pass_evaluates_independent_segments_side_by_side():
         ).values_list("contact_id", flat=True)
         assert sorted(entered) == sorted(members(segment))
     assert not DirtyContact.objects.exists()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT to_regclass('pg_temp.contacts_contact'), "
+                "to_regclass('pg_temp.contacts_event')"
+            )
+            assert cursor.fetchone() == (None, None)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the large pass of PostgreSQL")
+def test_moves_made_meanwhile_are_not_written_twice():
+    """Between a large pass's evaluation and its writes, a full refresh may have made the same
+    moves, or a contact may have been merged away: only what the database really changed
+    becomes entries and exits, and a merged contact never enters."""
+    from segments.services import _apply_diff
+
+    stayed, left, joined, merged = (
+        ContactFactory(city=city) for city in ("上海", "上海", "北京", "北京")
+    )
+    segment = segment_create(name="上海", rule=city_rule("上海"))
+    Contact.objects.filter(pk=left.pk).update(city="北京")
+    segment_refresh(segment=segment)  # the concurrent refresh: `left` leaves
+    Contact.objects.filter(pk=joined.pk).update(city="上海")
+    Contact.objects.filter(pk=merged.pk).update(city="上海", merged_into=stayed)
+
+    moved = _apply_diff(segment, [joined.pk, stayed.pk, merged.pk], [left.pk], timezone.now())
+
+    assert moved == ([joined.pk], [])  # `stayed` was a member, `left` already gone
+    assert members(segment) == {stayed.pk, joined.pk}
+    entries = Event.objects.filter(name="segment_entered", properties__segment_id=segment.pk)
+    assert list(entries.values_list("contact_id", flat=True)) == [joined.pk]
+    assert Event.objects.filter(name="segment_exited", contact=left).count() == 1
+    segment.refresh_from_db()
+    assert segment.member_count == 2
 
 
 def test_a_segment_created_without_its_build_is_built_on_the_next_tick():

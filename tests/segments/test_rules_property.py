@@ -6,6 +6,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -484,3 +485,53 @@ def test_compiled_rules_match_the_reference_evaluation(catalogue, data):
         assert compiled == expected, rule
         # Shown by --hypothesis-show-statistics: most rules should split the contacts.
         event("some match" if 0 < len(expected) < len(rows) else "all or none match")
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the copies are the PostgreSQL pass's way"
+)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_the_incremental_pass_evaluates_against_its_copies_as_the_reference_does(catalogue, data):
+    """A large incremental pass on PostgreSQL evaluates rules against temporary copies of the
+    changed contacts and their events, named like the real tables; random rules must match
+    the same contacts there as the reference evaluation says (and nothing else)."""
+    from segments.rules.topics import ALL, rule_mask
+    from segments.services import _evaluate_level
+
+    rows = data.draw(st.lists(contact_data, min_size=3, max_size=14), label="contacts")
+    load(rows, catalogue)
+    world = World(NOW)
+    strategy = rules(
+        [t.pk for t in catalogue["tags"]],
+        [s.pk for s in catalogue["stores"]],
+        catalogue["segment"].pk,
+    )
+    # With one rule that always reads events, any drawn rule that does makes the pass copy them.
+    drawn = [data.draw(strategy, label="rule") for _ in range(4)] + [
+        {"op": "and", "conditions": [{"type": "event", "name": "purchase", "measure": "performed"}]}
+    ]
+    Segment.objects.filter(name__startswith="property ").delete()  # an earlier example's
+    segments = [
+        Segment.objects.create(name=f"property {i}", rule=rule) for i, rule in enumerate(drawn)
+    ]
+    masks = dict.fromkeys(Contact.objects.values_list("pk", flat=True), ALL)
+    entered = {
+        segment.pk: set(moved)
+        for segment, moved, _left in _evaluate_level(
+            segments,
+            masks=masks,
+            wanted={segment.pk: rule_mask(segment.rule) for segment in segments},
+            now=NOW,
+        )
+    }
+    for segment, rule in zip(segments, drawn, strict=True):
+        assert entered.get(segment.pk, set()) == world.matching(rule), rule
+    assert Contact.objects.count() == len(rows)  # the real table again, not a copy
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pg_temp.contacts_event') IS NULL")
+        assert cursor.fetchone()[0]
