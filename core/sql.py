@@ -11,3 +11,17 @@ def bigint_array(ids: Iterable[int]) -> str:
     it just as fast.
     """
     return "{" + ",".join(str(int(pk)) for pk in ids) + "}"
+
+
+def text_array(values: Iterable[str | None]) -> str:
+    """A PostgreSQL array literal of texts (None: NULL), to bind as `%s::text[]` or cast to
+    another type the server parses from text (`%s::timestamptz[]`, `%s::jsonb[]`, …): the
+    same saving as bigint_array for the rows of a batch insert."""
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
+        )
+        + "}"
+    )

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -525,15 +526,18 @@ def _incremental_pass(
     that enter or leave a segment get that segment's topic, so segments reading it follow.
 
     A handful of contacts (an operator's click) go one segment after the other in the
-    caller's connection. A large pass on PostgreSQL works level by level (a level: the
-    segments whose segments-read are done): it evaluates the level's segments in one
-    connection against one copy of the changed contacts' events (_evaluate_level), then
-    writes what moved, independent segments side by side like a full refresh.
+    caller's connection. A large pass on PostgreSQL works level by level (a level: segments
+    reading only segments of earlier levels): this connection evaluates the level's segments
+    against copies of the changed contacts and their events (_evaluate_level), and each
+    segment's moves are written in a worker's connection while the next one is evaluated.
     """
     masks = dict(masks)
     segments = _live_rule_segments([RefreshPolicy.ON_CHANGE])
     wanted = {segment.pk: rule_mask(segment.rule) for segment in segments}
     changes: dict[int, tuple[int, int]] = {}
+    # Contacts that moved in segments other segments read, by segment: what the readers must
+    # re-evaluate (in this pass, or in the next one if this one fails).
+    read_moves: dict[int, list[int]] = {}
 
     def finished(segment: Segment, moved: tuple[list[int], list[int]]) -> None:
         entered, exited = moved
@@ -542,34 +546,78 @@ def _incremental_pass(
         changes[segment.pk] = (len(entered), len(exited))
         # Segments reading this one (they come after it) re-evaluate who entered or left.
         if segment.dependents.exists():
+            read_moves[segment.pk] = entered + exited
             bit = topic_bit(segment_topic(segment.pk))
             for pk in entered + exited:
                 masks[pk] = masks.get(pk, 0) | bit
+
+    try:
+        _incremental_levels(
+            segments,
+            masks=masks,
+            wanted=wanted,
+            now=now,
+            finished=finished,
+            concurrency=concurrency,
+        )
+    except BaseException:
+        # Written moves stay written, and the queue stays for the next pass, which finds
+        # nothing more to move in those segments: the segments reading them would never hear
+        # of their moves unless they are queued now.
+        try:
+            for pk, moved in read_moves.items():
+                mark_dirty(contact_ids=moved, topics=[segment_topic(pk)], overwrite=False)
+        except Exception:  # the pass's own error is the one to raise
+            logger.exception("could not queue the moves of a failed incremental pass")
+        raise
+    return changes
+
+
+def _incremental_levels(
+    segments: list[Segment],
+    *,
+    masks: dict[int, int],
+    wanted: dict[int, int],
+    now: dt.datetime,
+    finished: Callable[[Segment, tuple[list[int], list[int]]], None],
+    concurrency: int | None,
+) -> None:
+    """The passes of _incremental_pass, one segment after the other or level by level."""
 
     if connection.vendor != "postgresql" or len(masks) <= INLINE_REFRESH_LIMIT:
         for segment in segments:
             ids = sorted(pk for pk, mask in masks.items() if mask & wanted[segment.pk])
             if ids:
                 finished(segment, _incremental_segment(segment, ids, now))
-        return changes
+        return
 
     workers = concurrency or settings.SEGMENT_REFRESH_CONCURRENCY
     for level in _dependency_levels(segments, masks=masks, wanted=wanted):
-        evaluated = _evaluate_level(level, masks=masks, wanted=wanted, now=now)
         if connection.in_atomic_block or workers <= 1:
             # The writes must wait until the evaluation's transaction (and its copies of the
             # contacts and events tables) is gone from this connection.
-            for segment, entered, exited in list(evaluated):
+            for segment, entered, exited in list(
+                _evaluate_level(level, masks=masks, wanted=wanted, now=now)
+            ):
                 finished(segment, _apply_diff(segment, entered, exited, now))
             continue
         # Each segment's writes start, in a worker's own connection, as soon as the segment
-        # is evaluated, while this connection evaluates the next.
+        # is evaluated, while this connection evaluates the next. Whatever fails, every
+        # write started is waited for and reported to `finished` before the error is raised.
         failures: list[BaseException] = []
+        running: dict[Future, Segment] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segment-apply") as pool:
-            running = {
-                pool.submit(_in_own_connection, _apply_diff, segment, entered, exited, now): segment
-                for segment, entered, exited in evaluated
-            }
+            try:
+                # Closed at once if this loop stops early: the evaluation's transaction and its
+                # copies must not outlive it in this connection.
+                with closing(_evaluate_level(level, masks=masks, wanted=wanted, now=now)) as moves:
+                    for segment, entered, exited in moves:
+                        job = pool.submit(
+                            _in_own_connection, _apply_diff, segment, entered, exited, now
+                        )
+                        running[job] = segment
+            except BaseException as exc:
+                failures.append(exc)
             for future in as_completed(running):
                 try:
                     finished(running[future], future.result())
@@ -578,7 +626,6 @@ def _incremental_pass(
                     failures.append(exc)
         if failures:
             raise failures[0]
-    return changes
 
 
 def _in_own_connection(job: Callable[..., T], *args: Any) -> T:
@@ -759,11 +806,13 @@ def _apply_diff(
     """
     started = time.monotonic()
     table = SegmentMembership._meta.db_table
+    own_transaction = not connection.in_atomic_block
     with transaction.atomic():
         with connection.cursor() as cursor:
-            # Derived data, as in a full refresh (_full_diff): after a crash the next refresh
-            # recomputes it, entries included.
-            cursor.execute("SET LOCAL synchronous_commit = off")
+            if own_transaction:
+                # Derived data, as in a full refresh (_full_diff): after a crash the next
+                # refresh recomputes it, entries included. (Never for a caller's transaction.)
+                cursor.execute("SET LOCAL synchronous_commit = off")
             if exited:
                 cursor.execute(
                     f"DELETE FROM {table} WHERE segment_id = %s "
@@ -1021,6 +1070,21 @@ def queue_contacts(
     table = DirtyContact._meta.db_table
     when = "changed_at = excluded.changed_at, " if overwrite else ""
     rows = sorted(masks.items())
+    upsert = (
+        f"ON CONFLICT (contact_id) DO UPDATE SET {when}topics = {table}.topics | excluded.topics"
+    )
+    if connection.vendor == "postgresql":
+        # Two arrays, one statement (every event batch queues its contacts: this is on the
+        # events API's path). OR-ing the masks keeps every topic queued by concurrent writers.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (contact_id, changed_at, topics) "
+                "SELECT v.contact_id, %s, v.topics "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS v(contact_id, topics) "
+                f"{upsert}",
+                [at, bigint_array(pk for pk, _ in rows), bigint_array(m for _, m in rows)],
+            )
+        return
     with connection.cursor() as cursor:
         for start in range(0, len(rows), QUEUE_BATCH):
             batch = rows[start : start + QUEUE_BATCH]
@@ -1028,12 +1092,8 @@ def queue_contacts(
             params: list[Any] = []
             for pk, mask in batch:
                 params += [pk, at, mask]
-            # One statement for both databases: SQLite and PostgreSQL share the upsert syntax,
-            # and OR-ing the masks keeps every topic queued by concurrent writers.
             cursor.execute(
-                f"INSERT INTO {table} (contact_id, changed_at, topics) VALUES {values} "
-                f"ON CONFLICT (contact_id) DO UPDATE SET {when}"
-                f"topics = {table}.topics | excluded.topics",
+                f"INSERT INTO {table} (contact_id, changed_at, topics) VALUES {values} {upsert}",
                 params,
             )
 
@@ -1159,10 +1219,14 @@ def _rule_tag_events(ids: list[int], tag: Tag, *, added: bool, now: dt.datetime)
 def _auto_tags_apply(
     segment: Segment, *, entered: list[int], exited: list[int], now: dt.datetime
 ) -> None:
+    changed: set[int] = set()
     for rule in segment.auto_tags.filter(is_active=True).select_related("tag__group"):
-        _tag_contacts(rule.tag, entered, now)
+        changed.update(_tag_contacts(rule.tag, entered, now))
         if rule.remove_on_exit:
-            _untag_contacts(rule.tag, exited, now)
+            changed.update(_untag_contacts(rule.tag, exited, now))
+    # Queued in one statement, in id order: segments written side by side lock the queue's rows
+    # in the same order, never crosswise.
+    _tags_changed(sorted(changed))
 
 
 def _tag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
@@ -1184,7 +1248,6 @@ def _tag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
         added.extend(new)
     if added:
         _rule_tag_events(added, tag, added=True, now=now)
-        _tags_changed(added)
     return added
 
 
@@ -1198,14 +1261,14 @@ def _untag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
         removed.extend(ids_)
     if removed:
         _rule_tag_events(removed, tag, added=False, now=now)
-        _tags_changed(removed)
     return removed
 
 
 def _tags_changed(ids: list[int]) -> None:
     # Other segments may read this tag: queue the contacts for the next incremental pass
     # rather than re-entering the refresh from inside it.
-    mark_dirty(contact_ids=ids, topics=[TAGS])
+    if ids:
+        mark_dirty(contact_ids=ids, topics=[TAGS])
 
 
 def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tuple[int, int]:
@@ -1221,14 +1284,18 @@ def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tupl
                     contact_id__in=ContactTag.objects.filter(tag=r.tag).values("contact_id")
                 ).values_list("contact_id", flat=True)
             )
-            added += len(_tag_contacts(r.tag, missing, now))
+            tagged = _tag_contacts(r.tag, missing, now)
+            untagged: list[int] = []
             if r.remove_on_exit:
                 stale = list(
                     ContactTag.objects.filter(tag=r.tag, source=TagSource.RULE)
                     .exclude(contact_id__in=members)
                     .values_list("contact_id", flat=True)
                 )
-                removed += len(_untag_contacts(r.tag, stale, now))
+                untagged = _untag_contacts(r.tag, stale, now)
+            _tags_changed(sorted({*tagged, *untagged}))
+            added += len(tagged)
+            removed += len(untagged)
     return added, removed
 
 

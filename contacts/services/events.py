@@ -15,7 +15,7 @@ from contacts.models import (
     new_event_id,
 )
 from contacts.signals import events_recorded
-from core.sql import bigint_array
+from core.sql import bigint_array, text_array
 
 # Events that record what the product or staff did to a contact, not what the contact did:
 # they never make a contact "active". Every other name, standard or custom, does.
@@ -71,7 +71,7 @@ def _last_active_forward(latest: dict[int, dt.datetime]) -> None:
                 f"UPDATE {table} AS c SET last_active_at = v.at "
                 "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, at) "
                 "WHERE c.id = v.id AND (c.last_active_at IS NULL OR c.last_active_at < v.at)",
-                [[pk for pk, _ in rows], [at for _, at in rows]],
+                [bigint_array(pk for pk, _ in rows), text_array(at.isoformat() for _, at in rows)],
             )
         else:
             adapt = connection.ops.adapt_datetimefield_value

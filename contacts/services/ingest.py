@@ -1,11 +1,13 @@
 """Batches of client events (the events API): validated, deduplicated, never all-or-nothing."""
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -17,6 +19,7 @@ from contacts.selectors import contact_follow_merges
 from contacts.services.events import events_stored
 from contacts.services.identity import IdentityInput, identify
 from core.errors import ValidationFailed
+from core.sql import bigint_array, text_array
 
 
 @dataclass
@@ -73,17 +76,17 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
             seen.add(item.event_id)
             candidates.append((index, item))
 
-    existing = set(
-        Event.objects.filter(event_id__in=[i.event_id for _, i in candidates]).values_list(
-            "event_id", flat=True
-        )
-    )
+    event_ids = [i.event_id for _, i in candidates]
+    contact_ids = {i.contact_id for _, i in candidates if i.contact_id is not None}
+    if connection.vendor == "postgresql":
+        # One array each instead of hundreds of placeholders for the driver to parse.
+        event_ids = RawSQL("SELECT unnest(%s::text[])", [text_array(event_ids)])
+        contact_ids = RawSQL("SELECT unnest(%s::bigint[])", [bigint_array(contact_ids)])
+    existing = set(Event.objects.filter(event_id__in=event_ids).values_list("event_id", flat=True))
     # One query for every contact id in the batch instead of one per event.
     known = {
         row["pk"]: row["merged_into_id"]
-        for row in Contact.objects.filter(
-            pk__in={i.contact_id for _, i in candidates if i.contact_id is not None}
-        ).values("pk", "merged_into_id")
+        for row in Contact.objects.filter(pk__in=contact_ids).values("pk", "merged_into_id")
     }
     to_store: list[tuple[int, Event]] = []
     for index, item in candidates:
@@ -139,7 +142,7 @@ def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
         return set()
     try:
         with transaction.atomic():
-            Event.objects.bulk_create([e for _, e in rows])
+            _insert_events([e for _, e in rows])
             events_stored([e for _, e in rows])
         return {i for i, _ in rows}
     except IntegrityError:
@@ -156,3 +159,38 @@ def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
         except IntegrityError:
             continue
     return stored
+
+
+def _insert_events(events: list[Event]) -> None:
+    """Insert a batch of new events and give each its id.
+
+    On PostgreSQL one INSERT … SELECT FROM unnest over eight array literals: the ORM's
+    bulk_create prepares every value of every row in Python and has the driver adapt its
+    arrays element by element, which cost as much as the database's work for a batch of 500.
+    """
+    if connection.vendor != "postgresql":
+        Event.objects.bulk_create(events)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Event._meta.db_table} "
+            "(event_id, contact_id, name, occurred_at, received_at, properties, value, source) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::timestamptz[], "
+            "%s::timestamptz[], %s::jsonb[], %s::numeric[], %s::text[]) "
+            "RETURNING id, event_id",
+            [
+                text_array(e.event_id for e in events),
+                bigint_array(e.contact_id for e in events),
+                text_array(e.name for e in events),
+                text_array(e.occurred_at.isoformat() for e in events),
+                text_array(e.received_at.isoformat() for e in events),
+                text_array(json.dumps(e.properties) for e in events),
+                text_array(None if e.value is None else str(e.value) for e in events),
+                text_array(e.source for e in events),
+            ],
+        )
+        ids = dict((event_id, pk) for pk, event_id in cursor.fetchall())
+    for event in events:
+        event.pk = ids[event.event_id]
+        event._state.adding = False
+        event._state.db = connection.alias

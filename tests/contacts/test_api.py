@@ -117,6 +117,48 @@ def test_events_batch_keeps_good_items_and_reports_bad_ones(api):
     assert Event.objects.count() == 2
 
 
+def test_events_keep_every_character_and_value_exactly(api):
+    """The batch insert binds each column as one array literal on PostgreSQL: quotes,
+    backslashes, braces, commas, NULL-like text, emoji and nested JSON come back unchanged, with
+    the exact time, value and id the API reported."""
+    contact = ContactFactory()
+    awkward = 'a "quoted" \\ back\\slash, {brace} NULL 😀 \n'
+    properties = {
+        "title": awkward,
+        "nested": {"list": [1, 2.5, None, True, awkward], "empty": {}},
+        "NULL": None,
+    }
+    body = {
+        "events": [
+            {
+                "event_id": 'ev,"1"\\{x}',
+                "name": "view_product",
+                "occurred_at": "2026-01-02T10:00:00.123456+08:00",
+                "contact_id": contact.pk,
+                "properties": properties,
+                "value": "1234.50",
+            },
+            {
+                "event_id": "NULL",
+                "name": "page_view",
+                "occurred_at": "2026-01-02T10:00:01Z",
+                "contact_id": contact.pk,
+            },
+        ]
+    }
+    response = api.post("/api/v1/events", body, format="json")
+    assert [r["status"] for r in response.json()["results"]] == ["accepted", "accepted"]
+    first = Event.objects.get(event_id='ev,"1"\\{x}')
+    assert first.properties == properties
+    assert str(first.value) == "1234.50"
+    assert first.occurred_at == dt.datetime(2026, 1, 2, 2, 0, 0, 123456, tzinfo=dt.UTC)
+    assert first.contact_id == contact.pk
+    second = Event.objects.get(event_id="NULL")
+    assert (second.properties, second.value, second.name) == ({}, None, "page_view")
+    contact.refresh_from_db()
+    assert contact.last_active_at == dt.datetime(2026, 1, 2, 10, 0, 1, tzinfo=dt.UTC)
+
+
 def test_events_batch_over_the_limit_is_refused_whole(api):
     events = [
         {"event_id": f"e{i}", "name": "x", "occurred_at": "2026-01-01T00:00:00Z"}

@@ -459,7 +459,8 @@ def test_explain_marks_each_condition():
 
 
 def test_a_large_incremental_pass_matches_a_full_rebuild():
-    """Above the inline limit the pass takes its other path (a keyed id table on PostgreSQL)."""
+    """Above the inline limit the pass takes its other path (on PostgreSQL: evaluated against
+    copies of the changed contacts and their events)."""
     base = segment_create(name="上海", rule=city_rule("上海"))
     spenders = segment_create(
         name="上海且买过",
@@ -503,7 +504,7 @@ def test_a_large_incremental_pass_matches_a_full_rebuild():
 def test_a_queued_change_re_evaluates_only_the_segments_that_read_it():
     """Topics: a contact queued for a tag change is not re-evaluated against a city rule, and
     segments reading a segment follow its entries in the same pass (both pass paths: above
-    the inline limit PostgreSQL takes the keyed id table)."""
+    the inline limit PostgreSQL evaluates against copies)."""
     tag = TagFactory(name="VIP")
     base = segment_create(name="上海", rule=city_rule("上海"))
     spenders = segment_create(
@@ -693,6 +694,61 @@ def test_moves_made_meanwhile_are_not_written_twice():
     assert Event.objects.filter(name="segment_exited", contact=left).count() == 1
     segment.refresh_from_db()
     assert segment.member_count == 2
+
+
+@pytest.mark.parametrize("contacts", [3, 300], ids=["inline", "large"])
+def test_a_failed_pass_leaves_the_readers_of_segments_that_moved_queued(contacts, monkeypatch):
+    """A pass that fails after some segments were written keeps the queue; the next pass finds
+    nothing more to move in those segments, so the segments reading them must have been told
+    of the moves (queued with the segment's topic) or they would miss them for good."""
+    from segments import services
+
+    ids = [
+        c.pk
+        for c in Contact.objects.bulk_create(
+            [Contact(name=f"c{i}", city="杭州") for i in range(contacts)]
+        )
+    ]
+    shanghai = segment_create(name="上海", rule=city_rule("上海"))
+    failing = segment_create(name="上海（另一个）", rule=city_rule("上海"))
+    buyers = segment_create(
+        name="上海且买过",
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "segment", "segment": shanghai.pk},
+                {"type": "event", "name": "purchase", "measure": "performed"},
+            ],
+        },
+    )
+    now = timezone.now()
+    Event.objects.bulk_create(
+        Event(event_id=uuid.uuid4().hex, contact_id=pk, name="purchase", occurred_at=now)
+        for pk in ids
+    )
+    Contact.objects.filter(pk__in=ids).update(city="上海")
+    mark_dirty(contact_ids=ids, at=now, topics=["city"])
+
+    def breaking(original):
+        def wrapped(segment, *args, **kwargs):
+            if segment.pk == failing.pk:
+                raise RuntimeError("the database went away")
+            return original(segment, *args, **kwargs)
+
+        return wrapped
+
+    with monkeypatch.context() as patch:
+        for name in ("_incremental_segment", "_apply_diff"):
+            patch.setattr(services, name, breaking(getattr(services, name)))
+        with pytest.raises(RuntimeError):
+            segments_refresh_incremental(now=now)
+    assert members(shanghai) == set(ids)  # written before the failure
+    assert members(buyers) == set()  # never reached
+
+    segments_refresh_incremental(now=timezone.now())
+
+    assert members(buyers) == set(ids)
+    assert not DirtyContact.objects.exists()
 
 
 def test_a_segment_created_without_its_build_is_built_on_the_next_tick():
