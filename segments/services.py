@@ -708,7 +708,9 @@ def _evaluate_level(
     reads the copies: ten segments then probe the contacts and the events index once, not
     ten times (each purchase rule otherwise fetches every event of each contact's window to
     keep the few of its name). The rules read other contacts' rows nowhere (every condition
-    is about the contact itself), so a copy of the changed contacts is all they can see.
+    is about the contact itself), so a copy of the changed contacts is all they can see. (A
+    search_path naming pg_temp after the real schema would make the rules read the real tables:
+    the same result, only slower.)
 
     For the other tables the planner must probe indexes for exactly these contacts rather
     than scan millions of rows for a few thousand: hash and merge joins, sequential and bitmap

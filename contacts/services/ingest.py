@@ -189,7 +189,7 @@ def _insert_events(events: list[Event]) -> None:
                 text_array(e.source for e in events),
             ],
         )
-        ids = dict((event_id, pk) for pk, event_id in cursor.fetchall())
+        ids = {event_id: pk for pk, event_id in cursor.fetchall()}
     for event in events:
         event.pk = ids[event.event_id]
         event._state.adding = False
