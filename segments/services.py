@@ -425,9 +425,9 @@ def _apply_changes(
         segment_exited.send(sender=Segment, segment=segment, contact_ids=exited)
 
 
-def _membership_diff(segment: Segment, ids: Any, now: dt.datetime) -> RefreshResult:
-    """Re-evaluate only the contacts `ids` (a batch of ids, or a query of them) and write the
-    difference."""
+def _moves(segment: Segment, ids: Any, now: dt.datetime) -> tuple[list[int], list[int]]:
+    """Which of the contacts `ids` (a batch of ids, or a query of them) must enter the segment
+    and which must leave it, both sorted."""
     matching = set(
         segment_queryset(segment=segment, now=now, scope=ids).values_list("pk", flat=True)
     )
@@ -436,7 +436,13 @@ def _membership_diff(segment: Segment, ids: Any, now: dt.datetime) -> RefreshRes
             "contact_id", flat=True
         )
     )
-    entered, exited = sorted(matching - current), sorted(current - matching)
+    return sorted(matching - current), sorted(current - matching)
+
+
+def _membership_diff(segment: Segment, ids: Any, now: dt.datetime) -> RefreshResult:
+    """Re-evaluate only the contacts `ids` (a batch of ids, or a query of them) and write the
+    difference."""
+    entered, exited = _moves(segment, ids, now)
     if exited:
         SegmentMembership.objects.filter(segment=segment, contact_id__in=exited).delete()
     if entered and connection.vendor == "postgresql":
@@ -774,15 +780,7 @@ def _evaluate_level(
         for segment, mask in jobs:
             started = time.monotonic()
             scope = RawSQL(f"SELECT id FROM {SCOPE_TABLE} WHERE topics & %s <> 0", [mask])
-            matching = set(
-                segment_queryset(segment=segment, now=now, scope=scope).values_list("pk", flat=True)
-            )
-            held = set(
-                SegmentMembership.objects.filter(segment=segment, contact_id__in=scope).values_list(
-                    "contact_id", flat=True
-                )
-            )
-            entered, exited = sorted(matching - held), sorted(held - matching)
+            entered, exited = _moves(segment, scope, now)
             logger.info(
                 "incremental %s: %d to enter, %d to leave in %.3f s",
                 segment.name,

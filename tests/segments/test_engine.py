@@ -45,6 +45,36 @@ def city_rule(city: str) -> dict:
     }
 
 
+def contacts_in(city: str, count: int) -> list[int]:
+    return [
+        c.pk
+        for c in Contact.objects.bulk_create(
+            [Contact(name=f"c{i}", city=city) for i in range(count)]
+        )
+    ]
+
+
+def bought(ids: list[int], at: dt.datetime) -> None:
+    Event.objects.bulk_create(
+        Event(event_id=uuid.uuid4().hex, contact_id=pk, name="purchase", occurred_at=at)
+        for pk in ids
+    )
+
+
+def buyers_in(segment: Segment, name: str) -> Segment:
+    """A segment of the contacts in `segment` who ever bought."""
+    return segment_create(
+        name=name,
+        rule={
+            "op": "and",
+            "conditions": [
+                {"type": "segment", "segment": segment.pk},
+                {"type": "event", "name": "purchase", "measure": "performed"},
+            ],
+        },
+    )
+
+
 def members(segment: Segment) -> set[int]:
     return set(segment.memberships.values_list("contact_id", flat=True))
 
@@ -623,27 +653,14 @@ def test_a_large_incremental_pass_evaluates_independent_segments_side_by_side():
     worker's connection while the next segment is evaluated, a segment reading another after
     it and with its entries; the member counts, entry events and queue end as a sequential pass
     leaves them, and the evaluation's copies of the contacts and events tables are gone."""
-    contacts = Contact.objects.bulk_create([Contact(name=f"c{i}", city="杭州") for i in range(300)])
-    ids = [c.pk for c in contacts]
+    ids = contacts_in("杭州", 300)
     shanghai = segment_create(name="上海", rule=city_rule("上海"))
     beijing = segment_create(name="北京", rule=city_rule("北京"))
-    buyers_in_shanghai = segment_create(
-        name="上海且买过",
-        rule={
-            "op": "and",
-            "conditions": [
-                {"type": "segment", "segment": shanghai.pk},
-                {"type": "event", "name": "purchase", "measure": "performed"},
-            ],
-        },
-    )
+    buyers_in_shanghai = buyers_in(shanghai, "上海且买过")
     now = timezone.now()
     Contact.objects.filter(pk__in=ids[:120]).update(city="上海")
     Contact.objects.filter(pk__in=ids[120:200]).update(city="北京")
-    Event.objects.bulk_create(
-        Event(event_id=uuid.uuid4().hex, contact_id=pk, name="purchase", occurred_at=now)
-        for pk in ids[60:180]
-    )
+    bought(ids[60:180], now)
     mark_dirty(contact_ids=ids, at=now, topics=["city", event_topic("purchase")])
 
     changes = segments_refresh_incremental(now=now)
@@ -703,29 +720,12 @@ def test_a_failed_pass_leaves_the_readers_of_segments_that_moved_queued(contacts
     of the moves (queued with the segment's topic) or they would miss them for good."""
     from segments import services
 
-    ids = [
-        c.pk
-        for c in Contact.objects.bulk_create(
-            [Contact(name=f"c{i}", city="杭州") for i in range(contacts)]
-        )
-    ]
+    ids = contacts_in("杭州", contacts)
     shanghai = segment_create(name="上海", rule=city_rule("上海"))
     failing = segment_create(name="上海（另一个）", rule=city_rule("上海"))
-    buyers = segment_create(
-        name="上海且买过",
-        rule={
-            "op": "and",
-            "conditions": [
-                {"type": "segment", "segment": shanghai.pk},
-                {"type": "event", "name": "purchase", "measure": "performed"},
-            ],
-        },
-    )
+    buyers = buyers_in(shanghai, "上海且买过")
     now = timezone.now()
-    Event.objects.bulk_create(
-        Event(event_id=uuid.uuid4().hex, contact_id=pk, name="purchase", occurred_at=now)
-        for pk in ids
-    )
+    bought(ids, now)
     Contact.objects.filter(pk__in=ids).update(city="上海")
     mark_dirty(contact_ids=ids, at=now, topics=["city"])
 

@@ -458,21 +458,30 @@ def load(data: list[dict], cat: dict) -> None:
             )
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(data=st.data())
-def test_compiled_rules_match_the_reference_evaluation(catalogue, data):
+def examples(count: int):
+    return settings(
+        max_examples=count,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+def drawn_world(data, catalogue) -> tuple[list[dict], World, st.SearchStrategy]:
+    """Random contacts, loaded; their reference evaluation; the strategy of rules over them."""
     rows = data.draw(st.lists(contact_data, min_size=3, max_size=14), label="contacts")
     load(rows, catalogue)
-    world = World(NOW)
     strategy = rules(
         [t.pk for t in catalogue["tags"]],
         [s.pk for s in catalogue["stores"]],
         catalogue["segment"].pk,
     )
+    return rows, World(NOW), strategy
+
+
+@examples(60)
+@given(data=st.data())
+def test_compiled_rules_match_the_reference_evaluation(catalogue, data):
+    rows, world, strategy = drawn_world(data, catalogue)
     for _ in range(8):
         rule = data.draw(strategy, label="rule")
         validate_rule(rule)
@@ -490,11 +499,7 @@ def test_compiled_rules_match_the_reference_evaluation(catalogue, data):
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the copies are the PostgreSQL pass's way"
 )
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(40)
 @given(data=st.data())
 def test_the_incremental_pass_evaluates_against_its_copies_as_the_reference_does(catalogue, data):
     """A large incremental pass on PostgreSQL evaluates rules against temporary copies of the
@@ -503,14 +508,7 @@ def test_the_incremental_pass_evaluates_against_its_copies_as_the_reference_does
     from segments.rules.topics import ALL, rule_mask
     from segments.services import _evaluate_level
 
-    rows = data.draw(st.lists(contact_data, min_size=3, max_size=14), label="contacts")
-    load(rows, catalogue)
-    world = World(NOW)
-    strategy = rules(
-        [t.pk for t in catalogue["tags"]],
-        [s.pk for s in catalogue["stores"]],
-        catalogue["segment"].pk,
-    )
+    rows, world, strategy = drawn_world(data, catalogue)
     # With one rule that always reads events, any drawn rule that does makes the pass copy them.
     drawn = [data.draw(strategy, label="rule") for _ in range(4)] + [
         {"op": "and", "conditions": [{"type": "event", "name": "purchase", "measure": "performed"}]}
