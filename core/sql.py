@@ -25,3 +25,15 @@ def text_array(values: Iterable[str | None]) -> str:
         )
         + "}"
     )
+
+
+def contains_nul(value: object) -> bool:
+    """Whether a text, or any key or text inside a JSON value, holds U+0000: PostgreSQL's text
+    and jsonb cannot store it, so a write path must refuse it by name rather than fail."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(v) for v in value)
+    return False

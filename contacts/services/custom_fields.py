@@ -12,6 +12,7 @@ from contacts.models import (
     CustomFieldKind,
 )
 from core.errors import ValidationFailed
+from core.sql import contains_nul
 
 MAX_CUSTOM_TEXT = 500
 TRUE_WORDS = {"true", "1", "yes", "y", "是", "对"}
@@ -34,6 +35,8 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
     if kind == CustomFieldKind.TEXT:
         if not isinstance(raw, str | int | float) or isinstance(raw, bool):
             raise invalid(_("Custom field '%(field)s' must be text."))
+        if contains_nul(raw):
+            raise invalid(_("Custom field '%(field)s' must not contain the NUL character."))
         value = str(raw).strip()
         if len(value) > MAX_CUSTOM_TEXT:
             raise invalid(

@@ -19,7 +19,7 @@ from contacts.selectors import contact_follow_merges
 from contacts.services.events import events_stored
 from contacts.services.identity import IdentityInput, identify
 from core.errors import ValidationFailed
-from core.sql import bigint_array, text_array
+from core.sql import bigint_array, contains_nul, text_array
 
 
 @dataclass
@@ -53,6 +53,8 @@ def _validate_event(item: EventInput) -> str | None:
         return "name is required and at most 64 characters."
     if item.occurred_at > timezone.now() + MAX_CLOCK_SKEW:
         return "occurred_at is in the future."
+    if contains_nul(item.properties):
+        return "properties must not contain the NUL character (\\u0000)."
     return None
 
 

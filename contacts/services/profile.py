@@ -22,6 +22,7 @@ from contacts.services.events import event_record
 from contacts.services.identity import IdentityInput, normalize_identity, normalize_phone
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
+from core.sql import contains_nul
 
 # Profile fields an operator or an integration may set, with their maximum length for text.
 PROFILE_TEXT_FIELDS = {
@@ -62,6 +63,10 @@ def _profile_value(key: str, raw: Any) -> Any:
             return ""
         if not isinstance(raw, str):
             raise _invalid(key, _("Field '%(field)s' must be text.") % {"field": key})
+        if contains_nul(raw):
+            raise _invalid(
+                key, _("Field '%(field)s' must not contain the NUL character.") % {"field": key}
+            )
         value = raw.strip()
         if len(value) > TEXT_FIELD_LIMITS[key]:
             raise _invalid(

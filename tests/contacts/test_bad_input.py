@@ -52,6 +52,11 @@ def _post_events(api, *events):
         ({"properties": "sku=A"}, 'properties: Expected a dictionary of items but got type "str".'),
         ({"occurred_at": "2099-01-01T00:00:00+08:00"}, "occurred_at is in the future."),
         ({"occurred_at": "yesterday"}, "occurred_at: Datetime has wrong format."),
+        # PostgreSQL's text and jsonb cannot hold U+0000: refused by name, not a server error.
+        ({"event_id": "e\x00"}, "event_id: Null characters are not allowed."),
+        ({"properties": {"title": "a\x00b"}}, "properties must not contain the NUL character"),
+        ({"properties": {"k\x00": 1}}, "properties must not contain the NUL character"),
+        ({"properties": {"l": [{"x": "\x00"}]}}, "properties must not contain the NUL character"),
     ],
 )
 def test_events_reject_a_bad_item_with_its_reason_and_keep_the_good_one(api, changes, reason):
@@ -170,6 +175,8 @@ def custom_fields():
         ({"remark": "字" * 501}, "invalid_custom_field", "remark"),
         ({"remark": {"a": 1}}, "invalid_custom_field", "remark"),
         ({"budget": "lots"}, "invalid_custom_field", "budget"),
+        ({"remark": "a\x00b"}, "invalid_custom_field", "remark"),
+        ({"nickname": "小\x00林"}, "invalid_trait", "nickname"),
     ],
 )
 def test_identify_refuses_a_bad_trait_with_its_code_and_stores_nothing(
