@@ -16,11 +16,12 @@ Prints, from one run:
    (targets: ≤ 1.2× and ≤ 2×);
 2. the time to materialise all 20 (create + first build, in dependency order; target ≤ 30 s);
 3. 10,000 new purchase events and 1,000 attribute changes, then, from that same state and at
-   the same instant, beat's incremental pass (in this database, where the changes were just
-   written) and a full rebuild of every on-change segment (in a copy of the database made
-   before the pass with CREATE DATABASE … TEMPLATE, in a child process), both for real and the
-   way the product runs them (independent segments side by side), and whether both leave
-   identical memberships (target ≥ 20× faster). Both include what follows a change:
+   the same instant, beat's incremental pass (in this database) and a full rebuild of every
+   on-change segment (in a copy of the database made before the changes with CREATE DATABASE
+   … TEMPLATE, in a child process; the same changes, drawn from the same seed, are written in
+   each database right before its pass), both for real and the way the product runs them
+   (independent segments side by side), and whether both leave identical memberships (target
+   ≥ 20× faster). Both include what follows a change:
    entry/exit events, auto-tags, journey enrolments. As a check on the copy, the same full
    rebuild is timed again here afterwards (nothing left to move).
 The script deletes the segments it creates (names start with "bench:") before and after.
@@ -486,12 +487,57 @@ def drop_database(name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def full_in(database: str, instant: dt.datetime) -> tuple[float, dict[int, list]]:
-    """Run a full rebuild of every on-change segment in `database` (a child process), the way
-    the product runs it; return its time and the segments' fingerprints afterwards."""
+def make_changes(instant: dt.datetime, seed: int, new_events: int, attribute_changes: int) -> int:
+    """Write `new_events` purchases and `attribute_changes` city changes, a minute before
+    `instant`, the way the product writes them, drawn from `seed` (the same in every database
+    copy); return how many contacts they queued."""
+    rng = random.Random(seed)
+    ids = list(
+        Contact.objects.filter(merged_into__isnull=True).order_by("pk").values_list("pk", flat=True)
+    )
+    buyers = rng.sample(ids, new_events)
+    at = instant - dt.timedelta(minutes=1)
+    batch = []
+    for pk in buyers:
+        amount = Decimal(rng.choice([59, 129, 299, 599]))
+        batch.append(
+            Event(
+                event_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+                contact_id=pk,
+                name="purchase",
+                occurred_at=at,
+                properties={"amount": float(amount), "order_id": f"{rng.getrandbits(48):012x}"},
+                value=amount,
+                source="bench",
+            )
+        )
+    for start in range(0, len(batch), 500):
+        chunk = batch[start : start + 500]
+        with transaction.atomic():
+            Event.objects.bulk_create(chunk)
+            # What the events API does after storing a batch: last activity moves, and every
+            # receiver runs (segments queue the contacts with the events' topics, purchases earn
+            # points, which queue the contacts for membership rules too).
+            events_stored(chunk)
+    changed = rng.sample(ids, attribute_changes)
+    Contact.objects.filter(pk__in=changed).update(city="上海", updated_at=at)
+    # What contact_update's signal does for a big set: queue them, saying the city changed.
+    mark_dirty(contact_ids=changed, at=at, topics=["city"])
+    # The receivers stamped their queue rows with the wall clock, after T0; both passes
+    # evaluate at T0, so the queue is dated back to the changes' time for the pass to take it.
+    DirtyContact.objects.update(changed_at=at)
+    return DirtyContact.objects.count()
+
+
+def full_in(
+    database: str, instant: dt.datetime, changes: list[str]
+) -> tuple[float, dict[int, list]]:
+    """Make the same changes in `database` and run a full rebuild of every on-change segment
+    there (a child process), the way the product runs it; return its time and the segments'
+    fingerprints afterwards."""
     url = urlsplit(os.environ["DATABASE_URL"])._replace(path="/" + database).geturl()
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "--full-only", instant.isoformat(), out.name]
+        command = [sys.executable, __file__, "--full-only", instant.isoformat(), out.name, *changes]
         subprocess.run(command, env={**os.environ, "DATABASE_URL": url}, check=True)
         result = json.loads(Path(out.name).read_text())
     return (
@@ -506,8 +552,9 @@ def on_change_segments() -> list[Segment]:
     )
 
 
-def full_only(instant: str, out: str) -> None:
+def full_only(instant: str, out: str, seed: str, new_events: str, attribute_changes: str) -> None:
     at = dt.datetime.fromisoformat(instant)
+    make_changes(at, int(seed), int(new_events), int(attribute_changes))
     every = on_change_segments()
     seconds, _ = timed(lambda: segments_materialise(segments=every, now=at))
     Path(out).write_text(
@@ -539,7 +586,7 @@ def main() -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="log each segment of the incremental pass"
     )
-    parser.add_argument("--full-only", nargs=2, metavar=("INSTANT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--full-only", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.verbose:
         logging.basicConfig(format="%(relativeCreated)8.0f ms %(message)s")
@@ -621,51 +668,21 @@ def main() -> None:
     every = on_change_segments()
     # Bring every segment the incremental pass covers to T0 first.
     segments_materialise(segments=every, now=instant)
-    rng = random.Random(args.seed)
-    ids = list(Contact.objects.filter(merged_into__isnull=True).values_list("pk", flat=True))
-    buyers = rng.sample(ids, args.new_events)
-    at = instant - dt.timedelta(minutes=1)
-    batch = []
-    for pk in buyers:
-        amount = Decimal(rng.choice([59, 129, 299, 599]))
-        batch.append(
-            Event(
-                event_id=uuid.uuid4().hex,
-                contact_id=pk,
-                name="purchase",
-                occurred_at=at,
-                properties={"amount": float(amount), "order_id": uuid.uuid4().hex[:12]},
-                value=amount,
-                source="bench",
-            )
-        )
-    for start in range(0, len(batch), 500):
-        chunk = batch[start : start + 500]
-        with transaction.atomic():
-            Event.objects.bulk_create(chunk)
-            # What the events API does after storing a batch: last activity moves, and every
-            # receiver runs (segments queue the contacts with the events' topics, purchases earn
-            # points, which queue the contacts for membership rules too).
-            events_stored(chunk)
-    changed = rng.sample(ids, args.attribute_changes)
-    Contact.objects.filter(pk__in=changed).update(city="上海", updated_at=at)
-    # What contact_update's signal does for a big set: queue them, saying the city changed.
-    mark_dirty(contact_ids=changed, at=at, topics=["city"])
-    # The receivers stamped their queue rows with the wall clock, after T0; both passes below
-    # evaluate at T0, so the queue is dated back to the changes' time for the pass to take it.
-    DirtyContact.objects.update(changed_at=at)
-    print(f"queued {DirtyContact.objects.count():,} changed contacts")
-    # Both paths start from this same state and run for real, the way the product runs them
-    # (beat's incremental pass and segments_materialise: independent segments side by side).
-    # A copy of the database is made now (CREATE DATABASE … TEMPLATE); the incremental pass
-    # runs here, where the changes were just written, as beat's pass would a minute after
-    # them; the full rebuild then runs in the copy, in a child process.
+    # A copy of the database is made now (CREATE DATABASE … TEMPLATE), before the changes: the
+    # same changes (drawn from the same seed) are then written in each database and each pass
+    # runs right after them, as beat's pass would a minute after them, with no checkpoint
+    # forced in between (the copy forces one; PostgreSQL's own come every few minutes). The
+    # incremental pass runs here, the full rebuild in the copy, in a child process.
     clone = clone_database()
     try:
+        queued = make_changes(instant, args.seed, args.new_events, args.attribute_changes)
+        print(f"queued {queued:,} changed contacts")
         incr_t, changes = timed(lambda: segments_refresh_incremental(now=instant))
         moved = sum(a + b for a, b in changes.values())
         after_incremental = fingerprints([s.pk for s in every])
-        full_t, after_full = full_in(clone, instant)
+        full_t, after_full = full_in(
+            clone, instant, [str(args.seed), str(args.new_events), str(args.attribute_changes)]
+        )
     finally:
         drop_database(clone)
     # The copy's pages start cold in PostgreSQL's cache; a full rebuild scans everything, so
