@@ -325,9 +325,11 @@ SCRM_PERIODIC_TASKS = {
         "queue": "default",
     },
     # Daily: decay is slow (half-lives in weeks), and new events update scores as they arrive.
+    # After RFM and KOC (fit conditions may read them) and before 03:00, the default hour of the
+    # daily segment refreshes; the contacts whose score changed are queued for segments anyway.
     "segments: lead score decay and fit": {
         "task": "segments.lead_scores_daily",
-        "daily_at": env.str("LEAD_SCORE_DAILY_AT", default="03:00"),
+        "daily_at": env.str("LEAD_SCORE_DAILY_AT", default="02:50"),
         "queue": "default",
     },
     # Daily: KOC ranking reads a year of referral and share events. Before 03:00, the default

@@ -31,6 +31,7 @@ from contacts.services import (
     normalize_phone,
     tag_delete,
 )
+from contacts.services.custom_fields import custom_field_delete
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
@@ -332,6 +333,16 @@ class CustomFieldAdmin(admin.ModelAdmin):
     list_display = ["position", "key", "label", "kind", "is_active"]
     list_filter = ["kind", "is_active"]
     search_fields = ["key", "label"]
+
+    # Through the service. A field a segment or lead-scoring rule reads is protected: the
+    # confirmation page lists those rules and nothing is deleted.
+    def delete_model(self, request, obj: CustomField) -> None:
+        custom_field_delete(field=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        with transaction.atomic():
+            for field in queryset:
+                custom_field_delete(field=field)
 
 
 @admin.register(Note)

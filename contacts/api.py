@@ -15,9 +15,11 @@ from contacts.models import (
     IdentityKind,
     TagSource,
 )
+from contacts.services.consent import MAX_REQUEST_ID
 from core.api import ErrorSerializer
 from core.apiviews import BaseApiView
 from core.errors import NotFound
+from core.ids import MAX_ID
 
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
 
@@ -151,7 +153,7 @@ class EventInSerializer(serializers.Serializer):
     event_id = serializers.CharField(max_length=64)
     name = serializers.CharField(max_length=64)
     occurred_at = serializers.DateTimeField()
-    contact_id = serializers.IntegerField(required=False, min_value=1)
+    contact_id = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     identities = IdentityInSerializer(many=True, required=False, max_length=20)
     properties = serializers.DictField(required=False, default=dict)
     value = serializers.DecimalField(
@@ -417,7 +419,9 @@ class ContactPatchSerializer(serializers.Serializer):
     province = serializers.CharField(max_length=30, required=False, allow_blank=True)
     city = serializers.CharField(max_length=30, required=False, allow_blank=True)
     lifecycle_stage = serializers.CharField(required=False, help_text="A stage key.")
-    owner = serializers.IntegerField(required=False, allow_null=True, help_text="A user id.")
+    owner = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=MAX_ID, help_text="A user id."
+    )
     store = serializers.CharField(required=False, allow_null=True, help_text="Store id or code.")
     utm_source = serializers.CharField(max_length=100, required=False, allow_blank=True)
     utm_medium = serializers.CharField(max_length=100, required=False, allow_blank=True)
@@ -641,6 +645,17 @@ class ConsentInSerializer(serializers.Serializer):
         max_length=30, required=False, allow_blank=True, default=""
     )
     evidence = serializers.DictField(required=False, default=dict)
+    request_id = serializers.CharField(
+        max_length=MAX_REQUEST_ID,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text=(
+            "Optional key of this call, unique per consent (e.g. a UUID): a retry with the same "
+            "key answers the first call's record and stores nothing, even after later changes. "
+            "Reused for a different consent: `request_id_reused`."
+        ),
+    )
 
     def to_internal_value(self, data):
         # "granted": "yes" or 1 is a client bug in a legal record: accept only true or false.
@@ -676,7 +691,9 @@ class ContactConsentsApi(BaseApiView):
         summary="Record a consent given or withdrawn",
         description=(
             "Appends a record (kept for evidence) and makes it the contact's current state for "
-            "the channel and purpose."
+            "the channel and purpose. Safe to retry: a call with the `request_id` of an earlier "
+            "call, or without one a call identical to the current record (same state, source, "
+            "notice version and evidence), answers that record and stores nothing."
         ),
         request=ConsentInSerializer,
         responses={201: ConsentOutSerializer, **CONTACT_ERRORS},
@@ -699,7 +716,10 @@ class ContactConsentsApi(BaseApiView):
 
 class TimelineQuerySerializer(serializers.Serializer):
     before = serializers.IntegerField(
-        required=False, min_value=1, help_text="`next_before` of the previous page."
+        required=False,
+        min_value=1,
+        max_value=MAX_ID,
+        help_text="`next_before` of the previous page.",
     )
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=50)
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 
-from contacts.filters import ContactFilter
+from contacts.filters import contact_filter_checked
 from contacts.models import Contact, ContactTag, Tag, TagSource
 from contacts.selectors import contact_visible_to
 from contacts.services import events_append
@@ -68,7 +68,9 @@ def bulk_target(
     visible = contact_visible_to(user=actor)
     if contact_ids is not None:
         return visible.filter(pk__in=contact_ids)
-    return ContactFilter(_query_dict(filter_params), queryset=visible).qs
+    # Checked again for every batch: a tag deleted since the action started must fail the job,
+    # not widen it to every visible contact.
+    return contact_filter_checked(data=_query_dict(filter_params), queryset=visible).qs
 
 
 def _tag_batch(
@@ -135,7 +137,8 @@ def _tag_batch(
             transaction.on_commit(
                 lambda: contact_changed.send(
                     sender=Contact, contact_ids=list(changed), changed=["tags"]
-                )
+                ),
+                robust=True,
             )
     return changed
 

@@ -7,6 +7,7 @@ asked may see personal data; every export is audit-logged.
 
 import csv
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,13 @@ from django.http import QueryDict
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
-from contacts.filters import ContactFilter
+from contacts.filters import ContactFilter, contact_filter_checked
 from contacts.models import PROFILE_COLUMNS, Contact, ContactTag, CustomField, Stage
 from contacts.pii import can_view_personal_data, mask_email, mask_phone
 from contacts.selectors import contact_visible_to
 from core import jobs
 from core.errors import ValidationFailed
+from core.ids import parse_id
 from core.models import AuditLog, Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,14 @@ BATCH = 2_000
 # Exports above this size are worth telling the operator they will take a while.
 LARGE_EXPORT = 5_000
 FILTER_KEYS = tuple(ContactFilter.base_filters)
+# Excel opens at most 1,048,576 rows per sheet, one of them the header.
+XLSX_MAX_ROWS = 1_048_575
+# A text cell starting with one of these is read as a formula by Excel (also from a CSV file) or
+# LibreOffice: data from the API ("=HYPERLINK(…)" as a nickname) must not run on an operator's PC.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Phones are stored as E.164 (masked ones with *): "+" then digits is no formula that can call
+# anything, and a prefix would spoil the number for whoever reads or re-imports it.
+SAFE_PHONE = re.compile(r"\+[0-9*]+")
 
 COLUMNS = [
     "id",
@@ -48,6 +58,7 @@ COLUMNS = [
     "tags",
     "created_at",
 ]
+PHONE_COLUMN = COLUMNS.index("phone")
 
 
 def _headers(custom: list[CustomField]) -> list[str]:
@@ -94,14 +105,13 @@ def export_queryset(*, user: AbstractBaseUser, filters: dict[str, Any]) -> Query
             data.setlist(key, [str(v) for v in value])
         else:
             data[key] = str(value)
-    filterset = ContactFilter(data, queryset=contact_visible_to(user=user))
-    qs = filterset.qs
+    # An invalid filter is refused, not ignored as the list does: it would export everyone.
+    qs = contact_filter_checked(data=data, queryset=contact_visible_to(user=user)).qs
     segment = filters.get("segment")
     if segment not in (None, ""):
-        try:
-            segment_id = int(segment)
-        except (TypeError, ValueError) as exc:
-            raise ValidationFailed(_("Unknown segment.")) from exc
+        segment_id = parse_id(segment)
+        if segment_id is None:
+            raise ValidationFailed(_("Unknown segment."))
         # Through the reverse relation segments declare on Contact: contacts never imports
         # the segments app (layering), yet can narrow to one segment's materialised members.
         qs = qs.filter(segment_memberships__segment_id=segment_id)
@@ -118,7 +128,10 @@ def export_start(*, user: AbstractBaseUser, filters: dict[str, Any], fmt: str = 
         )
     if fmt not in FORMATS:
         raise ValidationFailed(_("Choose CSV or Excel (.xlsx)."))
-    export_queryset(user=user, filters=filters)  # rejects a malformed segment early
+    qs = export_queryset(user=user, filters=filters)  # rejects an invalid filter early
+    # Counting stops past the limit: no full COUNT(*) over a large table to say "too many".
+    if fmt == "xlsx" and qs.order_by()[: XLSX_MAX_ROWS + 1].count() > XLSX_MAX_ROWS:
+        raise _too_many_rows()
     job = jobs.job_create(
         kind=JOB_KIND,
         created_by=user,
@@ -132,6 +145,17 @@ def export_start(*, user: AbstractBaseUser, filters: dict[str, Any], fmt: str = 
     job_id = job.pk
     transaction.on_commit(lambda: tasks.export_contacts.delay(job_id))
     return job
+
+
+def _too_many_rows() -> ValidationFailed:
+    return ValidationFailed(
+        _(
+            "Excel cannot open more than %(max)s rows: export these contacts as CSV, or narrow "
+            "the filter."
+        )
+        % {"max": f"{XLSX_MAX_ROWS:,}"},
+        code="too_many_rows",
+    )
 
 
 def export_rows(
@@ -187,13 +211,29 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _neutralised(row: list[Any]) -> list[Any]:
+    """The row with every text that a spreadsheet would run as a formula made plain text.
+
+    OWASP's advice for CSV injection: a leading single quote, which Excel and LibreOffice read
+    as "this is text". Numbers are left as numbers.
+    """
+    return [
+        "'" + value
+        if isinstance(value, str)
+        and value.startswith(FORMULA_START)
+        and not (index == PHONE_COLUMN and SAFE_PHONE.fullmatch(value))
+        else value
+        for index, value in enumerate(row)
+    ]
+
+
 def _write_csv(path: Path, headers: list[str], rows: Iterator[list[Any]], job_id: int) -> int:
     count = 0
     with path.open("w", encoding="utf-8-sig", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(headers)
+        writer.writerow(_neutralised(headers))
         for row in rows:
-            writer.writerow(row)
+            writer.writerow(_neutralised(row))
             count += 1
             if count % BATCH == 0:
                 jobs.job_progress(job_id=job_id, done=count)
@@ -202,13 +242,29 @@ def _write_csv(path: Path, headers: list[str], rows: Iterator[list[Any]], job_id
 
 def _write_xlsx(path: Path, headers: list[str], rows: Iterator[list[Any]], job_id: int) -> int:
     from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.cell.cell import ERROR_CODES
 
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet(_("Contacts"))
-    sheet.append(headers)
+
+    def cells(row: list[Any]) -> list[Any]:
+        # openpyxl stores text starting with "=" as a formula and "#N/A" and the like as error
+        # values; these few get a cell typed as text (a cell object per value would be slow).
+        out = _neutralised(row)
+        for index, value in enumerate(out):
+            if isinstance(value, str) and (value.startswith("=") or value in ERROR_CODES):
+                cell = WriteOnlyCell(sheet, value)
+                cell.data_type = "s"
+                out[index] = cell
+        return out
+
+    sheet.append(cells(headers))
     count = 0
     for row in rows:
-        sheet.append(row)
+        if count == XLSX_MAX_ROWS:  # contacts added since the count: no file Excel cannot open
+            raise _too_many_rows()
+        sheet.append(cells(row))
         count += 1
         if count % BATCH == 0:
             jobs.job_progress(job_id=job_id, done=count)
@@ -234,8 +290,16 @@ def _export_run(job: Job) -> dict[str, Any]:
         return {}
     # The mask decision is taken again at run time: a permission revoked meanwhile applies.
     masked = job.params.get("masked", True) or not can_view_personal_data(user)
-    qs = export_queryset(user=user, filters=filters)
-    jobs.job_start(job_id=job.pk, total=qs.count())
+    try:
+        # The filter is checked again: a tag it names may have been deleted since the start.
+        qs = export_queryset(user=user, filters=filters)
+        total = qs.count()
+        if fmt == "xlsx" and total > XLSX_MAX_ROWS:
+            raise _too_many_rows()
+    except ValidationFailed as exc:
+        jobs.job_fail(job_id=job.pk, error=exc.message)
+        return {}
+    jobs.job_start(job_id=job.pk, total=total)
     custom = list(CustomField.objects.filter(is_active=True).order_by("position", "key"))
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M%S")
     relative = f"{EXPORT_DIR}/contacts-{job.pk}-{stamp}.{fmt}"

@@ -4,14 +4,44 @@ import django_filters
 from django import forms
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+from django_filters.fields import ModelMultipleChoiceField
 
 from contacts.models import Contact, ContactTag, Stage
 from contacts.selectors import contact_search, staff_users, stores_active, tags_grouped
+from core.errors import ValidationFailed
+from core.ids import parse_id
 
 
-def _start_of_day(day: dt.date) -> dt.datetime:
-    return timezone.make_aware(dt.datetime.combine(day, dt.time.min))
+def _start_of_day(day: dt.date) -> dt.datetime | None:
+    """Local midnight of `day`; None on the calendar's first day, whose midnight east of UTC
+    has no UTC equivalent (the database compares in UTC), so a bound there excludes nothing."""
+    start = timezone.make_aware(dt.datetime.combine(day, dt.time.min))
+    try:
+        start.astimezone(dt.UTC)
+    except OverflowError:
+        return None
+    return start
+
+
+class _IdsField(ModelMultipleChoiceField):
+    """Choices by id: an id no row can have is refused before the query, where it would fail
+    (SQLite cannot bind an integer beyond 64 bits)."""
+
+    def _check_values(self, value):
+        for pk in value if isinstance(value, list | tuple) else []:
+            if parse_id(pk) is None:
+                raise forms.ValidationError(
+                    self.error_messages["invalid_pk_value"],
+                    code="invalid_pk_value",
+                    params={"pk": pk},
+                )
+        return super()._check_values(value)
+
+
+class _TagsFilter(django_filters.ModelMultipleChoiceFilter):
+    field_class = _IdsField
 
 
 class ContactFilter(django_filters.FilterSet):
@@ -22,7 +52,7 @@ class ContactFilter(django_filters.FilterSet):
         method="filter_search",
         widget=forms.TextInput(attrs={"placeholder": _("Name, phone or email"), "type": "search"}),
     )
-    tag = django_filters.ModelMultipleChoiceFilter(
+    tag = _TagsFilter(
         label=_("Tags"),
         queryset=lambda request: tags_grouped(),
         method="filter_tags",
@@ -83,8 +113,33 @@ class ContactFilter(django_filters.FilterSet):
         return queryset.filter(pk__in=tagged)
 
     def filter_created_from(self, queryset: QuerySet[Contact], name: str, value: dt.date):
-        return queryset.filter(created_at__gte=_start_of_day(value))
+        start = _start_of_day(value)
+        return queryset if start is None else queryset.filter(created_at__gte=start)
 
     def filter_created_to(self, queryset: QuerySet[Contact], name: str, value: dt.date):
-        # Inclusive of the whole "to" day in the local time zone.
+        # Inclusive of the whole "to" day in the local time zone; the calendar's last day has no
+        # next day, and bounds nothing.
+        if value >= dt.date.max:
+            return queryset
         return queryset.filter(created_at__lt=_start_of_day(value + dt.timedelta(days=1)))
+
+
+def contact_filter_checked(*, data, queryset: QuerySet[Contact] | None = None) -> ContactFilter:
+    """The list filter of `data`, refusing it when a value is invalid.
+
+    The list shows every contact when a filter is invalid (with a warning); an action on "all
+    matching" contacts must not widen to everyone like that, so it asks here first.
+    """
+    filters = ContactFilter(data, queryset=Contact.objects.none() if queryset is None else queryset)
+    if not filters.is_valid():
+        fields = filters.form.fields
+        errors = "; ".join(
+            f"{fields[name].label if name in fields else name}: {' '.join(messages)}"
+            for name, messages in filters.errors.items()
+        )
+        raise ValidationFailed(
+            gettext("Some filters are invalid: %(errors)s") % {"errors": errors},
+            code="invalid_filter",
+            details={"fields": sorted(filters.errors)},
+        )
+    return filters

@@ -15,6 +15,7 @@ from contacts.models import (
     Stage,
 )
 from contacts.selectors import contact_custom_fields, staff_users, stores_active, tags_grouped
+from core.ids import parse_id
 
 CUSTOM_PREFIX = "cf__"
 
@@ -272,12 +273,16 @@ class BulkTagForm(TagExpiryMixin, forms.Form):
         initial=SCOPE_SELECTED,
         widget=forms.RadioSelect,
     )
-    ids = forms.TypedMultipleChoiceField(coerce=int, required=False)
+    ids = forms.TypedMultipleChoiceField(
+        coerce=int,
+        required=False,
+        error_messages={"invalid_choice": _("“%(value)s” is not a contact id.")},
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Any integer id is acceptable here; visibility is applied to the ids later.
-        self.fields["ids"].valid_value = lambda value: str(value).isdigit()
+        # Any id that can exist is acceptable here; visibility is applied to the ids later.
+        self.fields["ids"].valid_value = lambda value: parse_id(value) is not None
         self._expires_at_setup()
 
     def clean_expires_at(self):

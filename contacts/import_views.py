@@ -222,14 +222,17 @@ def export_start(request: HttpRequest) -> HttpResponse:
             messages.error(request, exc.message)
         else:
             return redirect("contacts_io:job", pk=job.pk)
+    refused = ""
     try:
         count = exporters.export_queryset(user=request.user, filters=filters).count()
-    except DomainError:
-        raise Http404 from None
+    except DomainError as exc:
+        # An invalid filter is refused, never widened to every contact; say why on the page.
+        count, refused = 0, exc.message
     context = {
         "form": form,
         "filters": filters,
         "count": count,
+        "refused": refused,
         "large": count > exporters.LARGE_EXPORT,
         "query": request.GET.urlencode(),
     }

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
+from django.core.validators import validate_email
 from django.db import connection, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -125,13 +126,15 @@ HEADER_ALIASES: dict[str, str] = {
 }
 TAG_SPLIT_RE = r"[,，、|]"
 
+# Every identity column is also stored as an Identity: its value must fit Identity.value.
+IDENTITY_VALUE_LENGTH: int = Identity._meta.get_field("value").max_length
 # Longest value per target; phones and emails are checked after normalisation.
 MAX_LENGTHS: dict[str, int] = {
     **services.COLUMN_TRAITS,
-    "email": Contact._meta.get_field("email").max_length,
-    "phone": Contact._meta.get_field("phone").max_length,
-    "unionid": Identity._meta.get_field("value").max_length,
-    "external_id": Identity._meta.get_field("value").max_length,
+    "email": min(Contact._meta.get_field("email").max_length, IDENTITY_VALUE_LENGTH),
+    "phone": min(Contact._meta.get_field("phone").max_length, IDENTITY_VALUE_LENGTH),
+    "unionid": IDENTITY_VALUE_LENGTH,
+    "external_id": IDENTITY_VALUE_LENGTH,
 }
 GENDERS = {
     "男": Gender.MALE,
@@ -147,10 +150,6 @@ GENDERS = {
     "未知": Gender.UNKNOWN,
     "unknown": Gender.UNKNOWN,
 }
-EMAIL_RE = (
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
-)
 # The columns of a prepared chunk, in staging-table order.
 STAGE_COLUMNS = [
     "rn",
@@ -477,23 +476,26 @@ def _custom_fields() -> dict[str, CustomField]:
 
 @dataclass
 class ChunkState:
-    """What validation remembers across chunks: sorted hashes of the keys seen, the row offset."""
+    """What validation remembers across chunks: sorted hashes of the keys (and of the other
+    identity columns' values) seen so far, and the row offset."""
 
-    seen: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    seen: dict[str, np.ndarray] = field(default_factory=dict)
     offset: int = 0
     stages: dict[str, str] = field(default_factory=dict)
 
-    def seen_before(self, hashes: np.ndarray) -> np.ndarray:
-        # `seen` stays sorted: a binary search per key instead of np.isin, which re-sorts
+    def seen_before(self, column: str, hashes: np.ndarray) -> np.ndarray:
+        # Each array stays sorted: a binary search per value instead of np.isin, which re-sorts
         # everything seen so far for each chunk (half the Python time of a 1,000,000-row file).
-        if not len(self.seen):
+        seen = self.seen.get(column)
+        if seen is None or not len(seen):
             return np.zeros(len(hashes), dtype=bool)
-        positions = np.minimum(np.searchsorted(self.seen, hashes), len(self.seen) - 1)
-        return self.seen[positions] == hashes
+        positions = np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)
+        return seen[positions] == hashes
 
-    def remember(self, hashes: np.ndarray) -> None:
+    def remember(self, column: str, hashes: np.ndarray) -> None:
+        seen = self.seen.get(column, np.empty(0, dtype=np.uint64))
         hashes = np.sort(hashes)
-        self.seen = np.insert(self.seen, np.searchsorted(self.seen, hashes), hashes)
+        self.seen[column] = np.insert(seen, np.searchsorted(seen, hashes), hashes)
 
     @classmethod
     def load(cls) -> "ChunkState":
@@ -622,6 +624,52 @@ def _stripped(column: pd.Series) -> pd.Series:
     return column.str.strip()
 
 
+@functools.cache
+def _email_patterns() -> tuple[re.Pattern, re.Pattern]:
+    """Django's validate_email patterns for the part before and after the last "@"."""
+    user, domain = validate_email.user_regex, validate_email.domain_regex
+    return re.compile(user.pattern, user.flags), re.compile(domain.pattern, domain.flags)
+
+
+def _valid_emails(emails: pd.Series) -> np.ndarray:
+    """Whether each non-empty email passes Django's validate_email, the rule the API applies
+    (contacts.services.normalize_identity).
+
+    The validator's own patterns run column-wise; an address they refuse (a `localhost` or IP
+    literal domain, or plain garbage) goes through validate_email itself, once per distinct
+    value, so the verdict is always the validator's.
+    """
+    user_re, domain_re = _email_patterns()
+    parts = emails.str.rpartition("@")
+    fast = (
+        (parts[1] == "@")
+        # validate_email refuses addresses above its own limit; longer ones take the slow path.
+        & (emails.str.len() <= MAX_LENGTHS["email"])
+        & parts[0].str.match(user_re)
+        & parts[2].str.match(domain_re)
+    ).to_numpy(dtype=bool)
+    valid = fast | (emails == "").to_numpy(dtype=bool)
+    if not valid.all():
+        rest = emails[~valid]
+        outcomes = {value: _passes(validate_email, value) for value in rest.unique()}
+        valid[~valid] = np.array([outcomes[v] for v in rest], dtype=bool)
+    return valid
+
+
+def _passes(validator: Callable[[str], None], value: str) -> bool:
+    try:
+        validator(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _target_label(target: str) -> str:
+    if target.startswith(CUSTOM_PREFIX):
+        return target[len(CUSTOM_PREFIX) :]
+    return str(TARGETS[target])
+
+
 def prepare_chunk(
     frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -647,6 +695,20 @@ def prepare_chunk(
 
     # Only mapped columns are checked: the others are empty in every row.
     mapped = set(spec.mapping.values())
+    for column in mapped:
+        cells = out[column]
+        # PostgreSQL cannot store U+0000 (COPY would stop the job); one search over the joined
+        # column spares a per-cell scan of the columns that have none, nearly all of them.
+        if "\x00" in "".join(cells.tolist()):
+            has_nul = cells.str.contains("\x00", regex=False).to_numpy(dtype=bool)
+            reject(
+                has_nul,
+                _("%(field)s contains the NUL character (U+0000)")
+                % {"field": _target_label(column)},
+            )
+            # Emptied so that the checks below do not add reasons about the same cell.
+            out[column] = cells.where(~has_nul, "")
+
     if "phone" in mapped:
         phones = _normalise_phones(out["phone"])
         reject(phones.isna(), _("invalid phone number"))
@@ -654,7 +716,7 @@ def prepare_chunk(
 
     if "email" in mapped:
         emails = out["email"].str.lower()
-        reject((emails != "") & ~emails.str.fullmatch(EMAIL_RE), _("invalid email"))
+        reject(~_valid_emails(emails), _("invalid email"))
         out["email"] = emails
 
     for column, limit in MAX_LENGTHS.items():
@@ -702,14 +764,26 @@ def prepare_chunk(
 
     key = out[spec.key]
     reject(key_missing, _("the key column “%(key)s” is empty") % {"key": TARGETS[spec.key]})
-    ok = errors == ""
-    hashes = pd.util.hash_pandas_object(key, index=False).to_numpy()
+    # A key or another identity value claimed by two rows of the file: the first row keeps it.
     # Only rows that are otherwise valid count: an invalid first occurrence stores nothing.
-    in_chunk = pd.Series(np.where(ok, key.to_numpy(), None)).duplicated().to_numpy() & ok
-    earlier = state.seen_before(hashes) & ok
-    reject(in_chunk | earlier, _("duplicate of an earlier row in this file (same key)"))
+    claimed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for column in ["key", *(c for c in IDENTITY_COLUMNS if c in mapped and c != spec.key)]:
+        values = key if column == "key" else out[column]
+        claims = (errors == "") & (values != "").to_numpy(dtype=bool)
+        hashes = pd.util.hash_pandas_object(values, index=False).to_numpy()
+        in_chunk = pd.Series(np.where(claims, values.to_numpy(), None)).duplicated().to_numpy()
+        earlier = state.seen_before(column, hashes)
+        reject(
+            claims & (in_chunk | earlier),
+            _("duplicate of an earlier row in this file (same key)")
+            if column == "key"
+            else _("duplicate of an earlier row in this file (same %(field)s)")
+            % {"field": TARGETS[column]},
+        )
+        claimed[column] = (hashes, claims)
     ok = errors == ""
-    state.remember(hashes[ok])
+    for column, (hashes, claims) in claimed.items():
+        state.remember(column, hashes[ok & claims])
 
     out["key"] = key
     good = out.loc[ok, STAGE_COLUMNS]
@@ -765,6 +839,10 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
     frame = next(source.chunks(size=rows), pd.DataFrame())
     state = ChunkState.load()
     good, bad = prepare_chunk(frame, spec=spec, state=state)
+    # What the import would refuse when writing: identity values of other contacts.
+    owners = _owners(UPSERT_KEYS[spec.key], good["key"].tolist())
+    contact_ids = good["key"].map(owners).fillna(0).astype("int64").to_numpy()
+    taken = _taken(good, contact_ids, _column_owners(good, _identity_columns(spec)))
     labels = dict(target_choices())
     columns = [(t, labels.get(t, t)) for t in spec.mapping.values()]
     merged: list[dict[str, Any]] = []
@@ -774,7 +852,7 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
             attrs = json.loads(row["attributes"])
             for k in spec.custom_keys:
                 values[f"{CUSTOM_PREFIX}{k}"] = attrs.get(k, "")
-        merged.append({"rn": int(row["rn"]), "values": values, "error": ""})
+        merged.append({"rn": int(row["rn"]), "values": values, "error": taken.get(row["rn"], "")})
     reverse = {h: t for h, t in spec.mapping.items()}
     for _index, row in bad.iterrows():
         values = {reverse[h]: row[h] for h in reverse if h in row}
@@ -791,7 +869,12 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
 @dataclass
 class ChunkResult:
     created: int = 0
+    # Matched contacts that gained or changed something / that already had everything.
     updated: int = 0
+    unchanged: int = 0
+    # Rows refused while writing (an identity value that belongs to another contact): each
+    # row's number in the file and the reason, for the rejected-rows file.
+    rejected: list[tuple[int, str]] = field(default_factory=list)
     contact_ids: list[int] = field(default_factory=list)
 
 
@@ -813,6 +896,13 @@ class TagResolver:
                 tag, _created = Tag.objects.get_or_create(group=self._group, name=name)
                 self.ids[name] = tag.pk
         return self.ids
+
+    def snapshot(self) -> tuple[dict[str, int], TagGroup | None]:
+        return dict(self.ids), self._group
+
+    def restore(self, saved: tuple[dict[str, int], TagGroup | None]) -> None:
+        """Forget what a rolled-back transaction created."""
+        self.ids, self._group = dict(saved[0]), saved[1]
 
 
 def _tag_id_arrays(tags: pd.Series, resolver: TagResolver) -> pd.Series:
@@ -837,8 +927,25 @@ IDENTITY_COLUMNS: dict[str, str] = {
     "unionid": IdentityKind.WECHAT_UNIONID,
     "external_id": IdentityKind.EXTERNAL_ID,
 }
+# Identity columns that are contact columns too: when a matched contact's phone or email
+# changes, the old value stops being its identity, as contacts.services.contact_update does it.
+REPLACED_IDENTITIES = ("phone", "email")
 # Empty cells never overwrite what a contact already has.
 UPDATED_COLUMNS = [*PROFILE_COLUMNS, "lifecycle_stage"]
+# Tries per chunk when other transactions keep taking its identity values mid-write; each
+# retry matches again and then refuses the taken rows, so a second try nearly always succeeds.
+CHUNK_ATTEMPTS = 3
+
+
+class IdentityRaced(Exception):
+    """Another transaction took an identity value of the chunk after the chunk checked it."""
+
+
+def _taken_reason(column: str, owner: int) -> str:
+    return _("%(field)s belongs to another contact (ID %(contact)s)") % {
+        "field": TARGETS[column],
+        "contact": owner,
+    }
 
 
 @dataclass
@@ -870,21 +977,40 @@ def import_chunk_apply(*, matched: MatchedChunk, spec: ImportSpec, collect: bool
     A new row's key identity is claimed before anything else is written; when another
     transaction (an `identify` call) created that identity since the match, the row updates the
     contact that owns it instead of creating a second person without a key.
+
+    A row whose phone, email, unionid or external id (other than the key) belongs to another
+    contact is refused whole, like a PATCH of the profile (`identity_taken`), and returned in
+    `rejected`. Raises IdentityRaced when such a value was taken after the check; the caller
+    rolls the chunk back and runs it again.
     """
     if connection.vendor == "postgresql":
         return _apply_postgres(matched, spec, collect)
     return _apply_generic(matched, spec, collect)
 
 
-@transaction.atomic
 def import_chunk_write(
     *, good: pd.DataFrame, spec: ImportSpec, resolver: TagResolver, collect: bool
 ) -> ChunkResult:
     """Upsert one chunk of validated rows in one transaction."""
     if good.empty:
         return ChunkResult()
-    matched = import_chunk_match(good=good, spec=spec, resolver=resolver)
-    return import_chunk_apply(matched=matched, spec=spec, collect=collect)
+    for attempt in range(1, CHUNK_ATTEMPTS + 1):
+        saved = resolver.snapshot()
+        try:
+            with transaction.atomic():
+                matched = import_chunk_match(good=good, spec=spec, resolver=resolver)
+                return import_chunk_apply(matched=matched, spec=spec, collect=collect)
+        except IdentityRaced as exc:
+            resolver.restore(saved)
+            if attempt == CHUNK_ATTEMPTS:
+                raise IdentityRaced(
+                    _(
+                        "other programs kept taking phones, emails or ids of these rows while "
+                        "they were written; run the import again"
+                    )
+                ) from exc
+            logger.info("import chunk raced for an identity value, attempt %s", attempt)
+    raise AssertionError("unreachable")
 
 
 def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
@@ -902,9 +1028,11 @@ def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
         # chunk against all of them. A chunk is small next to the tables, so probing their
         # unique indexes row by row is always the right plan; this also spares the ANALYZE
         # runs that kept the statistics fresh before (a sixth of the database time).
+        # The per-row probes add up to a cost that would have each chunk statement JIT-compiled,
+        # which takes longer than running it.
         cursor.execute(
             "SELECT set_config('enable_hashjoin', 'off', true), "
-            "set_config('enable_mergejoin', 'off', true)"
+            "set_config('enable_mergejoin', 'off', true), set_config('jit', 'off', true)"
         )
         cursor.execute(STAGE_SQL)
         raw = cursor.cursor  # psycopg 3 cursor under Django's wrapper
@@ -918,7 +1046,8 @@ def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
             "CREATE TEMP TABLE scrm_import_stage ON COMMIT DROP AS "
             "SELECT r.*, i.contact_id IS NULL AS is_new, "
             f"COALESCE(i.contact_id, nextval(pg_get_serial_sequence('{contact}', 'id'))) "
-            f"AS contact_id FROM scrm_import_raw r LEFT JOIN LATERAL (SELECT contact_id FROM "
+            "AS contact_id, false AS changed "
+            f"FROM scrm_import_raw r LEFT JOIN LATERAL (SELECT contact_id FROM "
             f"{identity} WHERE kind = %s AND app_id = '' AND value = r.key LIMIT 1) i ON true",
             [UPSERT_KEYS[spec.key]],
         )
@@ -928,12 +1057,29 @@ def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
     return MatchedChunk(size=size, new=new)
 
 
+# A matched contact's profile before and after a staged row is applied (SQL over `c` and `s`).
+_OLD_PROFILE_SQL = ", ".join(f"c.{c}" for c in UPDATED_COLUMNS) + ", c.attributes"
+_NEW_ATTRIBUTES_SQL = "c.attributes || COALESCE(s.attributes, '{}'::jsonb)"
+_NEW_PROFILE_SQL = (
+    ", ".join(
+        f"COALESCE(NULLIF(s.{c}, ''), c.{c})"
+        if c != "birthday"
+        else "COALESCE(s.birthday, c.birthday)"
+        for c in UPDATED_COLUMNS
+    )
+    + f", {_NEW_ATTRIBUTES_SQL}"
+)
+
+
 def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
     contact = Contact._meta.db_table
     identity = Identity._meta.db_table
     contact_tag = ContactTag._meta.db_table
     key_kind = UPSERT_KEYS[spec.key]
-    new = matched.new
+    columns = _identity_columns(spec)
+    new, size = matched.new, matched.size
+    rejected: list[tuple[int, str]] = []
+    updated = 0
     with connection.cursor() as cursor:
         if new:
             # The key identities go in first (the foreign key to the contact is checked at
@@ -953,6 +1099,11 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                     [key_kind],
                 )
                 new -= cursor.rowcount
+        if columns:
+            # After the key claim, so that every row is checked against its final contact.
+            rejected, refused_new = _refuse_taken_postgres(cursor, columns, key_kind)
+            size -= len(rejected)
+            new -= refused_new
         if new:
             cursor.execute(
                 f"""
@@ -971,15 +1122,25 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                 """,
                 [Gender.UNKNOWN, spec.default_source, "new"],
             )
-        if new < matched.size:
-            new_values = ", ".join(
-                f"COALESCE(NULLIF(s.{c}, ''), c.{c})"
-                if c != "birthday"
-                else "COALESCE(s.birthday, c.birthday)"
-                for c in UPDATED_COLUMNS
-            )
-            old_values = ", ".join(f"c.{c}" for c in UPDATED_COLUMNS)
-            new_attributes = "c.attributes || COALESCE(s.attributes, '{}'::jsonb)"
+        if new < size:
+            updated = _mark_changed_postgres(cursor, spec, columns)
+        if updated:
+            for column in REPLACED_IDENTITIES:
+                if column in columns:
+                    # Driven from the stage through LIMIT 1 probes (never flattened into a
+                    # join the planner could turn around): the stage has no statistics.
+                    cursor.execute(
+                        f"DELETE FROM {identity} WHERE id = ANY(ARRAY("
+                        f"SELECT i.id FROM scrm_import_stage s "
+                        f"CROSS JOIN LATERAL (SELECT c.{column} AS value FROM {contact} c "
+                        f"WHERE c.id = s.contact_id LIMIT 1) old "
+                        f"CROSS JOIN LATERAL (SELECT i.id FROM {identity} i WHERE i.kind = %s "
+                        f"AND i.app_id = '' AND i.value = old.value "
+                        f"AND i.contact_id = s.contact_id LIMIT 1) i "
+                        f"WHERE s.changed AND s.{column} <> '' AND old.value <> '' "
+                        f"AND s.{column} <> old.value))",
+                        [columns[column]],
+                    )
             assignments = ", ".join(
                 f"{c} = COALESCE(NULLIF(s.{c}, ''), c.{c})"
                 if c != "birthday"
@@ -989,28 +1150,35 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
             cursor.execute(
                 f"""
                 UPDATE {contact} c SET {assignments},
-                    attributes = {new_attributes},
+                    attributes = {_NEW_ATTRIBUTES_SQL},
                     updated_at = now()
                 FROM scrm_import_stage s
-                WHERE c.id = s.contact_id AND NOT s.is_new
-                  AND ROW({old_values}, c.attributes)
-                      IS DISTINCT FROM ROW({new_values}, {new_attributes})
+                WHERE c.id = s.contact_id AND s.changed
+                  AND ROW({_OLD_PROFILE_SQL}) IS DISTINCT FROM ROW({_NEW_PROFILE_SQL})
                 """
             )
         # Every row's key identity exists by now (claimed above, or the match itself).
-        columns = _identity_columns(spec)
         if columns:
             branches = [
                 f"SELECT contact_id, %s AS kind, {column} AS value FROM scrm_import_stage"
                 f" WHERE {column} <> ''"
                 for column in columns
             ]
+            # The values were free or the row's own contact's when checked above. One that
+            # belongs to another contact now was taken since by another transaction: the no-op
+            # update hands it back (xmax is 0 only on the rows this statement inserted).
             cursor.execute(
-                f"INSERT INTO {identity} (contact_id, kind, app_id, value, created_at) "
-                f"SELECT contact_id, kind, '', value, now() "
-                f"FROM ({' UNION ALL '.join(branches)}) ids ON CONFLICT DO NOTHING",
+                f"WITH added AS (INSERT INTO {identity} (contact_id, kind, app_id, value, "
+                f"created_at) SELECT contact_id, kind, '', value, now() "
+                f"FROM ({' UNION ALL '.join(branches)}) ids "
+                "ON CONFLICT (kind, app_id, value) "
+                f"DO UPDATE SET contact_id = {identity}.contact_id "
+                f"WHERE {identity}.contact_id <> EXCLUDED.contact_id RETURNING xmax) "
+                "SELECT count(*) FROM added WHERE xmax <> 0",
                 list(columns.values()),
             )
+            if cursor.fetchone()[0]:
+                raise IdentityRaced
         cursor.execute(
             f"""
             INSERT INTO {contact_tag} (contact_id, tag_id, source, actor_id, created_at)
@@ -1024,10 +1192,99 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
         )
         ids: list[int] = []
         if collect:
-            cursor.execute("SELECT contact_id FROM scrm_import_stage")
+            cursor.execute("SELECT contact_id FROM scrm_import_stage WHERE is_new OR changed")
             ids = [r[0] for r in cursor.fetchall()]
         cursor.execute("DROP TABLE scrm_import_stage")
-    return ChunkResult(created=new, updated=matched.size - new, contact_ids=ids)
+    return ChunkResult(
+        created=new,
+        updated=updated,
+        unchanged=size - new - updated,
+        rejected=rejected,
+        contact_ids=ids,
+    )
+
+
+def _refuse_taken_postgres(
+    cursor: Any, columns: dict[str, str], key_kind: str
+) -> tuple[list[tuple[int, str]], int]:
+    """Take the rows whose identity values belong to another contact out of the stage.
+
+    Returns their row numbers with reasons, and how many of them were new.
+    """
+    identity = Identity._meta.db_table
+    owners = [
+        f"(SELECT i.contact_id FROM {identity} i WHERE i.kind = %s AND i.app_id = '' "
+        f"AND i.value = s.{column} AND i.contact_id <> s.contact_id)"
+        for column in columns
+    ]
+    kinds = list(columns.values())
+    cursor.execute(
+        f"DELETE FROM scrm_import_stage s WHERE {' OR '.join(f'{o} IS NOT NULL' for o in owners)} "
+        f"RETURNING s.rn, s.is_new, s.key, s.contact_id, {', '.join(owners)}",
+        kinds + kinds,
+    )
+    refused = cursor.fetchall()
+    if not refused:
+        return [], 0
+    rejected = []
+    unclaimed: list[tuple[str, int]] = []
+    for rn, is_new, key, contact_id, *row_owners in sorted(refused):
+        reasons = [
+            _taken_reason(column, owner)
+            for column, owner in zip(columns, row_owners, strict=True)
+            if owner is not None
+        ]
+        rejected.append((rn, "; ".join(reasons)))
+        if is_new:
+            unclaimed.append((key, contact_id))
+    if unclaimed:
+        # Their key identities, claimed above, would point at contacts that are never created.
+        # One LIMIT 1 probe of the unique index per value; as a join, the planner would scan
+        # the array once per identity of the kind.
+        cursor.execute(
+            f"DELETE FROM {identity} WHERE id = ANY(ARRAY("
+            f"SELECT (SELECT i.id FROM {identity} i WHERE i.kind = %s AND i.app_id = '' "
+            "AND i.value = r.value AND i.contact_id = r.id LIMIT 1) "
+            "FROM unnest(%s::text[], %s::bigint[]) AS r(value, id)))",
+            [key_kind, [k for k, _id in unclaimed], [i for _k, i in unclaimed]],
+        )
+    return rejected, len(unclaimed)
+
+
+def _mark_changed_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str]) -> int:
+    """Flag the matched rows that change their contact; return how many there are.
+
+    A row changes its contact when a field or custom field differs, or it brings an identity
+    or a tag the contact does not have yet.
+    """
+    contact = Contact._meta.db_table
+    identity = Identity._meta.db_table
+    contact_tag = ContactTag._meta.db_table
+    # Scalar LIMIT 1 probes rather than NOT EXISTS, which PostgreSQL may run as one hash of
+    # every identity of the kind per chunk.
+    new_identities = [
+        f"(s.{column} <> '' AND (SELECT 1 FROM {identity} i WHERE i.kind = %s "
+        f"AND i.app_id = '' AND i.value = s.{column} LIMIT 1) IS NULL)"
+        for column in columns
+    ]
+    new_tags = (
+        "EXISTS (SELECT 1 FROM unnest(COALESCE(s.tag_ids, '{}') || %s::bigint[]) AS t(tag_id) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {contact_tag} ct WHERE ct.contact_id = s.contact_id "
+        "AND ct.tag_id = t.tag_id))"
+    )
+    # Every test is a sub-plan run per staged row (a probe of a unique index): unlike a join,
+    # the planner cannot turn it around on the strength of the stage's missing statistics.
+    new_profile = (
+        f"(SELECT ROW({_OLD_PROFILE_SQL}) IS DISTINCT FROM ROW({_NEW_PROFILE_SQL}) "
+        f"FROM {contact} c WHERE c.id = s.contact_id)"
+    )
+    cursor.execute(
+        "UPDATE scrm_import_stage s SET changed = true WHERE NOT s.is_new AND ("
+        + " OR ".join([new_profile, *new_identities, new_tags])
+        + ")",
+        [*columns.values(), spec.tag_ids],
+    )
+    return cursor.rowcount
 
 
 def _identity_columns(spec: ImportSpec) -> dict[str, str]:
@@ -1051,6 +1308,27 @@ def _owners(kind: str, values: list[str]) -> dict[str, int]:
     return owners
 
 
+def _column_owners(rows: pd.DataFrame, columns: dict[str, str]) -> dict[str, dict[str, int]]:
+    """For each identity column, the contacts that own its values now."""
+    return {
+        column: _owners(kind, rows.loc[rows[column] != "", column].unique().tolist())
+        for column, kind in columns.items()
+    }
+
+
+def _taken(
+    rows: pd.DataFrame, contact_ids: np.ndarray, owners: dict[str, dict[str, int]]
+) -> dict[int, str]:
+    """The rows (by row number) whose identity values belong to another contact, with reasons."""
+    reasons: dict[int, list[str]] = {}
+    for column, owned in owners.items():
+        owner = rows[column].map(owned).fillna(0).astype("int64").to_numpy()
+        hit = (owner != 0) & (owner != contact_ids)
+        for rn, other in zip(rows["rn"].to_numpy()[hit], owner[hit], strict=True):
+            reasons.setdefault(int(rn), []).append(_taken_reason(column, int(other)))
+    return {rn: "; ".join(texts) for rn, texts in reasons.items()}
+
+
 def _match_generic(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
     existing = _owners(UPSERT_KEYS[spec.key], good["key"].tolist())
     contact_ids = good["key"].map(existing)
@@ -1059,11 +1337,26 @@ def _match_generic(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
     return MatchedChunk(size=len(rows), new=new, rows=rows)
 
 
+def _row_tag_ids(spec: ImportSpec, tags: str) -> set[int]:
+    ids = set(spec.tag_ids)
+    if tags:
+        ids |= {int(t) for t in tags.strip("{}").split(",")}
+    return ids
+
+
 def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
     assert matched.rows is not None
     good = matched.rows
     now = timezone.now()
     key_kind = UPSERT_KEYS[spec.key]
+    columns = _identity_columns(spec)
+    # SQLite transactions are IMMEDIATE here (config.settings): the chunk holds the write lock
+    # from its first statement, so no value checked now can be taken before it commits.
+    owners = _column_owners(good, columns)
+    taken = _taken(good, good["contact_id"].to_numpy(dtype="int64"), owners)
+    if taken:
+        good = good[~good["rn"].isin(list(taken))]
+    rejected = sorted(taken.items())
     is_new = good["is_new"].to_numpy(dtype=bool, copy=True)
     contacts = [
         Contact(
@@ -1096,61 +1389,124 @@ def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> Ch
             batch_size=LOOKUP_BATCH,
             ignore_conflicts=True,
         )
-        owners = _owners(key_kind, keys)
-        lost = [c.pk for c, k in zip(contacts, keys, strict=True) if owners.get(k) != c.pk]
+        key_owners = _owners(key_kind, keys)
+        lost = [c.pk for c, k in zip(contacts, keys, strict=True) if key_owners.get(k) != c.pk]
         if lost:
             # Someone else got the key since the match: the row updates the owner instead, and
             # the contact created for it (nothing refers to it yet) goes.
             Contact.objects.filter(pk__in=lost).delete()
             new_positions = np.flatnonzero(is_new)
             for position, key in zip(new_positions, keys, strict=True):
-                if owners.get(key) != contact_ids[position]:
-                    contact_ids[position] = owners[key]
+                if key_owners.get(key) != contact_ids[position]:
+                    contact_ids[position] = key_owners[key]
                     is_new[position] = False
     good = good.assign(contact_id=contact_ids)
 
-    old = good[~is_new]
-    if len(old):
-        assignments = ", ".join(f"{c} = COALESCE(NULLIF(%s, ''), {c})" for c in UPDATED_COLUMNS)
-        sql = (
-            f"UPDATE {Contact._meta.db_table} SET {assignments}, "
-            "attributes = json_patch(attributes, %s), updated_at = %s WHERE id = %s"
-        )
-        params = [
-            [*(getattr(r, c) for c in UPDATED_COLUMNS), r.attributes or "{}", now, r.contact_id]
-            for r in old.itertuples(index=False)
-        ]
-        with connection.cursor() as cursor:
-            cursor.executemany(sql, params)
+    changed = _write_changes_generic(good[~is_new], spec, columns, owners, now)
 
     identities = []
-    for column, ident_kind in _identity_columns(spec).items():
-        rows = good[good[column] != ""]
+    for column, ident_kind in columns.items():
+        rows = good[(good[column] != "") & ~good[column].isin(list(owners[column]))]
         identities += [
             Identity(contact_id=cid, kind=ident_kind, app_id="", value=value, created_at=now)
             for cid, value in zip(rows["contact_id"], rows[column], strict=True)
         ]
     Identity.objects.bulk_create(identities, batch_size=LOOKUP_BATCH, ignore_conflicts=True)
 
-    tag_links = []
-    for cid, tag_ids in zip(good["contact_id"], good["tags"], strict=True):
-        ids = set(spec.tag_ids)
-        if tag_ids:
-            ids |= {int(t) for t in tag_ids.strip("{}").split(",")}
-        tag_links += [
-            ContactTag(
-                contact_id=cid,
-                tag_id=tid,
-                source=TagSource.IMPORT,
-                actor_id=spec.actor_id,
-                created_at=now,
-            )
-            for tid in ids
-        ]
+    tag_links = [
+        ContactTag(
+            contact_id=cid,
+            tag_id=tid,
+            source=TagSource.IMPORT,
+            actor_id=spec.actor_id,
+            created_at=now,
+        )
+        for cid, tags in zip(good["contact_id"], good["tags"], strict=True)
+        for tid in _row_tag_ids(spec, tags)
+    ]
     ContactTag.objects.bulk_create(tag_links, batch_size=LOOKUP_BATCH, ignore_conflicts=True)
     created = int(is_new.sum())
-    ids_out = good["contact_id"].tolist() if collect else []
-    return ChunkResult(created=created, updated=len(good) - created, contact_ids=ids_out)
+    updated = int(changed.sum())
+    ids_out: list[int] = []
+    if collect:
+        ids_out = [*contact_ids[is_new].tolist(), *contact_ids[~is_new][changed].tolist()]
+    return ChunkResult(
+        created=created,
+        updated=updated,
+        unchanged=len(good) - created - updated,
+        rejected=rejected,
+        contact_ids=ids_out,
+    )
+
+
+def _write_changes_generic(
+    old: pd.DataFrame,
+    spec: ImportSpec,
+    columns: dict[str, str],
+    owners: dict[str, dict[str, int]],
+    now: dt.datetime,
+) -> np.ndarray:
+    """Update the matched contacts whose fields change; return which rows change their contact.
+
+    A row changes its contact when a field or custom field differs, or it brings an identity
+    or a tag the contact does not have yet (the same rule as the PostgreSQL path).
+    """
+    changed = np.zeros(len(old), dtype=bool)
+    if not len(old):
+        return changed
+    ids = old["contact_id"].unique().tolist()
+    current: dict[int, dict[str, Any]] = {}
+    tags: dict[int, set[int]] = {}
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        batch = ids[start : start + LOOKUP_BATCH]
+        for values in Contact.objects.filter(pk__in=batch).values(
+            "pk", *UPDATED_COLUMNS, "attributes"
+        ):
+            birthday = values["birthday"]
+            values["birthday"] = birthday.isoformat() if birthday else ""
+            current[values["pk"]] = values
+        for contact_id, tag_id in ContactTag.objects.filter(contact_id__in=batch).values_list(
+            "contact_id", "tag_id"
+        ):
+            tags.setdefault(contact_id, set()).add(tag_id)
+    updates = []
+    replaced = []
+    for position, r in enumerate(old.itertuples(index=False)):
+        before = current[r.contact_id]
+        after = {c: getattr(r, c) or before[c] for c in UPDATED_COLUMNS}
+        patch = json.loads(r.attributes) if r.attributes else {}
+        profile_changes = any(after[c] != before[c] for c in UPDATED_COLUMNS) or (
+            {**before["attributes"], **patch} != before["attributes"]
+        )
+        if profile_changes:
+            updates.append(
+                [*(getattr(r, c) for c in UPDATED_COLUMNS), r.attributes or "{}", now, r.contact_id]
+            )
+            replaced += [
+                (r.contact_id, columns[c], before[c])
+                for c in REPLACED_IDENTITIES
+                if c in columns and before[c] and after[c] != before[c]
+            ]
+        changed[position] = (
+            profile_changes
+            or any(getattr(r, c) and getattr(r, c) not in owners[c] for c in columns)
+            or bool(_row_tag_ids(spec, r.tags) - tags.get(r.contact_id, set()))
+        )
+    with connection.cursor() as cursor:
+        if replaced:
+            cursor.executemany(
+                f"DELETE FROM {Identity._meta.db_table} "
+                "WHERE contact_id = %s AND kind = %s AND app_id = '' AND value = %s",
+                replaced,
+            )
+        if updates:
+            assignments = ", ".join(f"{c} = COALESCE(NULLIF(%s, ''), {c})" for c in UPDATED_COLUMNS)
+            cursor.executemany(
+                f"UPDATE {Contact._meta.db_table} SET {assignments}, "
+                "attributes = json_patch(attributes, %s), updated_at = %s WHERE id = %s",
+                updates,
+            )
+    return changed
 
 
 # --- Running ----------------------------------------------------------------------------------
@@ -1203,7 +1559,7 @@ def _import_run(job: Job) -> dict[str, Any]:
     jobs.job_start(job_id=job.pk, total=source.estimate_rows())
     state = ChunkState.load()
     resolver = TagResolver()
-    counts = {"created": 0, "updated": 0, "rejected": 0, "rows": 0}
+    counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0, "rows": 0}
     touched: list[int] = []
     rejected_relative = _rejected_path(job)
     rejected_path = _media_path(rejected_relative)
@@ -1218,19 +1574,22 @@ def _import_run(job: Job) -> dict[str, Any]:
             # only when preparing a chunk is pure pandas.
             if not spec.custom_keys:
                 chunks = _read_ahead(chunks)
-            for rows, good, bad in chunks:
+            for frame, first_row, good, bad in chunks:
                 collect = len(touched) <= SIGNAL_LIMIT
                 result = import_chunk_write(
                     good=good, spec=spec, resolver=resolver, collect=collect
                 )
                 if collect:
                     touched += result.contact_ids
+                if result.rejected:
+                    bad = _with_write_rejections(bad, frame, first_row, result.rejected)
                 if not bad.empty:
                     bad.to_csv(rejected_file, header=False, index=False)
                 counts["created"] += result.created
                 counts["updated"] += result.updated
+                counts["unchanged"] += result.unchanged
                 counts["rejected"] += len(bad)
-                counts["rows"] += rows
+                counts["rows"] += len(frame)
                 jobs.job_progress(job_id=job.pk, done=counts["rows"])
     except Exception as exc:
         logger.exception("import job %s failed", job.pk)
@@ -1258,10 +1617,25 @@ def _import_run(job: Job) -> dict[str, Any]:
 
 def _prepared_chunks(
     source: SourceFile, spec: ImportSpec, state: ChunkState
-) -> Iterator[tuple[int, pd.DataFrame, pd.DataFrame]]:
+) -> Iterator[tuple[pd.DataFrame, int, pd.DataFrame, pd.DataFrame]]:
+    """Each chunk as read, the file row number of its first row, its good and its bad rows."""
     for frame in source.chunks():
+        frame = frame.reset_index(drop=True)
+        first_row = state.offset + 2  # the header is row 1
         good, bad = prepare_chunk(frame, spec=spec, state=state)
-        yield len(frame), good, bad
+        yield frame, first_row, good, bad
+
+
+def _with_write_rejections(
+    bad: pd.DataFrame, frame: pd.DataFrame, first_row: int, rejected: list[tuple[int, str]]
+) -> pd.DataFrame:
+    """The chunk's rejected rows, those refused while writing included, in file order."""
+    late = frame.iloc[[rn - first_row for rn, _reason in rejected]].copy()
+    late.insert(0, "_row", [rn for rn, _reason in rejected])
+    late["_reason"] = [reason for _rn, reason in rejected]
+    if bad.empty:
+        return late
+    return pd.concat([bad, late]).sort_values("_row", kind="stable")
 
 
 def _read_ahead(items: Iterator[T]) -> Iterator[T]:

@@ -1,3 +1,4 @@
+import re
 import secrets
 import time
 
@@ -327,6 +328,17 @@ class Tag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.group.name}/{self.name}"
+
+    def clean(self) -> None:
+        super().clean()
+        # The colour is written into a style attribute on every page that shows the tag, so only
+        # a colour may get in. Checked here, not by a field validator, which needs a migration.
+        if not TAG_COLOR.fullmatch(self.color or ""):
+            raise ValidationError({"color": _("Enter a colour as #RRGGBB, for example #3b82f6.")})
+        self.color = self.color.lower()
+
+
+TAG_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 class TagSource(models.TextChoices):

@@ -4,6 +4,8 @@ from django.dispatch import Signal
 # and, when the sender knows, changed (list[str]): what changed, as topics: profile field names
 # ("city", "lifecycle_stage"), "attributes" for any custom field, "tags", "consent",
 # "identities". Without `changed` a receiver must assume anything may have changed.
+# Senders register it with on_commit(robust=True): the write is committed by then, so a
+# receiver's failure is logged and must not turn it into an error answer.
 contact_changed = Signal()
 
 # Sent inside the recording transaction; kwargs: events (list[Event]) that were newly stored.

@@ -17,13 +17,14 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from contacts import bulk, pii, roles, selectors, services
-from contacts.filters import ContactFilter
+from contacts.filters import ContactFilter, contact_filter_checked
 from contacts.forms import BulkTagForm, ConsentForm, ContactEditForm, NoteForm, TagAddForm
 from contacts.models import Contact, Note
 from core import jobs
 from core.audit import audit_log
 from core.errors import DomainError, ValidationFailed
 from core.htmx import htmx_target, is_fragment_request, redirect_or_fragment, render_page
+from core.ids import parse_id
 from core.pagination import KeysetPage
 
 PAGE_SIZE = 50
@@ -39,13 +40,6 @@ DETAIL_FRAGMENTS = {
     "contact-consent",
     "contact-merges",
 }
-
-
-def _int_or_none(raw: str | None) -> int | None:
-    try:
-        return int(raw) if raw else None
-    except ValueError:
-        return None
 
 
 def _get_contact(request: HttpRequest, pk: int) -> Contact:
@@ -124,17 +118,28 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
     if params:
         back += "?" + urlencode(params, doseq=True)
     if not form.is_valid():
-        errors = [*form.non_field_errors(), *form.errors.get("expires_at", [])]
+        errors = [
+            *form.non_field_errors(),
+            *form.errors.get("ids", []),
+            *form.errors.get("expires_at", []),
+        ]
         for error in errors or [_("Choose a tag and an action.")]:
             messages.error(request, error)
         return redirect(back)
     add = form.cleaned_data["op"] == "add"
     tag = form.cleaned_data["bulk_tag"]
     selected = form.cleaned_data["scope"] == BulkTagForm.SCOPE_SELECTED
-    # The list ignores an invalid filter; "all matching" must not silently widen to everyone.
-    if not selected and not ContactFilter(request.POST).is_valid():
-        messages.error(request, _("Fix the filter before applying a bulk action to all matches."))
-        return redirect(back)
+    if not selected:
+        try:
+            contact_filter_checked(data=request.POST)
+        except ValidationFailed as exc:
+            messages.error(
+                request,
+                _("Fix the filter before applying a bulk action to all matches.")
+                + " "
+                + exc.message,
+            )
+            return redirect(back)
     try:
         started = bulk.contacts_bulk_tag_start(
             tag=tag,
@@ -231,7 +236,7 @@ def _merges_context(contact: Contact) -> dict:
 def _render_detail(
     request: HttpRequest, contact: Contact, *, unmasked: bool = False
 ) -> HttpResponse:
-    before = _int_or_none(request.GET.get("before"))
+    before = parse_id(request.GET.get("before"))
     events = selectors.contact_timeline(contact=contact, before=before, limit=TIMELINE_SIZE + 1)
     timeline = {
         "events": events[:TIMELINE_SIZE],

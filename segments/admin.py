@@ -1,11 +1,13 @@
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
+from django.utils.text import capfirst
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from core.errors import ValidationFailed
+from core.errors import DomainError, ValidationFailed
 from segments.models import (
     AutoTagRule,
     DirtyContact,
@@ -29,8 +31,11 @@ from segments.services import (
     auto_tag_check_free,
     segment_archive,
     segment_create,
+    segment_delete,
+    segment_readers,
     segment_refresh,
     segment_update,
+    segments_delete,
 )
 
 
@@ -120,7 +125,7 @@ class SegmentAdmin(admin.ModelAdmin):
     ]
     list_filter = ["kind", "refresh_policy", "is_archived"]
     search_fields = ["name", "description"]
-    readonly_fields = ["member_count", "last_refreshed_at"]
+    readonly_fields = ["member_count", "last_refreshed_at", "refresh_error"]
     actions = ["refresh"]
 
     def get_readonly_fields(self, request, obj: Segment | None = None) -> list[str]:
@@ -166,11 +171,43 @@ class SegmentAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
         obj._state.adding = False
 
+    # Refused, as archiving is, while another rule reads the segment: the confirmation page
+    # lists those rules as what protects it, and nothing is deleted.
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        ids = [segment.pk for segment in objs]
+        for segment in objs:
+            protected += [
+                capfirst(
+                    gettext("%(reader)s reads “%(segment)s”") % {"reader": r, "segment": segment}
+                )
+                for r in segment_readers(segment=segment, exclude=ids)
+            ]
+        return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request, obj: Segment) -> None:
+        segment_delete(segment=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        segments_delete(segments=queryset)
+
     @admin.action(description=_("Refresh membership now"))
     def refresh(self, request, queryset):
+        refreshed = 0
         for segment in queryset:
-            segment_refresh(segment=segment)
-        self.message_user(request, _("Refreshed %(n)d segments.") % {"n": queryset.count()})
+            try:
+                with transaction.atomic():
+                    segment_refresh(segment=segment)
+            except DomainError as exc:
+                self.message_user(
+                    request,
+                    gettext("“%(segment)s” could not be refreshed: %(error)s")
+                    % {"segment": segment, "error": exc.message},
+                    messages.ERROR,
+                )
+            else:
+                refreshed += 1
+        self.message_user(request, _("Refreshed %(n)d segments.") % {"n": refreshed})
 
 
 # SegmentMembership is not registered: its primary key is (segment, contact), which the admin

@@ -9,6 +9,7 @@ from contacts.models import Contact
 from contacts.selectors import contact_follow_merges
 from core.api import ErrorSerializer
 from core.apiviews import BaseApiView
+from core.ids import MAX_ID
 from core.pagination import keyset_page
 from segments import selectors, services
 from segments.models import Segment, SegmentKind
@@ -54,7 +55,7 @@ class MembershipOutSerializer(serializers.Serializer):
 
 class MembersInSerializer(serializers.Serializer):
     contact_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
         allow_empty=False,
         max_length=MAX_IDS,
         help_text=f"Contact ids, at most {MAX_IDS} per call.",

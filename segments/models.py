@@ -3,7 +3,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from contacts.models import Contact, Event, Stage, Tag
+from contacts.models import Contact, CustomField, Event, Stage, Tag
 from core.models import Job, TimeStampedModel
 from segments.rules.topics import ALL as ALL_TOPICS
 
@@ -57,6 +57,15 @@ class Segment(TimeStampedModel):
         blank=True,
         editable=False,
     )
+    # Custom fields this one's rule reads (kept in sync with the rule by the services): a field
+    # a rule reads cannot be deleted (see SegmentFieldRef).
+    fields_read = models.ManyToManyField(
+        CustomField,
+        through="SegmentFieldRef",
+        related_name="segments_reading",
+        blank=True,
+        editable=False,
+    )
     # True when the rule holds a relative time window, which ages out without any change.
     has_time_window = models.BooleanField(default=False, editable=False)
     is_archived = models.BooleanField(_("archived"), default=False)
@@ -67,6 +76,9 @@ class Segment(TimeStampedModel):
     last_refresh_seconds = models.FloatField(
         _("last refresh took (s)"), null=True, blank=True, editable=False
     )
+    # Why the last scheduled or requested refresh failed; empty once a full refresh succeeds.
+    refresh_error = models.TextField(_("last refresh error"), blank=True, editable=False)
+    # The latest "refresh now" (its status and error are what the page shows while it runs).
     refresh_job = models.ForeignKey(
         Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
@@ -177,6 +189,31 @@ class SegmentTagRef(models.Model):
         verbose_name_plural = _("tags read by segments")
         constraints = [
             models.UniqueConstraint(fields=["segment", "tag"], name="segment_tag_ref_unique")
+        ]
+
+    def __str__(self) -> str:
+        return _("segment “%(segment)s” reads it") % {"segment": self.segment}
+
+
+class SegmentFieldRef(models.Model):
+    """A custom field a segment's rule reads. Deleting the field is refused while a rule reads
+    it: the rule could no longer be evaluated, and the refreshes would fail."""
+
+    segment = models.ForeignKey(
+        Segment, verbose_name=_("segment"), on_delete=models.CASCADE, related_name="+"
+    )
+    field = models.ForeignKey(
+        CustomField,
+        verbose_name=_("custom field"),
+        on_delete=models.PROTECT,
+        related_name="segment_refs",
+    )
+
+    class Meta:
+        verbose_name = _("custom field read by a segment")
+        verbose_name_plural = _("custom fields read by segments")
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "field"], name="segment_field_ref_unique")
         ]
 
     def __str__(self) -> str:
@@ -321,6 +358,14 @@ class LeadScoreRule(models.Model):
         blank=True,
         editable=False,
     )
+    # Custom fields the condition reads (kept in sync by the scoring services): protected too.
+    fields_read = models.ManyToManyField(
+        CustomField,
+        through="LeadScoreRuleFieldRef",
+        related_name="score_rules_reading",
+        blank=True,
+        editable=False,
+    )
     points = models.IntegerField(_("points"))
     cap_points = models.PositiveIntegerField(_("cap (points)"), null=True, blank=True)
     cap_period = models.CharField(
@@ -356,6 +401,34 @@ class LeadScoreRuleTagRef(models.Model):
         verbose_name_plural = _("tags read by lead scoring rules")
         constraints = [
             models.UniqueConstraint(fields=["rule", "tag"], name="score_rule_tag_ref_unique")
+        ]
+
+    def __str__(self) -> str:
+        return _("lead scoring rule “%(rule)s” reads it") % {"rule": self.rule.name}
+
+
+class LeadScoreRuleFieldRef(models.Model):
+    """A custom field a profile-fit rule's condition reads; deleting the field is refused
+    meanwhile."""
+
+    rule = models.ForeignKey(
+        LeadScoreRule,
+        verbose_name=_("lead scoring rule"),
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
+    field = models.ForeignKey(
+        CustomField,
+        verbose_name=_("custom field"),
+        on_delete=models.PROTECT,
+        related_name="score_rule_refs",
+    )
+
+    class Meta:
+        verbose_name = _("custom field read by a lead scoring rule")
+        verbose_name_plural = _("custom fields read by lead scoring rules")
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "field"], name="score_rule_field_ref_unique")
         ]
 
     def __str__(self) -> str:

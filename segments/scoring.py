@@ -11,6 +11,7 @@ daily pass recomputes everyone from the awards.
 """
 
 import datetime as dt
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from contacts.models import Contact, Event, MergeRecord, Stage, Tag
+from contacts.models import Contact, CustomField, Event, MergeRecord, Stage, Tag
 from contacts.services import contact_update, event_record
 from core.errors import ValidationFailed
 from segments.models import (
@@ -34,7 +35,10 @@ from segments.models import (
     ScoreRuleKind,
 )
 from segments.rules import compile_rule, rule_tag_refs, validate_rule
-from segments.services import mark_dirty
+from segments.rules.topics import topics_mask
+from segments.services import mark_dirty, queue_contacts, rule_check_ids, rule_field_keys
+
+logger = logging.getLogger(__name__)
 
 PROPERTY_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists")
 MAX_PROPERTY_FILTERS = 20
@@ -51,6 +55,7 @@ MERGE_MOVED_KEY = "segments.leadscoreaward"
 # API call) so the score is current on the next page view; bigger changes go to a worker.
 FIT_INLINE_LIMIT = 200
 SECONDS_PER_DAY = 86400
+SCORE_TOPIC_MASK = topics_mask(["lead_score"])
 
 
 # --- Configuration --------------------------------------------------------------------------
@@ -272,6 +277,7 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
         condition = data.get("condition")
         if not condition:
             raise _field_error("condition", _("a profile-fit rule needs a condition."))
+        rule_check_ids(condition)
         validate_rule(condition)
         cleaned["condition"] = condition
         # Fit points are given once while the contact matches; a cap has nothing to limit.
@@ -309,9 +315,13 @@ def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScore
 
 
 def score_rule_sync_tags(*, rule: LeadScoreRule) -> None:
-    """Record the tags the rule's condition reads, so that they cannot be deleted under it."""
-    tags = rule_tag_refs(rule.condition) if rule.kind == ScoreRuleKind.ATTRIBUTE else set()
+    """Record the tags and custom fields the rule's condition reads, so that they cannot be
+    deleted under it."""
+    fit = rule.kind == ScoreRuleKind.ATTRIBUTE
+    tags = rule_tag_refs(rule.condition) if fit else set()
     rule.tags_read.set(Tag.objects.filter(pk__in=tags))
+    keys = rule_field_keys(rule.condition) if fit else set()
+    rule.fields_read.set(CustomField.objects.filter(key__in=keys))
 
 
 @transaction.atomic
@@ -455,22 +465,24 @@ def lead_scores_recompute_contacts(
             contact_id__in=batch
         ).values_list("contact_id", "points", "awarded_at", "event_id"):
             awards[contact_id].append((points, awarded_at, event_id is None))
+        stored = dict(Contact.objects.filter(pk__in=batch).values_list("pk", "lead_score"))
         # A contact without awards and already at zero is left alone: nothing to store, and
         # an untouched row is what a merge undo expects to find.
-        unscored = [pk for pk in batch if pk not in awards]
-        zeroed = set(
-            Contact.objects.filter(pk__in=unscored)
-            .exclude(lead_score=0)
-            .values_list("pk", flat=True)
-            if unscored
-            else ()
-        )
         batch_scores = {
             pk: _score_from_awards(awards.get(pk, ()), now=now, half_life_days=half_life)
             for pk in batch
-            if pk in awards or pk in zeroed
+            if pk in awards or stored.get(pk, 0) != 0
         }
         _store_scores(batch_scores, now)
+        # Rules on the score re-evaluate the contacts whose score moved (the daily decay moves
+        # most scored contacts) on the next incremental pass: one statement per batch.
+        queue_contacts(
+            masks={
+                pk: SCORE_TOPIC_MASK
+                for pk, score in batch_scores.items()
+                if pk in stored and score != stored[pk]
+            }
+        )
         scores.update(batch_scores)
     if apply_thresholds:
         _apply_thresholds(scores)
@@ -663,8 +675,7 @@ def _add_to_scores(
             age=now - award.awarded_at, half_life_days=half_life
         )
     _store_scores(scores, now)
-    # Rules on the score re-evaluate these contacts on the next incremental pass (the daily
-    # decay needs no queue: such rules have a time window and are rebuilt daily anyway).
+    # Rules on the score re-evaluate these contacts on the next incremental pass.
     mark_dirty(contact_ids=touched, topics=["lead_score"])
     _apply_thresholds(scores)
 
@@ -700,30 +711,49 @@ def lead_scores_fit(
     touched.update(stale.values_list("contact_id", flat=True))
     removed += stale.delete()[0]
     for rule in LeadScoreRule.objects.filter(kind=ScoreRuleKind.ATTRIBUTE, is_active=True):
-        matching = set(live.filter(compile_rule(rule.condition)).values_list("pk", flat=True))
-        holding = set(fit_awards.filter(rule=rule).values_list("contact_id", flat=True))
-        gone = holding - matching
-        new = matching - holding
-        if gone:
-            removed += LeadScoreAward.objects.filter(
-                rule=rule, event__isnull=True, contact_id__in=gone
-            ).delete()[0]
-        if new:
-            LeadScoreAward.objects.bulk_create(
-                [
-                    LeadScoreAward(contact_id=pk, rule=rule, points=rule.points, awarded_at=now)
-                    for pk in sorted(new)
-                ],
-                ignore_conflicts=True,
-                batch_size=RECOMPUTE_BATCH,
-            )
-            added += len(new)
+        try:
+            # In a savepoint: a condition that can no longer be evaluated (it reads something
+            # deleted under it) skips its rule, never the others, nor the change that called
+            # this after its commit.
+            with transaction.atomic():
+                gone, new, dropped = _fit_rule(rule, live, fit_awards, now)
+        except Exception:
+            logger.exception("profile-fit rule %s could not be evaluated", rule.pk)
+            continue
+        removed += dropped
+        added += len(new)
         touched |= gone | new
     if touched:
         lead_scores_recompute_contacts(contact_ids=touched, now=now)
         if ids is not None:
             mark_dirty(contact_ids=touched, topics=["lead_score"])
     return added, removed
+
+
+def _fit_rule(
+    rule: LeadScoreRule, live, fit_awards, now: dt.datetime
+) -> tuple[set[int], set[int], int]:
+    """Award one profile-fit rule to the contacts it matches and take it back from the others;
+    return (contacts that lost it, contacts that gained it, awards deleted)."""
+    matching = set(live.filter(compile_rule(rule.condition)).values_list("pk", flat=True))
+    holding = set(fit_awards.filter(rule=rule).values_list("contact_id", flat=True))
+    gone = holding - matching
+    new = matching - holding
+    dropped = 0
+    if gone:
+        dropped = LeadScoreAward.objects.filter(
+            rule=rule, event__isnull=True, contact_id__in=gone
+        ).delete()[0]
+    if new:
+        LeadScoreAward.objects.bulk_create(
+            [
+                LeadScoreAward(contact_id=pk, rule=rule, points=rule.points, awarded_at=now)
+                for pk in sorted(new)
+            ],
+            ignore_conflicts=True,
+            batch_size=RECOMPUTE_BATCH,
+        )
+    return gone, new, dropped
 
 
 def lead_scores_daily(*, now: dt.datetime | None = None) -> dict[str, int]:

@@ -67,7 +67,7 @@ def segment_explain(
                 walk(child, f"{path}.conditions[{i}]")
                 for i, child in enumerate(node.get("conditions") or [])
             ]
-        matched = base.filter(compiler.node(node)).exists()
+        matched = base.filter(compiler.node(node, path)).exists()
         return ExplainNode(path=path, node=node, matched=matched, children=children)
 
     return walk(segment.rule, "rule")

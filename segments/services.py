@@ -22,20 +22,38 @@ import pandas as pd
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Case, Exists, F, OuterRef, ProtectedError, Q, QuerySet, Value, When
 from django.db.models.expressions import RawSQL
+from django.http import QueryDict
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
+from contacts.bulk import bulk_target
+from contacts.filters import ContactFilter
 from contacts.importers import detect_encoding
-from contacts.models import Contact, ContactTag, Event, Identity, IdentityKind, Tag, TagSource
+from contacts.models import (
+    Contact,
+    ContactTag,
+    CustomField,
+    Event,
+    Identity,
+    IdentityKind,
+    Tag,
+    TagSource,
+)
 from contacts.services import IdentityInput, events_append, normalize_identity
-from core.errors import ValidationFailed
+from core import jobs
+from core.errors import DomainError, ValidationFailed
+from core.ids import MAX_ID
+from core.models import Job
 from core.sql import bigint_array
 from segments.models import (
     AutoTagRule,
     DirtyContact,
+    LeadScoreRule,
     RefreshPolicy,
+    ScoreRuleKind,
     Segment,
     SegmentKind,
     SegmentMembership,
@@ -77,8 +95,63 @@ def segment_queryset(
     return live.filter(compile_rule(segment.rule, now=now, scope=scope))
 
 
+CUSTOM_FIELD_PREFIX = "attributes."
+# Condition fields holding ids of other tables, and the message naming the unknown ones (the
+# validator's own words: an id out of range is an unknown id).
+ID_FIELDS = {
+    "owner": gettext_noop("unknown owner ids %(ids)s"),
+    "store": gettext_noop("unknown store ids %(ids)s"),
+}
+UNKNOWN_TAGS = gettext_noop("unknown tag ids %(ids)s")
+
+
+def rule_field_keys(rule: Any) -> set[str]:
+    """The keys of the custom fields a rule reads."""
+    return {
+        node["field"].removeprefix(CUSTOM_FIELD_PREFIX)
+        for node in rule_conditions(rule)
+        if node.get("type") == "attribute"
+        and isinstance(node.get("field"), str)
+        and node["field"].startswith(CUSTOM_FIELD_PREFIX)
+    }
+
+
+def _out_of_range(values: Any) -> list[int]:
+    values = values if isinstance(values, list) else [values]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_ID]
+
+
+def rule_check_ids(rule: Any) -> None:
+    """Refuse tag, owner and store ids no row can have, before validation looks them up (the
+    lookup of such a number fails on SQLite instead of finding nothing)."""
+    stack = [(rule, "rule")]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        if "op" in node:
+            children = node.get("conditions")
+            if isinstance(children, list):
+                stack += [(child, f"{path}.conditions[{i}]") for i, child in enumerate(children)]
+            continue
+        if node.get("type") == "tag":
+            where, message, bad = "tags", UNKNOWN_TAGS, _out_of_range(node.get("tags"))
+        elif node.get("type") == "attribute" and node.get("field") in ID_FIELDS:
+            where, message = "value", ID_FIELDS[node["field"]]
+            bad = _out_of_range(node.get("value"))
+        else:
+            continue
+        if bad:
+            raise ValidationFailed(
+                f"{path}.{where}: " + _(message) % {"ids": sorted(bad)},
+                code="invalid_rule",
+                details={"path": f"{path}.{where}"},
+            )
+
+
 def rule_queryset(*, rule: dict, segment_id: int | None = None) -> QuerySet[Contact]:
     """Validate a rule being edited and return what it matches (the builder's live count)."""
+    rule_check_ids(rule)
     validate_rule(rule, segment_id=segment_id)
     return Contact.objects.filter(compile_rule(rule), merged_into__isnull=True)
 
@@ -115,6 +188,7 @@ def _sync_rule_metadata(segment: Segment) -> None:
     segment.save(update_fields=["has_time_window"])
     segment.depends_on.set(rule_segment_refs(segment.rule))
     segment.tags_read.set(Tag.objects.filter(pk__in=rule_tag_refs(segment.rule)))
+    segment.fields_read.set(CustomField.objects.filter(key__in=rule_field_keys(segment.rule)))
 
 
 def next_refresh_after(segment: Segment, moment: dt.datetime) -> dt.datetime | None:
@@ -155,6 +229,7 @@ def segment_create(
         raise ValidationFailed(_("Kind must be dynamic or static."), code="invalid_kind")
     rule = rule if kind == SegmentKind.DYNAMIC else {}
     if kind == SegmentKind.DYNAMIC:
+        rule_check_ids(rule)
         validate_rule(rule)
     _check_policy(refresh_policy, refresh_interval_minutes, refresh_hour)
     segment = Segment.objects.create(
@@ -191,6 +266,7 @@ def segment_update(
         segment.description = description
     rule_changed = False
     if rule is not None and segment.kind == SegmentKind.DYNAMIC:
+        rule_check_ids(rule)
         validate_rule(rule, segment_id=segment.pk)
         rule_changed = rule != segment.rule
         segment.rule = rule
@@ -258,6 +334,64 @@ def segment_archive(*, segment: Segment, archived: bool = True) -> Segment:
     if not archived and segment.kind == SegmentKind.DYNAMIC:
         segment_refresh(segment=segment)
     return segment
+
+
+def segment_readers(*, segment: Segment, exclude: Iterable[int] = ()) -> list[str]:
+    """What reads this segment, in words: the segments whose rules read it (archived ones too:
+    they can be restored) and the profile-fit lead scoring rules whose conditions do."""
+    readers = [
+        _("segment “%(name)s”") % {"name": name}
+        for name in Segment.objects.filter(depends_on=segment)
+        .exclude(pk__in=list(exclude))
+        .order_by("name")
+        .values_list("name", flat=True)
+    ]
+    # Scoring conditions record no references: there are few profile-fit rules, read them all.
+    for name, condition in LeadScoreRule.objects.filter(kind=ScoreRuleKind.ATTRIBUTE).values_list(
+        "name", "condition"
+    ):
+        if segment.pk in rule_segment_refs(condition):
+            readers.append(_("lead scoring rule “%(name)s”") % {"name": name})
+    return readers
+
+
+@transaction.atomic
+def segment_delete(*, segment: Segment, together_with: Iterable[int] = ()) -> None:
+    """Delete a segment, its members and its history; refused while a rule reads it (deleting
+    it would change what that rule matches: "not in the blacklist" would match everyone) or a
+    journey starts from it. `together_with`: ids of segments deleted in the same operation,
+    whose reading does not count."""
+    # Locked: a rule saved meanwhile cannot start reading a segment being deleted.
+    Segment.objects.select_for_update().filter(pk=segment.pk).first()
+    readers = segment_readers(segment=segment, exclude=together_with)
+    if readers:
+        raise ValidationFailed(
+            _("%(readers)s read this segment; change them first.")
+            % {"readers": ", ".join(readers)},
+            code="segment_in_use",
+            details={"readers": readers},
+        )
+    try:
+        with transaction.atomic():
+            segment.delete()
+    except ProtectedError as exc:  # a journey starts from it
+        names = sorted(str(obj) for obj in exc.protected_objects)
+        raise ValidationFailed(
+            _("Journeys %(journeys)s start from this segment; change them first.")
+            % {"journeys": ", ".join(names)},
+            code="segment_in_use",
+            details={"journeys": names},
+        ) from exc
+
+
+def segments_delete(*, segments: Iterable[Segment]) -> int:
+    """Delete several segments (readers before what they read); all or nothing."""
+    ordered = segments_in_refresh_order(segments)
+    ids = [segment.pk for segment in ordered]
+    with transaction.atomic():
+        for segment in reversed(ordered):
+            segment_delete(segment=segment, together_with=ids)
+    return len(ordered)
 
 
 # Materialisation -------------------------------------------------------------------------------
@@ -354,6 +488,9 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tupl
             auto_tags_sync(segment=segment)
         else:
             _apply_changes(segment, now, diff.entered, diff.exited)
+            # Entries and exits keep auto-tags in step; a tag taken off a member by hand (or
+            # given to someone the rule no longer matches) is put right here.
+            auto_tags_sync(segment=segment)
             _finish(segment, now, started, entered=diff.entered, exited=diff.exited)
         moved = segment.member_count if first_build else len(diff.entered) + len(diff.exited)
         if connection.vendor == "postgresql" and moved > STATISTICS_REFRESH_ROWS:
@@ -376,11 +513,13 @@ def _finish(
     segment.member_count, segment.last_refreshed_at = count, now
     segment.last_refresh_seconds = round(time.monotonic() - started, 3)
     segment.next_refresh_at = next_refresh_after(segment, now)
+    segment.refresh_error = ""
     Segment.objects.filter(pk=segment.pk).update(
         member_count=count,
         last_refreshed_at=now,
         last_refresh_seconds=segment.last_refresh_seconds,
         next_refresh_at=segment.next_refresh_at,
+        refresh_error="",
     )
     _record_size(segment, now, count)
 
@@ -391,6 +530,34 @@ def _record_size(segment: Segment, now: dt.datetime, count: int | None = None) -
     SegmentSize.objects.update_or_create(
         segment=segment, day=timezone.localdate(now), defaults={"member_count": count}
     )
+
+
+# After a failed scheduled refresh, the next attempt comes at most this long after (a broken
+# rule then fills the log four times an hour, not every minute).
+REFRESH_RETRY = dt.timedelta(minutes=15)
+
+
+def _refresh_error_text(exc: BaseException) -> str:
+    if isinstance(exc, DomainError):
+        return exc.message
+    return f"{exc.__class__.__name__}: {exc}"[:2000]
+
+
+def _refresh_failed(
+    segment: Segment, exc: BaseException, now: dt.datetime, *, retry_at: dt.datetime | None
+) -> str:
+    """Record why a segment could not be refreshed (the segment page shows it) and when to
+    try again: a full refresh at `retry_at` (or the segment's own schedule, if sooner), which
+    also catches up whatever the failed pass missed. The incremental pass skips the segment
+    until then. Segments refreshed only when asked are not retried."""
+    error = _refresh_error_text(exc)
+    values: dict[str, Any] = {"refresh_error": error}
+    if segment.refresh_policy != RefreshPolicy.MANUAL and retry_at is not None:
+        scheduled = next_refresh_after(segment, now)
+        values["next_refresh_at"] = min(retry_at, scheduled) if scheduled else retry_at
+    Segment.objects.filter(pk=segment.pk).update(**values)
+    segment.refresh_error = error
+    return error
 
 
 def _apply_changes(
@@ -514,7 +681,13 @@ def segment_refresh_contacts(
         return
     # With whatever else was queued for them: their queue rows are consumed below.
     taken = _queue_take(DirtyContact.objects.filter(contact_id__in=ids, changed_at__lte=now))
-    _incremental_pass(masks={pk: mask for pk, mask, _ in taken}, now=now)
+    try:
+        _incremental_pass(masks={pk: mask for pk, mask, _ in taken}, now=now)
+    except Exception:
+        # This often runs after the caller's change has committed (an API call, a form): the
+        # change stands, and the contacts stay queued for the next pass to evaluate.
+        logger.exception("inline re-evaluation of contacts %s failed", ids[:20])
+        return
     _queue_release(taken)
 
 
@@ -536,11 +709,20 @@ def _incremental_pass(
     reading only segments of earlier levels): this connection evaluates the level's segments
     against copies of the changed contacts and their events (_evaluate_level), and each
     segment's moves are written in a worker's connection while the next one is evaluated.
+
+    A segment that fails (a rule that cannot be evaluated any more, say) is skipped: its error
+    is logged and recorded on it, a full refresh of it is scheduled, and the other segments
+    and the queue go on. A segment whose last refresh failed waits for that full refresh.
     """
     masks = dict(masks)
-    segments = _live_rule_segments([RefreshPolicy.ON_CHANGE])
+    segments = [
+        segment
+        for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE])
+        if not segment.refresh_error
+    ]
     wanted = {segment.pk: rule_mask(segment.rule) for segment in segments}
     changes: dict[int, tuple[int, int]] = {}
+    failures: dict[int, tuple[Segment, Exception]] = {}
     # Contacts that moved in segments other segments read, by segment: what the readers must
     # re-evaluate (in this pass, or in the next one if this one fails).
     read_moves: dict[int, list[int]] = {}
@@ -557,6 +739,10 @@ def _incremental_pass(
             for pk in entered + exited:
                 masks[pk] = masks.get(pk, 0) | bit
 
+    def failed(segment: Segment, exc: Exception) -> None:
+        logger.error("incremental refresh of segment %s failed", segment.pk, exc_info=exc)
+        failures[segment.pk] = (segment, exc)
+
     try:
         _incremental_levels(
             segments,
@@ -564,6 +750,7 @@ def _incremental_pass(
             wanted=wanted,
             now=now,
             finished=finished,
+            failed=failed,
             concurrency=concurrency,
         )
     except BaseException:
@@ -576,6 +763,14 @@ def _incremental_pass(
         except Exception:  # the pass's own error is the one to raise
             logger.exception("could not queue the moves of a failed incremental pass")
         raise
+    finally:
+        # Recorded here, in this connection, once no evaluation's transaction (always rolled
+        # back) is open in it any more.
+        for segment, exc in failures.values():
+            try:
+                _refresh_failed(segment, exc, now, retry_at=now)
+            except Exception:
+                logger.exception("could not record the failure of segment %s", segment.pk)
     return changes
 
 
@@ -586,15 +781,22 @@ def _incremental_levels(
     wanted: dict[int, int],
     now: dt.datetime,
     finished: Callable[[Segment, tuple[list[int], list[int]]], None],
+    failed: Callable[[Segment, Exception], None],
     concurrency: int | None,
 ) -> None:
-    """The passes of _incremental_pass, one segment after the other or level by level."""
+    """The passes of _incremental_pass, one segment after the other or level by level; a
+    segment whose evaluation or writes fail goes to `failed` and the others go on."""
 
     if connection.vendor != "postgresql" or len(masks) <= INLINE_REFRESH_LIMIT:
         for segment in segments:
             ids = sorted(pk for pk, mask in masks.items() if mask & wanted[segment.pk])
             if ids:
-                finished(segment, _incremental_segment(segment, ids, now))
+                try:
+                    moved = _incremental_segment(segment, ids, now)
+                except Exception as exc:
+                    failed(segment, exc)
+                    continue
+                finished(segment, moved)
         return
 
     workers = concurrency or settings.SEGMENT_REFRESH_CONCURRENCY
@@ -603,20 +805,28 @@ def _incremental_levels(
             # The writes must wait until the evaluation's transaction (and its copies of the
             # contacts and events tables) is gone from this connection.
             for segment, entered, exited in list(
-                _evaluate_level(level, masks=masks, wanted=wanted, now=now)
+                _evaluate_level(level, masks=masks, wanted=wanted, now=now, failed=failed)
             ):
-                finished(segment, _apply_diff(segment, entered, exited, now))
+                try:
+                    moved = _apply_diff(segment, entered, exited, now)
+                except Exception as exc:
+                    failed(segment, exc)
+                    continue
+                finished(segment, moved)
             continue
         # Each segment's writes start, in a worker's own connection, as soon as the segment
-        # is evaluated, while this connection evaluates the next. Whatever fails, every
-        # write started is waited for and reported to `finished` before the error is raised.
+        # is evaluated, while this connection evaluates the next. A segment's failed writes go
+        # to `failed`; if the evaluation itself fails, every write started is waited for and
+        # reported before the error is raised.
         failures: list[BaseException] = []
         running: dict[Future, Segment] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segment-apply") as pool:
             try:
                 # Closed at once if this loop stops early: the evaluation's transaction and its
                 # copies must not outlive it in this connection.
-                with closing(_evaluate_level(level, masks=masks, wanted=wanted, now=now)) as moves:
+                with closing(
+                    _evaluate_level(level, masks=masks, wanted=wanted, now=now, failed=failed)
+                ) as moves:
                     for segment, entered, exited in moves:
                         job = pool.submit(
                             _in_own_connection, _apply_diff, segment, entered, exited, now
@@ -627,9 +837,8 @@ def _incremental_levels(
             for future in as_completed(running):
                 try:
                     finished(running[future], future.result())
-                except Exception as exc:  # the others still finish; the first error is raised
-                    logger.exception("incremental refresh of segment %s failed", running[future].pk)
-                    failures.append(exc)
+                except Exception as exc:  # the others still finish
+                    failed(running[future], exc)
         if failures:
             raise failures[0]
 
@@ -660,16 +869,28 @@ def _incremental_segment(
             exited += diff.exited
         if entered or exited:
             _apply_changes(segment, now, entered, exited, queue_dependents=False)
-            _count_moved(segment, entered, exited)
+            _count_moved(segment, entered, exited, now)
     return entered, exited
 
 
-def _count_moved(segment: Segment, entered: list[int], exited: list[int]) -> None:
+def _count_moved(segment: Segment, entered: list[int], exited: list[int], now: dt.datetime) -> None:
     # By difference: counting a large segment's rows again would cost more than the whole
     # incremental evaluation.
     Segment.objects.filter(pk=segment.pk).update(
-        member_count=F("member_count") + len(entered) - len(exited)
+        member_count=F("member_count") + len(entered) - len(exited),
+        # A segment never built keeps no refresh time: its first build (silent) is still due.
+        last_refreshed_at=Case(When(last_refreshed_at__isnull=True, then=None), default=Value(now)),
     )
+    # Today's point of the growth chart, from the count just written; an on-change segment
+    # without time windows has no other refresh that would draw it.
+    sizes, segments = SegmentSize._meta.db_table, Segment._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {sizes} (segment_id, day, member_count) "
+            f"SELECT id, %s, member_count FROM {segments} WHERE id = %s "
+            "ON CONFLICT (segment_id, day) DO UPDATE SET member_count = excluded.member_count",
+            [connection.ops.adapt_datefield_value(timezone.localdate(now)), segment.pk],
+        )
 
 
 def _dependency_levels(
@@ -700,7 +921,12 @@ SCOPE_TABLE = "segment_scope"
 
 
 def _evaluate_level(
-    level: list[Segment], *, masks: dict[int, int], wanted: dict[int, int], now: dt.datetime
+    level: list[Segment],
+    *,
+    masks: dict[int, int],
+    wanted: dict[int, int],
+    now: dt.datetime,
+    failed: Callable[[Segment, Exception], None] | None = None,
 ) -> Iterator[tuple[Segment, list[int], list[int]]]:
     """Re-evaluate the changed contacts against independent segments (PostgreSQL); yield
     (segment, contacts to enter, contacts to leave) for each segment where some moved, as
@@ -721,7 +947,9 @@ def _evaluate_level(
     For the other tables the planner must probe indexes for exactly these contacts rather
     than scan millions of rows for a few thousand: hash and merge joins, sequential and bitmap
     scans are off (discouraged: a table without a usable index is still read). Writes come
-    after, per segment, in their own transactions (_apply_diff).
+    after, per segment, in their own transactions (_apply_diff). A segment whose evaluation
+    fails goes to `failed` (in a savepoint: the others are still evaluated); without `failed`,
+    the error is raised.
     """
     changed = 0  # every topic that changed for someone (by now)
     for mask in masks.values():
@@ -780,7 +1008,16 @@ def _evaluate_level(
         for segment, mask in jobs:
             started = time.monotonic()
             scope = RawSQL(f"SELECT id FROM {SCOPE_TABLE} WHERE topics & %s <> 0", [mask])
-            entered, exited = _moves(segment, scope, now)
+            try:
+                # A failed statement would abort the whole transaction, and with it the
+                # evaluation of the level's other segments.
+                with transaction.atomic():
+                    entered, exited = _moves(segment, scope, now)
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed(segment, exc)
+                continue
             logger.info(
                 "incremental %s: %d to enter, %d to leave in %.3f s",
                 segment.name,
@@ -832,7 +1069,7 @@ def _apply_diff(
                 entered = sorted(row[0] for row in cursor.fetchall())
         if entered or exited:
             _apply_changes(segment, now, entered, exited, queue_dependents=False)
-            _count_moved(segment, entered, exited)
+            _count_moved(segment, entered, exited, now)
     logger.info(
         "incremental %s: +%d -%d written in %.3f s",
         segment.name,
@@ -855,13 +1092,28 @@ def segments_refresh_incremental(*, now: dt.datetime | None = None) -> dict[int,
     if not masks:
         return {}
     if len(masks) > INCREMENTAL_MAX:
-        changes = segments_materialise(
-            segments=_live_rule_segments([RefreshPolicy.ON_CHANGE]), now=now
-        )
+        changes = segments_materialise(segments=_segments_reading(masks), now=now)
     else:
         changes = _incremental_pass(masks=masks, now=now)
     _queue_release(taken)
     return changes
+
+
+def _segments_reading(masks: dict[int, int]) -> list[Segment]:
+    """The on-change segments that read a topic of `masks`, and the segments reading those:
+    the only ones a full refresh for these changes can move (the daily lead-score decay
+    queues most scored contacts, for the few rules on the score)."""
+    changed = 0
+    for mask in masks.values():
+        changed |= mask
+    segments = _live_rule_segments([RefreshPolicy.ON_CHANGE])
+    chosen = {segment.pk for segment in segments if rule_mask(segment.rule) & changed}
+    deps = _dependency_map([segment.pk for segment in segments])
+    while True:
+        readers = {pk for pk, reads in deps.items() if pk not in chosen and chosen & set(reads)}
+        if not readers:
+            return [segment for segment in segments if segment.pk in chosen]
+        chosen |= readers
 
 
 # (contact id, topics, when it was queued: a datetime, or on PostgreSQL the exact
@@ -937,15 +1189,29 @@ def segments_materialise(
     now: dt.datetime | None = None,
     concurrency: int | None = None,
 ) -> dict[int, tuple[int, int]]:
-    """Full refresh (or first build) of several segments; return {id: (entered, exited)}.
+    """Full refresh (or first build) of several segments; return {id: (entered, exited)} for
+    those refreshed.
 
     Independent segments are refreshed side by side on PostgreSQL (see _in_dependency_order).
+    A segment that fails is skipped (its error logged and recorded on it, another attempt
+    scheduled) and the others go on.
     """
-    return _in_dependency_order(
+    results = _in_dependency_order(
         segments,
-        prepare=lambda segment: lambda: segment_refresh(segment=segment, now=now),
+        prepare=lambda segment: lambda: _scheduled_refresh(segment, now),
         concurrency=concurrency,
     )
+    return {pk: moved for pk, moved in results.items() if moved is not None}
+
+
+def _scheduled_refresh(segment: Segment, now: dt.datetime | None) -> tuple[int, int] | None:
+    try:
+        return segment_refresh(segment=segment, now=now)
+    except Exception as exc:
+        logger.exception("refresh of segment %s failed", segment.pk)
+        moment = now or timezone.now()
+        _refresh_failed(segment, exc, moment, retry_at=moment + REFRESH_RETRY)
+        return None
 
 
 def _in_dependency_order(
@@ -1204,6 +1470,159 @@ def _static_finish(segment: Segment, now: dt.datetime) -> None:
     _record_size(segment, now, count)
 
 
+STATIC_MEMBERS_JOB_KIND = "segments.static_members"
+# Contacts one request adds or removes itself (one transaction): the API's bound per call.
+STATIC_INLINE_LIMIT = 1000
+# Contacts per transaction of the background job, for the same reason.
+STATIC_JOB_BATCH = 1000
+# Batches per task run before the task re-enqueues itself, so a worker restart loses little.
+STATIC_JOB_BATCHES_PER_RUN = 50
+
+
+@dataclass
+class StaticMembersStart:
+    """What segment_static_members_start did: the change now (`changed`) or a job (`job`)."""
+
+    changed: int = 0
+    job: Job | None = None
+
+
+def _contact_filter_params(params: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    # Only the contact list's own filters: a posted form also holds its token, the list, …
+    return {
+        name: [str(v) for v in values if v]
+        for name, values in (params or {}).items()
+        if name in ContactFilter.base_filters and any(values)
+    }
+
+
+def segment_static_members_start(
+    *,
+    segment: Segment,
+    actor: AbstractBaseUser,
+    remove: bool = False,
+    contact_ids: list[int] | None = None,
+    filter_params: dict[str, list[str]] | None = None,
+) -> StaticMembersStart:
+    """Add (or remove) contacts chosen in the contact list: the ticked ones, or every contact
+    the list's filter matches (always within what `actor` may see). Up to
+    STATIC_INLINE_LIMIT now; a larger filtered list in a background job."""
+    _require_static(segment)
+    change = segment_static_remove if remove else segment_static_add
+    if contact_ids is not None:
+        ids = sorted(set(contact_ids))
+        if len(ids) > STATIC_INLINE_LIMIT:
+            raise ValidationFailed(
+                _("At most %(max)s contacts at a time; narrow the filter.")
+                % {"max": STATIC_INLINE_LIMIT},
+                code="too_many",
+            )
+        visible = set(bulk_target(actor=actor, contact_ids=ids).values_list("pk", flat=True))
+        if set(ids) - visible:
+            raise ValidationFailed(
+                _("Some of these contacts are not visible to you."), code="unknown_contact"
+            )
+    else:
+        params = _contact_filter_params(filter_params)
+        query = QueryDict(mutable=True)
+        for name, values in params.items():
+            query.setlist(name, values)
+        # The list ignores an invalid filter; "all matching" must not silently widen to all.
+        if not ContactFilter(query).is_valid():
+            raise ValidationFailed(
+                _("Fix the filter before applying a bulk action to all matches."),
+                code="invalid_filter",
+            )
+        target = bulk_target(actor=actor, filter_params=params).order_by().distinct()
+        ids = list(target.values_list("pk", flat=True)[: STATIC_INLINE_LIMIT + 1])
+        if len(ids) > STATIC_INLINE_LIMIT:
+            job = jobs.job_create(
+                kind=STATIC_MEMBERS_JOB_KIND,
+                created_by=actor,
+                params={
+                    "segment_id": segment.pk,
+                    "segment": segment.name,
+                    "remove": remove,
+                    "filter_params": params,
+                },
+                total=target.count(),
+            )
+            transaction.on_commit(lambda: _enqueue_static_members(job.pk))
+            return StaticMembersStart(job=job)
+    if not ids:
+        raise ValidationFailed(_("Select at least one contact."), code="empty")
+    return StaticMembersStart(changed=change(segment=segment, contact_ids=ids))
+
+
+def _enqueue_static_members(job_id: int) -> None:
+    from segments import tasks  # tasks imports this module
+
+    tasks.static_members.delay(job_id)
+
+
+def segment_static_members_job_run(*, job_id: int) -> None:
+    """Advance an add-to (or remove-from) static list job by up to STATIC_JOB_BATCHES_PER_RUN
+    batches, then re-enqueue it. Safe to run again: each batch commits with the job's cursor,
+    and adding or removing twice changes nothing."""
+    job = (
+        Job.objects.filter(pk=job_id, kind=STATIC_MEMBERS_JOB_KIND)
+        .select_related("created_by")
+        .first()
+    )
+    if job is None or jobs.job_is_finished(job):
+        return
+    cursor = int(job.result.get("cursor", 0))
+    processed = int(job.result.get("processed", 0))
+    changed = int(job.result.get("changed", 0))
+    if cursor == 0:
+        jobs.job_start(job_id=job.pk)
+    params = job.params
+    segment = Segment.objects.filter(
+        pk=params.get("segment_id"), kind=SegmentKind.STATIC, is_archived=False
+    ).first()
+    actor = job.created_by
+    if segment is None or actor is None:
+        jobs.job_fail(
+            job_id=job.pk, error=_("The static list or the user who started the job is gone.")
+        )
+        return
+    change = segment_static_remove if params.get("remove") else segment_static_add
+    try:
+        target = bulk_target(actor=actor, filter_params=params.get("filter_params"))
+        for _batch in range(STATIC_JOB_BATCHES_PER_RUN):
+            ids = list(
+                target.filter(pk__gt=cursor)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+                .distinct()[:STATIC_JOB_BATCH]
+            )
+            if not ids:
+                break
+            with transaction.atomic():
+                # Read again in the batch's transaction: a contact merged away since is skipped.
+                live = list(
+                    Contact.objects.filter(pk__in=ids, merged_into__isnull=True).values_list(
+                        "pk", flat=True
+                    )
+                )
+                changed += change(segment=segment, contact_ids=live) if live else 0
+                cursor, processed = ids[-1], processed + len(ids)
+                summary = {"cursor": cursor, "processed": processed, "changed": changed}
+                Job.objects.filter(pk=job.pk).update(result=summary, done=processed)
+            if len(ids) < STATIC_JOB_BATCH:
+                break
+        else:
+            _enqueue_static_members(job.pk)
+            return
+    except Exception as exc:
+        logger.exception("static list job %s failed", job.pk)
+        jobs.job_fail(job_id=job.pk, error=_refresh_error_text(exc))
+        return
+    jobs.job_finish(
+        job_id=job.pk, result={"cursor": cursor, "processed": processed, "changed": changed}
+    )
+
+
 # Auto-tags -------------------------------------------------------------------------------------
 
 
@@ -1276,20 +1695,23 @@ def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tupl
     now = timezone.now()
     rules = [rule] if rule is not None else list(segment.auto_tags.filter(is_active=True))
     added = removed = 0
-    members = SegmentMembership.objects.filter(segment=segment).values("contact_id")
+    # Anti-joins (NOT EXISTS), never NOT IN: PostgreSQL hashes a NOT IN list only while it fits
+    # in work_mem, and probes it row by row beyond that (every full refresh runs this).
+    member = SegmentMembership.objects.filter(segment=segment, contact_id=OuterRef("contact_id"))
     for r in rules:
         with transaction.atomic():
+            has_tag = ContactTag.objects.filter(tag=r.tag, contact_id=OuterRef("contact_id"))
             missing = list(
-                members.exclude(
-                    contact_id__in=ContactTag.objects.filter(tag=r.tag).values("contact_id")
-                ).values_list("contact_id", flat=True)
+                SegmentMembership.objects.filter(segment=segment)
+                .filter(~Exists(has_tag))
+                .values_list("contact_id", flat=True)
             )
             tagged = _tag_contacts(r.tag, missing, now)
             untagged: list[int] = []
             if r.remove_on_exit:
                 stale = list(
                     ContactTag.objects.filter(tag=r.tag, source=TagSource.RULE)
-                    .exclude(contact_id__in=members)
+                    .filter(~Exists(member))
                     .values_list("contact_id", flat=True)
                 )
                 untagged = _untag_contacts(r.tag, stale, now)
@@ -1334,12 +1756,59 @@ def auto_tag_rule_create(*, segment: Segment, tag: Tag, remove_on_exit: bool = T
     return rule
 
 
-def segment_refresh_by_id(*, segment_id: int) -> tuple[int, int]:
-    """The worker's entry point for "refresh now" (skips segments archived meanwhile)."""
+REFRESH_JOB_KIND = "segments.refresh"
+
+
+def segment_refresh_request(*, segment: Segment, actor: AbstractBaseUser | None) -> Job:
+    """Queue a full refresh ("refresh now") in the worker; return the job the page watches."""
+    if segment.kind == SegmentKind.STATIC or segment.is_archived:
+        raise ValidationFailed(
+            _("Only an active rule-based segment can be refreshed."), code="not_refreshable"
+        )
+    job = jobs.job_create(
+        kind=REFRESH_JOB_KIND,
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+        params={"segment_id": segment.pk},
+    )
+    Segment.objects.filter(pk=segment.pk).update(refresh_job=job)
+    segment.refresh_job = job
+    transaction.on_commit(lambda: _enqueue_refresh(segment.pk, job.pk))
+    return job
+
+
+def _enqueue_refresh(segment_id: int, job_id: int) -> None:
+    from segments import tasks  # tasks imports this module
+
+    tasks.refresh.delay(segment_id, job_id)
+
+
+def segment_refresh_by_id(*, segment_id: int, job_id: int | None = None) -> tuple[int, int]:
+    """The worker's entry point for "refresh now" (skips segments archived meanwhile). With
+    `job_id`, the job says how it went: the page watching it stops at a failure too."""
+    job = Job.objects.filter(pk=job_id, kind=REFRESH_JOB_KIND).first() if job_id else None
+    if job is not None and jobs.job_is_finished(job):
+        return 0, 0  # a redelivered message: that refresh ran already
     segment = Segment.objects.filter(pk=segment_id, is_archived=False).first()
     if segment is None:
+        if job is not None:
+            jobs.job_fail(
+                job_id=job.pk, error=_("The segment was archived or deleted before it refreshed.")
+            )
         return 0, 0
-    return segment_refresh(segment=segment)
+    if job is not None:
+        jobs.job_start(job_id=job.pk)
+    try:
+        entered, exited = segment_refresh(segment=segment)
+    except Exception as exc:
+        logger.exception("refresh of segment %s failed", segment.pk)
+        now = timezone.now()
+        error = _refresh_failed(segment, exc, now, retry_at=now + REFRESH_RETRY)
+        if job is not None:
+            jobs.job_fail(job_id=job.pk, error=error)
+        return 0, 0
+    if job is not None:
+        jobs.job_finish(job_id=job.pk, result={"entered": entered, "exited": exited})
+    return entered, exited
 
 
 # Static lists from a file ----------------------------------------------------------------------
@@ -1363,12 +1832,26 @@ class StaticImportReport:
     unmatched: list[tuple[int, str, str]]
 
 
+# How every OLE2 compound file begins: an old .xls workbook, or an .xlsx saved with a password
+# (Excel encrypts it into one). Neither can be read.
+OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
 def _read_values(path: Path) -> list[str]:
     """The first column of a CSV (UTF-8/BOM/GBK/GB18030) or xlsx file, header row included
     when it holds a value rather than a title."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".xlsx", ".xlsm"):
+            with path.open("rb") as handle:
+                if handle.read(len(OLE2_SIGNATURE)) == OLE2_SIGNATURE:
+                    raise ValidationFailed(
+                        _(
+                            "The file is a password-protected or old-format (.xls) Excel "
+                            "workbook. Save it as .xlsx without a password, or as CSV."
+                        ),
+                        code="invalid_file",
+                    )
             frame = pd.read_excel(path, header=None, dtype=str, usecols=[0])
         else:
             frame = pd.read_csv(
@@ -1380,9 +1863,14 @@ def _read_values(path: Path) -> list[str]:
                 skip_blank_lines=False,
                 keep_default_na=False,
             )
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
+    except ValidationFailed:
+        raise
+    except Exception as exc:
+        # Whatever a reader raises on an uploaded file is the file's fault, not ours: a broken
+        # archive (BadZipFile), a missing part (KeyError), bad XML, a reader it would need …
         raise ValidationFailed(
-            _("The file could not be read as CSV or Excel: %(error)s") % {"error": exc},
+            _("The file could not be read as CSV or Excel: %(error)s")
+            % {"error": str(exc) or exc.__class__.__name__},
             code="invalid_file",
         ) from exc
     values = ["" if pd.isna(v) else str(v).strip() for v in frame.iloc[:, 0].tolist()]

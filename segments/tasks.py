@@ -13,9 +13,17 @@ def tick() -> dict[str, int]:
     return services.segments_tick()
 
 
+# "Refresh now": the job (absent in messages queued before jobs were passed) is what the page
+# watches, failures included.
 @shared_task(name="segments.refresh")
-def refresh(segment_id: int) -> tuple[int, int]:
-    return services.segment_refresh_by_id(segment_id=segment_id)
+def refresh(segment_id: int, job_id: int | None = None) -> tuple[int, int]:
+    return services.segment_refresh_by_id(segment_id=segment_id, job_id=job_id)
+
+
+# Adding a large filtered contact list to a static list; re-enqueues itself between runs.
+@shared_task(name="segments.static_members", acks_late=True)
+def static_members(job_id: int) -> None:
+    services.segment_static_members_job_run(job_id=job_id)
 
 
 @shared_task(name="segments.refresh_all")

@@ -1,3 +1,4 @@
+import datetime as dt
 import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
@@ -6,18 +7,21 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from contacts.bulk import bulk_target
 from contacts.selectors import contact_search, contact_visible_to
-from core.errors import ValidationFailed
+from core import jobs
+from core.errors import DomainError, ValidationFailed
 from core.htmx import is_fragment_request, render_page
+from core.ids import parse_id
+from core.models import Job, JobStatus
 from core.pagination import keyset_page
 from segments import selectors, services
 from segments.forms import (
@@ -36,9 +40,6 @@ from segments.models import AutoTagRule, Segment, SegmentKind
 PAGE_SIZE = 50
 SAMPLE_SIZE = 10
 SPARK_DAYS = 30
-# Contacts accepted by one "add to static list" request from the contact list: the same bound
-# as the API, so one request never holds a transaction open for long.
-MAX_BULK_IDS = 1000
 VIEW = "segments.view_segment"
 CHANGE = "segments.change_segment"
 ADD = "segments.add_segment"
@@ -73,7 +74,7 @@ def segment_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "segments/segment_list.html", context, fragment="segment-table")
 
 
-def _detail_context(request: HttpRequest, segment: Segment) -> dict:
+def _detail_context(request: HttpRequest, segment: Segment, static_job: Job | None) -> dict:
     members = keyset_page(
         selectors.segment_members(segment=segment), after=request.GET.get("after"), size=PAGE_SIZE
     )
@@ -88,24 +89,73 @@ def _detail_context(request: HttpRequest, segment: Segment) -> dict:
             segment.dependents.filter(is_archived=False).values_list("name", flat=True)
         ),
         "can_change": request.user.has_perm(CHANGE),
-        **_refresh_context(segment, request.GET.get("refreshing")),
+        **_static_job_context(segment, static_job),
+        **_refresh_context(segment, _refresh_job(segment), request.GET.get("refreshing")),
     }
 
 
-def _refresh_context(segment: Segment, since: str | None) -> dict:
-    """While a queued refresh runs, the page polls its status with the stamp it waits to move."""
-    if since is None:
+def _refresh_job(segment: Segment, job_id: int | None = None) -> Job | None:
+    """The segment's "refresh now" job: the one asked for, or the latest."""
+    job_id = job_id or segment.refresh_job_id
+    if job_id is None:
+        return None
+    job = Job.objects.filter(pk=job_id, kind=services.REFRESH_JOB_KIND).first()
+    if job is None or job.params.get("segment_id") != segment.pk:
+        return None
+    return job
+
+
+def _refresh_context(segment: Segment, job: Job | None, since: str | None = None) -> dict:
+    """While a queued refresh runs, the page polls its status: by its job (which also says when
+    it failed), or, for pages opened before refreshes had jobs, by the stamp it waits to move."""
+    url = reverse("segments:refresh_status", args=[segment.pk])
+    if job is not None and not jobs.job_is_finished(job):
+        return {"pending": True, "status_url": f"{url}?{urlencode({'job': job.pk})}"}
+    if since is None or parse_id(since) is not None:
         return {"pending": False}
     since = "" if since == "-" else since
-    url = reverse("segments:refresh_status", args=[segment.pk])
     return {"pending": True, "status_url": f"{url}?{urlencode({'since': since})}"}
+
+
+def _static_job(request: HttpRequest, segment: Segment) -> Job | None:
+    """The add-to-list job the page was opened to watch (`?job=`), if it is this list's and
+    the user's to see."""
+    job_id = parse_id(request.GET.get("job"))
+    if job_id is None:
+        return None
+    job = (
+        jobs.jobs_visible_to(user=request.user)
+        .filter(kind=services.STATIC_MEMBERS_JOB_KIND, pk=job_id)
+        .first()
+    )
+    if job is None or job.params.get("segment_id") != segment.pk:
+        return None
+    return job
+
+
+def _static_job_context(segment: Segment, job: Job | None) -> dict:
+    if job is None:
+        return {"static_job": None}
+    url = reverse("segments:detail", args=[segment.pk])
+    return {
+        "static_job": job,
+        "job": job,
+        "poll_url": f"{url}?{urlencode({'job': job.pk})}",
+        "result_template": "segments/_static_job_result.html",
+    }
 
 
 @login_required
 @permission_required(VIEW, raise_exception=True)
 def segment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     segment = _get_segment(pk)
-    context = _detail_context(request, segment)
+    static_job = _static_job(request, segment)
+    context = _detail_context(request, segment, static_job)
+    if static_job is not None and is_fragment_request(request) and "after" not in request.GET:
+        # The add-to-list progress polls this page for its own block.
+        response = render(request, "segments/segment_detail.html#job-progress", context)
+        patch_vary_headers(response, ["HX-Request"])
+        return response
     return render_page(request, "segments/segment_detail.html", context, fragment="segment-members")
 
 
@@ -224,8 +274,7 @@ def segment_preview(request: HttpRequest) -> HttpResponse:
     """The live count and a few sample contacts of the rule being edited."""
     if not (request.user.has_perm(ADD) or request.user.has_perm(CHANGE)):
         raise PermissionDenied
-    segment_id = request.POST.get("segment")
-    segment_id = int(segment_id) if segment_id and segment_id.isdigit() else None
+    segment_id = parse_id(request.POST.get("segment"))
     rule = rule_from_post(request.POST)
     context: dict = {"error": None}
     try:
@@ -251,35 +300,66 @@ def segment_preview(request: HttpRequest) -> HttpResponse:
 @permission_required(CHANGE, raise_exception=True)
 @require_POST
 def segment_refresh(request: HttpRequest, pk: int) -> HttpResponse:
-    """Queue a full refresh in the worker; the page polls until last_refreshed_at moves."""
-    from segments import tasks
-
+    """Queue a full refresh in the worker; the page polls its job until it ends."""
     segment = _get_segment(pk)
-    if segment.kind == SegmentKind.STATIC or segment.is_archived:
-        messages.error(request, _("Only an active rule-based segment can be refreshed."))
+    try:
+        job = services.segment_refresh_request(segment=segment, actor=request.user)
+    except ValidationFailed as exc:
+        messages.error(request, exc.message)
         return redirect("segments:detail", pk=segment.pk)
-    since = segment.last_refreshed_at.isoformat() if segment.last_refreshed_at else ""
-    transaction.on_commit(lambda: tasks.refresh.delay(segment.pk))
     if is_fragment_request(request):
-        context = {"segment": segment, **_refresh_context(segment, since or "-")}
+        context = {"segment": segment, **_refresh_context(segment, job)}
         return render(request, "segments/segment_detail.html#refresh-status", context)
     messages.info(request, _("Refresh queued; the page shows the new count once it is done."))
-    return redirect(f"{reverse('segments:detail', args=[segment.pk])}?refreshing={since or '-'}")
+    return redirect(f"{reverse('segments:detail', args=[segment.pk])}?refreshing={job.pk}")
+
+
+def _parse_since(raw: str) -> dt.datetime | None:
+    """The `since` stamp of a legacy status poll; ValueError when it is not a date and time."""
+    if raw in ("", "-"):
+        return None
+    moment = parse_datetime(raw)  # None when malformed, ValueError when out of range
+    if moment is None:
+        raise ValueError(raw)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment
 
 
 @login_required
 @permission_required(VIEW, raise_exception=True)
 def segment_refresh_status(request: HttpRequest, pk: int) -> HttpResponse:
-    """Polled while a refresh runs: pending until last_refreshed_at is newer than `since`."""
+    """Polled while a refresh runs: pending until its job ends (or, without a job, until
+    last_refreshed_at is newer than `since`); a failed refresh shows its error and stops."""
     segment = _get_segment(pk)
-    since = parse_datetime(request.GET.get("since") or "")
-    done = segment.last_refreshed_at is not None and (
-        since is None or segment.last_refreshed_at > since
-    )
-    context = {"segment": segment, **_refresh_context(segment, request.GET.get("since") or "-")}
-    context["pending"] = not done
+    raw_job = request.GET.get("job")
+    failure = None
+    if raw_job is not None:
+        job_id = parse_id(raw_job)
+        job = _refresh_job(segment, job_id) if job_id is not None else None
+        if job is None:
+            return HttpResponseBadRequest(_("Unknown refresh job."))
+        if job.status == JobStatus.FAILED:
+            failure = job.error or job.get_status_display()
+        reload = jobs.job_is_finished(job) and failure is None
+        context = {"segment": segment, **_refresh_context(segment, job)}
+    else:
+        try:
+            since = _parse_since(request.GET.get("since") or "")
+        except ValueError:
+            return HttpResponseBadRequest(_("“since” must be a date and time."))
+        done = segment.last_refreshed_at is not None and (
+            since is None or segment.last_refreshed_at > since
+        )
+        context = {
+            "segment": segment,
+            **_refresh_context(segment, None, request.GET.get("since") or "-"),
+        }
+        context["pending"] = not done
+        reload = done and since is not None
+    context["refresh_failure"] = failure
     response = render(request, "segments/segment_detail.html#refresh-status", context)
-    if done and since is not None:
+    if reload:
         # The member list changed: reload it along with the counters.
         response["HX-Trigger"] = "segment-refreshed"
     return response
@@ -393,11 +473,12 @@ def _posted_contact_ids(request: HttpRequest) -> list[int]:
     )
     ids = []
     for value in raw:
-        if not str(value).isdigit():
+        contact_id = parse_id(value)
+        if contact_id is None:
             raise ValidationFailed(
                 _("“%(value)s” is not a contact id.") % {"value": value}, code="invalid"
             )
-        ids.append(int(value))
+        ids.append(contact_id)
     return ids
 
 
@@ -409,46 +490,51 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
 
     Form contract: `segment` (a static list id), `operation` (add | remove, default add), and
     either `contact_ids[]` (selected rows) or `all_matching=1` plus the contact list's filter
-    parameters (q, tag, source, lifecycle_stage, …), which are re-evaluated here.
+    parameters (q, tag, source, lifecycle_stage, …), which are re-evaluated here. A filtered
+    list above the inline limit goes to a background job, which the list's page then shows.
     """
-    segment = get_object_or_404(
-        Segment.objects.filter(is_archived=False), pk=request.POST.get("segment") or 0
-    )
+    segment_id = parse_id(request.POST.get("segment"))
+    if segment_id is None:
+        raise Http404
+    segment = get_object_or_404(Segment.objects.filter(is_archived=False), pk=segment_id)
     back = request.POST.get("next") or reverse("segments:detail", args=[segment.pk])
     if not back.startswith("/") or back.startswith("//"):
         back = reverse("segments:detail", args=[segment.pk])
+    remove = request.POST.get("operation") == "remove"
     try:
         # The same target the contact list's tag bulk action uses: chosen ids or the list
-        # filter, always within what this user may see.
+        # filter, always within what this user may see. A large filtered list goes to a job.
         if request.POST.get("all_matching") == "1" or request.POST.get("scope") == "all":
-            target = bulk_target(actor=request.user, filter_params=dict(request.POST.lists()))
-            ids = list(target.values_list("pk", flat=True)[: MAX_BULK_IDS + 1])
-        else:
-            ids = _posted_contact_ids(request)
-            visible = set(
-                bulk_target(actor=request.user, contact_ids=ids).values_list("pk", flat=True)
-            )
-            if set(ids) - visible:
-                raise ValidationFailed(_("Some of these contacts are not visible to you."))
-        if not ids:
-            raise ValidationFailed(_("Select at least one contact."))
-        if len(ids) > MAX_BULK_IDS:
-            raise ValidationFailed(
-                _("At most %(max)s contacts at a time; narrow the filter.") % {"max": MAX_BULK_IDS}
-            )
-        if request.POST.get("operation") == "remove":
-            n = services.segment_static_remove(segment=segment, contact_ids=ids)
-            messages.success(
-                request,
-                _("%(n)s contacts removed from “%(name)s”.") % {"n": n, "name": segment.name},
+            started = services.segment_static_members_start(
+                segment=segment,
+                actor=request.user,
+                remove=remove,
+                filter_params=dict(request.POST.lists()),
             )
         else:
-            n = services.segment_static_add(segment=segment, contact_ids=ids)
-            messages.success(
-                request, _("%(n)s contacts added to “%(name)s”.") % {"n": n, "name": segment.name}
+            started = services.segment_static_members_start(
+                segment=segment,
+                actor=request.user,
+                remove=remove,
+                contact_ids=_posted_contact_ids(request),
             )
     except ValidationFailed as exc:
         messages.error(request, exc.message)
+        return redirect(back)
+    if started.job is not None:
+        text = (
+            _("Removing %(n)s contacts from “%(name)s” in the background.")
+            if remove
+            else _("Adding %(n)s contacts to “%(name)s” in the background.")
+        )
+        messages.info(request, text % {"n": started.job.total, "name": segment.name})
+        url = reverse("segments:detail", args=[segment.pk])
+        return redirect(f"{url}?{urlencode({'job': started.job.pk})}")
+    if remove:
+        text = _("%(n)s contacts removed from “%(name)s”.")
+    else:
+        text = _("%(n)s contacts added to “%(name)s”.")
+    messages.success(request, text % {"n": started.changed, "name": segment.name})
     return redirect(back)
 
 
@@ -477,19 +563,23 @@ def segment_explain(request: HttpRequest, pk: int) -> HttpResponse:
     visible = contact_visible_to(user=request.user).filter(merged_into__isnull=True)
     query = (request.GET.get("q") or "").strip()
     contact, candidates, lines = None, [], []
-    contact_id = request.GET.get("contact")
-    if contact_id and contact_id.isdigit():
-        contact = visible.filter(pk=int(contact_id)).first()
-    elif query.isdigit() and visible.filter(pk=int(query)).exists():
-        contact = visible.get(pk=int(query))
+    contact_id, query_id = parse_id(request.GET.get("contact")), parse_id(query)
+    if contact_id is not None:
+        contact = visible.filter(pk=contact_id).first()
+    elif query_id is not None and visible.filter(pk=query_id).exists():
+        contact = visible.get(pk=query_id)
     elif query:
         candidates = list(contact_search(qs=visible, query=query).order_by("-pk")[:10])
         if len(candidates) == 1:
             contact, candidates = candidates[0], []
-    membership = None
+    membership, error = None, None
+    tree = None
     if contact is not None:
         membership = selectors.segment_membership_of(segment=segment, contact_id=contact.pk)
-        tree = selectors.segment_explain(segment=segment, contact=contact)
+        try:
+            tree = selectors.segment_explain(segment=segment, contact=contact)
+        except DomainError as exc:  # a stored rule that can no longer be evaluated
+            error = exc.message
         names = Names.for_rule(segment.rule)
 
         def walk(node, depth):
@@ -511,6 +601,7 @@ def segment_explain(request: HttpRequest, pk: int) -> HttpResponse:
         "lines": lines,
         "membership": membership,
         "matches_now": lines[0]["matched"] if lines else None,
+        "error": error,
     }
     return render_page(request, "segments/segment_explain.html", context, fragment="explain")
 

@@ -1,7 +1,7 @@
 """Consent records and the current consent state."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils.translation import gettext as _
 
 from contacts.models import (
@@ -10,14 +10,50 @@ from contacts.models import (
     ConsentPurpose,
     ConsentRecord,
     Contact,
+    Event,
 )
 from contacts.services.events import event_record
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
+from core.sql import contains_nul
+
+# A call's request_id becomes the event_id of its consent event, so the events table's unique
+# index is what makes a retried call find its first answer (no column of its own is needed).
+REQUEST_EVENT_PREFIX = "consent:"
+MAX_REQUEST_ID = 50
+CONSENT_EVENTS = ("consent_granted", "consent_withdrawn")
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, code="invalid_field", details={"field": field})
+
+
+def _request_reused(request_id: str) -> ValidationFailed:
+    return ValidationFailed(
+        _("request_id '%(id)s' was already used for another consent.") % {"id": request_id},
+        code="request_id_reused",
+        details={"field": "request_id"},
+    )
+
+
+def _record_of_request(request_id: str) -> ConsentRecord | None:
+    """The record an earlier call with this request_id made, if there was one."""
+    event = (
+        Event.objects.filter(event_id=REQUEST_EVENT_PREFIX + request_id)
+        .only("name", "properties")
+        .first()
+    )
+    if event is None:
+        return None
+    record_id = event.properties.get("record_id") if event.name in CONSENT_EVENTS else None
+    record = ConsentRecord.objects.filter(pk=record_id).first() if record_id else None
+    if record is None:  # an event the client sent itself happens to carry this id
+        raise _request_reused(request_id)
+    return record
+
+
+def _same_call(record: ConsentRecord, **call) -> bool:
+    return all(getattr(record, name) == value for name, value in call.items())
 
 
 @transaction.atomic
@@ -31,8 +67,14 @@ def consent_record(
     notice_version: str = "",
     evidence: dict | None = None,
     actor: AbstractBaseUser | None = None,
+    request_id: str = "",
 ) -> ConsentRecord:
-    """Append a consent record and make it the contact's current state for channel/purpose."""
+    """Append a consent record and make it the contact's current state for channel/purpose.
+
+    Safe to retry: a call with the `request_id` of an earlier one returns that call's record,
+    and a call without one that repeats the current record (same state, source, notice version,
+    evidence and actor) returns it; neither appends a record or an event.
+    """
     if channel not in ConsentChannel.values:
         raise _invalid(
             "channel",
@@ -56,7 +98,8 @@ def consent_record(
             _("Field '%(field)s' is required and at most %(max)s characters.")
             % {"field": "source", "max": 50},
         )
-    if len(notice_version or "") > 30:
+    notice_version = notice_version or ""
+    if len(notice_version) > 30:
         raise _invalid(
             "notice_version",
             _("Field '%(field)s' is longer than %(max)s characters.")
@@ -66,35 +109,89 @@ def consent_record(
         raise _invalid(
             "evidence", _("Field '%(field)s' must be an object.") % {"field": "evidence"}
         )
-    record = ConsentRecord.objects.create(
-        contact=contact,
-        channel=channel,
-        purpose=purpose,
-        granted=granted,
-        source=source,
-        notice_version=notice_version or "",
-        evidence=evidence or {},
-        actor=actor,
+    evidence = evidence or {}
+    request_id = request_id or ""
+    if not isinstance(request_id, str):
+        raise _invalid("request_id", _("Field '%(field)s' must be text.") % {"field": "request_id"})
+    if len(request_id) > MAX_REQUEST_ID:
+        raise _invalid(
+            "request_id",
+            _("Field '%(field)s' is longer than %(max)s characters.")
+            % {"field": "request_id", "max": MAX_REQUEST_ID},
+        )
+    # PostgreSQL's text and jsonb cannot store U+0000: refuse it by name, not with a 500.
+    for field, value in (
+        ("source", source),
+        ("notice_version", notice_version),
+        ("evidence", evidence),
+        ("request_id", request_id),
+    ):
+        if contains_nul(value):
+            raise _invalid(
+                field, _("Field '%(field)s' must not contain the NUL character.") % {"field": field}
+            )
+    call = {
+        "channel": channel,
+        "purpose": purpose,
+        "granted": granted,
+        "source": source,
+        "notice_version": notice_version,
+        "evidence": evidence,
+        "actor_id": actor.pk if actor is not None else None,
+    }
+    # One consent call per contact at a time: two copies of a retried call must not both miss
+    # each other's record and both append one.
+    list(Contact.objects.select_for_update().filter(pk=contact.pk).values_list("pk"))
+    if request_id:
+        earlier = _record_of_request(request_id)
+        if earlier is not None:
+            if earlier.contact_id != contact.pk or not _same_call(earlier, **call):
+                raise _request_reused(request_id)
+            return earlier
+    else:
+        current = (
+            Consent.objects.filter(contact=contact, channel=channel, purpose=purpose)
+            .select_related("record")
+            .first()
+        )
+        if current is not None and _same_call(current.record, **call):
+            return current.record
+    try:
+        with transaction.atomic():
+            record = _append(contact=contact, call=call, request_id=request_id)
+    except IntegrityError:
+        # Only a call with the same request_id for another contact, at the same moment, can
+        # have taken the event_id since the check above.
+        event_id = REQUEST_EVENT_PREFIX + request_id
+        if not request_id or not Event.objects.filter(event_id=event_id).exists():
+            raise
+        raise _request_reused(request_id) from None
+    contact_id = contact.pk
+    transaction.on_commit(
+        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=["consent"]),
+        robust=True,
     )
+    return record
+
+
+def _append(*, contact: Contact, call: dict, request_id: str) -> ConsentRecord:
+    record = ConsentRecord.objects.create(contact=contact, **call)
     Consent.objects.update_or_create(
         contact=contact,
-        channel=channel,
-        purpose=purpose,
-        defaults={"granted": granted, "updated_at": record.recorded_at, "record": record},
+        channel=record.channel,
+        purpose=record.purpose,
+        defaults={"granted": record.granted, "updated_at": record.recorded_at, "record": record},
     )
     event_record(
         contact=contact,
-        name="consent_granted" if granted else "consent_withdrawn",
+        name=CONSENT_EVENTS[0] if record.granted else CONSENT_EVENTS[1],
         properties={
-            "channel": channel,
-            "purpose": purpose,
-            "source": source,
-            "notice_version": notice_version or "",
+            "channel": record.channel,
+            "purpose": record.purpose,
+            "source": record.source,
+            "notice_version": record.notice_version,
             "record_id": record.pk,
         },
-    )
-    contact_id = contact.pk
-    transaction.on_commit(
-        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=["consent"])
+        event_id=REQUEST_EVENT_PREFIX + request_id if request_id else "",
     )
     return record

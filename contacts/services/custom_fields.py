@@ -5,6 +5,8 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from django.db import transaction
+from django.db.models import ProtectedError
 from django.utils.translation import gettext as _
 
 from contacts.models import (
@@ -111,3 +113,23 @@ def custom_fields_validate(*, values: dict[str, Any]) -> dict[str, Any]:
             )
         cleaned[key] = _custom_value(definition, raw)
     return cleaned
+
+
+def custom_field_delete(*, field: CustomField) -> None:
+    """Delete a custom field definition (the values stay in the contacts' attributes).
+
+    Refused while something reads the field — a segment rule, a lead-scoring condition: they
+    protect it (on_delete=PROTECT, defined in the apps that read it) and could no longer be
+    evaluated without it. Deactivate the field instead to hide it from forms.
+    """
+    try:
+        with transaction.atomic():
+            field.delete()
+    except ProtectedError as exc:
+        readers = sorted(str(obj) for obj in exc.protected_objects)
+        raise ValidationFailed(
+            _("The custom field “%(field)s” is in use (%(readers)s); change those rules first.")
+            % {"field": field.label, "readers": "; ".join(readers)},
+            code="field_in_use",
+            details={"field": field.key, "readers": readers},
+        ) from exc

@@ -23,6 +23,7 @@ PASSIVE_EVENTS = frozenset(
     {
         "contact_merged",
         "merge_undone",
+        "identity_conflict",
         "profile_updated",
         "note_added",
         "follow_up_done",

@@ -1,5 +1,6 @@
 """Identity normalisation and resolution: find or create the contact identities point to."""
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,15 +10,18 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
 
 from contacts.models import (
     Contact,
+    Event,
     Identity,
     IdentityKind,
 )
 from contacts.selectors import contact_follow_merges
-from contacts.services.merge import contact_merge, merge_blocked_with
+from contacts.services.events import event_record
+from contacts.services.merge import MergeRefused, contact_merge, merge_blocked_with
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
@@ -30,6 +34,12 @@ COLUMN_TRAITS = {
 MAX_ATTRIBUTE_KEYS = 100
 # Numbers without a country code are read as Chinese (11-digit mobiles, landlines with area code).
 DEFAULT_PHONE_REGION = "CN"
+# Identity kinds that are also a profile column of the same name.
+COLUMN_IDENTITY_KINDS = (IdentityKind.PHONE, IdentityKind.EMAIL)
+# Timeline event recording identities that point to contacts identify did not merge.
+CONFLICT_EVENT = "identity_conflict"
+# Attempts of one identify call: a concurrent call may win an insert or a merge it also needed.
+IDENTIFY_ATTEMPTS = 3
 
 
 @dataclass
@@ -77,7 +87,7 @@ def normalize_identity(identity: IdentityInput) -> IdentityInput:
             _("Identity '%(kind)s' has an empty value.") % {"kind": identity.kind},
             code="invalid_identity",
         )
-    if len(value) > 191:
+    if len(value) > Identity._meta.get_field("value").max_length:
         raise ValidationFailed(
             _("Identity '%(kind)s' is too long.") % {"kind": identity.kind},
             code="invalid_identity",
@@ -167,15 +177,37 @@ def _attach_identities(contact: Contact, identities: list[IdentityInput]) -> Non
         )
 
 
+def identity_follow_column(*, contact: Contact, kind: str, old: str, new: str) -> None:
+    """Make a contact's phone or email identity follow the column's change from `old` to `new`.
+
+    A corrected phone replaces the wrong one: the old value stops finding the contact, the new
+    one finds it. The caller first makes sure that no other contact holds the new value (a
+    PATCH refuses, identify merges); should one have attached it concurrently, the plain INSERT
+    raises IntegrityError instead of handing back that contact's row.
+    """
+    mine = Identity.objects.filter(contact=contact, kind=kind, app_id="")
+    if old and old != new:
+        mine.filter(value=old).delete()
+    if new and not mine.filter(value=new).exists():
+        Identity.objects.create(contact=contact, kind=kind, app_id="", value=new)
+
+
 def strong_identity_kinds() -> set[str]:
     """Identity kinds trusted enough to merge two contacts automatically."""
     return set(settings.SCRM_STRONG_IDENTITY_KINDS)
 
 
 def identify(
-    *, identities: list[IdentityInput], traits: dict[str, Any] | None = None, source: str = "api"
+    *,
+    identities: list[IdentityInput],
+    traits: dict[str, Any] | None = None,
+    source: str = "api",
+    via: str = "identify",
 ) -> IdentifyResult:
-    """Find or create the contact the identities point to, then apply traits."""
+    """Find or create the contact the identities point to, then apply traits.
+
+    `via` names the API call (identify, events) in the conflicts recorded for operators.
+    """
     if not identities:
         raise ValidationFailed(_("At least one identity is required."), code="invalid_identity")
     normalized = [normalize_identity(i) for i in identities]
@@ -190,12 +222,18 @@ def identify(
     # exactly one win, and the loser's attempt rolls back to its savepoint and runs again. Each
     # attempt's queries are new statements, so (READ COMMITTED on PostgreSQL, serialised
     # IMMEDIATE transactions on SQLite) the retry sees the winner's committed rows.
-    for attempt in range(3):
+    for attempt in range(IDENTIFY_ATTEMPTS):
+        last = attempt == IDENTIFY_ATTEMPTS - 1
         try:
             with transaction.atomic():
-                return _identify_once(unique, columns, attributes, source)
+                return _identify_once(unique, columns, attributes, source, via)
         except IntegrityError:
-            if attempt == 2:
+            if last:
+                raise
+        except MergeRefused as exc:
+            # Two calls decided to merge the same contacts; this one waited for the other's row
+            # locks and found the merge done. Looking again follows it to the survivor.
+            if exc.code != "already_merged" or last:
                 raise
     raise AssertionError("unreachable")
 
@@ -204,20 +242,75 @@ def _oldest(contacts: list[Contact]) -> Contact:
     return min(contacts, key=lambda c: (c.created_at, c.pk))
 
 
+IdentityKey = tuple[str, str, str]
+
+
+def _key(identity: IdentityInput | Identity) -> IdentityKey:
+    return (identity.kind, identity.app_id, identity.value)
+
+
+def _conflicts_record(
+    *,
+    contact: Contact,
+    others: list[Contact],
+    owners: dict[IdentityKey, int],
+    reason: str,
+    source: str,
+    via: str,
+) -> None:
+    """Put each conflict on both contacts' timelines, once however often a call repeats it."""
+    for other in others:
+        # The call's identities that point to the contact not chosen: they are what an operator
+        # reviews, and (unlike the chosen contact's, which the call may add to) a retry of the
+        # call carries exactly the same ones.
+        linking = sorted(key for key, owner in owners.items() if owner == other.pk)
+        identities = [{"kind": kind, "app_id": app_id} for kind, app_id, _value in linking]
+        for on, about in ((contact, other), (other, contact)):
+            # The identity values only enter a keyed hash: event ids are shown where a phone
+            # number is not.
+            digest = salted_hmac(
+                "contacts.identity_conflict",
+                json.dumps([on.pk, about.pk, reason, linking]),
+                algorithm="sha256",
+            ).hexdigest()
+            event_id = f"conflict-{digest[:48]}"
+            if Event.objects.filter(event_id=event_id).exists():
+                continue
+            try:
+                with transaction.atomic():
+                    event_record(
+                        contact=on,
+                        name=CONFLICT_EVENT,
+                        event_id=event_id,
+                        properties={
+                            "other_contact_id": about.pk,
+                            "identities": identities,
+                            "reason": reason,
+                            "source": source,
+                            "via": via,
+                        },
+                    )
+            except IntegrityError:
+                continue  # a concurrent retry of the same call recorded it first
+
+
 def _identify_once(
     identities: list[IdentityInput],
     columns: dict[str, Any],
     attributes: dict[str, Any],
     source: str,
+    via: str,
 ) -> IdentifyResult:
     found = _find_identities(identities)
     # Identities of a merged contact moved to the survivor, but follow the link anyway.
     by_id: dict[int, Contact] = {}
+    owners: dict[IdentityKey, int] = {}
     strong_ids: set[int] = set()
     strong = strong_identity_kinds()
     for row in found:
         contact = contact_follow_merges(contact=row.contact)
         by_id[contact.pk] = contact
+        owners[_key(row)] = contact.pk
         if row.kind in strong:
             strong_ids.add(contact.pk)
     created = False
@@ -241,9 +334,18 @@ def _identify_once(
             # The call's identities and traits belong to one of two people declared distinct,
             # and nothing says which: write none of them rather than link the two again.
             contact = Contact.objects.get(pk=survivor.pk)
+            _conflicts_record(
+                contact=contact,
+                others=[by_id[pk] for pk in conflicts],
+                owners=owners,
+                reason="not_same_person",
+                source=source,
+                via=via,
+            )
             if merged:
                 transaction.on_commit(
-                    lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk])
+                    lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk]),
+                    robust=True,
                 )
             return IdentifyResult(
                 contact=contact, created=False, merged=merged, conflicts=conflicts
@@ -254,12 +356,36 @@ def _identify_once(
         ordered = sorted(by_id)
         contact = Contact.objects.select_for_update().get(pk=ordered[0])
         conflicts = ordered[1:]
+        _conflicts_record(
+            contact=contact,
+            others=[by_id[pk] for pk in conflicts],
+            owners=owners,
+            reason="weak_identity",
+            source=source,
+            via=via,
+        )
     else:
         contact = Contact(source=columns.get("source", "") or source)
         created = True
-    known = {(r.kind, r.app_id, r.value) for r in found}
-    new = [i for i in identities if (i.kind, i.app_id, i.value) not in known]
-    for key, value in columns.items():
+    values = dict(columns)
+    # A phone or email sent as an identity (a mini-program's getPhoneNumber) fills an empty
+    # column, so that search, messages and exports find it; a trait or a value already there
+    # wins, and an identity of a contact kept apart as a conflict is not this contact's.
+    own = {contact.pk, *merged}
+
+    def is_own(key: IdentityKey) -> bool:
+        return owners.get(key) is None or owners[key] in own
+
+    for kind in COLUMN_IDENTITY_KINDS:
+        if kind in values or getattr(contact, kind):
+            continue
+        carried = [
+            i.value for i in identities if i.kind == kind and i.app_id == "" and is_own(_key(i))
+        ]
+        if carried:
+            values[kind] = carried[0]
+    old = {kind: getattr(contact, kind) for kind in COLUMN_IDENTITY_KINDS}
+    for key, value in values.items():
         setattr(contact, key, value)
     if attributes:
         # A custom field sent as null or "" is cleared, as in a PATCH.
@@ -270,15 +396,32 @@ def _identify_once(
     if contact.first_seen_at is None:
         contact.first_seen_at = now
     contact.save()
+    # As a PATCH does: a new phone or email replaces the old one as an identity.
+    # Not when another contact, kept apart as a conflict, holds the value: it is not this
+    # contact's to take (only possible when phone or email are not strong kinds).
+    followed = [
+        kind
+        for kind in COLUMN_IDENTITY_KINDS
+        if kind in values and is_own((kind, "", values[kind]))
+    ]
+    for kind in followed:
+        identity_follow_column(contact=contact, kind=kind, old=old[kind], new=values[kind])
+    new = [
+        i
+        for i in identities
+        if _key(i) not in owners
+        and not (i.kind in followed and i.app_id == "" and i.value == values[i.kind])
+    ]
     _attach_identities(contact, new)
     contact_id = contact.pk
     # A new contact changes everything a rule can read; a known one what the call brought.
     topics = None
     if not created:
-        topics = [*columns, "last_seen_at", "first_seen_at"]
+        topics = [*values, "last_seen_at", "first_seen_at"]
         topics += ["attributes"] if attributes else []
-        topics += ["identities"] if new else []
+        topics += ["identities"] if new or followed else []
     transaction.on_commit(
-        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics)
+        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics),
+        robust=True,
     )
     return IdentifyResult(contact=contact, created=created, merged=merged, conflicts=conflicts)

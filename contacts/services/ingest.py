@@ -19,6 +19,7 @@ from contacts.selectors import contact_follow_merges
 from contacts.services.events import events_stored
 from contacts.services.identity import IdentityInput, identify
 from core.errors import ValidationFailed
+from core.ids import MAX_ID
 from core.sql import bigint_array, contains_nul, text_array
 
 
@@ -55,7 +56,19 @@ def _validate_event(item: EventInput) -> str | None:
         return "occurred_at is in the future."
     if contains_nul(item.properties):
         return "properties must not contain the NUL character (\\u0000)."
+    if item.contact_id is not None and not 1 <= item.contact_id <= MAX_ID:
+        return f"contact_id must be between 1 and {MAX_ID}."
+    # Points and revenue count once per event_id; a purchase without its order's own id could
+    # not even be traced when resent under a new event_id, so it is refused, not guessed.
+    if item.name == "purchase" and not _is_order_id(item.properties.get("order_id")):
+        return "A purchase needs properties.order_id: the order's id (text or a number)."
     return None
+
+
+def _is_order_id(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
@@ -135,7 +148,8 @@ def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> in
         return contact_follow_merges(contact=contact).pk
     if not item.identities:
         raise ValidationFailed(_("Either contact_id or identities is required."))
-    return identify(identities=item.identities, source=item.source).contact.pk
+    # Conflicts are not lost with the answer: identify puts them on the contacts' timelines.
+    return identify(identities=item.identities, source=item.source, via="events").contact.pk
 
 
 def _store_events(rows: list[tuple[int, Event]]) -> set[int]:

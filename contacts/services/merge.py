@@ -204,12 +204,66 @@ def contact_merge(
     return record
 
 
-def _restore_fields(contact: Contact, saved: dict[str, Any], fields: list[str] | None) -> None:
+def _reference_exists(field: Any, value: Any) -> bool:
+    # Locked (FOR NO KEY UPDATE: foreign key checks elsewhere still pass) so that the row cannot
+    # be deleted between this check and the commit that points at it again.
+    target = field.related_model._base_manager.select_for_update(no_key=True)
+    return target.filter(**{field.target_field.attname: value}).exists()
+
+
+def _restore_fields(contact: Contact, saved: dict[str, Any], fields: list[str] | None) -> list[str]:
+    """Set the saved values back; return the references that could not be, their row gone.
+
+    A store or owner deleted since the merge cannot be pointed at again: a nullable reference
+    comes back empty, any other keeps the contact's current value.
+    """
+    missing: list[str] = []
     for f in Contact._meta.concrete_fields:
         if f.attname in ("id", "created_at", "updated_at", "merged_into_id"):
             continue
-        if fields is None or f.attname in fields:
-            setattr(contact, f.attname, f.to_python(saved.get(f.attname)))
+        if fields is not None and f.attname not in fields:
+            continue
+        value = f.to_python(saved.get(f.attname))
+        if value is not None and f.many_to_one and not _reference_exists(f, value):
+            missing.append(f.name)
+            if not f.null:
+                continue
+            value = None
+        setattr(contact, f.attname, value)
+    return missing
+
+
+def _consent_follow_records(contact: Contact) -> None:
+    """Make each current consent state of `contact` that of its own latest record.
+
+    After an undo each contact holds its own records again, plus those made on it since the
+    merge: its state must follow them, never a snapshot from before a later withdrawal.
+    """
+    latest: dict[tuple[str, str], ConsentRecord] = {}
+    for row in ConsentRecord.objects.filter(contact=contact).order_by("recorded_at", "pk"):
+        latest[(row.channel, row.purpose)] = row
+    for state in Consent.objects.filter(contact=contact):
+        row = latest.pop((state.channel, state.purpose), None)
+        if row is None:
+            # A state that came with the other contact's records, which went back with them.
+            state.delete()
+        elif (state.record_id, state.granted, state.updated_at) != (
+            row.pk,
+            row.granted,
+            row.recorded_at,
+        ):
+            Consent.objects.filter(pk=state.pk).update(
+                granted=row.granted, updated_at=row.recorded_at, record=row
+            )
+    for (channel, purpose), row in latest.items():
+        Consent.objects.create(
+            contact=contact,
+            channel=channel,
+            purpose=purpose,
+            granted=row.granted,
+            updated_at=row.recorded_at,
+            record=row,
+        )
 
 
 @transaction.atomic
@@ -244,12 +298,10 @@ def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = 
         ("contacts.consent", Consent),
     ):
         _move(model, moved.get(label, []), duplicate)
-    for row in moved.get("contacts.consent_replaced", []):
-        Consent.objects.filter(pk=row["id"]).update(
-            granted=row["granted"],
-            updated_at=dt.datetime.fromisoformat(row["updated_at"]),
-            record_id=row["record_id"],
-        )
+    # Not the replaced states from the merge's record ("contacts.consent_replaced"): a consent
+    # withdrawn since the merge would be granted again.
+    for contact in (survivor, duplicate):
+        _consent_follow_records(contact)
 
     # The survivor gets back only what the merge filled in and nobody changed since.
     before, theirs = record.snapshot["survivor"], record.snapshot["duplicate"]
@@ -259,14 +311,14 @@ def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = 
         for name in record.snapshot.get("filled", [])
         if survivor_now.get(name) == theirs.get(name)
     ]
-    _restore_fields(survivor, before, refill)
+    missing = _restore_fields(survivor, before, refill)
     attributes = dict(survivor.attributes)
     for key in record.snapshot.get("added_attributes", []):
         if key in attributes and attributes[key] == theirs["attributes"].get(key):
             attributes.pop(key)
     survivor.attributes = attributes
     survivor.save()
-    _restore_fields(duplicate, theirs, None)
+    missing_on_duplicate = _restore_fields(duplicate, theirs, None)
     duplicate.merged_into = None
     duplicate.save()
 
@@ -274,22 +326,25 @@ def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = 
     record.save(update_fields=["undone_at"])
     # Otherwise the next identify carrying the same strong identities merges them again.
     merge_block_add(contact=survivor, other=duplicate, actor=actor, reason="merge undone")
+    # References whose row was deleted since the merge (a store, an owner), per contact.
+    not_restored = {
+        str(contact.pk): fields
+        for contact, fields in ((survivor, missing), (duplicate, missing_on_duplicate))
+        if fields
+    }
     for contact in (survivor, duplicate):
-        event_record(
-            contact=contact,
-            name="merge_undone",
-            properties={
-                "survivor_id": survivor.pk,
-                "duplicate_id": duplicate.pk,
-                "merge_id": record.pk,
-            },
-        )
-    _audit(
-        actor=actor,
-        action="contact.merge_undo",
-        contact=survivor,
-        details={"duplicate_id": duplicate.pk, "merge_id": record.pk},
-    )
+        properties = {
+            "survivor_id": survivor.pk,
+            "duplicate_id": duplicate.pk,
+            "merge_id": record.pk,
+        }
+        if not_restored.get(str(contact.pk)):
+            properties["not_restored"] = not_restored[str(contact.pk)]
+        event_record(contact=contact, name="merge_undone", properties=properties)
+    details: dict[str, Any] = {"duplicate_id": duplicate.pk, "merge_id": record.pk}
+    if not_restored:
+        details["not_restored"] = not_restored
+    _audit(actor=actor, action="contact.merge_undo", contact=survivor, details=details)
     return duplicate
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -19,7 +19,12 @@ from contacts.models import (
 )
 from contacts.services.custom_fields import custom_fields_validate
 from contacts.services.events import event_record
-from contacts.services.identity import IdentityInput, normalize_identity, normalize_phone
+from contacts.services.identity import (
+    IdentityInput,
+    identity_follow_column,
+    normalize_identity,
+    normalize_phone,
+)
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.sql import contains_nul
@@ -218,16 +223,18 @@ def contact_update(
     for key, value in values.items():
         if getattr(contact, key) != value:
             if key in (IdentityKind.PHONE, IdentityKind.EMAIL):
-                old = getattr(contact, key)
-                # A corrected phone or email replaces the wrong one as an identity.
-                if old:
-                    Identity.objects.filter(
-                        contact=contact, kind=key, app_id="", value=old
-                    ).delete()
-                if value:
-                    Identity.objects.get_or_create(
-                        kind=key, app_id="", value=value, defaults={"contact": contact}
-                    )
+                try:
+                    with transaction.atomic():
+                        identity_follow_column(
+                            contact=contact, kind=key, old=getattr(contact, key), new=value
+                        )
+                except IntegrityError:
+                    # Another contact attached the value since the check above.
+                    raise ValidationFailed(
+                        _("This value was just attached to another contact; reload and retry."),
+                        code="identity_taken",
+                        details={"field": key},
+                    ) from None
             setattr(contact, key, value)
             changed.append(key)
     topics = list(changed)
@@ -258,6 +265,7 @@ def contact_update(
         topics.append("attributes")
     contact_id = contact.pk
     transaction.on_commit(
-        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics)
+        lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics),
+        robust=True,
     )
     return contact

@@ -17,6 +17,8 @@ from contacts.models import (
 from contacts.services.events import event_record, events_append
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
+from core.ids import parse_id
+from core.sql import contains_nul
 
 
 def tag_expiry_check(*, expires_at: dt.datetime | None) -> dt.datetime | None:
@@ -69,7 +71,10 @@ def contact_tag_add(
             properties["expires_at"] = expires_at.isoformat()
         event_record(contact=contact, name="tag_added", properties=properties)
         transaction.on_commit(
-            lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk], changed=["tags"])
+            lambda: contact_changed.send(
+                sender=Contact, contact_ids=[contact.pk], changed=["tags"]
+            ),
+            robust=True,
         )
     return created
 
@@ -87,7 +92,10 @@ def contact_tag_remove(
             properties={"tag_id": tag.pk, "tag": str(tag)},
         )
         transaction.on_commit(
-            lambda: contact_changed.send(sender=Contact, contact_ids=[contact.pk], changed=["tags"])
+            lambda: contact_changed.send(
+                sender=Contact, contact_ids=[contact.pk], changed=["tags"]
+            ),
+            robust=True,
         )
     return bool(deleted)
 
@@ -111,7 +119,8 @@ def tag_delete(*, tag: Tag) -> int:
     )
     if contact_ids:
         transaction.on_commit(
-            lambda: contact_changed.send(sender=Contact, contact_ids=contact_ids, changed=["tags"])
+            lambda: contact_changed.send(sender=Contact, contact_ids=contact_ids, changed=["tags"]),
+            robust=True,
         )
     return len(contact_ids)
 
@@ -120,11 +129,16 @@ def tags_resolve(*, refs: list[Any]) -> list[Tag]:
     """Find tags by id or by "group/name"; every reference must exist."""
     tags: list[Tag] = []
     for ref in refs:
+        if contains_nul(ref):
+            raise ValidationFailed(
+                _("A tag must not contain the NUL character."),
+                code="invalid_tag",
+                details={"tag": ref},
+            )
         tag = None
-        if isinstance(ref, int) and not isinstance(ref, bool):
-            tag = Tag.objects.select_related("group").filter(pk=ref).first()
-        elif isinstance(ref, str) and ref.strip().isdigit():
-            tag = Tag.objects.select_related("group").filter(pk=int(ref)).first()
+        tag_id = parse_id(ref)
+        if tag_id is not None:
+            tag = Tag.objects.select_related("group").filter(pk=tag_id).first()
         elif isinstance(ref, str) and "/" in ref:
             group, _slash, name = ref.strip().partition("/")
             tag = (
@@ -200,6 +214,7 @@ def contact_tags_expire(*, now: dt.datetime | None = None) -> int:
             transaction.on_commit(
                 lambda ids=changed: contact_changed.send(
                     sender=Contact, contact_ids=ids, changed=["tags"]
-                )
+                ),
+                robust=True,
             )
         total += len(due)

@@ -10,6 +10,7 @@ register = template.Library()
 
 # Human labels for the event names the product itself records or documents for clients.
 EVENT_LABELS = {
+    "identity_conflict": _("Identity conflict"),
     "message_sent": _("Message sent"),
     "message_failed": _("Message failed"),
     "message_skipped": _("Message skipped"),

@@ -9,23 +9,29 @@ Semantics worth knowing (docs/segments.md says the same for operators):
 - a negative operator (neq, not_in, not_contains) also matches contacts whose value is unset;
 - text matching with contains/startswith ignores case; eq/in are exact;
 - dates compare in the brand's time zone (settings.TIME_ZONE): "on 2026-05-01" is that local day;
-- "within the last N days" is [now − N days, now]; "more than N days ago" is before now − N
-  days and never matches an unset value;
+- "in the last N days" is the span from now − N days (from local midnight today when N is 0)
+  until now plus the clock skew the event ingest accepts (MAX_CLOCK_SKEW); a date is in it when
+  any part of its day is, i.e. today and the N days before. "More than N days ago" is before
+  now − N days (a date: before today − N) and never matches an unset value;
+- an anniversary on Feb 29 falls on Feb 28 in a year without Feb 29;
 - event count and sum treat a contact without matching events as 0 (so "spent < 100" includes
   non-buyers); avg, first and last never match a contact without matching events;
+- sums and averages of event values are exact: computed in whole cents (the value column's
+  smallest unit), the average rounded to a cent, halves away from zero;
 - expired tag assignments do not count.
 """
 
+import calendar
 import datetime as dt
+import math
 from decimal import Decimal
 from typing import Any
 
 from django.db import NotSupportedError
 from django.db.models import (
-    Avg,
+    BigIntegerField,
     BooleanField,
     Count,
-    DecimalField,
     Exists,
     F,
     Func,
@@ -38,8 +44,10 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.models import Consent, ContactTag, Event, Identity, IdentityKind
+from contacts.services import MAX_CLOCK_SKEW
 from segments.rules.schema import (
     BOOL,
     CHOICE,
@@ -53,6 +61,7 @@ from segments.rules.schema import (
     field_spec,
     normalise_operator,
     parse_date,
+    rule_error,
 )
 
 REF_LOOKUPS = {"owner": "owner_id", "store": "store_id", "lifecycle_stage": "lifecycle_stage_id"}
@@ -62,6 +71,10 @@ REACHABLE_IDENTITY = {
     "wecom": IdentityKind.WECOM_EXTERNAL_USERID,
 }
 NOTHING = Q(pk__in=[])
+# Event values are compared in whole units of the value column's last decimal place (cents).
+VALUE_SCALE = 10 ** Event._meta.get_field("value").decimal_places
+# Bounds of a 64-bit integer: SQLite cannot take a bigger parameter.
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 class JSONKeyIs(Func):
@@ -92,6 +105,51 @@ class JSONKeyIs(Func):
         raise NotSupportedError("Segment rules support PostgreSQL and SQLite.")
 
 
+class Cents(Func):
+    """A decimal column in whole units of its last decimal place, as a 64-bit integer.
+
+    SQLite keeps decimals as floating point: its SUM of ten 49.90 is 498.99999999999994, so
+    "spent ≥ 499" would differ from PostgreSQL's exact numeric. Whole numbers add up exactly on
+    both (a value has at most `decimal_places` decimals, so the rounding only removes the float
+    error).
+    """
+
+    template = "CAST(ROUND(%(expressions)s * %(scale)s) AS BIGINT)"
+    output_field = BigIntegerField()
+
+    def __init__(self, field: str, scale: int) -> None:
+        super().__init__(F(field), scale=int(scale))
+
+
+class RoundedQuotient(Func):
+    """numerator / denominator (whole numbers) rounded to a whole number, halves away from zero,
+    in integer arithmetic on both databases; NULL when the denominator is 0."""
+
+    output_field = BigIntegerField()
+
+    def as_sql(self, compiler, connection, **extra):
+        (num, num_params), (den, den_params) = (
+            compiler.compile(expression) for expression in self.source_expressions
+        )
+        den = f"NULLIF({den}, 0)"
+        # SQLite's / on integers and PostgreSQL's DIV both truncate towards zero (there, a SUM
+        # of bigints is numeric, whose / keeps the fraction).
+        quotient = "DIV({}, {})" if connection.vendor == "postgresql" else "(({}) / ({}))"
+        away_up = quotient.format(f"2 * ({num}) + {den}", f"2 * {den}")
+        away_down = quotient.format(f"2 * ({num}) - {den}", f"2 * {den}")
+        sql = f"(CASE WHEN ({num}) >= 0 THEN {away_up} ELSE {away_down} END)"
+        params = (
+            *num_params,
+            *num_params,
+            *den_params,
+            *den_params,
+            *num_params,
+            *den_params,
+            *den_params,
+        )
+        return sql, params
+
+
 def compile_rule(rule: dict, *, now: dt.datetime | None = None, scope: Any = None) -> Q:
     """Compile a validated rule into a Q over Contact (evaluated as of `now`).
 
@@ -110,13 +168,19 @@ class Compiler:
 
     # Structure ---------------------------------------------------------------------------------
 
-    def node(self, node: dict) -> Q:
+    def node(self, node: dict, path: str = "rule") -> Q:
+        """`path` names the node in errors, as the validator does (`rule.conditions[2]`)."""
         if "op" in node:
-            parts = [self.node(child) for child in node["conditions"]]
+            parts = [
+                self.node(child, f"{path}.conditions[{i}]")
+                for i, child in enumerate(node["conditions"])
+            ]
             if node["op"] == "or":
                 return _any(parts)
             combined = _all(parts)
             return ~combined if node["op"] == "not" else combined
+        if node["type"] == "attribute":
+            return self.attribute(node, path)
         return getattr(self, node["type"])(node)
 
     # Time helpers ------------------------------------------------------------------------------
@@ -127,10 +191,26 @@ class Compiler:
     def days_ago(self, days: int) -> dt.datetime:
         return self.now - dt.timedelta(days=days)
 
+    def last_days(self, days: int) -> tuple[dt.datetime, dt.datetime]:
+        """[low, high) of "in the last N days" for moments; "the last 0 days" is today so far
+        (as a date field's is today), not an empty instant."""
+        low = self.days_ago(days) if days else self.day_start(self.today)
+        # Events are accepted up to MAX_CLOCK_SKEW ahead of the server's clock (a client whose
+        # clock runs fast); they happened "now" and must count at once, not after a full refresh.
+        return low, self.now + MAX_CLOCK_SKEW + dt.timedelta(microseconds=1)
+
     # Condition kinds ---------------------------------------------------------------------------
 
-    def attribute(self, node: dict) -> Q:
+    def attribute(self, node: dict, path: str = "rule") -> Q:
         spec = field_spec(node["field"])
+        if spec is None:
+            # A stored rule can outlive the custom field it reads (validation ran when it was
+            # saved): say which condition to change instead of failing somewhere inside.
+            raise rule_error(
+                f"{path}.field",
+                _("field '%(field)s' no longer exists: change or remove this condition")
+                % {"field": node["field"]},
+            )
         if spec.custom is not None:
             return self.json_field(
                 "attributes", spec.custom.key, spec, node["operator"], node.get("value")
@@ -180,7 +260,7 @@ class Compiler:
             first, last = self._date_range(operator, value)
             return first, (last + one if last is not None else None)
         if operator == "within_last_days":
-            return self.days_ago(value), self.now + dt.timedelta(microseconds=1)
+            return self.last_days(value)
         if operator == "more_than_days_ago":
             return None, self.days_ago(value)
         first, last = self._date_range(operator, value)
@@ -201,24 +281,37 @@ class Compiler:
             return None, day - dt.timedelta(days=1)
         return day + dt.timedelta(days=1), None  # after
 
-    def anniversary_days(self, days: int) -> list[dt.date]:
-        return [self.today + dt.timedelta(days=i) for i in range(min(days, 366) + 1)]
+    def anniversary_days(self, days: int) -> list[tuple[int, int]]:
+        """(month, day) of today and the next `days` days, in order; in a year without Feb 29,
+        Feb 28 also stands for it (whoever was born on Feb 29 celebrates on Feb 28)."""
+        out = []
+        for i in range(min(days, 366) + 1):
+            day = self.today + dt.timedelta(days=i)
+            out.append((day.month, day.day))
+            if (day.month, day.day) == (2, 28) and not calendar.isleap(day.year):
+                out.append((2, 29))
+        return out
 
     def anniversary(self, lookup: str, days: int) -> Q:
         """Month and day within the next `days` days, whatever the year (birthdays)."""
-        by_month: dict[int, list[int]] = {}
-        for day in self.anniversary_days(days):
-            by_month.setdefault(day.month, []).append(day.day)
+        # One day range per run of consecutive days in a month: a window of nearly a year
+        # starts and ends in the same month, with a gap between that must not match.
+        runs: list[list[int]] = []
+        for month, day in self.anniversary_days(days):
+            if runs and runs[-1][0] == month and runs[-1][2] == day - 1:
+                runs[-1][2] = day
+            else:
+                runs.append([month, day, day])
         return _any(
             [
                 Q(
                     **{
                         f"{lookup}__month": month,
-                        f"{lookup}__day__gte": min(days_),
-                        f"{lookup}__day__lte": max(days_),
+                        f"{lookup}__day__gte": first,
+                        f"{lookup}__day__lte": last,
                     }
                 )
-                for month, days_ in by_month.items()
+                for month, first, last in runs
             ]
         )
 
@@ -259,7 +352,7 @@ class Compiler:
             return ~(present & has) if operator == "not_contains" else present & has
         if spec.type == DATE:
             if operator == "anniversary_within_days":
-                suffixes = {f"-{d:%m-%d}" for d in self.anniversary_days(value)}
+                suffixes = {f"-{m:02d}-{d:02d}" for m, d in self.anniversary_days(value)}
                 return present & _any([Q(**{f"{path}__endswith": s}) for s in sorted(suffixes)])
             low, high = self.date_bounds(DATE, operator, value)
             q = present
@@ -294,7 +387,8 @@ class Compiler:
         events = Event.objects.filter(name=node["name"])
         window = node.get("window") or {}
         if "last_days" in window:
-            events = events.filter(occurred_at__gte=self.days_ago(window["last_days"]))
+            low, high = self.last_days(window["last_days"])
+            events = events.filter(occurred_at__gte=low, occurred_at__lt=high)
         elif window:
             first, last = parse_date(window["from"]), parse_date(window["to"])
             events = events.filter(
@@ -316,17 +410,24 @@ class Compiler:
             test = self.dates("m", DATETIME, operator, value)
             return Q(pk__in=grouped.annotate(m=aggregate).filter(test).values("contact_id"))
         if measure == "count":
-            aggregate = Count("id")
+            aggregate, scale = Count("id"), 1
         elif measure == "sum":
             aggregate = Coalesce(
-                Sum("value"), Value(Decimal(0)), output_field=DecimalField(max_digits=20)
+                Sum(Cents("value", VALUE_SCALE)), Value(0), output_field=BigIntegerField()
             )
+            scale = VALUE_SCALE
         else:
-            aggregate = Avg("value")
-        value = [Decimal(str(v)) for v in value] if isinstance(value, list) else Decimal(str(value))
-        test = _compare("m", operator, value)
+            aggregate = RoundedQuotient(Sum(Cents("value", VALUE_SCALE)), Count("value"))
+            scale = VALUE_SCALE
+        low, high = _whole_bounds(operator, value, scale)
+        test = Q(m__isnull=False)
+        if low is not None:
+            test &= Q(m__gte=low)
+        if high is not None:
+            test &= Q(m__lte=high)
         matching = grouped.annotate(m=aggregate)
-        if measure != "avg" and _holds(operator, value, Decimal(0)):
+        zero_holds = (low is None or low <= 0) and (high is None or high >= 0)
+        if measure != "avg" and zero_holds:
             # Zero satisfies the test, so contacts without events match: exclude the others.
             return ~Q(pk__in=matching.filter(~test).values("contact_id"))
         return Q(pk__in=matching.filter(test).values("contact_id"))
@@ -477,17 +578,37 @@ def _compare(lookup: str, operator: str, value: Any) -> Q:
     raise ValueError(f"unknown operator {operator}")
 
 
-def _holds(operator: str, value: Any, x: Decimal) -> bool:
-    """Does the number x satisfy `operator value`? (Used to decide how to treat "no events".)"""
+def _whole_bounds(operator: str, value: Any, scale: int) -> tuple[int | None, int | None]:
+    """Inclusive bounds on n of the numbers n / scale (n whole) that satisfy `operator value`.
+
+    Comparing whole numbers with whole numbers is exact on both databases, whatever decimals
+    the rule's value has: "sum ≥ 49.905" is n ≥ 4991 cents, "sum = 49.905" matches nothing.
+    None is unbounded; low > high matches nothing.
+    """
     if operator == "between":
-        return value[0] <= x <= value[1]
-    return {
-        "eq": x == value,
-        "gt": x > value,
-        "gte": x >= value,
-        "lt": x < value,
-        "lte": x <= value,
-    }[operator]
+        low, high = _ceil(value[0], scale), _floor(value[1], scale)
+    else:
+        low, high = {
+            "eq": (_ceil(value, scale), _floor(value, scale)),
+            "gt": (_floor(value, scale) + 1, None),
+            "gte": (_ceil(value, scale), None),
+            "lt": (None, _ceil(value, scale) - 1),
+            "lte": (None, _floor(value, scale)),
+        }[operator]
+    # No 64-bit sum lies beyond these, and SQLite takes no bigger parameter.
+    if (low is not None and low > BIGINT_MAX) or (high is not None and high < BIGINT_MIN):
+        return 1, 0
+    low = None if low is not None and low < BIGINT_MIN else low
+    high = None if high is not None and high > BIGINT_MAX else high
+    return low, high
+
+
+def _ceil(value: Any, scale: int) -> int:
+    return math.ceil(Decimal(str(value)) * scale)
+
+
+def _floor(value: Any, scale: int) -> int:
+    return math.floor(Decimal(str(value)) * scale)
 
 
 __all__ = ["BOOL", "REF", "Compiler", "compile_rule"]

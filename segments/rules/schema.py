@@ -10,8 +10,10 @@ of each kind, and compiler.py gives each its SQL meaning.
 """
 
 import datetime as dt
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -139,10 +141,16 @@ class FieldSpec:
     custom: CustomField | None = None
 
 
-def _fail(path: str, message: str) -> None:
+def rule_error(path: str, message: str) -> ValidationFailed:
+    """The error for the rule node at `path` (e.g. `rule.conditions[2].value`): the builder shows
+    it at that condition."""
     # `message` is translated where it is raised, so it reads in the language active then: the
     # operator's in the builder, English in the API unless the client sends Accept-Language.
-    raise ValidationFailed(f"{path}: {message}", code="invalid_rule", details={"path": path})
+    return ValidationFailed(f"{path}: {message}", code="invalid_rule", details={"path": path})
+
+
+def _fail(path: str, message: str) -> None:
+    raise rule_error(path, message)
 
 
 def _one_of(choices) -> str:
@@ -175,7 +183,10 @@ def parse_date(value: Any) -> dt.date | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # Python's JSON parser accepts Infinity and NaN, which compare with nothing sensibly.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_days(value: Any) -> bool:
@@ -186,7 +197,8 @@ def validate_rule(rule: Any, *, segment_id: int | None = None) -> None:
     """Raise ValidationFailed naming the offending node's path, e.g. `rule.conditions[2].value`.
 
     `segment_id` is the segment the rule belongs to (if it exists yet), so that a rule reading
-    another segment that (directly or not) reads this one is rejected as a cycle.
+    another segment that (directly or not) reads this one is rejected as a cycle, and so that
+    an archived segment its stored rule already reads may stay in it.
     """
     Validator(segment_id).node(rule, "rule", 0)
 
@@ -195,6 +207,16 @@ class Validator:
     def __init__(self, segment_id: int | None) -> None:
         self.segment_id = segment_id
         self.count = 0
+
+    @cached_property
+    def stored_refs(self) -> set[int]:
+        """The segments this segment's stored rule reads (the rule before this change)."""
+        from segments.models import Segment
+
+        if self.segment_id is None:
+            return set()
+        stored = Segment.objects.filter(pk=self.segment_id).values_list("rule", flat=True)
+        return set().union(*(rule_segment_refs(rule) for rule in stored))
 
     def node(self, node: Any, path: str, depth: int) -> None:
         if not isinstance(node, dict):
@@ -461,6 +483,14 @@ class Validator:
         target = Segment.objects.filter(pk=ref).first()
         if target is None:
             _fail(f"{path}.segment", _("unknown segment %(id)s") % {"id": ref})
+        # An archived segment is no longer refreshed: reading it would read frozen membership.
+        # A rule that already read it when it was archived keeps working and can still be saved.
+        if target.is_archived and ref not in self.stored_refs:
+            _fail(
+                f"{path}.segment",
+                _("segment “%(name)s” is archived: restore it first or choose another")
+                % {"name": target.name},
+            )
         if self.segment_id is not None and self.segment_id in segment_ancestors(target):
             _fail(
                 f"{path}.segment",

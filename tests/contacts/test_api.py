@@ -88,6 +88,7 @@ def test_events_batch_keeps_good_items_and_reports_bad_ones(api):
                 "name": "purchase",
                 "occurred_at": "2026-01-02T10:00:00Z",
                 "identities": [{"kind": "external_id", "value": "crm-9"}],
+                "properties": {"order_id": "20260102-9"},
                 "value": "88.50",
             },
             {

@@ -3,7 +3,8 @@
 On PostgreSQL both calls really interleave: each looks the phone up, finds nothing, creates a
 contact and inserts the phone identity; the unique constraint lets one win and the loser's retry
 must find the winner's contact. SQLite's IMMEDIATE transactions serialise the two calls instead,
-so there the same test checks that the second call simply finds the first one's contact.
+so there the same test checks that the second call simply finds the first one's contact. Two
+calls that decide to merge the same contacts only race on PostgreSQL: that test skips SQLite.
 """
 
 import contextlib
@@ -12,7 +13,7 @@ import threading
 import pytest
 from django.db import connection, connections
 
-from contacts.models import Contact, Identity
+from contacts.models import Contact, Identity, MergeRecord
 from contacts.services import IdentityInput, identify
 from contacts.services import identity as services
 
@@ -42,12 +43,13 @@ def _run_in_threads(count: int, target) -> tuple[list, list]:
     return results, errors
 
 
-def test_two_identify_calls_with_the_same_new_phone_make_exactly_one_contact(monkeypatch):
-    # Hold each call's first look-up until both have looked: both then miss and race to insert.
-    barrier = threading.Barrier(2)
+def _hold_first_lookup(monkeypatch, count: int, timeout: float = 10) -> list[int]:
+    """Make each thread's first identity look-up wait (up to `timeout`) until `count` threads
+    have looked; return the list that records every attempt."""
+    barrier = threading.Barrier(count)
     held: set[int] = set()
     lock = threading.Lock()
-    attempts = []
+    attempts: list[int] = []
     find = services._find_identities
     once = services._identify_once
 
@@ -58,10 +60,8 @@ def test_two_identify_calls_with_the_same_new_phone_make_exactly_one_contact(mon
             first = me not in held
             held.add(me)
         if first:
-            # SQLite: the other thread waits for the write lock, so this times out and the
-            # calls run one after the other, which is the serialisation we rely on there.
             with contextlib.suppress(threading.BrokenBarrierError):
-                barrier.wait(timeout=2)
+                barrier.wait(timeout=timeout)
         return rows
 
     def count_attempts(*args, **kwargs):
@@ -70,6 +70,14 @@ def test_two_identify_calls_with_the_same_new_phone_make_exactly_one_contact(mon
 
     monkeypatch.setattr(services, "_find_identities", find_then_wait)
     monkeypatch.setattr(services, "_identify_once", count_attempts)
+    return attempts
+
+
+def test_two_identify_calls_with_the_same_new_phone_make_exactly_one_contact(monkeypatch):
+    # Hold each call's first look-up until both have looked: both then miss and race to insert.
+    # SQLite: the other thread waits for the write lock, so the wait times out and the calls
+    # run one after the other, which is the serialisation we rely on there.
+    attempts = _hold_first_lookup(monkeypatch, 2, timeout=2)
 
     results, errors = _run_in_threads(
         2,
@@ -92,6 +100,37 @@ def test_two_identify_calls_with_the_same_new_phone_make_exactly_one_contact(mon
     if connection.vendor == "postgresql":
         # The race really happened: the loser's first attempt failed and it tried again.
         assert len(attempts) == 3
+
+
+def test_two_identify_calls_merging_the_same_contacts_converge_on_the_survivor(monkeypatch):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises the two calls: they cannot both decide to merge")
+    known = identify(identities=[IdentityInput("wechat_unionid", "u-race")]).contact
+    visitor = identify(identities=[IdentityInput("anonymous_id", "dev-race")]).contact
+    # Both calls see the two contacts before either merges them: both decide to merge, and the
+    # second waits on the first one's row locks, then finds the visitor merged already.
+    attempts = _hold_first_lookup(monkeypatch, 2)
+
+    results, errors = _run_in_threads(
+        2,
+        lambda n: identify(
+            identities=[
+                IdentityInput("wechat_unionid", "u-race"),
+                IdentityInput("anonymous_id", "dev-race"),
+            ],
+            traits={"city": "杭州"},
+        ),
+    )
+
+    assert errors == []
+    assert [r.contact.pk for r in results] == [known.pk, known.pk]
+    assert sorted(r.merged for r in results) == [[], [visitor.pk]]
+    assert MergeRecord.objects.get().duplicate_id == visitor.pk
+    assert Contact.objects.get(pk=visitor.pk).merged_into_id == known.pk
+    assert Contact.objects.get(pk=known.pk).city == "杭州"
+    assert set(Identity.objects.values_list("contact_id", flat=True)) == {known.pk}
+    # The race really happened: the loser's first attempt was refused and it looked again.
+    assert len(attempts) == 3
 
 
 def test_many_concurrent_identify_calls_converge_on_one_contact():

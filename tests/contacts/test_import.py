@@ -245,7 +245,11 @@ def test_reimport_is_idempotent(django_capture_on_commit_callbacks):
     second = run(upload(content), django_capture_on_commit_callbacks)
 
     assert first.result["created"] == 3
-    assert (second.result["created"], second.result["updated"]) == (0, 3)
+    assert (second.result["created"], second.result["updated"], second.result["unchanged"]) == (
+        0,
+        0,
+        3,
+    )
     assert (Contact.objects.count(), Identity.objects.count(), ContactTag.objects.count()) == counts
 
 

@@ -427,6 +427,7 @@ def test_identify_purchase_after_merge_pays_the_survivor(tiers):
                 event_id="order-9",
                 identities=[IdentityInput("phone", "13800138010")],
                 value=Decimal("99.00"),
+                properties={"order_id": "9"},
             )
         ]
     )

@@ -124,7 +124,13 @@ def test_events_record_reports_each_item_and_never_duplicates():
             _event("e1", contact),  # repeated inside the batch
             _event("e2", contact, occurred_at=future),
             EventInput(event_id="e3", name="x", occurred_at=timezone.now(), contact_id=999999),
-            _event("e4", contact, name="purchase", value=Decimal("12.50")),
+            _event(
+                "e4",
+                contact,
+                name="purchase",
+                value=Decimal("12.50"),
+                properties={"order_id": "o-4"},
+            ),
         ]
     )
     assert [o.status for o in outcomes] == [

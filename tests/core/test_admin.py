@@ -29,6 +29,8 @@ NOT_IN_ADMIN = {
     # registered, so deleting a segment needs no permission on them.
     "segments.SegmentTagRef",
     "segments.LeadScoreRuleTagRef",  # the same, for lead-score profile-fit rules
+    "segments.SegmentFieldRef",  # the same, for the custom fields rules read
+    "segments.LeadScoreRuleFieldRef",
 }
 
 

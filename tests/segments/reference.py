@@ -5,19 +5,23 @@ obvious, and the oracle the property-based tests compare the compiled SQL agains
 the semantics documented in segments/rules/compiler.py and docs/segments.md.
 """
 
+import calendar
 import datetime as dt
 from collections import defaultdict
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.utils import timezone
 
 from contacts.models import Consent, Contact, ContactTag, CustomField, Event, Identity
+from contacts.services import MAX_CLOCK_SKEW
 from membership.models import Member
 from segments.models import Influence, RFMScore, SegmentMembership
 
 LEGACY = {"within_days": "within_last_days", "before_days": "more_than_days_ago"}
 REF_ATTR = {"owner": "owner_id", "store": "store_id", "lifecycle_stage": "lifecycle_stage_id"}
+# An average is compared rounded to the value's own precision (a cent), halves away from zero.
+CENT = Decimal(1).scaleb(-Event._meta.get_field("value").decimal_places)
 IDENTITY_FOR = {
     "wechat_oa": "wechat_openid",
     "miniprogram": "miniprogram_openid",
@@ -67,6 +71,15 @@ class World:
 
     def local_date(self, moment: dt.datetime) -> dt.date:
         return timezone.localtime(moment).date()
+
+    def in_last_days(self, moment: dt.datetime, days: int) -> bool:
+        """From this time N days ago (0 days: from local midnight) until now, and the few
+        minutes ahead that the event ingest accepts from a fast client clock."""
+        if days:
+            since = self.now - dt.timedelta(days=days)
+        else:
+            since = timezone.localtime(self.now).replace(hour=0, minute=0, second=0, microsecond=0)
+        return since <= moment <= self.now + MAX_CLOCK_SKEW
 
     def c_attribute(self, node: dict, c: Contact) -> bool:
         field, op, value = (
@@ -170,11 +183,15 @@ class World:
         if op == "more_than_days_ago":
             return raw < self.today - dt.timedelta(days=value)
         if op == "anniversary_within_days":
-            days = {
-                ((self.today + dt.timedelta(days=i)).month, (self.today + dt.timedelta(days=i)).day)
-                for i in range(min(value, 366) + 1)
-            }
-            return (raw.month, raw.day) in days
+            for i in range(min(value, 366) + 1):
+                day = self.today + dt.timedelta(days=i)
+                if (raw.month, raw.day) == (day.month, day.day):
+                    return True
+                # Born on Feb 29: the anniversary is Feb 28 in a year without Feb 29.
+                leap_day_moved = (raw.month, raw.day) == (2, 29) and not calendar.isleap(day.year)
+                if leap_day_moved and (day.month, day.day) == (2, 28):
+                    return True
+            return False
         low, high = self.date_bounds(op, value)
         return (low is None or raw >= low) and (high is None or raw <= high)
 
@@ -186,7 +203,7 @@ class World:
         if raw is None:
             return False
         if op == "within_last_days":
-            return self.now - dt.timedelta(days=value) <= raw <= self.now
+            return self.in_last_days(raw, value)
         if op == "more_than_days_ago":
             return raw < self.now - dt.timedelta(days=value)
         low, high = self.date_bounds(op, value)
@@ -208,8 +225,7 @@ class World:
         events = [e for e in self.events[c.pk] if e.name == node["name"]]
         window = node.get("window") or {}
         if "last_days" in window:
-            since = self.now - dt.timedelta(days=window["last_days"])
-            events = [e for e in events if e.occurred_at >= since]
+            events = [e for e in events if self.in_last_days(e.occurred_at, window["last_days"])]
         elif window:
             first = dt.date.fromisoformat(window["from"])
             last = dt.date.fromisoformat(window["to"])
@@ -237,7 +253,8 @@ class World:
             return compare(sum(values, Decimal(0)), op, value)
         if not values:
             return False
-        return compare(sum(values, Decimal(0)) / len(values), op, value)
+        average = (sum(values, Decimal(0)) / len(values)).quantize(CENT, rounding=ROUND_HALF_UP)
+        return compare(average, op, value)
 
     def c_membership(self, node: dict, c: Contact) -> bool:
         member = self.members.get(c.pk)

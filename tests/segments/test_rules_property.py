@@ -3,6 +3,7 @@ plain-Python reference evaluation (tests/segments/reference.py), on SQLite and P
 
 import datetime as dt
 import uuid
+from collections import defaultdict
 from decimal import Decimal
 
 import pytest
@@ -24,6 +25,7 @@ from contacts.models import (
     Tag,
     TagGroup,
 )
+from contacts.services import MAX_CLOCK_SKEW
 from membership.models import Member, Tier
 from segments.models import Influence, RFMLayer, RFMScore, Segment, SegmentMembership
 from segments.rules import compile_rule, validate_rule
@@ -39,69 +41,114 @@ HOBBIES = ["跑步", "yoga", "Yoga2"]
 
 # --- data ------------------------------------------------------------------------------------
 
-offsets = st.integers(min_value=-200 * 24, max_value=0).map(lambda h: NOW + dt.timedelta(hours=h))
-maybe_moment = st.none() | offsets
-maybe_date = st.none() | st.integers(min_value=-800, max_value=60).map(
-    lambda d: TODAY + dt.timedelta(days=d)
-)
+MIDNIGHT = timezone.make_aware(dt.datetime.combine(TODAY, dt.time.min))
+# The edges of "in the last N days": local midnight (where "the last 0 days" starts), and the
+# clock skew the event ingest accepts from a fast client clock (5 minutes), either side of it.
+EDGE_MOMENTS = [
+    MIDNIGHT - dt.timedelta(microseconds=1),
+    MIDNIGHT,
+    NOW + dt.timedelta(minutes=1),
+    NOW + MAX_CLOCK_SKEW,
+    NOW + MAX_CLOCK_SKEW + dt.timedelta(microseconds=1),
+    NOW + dt.timedelta(minutes=6),
+]
+# Feb 29 has its anniversary on Feb 28 of 2027 (258 days after TODAY), which has no Feb 29.
+LEAP_DAYS = [dt.date(2000, 2, 29), dt.date(2024, 2, 29), dt.date(1999, 2, 28), dt.date(1999, 3, 1)]
 
-contact_data = st.fixed_dictionaries(
+offsets = st.one_of(
+    st.integers(min_value=-200 * 24, max_value=0).map(lambda h: NOW + dt.timedelta(hours=h)),
+    # Today so far, and a few minutes ahead: where "the last 0 days" and the skew apply.
+    st.integers(min_value=-11 * 60, max_value=10).map(lambda m: NOW + dt.timedelta(minutes=m)),
+    st.sampled_from(EDGE_MOMENTS),
+)
+maybe_moment = st.none() | offsets
+maybe_date = (
+    st.none()
+    | st.integers(min_value=-800, max_value=60).map(lambda d: TODAY + dt.timedelta(days=d))
+    | st.sampled_from(LEAP_DAYS)
+)
+# Amounts with cents: SQLite adds decimals as floating point, where 0.10 + 0.20 is not 0.30 and
+# about a quarter of the sums of two or three of these are not exact; 0.01 and 0.02 average to
+# a half cent; refunds are negative.
+AMOUNTS = [
+    *("0.10", "0.20", "0.70", "49.90", "33.33", "33.34", "0.01", "0.02", "150.50"),
+    *("-0.01", "-0.02", "7", "12", "150", "300"),
+]
+
+CONTACT_FIELDS = {
+    "name": st.sampled_from(WORDS),
+    "city": st.sampled_from(WORDS),
+    "phone": st.sampled_from(["", "+8613800000001"]),
+    "email": st.sampled_from(["", "a@example.com"]),
+    "gender": st.sampled_from(["unknown", "female", "male"]),
+    "stage": st.sampled_from(["new", "interested", "first_purchase"]),
+    "store": st.sampled_from([None, 0, 1]),
+    "birthday": maybe_date,
+    "created_at": offsets,
+    "last_active_at": maybe_moment,
+    "lead_score": st.sampled_from([0.0, 10.0, 42.5, 60.0]),
+    "level": st.none() | st.sampled_from([1, 2, 3.5, 10]),
+    "hobby": st.none() | st.lists(st.sampled_from(HOBBIES), max_size=3, unique=True),
+    "vip": st.none() | st.booleans(),
+    "since": maybe_date,
+    "size": st.none() | st.sampled_from(CHOICES),
+    "note": st.none() | st.sampled_from(WORDS[:-1]),
+    "tags": st.lists(st.tuples(st.integers(0, 2), st.sampled_from([None, -5, 5])), max_size=3),
+    "events": st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(EVENT_NAMES),
+                "at": offsets,
+                "value": st.none() | st.integers(0, 300).map(str) | st.sampled_from(AMOUNTS),
+                "properties": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "amount": st.integers(0, 300) | st.just("150"),
+                        "sku": st.sampled_from(SKUS),
+                        "flag": st.booleans(),
+                    },
+                ),
+            }
+        ),
+        max_size=5,
+    ),
+    "member": st.none()
+    | st.fixed_dictionaries(
+        {
+            "tier": st.sampled_from(["silver", "gold"]),
+            "points": st.integers(0, 500),
+            "joined": offsets,
+        }
+    ),
+    "consent": st.sampled_from([None, True, False]),
+    "openid": st.booleans(),
+    "in_segment": st.booleans(),
+    "rfm": st.none() | st.sampled_from(RFMLayer.values[:3]),
+    "influence": st.none() | st.tuples(st.sampled_from([0.0, 5.0, 20.0]), st.booleans()),
+}
+contact_data = st.fixed_dictionaries(CONTACT_FIELDS)
+# Contacts whose events (mostly purchases, mostly with an amount) add up to the edge cases.
+edge_contact_data = st.fixed_dictionaries(
     {
-        "name": st.sampled_from(WORDS),
-        "city": st.sampled_from(WORDS),
-        "phone": st.sampled_from(["", "+8613800000001"]),
-        "email": st.sampled_from(["", "a@example.com"]),
-        "gender": st.sampled_from(["unknown", "female", "male"]),
-        "stage": st.sampled_from(["new", "interested", "first_purchase"]),
-        "store": st.sampled_from([None, 0, 1]),
-        "birthday": maybe_date,
-        "created_at": offsets,
-        "last_active_at": maybe_moment,
-        "lead_score": st.sampled_from([0.0, 10.0, 42.5, 60.0]),
-        "level": st.none() | st.sampled_from([1, 2, 3.5, 10]),
-        "hobby": st.none() | st.lists(st.sampled_from(HOBBIES), max_size=3, unique=True),
-        "vip": st.none() | st.booleans(),
-        "since": maybe_date,
-        "size": st.none() | st.sampled_from(CHOICES),
-        "note": st.none() | st.sampled_from(WORDS[:-1]),
-        "tags": st.lists(st.tuples(st.integers(0, 2), st.sampled_from([None, -5, 5])), max_size=3),
+        **CONTACT_FIELDS,
         "events": st.lists(
             st.fixed_dictionaries(
                 {
-                    "name": st.sampled_from(EVENT_NAMES),
+                    "name": st.sampled_from(["purchase", "purchase", "view"]),
                     "at": offsets,
-                    "value": st.none() | st.integers(0, 300),
-                    "properties": st.fixed_dictionaries(
-                        {},
-                        optional={
-                            "amount": st.integers(0, 300) | st.just("150"),
-                            "sku": st.sampled_from(SKUS),
-                            "flag": st.booleans(),
-                        },
-                    ),
+                    "value": st.sampled_from([*AMOUNTS, None]),
+                    "properties": st.just({}),
                 }
             ),
-            max_size=5,
+            max_size=6,
         ),
-        "member": st.none()
-        | st.fixed_dictionaries(
-            {
-                "tier": st.sampled_from(["silver", "gold"]),
-                "points": st.integers(0, 500),
-                "joined": offsets,
-            }
-        ),
-        "consent": st.sampled_from([None, True, False]),
-        "openid": st.booleans(),
-        "in_segment": st.booleans(),
-        "rfm": st.none() | st.sampled_from(RFMLayer.values[:3]),
-        "influence": st.none() | st.tuples(st.sampled_from([0.0, 5.0, 20.0]), st.booleans()),
     }
 )
 
 # --- rules -----------------------------------------------------------------------------------
 
-days = st.integers(0, 120)
+# 0 and 1 are where "in the last N days" differs most between dates and moments.
+days = st.integers(0, 120) | st.sampled_from([0, 1])
 a_date = st.integers(-300, 30).map(lambda d: (TODAY + dt.timedelta(days=d)).isoformat())
 date_range = st.tuples(a_date, a_date).map(sorted).map(list)
 
@@ -114,7 +161,9 @@ def date_conditions(field: str, *, anniversary: bool) -> st.SearchStrategy:
         st.tuples(st.sampled_from(["is_set", "not_set"]), st.none()),
     ]
     if anniversary:
-        ops.append(st.tuples(st.just("anniversary_within_days"), st.integers(0, 40)))
+        # 257–259 days reach Feb 27 – Mar 1, 2027; 360 days end in June again, short of TODAY.
+        anniversary_days = st.integers(0, 40) | st.sampled_from([257, 258, 259, 300, 360, 366])
+        ops.append(st.tuples(st.just("anniversary_within_days"), anniversary_days))
     return st.one_of(ops).map(
         lambda ov: {"type": "attribute", "field": field, "operator": ov[0], "value": ov[1]}
     )
@@ -183,28 +232,52 @@ aggregate = st.one_of(
         st.just("between"), st.tuples(st.integers(0, 4), st.integers(0, 4)).map(sorted).map(list)
     ),
 )
-money = st.one_of(
-    st.tuples(
-        st.sampled_from(["eq", "gt", "gte", "lt", "lte"]), st.sampled_from([0, 100, 150.5, 300])
-    ),
-    st.tuples(
-        st.just("between"),
-        st.tuples(st.integers(0, 400), st.integers(0, 400)).map(sorted).map(list),
-    ),
+# Sums and averages of AMOUNTS land on these exactly (0.3, 0.02, 49.9 …) or just beside them.
+money_values = st.sampled_from(
+    [0, 100, 150.5, 300, 0.3, 0.02, 0.015, 0.01, 0.005, 49.9, 33.33, 33.335, -0.01, -0.015]
 )
 
 
-@st.composite
-def event_condition(draw):
-    node = {"type": "event", "name": draw(st.sampled_from(EVENT_NAMES))}
-    measure = draw(
-        st.sampled_from(["performed", "not_performed", "count", "sum", "avg", "first", "last"])
+def money(amounts: list[float], *, on_amounts: bool = False) -> st.SearchStrategy:
+    """Comparisons for sums and averages; `amounts` are the data's own (see amounts_of), the only
+    values compared with when `on_amounts`: right on them, where a sum off by a float's error
+    gives another answer."""
+    if on_amounts and amounts:
+        return st.tuples(st.sampled_from(["eq", "gte", "lte"]), st.sampled_from(amounts))
+    values = money_values | st.sampled_from(amounts) if amounts else money_values
+    return st.one_of(
+        st.tuples(st.sampled_from(["eq", "gt", "gte", "lt", "lte"]), values),
+        st.tuples(
+            st.just("between"),
+            st.tuples(st.integers(0, 400), st.integers(0, 400)).map(sorted).map(list),
+        ),
+        st.tuples(st.just("between"), st.tuples(values, values).map(sorted).map(list)),
     )
+
+
+MEASURES = ("performed", "not_performed", "count", "sum", "avg", "first", "last")
+
+
+@st.composite
+def event_condition(
+    draw,
+    amounts: dict[tuple[str, str], list[float]],
+    measures: tuple[str, ...] = MEASURES,
+    *,
+    narrowed: bool = True,
+):
+    """`narrowed=False`: no window or filter, so that the sum or average of all of a contact's
+    events, the data's own amount, lands right on the comparison."""
+    names = sorted({name for _, name in amounts}) if not narrowed and amounts else EVENT_NAMES
+    node = {"type": "event", "name": draw(st.sampled_from(names))}
+    measure = draw(st.sampled_from(measures))
     node["measure"] = measure
     if measure == "count":
         node["operator"], node["value"] = draw(aggregate)
     elif measure in ("sum", "avg"):
-        node["operator"], node["value"] = draw(money)
+        node["operator"], node["value"] = draw(
+            money(amounts.get((measure, node["name"]), []), on_amounts=not narrowed)
+        )
     elif measure in ("first", "last"):
         node["operator"], node["value"] = draw(
             st.one_of(
@@ -213,6 +286,8 @@ def event_condition(draw):
                 st.tuples(st.just("between"), date_range),
             )
         )
+    if not narrowed:
+        return node
     w = draw(window)
     if w:
         node["window"] = w
@@ -220,7 +295,12 @@ def event_condition(draw):
     return node
 
 
-def leaves(tag_ids: list[int], store_ids: list[int], segment_id: int) -> st.SearchStrategy:
+def leaves(
+    tag_ids: list[int],
+    store_ids: list[int],
+    segment_id: int,
+    amounts: dict[tuple[str, str], list[float]],
+) -> st.SearchStrategy:
     return st.one_of(
         text_condition("name"),
         text_condition("city"),
@@ -298,7 +378,7 @@ def leaves(tag_ids: list[int], store_ids: list[int], segment_id: int) -> st.Sear
             st.sampled_from(["any", "all", "none"]),
             st.lists(st.sampled_from(tag_ids), min_size=1, max_size=3, unique=True),
         ).map(lambda mt: {"type": "tag", "match": mt[0], "tags": mt[1]}),
-        event_condition(),
+        event_condition(amounts),
         st.one_of(
             st.sampled_from(["is_true", "is_false"]).map(
                 lambda op: {"type": "membership", "field": "is_member", "operator": op}
@@ -345,9 +425,35 @@ def leaves(tag_ids: list[int], store_ids: list[int], segment_id: int) -> st.Sear
     )
 
 
-def rules(tag_ids, store_ids, segment_id) -> st.SearchStrategy:
+def edge_leaves(amounts: dict[tuple[str, str], list[float]]) -> st.SearchStrategy:
+    """The conditions where the databases' arithmetic and clocks can differ from the reference:
+    sums and averages of amounts with cents, the ends of "in the last N days" (local midnight,
+    the ingest's clock skew), anniversaries over a Feb 28 without Feb 29."""
+    on_amounts = event_condition(amounts, ("sum", "avg"), narrowed=False)
+    return st.one_of(
+        on_amounts,
+        on_amounts,
+        on_amounts,
+        event_condition(amounts, ("sum", "avg")),
+        event_condition(amounts, ("performed", "first", "last", "count")),
+        date_conditions("birthday", anniversary=True),
+        date_conditions("attributes.since", anniversary=True),
+        date_conditions("created_at", anniversary=False),
+        date_conditions("last_active_at", anniversary=False),
+        days.map(
+            lambda n: {
+                "type": "membership",
+                "field": "joined_at",
+                "operator": "within_last_days",
+                "value": n,
+            }
+        ),
+    )
+
+
+def rules(tag_ids, store_ids, segment_id, amounts=None) -> st.SearchStrategy:
     return st.recursive(
-        leaves(tag_ids, store_ids, segment_id),
+        leaves(tag_ids, store_ids, segment_id, amounts or {}),
         lambda children: st.tuples(
             st.sampled_from(["and", "or", "not"]), st.lists(children, min_size=1, max_size=3)
         ).map(lambda oc: {"op": oc[0], "conditions": oc[1]}),
@@ -466,16 +572,58 @@ def examples(count: int):
     )
 
 
-def drawn_world(data, catalogue) -> tuple[list[dict], World, st.SearchStrategy]:
+def drawn_world(
+    data, catalogue, contacts: st.SearchStrategy = contact_data
+) -> tuple[list[dict], World, st.SearchStrategy]:
     """Random contacts, loaded; their reference evaluation; the strategy of rules over them."""
-    rows = data.draw(st.lists(contact_data, min_size=3, max_size=14), label="contacts")
+    rows = data.draw(st.lists(contacts, min_size=3, max_size=14), label="contacts")
     load(rows, catalogue)
     strategy = rules(
         [t.pk for t in catalogue["tags"]],
         [s.pk for s in catalogue["stores"]],
         catalogue["segment"].pk,
+        amounts_of(rows),
     )
     return rows, World(NOW), strategy
+
+
+def amounts_of(rows: list[dict]) -> dict[tuple[str, str], list[float]]:
+    """By ("sum" or "avg", event name), each contact's sum, or exact and rounded average, of its
+    events' values: a comparison right on one tells an exact sum from a floating-point one,
+    and a rounded average from an unrounded one (0.01 and 0.02 average to 0.015, or 0.02)."""
+    out = defaultdict(set)
+    for row in rows:
+        by_name = defaultdict(list)
+        for e in row["events"]:
+            if e["value"] is not None:
+                by_name[e["name"]].append(Decimal(e["value"]))
+        for name, values in by_name.items():
+            average = sum(values) / len(values)
+            out["sum", name].add(float(sum(values)))
+            out["avg", name] |= {float(average), float(round(average, 2))}
+    return {key: sorted(values) for key, values in out.items()}
+
+
+def assert_matches_the_reference(rule: dict, world: World) -> set[int]:
+    validate_rule(rule)
+    compiled = set(
+        Contact.objects.filter(compile_rule(rule, now=NOW), merged_into__isnull=True).values_list(
+            "pk", flat=True
+        )
+    )
+    expected = world.matching(rule)
+    assert compiled == expected, rule
+    return expected
+
+
+@examples(60)
+@given(data=st.data())
+def test_sums_averages_and_time_edges_match_the_reference_evaluation(catalogue, data):
+    """Drawn among all kinds, these conditions rarely meet data that sits on their edges."""
+    rows, world, _ = drawn_world(data, catalogue, edge_contact_data)
+    strategy = edge_leaves(amounts_of(rows))
+    for _ in range(12):
+        assert_matches_the_reference(data.draw(strategy, label="rule"), world)
 
 
 @examples(60)
@@ -483,15 +631,7 @@ def drawn_world(data, catalogue) -> tuple[list[dict], World, st.SearchStrategy]:
 def test_compiled_rules_match_the_reference_evaluation(catalogue, data):
     rows, world, strategy = drawn_world(data, catalogue)
     for _ in range(8):
-        rule = data.draw(strategy, label="rule")
-        validate_rule(rule)
-        compiled = set(
-            Contact.objects.filter(
-                compile_rule(rule, now=NOW), merged_into__isnull=True
-            ).values_list("pk", flat=True)
-        )
-        expected = world.matching(rule)
-        assert compiled == expected, rule
+        expected = assert_matches_the_reference(data.draw(strategy, label="rule"), world)
         # Shown by --hypothesis-show-statistics: most rules should split the contacts.
         event("some match" if 0 < len(expected) < len(rows) else "all or none match")
 

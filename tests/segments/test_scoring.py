@@ -642,6 +642,7 @@ def test_points_from_events_reach_segments_on_the_score():
                 name="purchase",
                 occurred_at=timezone.now(),
                 contact_id=contact.pk,
+                properties={"order_id": "o-1"},
             )
         ]
     )
