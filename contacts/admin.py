@@ -31,7 +31,11 @@ from contacts.services import (
     normalize_phone,
     tag_delete,
 )
-from contacts.services.custom_fields import custom_field_delete
+from contacts.services.custom_fields import (
+    custom_field_check_change,
+    custom_field_delete,
+    custom_field_save,
+)
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 
@@ -328,11 +332,35 @@ class StaffProfileAdmin(admin.ModelAdmin):
     raw_id_fields = ["user"]
 
 
+class CustomFieldAdminForm(forms.ModelForm):
+    class Meta:
+        model = CustomField
+        fields = ["key", "label", "kind", "choices", "position", "is_active"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        key, kind = data.get("key"), data.get("kind")
+        if self.instance.pk is None or key is None or kind is None:
+            return data
+        # The rules reading the field name it by its key and read it as its type.
+        try:
+            custom_field_check_change(field=self.instance, key=key, kind=kind)
+        except ValidationFailed as exc:
+            stored = CustomField.objects.get(pk=self.instance.pk)
+            self.add_error("key" if key != stored.key else "kind", exc.message)
+        return data
+
+
 @admin.register(CustomField)
 class CustomFieldAdmin(admin.ModelAdmin):
+    form = CustomFieldAdminForm
     list_display = ["position", "key", "label", "kind", "is_active"]
     list_filter = ["kind", "is_active"]
     search_fields = ["key", "label"]
+
+    # Through the service, which checks again under a lock what the form checked.
+    def save_model(self, request, obj: CustomField, form, change) -> None:
+        custom_field_save(field=obj)
 
     # Through the service. A field a segment or lead-scoring rule reads is protected: the
     # confirmation page lists those rules and nothing is deleted.

@@ -212,10 +212,10 @@ def _cell(value: Any) -> Any:
 
 
 def _neutralised(row: list[Any]) -> list[Any]:
-    """The row with every text that a spreadsheet would run as a formula made plain text.
+    """The CSV row with every text that a spreadsheet would run as a formula made plain text.
 
     OWASP's advice for CSV injection: a leading single quote, which Excel and LibreOffice read
-    as "this is text". Numbers are left as numbers.
+    as "this is text". Numbers are left as numbers. Only for CSV, whose cells have no type.
     """
     return [
         "'" + value
@@ -251,7 +251,9 @@ def _write_xlsx(path: Path, headers: list[str], rows: Iterator[list[Any]], job_i
     def cells(row: list[Any]) -> list[Any]:
         # openpyxl stores text starting with "=" as a formula and "#N/A" and the like as error
         # values; these few get a cell typed as text (a cell object per value would be slow).
-        out = _neutralised(row)
+        # Every other text is stored as a string, which Excel never runs, so no cell gets the
+        # CSV's leading quote: in a workbook it would be part of the text ("'-_-").
+        out = list(row)
         for index, value in enumerate(out):
             if isinstance(value, str) and (value.startswith("=") or value in ERROR_CODES):
                 cell = WriteOnlyCell(sheet, value)

@@ -766,24 +766,24 @@ def prepare_chunk(
     reject(key_missing, _("the key column “%(key)s” is empty") % {"key": TARGETS[spec.key]})
     # A key or another identity value claimed by two rows of the file: the first row keeps it.
     # Only rows that are otherwise valid count: an invalid first occurrence stores nothing.
-    claimed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for column in ["key", *(c for c in IDENTITY_COLUMNS if c in mapped and c != spec.key)]:
-        values = key if column == "key" else out[column]
-        claims = (errors == "") & (values != "").to_numpy(dtype=bool)
-        hashes = pd.util.hash_pandas_object(values, index=False).to_numpy()
-        in_chunk = pd.Series(np.where(claims, values.to_numpy(), None)).duplicated().to_numpy()
-        earlier = state.seen_before(column, hashes)
+    columns = ["key", *(c for c in IDENTITY_COLUMNS if c in mapped and c != spec.key)]
+    values = {c: (key if c == "key" else out[c]).to_numpy(dtype=object) for c in columns}
+    hashes = {
+        c: pd.util.hash_pandas_object(pd.Series(v), index=False).to_numpy()
+        for c, v in values.items()
+    }
+    duplicate = _duplicates(values, hashes, valid=errors == "", state=state)
+    for column in columns:
         reject(
-            claims & (in_chunk | earlier),
+            duplicate[column],
             _("duplicate of an earlier row in this file (same key)")
             if column == "key"
             else _("duplicate of an earlier row in this file (same %(field)s)")
             % {"field": TARGETS[column]},
         )
-        claimed[column] = (hashes, claims)
     ok = errors == ""
-    for column, (hashes, claims) in claimed.items():
-        state.remember(column, hashes[ok & claims])
+    for column in columns:
+        state.remember(column, hashes[column][ok & (values[column] != "")])
 
     out["key"] = key
     good = out.loc[ok, STAGE_COLUMNS]
@@ -791,6 +791,62 @@ def prepare_chunk(
     bad.insert(0, "_row", out.loc[~ok, "rn"])
     bad["_reason"] = pd.Series(errors[~ok], index=bad.index).str.rstrip("; ")
     return good, bad
+
+
+# Passes of the vectorised duplicate check before the rest of a chunk is decided row by row.
+DUPLICATE_PASSES = 8
+
+
+def _duplicates(
+    values: dict[str, np.ndarray],
+    hashes: dict[str, np.ndarray],
+    *,
+    valid: np.ndarray,
+    state: ChunkState,
+) -> dict[str, np.ndarray]:
+    """Per identity column, the rows whose value an earlier row that is finally kept has.
+
+    A row rejected for any reason, a duplicate in another column included, claims nothing: the
+    next row with its key stays valid. Whether a row is kept depends only on the rows before
+    it, so each pass settles at least the next undecided row; real files settle in two passes.
+    """
+    filled = {c: v != "" for c, v in values.items()}
+    # Earlier chunks hold only rows that were kept: a value seen there is final.
+    candidate = valid.copy()
+    earlier: dict[str, np.ndarray] = {}
+    for column in values:
+        earlier[column] = filled[column] & state.seen_before(column, hashes[column])
+        candidate &= ~earlier[column]
+    positions = np.arange(len(valid))
+
+    def pass_(kept: np.ndarray) -> dict[str, np.ndarray]:
+        found = {}
+        for column, column_values in values.items():
+            claims = kept & filled[column]
+            first = pd.Series(positions[claims], index=column_values[claims])
+            first = first[~first.index.duplicated()]
+            owner = pd.Series(column_values).map(first).to_numpy(dtype=float)
+            found[column] = filled[column] & (owner < positions)
+        return found
+
+    kept = candidate
+    for _pass in range(DUPLICATE_PASSES):
+        found = pass_(kept)
+        settled = candidate & ~np.logical_or.reduce(list(found.values()))
+        if (settled == kept).all():
+            return {c: valid & (earlier[c] | found[c]) for c in values}
+        kept = settled
+    # A long chain (each row blocked by the one before in another column): decide in order.
+    kept = np.zeros(len(valid), dtype=bool)
+    taken: dict[str, set] = {c: set() for c in values}
+    for row in np.flatnonzero(candidate):
+        cells = [(c, values[c][row]) for c in values if filled[c][row]]
+        if all(v not in taken[c] for c, v in cells):
+            kept[row] = True
+            for c, v in cells:
+                taken[c].add(v)
+    found = pass_(kept)
+    return {c: valid & (earlier[c] | found[c]) for c in values}
 
 
 def _custom_attributes(out: pd.DataFrame, spec: ImportSpec, reject) -> pd.Series:
@@ -1159,14 +1215,21 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
             )
         # Every row's key identity exists by now (claimed above, or the match itself).
         if columns:
+            # A value the row's contact already owns stays out of the INSERT: PostgreSQL locks
+            # every row ON CONFLICT reaches, even when the DO UPDATE's WHERE is false, and a
+            # re-import would lock (and write WAL for) every identity of every matched contact.
+            # A LIMIT 1 probe of the unique index per value, as in _mark_changed_postgres.
             branches = [
-                f"SELECT contact_id, %s AS kind, {column} AS value FROM scrm_import_stage"
-                f" WHERE {column} <> ''"
+                f"SELECT s.contact_id, %s AS kind, s.{column} AS value FROM scrm_import_stage s"
+                f" WHERE s.{column} <> '' AND (SELECT 1 FROM {identity} i WHERE i.kind = %s "
+                f"AND i.app_id = '' AND i.value = s.{column} AND i.contact_id = s.contact_id "
+                "LIMIT 1) IS NULL"
                 for column in columns
             ]
-            # The values were free or the row's own contact's when checked above. One that
-            # belongs to another contact now was taken since by another transaction: the no-op
-            # update hands it back (xmax is 0 only on the rows this statement inserted).
+            # The values left were free when checked above (rows with another contact's values
+            # are gone). One that conflicts now was taken since by another transaction: the
+            # no-op update hands it back (xmax is 0 only on the rows this statement inserted).
+            # The WHERE keeps a value the row's own contact gained meanwhile from counting.
             cursor.execute(
                 f"WITH added AS (INSERT INTO {identity} (contact_id, kind, app_id, value, "
                 f"created_at) SELECT contact_id, kind, '', value, now() "
@@ -1175,7 +1238,7 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                 f"DO UPDATE SET contact_id = {identity}.contact_id "
                 f"WHERE {identity}.contact_id <> EXCLUDED.contact_id RETURNING xmax) "
                 "SELECT count(*) FROM added WHERE xmax <> 0",
-                list(columns.values()),
+                [kind for kind in columns.values() for _twice in range(2)],
             )
             if cursor.fetchone()[0]:
                 raise IdentityRaced

@@ -281,13 +281,52 @@ def segment_update(
     if segment.kind == SegmentKind.DYNAMIC:
         segment.refresh_policy = policy
     segment.refresh_interval_minutes, segment.refresh_hour = interval, hour
-    segment.save()
+    # Only what this service changes: the refresh state (error, counts, times) belongs to the
+    # refreshes, and the caller's copy of it may be older than a refresh that ran meanwhile.
+    segment.save(
+        update_fields=[
+            "name",
+            "description",
+            "rule",
+            "refresh_policy",
+            "refresh_interval_minutes",
+            "refresh_hour",
+            "updated_at",
+        ]
+    )
     _sync_rule_metadata(segment)
-    segment.next_refresh_at = next_refresh_after(segment, timezone.now())
-    segment.save(update_fields=["next_refresh_at"])
+    _reschedule(segment, next_refresh_after(segment, timezone.now()))
     if rule_changed:
         segment_refresh(segment=segment)
     return segment
+
+
+def _reschedule(segment: Segment, scheduled: dt.datetime | None) -> None:
+    """Set the next scheduled refresh to `scheduled`, except that a segment whose last refresh
+    failed keeps the retry _refresh_failed set, if sooner: an on-change segment without time
+    windows has no schedule of its own, and that retry is the only full refresh that catches up
+    what its failed passes missed and clears the error."""
+    if segment.refresh_policy == RefreshPolicy.MANUAL or segment.kind == SegmentKind.STATIC:
+        # Never retried (see _refresh_failed): refreshed only when asked.
+        retry_kept = Q(pk__in=[])
+    else:
+        retry_kept = (
+            ~Q(refresh_error="")
+            & Q(next_refresh_at__isnull=False)
+            & (Q(next_refresh_at__lt=scheduled) if scheduled is not None else Q())
+        )
+    # One statement, on the row as committed (not the caller's copy), after any refresh that
+    # held its lock has recorded its outcome.
+    Segment.objects.filter(pk=segment.pk).update(
+        next_refresh_at=Case(
+            When(retry_kept, then=F("next_refresh_at")),
+            default=Value(scheduled),
+            output_field=Segment._meta.get_field("next_refresh_at"),
+        )
+    )
+    segment.refresh_error, segment.next_refresh_at = (
+        Segment.objects.filter(pk=segment.pk).values_list("refresh_error", "next_refresh_at").get()
+    )
 
 
 @transaction.atomic
@@ -544,17 +583,37 @@ def _refresh_error_text(exc: BaseException) -> str:
 
 
 def _refresh_failed(
-    segment: Segment, exc: BaseException, now: dt.datetime, *, retry_at: dt.datetime | None
+    segment: Segment,
+    exc: BaseException,
+    now: dt.datetime,
+    *,
+    retry_at: dt.datetime | None,
+    keep_retry: bool = False,
 ) -> str:
     """Record why a segment could not be refreshed (the segment page shows it) and when to
     try again: a full refresh at `retry_at` (or the segment's own schedule, if sooner), which
-    also catches up whatever the failed pass missed. The incremental pass skips the segment
-    until then. Segments refreshed only when asked are not retried."""
+    also catches up whatever the failed pass missed. With `keep_retry` (an incremental pass),
+    a segment already failing keeps the retry it has: a broken rule that fails on every pass
+    would otherwise be refreshed in full every minute. Segments refreshed only when asked are
+    not retried."""
     error = _refresh_error_text(exc)
     values: dict[str, Any] = {"refresh_error": error}
     if segment.refresh_policy != RefreshPolicy.MANUAL and retry_at is not None:
         scheduled = next_refresh_after(segment, now)
-        values["next_refresh_at"] = min(retry_at, scheduled) if scheduled else retry_at
+        retry = min(retry_at, scheduled) if scheduled else retry_at
+        values["next_refresh_at"] = (
+            # Decided on the row as committed: the pass's copy may predate a refresh.
+            Case(
+                When(
+                    ~Q(refresh_error="") & Q(next_refresh_at__isnull=False),
+                    then=F("next_refresh_at"),
+                ),
+                default=Value(retry),
+                output_field=Segment._meta.get_field("next_refresh_at"),
+            )
+            if keep_retry
+            else retry
+        )
     Segment.objects.filter(pk=segment.pk).update(**values)
     segment.refresh_error = error
     return error
@@ -712,14 +771,17 @@ def _incremental_pass(
 
     A segment that fails (a rule that cannot be evaluated any more, say) is skipped: its error
     is logged and recorded on it, a full refresh of it is scheduled, and the other segments
-    and the queue go on. A segment whose last refresh failed waits for that full refresh.
+    and the queue go on.
+
+    A segment whose last refresh failed is evaluated like the others, not left out until its
+    full refresh: the queue rows are released after the pass, so a change left out here would
+    be lost whenever that full refresh had read its matches before the change committed (it
+    then clears the error, and nothing queues the change again). Keeping such contacts queued
+    instead would grow the queue for as long as the rule stays broken. A broken rule fails
+    again at once (compiling it, mostly), and its retry stays where it was (_refresh_failed).
     """
     masks = dict(masks)
-    segments = [
-        segment
-        for segment in _live_rule_segments([RefreshPolicy.ON_CHANGE])
-        if not segment.refresh_error
-    ]
+    segments = _live_rule_segments([RefreshPolicy.ON_CHANGE])
     wanted = {segment.pk: rule_mask(segment.rule) for segment in segments}
     changes: dict[int, tuple[int, int]] = {}
     failures: dict[int, tuple[Segment, Exception]] = {}
@@ -740,7 +802,11 @@ def _incremental_pass(
                 masks[pk] = masks.get(pk, 0) | bit
 
     def failed(segment: Segment, exc: Exception) -> None:
-        logger.error("incremental refresh of segment %s failed", segment.pk, exc_info=exc)
+        if segment.refresh_error:
+            # Failing still: its first failure was logged in full.
+            logger.warning("incremental refresh of segment %s failed again: %s", segment.pk, exc)
+        else:
+            logger.error("incremental refresh of segment %s failed", segment.pk, exc_info=exc)
         failures[segment.pk] = (segment, exc)
 
     try:
@@ -768,7 +834,7 @@ def _incremental_pass(
         # back) is open in it any more.
         for segment, exc in failures.values():
             try:
-                _refresh_failed(segment, exc, now, retry_at=now)
+                _refresh_failed(segment, exc, now, retry_at=now, keep_retry=True)
             except Exception:
                 logger.exception("could not record the failure of segment %s", segment.pk)
     return changes
@@ -1414,6 +1480,14 @@ def segment_static_add(*, segment: Segment, contact_ids: Iterable[int]) -> int:
     """Add contacts to a static list; return how many were new. Safe to retry."""
     _require_static(segment)
     now = timezone.now()
+    entered = _static_add(segment, contact_ids, now)
+    _static_finish(segment, now)
+    return len(entered)
+
+
+def _static_add(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
+    """Add contacts to a static list and record what follows; return those that were new.
+    The member count and the growth chart are the caller's (_static_finish)."""
     ids = sorted(set(contact_ids))
     live = set()
     for batch in _batches(ids):
@@ -1441,8 +1515,7 @@ def segment_static_add(*, segment: Segment, contact_ids: Iterable[int]) -> int:
             ignore_conflicts=True,
         )
     _apply_changes(segment, now, entered, [])
-    _static_finish(segment, now)
-    return len(entered)
+    return entered
 
 
 @transaction.atomic
@@ -1450,6 +1523,14 @@ def segment_static_remove(*, segment: Segment, contact_ids: Iterable[int]) -> in
     """Remove contacts from a static list; return how many were members. Safe to retry."""
     _require_static(segment)
     now = timezone.now()
+    exited = _static_remove(segment, contact_ids, now)
+    _static_finish(segment, now)
+    return len(exited)
+
+
+def _static_remove(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
+    """Remove contacts from a static list and record what follows; return those that were
+    members. The member count and the growth chart are the caller's (_static_finish)."""
     ids = sorted(set(contact_ids))
     exited = []
     for batch in _batches(ids):
@@ -1458,9 +1539,9 @@ def segment_static_remove(*, segment: Segment, contact_ids: Iterable[int]) -> in
         )
         SegmentMembership.objects.filter(segment=segment, contact_id__in=members).delete()
         exited.extend(members)
-    _apply_changes(segment, now, [], sorted(exited))
-    _static_finish(segment, now)
-    return len(exited)
+    exited.sort()
+    _apply_changes(segment, now, [], exited)
+    return exited
 
 
 def _static_finish(segment: Segment, now: dt.datetime) -> None:
@@ -1586,7 +1667,7 @@ def segment_static_members_job_run(*, job_id: int) -> None:
             job_id=job.pk, error=_("The static list or the user who started the job is gone.")
         )
         return
-    change = segment_static_remove if params.get("remove") else segment_static_add
+    change = _static_remove if params.get("remove") else _static_add
     try:
         target = bulk_target(actor=actor, filter_params=params.get("filter_params"))
         for _batch in range(STATIC_JOB_BATCHES_PER_RUN):
@@ -1605,7 +1686,16 @@ def segment_static_members_job_run(*, job_id: int) -> None:
                         "pk", flat=True
                     )
                 )
-                changed += change(segment=segment, contact_ids=live) if live else 0
+                moved = len(change(segment, live, timezone.now())) if live else 0
+                if moved:
+                    # By difference, in the batch's transaction: counting every member after
+                    # each batch made a large job quadratic. The count committed with the
+                    # cursor stays right if the job stops here and resumes.
+                    delta = -moved if params.get("remove") else moved
+                    Segment.objects.filter(pk=segment.pk).update(
+                        member_count=F("member_count") + delta
+                    )
+                changed += moved
                 cursor, processed = ids[-1], processed + len(ids)
                 summary = {"cursor": cursor, "processed": processed, "changed": changed}
                 Job.objects.filter(pk=job.pk).update(result=summary, done=processed)
@@ -1618,6 +1708,9 @@ def segment_static_members_job_run(*, job_id: int) -> None:
         logger.exception("static list job %s failed", job.pk)
         jobs.job_fail(job_id=job.pk, error=_refresh_error_text(exc))
         return
+    # Once per job: the exact count (whatever a concurrent change did meanwhile) and today's
+    # point of the growth chart.
+    _static_finish(segment, timezone.now())
     jobs.job_finish(
         job_id=job.pk, result={"cursor": cursor, "processed": processed, "changed": changed}
     )

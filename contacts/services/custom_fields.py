@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import ProtectedError
+from django.db.models import PROTECT, ProtectedError
 from django.utils.translation import gettext as _
 
 from contacts.models import (
@@ -133,3 +133,51 @@ def custom_field_delete(*, field: CustomField) -> None:
             code="field_in_use",
             details={"field": field.key, "readers": readers},
         ) from exc
+
+
+def custom_field_readers(*, field: CustomField) -> list[str]:
+    """What reads the field ("segment “…” reads it", …), sorted.
+
+    The readers are the rows that protect the field from deletion (on_delete=PROTECT); they
+    are defined in the apps that read it, which this app does not import."""
+    readers: list[str] = []
+    for relation in CustomField._meta.related_objects:
+        if relation.on_delete is PROTECT:
+            refs = relation.related_model._default_manager.filter(**{relation.field.name: field})
+            readers += [str(ref) for ref in refs]
+    return sorted(readers)
+
+
+def custom_field_check_change(*, field: CustomField, key: str, kind: str) -> None:
+    """Refuse a new key or type for a field that rules read.
+
+    A rule names the field by its key and compares its values as that type: after a rename it
+    reads a field that is gone (its segment can no longer be refreshed), after a type change it
+    compares values stored as another type."""
+    stored = CustomField.objects.filter(pk=field.pk).values_list("key", "kind").first()
+    if stored is None or stored == (key, kind):
+        return
+    readers = custom_field_readers(field=field)
+    if readers:
+        raise ValidationFailed(
+            _(
+                "The key and type of the custom field “%(field)s” cannot change while rules "
+                "read it (%(readers)s); change those rules first."
+            )
+            % {"field": field.label, "readers": "; ".join(readers)},
+            code="field_in_use",
+            details={"field": stored[0], "readers": readers},
+        )
+
+
+@transaction.atomic
+def custom_field_save(*, field: CustomField) -> CustomField:
+    """Save a custom field definition (new or changed); a key or type change is refused while
+    rules read the field."""
+    if field.pk is not None:
+        # Locked (a reference to the row, when a rule starts reading the field, waits for it,
+        # and this waits for a reference not yet committed): the check sees every reader.
+        CustomField.objects.select_for_update().filter(pk=field.pk).first()
+        custom_field_check_change(field=field, key=field.key, kind=field.kind)
+    field.save()
+    return field

@@ -11,6 +11,10 @@ from contacts.models import (
     Identity,
     IdentityKind,
 )
+from contacts.services.custom_fields import custom_field_save
+from core.errors import ValidationFailed
+from segments import scoring
+from segments.services import segment_create, segment_update, segments_tick
 from tests.factories import ContactFactory, IdentityFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
@@ -193,7 +197,6 @@ def test_a_legacy_value_left_as_it_is_does_not_block_saving(operator_client):
 
 def test_tags_edited_inline_reach_the_segments(operator_client, django_capture_on_commit_callbacks):
     from segments.models import DirtyContact
-    from segments.services import segment_create
 
     tag = TagFactory(name="VIP")
     segment = segment_create(
@@ -224,3 +227,94 @@ def test_tags_edited_inline_reach_the_segments(operator_client, django_capture_o
     assert contact.contact_tags.filter(tag=tag).exists()
     assert set(segment.memberships.values_list("contact_id", flat=True)) == {contact.pk}
     assert not DirtyContact.objects.filter(contact_id=contact.pk).exists()
+
+
+# --- a custom field that rules read --------------------------------------------------------------
+
+
+def _skin_rule() -> dict:
+    return {
+        "op": "and",
+        "conditions": [
+            {"type": "attribute", "field": "attributes.skin", "operator": "eq", "value": "dry"}
+        ],
+    }
+
+
+def _post_field(client, field, **changes):
+    url = reverse("admin:contacts_customfield_change", args=[field.pk])
+    data = {**_form_as_posted(client.get(url)), **changes}
+    return client.post(url, data)
+
+
+@pytest.fixture
+def skin():
+    return CustomField.objects.create(key="skin", label="肤质", kind=CustomFieldKind.TEXT)
+
+
+def test_a_field_a_segment_reads_cannot_be_renamed_in_the_admin(admin_client, skin):
+    contact = ContactFactory(attributes={"skin": "dry"})
+    segment = segment_create(name="干性肌肤", rule=_skin_rule())
+
+    response = _post_field(admin_client, skin, key="skin_type")
+
+    assert response.status_code == 200  # the form again, saying why
+    errors = response.context["adminform"].form.errors["key"]
+    assert "干性肌肤" in errors[0]
+    skin.refresh_from_db()
+    assert skin.key == "skin"
+    segments_tick()
+    segment.refresh_from_db()
+    assert segment.refresh_error == ""
+    assert list(segment.memberships.values_list("contact_id", flat=True)) == [contact.pk]
+
+
+def test_a_field_a_lead_score_rule_reads_keeps_its_type(admin_client, skin):
+    scoring.score_rule_create(
+        data={"name": "干性肌肤加分", "kind": "attribute", "condition": _skin_rule(), "points": 5}
+    )
+
+    response = _post_field(admin_client, skin, kind=CustomFieldKind.NUMBER)
+
+    assert "干性肌肤加分" in response.context["adminform"].form.errors["kind"][0]
+    skin.refresh_from_db()
+    assert skin.kind == CustomFieldKind.TEXT
+
+
+def test_a_field_rules_read_can_still_be_relabelled_and_deactivated(admin_client, skin):
+    segment_create(name="干性肌肤", rule=_skin_rule())
+
+    response = _post_field(admin_client, skin, label="皮肤类型", is_active="")
+
+    assert response.status_code == 302
+    skin.refresh_from_db()
+    assert (skin.key, skin.label, skin.is_active) == ("skin", "皮肤类型", False)
+
+
+def test_a_field_nothing_reads_can_be_renamed(admin_client, skin):
+    response = _post_field(
+        admin_client,
+        skin,
+        key="skin_type",
+        kind=CustomFieldKind.SINGLE_CHOICE,
+        choices='["干性", "油性"]',
+    )
+
+    assert response.status_code == 302
+    skin.refresh_from_db()
+    assert (skin.key, skin.kind) == ("skin_type", CustomFieldKind.SINGLE_CHOICE)
+
+
+def test_the_service_refuses_a_rename_while_a_segment_reads_the_field(skin):
+    segment = segment_create(name="干性肌肤", rule=_skin_rule())
+    skin.key = "skin_type"
+
+    with pytest.raises(ValidationFailed) as refused:
+        custom_field_save(field=skin)
+
+    assert refused.value.code == "field_in_use"
+    assert "干性肌肤" in refused.value.message
+    assert CustomField.objects.get(pk=skin.pk).key == "skin"
+    segment_update(segment=segment, rule={"op": "and", "conditions": []})
+    custom_field_save(field=skin)
+    assert CustomField.objects.get(pk=skin.pk).key == "skin_type"

@@ -141,7 +141,7 @@ def test_the_tick_skips_a_broken_segment_and_refreshes_the_others(skin):
     assert not DirtyContact.objects.exists()
     broken.refresh_from_db()
     assert broken.refresh_error  # what the segment page shows
-    # Not retried every minute, and never incrementally until a full refresh succeeds.
+    # Retried in full later, not every minute.
     assert broken.next_refresh_at is not None
 
 
