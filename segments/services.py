@@ -1706,6 +1706,11 @@ def segment_static_members_job_run(*, job_id: int) -> None:
             return
     except Exception as exc:
         logger.exception("static list job %s failed", job.pk)
+        try:
+            # The batches committed so far count; the count by difference may have drifted.
+            _static_finish(segment, timezone.now())
+        except Exception:  # the job's own error is the one to report
+            logger.exception("could not recount static list %s", segment.pk)
         jobs.job_fail(job_id=job.pk, error=_refresh_error_text(exc))
         return
     # Once per job: the exact count (whatever a concurrent change did meanwhile) and today's

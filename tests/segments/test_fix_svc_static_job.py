@@ -107,3 +107,32 @@ def test_a_single_add_still_counts_and_draws_the_chart_at_once():
     static.refresh_from_db()
     assert static.member_count == 2 == static.memberships.count()
     assert SegmentSize.objects.get(segment=static).member_count == 2
+
+
+def test_a_job_that_fails_midway_leaves_the_exact_count_of_what_it_added(
+    small_batches, monkeypatch
+):
+    static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
+    contacts = shanghai(6)
+    job = start_job(static)
+    add, calls = services._static_add, []
+
+    def fails_on_the_second_batch(segment, contact_ids, now):
+        calls.append(contact_ids)
+        if len(calls) == 2:
+            raise RuntimeError("the database went away")
+        return add(segment, contact_ids, now)
+
+    # Someone added a contact by hand meanwhile: the count by difference alone would miss it.
+    services.segment_static_add(segment=static, contact_ids=[ContactFactory(name="北京").pk])
+    Segment.objects.filter(pk=static.pk).update(member_count=0)
+    monkeypatch.setattr(services, "_static_add", fails_on_the_second_batch)
+
+    segment_static_members_job_run(job_id=job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    static.refresh_from_db()
+    assert static.member_count == 3 == static.memberships.count()
+    assert set(contacts[:2]) <= set(static.memberships.values_list("contact_id", flat=True))
+    assert SegmentSize.objects.get(segment=static).member_count == 3
