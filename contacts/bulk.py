@@ -235,14 +235,10 @@ def _enqueue(job_id: int) -> None:
 
 def bulk_tag_job_run(*, job_id: int) -> None:
     """Advance a bulk-tag job by up to BATCHES_PER_RUN batches, then re-enqueue it; idempotent."""
-    job = Job.objects.filter(pk=job_id, kind=JOB_KIND).select_related("created_by").first()
-    if job is None or jobs.job_is_finished(job):
+    resumed = jobs.job_resume(job_id=job_id, kind=JOB_KIND)
+    if resumed is None:
         return
-    cursor = int(job.result.get("cursor", 0))
-    done_before = int(job.result.get("processed", 0))
-    changed_before = int(job.result.get("changed", 0))
-    if cursor == 0:
-        jobs.job_start(job_id=job.pk)
+    job, cursor, done_before, changed_before = resumed
     params = job.params
     tag = Tag.objects.filter(pk=params.get("tag_id")).first()
     actor = job.created_by

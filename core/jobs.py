@@ -77,6 +77,19 @@ def job_fail(*, job_id: int, error: str, result: dict[str, Any] | None = None) -
     Job.objects.filter(pk=job_id).update(**values)
 
 
+def job_resume(*, job_id: int, kind: str) -> tuple[Job, int, int, int] | None:
+    """A job of `kind` that advances by batches (re-enqueued after each run, redelivered after
+    a crash): the job with its committed progress (cursor, processed, changed), marked running on
+    its first run; None when it is gone or finished."""
+    job = Job.objects.filter(pk=job_id, kind=kind).select_related("created_by").first()
+    if job is None or job_is_finished(job):
+        return None
+    cursor = int(job.result.get("cursor", 0))
+    if cursor == 0:
+        job_start(job_id=job.pk)
+    return job, cursor, int(job.result.get("processed", 0)), int(job.result.get("changed", 0))
+
+
 def job_is_finished(job: Job) -> bool:
     return job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 

@@ -1645,18 +1645,10 @@ def segment_static_members_job_run(*, job_id: int) -> None:
     """Advance an add-to (or remove-from) static list job by up to STATIC_JOB_BATCHES_PER_RUN
     batches, then re-enqueue it. Safe to run again: each batch commits with the job's cursor,
     and adding or removing twice changes nothing."""
-    job = (
-        Job.objects.filter(pk=job_id, kind=STATIC_MEMBERS_JOB_KIND)
-        .select_related("created_by")
-        .first()
-    )
-    if job is None or jobs.job_is_finished(job):
+    resumed = jobs.job_resume(job_id=job_id, kind=STATIC_MEMBERS_JOB_KIND)
+    if resumed is None:
         return
-    cursor = int(job.result.get("cursor", 0))
-    processed = int(job.result.get("processed", 0))
-    changed = int(job.result.get("changed", 0))
-    if cursor == 0:
-        jobs.job_start(job_id=job.pk)
+    job, cursor, processed, changed = resumed
     params = job.params
     segment = Segment.objects.filter(
         pk=params.get("segment_id"), kind=SegmentKind.STATIC, is_archived=False
