@@ -520,7 +520,7 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tupl
     now = now or timezone.now()
     first_build = segment.last_refreshed_at is None
     with transaction.atomic():
-        Segment.objects.select_for_update().filter(pk=segment.pk).first()
+        _lock_segment(segment)
         diff = _full_diff(segment, now, returning=not first_build)
         if first_build:
             _finish(segment, now, started, entered=[], exited=[])
@@ -543,6 +543,21 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tupl
 
 
 STATISTICS_REFRESH_ROWS = 10_000
+
+
+def _lock_segment(segment: Segment) -> None:
+    """Serialise every write to one segment's membership (a full refresh, an incremental
+    pass's writes) on the segment's row, taken before any membership row.
+
+    A full refresh evaluates its rule, then deletes the members that did not match: were an
+    incremental pass to write an entry in between (a contact that changed after the refresh's
+    evaluation), the refresh's delete would take it out again and the queue row that brought it
+    is already released, so the contact would stay out until the next full refresh. Holding the
+    segment's row from before the evaluation to the commit makes the pass's writes wait and land
+    after. Taken first, it also keeps the lock order the same everywhere: the pass used to lock
+    membership rows first and the segment's row last (its member count), while a refresh held
+    the segment's row and waited on the same membership rows, a deadlock."""
+    Segment.objects.select_for_update().filter(pk=segment.pk).values_list("pk").first()
 
 
 def _finish(
@@ -925,6 +940,7 @@ def _incremental_segment(
     entered: list[int] = []
     exited: list[int] = []
     with transaction.atomic():
+        _lock_segment(segment)
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 # Compiling these short queries would cost more than running them.
@@ -1111,6 +1127,7 @@ def _apply_diff(
     table = SegmentMembership._meta.db_table
     own_transaction = not connection.in_atomic_block
     with transaction.atomic():
+        _lock_segment(segment)
         with connection.cursor() as cursor:
             if own_transaction:
                 # Derived data, as in a full refresh (_full_diff): after a crash the next
