@@ -5,8 +5,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections
 from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Substr, TruncDate
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from contacts import pii, roles
 from contacts.models import (
@@ -26,6 +27,7 @@ from contacts.models import (
     Store,
     Tag,
 )
+from core.ids import parse_id
 from core.pagination import KeysetPage, parse_after
 
 
@@ -474,3 +476,191 @@ def _display(contact: Contact, field, value) -> object:
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
+
+
+# --- Follow-ups (跟进) -----------------------------------------------------------------------
+
+FOLLOW_UP_OVERDUE = "overdue"
+FOLLOW_UP_TODAY = "today"
+FOLLOW_UP_UPCOMING = "upcoming"
+FOLLOW_UP_LATER = "later"
+FOLLOW_UP_OPEN = "open"
+# What the "My follow-ups" page filters by; FOLLOW_UP_LATER only labels rows.
+FOLLOW_UP_BUCKETS = (FOLLOW_UP_OVERDUE, FOLLOW_UP_TODAY, FOLLOW_UP_UPCOMING, FOLLOW_UP_OPEN)
+# "Upcoming" is the local days after today, up to this many.
+FOLLOW_UP_UPCOMING_DAYS = 7
+FOLLOW_UP_PREVIEW_LENGTH = 140
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpBounds:
+    """Where the buckets split, on the current time zone's day boundaries."""
+
+    now: dt.datetime
+    tomorrow: dt.datetime  # midnight that starts the next local day
+    upcoming_end: dt.datetime  # midnight that ends the upcoming window
+
+    def bucket(self, due: dt.datetime) -> str:
+        if due < self.now:
+            return FOLLOW_UP_OVERDUE
+        if due < self.tomorrow:
+            return FOLLOW_UP_TODAY
+        if due < self.upcoming_end:
+            return FOLLOW_UP_UPCOMING
+        return FOLLOW_UP_LATER
+
+
+def follow_up_bounds(*, now: dt.datetime | None = None) -> FollowUpBounds:
+    """Overdue is before `now`; today runs to local midnight; upcoming covers the next 7 days."""
+    now = now or timezone.now()
+    today = timezone.localdate(now)
+
+    def midnight(days: int) -> dt.datetime:
+        return timezone.make_aware(
+            dt.datetime.combine(today + dt.timedelta(days=days), dt.time.min)
+        )
+
+    return FollowUpBounds(
+        now=now, tomorrow=midnight(1), upcoming_end=midnight(1 + FOLLOW_UP_UPCOMING_DAYS)
+    )
+
+
+def follow_ups_can_see_others(*, user: AbstractBaseUser) -> bool:
+    """Whether the user may look at another staff member's follow-ups, or everyone's.
+
+    Admins and operators (who see every contact and manage notes) may; store staff stay on their
+    own, as do read-only roles.
+    """
+    if user.is_superuser:
+        return True
+    return (
+        user.is_authenticated
+        and not roles.is_store_staff(user)
+        and user.has_perm("contacts.view_contact")
+        and user.has_perm("contacts.change_note")
+    )
+
+
+def note_visible_to(*, user: AbstractBaseUser) -> QuerySet[Note]:
+    """Notes on the contacts the user may see."""
+    return Note.objects.filter(contact__in=contact_visible_to(user=user))
+
+
+def follow_ups_open(*, user: AbstractBaseUser, staff_id: int | None) -> QuerySet[Note]:
+    """Open follow-ups on contacts the user may see that belong to staff member `staff_id`.
+
+    A follow-up belongs to whoever wrote it and to the contact's owner: the owner answers for
+    the customer, so a colleague's follow-up on their customer is theirs to do too. `staff_id`
+    None means everyone's; users who may not see others' follow-ups get their own whatever
+    they ask for.
+    """
+    if not follow_ups_can_see_others(user=user):
+        staff_id = user.pk
+    qs = note_visible_to(user=user).filter(follow_up_at__isnull=False, done_at__isnull=True)
+    if staff_id is not None:
+        qs = qs.filter(Q(author_id=staff_id) | Q(contact__owner_id=staff_id))
+    return qs
+
+
+def follow_ups_in_bucket(
+    *, qs: QuerySet[Note], bucket: str, bounds: FollowUpBounds
+) -> QuerySet[Note]:
+    """The follow-ups of `qs` due in `bucket`; any other bucket name means all of them."""
+    if bucket == FOLLOW_UP_OVERDUE:
+        return qs.filter(follow_up_at__lt=bounds.now)
+    if bucket == FOLLOW_UP_TODAY:
+        return qs.filter(follow_up_at__gte=bounds.now, follow_up_at__lt=bounds.tomorrow)
+    if bucket == FOLLOW_UP_UPCOMING:
+        return qs.filter(follow_up_at__gte=bounds.tomorrow, follow_up_at__lt=bounds.upcoming_end)
+    return qs
+
+
+def follow_ups_due_counts(
+    *, qs: QuerySet[Note], bounds: FollowUpBounds, cap: int
+) -> dict[str, int]:
+    """How many of `qs` are overdue and due today, each counted up to `cap` + 1 rows only.
+
+    A backlog can grow without limit; a count past `cap` shows as "cap+" rather than scanning it.
+    """
+    return {
+        bucket: follow_ups_in_bucket(qs=qs, bucket=bucket, bounds=bounds)
+        .order_by()[: cap + 1]
+        .count()
+        for bucket in (FOLLOW_UP_OVERDUE, FOLLOW_UP_TODAY)
+    }
+
+
+@dataclass(slots=True)
+class FollowUpRow:
+    """What one row of the follow-up list shows."""
+
+    pk: int
+    contact_id: int
+    contact_name: str
+    phone: str  # masked: unmasking is a per-contact, audit-logged action on the 360 page
+    body: str  # the start of the note only
+    follow_up_at: dt.datetime
+    done_at: dt.datetime | None
+    author: str  # username, "" for a deleted author or the system
+    bucket: str
+
+
+def _follow_up_rows(*, qs: QuerySet[Note], bounds: FollowUpBounds) -> list[FollowUpRow]:
+    username = f"author__{get_user_model().USERNAME_FIELD}"
+    fetched = qs.annotate(preview=Substr("body", 1, FOLLOW_UP_PREVIEW_LENGTH + 1)).values_list(
+        "pk",
+        "contact_id",
+        "contact__name",
+        "contact__nickname",
+        "contact__phone",
+        "preview",
+        "follow_up_at",
+        "done_at",
+        username,
+    )
+    rows = []
+    for pk, contact_id, name, nickname, phone, preview, due, done_at, author in fetched:
+        masked = pii.mask_phone(phone)
+        rows.append(
+            FollowUpRow(
+                pk=pk,
+                contact_id=contact_id,
+                contact_name=name or nickname or masked or f"#{contact_id}",
+                phone=masked,
+                body=Truncator(preview).chars(FOLLOW_UP_PREVIEW_LENGTH),
+                follow_up_at=due,
+                done_at=done_at,
+                author=author or "",
+                bucket=bounds.bucket(due),
+            )
+        )
+    return rows
+
+
+def follow_ups_page(
+    *, qs: QuerySet[Note], bounds: FollowUpBounds, after: str | int | None, size: int = 50
+) -> KeysetPage:
+    """One keyset page of `qs`, soonest due first; `after` is the id of the last row shown.
+
+    The cursor is (follow_up_at, id), the sort itself. It is read from the note even when that
+    note was marked done since, which is what usually happens to the rows of this list.
+    """
+    qs = qs.order_by("follow_up_at", "pk")
+    after_id = parse_id(after)
+    if after_id is not None:
+        cursor = Note.objects.filter(pk=after_id).values_list("follow_up_at", flat=True).first()
+        if cursor is None:
+            return KeysetPage(items=[], next_after=None)
+        qs = qs.filter(Q(follow_up_at__gt=cursor) | Q(follow_up_at=cursor, pk__gt=after_id))
+    rows = _follow_up_rows(qs=qs[: size + 1], bounds=bounds)
+    next_after = rows[size - 1].pk if len(rows) > size else None
+    return KeysetPage(items=rows[:size], next_after=next_after)
+
+
+def follow_up_row(
+    *, user: AbstractBaseUser, note_id: int, bounds: FollowUpBounds
+) -> FollowUpRow | None:
+    """One follow-up as a list row, open or done, if its contact is visible to the user."""
+    qs = note_visible_to(user=user).filter(pk=note_id, follow_up_at__isnull=False)
+    rows = _follow_up_rows(qs=qs, bounds=bounds)
+    return rows[0] if rows else None

@@ -6,14 +6,16 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy, ngettext, pgettext_lazy
 from django.views.decorators.http import require_POST
 
 from contacts import bulk, pii, roles, selectors, services
@@ -630,3 +632,131 @@ def _notes_response(
         fragment="contact-notes",
         context=_notes_context(contact, form),
     )
+
+
+# --- My follow-ups ---------------------------------------------------------------------------
+
+FOLLOW_UPS_TEMPLATE = "contacts/followups.html"
+FOLLOW_UPS_PAGE_SIZE = 50
+# Bucket counts stop here ("99+"): an old backlog is not worth counting on every page view.
+FOLLOW_UP_COUNT_CAP = 99
+# The list's own parameters, kept when the done button sends a browser without htmx back.
+FOLLOW_UP_PARAMS = ("bucket", "staff", "after")
+EVERYONE = "all"
+
+
+class FollowUpFilterForm(forms.Form):
+    bucket = forms.ChoiceField(
+        label=pgettext_lazy("follow-up", "Due"),
+        required=False,
+        choices=[
+            (selectors.FOLLOW_UP_OPEN, gettext_lazy("All open")),
+            (selectors.FOLLOW_UP_OVERDUE, gettext_lazy("Overdue")),
+            (selectors.FOLLOW_UP_TODAY, gettext_lazy("Due today")),
+            (selectors.FOLLOW_UP_UPCOMING, gettext_lazy("Next 7 days")),
+        ],
+    )
+    staff = forms.ChoiceField(label=gettext_lazy("Whose"), required=False)
+
+    def __init__(self, data: QueryDict, *, user: AbstractBaseUser, can_see_others: bool) -> None:
+        super().__init__(data)
+        self.user = user
+        if can_see_others:
+            self.fields["staff"].choices = [
+                ("", _("Mine")),
+                (EVERYONE, _("Everyone")),
+                *(
+                    (str(pk), username)
+                    for pk, username in selectors.staff_users()
+                    .exclude(pk=user.pk)
+                    .values_list("pk", "username")
+                ),
+            ]
+        else:
+            del self.fields["staff"]
+
+    def bucket_value(self) -> str:
+        """The chosen bucket; a missing or unknown one means every open follow-up."""
+        self.is_valid()  # an invalid value of one field leaves the other's in cleaned_data
+        return self.cleaned_data.get("bucket") or selectors.FOLLOW_UP_OPEN
+
+    def staff_id(self) -> int | None:
+        """Whose follow-ups to list: the user's own unless another (or everyone, None) is picked."""
+        if "staff" not in self.fields:
+            return self.user.pk
+        self.is_valid()
+        value = self.cleaned_data.get("staff")
+        if value == EVERYONE:
+            return None
+        return parse_id(value) or self.user.pk
+
+
+def _follow_up_scope(
+    request: HttpRequest,
+) -> tuple[FollowUpFilterForm, QuerySet[Note], selectors.FollowUpBounds]:
+    """The list's filter form, the open follow-ups it scopes to, and the bucket bounds."""
+    can_see_others = selectors.follow_ups_can_see_others(user=request.user)
+    form = FollowUpFilterForm(request.GET, user=request.user, can_see_others=can_see_others)
+    open_qs = selectors.follow_ups_open(user=request.user, staff_id=form.staff_id())
+    return form, open_qs, selectors.follow_up_bounds()
+
+
+def _follow_up_counts_context(open_qs: QuerySet[Note], bounds: selectors.FollowUpBounds) -> dict:
+    counts = selectors.follow_ups_due_counts(qs=open_qs, bounds=bounds, cap=FOLLOW_UP_COUNT_CAP)
+    return {
+        "counts": {
+            bucket: f"{FOLLOW_UP_COUNT_CAP}+" if n > FOLLOW_UP_COUNT_CAP else str(n)
+            for bucket, n in counts.items()
+        }
+    }
+
+
+@login_required
+@permission_required("contacts.view_note", raise_exception=True)
+def follow_up_list(request: HttpRequest) -> HttpResponse:
+    """The follow-ups due for the user (or, for admins and operators, anyone), soonest first."""
+    form, open_qs, bounds = _follow_up_scope(request)
+    bucket = form.bucket_value()
+    context = {
+        **_follow_up_counts_context(open_qs, bounds),
+        "form": form,
+        "bucket": bucket,
+        "page": selectors.follow_ups_page(
+            qs=selectors.follow_ups_in_bucket(qs=open_qs, bucket=bucket, bounds=bounds),
+            bounds=bounds,
+            after=request.GET.get("after"),
+            size=FOLLOW_UPS_PAGE_SIZE,
+        ),
+    }
+    return render_page(request, FOLLOW_UPS_TEMPLATE, context, fragment="follow-up-table")
+
+
+@login_required
+@require_POST
+@permission_required("contacts.change_note", raise_exception=True)
+def follow_up_done(request: HttpRequest, note_id: int) -> HttpResponse:
+    """Mark a follow-up done from the list; posting again for a done one changes nothing."""
+    note = get_object_or_404(
+        selectors.note_visible_to(user=request.user).filter(follow_up_at__isnull=False),
+        pk=note_id,
+    )
+    was_open = note.done_at is None
+    services.note_complete(note=note, actor=request.user)
+    if was_open:
+        messages.success(request, _("Follow-up marked done."))
+    else:
+        messages.info(request, _("This follow-up was already done."))
+    if is_fragment_request(request):
+        _form, open_qs, bounds = _follow_up_scope(request)
+        row = selectors.follow_up_row(user=request.user, note_id=note.pk, bounds=bounds)
+        response = render_page(request, FOLLOW_UPS_TEMPLATE, {"row": row}, fragment="follow-up-row")
+        # The overdue / today counters above the table changed too: refresh them out of band.
+        response.content += render_to_string(
+            f"{FOLLOW_UPS_TEMPLATE}#follow-up-counts",
+            {**_follow_up_counts_context(open_qs, bounds), "oob": True},
+            request=request,
+        ).encode(response.charset)
+        return response
+    params = {k: request.GET[k] for k in FOLLOW_UP_PARAMS if request.GET.get(k)}
+    back = reverse("contacts:followups")
+    return redirect(back + "?" + urlencode(params) if params else back)
