@@ -776,7 +776,10 @@ class SegmentForm(forms.Form):
 
 
 class StaticImportForm(forms.Form):
-    file = forms.FileField(label=_("File (CSV or Excel)"))
+    file = forms.FileField(
+        label=_("File (CSV or Excel)"),
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.txt,.xlsx,.xlsm"}),
+    )
     match_by = forms.ChoiceField(
         label=_("Match by"),
         choices=[

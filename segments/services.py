@@ -15,10 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-import pandas as pd
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, connections, transaction
@@ -31,18 +29,15 @@ from django.utils.translation import gettext_noop
 
 from contacts.bulk import bulk_target
 from contacts.filters import ContactFilter
-from contacts.importers import detect_encoding
 from contacts.models import (
     Contact,
     ContactTag,
     CustomField,
     Event,
-    Identity,
-    IdentityKind,
     Tag,
     TagSource,
 )
-from contacts.services import IdentityInput, events_append, normalize_identity
+from contacts.services import events_append
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.ids import MAX_ID
@@ -1916,131 +1911,3 @@ def segment_refresh_by_id(*, segment_id: int, job_id: int | None = None) -> tupl
     if job is not None:
         jobs.job_finish(job_id=job.pk, result={"entered": entered, "exited": exited})
     return entered, exited
-
-
-# Static lists from a file ----------------------------------------------------------------------
-
-STATIC_MATCH_KINDS = {
-    "phone": IdentityKind.PHONE,
-    "email": IdentityKind.EMAIL,
-    "external_id": IdentityKind.EXTERNAL_ID,
-    "unionid": IdentityKind.WECHAT_UNIONID,
-}
-STATIC_IMPORT_MAX_ROWS = 200_000
-LOOKUP_BATCH = 1000
-
-
-@dataclass
-class StaticImportReport:
-    rows: int
-    matched: int
-    added: int
-    # (row number as the operator sees it in the file, the value, why it matched nobody)
-    unmatched: list[tuple[int, str, str]]
-
-
-# How every OLE2 compound file begins: an old .xls workbook, or an .xlsx saved with a password
-# (Excel encrypts it into one). Neither can be read.
-OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-
-
-def _read_values(path: Path) -> list[str]:
-    """The first column of a CSV (UTF-8/BOM/GBK/GB18030) or xlsx file, header row included
-    when it holds a value rather than a title."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".xlsx", ".xlsm"):
-            with path.open("rb") as handle:
-                if handle.read(len(OLE2_SIGNATURE)) == OLE2_SIGNATURE:
-                    raise ValidationFailed(
-                        _(
-                            "The file is a password-protected or old-format (.xls) Excel "
-                            "workbook. Save it as .xlsx without a password, or as CSV."
-                        ),
-                        code="invalid_file",
-                    )
-            frame = pd.read_excel(path, header=None, dtype=str, usecols=[0])
-        else:
-            frame = pd.read_csv(
-                path,
-                header=None,
-                dtype=str,
-                usecols=[0],
-                encoding=detect_encoding(path),
-                skip_blank_lines=False,
-                keep_default_na=False,
-            )
-    except ValidationFailed:
-        raise
-    except Exception as exc:
-        # Whatever a reader raises on an uploaded file is the file's fault, not ours: a broken
-        # archive (BadZipFile), a missing part (KeyError), bad XML, a reader it would need …
-        raise ValidationFailed(
-            _("The file could not be read as CSV or Excel: %(error)s")
-            % {"error": str(exc) or exc.__class__.__name__},
-            code="invalid_file",
-        ) from exc
-    values = ["" if pd.isna(v) else str(v).strip() for v in frame.iloc[:, 0].tolist()]
-    if len(values) > STATIC_IMPORT_MAX_ROWS:
-        raise ValidationFailed(
-            _("A static list file may hold at most %(max)s rows.")
-            % {"max": f"{STATIC_IMPORT_MAX_ROWS:,}"},
-            code="file_too_large",
-        )
-    return values
-
-
-HEADER_WORDS = {"手机号", "手机", "电话", "邮箱", "phone", "mobile", "email", "unionid", "id"}
-
-
-def segment_static_import(
-    *, segment: Segment, file: str | Path, match_by: str
-) -> StaticImportReport:
-    """Add the contacts listed in a file (one value per row, first column) to a static list.
-
-    Rows that match nobody are reported with the reason; the ones that match are added in one
-    transaction (re-importing the same file adds nothing twice).
-    """
-    _require_static(segment)
-    kind = STATIC_MATCH_KINDS.get(match_by)
-    if kind is None:
-        raise ValidationFailed(
-            _("Match by one of %(choices)s.") % {"choices": ", ".join(STATIC_MATCH_KINDS)},
-            code="invalid_match_by",
-        )
-    values = _read_values(Path(file))
-    first_row = 1
-    if values and values[0].strip().lower() in HEADER_WORDS:
-        values, first_row = values[1:], 2
-    unmatched: list[tuple[int, str, str]] = []
-    wanted: dict[str, list[int]] = {}
-    for offset, raw in enumerate(values):
-        row = first_row + offset
-        if not raw:
-            unmatched.append((row, raw, str(_("empty"))))
-            continue
-        try:
-            key = normalize_identity(IdentityInput(kind=kind, value=raw)).value
-        except ValidationFailed as exc:
-            unmatched.append((row, raw, exc.message))
-            continue
-        wanted.setdefault(key, []).append(row)
-    owners: dict[str, int] = {}
-    keys = list(wanted)
-    for start in range(0, len(keys), LOOKUP_BATCH):
-        owners.update(
-            Identity.objects.filter(
-                kind=kind,
-                value__in=keys[start : start + LOOKUP_BATCH],
-                contact__merged_into__isnull=True,
-            ).values_list("value", "contact_id")
-        )
-    for key, rows in wanted.items():
-        if key not in owners:
-            unmatched.extend((row, key, str(_("no contact has this value"))) for row in rows)
-    contact_ids = sorted(set(owners.values()))
-    added = segment_static_add(segment=segment, contact_ids=contact_ids) if contact_ids else 0
-    unmatched.sort()
-    return StaticImportReport(
-        rows=len(values), matched=len(contact_ids), added=added, unmatched=unmatched
-    )

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from segments import influence, rfm, scoring, services
+from segments import influence, rfm, scoring, services, static_import
 
 
 @shared_task(name="segments.refresh_contacts")
@@ -24,6 +24,13 @@ def refresh(segment_id: int, job_id: int | None = None) -> tuple[int, int]:
 @shared_task(name="segments.static_members", acks_late=True)
 def static_members(job_id: int) -> None:
     services.segment_static_members_job_run(job_id=job_id)
+
+
+# Adding the contacts listed in an uploaded file to a static list; a redelivery of a finished
+# job changes nothing, and a rerun adds nobody twice.
+@shared_task(name="segments.static_import", acks_late=True)
+def static_import_file(job_id: int) -> None:
+    static_import.segment_static_import_job_run(job_id=job_id)
 
 
 @shared_task(name="segments.refresh_all")

@@ -19,6 +19,11 @@ urlpatterns = [
         name="auto_tag_remove",
     ),
     path("<int:pk>/import/", views.segment_static_import, name="static_import"),
+    path(
+        "<int:pk>/import/<int:job_id>/unmatched.csv",
+        views.segment_static_import_unmatched,
+        name="static_import_unmatched",
+    ),
     path("<int:pk>/explain/", views.segment_explain, name="explain"),
     path("preview/", views.segment_preview, name="preview"),
     path("static-members/", views.segment_static_members, name="static_members"),

@@ -1,13 +1,17 @@
 import datetime as dt
-import tempfile
-from pathlib import Path
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -23,7 +27,7 @@ from core.htmx import is_fragment_request, render_page
 from core.ids import parse_id
 from core.models import Job, JobStatus
 from core.pagination import keyset_page
-from segments import selectors, services
+from segments import selectors, services, static_import
 from segments.forms import (
     AutoTagForm,
     SegmentForm,
@@ -436,31 +440,101 @@ def segment_auto_tag_remove(request: HttpRequest, pk: int, rule_id: int) -> Http
 # Static lists ----------------------------------------------------------------------------------
 
 
+def _static_import_job(request: HttpRequest, segment: Segment, job_id: int | None) -> Job:
+    """The import into this list the page follows: 404 unless it is the user's to see."""
+    if job_id is None:
+        raise Http404
+    job = (
+        jobs.jobs_visible_to(user=request.user)
+        .filter(kind=static_import.STATIC_IMPORT_JOB_KIND, pk=job_id)
+        .first()
+    )
+    if job is None or job.params.get("segment_id") != segment.pk:
+        raise Http404
+    return job
+
+
+def _static_import_context(
+    request: HttpRequest, segment: Segment, form: StaticImportForm, job: Job | None, error=None
+) -> dict:
+    url = reverse("segments:static_import", args=[segment.pk])
+    context = {
+        "segment": segment,
+        "form": form,
+        "error": error,
+        "job": job,
+        "shown": static_import.UNMATCHED_SHOWN,
+        "max_rows": static_import.STATIC_IMPORT_MAX_ROWS,
+        "recent": jobs.jobs_visible_to(user=request.user).filter(
+            kind=static_import.STATIC_IMPORT_JOB_KIND, params__segment_id=segment.pk
+        )[:5],
+    }
+    if job is not None:
+        context["poll_url"] = f"{url}?{urlencode({'job': job.pk})}"
+        context["result_template"] = "segments/_static_import_result.html"
+    return context
+
+
 @login_required
 @permission_required(CHANGE, raise_exception=True)
 def segment_static_import(request: HttpRequest, pk: int) -> HttpResponse:
-    """Add the contacts listed in a CSV / Excel file; show the rows that matched nobody."""
+    """Upload a CSV / Excel list to add to a static list in the background, then follow its job
+    (`?job=`): progress, counts and the rows that matched nobody."""
     segment = _get_segment(pk)
-    form = StaticImportForm(request.POST or None, request.FILES or None)
-    report, error = None, None
-    if request.method == "POST" and form.is_valid():
-        upload = form.cleaned_data["file"]
-        suffix = Path(upload.name).suffix.lower() or ".csv"
-        with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
-            for chunk in upload.chunks():
-                handle.write(chunk)
-            handle.flush()
-            try:
-                report = services.segment_static_import(
-                    segment=segment, file=handle.name, match_by=form.cleaned_data["match_by"]
-                )
-            except ValidationFailed as exc:
-                error = exc.message
-        segment.refresh_from_db()
-    context = {"segment": segment, "form": form, "report": report, "error": error}
-    status = 422 if (error or form.errors) else 200
+    if request.method != "POST":
+        job = None
+        if "job" in request.GET:
+            job = _static_import_job(request, segment, parse_id(request.GET["job"]))
+        context = _static_import_context(request, segment, StaticImportForm(), job)
+        if job is not None and is_fragment_request(request):
+            # The progress block polls the page for itself (and its counts, out of band).
+            context["poll"] = True
+            response = render(request, "segments/static_import.html#job-progress", context)
+            patch_vary_headers(response, ["HX-Request"])
+            return response
+        return render_page(request, "segments/static_import.html", context)
+    form = StaticImportForm(request.POST, request.FILES)
+    error = None
+    if form.is_valid():
+        try:
+            job = static_import.segment_static_import_start(
+                segment=segment,
+                file=form.cleaned_data["file"],
+                match_by=form.cleaned_data["match_by"],
+                actor=request.user,
+            )
+        except ValidationFailed as exc:
+            error = exc.message
+        else:
+            url = f"{reverse('segments:static_import', args=[segment.pk])}?job={job.pk}"
+            if not is_fragment_request(request):
+                return redirect(url)
+            context = _static_import_context(request, segment, StaticImportForm(), job)
+            response = render_page(
+                request, "segments/static_import.html", context, fragment="static-import"
+            )
+            response["HX-Push-Url"] = url
+            return response
+    context = _static_import_context(request, segment, form, None, error)
     return render_page(
-        request, "segments/static_import.html", context, fragment="static-import", status=status
+        request, "segments/static_import.html", context, fragment="static-import", status=422
+    )
+
+
+@login_required
+@permission_required(CHANGE, raise_exception=True)
+def segment_static_import_unmatched(request: HttpRequest, pk: int, job_id: int) -> HttpResponse:
+    """The CSV of every row of an import that matched nobody (row, value, reason)."""
+    segment = _get_segment(pk)
+    job = _static_import_job(request, segment, job_id)
+    path = static_import.static_import_unmatched_file(job=job)
+    if path is None:
+        raise Http404
+    return FileResponse(
+        path.open("rb"),
+        as_attachment=True,
+        filename=f"unmatched-{job.pk}.csv",
+        content_type="text/csv; charset=utf-8",
     )
 
 

@@ -9,7 +9,8 @@ from core.errors import ValidationFailed
 from core.ids import MAX_ID, parse_id
 from segments import scoring
 from segments.models import SegmentKind, SegmentMembership
-from segments.services import rule_queryset, segment_create, segment_static_import
+from segments.services import rule_queryset, segment_create
+from segments.static_import import segment_static_import
 from tests.factories import ContactFactory
 from tests.segments.posts import builder_post
 

@@ -26,13 +26,13 @@ from segments.services import (
     segment_duplicate,
     segment_refresh,
     segment_static_add,
-    segment_static_import,
     segment_static_remove,
     segment_update,
     segments_in_refresh_order,
     segments_refresh_incremental,
     segments_tick,
 )
+from segments.static_import import segment_static_import
 from tests.factories import ContactFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
@@ -398,9 +398,9 @@ def test_static_list_from_a_gbk_file_reports_rows_matching_nobody(tmp_path):
     path.write_bytes("手机号\n13800000001\n13900000009\nnot-a-phone\n\n".encode("gbk"))
     static = segment_create(name="名单", kind="static")
     report = segment_static_import(segment=static, file=path, match_by="phone")
-    assert (report.rows, report.matched, report.added) == (4, 1, 1)
-    assert [row for row, _, _ in report.unmatched] == [3, 4, 5]
-    assert report.unmatched[0][1] == "+8613900000009"
+    assert (report.rows, report.matched, report.added, report.unmatched) == (4, 1, 1, 3)
+    assert [row for row, _, _ in report.unmatched_first] == [3, 4, 5]
+    assert report.unmatched_first[0][1] == "+8613900000009"
     assert members(static) == {known.pk}
     again = segment_static_import(segment=static, file=path, match_by="phone")
     assert again.added == 0
