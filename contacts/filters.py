@@ -8,6 +8,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django_filters.fields import ModelMultipleChoiceField
 
+from contacts.forms import date_input
 from contacts.models import Contact, ContactTag, Stage
 from contacts.selectors import contact_search, staff_users, stores_active, tags_grouped
 from core.errors import ValidationFailed
@@ -80,12 +81,12 @@ class ContactFilter(django_filters.FilterSet):
     created_from = django_filters.DateFilter(
         label=_("Created from"),
         method="filter_created_from",
-        widget=forms.DateInput(attrs={"type": "date"}),
+        widget=date_input(),
     )
     created_to = django_filters.DateFilter(
         label=_("Created to"),
         method="filter_created_to",
-        widget=forms.DateInput(attrs={"type": "date"}),
+        widget=date_input(),
     )
 
     class Meta:

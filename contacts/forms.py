@@ -24,6 +24,13 @@ CUSTOM_PREFIX = "cf__"
 DATETIME_LOCAL_FORMAT = "%Y-%m-%dT%H:%M"
 
 
+def date_input() -> forms.DateInput:
+    """A browser date picker. Its value must be ISO whatever the language: without a format
+    Django renders the language's first input format (zh-Hans: 1990/02/03), which the browser
+    discards as invalid, so saving the form again would clear the date."""
+    return forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+
+
 def _expires_at_field() -> forms.DateTimeField:
     """The optional "until when" of a tag assignment (the 360 page and the bulk action)."""
     return forms.DateTimeField(
@@ -97,7 +104,7 @@ def _custom_form_field(definition: CustomField) -> forms.Field:
         return forms.DecimalField(label=label, required=False)
     if definition.kind == CustomFieldKind.DATE:
         return forms.DateField(
-            label=label, required=False, widget=forms.DateInput(attrs={"type": "date"})
+            label=label, required=False, widget=date_input()
         )
     if definition.kind == CustomFieldKind.SINGLE_CHOICE:
         return forms.ChoiceField(label=label, required=False, choices=[("", "—"), *choices])
@@ -117,7 +124,7 @@ class ContactEditForm(forms.Form):
     nickname = forms.CharField(label=_("Nickname"), max_length=100, required=False)
     gender = forms.ChoiceField(label=_("Gender"), choices=Gender.choices)
     birthday = forms.DateField(
-        label=_("Birthday"), required=False, widget=forms.DateInput(attrs={"type": "date"})
+        label=_("Birthday"), required=False, widget=date_input()
     )
     phone = forms.CharField(label=_("Phone"), max_length=30, required=False)
     email = forms.EmailField(label=_("Email"), max_length=254, required=False)
@@ -222,7 +229,7 @@ class NoteForm(forms.Form):
     follow_up_at = forms.DateTimeField(
         label=_("Follow up at"),
         required=False,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=DATETIME_LOCAL_FORMAT),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
     )
 

@@ -618,3 +618,29 @@ def test_detail_queries_do_not_grow_with_notes_consents_and_merges(
         response = operator_client.get(reverse("contacts:detail", args=[contact.pk]))
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("language", ["zh-hans", "en"])
+def test_edit_form_shows_dates_as_the_date_picker_reads_them(operator_client, language):
+    # A date picker discards any value that is not ISO; zh-Hans formats dates as 1990/02/03,
+    # so a saved form would clear the birthday and every custom date field.
+    import datetime as dt
+    import re
+
+    from contacts.models import CustomField
+
+    CustomField.objects.create(key="wedding_day", label="结婚纪念日", kind="date")
+    contact = ContactFactory(
+        birthday=dt.date(1990, 2, 3), attributes={"wedding_day": "2015-10-01"}
+    )
+    operator_client.cookies["django_language"] = language
+
+    page = operator_client.get(reverse("contacts:edit", args=[contact.pk])).content.decode()
+
+    def value_of(name: str) -> str:
+        tag = re.search(rf'<input type="date" name="{name}"[^>]*>', page)
+        assert tag, name
+        return re.search(r'value="([^"]*)"', tag.group(0)).group(1)
+
+    assert value_of("birthday") == "1990-02-03"
+    assert value_of("cf__wedding_day") == "2015-10-01"
