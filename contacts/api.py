@@ -1,4 +1,5 @@
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -29,6 +30,26 @@ def _validated(serializer: type[serializers.Serializer], data) -> dict:
     checked = serializer(data=data)
     checked.is_valid(raise_exception=True)
     return checked.validated_data
+
+
+class OffsetDateTimeField(serializers.DateTimeField):
+    """A moment sent with its UTC offset (`+08:00`, or `Z`); a bare local time is refused.
+
+    A time without an offset would be read in the server's time zone, which the sender may not
+    share: a client in UTC would have its events stored eight hours off, with no error to see.
+    """
+
+    default_error_messages = {
+        "no_offset": (
+            "Give the time with its UTC offset, like 2026-11-26T10:15:00+08:00 "
+            "(or Z for UTC); a time without one is ambiguous."
+        ),
+    }
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            self.fail("no_offset")
+        return super().enforce_timezone(value)
 
 
 class IdentityInSerializer(serializers.Serializer):
@@ -152,7 +173,7 @@ class IdentifyApi(BaseApiView):
 class EventInSerializer(serializers.Serializer):
     event_id = serializers.CharField(max_length=64)
     name = serializers.CharField(max_length=64)
-    occurred_at = serializers.DateTimeField()
+    occurred_at = OffsetDateTimeField()
     contact_id = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     identities = IdentityInSerializer(many=True, required=False, max_length=20)
     properties = serializers.DictField(required=False, default=dict)
@@ -372,8 +393,8 @@ CONTACT_EXAMPLE = {
     "utm_term": "",
     "lifecycle_stage": "first_purchase",
     "owner": 3,
-    "store": "sh-01",
-    "attributes": {"skin_type": "dry"},
+    "store": "sh-jingan",
+    "attributes": {"skin_type": "干性"},
     "identities": [
         {"kind": "miniprogram_openid", "app_id": "wx1234", "value": "oAbc123"},
         {"kind": "phone", "app_id": "", "value": "+8613800138000"},
@@ -470,8 +491,8 @@ class ContactDetailApi(BaseApiView):
                     "name": "林小雨",
                     "birthday": "1992-03-04",
                     "lifecycle_stage": "first_purchase",
-                    "store": "sh-01",
-                    "skin_type": "dry",
+                    "store": "sh-jingan",
+                    "skin_type": "干性",
                 },
             ),
             OpenApiExample(
@@ -538,7 +559,7 @@ class TagsInSerializer(serializers.Serializer):
         max_length=50,
         help_text='Tag ids or "group/name" of existing tags.',
     )
-    expires_at = serializers.DateTimeField(
+    expires_at = OffsetDateTimeField(
         required=False,
         allow_null=True,
         default=None,
@@ -625,9 +646,47 @@ class ContactTagDeleteApi(BaseApiView):
                 OpenApiTypes.STR,
                 OpenApiParameter.PATH,
                 description='Tag id, or "group/name".',
+                examples=[
+                    OpenApiExample("By id", value="7"),
+                    OpenApiExample(
+                        "By group and name",
+                        description="兴趣/护肤, URL-encoded in the path.",
+                        value="兴趣/护肤",
+                    ),
+                ],
             )
         ],
         responses={204: None, **CONTACT_ERRORS},
+        examples=[
+            OpenApiExample(
+                "Unknown tag",
+                description="No tag has this id or group/name; nothing is changed.",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "unknown_tag",
+                        "message": (
+                            "Unknown tag '兴趣/香水': give a tag id or \"group/name\" of an "
+                            "existing tag."
+                        ),
+                        "details": {"tag": "兴趣/香水"},
+                    }
+                },
+            ),
+            OpenApiExample(
+                "Unknown contact",
+                response_only=True,
+                status_codes=["404"],
+                value={
+                    "error": {
+                        "code": "not_found",
+                        "message": "No Contact matches the given query.",
+                        "details": None,
+                    }
+                },
+            ),
+        ],
     )
     def delete(self, request: Request, contact_id: int, tag_id: str) -> Response:
         contact = _contact(contact_id)

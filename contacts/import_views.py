@@ -15,13 +15,17 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from contacts import exporters, importers
+from contacts.models import Gender
 from contacts.selectors import tags_grouped
-from core import jobs
+from core import cleanup, jobs
 from core.errors import DomainError
 from core.htmx import render_page
 from core.models import AuditLog, Job, JobStatus
 
 IMPORT_PERMISSION = "contacts.add_contact"
+# Rows read per step when looking for the first data row of an upload: a file of thousands of
+# blank lines is still answered from one read or two.
+DATA_ROW_PROBE = 1000
 
 
 class ImportUploadForm(forms.Form):
@@ -81,6 +85,62 @@ def _job_for(request: HttpRequest, pk: int) -> Job:
     return get_object_or_404(jobs.jobs_visible_to(user=request.user), pk=pk)
 
 
+def _has_data_rows(job: Job) -> bool:
+    """Whether the uploaded file has a row with any non-blank cell below its header."""
+    chunks = importers.SourceFile.from_params(job.params).chunks(size=DATA_ROW_PROBE)
+    try:
+        for frame in chunks:
+            cells = frame.fillna("").astype(str)
+            if (cells.apply(lambda column: column.str.strip()) != "").to_numpy().any():
+                return True
+    finally:
+        chunks.close()
+    return False
+
+
+def _upload(*, file, user) -> Job:
+    """The import job of an uploaded file that has data rows; any other file is refused."""
+    job = importers.import_upload(file=file, user=user)
+    try:
+        has_rows = _has_data_rows(job)
+    except Exception as exc:  # pandas/openpyxl raise many kinds on garbage input
+        cleanup.job_upload_discard(job=job)
+        raise importers.ImportFileError(
+            _("The file could not be read as CSV or Excel: %(error)s") % {"error": exc}
+        ) from exc
+    if not has_rows:
+        # Refused here, not at the mapping step: there is nothing to map or import, and the
+        # job would otherwise wait in the list of recent imports.
+        cleanup.job_upload_discard(job=job)
+        raise importers.ImportFileError(
+            _("The file has column names but no data rows: add the contacts below the header row.")
+        )
+    return job
+
+
+def _awaiting_mapping(job: Job) -> bool:
+    """An upload whose columns were never confirmed: no import has started."""
+    return (
+        job.kind == importers.JOB_KIND
+        and job.status == JobStatus.QUEUED
+        and not job.params.get("started")
+    )
+
+
+def _localise_genders(preview: importers.Preview) -> None:
+    # The preview holds the stored codes (female/male) of the rows it read; operators read
+    # the labels, as on the contact page. A refused row keeps what the file said.
+    targets = [target for target, _label in preview.columns]
+    if "gender" not in targets:
+        return
+    column = targets.index("gender")
+    labels = dict(Gender.choices)
+    for row in preview.rows:
+        value = row["cells"][column]
+        if value in labels:
+            row["cells"][column] = labels[value]
+
+
 @login_required
 @permission_required(IMPORT_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
@@ -88,19 +148,24 @@ def import_upload(request: HttpRequest) -> HttpResponse:
     form = ImportUploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
-            job = importers.import_upload(file=form.cleaned_data["file"], user=request.user)
+            job = _upload(file=form.cleaned_data["file"], user=request.user)
         except DomainError as exc:
             form.add_error("file", exc.message)
         else:
             return redirect("contacts_io:import_mapping", pk=job.pk)
-    recent = jobs.jobs_visible_to(user=request.user).filter(
-        kind__in=[importers.JOB_KIND, exporters.JOB_KIND]
-    )[:10]
+    recent = [
+        (job, _awaiting_mapping(job))
+        for job in jobs.jobs_visible_to(user=request.user).filter(
+            kind__in=[importers.JOB_KIND, exporters.JOB_KIND]
+        )[:10]
+    ]
+    context = {
+        "form": form,
+        "recent": recent,
+        "retention_days": settings.SCRM_FILE_RETENTION_DAYS,
+    }
     return render_page(
-        request,
-        "contacts/import_upload.html",
-        {"form": form, "recent": recent},
-        status=400 if form.errors else 200,
+        request, "contacts/import_upload.html", context, status=400 if form.errors else 200
     )
 
 
@@ -111,7 +176,8 @@ def import_mapping(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job_for(request, pk)
     if job.kind != importers.JOB_KIND:
         raise Http404
-    if job.params.get("started"):
+    if not _awaiting_mapping(job):
+        # Started, or ended without starting (its upload expired): the job page says which.
         return redirect("contacts_io:job", pk=job.pk)
     form = ImportMappingForm(
         request.POST or None, headers=job.params["headers"], guessed=job.params["mapping"]
@@ -140,6 +206,7 @@ def import_mapping(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("contacts_io:job", pk=job.pk)
     if spec is not None:
         preview = importers.import_preview(job=job, spec=spec)
+        _localise_genders(preview)
     context = {"job": job, "form": form, "preview": preview, "error": error}
     fragment = "import-preview" if request.POST.get("action") == "preview" else None
     return render_page(request, "contacts/import_mapping.html", context, fragment=fragment)

@@ -1,5 +1,8 @@
 """Retention of the files background jobs leave under MEDIA_ROOT: import uploads, exports and
-rejected-row files are deleted a while after their job ends, and so are leftovers no job names."""
+rejected-row files are deleted a while after their job ends, and so are leftovers no job names.
+
+A job no worker started within the retention (an upload left at the column-mapping step, or one
+whose task was lost) ends there too: it is marked failed with the reason and its files go."""
 
 import datetime as dt
 import logging
@@ -11,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import ngettext
 
 from core.models import Job, JobStatus
 
@@ -28,6 +32,7 @@ BATCH_SIZE = 500
 @dataclass
 class CleanupResult:
     expired_jobs: int = 0
+    abandoned_jobs: int = 0
     job_files: int = 0
     orphan_files: int = 0
     bytes_freed: int = 0
@@ -87,6 +92,66 @@ def _expire_jobs(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> Non
             outcome.expired_jobs += 1
 
 
+def _abandoned_error(days: int) -> str:
+    return ngettext(
+        "Not started within %(days)s day; the uploaded file was deleted.",
+        "Not started within %(days)s days; the uploaded file was deleted.",
+        days,
+    ) % {"days": days}
+
+
+def _abandon_jobs(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> None:
+    # Queued and never picked up by a worker (started_at is set when one starts it).
+    stale = Job.objects.filter(
+        status=JobStatus.QUEUED, started_at__isnull=True, created_at__lt=cutoff
+    ).filter(Q(input_file__gt="") | Q(output_file__gt=""))
+    error = _abandoned_error(settings.SCRM_FILE_RETENTION_DAYS)
+    while batch := list(
+        stale.order_by("pk").only("pk", "input_file", "output_file", "result", "params")[
+            :BATCH_SIZE
+        ]
+    ):
+        for job in batch:
+            # Only while still queued and unstarted: a worker that starts it meanwhile wins.
+            ended = Job.objects.filter(
+                pk=job.pk, status=JobStatus.QUEUED, started_at__isnull=True
+            ).update(
+                status=JobStatus.FAILED,
+                error=error,
+                finished_at=timezone.now(),
+                input_file="",
+                output_file="",
+                result={"files_expired": True},
+            )
+            if not ended:
+                continue
+            for relative in _job_paths(
+                input_file=job.input_file,
+                output_file=job.output_file,
+                result=job.result,
+                params=job.params,
+            ):
+                if _delete(root, relative, outcome):
+                    outcome.job_files += 1
+            outcome.abandoned_jobs += 1
+
+
+def job_upload_discard(*, job: Job) -> None:
+    """Delete a job that was only ever an upload, and its files (a file refused after upload).
+
+    A job a worker has started is kept: it has progress and results an operator may read."""
+    root = Path(settings.MEDIA_ROOT).resolve()
+    deleted, _ = Job.objects.filter(
+        pk=job.pk, status=JobStatus.QUEUED, started_at__isnull=True
+    ).delete()
+    if not deleted:
+        return
+    for relative in _job_paths(
+        input_file=job.input_file, output_file=job.output_file, result=job.result, params=job.params
+    ):
+        _delete(root, relative, CleanupResult())
+
+
 def _referenced_paths() -> set[str]:
     """Files some job still names: unfinished jobs and finished ones within the retention."""
     rows = Job.objects.filter(Q(input_file__gt="") | Q(output_file__gt="")).values_list(
@@ -120,15 +185,18 @@ def _delete_orphans(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> 
 
 
 def job_files_expire(*, now: dt.datetime | None = None) -> CleanupResult:
-    """Delete the files of jobs that ended more than the retention ago, and old orphan files."""
+    """Delete the files of jobs that ended more than the retention ago, end the jobs no worker
+    started within it (with their files), and delete old orphan files."""
     cutoff = retention_cutoff(now=now)
     root = Path(settings.MEDIA_ROOT).resolve()
     outcome = CleanupResult()
     _expire_jobs(root, cutoff, outcome)
+    _abandon_jobs(root, cutoff, outcome)
     _delete_orphans(root, cutoff, outcome)
     logger.info(
-        "expired files of %s jobs: %s job files, %s orphans, %s bytes",
+        "expired files of %s jobs and %s never started: %s job files, %s orphans, %s bytes",
         outcome.expired_jobs,
+        outcome.abandoned_jobs,
         outcome.job_files,
         outcome.orphan_files,
         outcome.bytes_freed,

@@ -22,6 +22,20 @@ NOT_FOUND = {404: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
 ERRORS = {400: ErrorSerializer, **NOT_FOUND}
 
 
+class SegmentListQuerySerializer(serializers.Serializer):
+    after = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_ID,
+        help_text="`next_after` of the previous page.",
+    )
+    kind = serializers.ChoiceField(
+        choices=SegmentKind.choices,
+        required=False,
+        help_text="Only segments of this kind: `dynamic` (rule-based) or `static` (a list).",
+    )
+
+
 class SegmentOutSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -101,15 +115,17 @@ class SegmentListApi(BaseApiView):
     @extend_schema(
         operation_id="segments_list",
         summary="Active segments and static lists",
-        parameters=[
-            OpenApiParameter(
-                "after", OpenApiTypes.INT, description="`next_after` of the previous page."
-            ),
-            OpenApiParameter(
-                "kind", OpenApiTypes.STR, enum=list(SegmentKind.values), description="Filter."
-            ),
-        ],
-        responses={200: SegmentPageSerializer, 401: ErrorSerializer, 429: ErrorSerializer},
+        description=(
+            "An unknown `kind` or a malformed `after` answers 400: a filter or cursor that was "
+            "silently ignored would answer every segment, or the first page again."
+        ),
+        parameters=[SegmentListQuerySerializer],
+        responses={
+            200: SegmentPageSerializer,
+            400: ErrorSerializer,
+            401: ErrorSerializer,
+            429: ErrorSerializer,
+        },
         examples=[
             OpenApiExample(
                 "A page",
@@ -119,11 +135,12 @@ class SegmentListApi(BaseApiView):
         ],
     )
     def get(self, request: Request) -> Response:
+        query = SegmentListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         qs = selectors.segment_list()
-        kind = request.query_params.get("kind")
-        if kind in SegmentKind.values:
+        if kind := query.validated_data.get("kind"):
             qs = qs.filter(kind=kind)
-        page = keyset_page(qs, after=request.query_params.get("after"), size=LIST_PAGE_SIZE)
+        page = keyset_page(qs, after=query.validated_data.get("after"), size=LIST_PAGE_SIZE)
         body = {"results": page.items, "next_after": page.next_after}
         return Response(SegmentPageSerializer(body).data)
 
@@ -226,7 +243,9 @@ class SegmentMembersApi(BaseApiView):
         summary="Remove contacts from a static list",
         description=(
             MEMBERS_DESCRIPTION
-            + " Send the same JSON body as for adding, or repeat `contact_ids` in the query."
+            + ' Send the same JSON body as for adding, `{"contact_ids": [42, 57]}`, or repeat '
+            "`contact_ids` in the query: `?contact_ids=42&contact_ids=57`. (OpenAPI 3.0 gives a "
+            "DELETE no request body, so the body form is described here.)"
         ),
         parameters=[
             OpenApiParameter(
@@ -234,11 +253,31 @@ class SegmentMembersApi(BaseApiView):
                 OpenApiTypes.INT,
                 many=True,
                 description="Contact ids, when the body cannot be sent.",
+                examples=[
+                    OpenApiExample(
+                        "Two contacts",
+                        description="Sent as ?contact_ids=42&contact_ids=57.",
+                        value=[42, 57],
+                    )
+                ],
             )
         ],
         responses={200: MembersOutSerializer, **ERRORS},
         examples=[
-            OpenApiExample("Answer", response_only=True, value={"changed": 1, "member_count": 309})
+            OpenApiExample("Answer", response_only=True, value={"changed": 1, "member_count": 309}),
+            OpenApiExample(
+                "Unknown contacts",
+                description="Nothing is removed when one id is unknown or merged away.",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "unknown_contact",
+                        "message": "Unknown contacts: [99999]",
+                        "details": {"contact_ids": [99999]},
+                    }
+                },
+            ),
         ],
     )
     def delete(self, request: Request, segment_id: int) -> Response:

@@ -52,6 +52,9 @@ def _validate_event(item: EventInput) -> str | None:
         return "event_id is required and at most 64 characters."
     if not item.name or len(item.name) > 64:
         return "name is required and at most 64 characters."
+    # A naive time would be read in the server's zone, whatever zone the sender meant.
+    if timezone.is_naive(item.occurred_at):
+        return "occurred_at needs a UTC offset (like +08:00, or Z for UTC)."
     if item.occurred_at > timezone.now() + MAX_CLOCK_SKEW:
         return "occurred_at is in the future."
     if contains_nul(item.properties):

@@ -186,6 +186,14 @@ FORMS = ["会员注册", "新品试用申请", "门店预约", "肤质测试", "
 SHARE_TARGETS = ["friend", "moments", "group"]
 REDEMPTION_GIFTS = [("小样礼盒", 200), ("满200减30券", 300), ("定制化妆包", 500)]
 
+# The demo's custom fields, defined before contacts carry them: (key, label, kind, choices).
+# The generator fills skin_type from SKIN_TYPES and preferred_store with a store's name.
+SKIN_TYPES = ("干性", "油性", "混合性", "敏感性", "中性")
+CUSTOM_FIELDS = [
+    ("skin_type", "肤质", "single_choice", list(SKIN_TYPES)),
+    ("preferred_store", "常去门店", "text", []),
+]
+
 TAG_GROUPS = [
     ("兴趣", [(name, color) for name, color in zip(INTERESTS, (
         "#ec4899", "#f43f5e", "#a855f7", "#f59e0b", "#10b981"), strict=True)]),

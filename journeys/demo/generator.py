@@ -260,7 +260,7 @@ class DemoGenerator:
         email = self._email(phone_number, phone) if rng.random() < 0.22 else ""
         attributes = {}
         if rng.random() < 0.55:
-            attributes["skin_type"] = rng.choice(("干性", "油性", "混合性", "敏感性", "中性"))
+            attributes["skin_type"] = rng.choice(catalog.SKIN_TYPES)
         if style == "store" or rng.random() < 0.1:
             attributes["preferred_store"] = f"{city}{rng.choice(districts)[1]}店"
         created_at = self._when(created_ts)

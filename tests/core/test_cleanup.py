@@ -104,7 +104,9 @@ def test_old_orphans_are_deleted_but_files_of_unfinished_jobs_and_recent_ones_st
     _file(media, "imports/orphan-upload.csv", age=8 * DAY)
     _file(media, "exports/nested/orphan-export.xlsx", age=30 * DAY)
     _file(media, "imports/fresh-upload.csv", age=DAY)  # its job row may not be committed yet
-    # An upload waiting at the mapping step, and an import still running, for longer than that.
+    # Files older than that of an upload waiting at the mapping step (its job is recent; one
+    # left longer than the retention is ended, see test_import_upload_states) and of an
+    # import still running.
     jobs.job_create(kind="contacts.import", input_file=_file(media, "imports/q.csv", age=20 * DAY))
     running = jobs.job_create(
         kind="contacts.import", input_file=_file(media, "imports/r.csv", age=20 * DAY)

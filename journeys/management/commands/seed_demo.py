@@ -6,12 +6,15 @@ from django.core.management.base import BaseCommand, OutputWrapper
 from contacts import roles
 from journeys.demo.services import (
     CONSOLE_CHANNEL,
+    DAILY_HISTORY_UP_TO,
     DEFAULT_CONTACTS,
     DEFAULT_EVENTS_PER_CONTACT,
     DEFAULT_SEED,
     DEMO_PASSWORD,
     DEMO_STORE,
     DEMO_USERNAME,
+    HISTORY_DAYS,
+    WEEKLY,
     demo_seed,
 )
 
@@ -89,8 +92,10 @@ class ProgressBar:
 class Command(BaseCommand):
     help = (
         "Load realistic demo data: Chinese contacts with WeChat identities, 90 days of events, "
-        "tags, members and points, segments and a live journey. Safe to run again: existing "
-        "demo data is kept and nothing is duplicated."
+        "tags, members and points, the custom fields they carry (肤质, 常去门店), segments with "
+        f"{HISTORY_DAYS} days of size history worked out from the data (a point a day, or a "
+        f"point every {WEEKLY} days above {DAILY_HISTORY_UP_TO:,} contacts) and a live journey. "
+        "Safe to run again: existing demo data is kept and nothing is duplicated."
     )
 
     def add_arguments(self, parser):
@@ -139,6 +144,19 @@ class Command(BaseCommand):
         for name, members, created in result.segments:
             note = "" if created else " (already existed)"
             self.stdout.write(f"  {name}: {members:,} members{note}")
+        if result.history_points:
+            spacing = (
+                "a point a day"
+                if result.history_every == 1
+                else (
+                    f"a point every {result.history_every} days (more than "
+                    f"{DAILY_HISTORY_UP_TO:,} contacts)"
+                )
+            )
+            self.stdout.write(
+                f"Segment size history: {result.history_points} past points over "
+                f"{HISTORY_DAYS} days, {spacing}, each counted from the data as of that day."
+            )
         journey = result.journey
         self.stdout.write(
             f'Journey "{journey.name}" is {journey.status}: tag a contact '
