@@ -1,8 +1,9 @@
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
+from django.http import HttpResponseRedirect
 from django.utils.translation import gettext_lazy as _
 
 from contacts.models import (
@@ -332,7 +333,27 @@ class StaffProfileAdmin(admin.ModelAdmin):
     raw_id_fields = ["user"]
 
 
+def _custom_field_error_field(exc: ValidationFailed) -> str | None:
+    """The form field a refusal of custom_field_save is about."""
+    if exc.code == "key_taken":
+        return "key"
+    details = exc.details if isinstance(exc.details, dict) else {}
+    changed = details.get("changed") or [None]
+    return changed[0]
+
+
+class _CustomFieldSaveRefused(Exception):
+    """custom_field_save refused what the form had accepted: something changed in between."""
+
+    def __init__(self, refusal: ValidationFailed):
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
 class CustomFieldAdminForm(forms.ModelForm):
+    # Set (on a subclass made for one request) when the save path refused this very data.
+    late_refusal: ValidationFailed | None = None
+
     class Meta:
         model = CustomField
         fields = ["key", "label", "kind", "choices", "position", "is_active"]
@@ -346,9 +367,16 @@ class CustomFieldAdminForm(forms.ModelForm):
         try:
             custom_field_check_change(field=self.instance, key=key, kind=kind)
         except ValidationFailed as exc:
-            stored = CustomField.objects.get(pk=self.instance.pk)
-            self.add_error("key" if key != stored.key else "kind", exc.message)
+            self.add_error(_custom_field_error_field(exc), exc.message)
         return data
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        # Checked again, the data may now fail on its own (the new rule, the other field's
+        # key); if it still passes, the refusal the save met is the error to show.
+        if self.is_bound and self.late_refusal is not None and not self.errors:
+            refusal = self.late_refusal
+            self.add_error(_custom_field_error_field(refusal), refusal.message)
 
 
 @admin.register(CustomField)
@@ -358,19 +386,63 @@ class CustomFieldAdmin(admin.ModelAdmin):
     list_filter = ["kind", "is_active"]
     search_fields = ["key", "label"]
 
-    # Through the service, which checks again under a lock what the form checked.
+    # Through the service, which checks again under a lock what the form checked. A rule or
+    # another field's key saved by someone else since the form was validated is refused there.
     def save_model(self, request, obj: CustomField, form, change) -> None:
-        custom_field_save(field=obj)
+        try:
+            custom_field_save(field=obj)
+        except ValidationFailed as exc:
+            raise _CustomFieldSaveRefused(exc) from exc
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except _CustomFieldSaveRefused as exc:
+            # The view's transaction rolled back whole (nothing saved, nothing logged): show
+            # the posted form again, this time with the refusal on it.
+            request._custom_field_refusal = exc.refusal
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        refusal = getattr(request, "_custom_field_refusal", None)
+        if refusal is None:
+            return form
+        return type(form.__name__, (form,), {"late_refusal": refusal})
 
     # Through the service. A field a segment or lead-scoring rule reads is protected: the
     # confirmation page lists those rules and nothing is deleted.
     def delete_model(self, request, obj: CustomField) -> None:
-        custom_field_delete(field=obj)
+        try:
+            custom_field_delete(field=obj)
+        except ValidationFailed as exc:
+            raise _CustomFieldSaveRefused(exc) from exc
 
     def delete_queryset(self, request, queryset) -> None:
-        with transaction.atomic():
-            for field in queryset:
-                custom_field_delete(field=field)
+        try:
+            with transaction.atomic():
+                for field in queryset:
+                    custom_field_delete(field=field)
+        except ValidationFailed as exc:
+            raise _CustomFieldSaveRefused(exc) from exc
+
+    # A rule that started reading the field after the confirmation page listed none: the
+    # deletion is refused there, and said so instead of failing the request.
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except _CustomFieldSaveRefused as exc:
+            self.message_user(request, exc.refusal.message, level=messages.ERROR)
+            return HttpResponseRedirect(request.path)
+
+    def response_action(self, request, queryset):
+        try:
+            # Whole, so that the deletions the action logs first go when it is refused.
+            with transaction.atomic():
+                return super().response_action(request, queryset)
+        except _CustomFieldSaveRefused as exc:
+            self.message_user(request, exc.refusal.message, level=messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(Note)

@@ -5,7 +5,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import PROTECT, ProtectedError
 from django.utils.translation import gettext as _
 
@@ -124,6 +124,9 @@ def custom_field_delete(*, field: CustomField) -> None:
     """
     try:
         with transaction.atomic():
+            # Locked first, so that a rule starting to read the field meanwhile either is seen
+            # by the protection check or waits for the deletion (and then fails on its own).
+            CustomField.objects.select_for_update().filter(pk=field.pk).first()
             field.delete()
     except ProtectedError as exc:
         readers = sorted(str(obj) for obj in exc.protected_objects)
@@ -166,18 +169,43 @@ def custom_field_check_change(*, field: CustomField, key: str, kind: str) -> Non
             )
             % {"field": field.label, "readers": "; ".join(readers)},
             code="field_in_use",
-            details={"field": stored[0], "readers": readers},
+            details={
+                "field": stored[0],
+                "readers": readers,
+                "changed": [
+                    name
+                    for name, old, new in (("key", stored[0], key), ("kind", stored[1], kind))
+                    if old != new
+                ],
+            },
         )
 
 
 @transaction.atomic
 def custom_field_save(*, field: CustomField) -> CustomField:
     """Save a custom field definition (new or changed); a key or type change is refused while
-    rules read the field."""
+    rules read the field, and so is a key another field has.
+
+    The checks a form made before are made again here: a rule or a field with the same key
+    may have been saved by someone else since. Nothing is written when one refuses.
+    """
     if field.pk is not None:
         # Locked (a reference to the row, when a rule starts reading the field, waits for it,
         # and this waits for a reference not yet committed): the check sees every reader.
         CustomField.objects.select_for_update().filter(pk=field.pk).first()
         custom_field_check_change(field=field, key=field.key, kind=field.kind)
-    field.save()
+    try:
+        # A savepoint, so that the transaction stays usable for the check below.
+        with transaction.atomic():
+            field.save()
+    except IntegrityError as exc:
+        # The key is the only unique column: another admin saved the same key first (this
+        # insert waited for that transaction, then failed on its committed row).
+        if not CustomField.objects.filter(key=field.key).exclude(pk=field.pk).exists():
+            raise
+        raise ValidationFailed(
+            _("Another custom field already has the key “%(key)s”.") % {"key": field.key},
+            code="key_taken",
+            details={"field": field.key},
+        ) from exc
     return field

@@ -8,7 +8,8 @@ import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
@@ -23,7 +24,7 @@ from contacts.selectors import contact_follow_merges
 from contacts.services.events import event_record
 from contacts.services.merge import MergeRefused, contact_merge, merge_blocked_with
 from contacts.signals import contact_changed
-from core.errors import ValidationFailed
+from core.errors import DomainError, ValidationFailed
 
 # Text columns an identify or an import may set, with their length.
 COLUMN_TRAITS = {
@@ -38,8 +39,13 @@ DEFAULT_PHONE_REGION = "CN"
 COLUMN_IDENTITY_KINDS = (IdentityKind.PHONE, IdentityKind.EMAIL)
 # Timeline event recording identities that point to contacts identify did not merge.
 CONFLICT_EVENT = "identity_conflict"
-# Attempts of one identify call: a concurrent call may win an insert or a merge it also needed.
-IDENTIFY_ATTEMPTS = 3
+# Attempts of one identify call: a concurrent call may win an insert it also needed, change the
+# contacts this one waited to lock, or (PostgreSQL) have this one aborted to break a deadlock.
+# Each failed attempt means another call got through, so a few cover many concurrent calls.
+IDENTIFY_ATTEMPTS = 5
+# SQLSTATEs of a transaction PostgreSQL aborted to break a deadlock or a serialization conflict:
+# running it again is the documented remedy.
+RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
 @dataclass
@@ -155,23 +161,22 @@ def _clean_traits(traits: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _find_identities(identities: list[IdentityInput]) -> list[Identity]:
-    found: list[Identity] = []
+    # One query for all (identify looks twice: before and after locking the contacts).
+    if not identities:
+        return []
+    match = Q()
     for ident in identities:
-        row = (
-            Identity.objects.select_related("contact")
-            .filter(kind=ident.kind, app_id=ident.app_id, value=ident.value)
-            .first()
-        )
-        if row:
-            found.append(row)
-    return found
+        match |= Q(kind=ident.kind, app_id=ident.app_id, value=ident.value)
+    return sorted(Identity.objects.select_related("contact").filter(match), key=_key)
 
 
 def _attach_identities(contact: Contact, identities: list[IdentityInput]) -> None:
     # A plain INSERT, not get_or_create: if a concurrent call attached the same identity to
     # another contact first, the IntegrityError must reach identify's retry loop, which then
     # finds the winner's contact (get_or_create would silently hand back the winner's row).
-    for ident in identities:
+    # In one global order: two calls inserting some of the same values wait on the first one
+    # they share, never each on a value the other inserted first (a deadlock on the unique key).
+    for ident in sorted(identities, key=_key):
         Identity.objects.create(
             contact=contact, kind=ident.kind, app_id=ident.app_id, value=ident.value
         )
@@ -219,23 +224,39 @@ def identify(
         normalized.append(IdentityInput(IdentityKind.EMAIL, columns["email"]))
     unique = list({(i.kind, i.app_id, i.value): i for i in normalized}.values())
     # Two concurrent calls may race to create the same identity: the unique constraint lets
-    # exactly one win, and the loser's attempt rolls back to its savepoint and runs again. Each
-    # attempt's queries are new statements, so (READ COMMITTED on PostgreSQL, serialised
-    # IMMEDIATE transactions on SQLite) the retry sees the winner's committed rows.
+    # exactly one win, and the loser's attempt rolls back to its savepoint (releasing the row
+    # locks it took) and runs again. Each attempt's queries are new statements, so (READ
+    # COMMITTED on PostgreSQL, serialised IMMEDIATE transactions on SQLite) the retry sees the
+    # winner's committed rows.
     for attempt in range(IDENTIFY_ATTEMPTS):
         last = attempt == IDENTIFY_ATTEMPTS - 1
         try:
             with transaction.atomic():
-                return _identify_once(unique, columns, attributes, source, via)
-        except IntegrityError:
+                return _identify_once(unique, columns, attributes, source, via, last=last)
+        except (IntegrityError, ContactsContended):
             if last:
                 raise
+        except OperationalError as exc:
+            if last or not _is_retryable(exc):
+                raise
         except MergeRefused as exc:
-            # Two calls decided to merge the same contacts; this one waited for the other's row
-            # locks and found the merge done. Looking again follows it to the survivor.
+            # The contacts are locked and read again before any merge is decided, so a
+            # concurrent merge is seen then; should one still be met, looking again follows it.
             if exc.code != "already_merged" or last:
                 raise
     raise AssertionError("unreachable")
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+class ContactsContended(DomainError):
+    """While an identify attempt waited for its row locks, a concurrent call changed which
+    contacts its identities point to (raised to the caller only when no attempt is left)."""
+
+    code = "contacts_contended"
 
 
 def _oldest(contacts: list[Contact]) -> Contact:
@@ -294,25 +315,67 @@ def _conflicts_record(
                 continue  # a concurrent retry of the same call recorded it first
 
 
+def _resolve(
+    identities: list[IdentityInput],
+) -> tuple[dict[int, Contact], dict[IdentityKey, int], set[int]]:
+    """The contacts the identities point to, the contact holding each identity found, and the
+    contacts a strong identity points to."""
+    by_id: dict[int, Contact] = {}
+    owners: dict[IdentityKey, int] = {}
+    strong_ids: set[int] = set()
+    strong = strong_identity_kinds()
+    for row in _find_identities(identities):
+        # Identities of a merged contact moved to the survivor, but follow the link anyway.
+        contact = contact_follow_merges(contact=row.contact)
+        by_id[contact.pk] = contact
+        owners[_key(row)] = contact.pk
+        if row.kind in strong:
+            strong_ids.add(contact.pk)
+    return by_id, owners, strong_ids
+
+
+def _lock_involved(
+    identities: list[IdentityInput], owners: dict[IdentityKey, int], *, last: bool
+) -> tuple[dict[int, Contact], dict[IdentityKey, int], set[int]]:
+    """Lock every contact the identities point to, in id order; return _resolve's answer read
+    again under the locks.
+
+    Every contact the call may write to (merge, update, put a conflict on) is locked here,
+    before any write and in one global order: two calls over overlapping contacts then queue
+    on the first contact they share instead of each holding one the other needs, whatever
+    order their identities came in. Merges (contact_merge locks its pair again) only take
+    locks the call holds already.
+    """
+    locked = {
+        c.pk: c
+        for c in Contact.objects.select_for_update()
+        .filter(pk__in=set(owners.values()))
+        # Rows are locked in the order they are returned (LockRows runs above the sort).
+        .order_by("pk")
+    }
+    # A concurrent call may have merged these contacts or linked the identities elsewhere
+    # while this one waited. Start over with what that call left, unless nothing changed;
+    # on the last attempt, go on with the new state if this call holds all it needs.
+    by_id, now, strong_ids = _resolve(identities)
+    if not set(by_id) <= set(locked) or (now != owners and not last):
+        raise ContactsContended(
+            _("Other calls are changing the contacts these identities point to; try again.")
+        )
+    return {pk: locked[pk] for pk in by_id}, now, strong_ids
+
+
 def _identify_once(
     identities: list[IdentityInput],
     columns: dict[str, Any],
     attributes: dict[str, Any],
     source: str,
     via: str,
+    *,
+    last: bool = True,
 ) -> IdentifyResult:
-    found = _find_identities(identities)
-    # Identities of a merged contact moved to the survivor, but follow the link anyway.
-    by_id: dict[int, Contact] = {}
-    owners: dict[IdentityKey, int] = {}
-    strong_ids: set[int] = set()
-    strong = strong_identity_kinds()
-    for row in found:
-        contact = contact_follow_merges(contact=row.contact)
-        by_id[contact.pk] = contact
-        owners[_key(row)] = contact.pk
-        if row.kind in strong:
-            strong_ids.add(contact.pk)
+    by_id, owners, strong_ids = _resolve(identities)
+    if owners:
+        by_id, owners, strong_ids = _lock_involved(identities, owners, last=last)
     created = False
     conflicts: list[int] = []
     merged: list[int] = []
@@ -350,11 +413,12 @@ def _identify_once(
             return IdentifyResult(
                 contact=contact, created=False, merged=merged, conflicts=conflicts
             )
-        contact = Contact.objects.select_for_update().get(pk=survivor.pk)
+        # Read again: the merges filled its blanks.
+        contact = Contact.objects.get(pk=survivor.pk)
     elif by_id:
         # Only weak identities link them: keep the oldest and report the others for review.
         ordered = sorted(by_id)
-        contact = Contact.objects.select_for_update().get(pk=ordered[0])
+        contact = by_id[ordered[0]]
         conflicts = ordered[1:]
         _conflicts_record(
             contact=contact,
@@ -405,14 +469,16 @@ def _identify_once(
         if kind in values and is_own((kind, "", values[kind]))
     ]
     for kind in followed:
-        identity_follow_column(contact=contact, kind=kind, old=old[kind], new=values[kind])
-    new = [
-        i
-        for i in identities
-        if _key(i) not in owners
-        and not (i.kind in followed and i.app_id == "" and i.value == values[i.kind])
-    ]
-    _attach_identities(contact, new)
+        if old[kind] and old[kind] != values[kind]:
+            Identity.objects.filter(contact=contact, kind=kind, app_id="", value=old[kind]).delete()
+    # What identity_follow_column would insert joins the call's new identities: all are
+    # inserted in one sorted order. A followed value already found is this contact's (or was a
+    # merged one's, moved here), so only values nobody holds are new.
+    new = {_key(i): i for i in identities if _key(i) not in owners}
+    for kind in followed:
+        if values[kind] and (kind, "", values[kind]) not in owners:
+            new.setdefault((kind, "", values[kind]), IdentityInput(kind, values[kind]))
+    _attach_identities(contact, list(new.values()))
     contact_id = contact.pk
     # A new contact changes everything a rule can read; a known one what the call brought.
     topics = None
