@@ -20,9 +20,10 @@ from django.db.models import QuerySet
 from django.http import QueryDict
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from contacts.filters import ContactFilter, contact_filter_checked
-from contacts.models import PROFILE_COLUMNS, Contact, ContactTag, CustomField, Stage
+from contacts.models import PROFILE_COLUMNS, Contact, ContactTag, CustomField, Gender, Stage
 from contacts.pii import can_view_personal_data, mask_email, mask_phone
 from contacts.selectors import contact_visible_to
 from core import jobs
@@ -64,7 +65,8 @@ PHONE_COLUMN = COLUMNS.index("phone")
 def _headers(custom: list[CustomField]) -> list[str]:
     labels = {
         "id": _("ID"),
-        "name": _("Name"),
+        # A person's name (姓名, not 名称): the header the import matches when the file comes back.
+        "name": pgettext("person", "Name"),
         "nickname": _("Nickname"),
         "gender": _("Gender"),
         "birthday": _("Birthday"),
@@ -163,6 +165,8 @@ def export_rows(
 ) -> Iterator[list[Any]]:
     """Yield export rows in id order, one keyset batch at a time."""
     stages = dict(Stage.objects.values_list("key", "name"))
+    # In the export's language, like the stage; the import reads these labels back (男/女/未知).
+    genders = {value: str(label) for value, label in Gender.choices}
     fields = [c for c in COLUMNS if c not in ("tags", "lifecycle_stage")]
     fields += ["lifecycle_stage_id", "attributes"]
     last = 0
@@ -187,7 +191,7 @@ def export_rows(
                 row["id"],
                 row["name"],
                 row["nickname"],
-                row["gender"],
+                genders.get(row["gender"], row["gender"]),
                 row["birthday"].isoformat() if row["birthday"] else "",
                 phone,
                 email,

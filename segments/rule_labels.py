@@ -1,5 +1,6 @@
 """Operator-facing names for the parts of a segment rule, and a rule node described in words."""
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -7,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from contacts.labels import event_label
 from contacts.models import ConsentChannel, ConsentPurpose, CustomField, Gender, Stage, Store, Tag
 
 GROUP_LABELS = {
@@ -215,7 +217,7 @@ def _join(values: Any, labels: dict | None = None) -> str:
 
 def _operator_value(label: str, operator: Any, value: Any, labels: dict | None = None) -> str:
     op = str(OPERATOR_LABELS.get(operator, operator))
-    if operator in ("is_set", "not_set", "is_true", "is_false"):
+    if operator in ("is_set", "not_set", "is_true", "is_false", "exists", "not_exists"):
         return f"{label} {op}"
     if operator in ("within_last_days", "within_days"):
         return _("%(field)s within the last %(days)s days") % {"field": label, "days": value}
@@ -243,6 +245,25 @@ def _window_text(window: Any) -> str:
     return _("between %(from)s and %(to)s") % {"from": window.get("from"), "to": window.get("to")}
 
 
+def describe_property_filter(item: dict) -> str:
+    """One event property filter in words, e.g. “amount is more than 100”. Property names are
+    the client's own keys and are shown as they are."""
+    return _operator_value(str(item.get("property")), item.get("operator"), item.get("value"))
+
+
+def describe_score_event(name: str, filters: Any) -> str:
+    """A lead-scoring event rule in words, e.g. “Purchase · amount is more than 100”."""
+    parts = [event_label(name)]
+    for item in filters if isinstance(filters, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("operator") == "exists" and item.get("value") is False:
+            # Lead scoring spells "absent" as exists = false; segment rules say not_exists.
+            item = {**item, "operator": "not_exists"}
+        parts.append(describe_property_filter(item))
+    return " · ".join(parts)
+
+
 def describe_condition(node: dict, names: Names) -> str:
     """One condition in words, e.g. “Purchase: number of times is at least 2 in the last 30
     days”. Unknown shapes fall back to their JSON so nothing is hidden from the operator."""
@@ -261,14 +282,13 @@ def describe_condition(node: dict, names: Names) -> str:
         return _("Tag %(match)s: %(tags)s") % {"match": match, "tags": tags}
     if kind == "event":
         measure = node.get("measure", "performed")
-        text = f"{node.get('name')}: {MEASURE_LABELS.get(measure, measure)}"
+        name = event_label(str(node.get("name")))
+        text = f"{name}: {MEASURE_LABELS.get(measure, measure)}"
         if measure in ("count", "sum", "avg", "first", "last"):
             text = _operator_value(text, node.get("operator"), node.get("value"))
         for item in node.get("filters") or []:
             if isinstance(item, dict):
-                text += " · " + _operator_value(
-                    str(item.get("property")), item.get("operator"), item.get("value")
-                )
+                text += " · " + describe_property_filter(item)
         window = _window_text(node.get("window"))
         return f"{text} {window}".strip() if window else text
     if kind == "membership":
@@ -301,7 +321,7 @@ def describe_condition(node: dict, names: Names) -> str:
         operator = node.get("operator")
         text = str(KOC_LABELS.get(operator, operator))
         return f"{text} {node.get('value')}" if str(operator).startswith("score_") else text
-    return str(node)
+    return json.dumps(node, ensure_ascii=False, default=str)
 
 
 def describe_group(node: dict) -> str:

@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 
 from contacts.models import Stage
 from core.errors import ValidationFailed
+from segments.forms import ROOT, rule_error_message, rule_from_post
 from segments.models import CapPeriod, LeadScoreRule, ScoreRuleKind
 from segments.scoring import PROPERTY_OPERATORS
 
@@ -47,17 +48,13 @@ class ScoreRuleForm(forms.Form):
         label=_("Event name"),
         max_length=64,
         required=False,
+        # The builder's list of known event names (rendered with the profile-fit rows).
+        widget=forms.TextInput(attrs={"list": "event-names"}),
         help_text=_("For per-event rules, e.g. purchase, page_view, share."),
     )
-    condition = forms.CharField(
-        label=_("Profile condition (JSON rule)"),
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
-        help_text=_(
-            'For profile-fit rules: a segment rule, e.g. {"op": "and", "conditions": '
-            '[{"type": "attribute", "field": "city", "operator": "eq", "value": "上海"}]}.'
-        ),
-    )
+    # The page edits the profile condition with the segment builder's rows (fields named
+    # r.…); a post without them (a script) may still send the rule as JSON here.
+    condition = forms.CharField(label=_("Profile condition"), required=False)
     points = forms.IntegerField(
         label=_("Points"),
         min_value=-100000,
@@ -91,6 +88,26 @@ class ScoreRuleForm(forms.Form):
                 widget=forms.TextInput(attrs={"placeholder": _("Value (comma-separate lists)")}),
             )
         self._row_of_filter: dict[int, int] = {}
+        # A rule error the builder shows at the condition it names.
+        self.rule_error: ValidationFailed | None = None
+
+    @property
+    def builder_posted(self) -> bool:
+        return self.is_bound and f"{ROOT}.kind" in self.data
+
+    @property
+    def fit_rule(self) -> dict[str, Any]:
+        """The profile condition the builder shows: as posted, else the rule's own."""
+        if self.builder_posted:
+            return rule_from_post(self.data)
+        if self.is_bound:
+            try:
+                rule = json.loads(self.data.get("condition") or "{}")
+            except json.JSONDecodeError:
+                rule = {}
+        else:
+            rule = self.initial.get("fit_rule") or {}
+        return rule if isinstance(rule, dict) and rule else {"op": "and", "conditions": []}
 
     @classmethod
     def initial_from_rule(cls, rule: LeadScoreRule) -> dict[str, Any]:
@@ -98,7 +115,7 @@ class ScoreRuleForm(forms.Form):
             "name": rule.name,
             "kind": rule.kind,
             "event_name": rule.event_name,
-            "condition": json.dumps(rule.condition, ensure_ascii=False) if rule.condition else "",
+            "fit_rule": rule.condition,
             "points": rule.points,
             "cap_points": rule.cap_points,
             "cap_period": rule.cap_period,
@@ -126,7 +143,13 @@ class ScoreRuleForm(forms.Form):
         data = super().clean()
         text = (data.get("condition") or "").strip()
         data["condition_json"] = {}
-        if data.get("kind") == ScoreRuleKind.ATTRIBUTE and text:
+        if data.get("kind") != ScoreRuleKind.ATTRIBUTE:
+            return data
+        if self.builder_posted:
+            rule = rule_from_post(self.data)
+            # An empty group matches everyone: no condition, which the service refuses.
+            data["condition_json"] = rule if rule.get("conditions") else {}
+        elif text:
             try:
                 data["condition_json"] = json.loads(text)
             except json.JSONDecodeError as exc:
@@ -184,7 +207,8 @@ class ScoreRuleForm(forms.Form):
             self.add_error(f"f{row}_{part}", message.split(": ", 1)[-1])
             return
         if (path or message).startswith("rule"):
-            self.add_error("condition", message)
+            self.rule_error = exc
+            self.add_error("condition", rule_error_message(exc))
             return
         field = message.split(":", 1)[0]
         if field in self.fields and ":" in message:

@@ -7,10 +7,13 @@ from django.views.decorators.http import require_POST
 
 from contacts.models import Contact
 from core.errors import ValidationFailed
-from core.htmx import render_page
+from core.htmx import is_fragment_request, render_page
 from segments import influence, scoring, tasks
-from segments.models import LeadScoreRule, LeadStageThreshold
+from segments.forms import builder_tree, rule_apply_action
+from segments.models import LeadScoreRule, LeadStageThreshold, ScoreRuleKind
+from segments.rule_labels import describe_score_event
 from segments.scoring_forms import HalfLifeForm, ScoreRuleForm, ThresholdForm
+from segments.selectors import RuleLine, event_names_known, segment_rule_lines
 
 VIEW_PERMISSION = "segments.view_segment"
 CHANGE_PERMISSION = "segments.change_segment"
@@ -18,12 +21,21 @@ TOP_SCORED = 50
 KOC_PAGE_SIZE = 100
 
 
+def _rule_lines(rule: LeadScoreRule) -> list[RuleLine]:
+    """What a rule scores, in the words the segment pages use for the same conditions."""
+    if rule.kind == ScoreRuleKind.EVENT:
+        return [RuleLine(0, describe_score_event(rule.event_name, rule.property_filters))]
+    return segment_rule_lines(rule=rule.condition)
+
+
 def _scoring_context(
     *, half_life_form: HalfLifeForm | None = None, threshold_form: ThresholdForm | None = None
 ) -> dict:
     config = scoring.scoring_config_get()
     return {
-        "rules": LeadScoreRule.objects.all(),
+        "rules": [
+            {"rule": rule, "lines": _rule_lines(rule)} for rule in LeadScoreRule.objects.all()
+        ],
         "config": config,
         "half_life_form": half_life_form
         or HalfLifeForm(initial={"half_life_days": config.half_life_days}),
@@ -54,9 +66,37 @@ def scoring_rule_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return _rule_form(request, rule=get_object_or_404(LeadScoreRule, pk=pk))
 
 
+def _render_rule_form(
+    request: HttpRequest,
+    form: ScoreRuleForm,
+    rule: LeadScoreRule | None,
+    *,
+    fit_rule: dict | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "form": form,
+        "rule": rule,
+        "tree": builder_tree(fit_rule or form.fit_rule, error=form.rule_error),
+        "event_names": event_names_known(),
+    }
+    return render_page(
+        request, "segments/scoring_rule_form.html", context, fragment="rule-builder", status=status
+    )
+
+
 def _rule_form(request: HttpRequest, *, rule: LeadScoreRule | None) -> HttpResponse:
     initial = ScoreRuleForm.initial_from_rule(rule) if rule else None
     form = ScoreRuleForm(request.POST or None, initial=initial)
+    action = request.POST.get("action")
+    if request.method == "POST" and action is None and is_fragment_request(request):
+        # A builder select that needs other widgets posts without an action: re-render only.
+        action = "refresh"
+    if action is not None:
+        # The segment builder's add / remove buttons, applied to the profile condition.
+        return _render_rule_form(
+            request, form, rule, fit_rule=rule_apply_action(form.fit_rule, action)
+        )
     if request.method == "POST" and form.is_valid():
         try:
             if rule is None:
@@ -68,10 +108,7 @@ def _rule_form(request: HttpRequest, *, rule: LeadScoreRule | None) -> HttpRespo
         else:
             messages.success(request, _("Scoring rule “%(name)s” saved.") % {"name": saved.name})
             return redirect("segments:scoring")
-    status = 422 if form.errors else 200
-    return render_page(
-        request, "segments/scoring_rule_form.html", {"form": form, "rule": rule}, status=status
-    )
+    return _render_rule_form(request, form, rule, status=422 if form.errors else 200)
 
 
 @require_POST

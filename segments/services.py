@@ -327,7 +327,9 @@ def _reschedule(segment: Segment, scheduled: dt.datetime | None) -> None:
 @transaction.atomic
 def segment_duplicate(*, segment: Segment, actor: AbstractBaseUser | None = None) -> Segment:
     """A copy of a segment's definition (and, for a static list, its members)."""
-    base = f"{segment.name} (copy)"[:95]
+    # The name is cut, not the suffix; 95 of the 100 characters leave room for " 2", " 3" ….
+    suffix = len(_("%(name)s (copy)") % {"name": ""})
+    base = _("%(name)s (copy)") % {"name": segment.name[: max(95 - suffix, 1)]}
     name, n = base, 2
     while Segment.objects.filter(name=name).exists():
         name, n = f"{base} {n}", n + 1

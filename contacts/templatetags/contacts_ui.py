@@ -1,53 +1,12 @@
 from typing import Any
 
 from django import template
-from django.utils.translation import gettext_lazy as _
 
-from contacts import pii, roles
-from contacts.models import Event, Identity, IdentityKind
+from contacts import labels, pii, roles
+from contacts.labels import EVENT_LABELS as EVENT_LABELS  # read from here by older code and tests
+from contacts.models import ConsentChannel, ConsentPurpose, Contact, Event, Identity, IdentityKind
 
 register = template.Library()
-
-# Human labels for the event names the product itself records or documents for clients.
-EVENT_LABELS = {
-    "identity_conflict": _("Identity conflict"),
-    "message_sent": _("Message sent"),
-    "message_failed": _("Message failed"),
-    "message_skipped": _("Message skipped"),
-    "message_delivered": _("Message delivered"),
-    "message_opened": _("Message opened"),
-    "message_clicked": _("Message clicked"),
-    "tag_added": _("Tag added"),
-    "tag_removed": _("Tag removed"),
-    "segment_entered": _("Entered segment"),
-    "segment_exited": _("Left segment"),
-    "stage_changed": _("Lifecycle stage changed"),
-    "journey_enrolled": _("Enrolled in journey"),
-    "journey_completed": _("Completed journey"),
-    "purchase": _("Purchase"),
-    "refund": _("Refund"),
-    "page_view": _("Page view"),
-    "view_product": _("Viewed product"),
-    "share": _("Shared"),
-    "referral_accepted": _("Accepted an invitation"),
-    "sign_in": _("Daily check-in"),
-    "qr_scanned": _("Scanned QR code"),
-    "form_submitted": _("Submitted form"),
-    "signup": _("Sign-up"),
-    "login": _("Login"),
-    "add_to_cart": _("Added to cart"),
-    "subscribe": _("Followed"),
-    "unsubscribe": _("Unfollowed"),
-    "contact_merged": _("Profiles merged"),
-    "merge_undone": _("Merge undone"),
-    "profile_updated": _("Profile updated"),
-    "note_added": _("Note added"),
-    "follow_up_done": _("Follow-up done"),
-    "consent_granted": _("Consent granted"),
-    "consent_withdrawn": _("Consent withdrawn"),
-    "points_earned": _("Points earned"),
-    "tier_changed": _("Tier changed"),
-}
 
 # Property keys worth showing next to the label, in order of preference.
 DETAIL_KEYS = (
@@ -60,27 +19,135 @@ DETAIL_KEYS = (
     "product",
     "order_id",
     "channel_code",
-    "purpose",
     "preview",
-    "fields",
 )
+CONSENT_EVENTS = ("consent_granted", "consent_withdrawn")
 
 
 @register.filter
 def event_label(name: str) -> str:
     """The operator-facing label of an event name; unknown names are shown as they are."""
-    return str(EVENT_LABELS.get(name, name))
+    return labels.event_label(name)
+
+
+@register.filter(name="source_label")
+def source_label_filter(value: str) -> str:
+    """The label of a source the product writes (api → API, import → 导入); others as they are."""
+    return labels.source_label(value)
 
 
 @register.filter
-def event_detail(event: Event) -> str:
-    """A short summary of what the event was about, e.g. the tag or journey name."""
-    props: dict[str, Any] = event.properties if isinstance(event.properties, dict) else {}
-    parts = [
+def merge_reason(reason: str) -> str:
+    """The label of a merge or never-merge reason (identify → 自动：身份相同)."""
+    return labels.merge_reason_label(reason)
+
+
+@register.filter(name="contact_ref")
+def contact_ref_filter(contact: Contact) -> str:
+    """A contact's name with its id (刘雨 #602), for pages that show two contacts side by side."""
+    return labels.contact_ref(contact)
+
+
+class _Lookups:
+    """What the timeline's details name by key or id, read once per page render."""
+
+    def __init__(self) -> None:
+        self._custom: dict[str, str] | None = None
+        self._contacts: dict[int, str] = {}
+
+    def custom(self) -> dict[str, str]:
+        if self._custom is None:
+            self._custom = labels.custom_field_labels()
+        return self._custom
+
+    def load_contacts(self, ids: set[int]) -> None:
+        missing = ids - self._contacts.keys()
+        if not missing:
+            return
+        # Merged-away contacts included: the timeline names whom a merge concerned.
+        for other in Contact.objects.filter(pk__in=missing).only("name", "nickname", "phone"):
+            self._contacts[other.pk] = labels.contact_ref(other)
+        self._contacts.update((pk, f"#{pk}") for pk in missing - self._contacts.keys())
+
+    def contact(self, pk: int) -> str:
+        self.load_contacts({pk})
+        return self._contacts[pk]
+
+
+def _id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# The properties of the events that name another contact by id.
+CONTACT_ID_KEYS = {
+    "contact_merged": ("duplicate_id",),
+    "identity_conflict": ("other_contact_id",),
+    "merge_undone": ("survivor_id", "duplicate_id"),
+}
+
+
+def _lookups(context: template.Context) -> _Lookups:
+    lookups = context.render_context.get(_Lookups)
+    if lookups is None:
+        lookups = context.render_context[_Lookups] = _Lookups()
+    return lookups
+
+
+@register.simple_tag(takes_context=True)
+def timeline_prefetch(context: template.Context, events: list[Event]) -> str:
+    """Read the contacts a page of events names in one query (before event_detail runs)."""
+    ids = set()
+    for event in events:
+        props = event.properties if isinstance(event.properties, dict) else {}
+        for key in CONTACT_ID_KEYS.get(event.name, ()):
+            pk = _id(props.get(key))
+            if pk is not None:
+                ids.add(pk)
+    _lookups(context).load_contacts(ids)
+    return ""
+
+
+def _detail_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> list[str]:
+    name = event.name
+    if name in CONSENT_EVENTS:
+        return [
+            str(choices.get(props[key], props[key]))
+            for key, choices in (
+                ("channel", dict(ConsentChannel.choices)),
+                ("purpose", dict(ConsentPurpose.choices)),
+            )
+            if props.get(key)
+        ]
+    if name == "profile_updated":
+        fields = props.get("fields")
+        if not isinstance(fields, list) or not fields:
+            return []
+        custom = lookups.custom()
+        return [", ".join(labels.contact_field_label(str(f), custom=custom) for f in fields)]
+    if name in ("contact_merged", "identity_conflict"):
+        other = _id(props.get("duplicate_id" if name == "contact_merged" else "other_contact_id"))
+        parts = [lookups.contact(other)] if other is not None else []
+        if props.get("reason"):
+            parts.append(labels.merge_reason_label(str(props["reason"])))
+        return parts
+    if name == "merge_undone":
+        # Both contacts get this event: each names the other one.
+        ids = [_id(props.get("survivor_id")), _id(props.get("duplicate_id"))]
+        return [lookups.contact(pk) for pk in ids if pk is not None and pk != event.contact_id]
+    return [
         ", ".join(map(str, props[key])) if isinstance(props[key], list) else str(props[key])
         for key in DETAIL_KEYS
         if props.get(key) not in (None, "", [])
     ]
+
+
+@register.simple_tag(takes_context=True)
+def event_detail(context: template.Context, event: Event) -> str:
+    """A short summary of what the event was about: the tag or journey name, the consent's
+    channel and purpose, the fields a profile update changed, the other contact of a merge."""
+    lookups = _lookups(context)
+    props: dict[str, Any] = event.properties if isinstance(event.properties, dict) else {}
+    parts = _detail_parts(event, props, lookups)
     if event.value is not None:
         parts.append(f"¥{event.value}")
     return " · ".join(parts[:3])
