@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 from contacts import bulk, pii, roles, selectors, services
 from contacts.filters import ContactFilter, contact_filter_checked
 from contacts.forms import BulkTagForm, ConsentForm, ContactEditForm, NoteForm, TagAddForm
+from contacts.labels import contact_ref
 from contacts.models import Contact, Note
 from core import jobs
 from core.audit import audit_log
@@ -546,7 +547,7 @@ def _merged_message(request: HttpRequest, record, duplicate: Contact) -> str:
         '{} <form class="inline-form" method="post" action="{}">'
         '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
         '<button type="submit" class="link-button">{}</button></form>',
-        _("“%(name)s” was merged into this contact.") % {"name": duplicate.display_name},
+        _("“%(name)s” was merged into this contact.") % {"name": contact_ref(duplicate)},
         reverse("contacts:merge_undo", args=[record.pk]),
         get_token(request),
         _("Undo"),
