@@ -222,10 +222,11 @@ def _match(values: list[str], *, first_row: int, kind: str) -> tuple[list[Unmatc
     keys = list(wanted)
     for start in range(0, len(keys), LOOKUP_BATCH):
         owners.update(
+            # The whole key of identity_unique (these kinds carry no app id): a probe per
+            # value. No join to contacts: a merge moves identities to the survivor, and the
+            # contacts found are checked for merges again when they are added (_live).
             Identity.objects.filter(
-                kind=kind,
-                value__in=keys[start : start + LOOKUP_BATCH],
-                contact__merged_into__isnull=True,
+                kind=kind, app_id="", value__in=keys[start : start + LOOKUP_BATCH]
             ).values_list("value", "contact_id")
         )
     nobody = str(_("no contact has this value"))
