@@ -1,4 +1,5 @@
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
@@ -55,12 +56,19 @@ def contact_search(*, qs: QuerySet[Contact], query: str) -> QuerySet[Contact]:
     if not query:
         return qs
     cond = Q(name__icontains=query) | Q(nickname__icontains=query)
+    # A phone only when the query is spelled like one (digits, spaces, +, -, brackets): digits
+    # picked out of a name ("用户10999") would match strangers' phones.
     digits = "".join(ch for ch in query if ch.isdigit())
-    if len(digits) >= 4:
+    if len(digits) >= 4 and PHONE_QUERY.fullmatch(query):
         cond |= Q(phone__contains=digits)
-    if "@" in query:
-        cond |= Q(email__iexact=query)
+    # An email by its beginning ("wang.li@", "wang.li"): a query that could start one.
+    if EMAIL_PREFIX_QUERY.fullmatch(query):
+        cond |= Q(email__istartswith=query)
     return qs.filter(cond)
+
+
+PHONE_QUERY = re.compile(r"[\d\s+\-()]+")
+EMAIL_PREFIX_QUERY = re.compile(r"[A-Za-z0-9._%+\-]+(@[A-Za-z0-9.\-]*)?")
 
 
 def contact_get_by_identity(*, kind: str, value: str, app_id: str = "") -> Contact | None:
