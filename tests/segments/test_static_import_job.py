@@ -118,7 +118,7 @@ def test_an_upload_runs_as_a_job_and_offers_the_unmatched_rows(
         ["6", "'=1+2"],
     ]
     reasons = [row[2] for row in rows]
-    assert reasons[0] == "没有联系人匹配此值" and reasons[2] == "空值"
+    assert reasons[0] == "没有客户匹配此值" and reasons[2] == "空值"
     assert all(reasons)
 
 
@@ -185,7 +185,7 @@ def test_an_excel_list_with_numbers_as_numbers(
     assert members(static) == {known.pk}
     assert job.result["unmatched_first"] == [
         [3, "", "空值"],
-        [4, "+8613900000000", "没有联系人匹配此值"],
+        [4, "+8613900000000", "没有客户匹配此值"],
     ]
 
 
