@@ -1,5 +1,5 @@
 from collections.abc import Callable
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -320,6 +320,12 @@ def contact_edit(request: HttpRequest, pk: int) -> HttpResponse:
             else:
                 messages.info(request, _("Nothing changed."))
             contact = _get_contact(request, pk)
+            if _on_page(request, reverse("contacts:edit", args=[pk])):
+                # The form was the whole page (its own address): go to the contact's page, or
+                # a reload would open the form again. The toast waits in the session.
+                response = HttpResponse()
+                response["HX-Location"] = _detail_url(contact)
+                return response
             return redirect_or_fragment(
                 request,
                 to=_detail_url(contact),
@@ -339,6 +345,13 @@ def contact_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return render_page(
         request, EDIT_TEMPLATE, {"contact": contact, "form": form}, fragment="contact-profile"
     )
+
+
+def _on_page(request: HttpRequest, path: str) -> bool:
+    """Whether an htmx request comes from the page at `path` (not from a fragment loaded
+    into another page)."""
+    current = request.headers.get("HX-Current-URL")
+    return is_fragment_request(request) and bool(current) and urlsplit(current).path == path
 
 
 # Service error codes that always concern one field.

@@ -630,9 +630,7 @@ def test_edit_form_shows_dates_as_the_date_picker_reads_them(operator_client, la
     from contacts.models import CustomField
 
     CustomField.objects.create(key="wedding_day", label="结婚纪念日", kind="date")
-    contact = ContactFactory(
-        birthday=dt.date(1990, 2, 3), attributes={"wedding_day": "2015-10-01"}
-    )
+    contact = ContactFactory(birthday=dt.date(1990, 2, 3), attributes={"wedding_day": "2015-10-01"})
     operator_client.cookies["django_language"] = language
 
     page = operator_client.get(reverse("contacts:edit", args=[contact.pk])).content.decode()
@@ -644,3 +642,25 @@ def test_edit_form_shows_dates_as_the_date_picker_reads_them(operator_client, la
 
     assert value_of("birthday") == "1990-02-03"
     assert value_of("cf__wedding_day") == "2015-10-01"
+
+
+def test_saving_the_edit_page_goes_to_the_contact_page(operator_client):
+    # Opened at its own address (not inside the contact page), the form would stay in the
+    # address bar after an htmx save, and a reload would open it again.
+    contact = ContactFactory(name="林小雨")
+    url = reverse("contacts:edit", args=[contact.pk])
+    data = _edit_data(contact, nickname="小雨")
+
+    from_page = operator_client.post(url, data, HTTP_HX_CURRENT_URL=f"http://testserver{url}", **HX)
+    assert from_page["HX-Location"] == reverse("contacts:detail", args=[contact.pk])
+
+    detail = reverse("contacts:detail", args=[contact.pk])
+    inline = operator_client.post(
+        url,
+        data,
+        HTTP_HX_CURRENT_URL=f"http://testserver{detail}",
+        HTTP_HX_TARGET="contact-profile",
+        **HX,
+    )
+    assert "HX-Location" not in inline
+    assert inline.content.decode().lstrip().startswith('<section id="contact-profile"')
