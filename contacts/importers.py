@@ -670,14 +670,65 @@ def _target_label(target: str) -> str:
     return str(TARGETS[target])
 
 
+@dataclass
+class CheckedChunk:
+    """A validated chunk whose duplicates are not decided yet.
+
+    Whether a row is a duplicate depends on the rows before it that are finally kept, and a row
+    can still be refused when it is written (a value of another contact): the duplicates are
+    decided in the chunk's transaction, after that check (`decide_duplicates`).
+    """
+
+    frame: pd.DataFrame  # the rows as read
+    first_row: int  # the file row number of the frame's first row
+    good: pd.DataFrame  # the valid rows (STAGE_COLUMNS), duplicates included
+    bad: pd.DataFrame  # the rows validation rejected, with `_row` and `_reason`
+    # Hashes of each duplicate column's values (`duplicate_columns`), aligned with `good`.
+    hashes: dict[str, np.ndarray]
+
+
+def duplicate_columns(spec: ImportSpec) -> list[str]:
+    """The columns two rows of a file may not share: the key, then the other identity columns."""
+    return ["key", *_identity_columns(spec)]
+
+
+def _value_hashes(good: pd.DataFrame, spec: ImportSpec) -> dict[str, np.ndarray]:
+    return {
+        c: pd.util.hash_pandas_object(good[c], index=False).to_numpy()
+        for c in duplicate_columns(spec)
+    }
+
+
 def prepare_chunk(
     frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate one chunk; return its good rows (STAGE_COLUMNS) and rejected rows with reasons."""
+    """Validate one chunk and decide its duplicates as if no row were refused when written;
+    return its good rows (STAGE_COLUMNS) and rejected rows with reasons."""
+    checked = check_chunk(frame, spec=spec, state=state)
+    duplicate, duplicates = decide_duplicates(
+        checked.good,
+        checked.hashes,
+        spec=spec,
+        refused=np.zeros(len(checked.good), dtype=bool),
+        state=state,
+    )
+    kept = ~duplicate
+    remember_kept(checked.good, checked.hashes, spec=spec, kept=kept, state=state)
+    bad = _with_write_rejections(checked.bad, checked.frame, checked.first_row, duplicates)
+    return checked.good[kept], bad
+
+
+def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> CheckedChunk:
+    """Validate one chunk, leaving its duplicates undecided.
+
+    Reads nothing that the writer changes (only the row offset moves), so it may run in another
+    thread while the previous chunk is written.
+    """
     frame = frame.reset_index(drop=True)
     n = len(frame)
     out = pd.DataFrame(index=frame.index)
-    out["rn"] = np.arange(state.offset + 2, state.offset + 2 + n)  # file line, header is 1
+    first_row = state.offset + 2  # the header is row 1
+    out["rn"] = np.arange(first_row, first_row + n)
     state.offset += n
     for header, target in spec.mapping.items():
         if header in frame.columns:
@@ -762,35 +813,75 @@ def prepare_chunk(
 
     out["attributes"] = _custom_attributes(out, spec, reject)
 
-    key = out[spec.key]
     reject(key_missing, _("the key column “%(key)s” is empty") % {"key": TARGETS[spec.key]})
-    # A key or another identity value claimed by two rows of the file: the first row keeps it.
-    # Only rows that are otherwise valid count: an invalid first occurrence stores nothing.
-    columns = ["key", *(c for c in IDENTITY_COLUMNS if c in mapped and c != spec.key)]
-    values = {c: (key if c == "key" else out[c]).to_numpy(dtype=object) for c in columns}
-    hashes = {
-        c: pd.util.hash_pandas_object(pd.Series(v), index=False).to_numpy()
-        for c, v in values.items()
-    }
-    duplicate = _duplicates(values, hashes, valid=errors == "", state=state)
-    for column in columns:
-        reject(
-            duplicate[column],
-            _("duplicate of an earlier row in this file (same key)")
-            if column == "key"
-            else _("duplicate of an earlier row in this file (same %(field)s)")
-            % {"field": TARGETS[column]},
-        )
     ok = errors == ""
-    for column in columns:
-        state.remember(column, hashes[column][ok & (values[column] != "")])
-
-    out["key"] = key
+    out["key"] = out[spec.key]
     good = out.loc[ok, STAGE_COLUMNS]
     bad = frame.loc[~ok].copy()
     bad.insert(0, "_row", out.loc[~ok, "rn"])
     bad["_reason"] = pd.Series(errors[~ok], index=bad.index).str.rstrip("; ")
-    return good, bad
+    return CheckedChunk(
+        frame=frame, first_row=first_row, good=good, bad=bad, hashes=_value_hashes(good, spec)
+    )
+
+
+def _duplicate_reason(column: str) -> str:
+    if column == "key":
+        return _("duplicate of an earlier row in this file (same key)")
+    return _("duplicate of an earlier row in this file (same %(field)s)") % {
+        "field": TARGETS[column]
+    }
+
+
+def decide_duplicates(
+    good: pd.DataFrame,
+    hashes: dict[str, np.ndarray],
+    *,
+    spec: ImportSpec,
+    refused: np.ndarray,
+    state: ChunkState,
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Which of a chunk's valid rows are duplicates, with their row numbers and reasons.
+
+    A key or another identity value claimed by two rows of the file: the first row written
+    keeps it, in this chunk or an earlier one. A `refused` row (a value of it belongs to another
+    contact) is never written, so it claims nothing: the next row with its key or values is
+    judged on its own. It is reported as a duplicate itself when it is one (the value it shares
+    with a row written before is then that row's, not another contact's).
+    """
+    columns = duplicate_columns(spec)
+    values = {c: good[c].to_numpy(dtype=object) for c in columns}
+    valid = np.ones(len(good), dtype=bool)
+    duplicate = _duplicates(values, hashes, valid=valid, state=state, refused=refused)
+    hit = np.logical_or.reduce([duplicate[c] for c in columns])
+    rows = good["rn"].to_numpy()
+    reasons = [
+        (int(rows[i]), "; ".join(_duplicate_reason(c) for c in columns if duplicate[c][i]))
+        for i in np.flatnonzero(hit)
+    ]
+    return hit, reasons
+
+
+def _rejections(
+    taken: list[tuple[int, str]], duplicates: list[tuple[int, str]]
+) -> list[tuple[int, str]]:
+    """Refused rows and duplicates in file order; a duplicate gives only that reason."""
+    duplicated = {rn for rn, _reason in duplicates}
+    return sorted([*((rn, r) for rn, r in taken if rn not in duplicated), *duplicates])
+
+
+def remember_kept(
+    good: pd.DataFrame,
+    hashes: dict[str, np.ndarray],
+    *,
+    spec: ImportSpec,
+    kept: np.ndarray,
+    state: ChunkState,
+) -> None:
+    """Record the identity values of the rows written, for the duplicate checks of later chunks."""
+    for column in duplicate_columns(spec):
+        filled = (good[column] != "").to_numpy(dtype=bool)
+        state.remember(column, hashes[column][kept & filled])
 
 
 # Passes of the vectorised duplicate check before the rest of a chunk is decided row by row.
@@ -803,30 +894,36 @@ def _duplicates(
     *,
     valid: np.ndarray,
     state: ChunkState,
+    refused: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per identity column, the rows whose value an earlier row that is finally kept has.
+    """Per identity column, the valid rows whose value an earlier row that is finally kept has.
 
     A row rejected for any reason, a duplicate in another column included, claims nothing: the
-    next row with its key stays valid. Whether a row is kept depends only on the rows before
-    it, so each pass settles at least the next undecided row; real files settle in two passes.
+    next row with its key stays valid. A `refused` row is valid but not kept (it is refused
+    for another reason): it may be a duplicate, and claims nothing. Whether a row is kept
+    depends only on the rows before it, so each pass settles at least the next undecided row;
+    real files settle in two passes.
     """
     filled = {c: v != "" for c, v in values.items()}
     # Earlier chunks hold only rows that were kept: a value seen there is final.
-    candidate = valid.copy()
+    candidate = valid.copy() if refused is None else valid & ~refused
     earlier: dict[str, np.ndarray] = {}
     for column in values:
         earlier[column] = filled[column] & state.seen_before(column, hashes[column])
         candidate &= ~earlier[column]
     positions = np.arange(len(valid))
+    # Each value as an integer code, once: the passes below are then plain array work (this
+    # runs in the writing thread, between two chunks).
+    codes = {c: pd.factorize(v)[0] for c, v in values.items()}
 
     def pass_(kept: np.ndarray) -> dict[str, np.ndarray]:
         found = {}
-        for column, column_values in values.items():
+        for column, column_codes in codes.items():
             claims = kept & filled[column]
-            first = pd.Series(positions[claims], index=column_values[claims])
-            first = first[~first.index.duplicated()]
-            owner = pd.Series(column_values).map(first).to_numpy(dtype=float)
-            found[column] = filled[column] & (owner < positions)
+            claimed, first_claim = np.unique(column_codes[claims], return_index=True)
+            owner = np.full(len(column_codes) + 1, len(valid))
+            owner[claimed] = positions[claims][first_claim]
+            found[column] = filled[column] & (owner[column_codes] < positions)
         return found
 
     kept = candidate
@@ -894,11 +991,20 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
     source = SourceFile.from_params(job.params)
     frame = next(source.chunks(size=rows), pd.DataFrame())
     state = ChunkState.load()
-    good, bad = prepare_chunk(frame, spec=spec, state=state)
-    # What the import would refuse when writing: identity values of other contacts.
-    owners = _owners(UPSERT_KEYS[spec.key], good["key"].tolist())
-    contact_ids = good["key"].map(owners).fillna(0).astype("int64").to_numpy()
-    taken = _taken(good, contact_ids, _column_owners(good, _identity_columns(spec)))
+    checked = check_chunk(frame, spec=spec, state=state)
+    # What the import would refuse when writing: identity values of other contacts; then the
+    # duplicates among the rows that are left, as the import decides them.
+    owners = _owners(UPSERT_KEYS[spec.key], checked.good["key"].tolist())
+    contact_ids = checked.good["key"].map(owners).fillna(0).astype("int64").to_numpy()
+    taken = _taken(checked.good, contact_ids, _column_owners(checked.good, _identity_columns(spec)))
+    refused = checked.good["rn"].isin(list(taken)).to_numpy(dtype=bool)
+    duplicate, duplicates = decide_duplicates(
+        checked.good, checked.hashes, spec=spec, refused=refused, state=state
+    )
+    # Refused rows show with their mapped values, duplicates as they were read (the import's
+    # rejected-rows file has them so).
+    good = checked.good[~duplicate]
+    bad = _with_write_rejections(checked.bad, checked.frame, checked.first_row, duplicates)
     labels = dict(target_choices())
     columns = [(t, labels.get(t, t)) for t in spec.mapping.values()]
     merged: list[dict[str, Any]] = []
@@ -1008,23 +1114,60 @@ def _taken_reason(column: str, owner: int) -> str:
 class MatchedChunk:
     """A chunk whose rows know their contact: matched by key, or numbered as new.
 
-    On PostgreSQL the rows live in the transaction's temporary table `scrm_import_stage`;
-    elsewhere in `rows` (the chunk plus `contact_id` and `is_new`).
+    On PostgreSQL the rows live in the transaction's temporary table `scrm_import_stage`, each
+    with the current owner of its other identity values (`<column>_owner`); elsewhere in `rows`
+    (the chunk plus `contact_id` and `is_new`), with the owners in `owners`. The rows refused
+    (another contact's value) or decided to be duplicates are out already, listed in `rejected`.
     """
 
     size: int
     new: int
     rows: pd.DataFrame | None = None
+    owners: dict[str, dict[str, int]] = field(default_factory=dict)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 def import_chunk_match(
-    *, good: pd.DataFrame, spec: ImportSpec, resolver: TagResolver
+    *,
+    good: pd.DataFrame,
+    spec: ImportSpec,
+    resolver: TagResolver,
+    state: ChunkState | None = None,
+    hashes: dict[str, np.ndarray] | None = None,
 ) -> MatchedChunk:
-    """Find each row's contact by its key; call inside the transaction that writes the chunk."""
+    """Find each row's contact by its key, and refuse the rows whose phone, email, unionid or
+    external id (other than the key) belongs to another contact, like a PATCH of the profile
+    (`identity_taken`); call inside the transaction that writes the chunk.
+
+    With `state`, `good` still holds the file's duplicate rows: they are decided among the rows
+    not refused, after the rows earlier chunks kept (`decide_duplicates`; `hashes` as
+    `CheckedChunk.hashes`). Without it the rows are taken as decided (`prepare_chunk`).
+    """
     good = good.assign(tags=_tag_id_arrays(good["tags"], resolver))
+    if state is not None and hashes is None:
+        hashes = _value_hashes(good, spec)
+    settle = functools.partial(_settle, good, spec=spec, state=state, hashes=hashes)
     if connection.vendor == "postgresql":
-        return _match_postgres(good, spec)
-    return _match_generic(good, spec)
+        return _match_postgres(good, spec, settle)
+    return _match_generic(good, spec, settle)
+
+
+def _settle(
+    good: pd.DataFrame,
+    refused_rows: list[int],
+    *,
+    spec: ImportSpec,
+    state: ChunkState | None,
+    hashes: dict[str, np.ndarray] | None,
+) -> list[tuple[int, str]]:
+    """The duplicates among the rows of `good` that are not refused (none without `state`)."""
+    if state is None or hashes is None:
+        return []
+    refused = good["rn"].isin(refused_rows).to_numpy(dtype=bool)
+    _duplicate, duplicates = decide_duplicates(
+        good, hashes, spec=spec, refused=refused, state=state
+    )
+    return duplicates
 
 
 def import_chunk_apply(*, matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
@@ -1034,10 +1177,9 @@ def import_chunk_apply(*, matched: MatchedChunk, spec: ImportSpec, collect: bool
     transaction (an `identify` call) created that identity since the match, the row updates the
     contact that owns it instead of creating a second person without a key.
 
-    A row whose phone, email, unionid or external id (other than the key) belongs to another
-    contact is refused whole, like a PATCH of the profile (`identity_taken`), and returned in
-    `rejected`. Raises IdentityRaced when such a value was taken after the check; the caller
-    rolls the chunk back and runs it again.
+    The rows refused or found to be duplicates when matching are returned in `rejected`. Raises
+    IdentityRaced when an identity value was taken after the check; the caller rolls the chunk
+    back and runs it again.
     """
     if connection.vendor == "postgresql":
         return _apply_postgres(matched, spec, collect)
@@ -1045,17 +1187,31 @@ def import_chunk_apply(*, matched: MatchedChunk, spec: ImportSpec, collect: bool
 
 
 def import_chunk_write(
-    *, good: pd.DataFrame, spec: ImportSpec, resolver: TagResolver, collect: bool
+    *,
+    good: pd.DataFrame,
+    spec: ImportSpec,
+    resolver: TagResolver,
+    collect: bool,
+    state: ChunkState | None = None,
+    hashes: dict[str, np.ndarray] | None = None,
 ) -> ChunkResult:
-    """Upsert one chunk of validated rows in one transaction."""
+    """Upsert one chunk of validated rows in one transaction.
+
+    With `state`, the chunk's duplicates are decided in that transaction (see
+    `import_chunk_match`), and the rows written are remembered in `state` once it commits.
+    """
     if good.empty:
         return ChunkResult()
+    if state is not None and hashes is None:
+        hashes = _value_hashes(good, spec)
     for attempt in range(1, CHUNK_ATTEMPTS + 1):
         saved = resolver.snapshot()
         try:
             with transaction.atomic():
-                matched = import_chunk_match(good=good, spec=spec, resolver=resolver)
-                return import_chunk_apply(matched=matched, spec=spec, collect=collect)
+                matched = import_chunk_match(
+                    good=good, spec=spec, resolver=resolver, state=state, hashes=hashes
+                )
+                result = import_chunk_apply(matched=matched, spec=spec, collect=collect)
         except IdentityRaced as exc:
             resolver.restore(saved)
             if attempt == CHUNK_ATTEMPTS:
@@ -1066,10 +1222,18 @@ def import_chunk_write(
                     )
                 ) from exc
             logger.info("import chunk raced for an identity value, attempt %s", attempt)
+            continue
+        if state is not None and hashes is not None:
+            refused = [rn for rn, _reason in result.rejected]
+            written = ~good["rn"].isin(refused).to_numpy(dtype=bool)
+            remember_kept(good, hashes, spec=spec, kept=written, state=state)
+        return result
     raise AssertionError("unreachable")
 
 
-def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
+def _match_postgres(
+    good: pd.DataFrame, spec: ImportSpec, settle: Callable[[list[int]], list[tuple[int, str]]]
+) -> MatchedChunk:
     contact = Contact._meta.db_table
     identity = Identity._meta.db_table
     buffer = io.StringIO()
@@ -1095,22 +1259,40 @@ def _match_postgres(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
         with raw.copy(f"COPY scrm_import_raw ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
             copy.write(buffer.getvalue())
         del buffer
-        # One pass matches each row by its key and numbers the new contacts; COALESCE is lazy,
-        # so matched rows take no sequence value.
-        # The LATERAL probe uses the unique index whatever the planner believes about sizes.
+        # One pass matches each row by its key, numbers the new contacts (COALESCE is lazy, so
+        # matched rows take no sequence value) and looks up who owns each of its other identity
+        # values: the only lookup of those values. Refusing another contact's value, leaving
+        # out of the insert a value the contact has, and telling whether a row brings a new
+        # one all read these columns.
+        # LATERAL and scalar LIMIT 1 probes use the unique index whatever the planner believes
+        # about sizes.
+        identity_columns = _identity_columns(spec)
+        owners = "".join(
+            f", (SELECT o.contact_id FROM {identity} o WHERE o.kind = %s AND o.app_id = '' "
+            f"AND o.value = r.{column} LIMIT 1) AS {column}_owner"
+            for column in identity_columns
+        )
         cursor.execute(
             "CREATE TEMP TABLE scrm_import_stage ON COMMIT DROP AS "
             "SELECT r.*, i.contact_id IS NULL AS is_new, "
             f"COALESCE(i.contact_id, nextval(pg_get_serial_sequence('{contact}', 'id'))) "
-            "AS contact_id, false AS changed "
+            f"AS contact_id, false AS changed{owners} "
             f"FROM scrm_import_raw r LEFT JOIN LATERAL (SELECT contact_id FROM "
             f"{identity} WHERE kind = %s AND app_id = '' AND value = r.key LIMIT 1) i ON true",
-            [UPSERT_KEYS[spec.key]],
+            [*identity_columns.values(), UPSERT_KEYS[spec.key]],
         )
         cursor.execute("DROP TABLE scrm_import_raw")
+        taken = _refuse_taken_postgres(cursor, identity_columns) if identity_columns else []
+        duplicates = settle([rn for rn, _reason in taken])
+        if duplicates:
+            # Duplicates that were refused too are gone already.
+            cursor.execute(
+                "DELETE FROM scrm_import_stage WHERE rn = ANY(%s)",
+                [[rn for rn, _reason in duplicates]],
+            )
         cursor.execute("SELECT count(*) FILTER (WHERE is_new), count(*) FROM scrm_import_stage")
         new, size = cursor.fetchone()
-    return MatchedChunk(size=size, new=new)
+    return MatchedChunk(size=size, new=new, rejected=_rejections(taken, duplicates))
 
 
 # A matched contact's profile before and after a staged row is applied (SQL over `c` and `s`).
@@ -1134,7 +1316,6 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
     key_kind = UPSERT_KEYS[spec.key]
     columns = _identity_columns(spec)
     new, size = matched.new, matched.size
-    rejected: list[tuple[int, str]] = []
     updated = 0
     with connection.cursor() as cursor:
         if new:
@@ -1155,11 +1336,9 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                     [key_kind],
                 )
                 new -= cursor.rowcount
-        if columns:
-            # After the key claim, so that every row is checked against its final contact.
-            rejected, refused_new = _refuse_taken_postgres(cursor, columns, key_kind)
-            size -= len(rejected)
-            new -= refused_new
+                # Their other values were free at the match (a new row with another contact's
+                # value is gone); one that the key's owner or anybody else took since is met
+                # by the identity insert below, which hands it back or raises IdentityRaced.
         if new:
             cursor.execute(
                 f"""
@@ -1215,21 +1394,18 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
             )
         # Every row's key identity exists by now (claimed above, or the match itself).
         if columns:
-            # A value the row's contact already owns stays out of the INSERT: PostgreSQL locks
-            # every row ON CONFLICT reaches, even when the DO UPDATE's WHERE is false, and a
-            # re-import would lock (and write WAL for) every identity of every matched contact.
-            # A LIMIT 1 probe of the unique index per value, as in _mark_changed_postgres.
+            # Only values nobody owned at the match go in. A value the row's contact already
+            # owns stays out: PostgreSQL locks every row ON CONFLICT reaches, even when the DO
+            # UPDATE's WHERE is false, and a re-import would lock (and write WAL for) every
+            # identity of every matched contact. (Rows with another contact's values are gone.)
             branches = [
                 f"SELECT s.contact_id, %s AS kind, s.{column} AS value FROM scrm_import_stage s"
-                f" WHERE s.{column} <> '' AND (SELECT 1 FROM {identity} i WHERE i.kind = %s "
-                f"AND i.app_id = '' AND i.value = s.{column} AND i.contact_id = s.contact_id "
-                "LIMIT 1) IS NULL"
+                f" WHERE s.{column} <> '' AND s.{column}_owner IS NULL"
                 for column in columns
             ]
-            # The values left were free when checked above (rows with another contact's values
-            # are gone). One that conflicts now was taken since by another transaction: the
-            # no-op update hands it back (xmax is 0 only on the rows this statement inserted).
-            # The WHERE keeps a value the row's own contact gained meanwhile from counting.
+            # One that conflicts now was taken since by another transaction: the no-op update
+            # hands it back (xmax is 0 only on the rows this statement inserted). The WHERE
+            # keeps a value the row's own contact gained meanwhile from counting.
             cursor.execute(
                 f"WITH added AS (INSERT INTO {identity} (contact_id, kind, app_id, value, "
                 f"created_at) SELECT contact_id, kind, '', value, now() "
@@ -1238,7 +1414,7 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                 f"DO UPDATE SET contact_id = {identity}.contact_id "
                 f"WHERE {identity}.contact_id <> EXCLUDED.contact_id RETURNING xmax) "
                 "SELECT count(*) FROM added WHERE xmax <> 0",
-                [kind for kind in columns.values() for _twice in range(2)],
+                list(columns.values()),
             )
             if cursor.fetchone()[0]:
                 raise IdentityRaced
@@ -1262,56 +1438,33 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
         created=new,
         updated=updated,
         unchanged=size - new - updated,
-        rejected=rejected,
+        rejected=matched.rejected,
         contact_ids=ids,
     )
 
 
-def _refuse_taken_postgres(
-    cursor: Any, columns: dict[str, str], key_kind: str
-) -> tuple[list[tuple[int, str]], int]:
+def _refuse_taken_postgres(cursor: Any, columns: dict[str, str]) -> list[tuple[int, str]]:
     """Take the rows whose identity values belong to another contact out of the stage.
 
-    Returns their row numbers with reasons, and how many of them were new.
+    Returns their row numbers with reasons. Reads the owners the match looked up.
     """
-    identity = Identity._meta.db_table
-    owners = [
-        f"(SELECT i.contact_id FROM {identity} i WHERE i.kind = %s AND i.app_id = '' "
-        f"AND i.value = s.{column} AND i.contact_id <> s.contact_id)"
-        for column in columns
-    ]
-    kinds = list(columns.values())
+    others = [f"NULLIF(s.{column}_owner, s.contact_id)" for column in columns]
     cursor.execute(
-        f"DELETE FROM scrm_import_stage s WHERE {' OR '.join(f'{o} IS NOT NULL' for o in owners)} "
-        f"RETURNING s.rn, s.is_new, s.key, s.contact_id, {', '.join(owners)}",
-        kinds + kinds,
+        "DELETE FROM scrm_import_stage s WHERE "
+        + " OR ".join(f"s.{column}_owner <> s.contact_id" for column in columns)
+        + f" RETURNING s.rn, {', '.join(others)}"
     )
-    refused = cursor.fetchall()
-    if not refused:
-        return [], 0
-    rejected = []
-    unclaimed: list[tuple[str, int]] = []
-    for rn, is_new, key, contact_id, *row_owners in sorted(refused):
-        reasons = [
-            _taken_reason(column, owner)
-            for column, owner in zip(columns, row_owners, strict=True)
-            if owner is not None
-        ]
-        rejected.append((rn, "; ".join(reasons)))
-        if is_new:
-            unclaimed.append((key, contact_id))
-    if unclaimed:
-        # Their key identities, claimed above, would point at contacts that are never created.
-        # One LIMIT 1 probe of the unique index per value; as a join, the planner would scan
-        # the array once per identity of the kind.
-        cursor.execute(
-            f"DELETE FROM {identity} WHERE id = ANY(ARRAY("
-            f"SELECT (SELECT i.id FROM {identity} i WHERE i.kind = %s AND i.app_id = '' "
-            "AND i.value = r.value AND i.contact_id = r.id LIMIT 1) "
-            "FROM unnest(%s::text[], %s::bigint[]) AS r(value, id)))",
-            [key_kind, [k for k, _id in unclaimed], [i for _k, i in unclaimed]],
+    return sorted(
+        (
+            rn,
+            "; ".join(
+                _taken_reason(column, owner)
+                for column, owner in zip(columns, owners, strict=True)
+                if owner is not None
+            ),
         )
-    return rejected, len(unclaimed)
+        for rn, *owners in cursor.fetchall()
+    )
 
 
 def _mark_changed_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str]) -> int:
@@ -1321,31 +1474,27 @@ def _mark_changed_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str
     or a tag the contact does not have yet.
     """
     contact = Contact._meta.db_table
-    identity = Identity._meta.db_table
     contact_tag = ContactTag._meta.db_table
-    # Scalar LIMIT 1 probes rather than NOT EXISTS, which PostgreSQL may run as one hash of
-    # every identity of the kind per chunk.
-    new_identities = [
-        f"(s.{column} <> '' AND (SELECT 1 FROM {identity} i WHERE i.kind = %s "
-        f"AND i.app_id = '' AND i.value = s.{column} LIMIT 1) IS NULL)"
-        for column in columns
-    ]
+    # Nobody owned the value at the match (rows with another contact's values are gone). Tested
+    # first: it reads only the staged row.
+    new_identities = [f"(s.{column} <> '' AND s.{column}_owner IS NULL)" for column in columns]
     new_tags = (
         "EXISTS (SELECT 1 FROM unnest(COALESCE(s.tag_ids, '{}') || %s::bigint[]) AS t(tag_id) "
         f"WHERE NOT EXISTS (SELECT 1 FROM {contact_tag} ct WHERE ct.contact_id = s.contact_id "
         "AND ct.tag_id = t.tag_id))"
     )
-    # Every test is a sub-plan run per staged row (a probe of a unique index): unlike a join,
-    # the planner cannot turn it around on the strength of the stage's missing statistics.
+    # The other tests are sub-plans run per staged row (a probe of a unique index): unlike a
+    # join, the planner cannot turn them around on the strength of the stage's missing
+    # statistics.
     new_profile = (
         f"(SELECT ROW({_OLD_PROFILE_SQL}) IS DISTINCT FROM ROW({_NEW_PROFILE_SQL}) "
         f"FROM {contact} c WHERE c.id = s.contact_id)"
     )
     cursor.execute(
         "UPDATE scrm_import_stage s SET changed = true WHERE NOT s.is_new AND ("
-        + " OR ".join([new_profile, *new_identities, new_tags])
+        + " OR ".join([*new_identities, new_profile, new_tags])
         + ")",
-        [*columns.values(), spec.tag_ids],
+        [spec.tag_ids],
     )
     return cursor.rowcount
 
@@ -1392,12 +1541,27 @@ def _taken(
     return {rn: "; ".join(texts) for rn, texts in reasons.items()}
 
 
-def _match_generic(good: pd.DataFrame, spec: ImportSpec) -> MatchedChunk:
+def _match_generic(
+    good: pd.DataFrame, spec: ImportSpec, settle: Callable[[list[int]], list[tuple[int, str]]]
+) -> MatchedChunk:
     existing = _owners(UPSERT_KEYS[spec.key], good["key"].tolist())
     contact_ids = good["key"].map(existing)
     rows = good.assign(is_new=contact_ids.isna(), contact_id=contact_ids.fillna(0).astype("int64"))
-    new = int(rows["is_new"].sum())
-    return MatchedChunk(size=len(rows), new=new, rows=rows)
+    # SQLite transactions are IMMEDIATE here (config.settings): the chunk holds the write lock
+    # from its first statement, so no value checked now can be taken before it commits.
+    owners = _column_owners(rows, _identity_columns(spec))
+    taken = _taken(rows, rows["contact_id"].to_numpy(dtype="int64"), owners)
+    duplicates = settle(list(taken))
+    gone = [*taken, *(rn for rn, _reason in duplicates)]
+    if gone:
+        rows = rows[~rows["rn"].isin(gone)]
+    return MatchedChunk(
+        size=len(rows),
+        new=int(rows["is_new"].sum()),
+        rows=rows,
+        owners=owners,
+        rejected=_rejections(list(taken.items()), duplicates),
+    )
 
 
 def _row_tag_ids(spec: ImportSpec, tags: str) -> set[int]:
@@ -1413,13 +1577,7 @@ def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> Ch
     now = timezone.now()
     key_kind = UPSERT_KEYS[spec.key]
     columns = _identity_columns(spec)
-    # SQLite transactions are IMMEDIATE here (config.settings): the chunk holds the write lock
-    # from its first statement, so no value checked now can be taken before it commits.
-    owners = _column_owners(good, columns)
-    taken = _taken(good, good["contact_id"].to_numpy(dtype="int64"), owners)
-    if taken:
-        good = good[~good["rn"].isin(list(taken))]
-    rejected = sorted(taken.items())
+    owners = matched.owners
     is_new = good["is_new"].to_numpy(dtype=bool, copy=True)
     contacts = [
         Contact(
@@ -1497,7 +1655,7 @@ def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> Ch
         created=created,
         updated=updated,
         unchanged=len(good) - created - updated,
-        rejected=rejected,
+        rejected=matched.rejected,
         contact_ids=ids_out,
     )
 
@@ -1631,28 +1789,35 @@ def _import_run(job: Job) -> dict[str, Any]:
         with rejected_path.open("w", encoding="utf-8-sig", newline="") as rejected_file:
             writer = csv.writer(rejected_file)
             writer.writerow([_("Row"), *params["headers"], _("Reason")])
-            chunks = _prepared_chunks(source, spec, state)
+            chunks = _checked_chunks(source, spec, state)
             # Custom fields are validated against the database, which a second thread would
             # see through its own connection (outside this job's transactions): read ahead
-            # only when preparing a chunk is pure pandas.
+            # only when checking a chunk is pure pandas. (The duplicates, which depend on
+            # what the chunks before were finally allowed to write, are decided here.)
             if not spec.custom_keys:
                 chunks = _read_ahead(chunks)
-            for frame, first_row, good, bad in chunks:
+            for checked in chunks:
                 collect = len(touched) <= SIGNAL_LIMIT
                 result = import_chunk_write(
-                    good=good, spec=spec, resolver=resolver, collect=collect
+                    good=checked.good,
+                    spec=spec,
+                    resolver=resolver,
+                    collect=collect,
+                    state=state,
+                    hashes=checked.hashes,
                 )
                 if collect:
                     touched += result.contact_ids
-                if result.rejected:
-                    bad = _with_write_rejections(bad, frame, first_row, result.rejected)
+                bad = _with_write_rejections(
+                    checked.bad, checked.frame, checked.first_row, result.rejected
+                )
                 if not bad.empty:
                     bad.to_csv(rejected_file, header=False, index=False)
                 counts["created"] += result.created
                 counts["updated"] += result.updated
                 counts["unchanged"] += result.unchanged
                 counts["rejected"] += len(bad)
-                counts["rows"] += len(frame)
+                counts["rows"] += len(checked.frame)
                 jobs.job_progress(job_id=job.pk, done=counts["rows"])
     except Exception as exc:
         logger.exception("import job %s failed", job.pk)
@@ -1678,21 +1843,20 @@ def _import_run(job: Job) -> dict[str, Any]:
     return result
 
 
-def _prepared_chunks(
+def _checked_chunks(
     source: SourceFile, spec: ImportSpec, state: ChunkState
-) -> Iterator[tuple[pd.DataFrame, int, pd.DataFrame, pd.DataFrame]]:
-    """Each chunk as read, the file row number of its first row, its good and its bad rows."""
+) -> Iterator[CheckedChunk]:
+    """Each chunk of the file, validated; its duplicates are decided when it is written."""
     for frame in source.chunks():
-        frame = frame.reset_index(drop=True)
-        first_row = state.offset + 2  # the header is row 1
-        good, bad = prepare_chunk(frame, spec=spec, state=state)
-        yield frame, first_row, good, bad
+        yield check_chunk(frame, spec=spec, state=state)
 
 
 def _with_write_rejections(
     bad: pd.DataFrame, frame: pd.DataFrame, first_row: int, rejected: list[tuple[int, str]]
 ) -> pd.DataFrame:
     """The chunk's rejected rows, those refused while writing included, in file order."""
+    if not rejected:
+        return bad
     late = frame.iloc[[rn - first_row for rn, _reason in rejected]].copy()
     late.insert(0, "_row", [rn for rn, _reason in rejected])
     late["_reason"] = [reason for _rn, reason in rejected]
