@@ -1006,7 +1006,11 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
     good = checked.good[~duplicate]
     bad = _with_write_rejections(checked.bad, checked.frame, checked.first_row, duplicates)
     labels = dict(target_choices())
-    columns = [(t, labels.get(t, t)) for t in spec.mapping.values()]
+    # In the file's order: the mapping comes back from a JSON column, which on PostgreSQL
+    # (jsonb) keeps its keys sorted by length, not in the order they were written.
+    headers = [h for h in frame.columns if h in spec.mapping]
+    headers += [h for h in spec.mapping if h not in headers]
+    columns = [(spec.mapping[h], labels.get(spec.mapping[h], spec.mapping[h])) for h in headers]
     merged: list[dict[str, Any]] = []
     for _index, row in good.iterrows():
         values = {t: row.get(t, "") for t in spec.mapping.values() if t in row}

@@ -310,3 +310,33 @@ def test_the_api_refuses_what_the_import_refuses():
 
     assert refused.value.code == "identity_taken"
     assert refused.value.details == {"field": "phone", "contact_id": b.pk}
+
+
+def test_the_preview_keeps_the_files_column_order():
+    # The mapping is stored in a JSON column; PostgreSQL's jsonb gives its keys back sorted by
+    # length ("City" before "Mobile" before "Birthday"), not in the file's order.
+    rows = [
+        {
+            "Name": "林",
+            "Mobile": "13900139001",
+            "Email": "l@example.cn",
+            "Birthday": "",
+            "City": "上海",
+        }
+    ]
+    job = importers.import_upload(
+        file=SimpleUploadedFile("customers.csv", csv_bytes(rows)), user=None
+    )
+    job.refresh_from_db()
+
+    preview = importers.import_preview(
+        job=job, spec=ImportSpec(mapping=job.params["mapping"], key="phone")
+    )
+
+    assert [target for target, _label in preview.columns] == [
+        "name",
+        "phone",
+        "email",
+        "birthday",
+        "city",
+    ]
