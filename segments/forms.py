@@ -539,7 +539,9 @@ ERROR_PART_LABELS = {
     "channel": _("Channel"),
     "purpose": _("Purpose"),
     "state": _("State"),
-    "segment": _("Segment"),
+    # No "segment": the segment picker is the row's only choice the error can be about, and its
+    # errors already name the segment ("segment “B” already depends on this one…"): a label
+    # in front of them read "分群 分群“B”…".
 }
 FILTER_PART_RE = re.compile(r"filters\[(\d+)\](?:\.(\w+))?$")
 
@@ -792,7 +794,7 @@ class StaticImportForm(forms.Form):
 
 
 class AutoTagForm(forms.Form):
-    tag = forms.ModelChoiceField(label=_("Tag"), queryset=None)
+    tag = forms.ModelChoiceField(label=_("Tag"), queryset=None, empty_label=_("Choose a tag…"))
     remove_on_exit = forms.BooleanField(
         label=_("Remove the tag when a contact leaves"), required=False, initial=True
     )

@@ -56,22 +56,6 @@ def queue_event_contacts(sender, events, **kwargs) -> None:
     services.queue_contacts(masks=masks)
 
 
-@receiver(contact_merged, dispatch_uid="segments.reevaluate_merged_contacts")
-@receiver(contact_unmerged, dispatch_uid="segments.reevaluate_unmerged_contacts")
-def reevaluate_merged(sender, record, survivor, duplicate, **kwargs) -> None:
-    services.segments_refresh_after_merge(contact_ids=[survivor.pk, duplicate.pk])
-
-
-@receiver(contact_merged, dispatch_uid="segments.static_lists_merge")
-def static_lists_merge(sender, record, survivor, duplicate, **kwargs) -> None:
-    merging.static_lists_merge(record=record, survivor=survivor, duplicate=duplicate)
-
-
-@receiver(contact_unmerged, dispatch_uid="segments.static_lists_unmerge")
-def static_lists_unmerge(sender, record, survivor, duplicate, **kwargs) -> None:
-    merging.static_lists_unmerge(record=record, survivor=survivor, duplicate=duplicate)
-
-
 @receiver(events_recorded, dispatch_uid="segments.lead_score_events")
 def score_events(sender, events, **kwargs) -> None:
     # Inside the recording transaction: the points commit or roll back with the events.
@@ -101,3 +85,24 @@ def score_merge(sender, record, survivor, duplicate, **kwargs) -> None:
 @receiver(contact_unmerged, dispatch_uid="segments.lead_score_unmerge")
 def score_unmerge(sender, record, survivor, duplicate, **kwargs) -> None:
     scoring.lead_scores_unmerge(record=record, survivor=survivor, duplicate=duplicate)
+
+
+# The merge receivers below come after the lead-score ones on purpose (receivers run in the
+# order they are connected): a survivor is checked against the duplicate's rule-based segments
+# with its merged score, and the re-evaluation after an undo runs after the rescoring.
+
+
+@receiver(contact_merged, dispatch_uid="segments.memberships_merge")
+def memberships_merge(sender, record, survivor, duplicate, **kwargs) -> None:
+    merging.memberships_merge(record=record, survivor=survivor, duplicate=duplicate)
+
+
+@receiver(contact_unmerged, dispatch_uid="segments.memberships_unmerge")
+def memberships_unmerge(sender, record, survivor, duplicate, **kwargs) -> None:
+    merging.memberships_unmerge(record=record, survivor=survivor, duplicate=duplicate)
+
+
+@receiver(contact_merged, dispatch_uid="segments.reevaluate_merged_contacts")
+@receiver(contact_unmerged, dispatch_uid="segments.reevaluate_unmerged_contacts")
+def reevaluate_merged(sender, record, survivor, duplicate, **kwargs) -> None:
+    services.segments_refresh_after_merge(contact_ids=[survivor.pk, duplicate.pk])

@@ -20,7 +20,19 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, connections, transaction
-from django.db.models import Case, Exists, F, OuterRef, ProtectedError, Q, QuerySet, Value, When
+from django.db.models import (
+    PROTECT,
+    RESTRICT,
+    Case,
+    Exists,
+    F,
+    OuterRef,
+    ProtectedError,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
 from django.db.models.expressions import RawSQL
 from django.http import QueryDict
 from django.utils import timezone
@@ -204,6 +216,45 @@ def next_refresh_after(segment: Segment, moment: dt.datetime) -> dt.datetime | N
     return None
 
 
+# Key of the transaction-scoped PostgreSQL advisory lock that serialises every change of which
+# segments read which (segment_create, segment_update, and segment_duplicate through
+# segment_create). A fixed number that no other advisory lock of this database uses ("SEGG").
+SEGMENT_GRAPH_LOCK_KEY = 0x5345_4747
+
+
+def _validate_locked(rule: dict, *, segment_id: int | None) -> None:
+    """Validate `rule` again once the segment graph is locked (PostgreSQL), so that the cycle
+    check sees every rule saved before it and none is saved until this one commits.
+
+    The caller has validated the rule once already, so that a malformed rule fails before any
+    lock and the segments it reads are known. Two saves checked side by side would each pass
+    (C reads D, D reads C) and store a cycle, or deadlock at commit: each holds its own row and
+    the deferred foreign-key check of its new `depends_on` row waits for the other's.
+
+    Lock order, the same in every save: the advisory lock, then a KEY SHARE lock on each segment
+    the rule reads (in id order), then the segment's own row (its UPDATE and its refresh's
+    _lock_segment). The refreshes never take the advisory lock, and each holds one segment's
+    row in its transaction: a save waits for a refresh only while it holds nothing a refresh
+    wants (the advisory lock, or KEY SHARE locks a refresh starting later waits for), and its
+    commit-time foreign-key checks find the KEY SHARE locks already held. Taken before the
+    validation, these locks also make a concurrent archive or delete of a segment the rule
+    reads (both lock that row FOR UPDATE) either finish first, so that the validation sees it,
+    or wait until this save commits and see it as a reader. SQLite runs one write transaction
+    at a time: nothing to do there."""
+    if connection.vendor != "postgresql":
+        return
+    reads = sorted(rule_segment_refs(rule))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEGMENT_GRAPH_LOCK_KEY])
+        if reads:
+            cursor.execute(
+                f"SELECT id FROM {Segment._meta.db_table} WHERE id = ANY(%s::bigint[]) "
+                "ORDER BY id FOR KEY SHARE",
+                [bigint_array(reads)],
+            )
+    validate_rule(rule, segment_id=segment_id)
+
+
 @transaction.atomic
 def segment_create(
     *,
@@ -226,6 +277,7 @@ def segment_create(
     if kind == SegmentKind.DYNAMIC:
         rule_check_ids(rule)
         validate_rule(rule)
+        _validate_locked(rule, segment_id=None)
     _check_policy(refresh_policy, refresh_interval_minutes, refresh_hour)
     segment = Segment.objects.create(
         name=_check_name(name),
@@ -263,6 +315,7 @@ def segment_update(
     if rule is not None and segment.kind == SegmentKind.DYNAMIC:
         rule_check_ids(rule)
         validate_rule(rule, segment_id=segment.pk)
+        _validate_locked(rule, segment_id=segment.pk)
         rule_changed = rule != segment.rule
         segment.rule = rule
     policy = refresh_policy if refresh_policy is not None else segment.refresh_policy
@@ -349,21 +402,28 @@ def segment_duplicate(*, segment: Segment, actor: AbstractBaseUser | None = None
     return copy
 
 
+@transaction.atomic
 def segment_archive(*, segment: Segment, archived: bool = True) -> Segment:
-    """Archive (or restore) a segment. Archived segments are not refreshed; segments reading
-    them must be changed first."""
+    """Archive (or restore) a segment. Archived segments are not refreshed, so archiving is
+    refused while something live reads it: a rule of a segment that is not archived, a lead
+    scoring rule, a journey starting from it."""
     if archived:
-        readers = list(
-            Segment.objects.filter(depends_on=segment, is_archived=False).values_list(
-                "name", flat=True
+        # Locked as segment_delete locks it: a rule saved meanwhile either commits first and
+        # is seen below, or waits and then finds the segment archived (_validate_locked).
+        Segment.objects.select_for_update().filter(pk=segment.pk).first()
+        readers = segment_readers(segment=segment, archived=False)
+        journeys = _segment_protected_by(segment)
+        if readers or journeys:
+            segments = list(
+                Segment.objects.filter(depends_on=segment, is_archived=False)
+                .order_by("name")
+                .values_list("name", flat=True)
             )
-        )
-        if readers:
             raise ValidationFailed(
-                _("Segments %(segments)s use this segment; change them first.")
-                % {"segments": ", ".join(readers)},
+                _("%(readers)s use this segment; change them before archiving it.")
+                % {"readers": ", ".join(readers + journeys)},
                 code="segment_in_use",
-                details={"segments": readers},
+                details={"readers": readers + journeys, "segments": segments},
             )
     segment.is_archived = archived
     segment.save(update_fields=["is_archived", "updated_at"])
@@ -372,15 +432,35 @@ def segment_archive(*, segment: Segment, archived: bool = True) -> Segment:
     return segment
 
 
-def segment_readers(*, segment: Segment, exclude: Iterable[int] = ()) -> list[str]:
-    """What reads this segment, in words: the segments whose rules read it (archived ones too:
-    they can be restored) and the profile-fit lead scoring rules whose conditions do."""
+def _segment_protected_by(segment: Segment) -> list[str]:
+    """What the foreign keys that make segment_delete refuse point from, in words: the
+    journeys starting from this segment (any status: a draft or paused one can go live). Read
+    through the relations that protect the segment, as the deletion finds them: journeys are a
+    higher app, which segments never imports."""
+    found = []
+    for relation in Segment._meta.related_objects:
+        if getattr(relation, "on_delete", None) not in (PROTECT, RESTRICT):
+            continue
+        model = relation.related_model
+        for obj in model._base_manager.filter(**{relation.field.name: segment}).order_by("pk"):
+            found.append(
+                _("%(kind)s “%(name)s”") % {"kind": model._meta.verbose_name, "name": str(obj)}
+            )
+    return found
+
+
+def segment_readers(
+    *, segment: Segment, exclude: Iterable[int] = (), archived: bool = True
+) -> list[str]:
+    """What reads this segment, in words: the segments whose rules read it (archived ones too
+    unless `archived` is False: they can be restored) and the profile-fit lead scoring rules
+    whose conditions do."""
+    segments = Segment.objects.filter(depends_on=segment).exclude(pk__in=list(exclude))
+    if not archived:
+        segments = segments.filter(is_archived=False)
     readers = [
         _("segment “%(name)s”") % {"name": name}
-        for name in Segment.objects.filter(depends_on=segment)
-        .exclude(pk__in=list(exclude))
-        .order_by("name")
-        .values_list("name", flat=True)
+        for name in segments.order_by("name").values_list("name", flat=True)
     ]
     # Scoring conditions record no references: there are few profile-fit rules, read them all.
     for name, condition in LeadScoreRule.objects.filter(kind=ScoreRuleKind.ATTRIBUTE).values_list(
@@ -554,7 +634,9 @@ def _lock_segment(segment: Segment) -> None:
     after. Taken first, it also keeps the lock order the same everywhere: the pass used to lock
     membership rows first and the segment's row last (its member count), while a refresh held
     the segment's row and waited on the same membership rows, a deadlock."""
-    Segment.objects.select_for_update().filter(pk=segment.pk).values_list("pk").first()
+    # NO KEY UPDATE: it excludes the other writers of this segment all the same, but not the
+    # KEY SHARE locks of foreign-key checks (a segment saved with a rule reading this one).
+    Segment.objects.select_for_update(no_key=True).filter(pk=segment.pk).values_list("pk").first()
 
 
 def _finish(
@@ -1469,10 +1551,14 @@ def queue_contacts_matching(
 
 
 def segments_refresh_after_merge(*, contact_ids: list[int]) -> None:
-    """Re-evaluate merged (or unmerged) contacts once the merge has committed.
+    """Re-evaluate merged (or unmerged) contacts once the merge (or its undo) has committed.
 
-    After commit, so that every app has moved its rows first: the survivor's segments then see
-    its full history, and the hidden duplicate leaves every segment.
+    segments.merging has already moved their memberships, silently; what this finds different
+    is a real change and is applied as usual, with events and signals: a survivor matching a
+    rule only with the duplicate's data enters it, one matching only with it leaves after the
+    undo, and a restored duplicate leaves or enters wherever it changed (or the rule did)
+    while merged. After commit, so that every app has moved its rows first: the survivor's
+    segments then see its full history.
     """
     ids = list(contact_ids)
     transaction.on_commit(lambda: segment_refresh_contacts(contact_ids=ids))

@@ -40,6 +40,7 @@ from segments.forms import (
     rule_from_post,
 )
 from segments.models import AutoTagRule, Segment, SegmentKind
+from segments.rules.schema import CYCLE
 
 PAGE_SIZE = 50
 SAMPLE_SIZE = 10
@@ -292,6 +293,9 @@ def segment_preview(request: HttpRequest) -> HttpResponse:
         context["error"] = rule_error_message(exc)
         context["error_path"] = path
         context["error_attr"] = rule_error_part(attr)
+        # A complete rule refused for what it reads is not "not complete yet".
+        details = exc.details if isinstance(exc.details, dict) else {}
+        context["error_is_cycle"] = details.get("reason") == CYCLE
     response = render(request, "segments/_rule_preview.html", context)
     patch_vary_headers(response, ["HX-Request"])
     return response

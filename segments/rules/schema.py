@@ -141,16 +141,22 @@ class FieldSpec:
     custom: CustomField | None = None
 
 
-def rule_error(path: str, message: str) -> ValidationFailed:
+# `reason` of a rule error whose rule is complete but would make a segment read itself.
+CYCLE = "cycle"
+
+
+def rule_error(path: str, message: str, *, reason: str | None = None) -> ValidationFailed:
     """The error for the rule node at `path` (e.g. `rule.conditions[2].value`): the builder shows
-    it at that condition."""
+    it at that condition. `reason` (in the details) tells a complete rule refused for what it
+    reads (CYCLE) from one not filled in correctly."""
     # `message` is translated where it is raised, so it reads in the language active then: the
     # operator's in the builder, English in the API unless the client sends Accept-Language.
-    return ValidationFailed(f"{path}: {message}", code="invalid_rule", details={"path": path})
+    details = {"path": path} if reason is None else {"path": path, "reason": reason}
+    return ValidationFailed(f"{path}: {message}", code="invalid_rule", details=details)
 
 
-def _fail(path: str, message: str) -> None:
-    raise rule_error(path, message)
+def _fail(path: str, message: str, *, reason: str | None = None) -> None:
+    raise rule_error(path, message, reason=reason)
 
 
 def _one_of(choices) -> str:
@@ -479,7 +485,7 @@ class Validator:
         if not isinstance(ref, int) or isinstance(ref, bool):
             _fail(f"{path}.segment", _("must be a segment id"))
         if ref == self.segment_id:
-            _fail(f"{path}.segment", _("a segment cannot refer to itself"))
+            _fail(f"{path}.segment", _("a segment cannot refer to itself"), reason=CYCLE)
         target = Segment.objects.filter(pk=ref).first()
         if target is None:
             _fail(f"{path}.segment", _("unknown segment %(id)s") % {"id": ref})
@@ -496,6 +502,7 @@ class Validator:
                 f"{path}.segment",
                 _("segment “%(name)s” already depends on this one: that would be a cycle")
                 % {"name": target.name},
+                reason=CYCLE,
             )
 
     def rfm(self, node: dict, path: str) -> None:

@@ -30,7 +30,7 @@ from segments.signals import segment_entered
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(
-        "connection.vendor != 'postgresql'",
+        connection.vendor != "postgresql",
         reason="SQLite runs one writing transaction at a time: the two cannot interleave",
     ),
 ]
