@@ -55,6 +55,7 @@ from contacts.signals import contact_changed, contacts_changed_in_bulk
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.models import AuditLog, Job, JobStatus
+from core.uploads import media_path, upload_store
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -170,10 +171,6 @@ class ImportFileError(ValidationFailed):
 # --- Files ------------------------------------------------------------------------------------
 
 
-def _media_path(relative: str) -> Path:
-    return Path(settings.MEDIA_ROOT) / relative
-
-
 def detect_encoding(path: Path) -> str:
     """Return "utf-8-sig" or "gb18030" (a superset of GBK) for a text file, or raise."""
     with path.open("rb") as fh:
@@ -233,7 +230,7 @@ class SourceFile:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "SourceFile":
         return cls(
-            path=_media_path(params["file"]),
+            path=media_path(params["file"]),
             fmt=params["format"],
             encoding=params.get("encoding", ""),
             delimiter=params.get("delimiter", ","),
@@ -342,11 +339,7 @@ def import_upload(*, file: UploadedFile, user: AbstractBaseUser | None) -> Job:
     if file.size and file.size > MAX_UPLOAD_BYTES:
         raise ImportFileError(_("The file is larger than 200 MB; split it into several files."))
     relative = f"{IMPORT_DIR}/{uuid.uuid4().hex}{suffix}"
-    path = _media_path(relative)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as out:
-        for block in file.chunks():
-            out.write(block)
+    path = upload_store(file=file, relative=relative)
     try:
         source = _inspect(path, suffix)
         headers = source.headers()
@@ -1787,7 +1780,7 @@ def _import_run(job: Job) -> dict[str, Any]:
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0, "rows": 0}
     touched: list[int] = []
     rejected_relative = _rejected_path(job)
-    rejected_path = _media_path(rejected_relative)
+    rejected_path = media_path(rejected_relative)
     rejected_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with rejected_path.open("w", encoding="utf-8-sig", newline="") as rejected_file:

@@ -33,6 +33,7 @@ from contacts.services import IdentityInput, normalize_identity
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.models import Job, JobStatus
+from core.uploads import media_path, upload_store
 from segments.models import Segment, SegmentKind
 from segments.services import _require_static, segment_static_add
 
@@ -300,10 +301,6 @@ def segment_static_import(
 # --- The background job -----------------------------------------------------------------------
 
 
-def _media_path(relative: str) -> Path:
-    return Path(settings.MEDIA_ROOT) / relative
-
-
 def segment_static_import_start(
     *, segment: Segment, file: UploadedFile, match_by: str, actor: AbstractBaseUser
 ) -> Job:
@@ -324,11 +321,7 @@ def segment_static_import_start(
         )
     # Beside the contact imports' uploads, so that the same retention clears them.
     relative = f"{IMPORT_DIR}/static-{uuid.uuid4().hex}{suffix or '.csv'}"
-    path = _media_path(relative)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as out:
-        for block in file.chunks():
-            out.write(block)
+    path = upload_store(file=file, relative=relative)
     try:
         source = ListFile.open(path)
         # The first rows only: a file that cannot even begin to be read fails now, not later.
@@ -398,7 +391,7 @@ def _job_run(job: Job) -> None:
         return
     jobs.job_start(job_id=job.pk)
     relative = _unmatched_relative(job)
-    path = _media_path(relative)
+    path = media_path(relative)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     read = 0
@@ -415,7 +408,7 @@ def _job_run(job: Job) -> None:
             writer.writerow([_("Row"), _("Value"), _("Reason")])
             report = segment_static_import(
                 segment=segment,
-                file=_media_path(job.input_file),
+                file=media_path(job.input_file),
                 match_by=job.params.get("match_by", ""),
                 on_unmatched=lambda rows: writer.writerows(
                     (row, _plain_text(value), reason) for row, value, reason in rows

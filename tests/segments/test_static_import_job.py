@@ -15,6 +15,7 @@ from openpyxl import Workbook
 from contacts.models import IdentityKind
 from contacts.roles import ANALYST, OPERATOR, roles_sync
 from core.models import Job, JobStatus
+from core.uploads import media_path
 from segments import static_import
 from segments.models import Segment, SegmentKind
 from segments.services import segment_create
@@ -261,7 +262,7 @@ def test_a_job_that_stopped_half_way_runs_again_and_adds_nobody_twice(
     # A worker that died mid-way (after adding, before finishing): the broker delivers again.
     Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, done=3)
     static_import.segment_static_import(
-        segment=static, file=static_import._media_path(job.input_file), match_by="phone"
+        segment=static, file=media_path(job.input_file), match_by="phone"
     )
 
     segment_static_import_job_run(job_id=job.pk)
@@ -330,7 +331,7 @@ def test_a_file_that_fails_in_the_worker_shows_its_error_and_adds_nobody(
     ).content.decode()
     assert "every 1s" not in html and 'class="alert alert-error"' in html
     assert escape(job.error) in html
-    assert not list((static_import._media_path("imports")).glob("*unmatched*"))
+    assert not list((media_path("imports")).glob("*unmatched*"))
 
 
 def test_a_list_archived_before_its_import_ran_fails_the_job(
