@@ -26,8 +26,24 @@ logger = logging.getLogger(__name__)
 ADVANCE_BATCH = 100
 
 
+@transaction.atomic
 def journey_activate(*, journey: Journey) -> Journey:
     """Put a journey live after checking that it can run."""
+    # An archived segment is never refreshed: nobody would enter it, and the journey would
+    # never start. Its row is locked so that an archive running now waits (and, seeing this
+    # journey, refuses) rather than slipping between this check and the save.
+    trigger = (
+        Segment.objects.select_for_update(no_key=True)
+        .filter(pk=journey.trigger_segment_id)
+        .values("name", "is_archived")
+        .first()
+    )
+    if trigger and trigger["is_archived"]:
+        raise ValidationFailed(
+            _("The segment “%(segment)s” that starts this journey is archived; restore it first.")
+            % {"segment": trigger["name"]},
+            code="trigger_archived",
+        )
     steps = list(journey.steps.all())
     if not steps:
         raise ValidationFailed(_("A journey needs at least one step."), code="no_steps")

@@ -95,6 +95,22 @@ def test_activate_with_an_inactive_channel_shows_an_error(operator_client):
     assert "toast-error" in response.content.decode()
 
 
+def test_activate_with_an_archived_trigger_segment_shows_an_error(operator_client):
+    from segments.models import Segment
+
+    journey = JourneyFactory()
+    JourneyStepFactory(journey=journey, kind=StepKind.SEND, channel=ChannelFactory())
+    Segment.objects.filter(pk=journey.trigger_segment_id).update(is_archived=True)
+    operator_client.cookies["django_language"] = "en"
+
+    response = operator_client.post(reverse("journeys:activate", args=[journey.pk]), follow=True)
+
+    journey.refresh_from_db()
+    assert journey.status == JourneyStatus.DRAFT
+    page = response.content.decode()
+    assert "toast-error" in page and "is archived; restore it first" in page
+
+
 def test_state_changes_need_post(operator_client):
     journey = JourneyFactory()
     assert operator_client.get(reverse("journeys:activate", args=[journey.pk])).status_code == 405
