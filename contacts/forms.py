@@ -103,9 +103,7 @@ def _custom_form_field(definition: CustomField) -> forms.Field:
     if definition.kind == CustomFieldKind.NUMBER:
         return forms.DecimalField(label=label, required=False)
     if definition.kind == CustomFieldKind.DATE:
-        return forms.DateField(
-            label=label, required=False, widget=date_input()
-        )
+        return forms.DateField(label=label, required=False, widget=date_input())
     if definition.kind == CustomFieldKind.SINGLE_CHOICE:
         return forms.ChoiceField(label=label, required=False, choices=[("", "—"), *choices])
     if definition.kind == CustomFieldKind.MULTI_CHOICE:
@@ -123,9 +121,7 @@ class ContactEditForm(forms.Form):
     name = forms.CharField(label=_("Name"), max_length=100, required=False)
     nickname = forms.CharField(label=_("Nickname"), max_length=100, required=False)
     gender = forms.ChoiceField(label=_("Gender"), choices=Gender.choices)
-    birthday = forms.DateField(
-        label=_("Birthday"), required=False, widget=date_input()
-    )
+    birthday = forms.DateField(label=_("Birthday"), required=False, widget=date_input())
     phone = forms.CharField(label=_("Phone"), max_length=30, required=False)
     email = forms.EmailField(label=_("Email"), max_length=254, required=False)
     province = forms.CharField(label=_("Province"), max_length=30, required=False)

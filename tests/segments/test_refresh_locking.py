@@ -102,4 +102,3 @@ def test_full_refresh_during_an_incremental_write_waits_for_it(movers):
     assert segment.member_count == movers
     # Neither side failed quietly (the pass records a segment's failure instead of raising).
     assert segment.refresh_error == ""
-
