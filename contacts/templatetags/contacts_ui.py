@@ -4,7 +4,15 @@ from django import template
 
 from contacts import labels, pii, roles
 from contacts.labels import EVENT_LABELS as EVENT_LABELS  # read from here by older code and tests
-from contacts.models import ConsentChannel, ConsentPurpose, Contact, Event, Identity, IdentityKind
+from contacts.models import (
+    ConsentChannel,
+    ConsentPurpose,
+    Contact,
+    Event,
+    Identity,
+    IdentityKind,
+    Stage,
+)
 
 register = template.Library()
 
@@ -54,6 +62,7 @@ class _Lookups:
     def __init__(self) -> None:
         self._custom: dict[str, str] | None = None
         self._contacts: dict[int, str] = {}
+        self._stages: dict[str, str] | None = None
 
     def custom(self) -> dict[str, str]:
         if self._custom is None:
@@ -72,6 +81,12 @@ class _Lookups:
     def contact(self, pk: int) -> str:
         self.load_contacts({pk})
         return self._contacts[pk]
+
+    def stage(self, key: str) -> str:
+        """A lifecycle stage's name by its key (the key itself for a stage deleted since)."""
+        if self._stages is None:
+            self._stages = dict(Stage.objects.values_list("key", "name"))
+        return self._stages.get(key, key)
 
 
 def _id(value: Any) -> int | None:
@@ -130,6 +145,11 @@ def _detail_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> lis
         if props.get("reason"):
             parts.append(labels.merge_reason_label(str(props["reason"])))
         return parts
+    if name == "stage_changed":
+        ends = [props.get("from"), props.get("to")]
+        if not all(isinstance(key, str) and key for key in ends):
+            return []
+        return [" → ".join(lookups.stage(key) for key in ends)]
     if name == "merge_undone":
         # Both contacts get this event: each names the other one.
         ids = [_id(props.get("survivor_id")), _id(props.get("duplicate_id"))]

@@ -94,6 +94,26 @@ def test_a_profile_update_lists_field_labels(operator_client, language, title, e
 
 
 @pytest.mark.parametrize(
+    ("language", "title"), [("zh-hans", "生命周期阶段变更"), ("en", "Lifecycle stage changed")]
+)
+def test_a_stage_change_names_both_stages(operator_client, language, title):
+    from contacts.models import Stage
+
+    Stage.objects.update_or_create(key="interested", defaults={"name": "意向"})
+    Stage.objects.update_or_create(key="new", defaults={"name": "新客/潜客"})
+    contact = ContactFactory()
+    # As lead scoring records a threshold's move; "gone" is a stage deleted since.
+    EventFactory(
+        contact=contact, name="stage_changed", properties={"from": "new", "to": "interested"}
+    )
+
+    assert _timeline(_page(operator_client, contact, language))[title] == "新客/潜客 → 意向"
+
+    EventFactory(contact=contact, name="stage_changed", properties={"from": "gone", "to": "new"})
+    assert _timeline(_page(operator_client, contact, language))[title] == "gone → 新客/潜客"
+
+
+@pytest.mark.parametrize(
     ("language", "reason", "undone"),
     [("zh-hans", "自动：身份相同", "撤销合并"), ("en", "Automatic: same identity", "Merge undone")],
 )
