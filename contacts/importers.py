@@ -368,6 +368,8 @@ def import_upload(*, file: UploadedFile, user: AbstractBaseUser | None) -> Job:
             "delimiter": source.delimiter,
             "headers": headers,
             "mapping": guess_mapping(headers=headers),
+            # Of the uploader: what is said about the job later (an expired upload) is too.
+            "language": translation.get_language(),
         },
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import ngettext
 
 from core.models import Job, JobStatus
@@ -105,13 +105,16 @@ def _abandon_jobs(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> No
     stale = Job.objects.filter(
         status=JobStatus.QUEUED, started_at__isnull=True, created_at__lt=cutoff
     ).filter(Q(input_file__gt="") | Q(output_file__gt=""))
-    error = _abandoned_error(settings.SCRM_FILE_RETENTION_DAYS)
     while batch := list(
         stale.order_by("pk").only("pk", "input_file", "output_file", "result", "params")[
             :BATCH_SIZE
         ]
     ):
         for job in batch:
+            # In the language of whoever uploaded it (no request is active here).
+            params = job.params if isinstance(job.params, dict) else {}
+            with translation.override(params.get("language") or settings.LANGUAGE_CODE):
+                error = _abandoned_error(settings.SCRM_FILE_RETENTION_DAYS)
             # Only while still queued and unstarted: a worker that starts it meanwhile wins.
             ended = Job.objects.filter(
                 pk=job.pk, status=JobStatus.QUEUED, started_at__isnull=True

@@ -54,7 +54,10 @@ def _locked(ids: set[int]) -> dict[int, Segment]:
     takes them, so that two never wait on each other in a circle."""
     if not ids:
         return {}
-    return {s.pk: s for s in Segment.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
+    # NO KEY UPDATE, as _lock_segment: a plain FOR UPDATE would also wait for the KEY SHARE
+    # locks a segment save holds on the segments its rule reads, and deadlock with it.
+    locked = Segment.objects.select_for_update(no_key=True).filter(pk__in=ids).order_by("pk")
+    return {s.pk: s for s in locked}
 
 
 def _give(*, segment_ids: list[int], source: Contact, target: Contact) -> None:

@@ -1,8 +1,10 @@
 from typing import Any
 
 from django import template
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
 
-from contacts import labels, pii, roles
+from contacts import labels, pii, roles, selectors
 from contacts.labels import EVENT_LABELS as EVENT_LABELS  # read from here by older code and tests
 from contacts.models import (
     ConsentChannel,
@@ -59,7 +61,8 @@ def contact_ref_filter(contact: Contact) -> str:
 class _Lookups:
     """What the timeline's details name by key or id, read once per page render."""
 
-    def __init__(self) -> None:
+    def __init__(self, user: AbstractBaseUser | None) -> None:
+        self._user = user
         self._custom: dict[str, str] | None = None
         self._contacts: dict[int, str] = {}
         self._stages: dict[str, str] | None = None
@@ -73,9 +76,16 @@ class _Lookups:
         missing = ids - self._contacts.keys()
         if not missing:
             return
-        # Merged-away contacts included: the timeline names whom a merge concerned.
-        for other in Contact.objects.filter(pk__in=missing).only("name", "nickname", "phone"):
-            self._contacts[other.pk] = labels.contact_ref(other)
+        # Named only when the user may see them (store staff must not learn the names of
+        # another store's customers from a conflict or a merge); a merged-away contact when
+        # its survivor is visible, as the timeline names whom a merge concerned.
+        if self._user is not None:
+            visible = selectors.contact_visible_to(user=self._user)
+            rows = Contact.objects.filter(pk__in=missing).filter(
+                Q(pk__in=visible.values("pk")) | Q(merged_into__in=visible.values("pk"))
+            )
+            for other in rows.only("name", "nickname", "phone"):
+                self._contacts[other.pk] = labels.contact_ref(other)
         self._contacts.update((pk, f"#{pk}") for pk in missing - self._contacts.keys())
 
     def contact(self, pk: int) -> str:
@@ -104,7 +114,9 @@ CONTACT_ID_KEYS = {
 def _lookups(context: template.Context) -> _Lookups:
     lookups = context.render_context.get(_Lookups)
     if lookups is None:
-        lookups = context.render_context[_Lookups] = _Lookups()
+        request = context.get("request")
+        user = getattr(request, "user", None)
+        lookups = context.render_context[_Lookups] = _Lookups(user)
     return lookups
 
 

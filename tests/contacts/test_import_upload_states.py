@@ -189,3 +189,19 @@ def test_the_preview_shows_gender_labels_in_the_operators_language(admin_client,
     # Two good rows (stored as female / male) and one refused for its phone, shown as written.
     assert "<td>female</td>" not in preview and "<td>male</td>" not in preview
     assert (preview.count("<td>女</td>"), preview.count("<td>男</td>")) == (1, 2)
+
+
+def test_an_expired_upload_says_so_in_the_uploaders_language(admin_user):
+    from django.utils import translation
+
+    with translation.override("zh-hans"):
+        upload = importers.import_upload(
+            file=SimpleUploadedFile("客户.csv", _csv(ROWS)), user=admin_user
+        )
+    _age(upload, 8 * DAY)
+
+    with translation.override("en"):  # whatever the cleanup's own language
+        cleanup.job_files_expire()
+
+    upload.refresh_from_db()
+    assert upload.error == "7 天内未开始，已删除上传的文件。"

@@ -292,3 +292,30 @@ def test_an_exported_file_imports_back_with_its_genders(
         "林小雨": Gender.FEMALE,
         "王刚": Gender.MALE,
     }
+
+
+def test_store_staff_see_names_only_of_contacts_they_may_see(client):
+    # A conflict with (or a merge of) another store's customer must not tell store staff who
+    # that customer is: the timeline shows a bare id for contacts outside their view.
+    from contacts.roles import roles_sync
+    from tests.factories import StoreFactory, user_with_role
+
+    roles_sync()
+    store, other_store = StoreFactory(), StoreFactory()
+    clerk = user_with_role("store_staff", store=store)
+    mine = ContactFactory(name="本店客户", store=store)
+    stranger = ContactFactory(name="别店客户", store=other_store)
+    neighbour = ContactFactory(name="同店客户", store=store)
+    EventFactory(
+        contact=mine, name="identity_conflict", properties={"other_contact_id": stranger.pk}
+    )
+    client.force_login(clerk)
+
+    page = _page(client, mine, "zh-hans")
+    assert "别店客户" not in page
+    assert f"#{stranger.pk}" in page
+
+    EventFactory(
+        contact=mine, name="identity_conflict", properties={"other_contact_id": neighbour.pk}
+    )
+    assert f"同店客户 #{neighbour.pk}" in _page(client, mine, "zh-hans")
