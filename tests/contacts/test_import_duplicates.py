@@ -1,54 +1,21 @@
 """A row rejected for any reason claims nothing in the file: the next row with its key, phone or
 email is not a "duplicate" of it."""
 
-import csv
-import io
-
 import pandas as pd
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
-from django.utils import translation
 
 from contacts import importers
 from contacts.importers import ImportSpec
 from contacts.models import Contact, Identity, IdentityKind
-from core.models import Job, JobStatus
+from tests.contacts.importing import (
+    reasons,
+    run,
+)
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
 MAPPING = {"会员号": "external_id", "手机号": "phone", "姓名": "name"}
-
-
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def english(settings):
-    settings.LANGUAGE_CODE = "en"
-    with translation.override("en"):
-        yield
-
-
-def run(rows: list[dict], capture) -> Job:
-    data = pd.DataFrame(rows).to_csv(index=False).encode()
-    job = importers.import_upload(file=SimpleUploadedFile("客户.csv", data), user=None)
-    spec = ImportSpec(mapping=job.params["mapping"], key="external_id")
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
-
-
-def reasons(job: Job, media) -> dict[str, str]:
-    if not job.result["rejected_file"]:
-        return {}
-    text = (media / job.result["rejected_file"]).read_bytes().decode("utf-8-sig")
-    return {row[0]: row[-1] for row in list(csv.reader(io.StringIO(text)))[1:]}
 
 
 def prepared(rows: list[tuple[str, str]]) -> tuple[list[str], dict[int, str]]:

@@ -1,62 +1,24 @@
 """An import never gives a contact a phone, email, unionid or external id of another contact, and
 a changed phone or email replaces the old identity the way a PATCH of the profile does."""
 
-import csv
-import io
-
 import pandas as pd
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
-from django.utils import translation
 
 from contacts import importers, services
 from contacts.importers import ImportSpec
 from contacts.models import Contact, ContactTag, Identity, IdentityKind, Tag
 from core.errors import ValidationFailed
-from core.models import Job, JobStatus
+from tests.contacts.importing import (
+    counts,
+    csv_bytes,
+    reasons,
+    run,
+)
 from tests.factories import ContactFactory, IdentityFactory
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def english(settings):
-    settings.LANGUAGE_CODE = "en"
-    with translation.override("en"):
-        yield
-
-
-def csv_bytes(rows: list[dict]) -> bytes:
-    return pd.DataFrame(rows).to_csv(index=False).encode()
-
-
-def run(rows: list[dict], capture, *, key: str) -> Job:
-    job = importers.import_upload(file=SimpleUploadedFile("客户.csv", csv_bytes(rows)), user=None)
-    spec = ImportSpec(mapping=job.params["mapping"], key=key)
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
-
-
-def reasons(job: Job, media) -> dict[str, str]:
-    if not job.result["rejected_file"]:
-        return {}
-    text = (media / job.result["rejected_file"]).read_bytes().decode("utf-8-sig")
-    return {row[0]: row[-1] for row in list(csv.reader(io.StringIO(text)))[1:]}
-
-
-def counts(job: Job) -> tuple[int, int, int, int]:
-    r = job.result
-    return r["created"], r["updated"], r["unchanged"], r["rejected"]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
 
 def person(*, external_id: str, phone: str = "", email: str = "", name: str = "") -> Contact:

@@ -2,64 +2,23 @@
 written, so it claims nothing in the file: the next row with its key or values is judged on its
 own, in the same chunk or a later one, on SQLite and PostgreSQL alike."""
 
-import csv
-import io
-
-import pandas as pd
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
-from django.utils import translation
 
 from contacts import importers
 from contacts.importers import ImportSpec
 from contacts.models import Contact, Identity, IdentityKind
-from core.models import Job, JobStatus
+from tests.contacts.importing import (
+    counts,
+    reasons,
+    run,
+    upload,
+)
 from tests.factories import ContactFactory, IdentityFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
 DUP_KEY = "duplicate of an earlier row in this file (same key)"
 DUP_PHONE = "duplicate of an earlier row in this file (same Phone)"
-
-
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def english(settings):
-    settings.LANGUAGE_CODE = "en"
-    with translation.override("en"):
-        yield
-
-
-def upload(rows: list[dict]) -> Job:
-    data = pd.DataFrame(rows).to_csv(index=False).encode()
-    return importers.import_upload(file=SimpleUploadedFile("客户.csv", data), user=None)
-
-
-def run(rows: list[dict], capture) -> Job:
-    job = upload(rows)
-    spec = ImportSpec(mapping=job.params["mapping"], key="external_id")
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
-
-
-def reasons(job: Job, media) -> dict[str, str]:
-    if not job.result["rejected_file"]:
-        return {}
-    text = (media / job.result["rejected_file"]).read_bytes().decode("utf-8-sig")
-    return {row[0]: row[-1] for row in list(csv.reader(io.StringIO(text)))[1:]}
-
-
-def counts(job: Job) -> tuple[int, int, int, int]:
-    r = job.result
-    return r["created"], r["updated"], r["unchanged"], r["rejected"]
 
 
 def by_member_number(value: str) -> Contact:
