@@ -74,14 +74,7 @@ def _expire_jobs(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> Non
         ]
     ):
         for job in batch:
-            for relative in _job_paths(
-                input_file=job.input_file,
-                output_file=job.output_file,
-                result=job.result,
-                params=job.params,
-            ):
-                if _delete(root, relative, outcome):
-                    outcome.job_files += 1
+            _delete_job_files(root, job, outcome)
             result = dict(job.result) if isinstance(job.result, dict) else {}
             for key in RESULT_FILE_KEYS:
                 if key in result:
@@ -90,6 +83,14 @@ def _expire_jobs(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> Non
             result["files_expired"] = True
             Job.objects.filter(pk=job.pk).update(input_file="", output_file="", result=result)
             outcome.expired_jobs += 1
+
+
+def _delete_job_files(root: Path, job: Job, outcome: CleanupResult) -> None:
+    for relative in _job_paths(
+        input_file=job.input_file, output_file=job.output_file, result=job.result, params=job.params
+    ):
+        if _delete(root, relative, outcome):
+            outcome.job_files += 1
 
 
 def _abandoned_error(days: int) -> str:
@@ -128,14 +129,7 @@ def _abandon_jobs(root: Path, cutoff: dt.datetime, outcome: CleanupResult) -> No
             )
             if not ended:
                 continue
-            for relative in _job_paths(
-                input_file=job.input_file,
-                output_file=job.output_file,
-                result=job.result,
-                params=job.params,
-            ):
-                if _delete(root, relative, outcome):
-                    outcome.job_files += 1
+            _delete_job_files(root, job, outcome)
             outcome.abandoned_jobs += 1
 
 
