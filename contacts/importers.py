@@ -1094,7 +1094,8 @@ REPLACED_IDENTITIES = ("phone", "email")
 # Empty cells never overwrite what a contact already has.
 UPDATED_COLUMNS = [*PROFILE_COLUMNS, "lifecycle_stage"]
 # Tries per chunk when other transactions keep taking its identity values mid-write; each
-# retry matches again and then refuses the taken rows, so a second try nearly always succeeds.
+# retry matches again, meeting the contacts that took them, so a second try nearly always
+# succeeds.
 CHUNK_ATTEMPTS = 3
 
 
@@ -1107,6 +1108,18 @@ def _taken_reason(column: str, owner: int) -> str:
         "field": TARGETS[column],
         "contact": owner,
     }
+
+
+def _raced_reason(column: str, owner: int | None) -> str:
+    if owner is None:
+        return _(
+            "%(field)s was taken by another program while this row was written; import the "
+            "row again"
+        ) % {"field": TARGETS[column]}
+    return _(
+        "%(field)s was given to another contact (ID %(contact)s) while this row was written; "
+        "import the row again to update that contact"
+    ) % {"field": TARGETS[column], "contact": owner}
 
 
 @dataclass
@@ -1169,20 +1182,24 @@ def _settle(
     return duplicates
 
 
-def import_chunk_apply(*, matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
+def import_chunk_apply(
+    *, matched: MatchedChunk, spec: ImportSpec, collect: bool, reject_raced: bool = False
+) -> ChunkResult:
     """Write a matched chunk: new contacts, changed fields, identities and tags.
 
-    A new row's key identity is claimed before anything else is written; when another
-    transaction (an `identify` call) created that identity since the match, the row updates the
-    contact that owns it instead of creating a second person without a key.
+    A new row's key identity is claimed before anything else is written. When another
+    transaction (an `identify` call) created that identity since the match, the row was judged
+    as a new contact (whose other values are free, whether it changes anything, which rows
+    duplicate it) while it is that contact's update: IdentityRaced, unless `reject_raced` (the
+    chunk's last attempt), which rejects the row instead, before anything of it is written.
 
     The rows refused or found to be duplicates when matching are returned in `rejected`. Raises
     IdentityRaced when an identity value was taken after the check; the caller rolls the chunk
     back and runs it again.
     """
     if connection.vendor == "postgresql":
-        return _apply_postgres(matched, spec, collect)
-    return _apply_generic(matched, spec, collect)
+        return _apply_postgres(matched, spec, collect, reject_raced)
+    return _apply_generic(matched, spec, collect, reject_raced)
 
 
 def import_chunk_write(
@@ -1210,7 +1227,12 @@ def import_chunk_write(
                 matched = import_chunk_match(
                     good=good, spec=spec, resolver=resolver, state=state, hashes=hashes
                 )
-                result = import_chunk_apply(matched=matched, spec=spec, collect=collect)
+                result = import_chunk_apply(
+                    matched=matched,
+                    spec=spec,
+                    collect=collect,
+                    reject_raced=attempt == CHUNK_ATTEMPTS,
+                )
         except IdentityRaced as exc:
             resolver.restore(saved)
             if attempt == CHUNK_ATTEMPTS:
@@ -1308,13 +1330,16 @@ _NEW_PROFILE_SQL = (
 )
 
 
-def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
+def _apply_postgres(
+    matched: MatchedChunk, spec: ImportSpec, collect: bool, reject_raced: bool
+) -> ChunkResult:
     contact = Contact._meta.db_table
     identity = Identity._meta.db_table
     contact_tag = ContactTag._meta.db_table
     key_kind = UPSERT_KEYS[spec.key]
     columns = _identity_columns(spec)
     new, size = matched.new, matched.size
+    rejected = matched.rejected
     updated = 0
     with connection.cursor() as cursor:
         if new:
@@ -1327,17 +1352,14 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
                 [key_kind],
             )
             if cursor.rowcount < new:
-                # A new statement sees what the other transaction committed meanwhile.
-                cursor.execute(
-                    f"UPDATE scrm_import_stage s SET is_new = false, contact_id = i.contact_id "
-                    f"FROM {identity} i WHERE s.is_new AND i.kind = %s AND i.app_id = '' "
-                    "AND i.value = s.key AND i.contact_id <> s.contact_id",
-                    [key_kind],
-                )
-                new -= cursor.rowcount
-                # Their other values were free at the match (a new row with another contact's
-                # value is gone); one that the key's owner or anybody else took since is met
-                # by the identity insert below, which hands it back or raises IdentityRaced.
+                # Such a row was matched as a new contact: its other values, whether it
+                # changes anything and its duplicates were judged for one. Matched again, it
+                # meets the contact that has its key.
+                if not reject_raced:
+                    raise IdentityRaced
+                raced = _reject_raced_postgres(cursor, spec)
+                new, size = new - len(raced), size - len(raced)
+                rejected = sorted([*rejected, *raced])
         if new:
             cursor.execute(
                 f"""
@@ -1437,9 +1459,30 @@ def _apply_postgres(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> C
         created=new,
         updated=updated,
         unchanged=size - new - updated,
-        rejected=matched.rejected,
+        rejected=rejected,
         contact_ids=ids,
     )
+
+
+def _reject_raced_postgres(cursor: Any, spec: ImportSpec) -> list[tuple[int, str]]:
+    """Take the new rows whose key identity another transaction created since the match out
+    of the stage; return their row numbers with reasons.
+
+    Nothing of them is written yet (their key identity is the one that did not go in). The
+    INSERT that met the other transaction's identity waited for it to commit, so this new
+    statement sees who owns it now.
+    """
+    identity = Identity._meta.db_table
+    key_kind = UPSERT_KEYS[spec.key]
+    cursor.execute(
+        "DELETE FROM scrm_import_stage s WHERE s.is_new AND NOT EXISTS (SELECT 1 FROM "
+        f"{identity} i WHERE i.kind = %s AND i.app_id = '' AND i.value = s.key "
+        "AND i.contact_id = s.contact_id) "
+        f"RETURNING s.rn, (SELECT o.contact_id FROM {identity} o WHERE o.kind = %s "
+        "AND o.app_id = '' AND o.value = s.key LIMIT 1)",
+        [key_kind, key_kind],
+    )
+    return sorted((rn, _raced_reason(spec.key, owner)) for rn, owner in cursor.fetchall())
 
 
 def _refuse_taken_postgres(cursor: Any, columns: dict[str, str]) -> list[tuple[int, str]]:
@@ -1570,9 +1613,12 @@ def _row_tag_ids(spec: ImportSpec, tags: str) -> set[int]:
     return ids
 
 
-def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> ChunkResult:
+def _apply_generic(
+    matched: MatchedChunk, spec: ImportSpec, collect: bool, reject_raced: bool
+) -> ChunkResult:
     assert matched.rows is not None
     good = matched.rows
+    rejected = matched.rejected
     now = timezone.now()
     key_kind = UPSERT_KEYS[spec.key]
     columns = _identity_columns(spec)
@@ -1612,14 +1658,21 @@ def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> Ch
         key_owners = _owners(key_kind, keys)
         lost = [c.pk for c, k in zip(contacts, keys, strict=True) if key_owners.get(k) != c.pk]
         if lost:
-            # Someone else got the key since the match: the row updates the owner instead, and
-            # the contact created for it (nothing refers to it yet) goes.
+            # Someone else got the key since the match, as on PostgreSQL (SQLite's write lock
+            # keeps other connections out: only a call inside this transaction can).
+            if not reject_raced:
+                raise IdentityRaced
+            # The contacts created for those rows go (nothing refers to them yet).
             Contact.objects.filter(pk__in=lost).delete()
-            new_positions = np.flatnonzero(is_new)
-            for position, key in zip(new_positions, keys, strict=True):
-                if key_owners.get(key) != contact_ids[position]:
-                    contact_ids[position] = key_owners[key]
-                    is_new[position] = False
+            gone = np.isin(contact_ids, lost)
+            raced = zip(good["rn"].to_numpy()[gone], good["key"].to_numpy()[gone], strict=True)
+            rejected = sorted(
+                [
+                    *rejected,
+                    *((int(rn), _raced_reason(spec.key, key_owners.get(key))) for rn, key in raced),
+                ]
+            )
+            good, is_new, contact_ids = good[~gone], is_new[~gone], contact_ids[~gone]
     good = good.assign(contact_id=contact_ids)
 
     changed = _write_changes_generic(good[~is_new], spec, columns, owners, now)
@@ -1654,7 +1707,7 @@ def _apply_generic(matched: MatchedChunk, spec: ImportSpec, collect: bool) -> Ch
         created=created,
         updated=updated,
         unchanged=len(good) - created - updated,
-        rejected=matched.rejected,
+        rejected=rejected,
         contact_ids=ids_out,
     )
 

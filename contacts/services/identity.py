@@ -8,7 +8,7 @@ import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -23,6 +23,7 @@ from contacts.models import (
 from contacts.selectors import contact_follow_merges
 from contacts.services.events import event_record
 from contacts.services.merge import MergeRefused, contact_merge, merge_blocked_with
+from contacts.services.retry import atomic_attempts, is_deadlock_victim
 from contacts.signals import contact_changed
 from core.errors import DomainError, ValidationFailed
 
@@ -43,9 +44,6 @@ CONFLICT_EVENT = "identity_conflict"
 # contacts this one waited to lock, or (PostgreSQL) have this one aborted to break a deadlock.
 # Each failed attempt means another call got through, so a few cover many concurrent calls.
 IDENTIFY_ATTEMPTS = 5
-# SQLSTATEs of a transaction PostgreSQL aborted to break a deadlock or a serialization conflict:
-# running it again is the documented remedy.
-RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
 @dataclass
@@ -225,31 +223,22 @@ def identify(
     unique = list({(i.kind, i.app_id, i.value): i for i in normalized}.values())
     # Two concurrent calls may race to create the same identity: the unique constraint lets
     # exactly one win, and the loser's attempt rolls back to its savepoint (releasing the row
-    # locks it took) and runs again. Each attempt's queries are new statements, so (READ
-    # COMMITTED on PostgreSQL, serialised IMMEDIATE transactions on SQLite) the retry sees the
-    # winner's committed rows.
-    for attempt in range(IDENTIFY_ATTEMPTS):
-        last = attempt == IDENTIFY_ATTEMPTS - 1
-        try:
-            with transaction.atomic():
-                return _identify_once(unique, columns, attributes, source, via, last=last)
-        except (IntegrityError, ContactsContended):
-            if last:
-                raise
-        except OperationalError as exc:
-            if last or not _is_retryable(exc):
-                raise
-        except MergeRefused as exc:
-            # The contacts are locked and read again before any merge is decided, so a
-            # concurrent merge is seen then; should one still be met, looking again follows it.
-            if exc.code != "already_merged" or last:
-                raise
-    raise AssertionError("unreachable")
+    # locks it took) and runs again, seeing the winner's committed rows.
+    return atomic_attempts(
+        lambda last: _identify_once(unique, columns, attributes, source, via, last=last),
+        attempts=IDENTIFY_ATTEMPTS,
+        retry_if=_identify_again,
+    )
 
 
-def _is_retryable(exc: OperationalError) -> bool:
-    cause = exc.__cause__
-    return getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES
+def _identify_again(exc: Exception) -> bool:
+    if isinstance(exc, IntegrityError | ContactsContended):
+        return True
+    if isinstance(exc, MergeRefused):
+        # The contacts are locked and read again before any merge is decided, so a concurrent
+        # merge is seen then; should one still be met, looking again follows it.
+        return exc.code == "already_merged"
+    return is_deadlock_victim(exc)
 
 
 class ContactsContended(DomainError):

@@ -24,16 +24,30 @@ from contacts.models import (
     Note,
 )
 from contacts.services.events import APPEND_BATCH, event_record
+from contacts.services.retry import atomic_retrying_deadlocks
 from contacts.signals import contact_merged, contact_unmerged
 from core.errors import DomainError, NotFound
 from core.models import AuditLog
 
 # Fields the merge never copies from the duplicate (keys, bookkeeping, the merge link itself).
 MERGE_SKIP_FIELDS = {"id", "created_at", "updated_at", "merged_into", "attributes"}
+# Attempts of a merge or an undo that PostgreSQL keeps aborting as a deadlock victim. Both lock
+# the two contacts, then (through contact_merged / contact_unmerged) the segments they are in,
+# while a segment refresh holds its segment and takes a key-share lock on a contact with each
+# membership or event it inserts: the cycle is broken by aborting one side, and once the
+# merge's rollback lets the refresh finish, the next attempt waits for it instead.
+MERGE_ATTEMPTS = 3
 
 
 class MergeRefused(DomainError):
     code = "merge_refused"
+
+
+class MergeContended(DomainError):
+    """PostgreSQL aborted every attempt of a merge or an undo to break a deadlock with
+    concurrent work on the same contacts; nothing was changed."""
+
+    code = "merge_contended"
 
 
 class _SnapshotEncoder(DjangoJSONEncoder):
@@ -72,7 +86,6 @@ def _audit(*, actor: AbstractBaseUser | None, action: str, contact: Contact, det
     )
 
 
-@transaction.atomic
 def contact_merge(
     *,
     survivor: Contact,
@@ -81,6 +94,21 @@ def contact_merge(
     reason: str = "manual",
 ) -> MergeRecord:
     """Merge `duplicate` into `survivor`, recording what moved so that it can be undone."""
+    return atomic_retrying_deadlocks(
+        lambda: _merge(survivor=survivor, duplicate=duplicate, actor=actor, reason=reason),
+        attempts=MERGE_ATTEMPTS,
+        exhausted=lambda: MergeContended(
+            _(
+                "Other work on these contacts (a segment refresh, an import) kept getting in "
+                "the way of the merge, so nothing was merged; try again in a moment."
+            )
+        ),
+    )
+
+
+def _merge(
+    *, survivor: Contact, duplicate: Contact, actor: AbstractBaseUser | None, reason: str
+) -> MergeRecord:
     if survivor.pk == duplicate.pk:
         raise MergeRefused(_("A contact cannot be merged into itself."))
     # Lock both rows in id order so that two merges of the same pair cannot deadlock.
@@ -266,10 +294,22 @@ def _consent_follow_records(contact: Contact) -> None:
         )
 
 
-@transaction.atomic
 def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = None) -> Contact:
     """Undo a merge: move every recorded row back and restore both contacts; return the
     restored duplicate."""
+    return atomic_retrying_deadlocks(
+        lambda: _merge_undo(record=record, actor=actor),
+        attempts=MERGE_ATTEMPTS,
+        exhausted=lambda: MergeContended(
+            _(
+                "Other work on these contacts (a segment refresh, an import) kept getting in "
+                "the way of the undo, so the merge was not undone; try again in a moment."
+            )
+        ),
+    )
+
+
+def _merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None) -> Contact:
     record = MergeRecord.objects.select_for_update().get(pk=record.pk)
     if record.undone_at is not None:
         raise MergeRefused(_("This merge was already undone."), code="already_undone")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django.urls import reverse
 from django.utils import translation
 
@@ -558,8 +558,7 @@ def test_imported_phones_are_accepted_and_rejected_like_the_api(
     assert duplicates == len([r for r in rejected if "duplicate" in r[-1]])
 
 
-@pytest.mark.parametrize("key", ["phone", "email"])
-def test_a_key_identity_created_between_match_and_write_updates_its_owner(key):
+def _two_new_people(key: str) -> tuple[pd.DataFrame, ImportSpec]:
     spec = ImportSpec(mapping={"手机号": "phone", "邮箱": "email", "姓名": "name"}, key=key)
     frame = pd.DataFrame(
         [
@@ -569,27 +568,94 @@ def test_a_key_identity_created_between_match_and_write_updates_its_owner(key):
     )
     good, bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
     assert bad.empty
-    raced = {"phone": "13800138000", "email": "lin@example.com"}[key]
+    return good, spec
 
-    with transaction.atomic():
-        matched = importers.import_chunk_match(
-            good=good, spec=spec, resolver=importers.TagResolver()
-        )
-        assert matched.new == 2
-        # An identify call from the API takes the first row's key after the match.
-        owner = services.identify(
-            identities=[services.IdentityInput(kind=key, value=raced)], traits={"name": "API"}
-        ).contact
-        outcome = importers.import_chunk_apply(matched=matched, spec=spec, collect=True)
 
-    assert (outcome.created, outcome.updated) == (1, 1)
-    assert sorted(outcome.contact_ids) == sorted(Contact.objects.values_list("pk", flat=True))
-    assert Contact.objects.count() == 2  # no second person for the raced key
-    owner.refresh_from_db()
-    assert owner.name == "林小雨" and owner.phone == "+8613800138000"
+def _identify_taking(key: str) -> Contact:
+    """An identify call from the API, taking the first row's key."""
+    value = {"phone": "13800138000", "email": "lin@example.com"}[key]
+    return services.identify(
+        identities=[services.IdentityInput(kind=key, value=value)], traits={"name": "API"}
+    ).contact
+
+
+def _assert_nobody_half_written() -> None:
     for contact in Contact.objects.all():
         kinds = set(contact.identities.values_list("kind", flat=True))
-        assert {IdentityKind.PHONE, IdentityKind.EMAIL} <= kinds  # nobody is half-written
+        assert {IdentityKind.PHONE, IdentityKind.EMAIL} <= kinds
+    assert Identity.objects.count() == 2 * Contact.objects.count()
+
+
+@pytest.mark.parametrize("key", ["phone", "email"])
+def test_a_key_identity_created_between_match_and_write_makes_the_row_its_update(monkeypatch, key):
+    good, spec = _two_new_people(key)
+    match = importers.import_chunk_match
+    owners: list[Contact] = []
+
+    def identify_meanwhile(**kwargs):
+        # SQLite's write lock keeps other connections out, so the identify call runs inside
+        # the chunk's transaction: after the first match (the race), and again before the
+        # second, where its commit would be seen (the first went with the attempt's rollback).
+        if owners:
+            owners.append(_identify_taking(key))
+            return match(**kwargs)
+        matched = match(**kwargs)
+        assert matched.new == 2
+        owners.append(_identify_taking(key))
+        return matched
+
+    monkeypatch.setattr(importers, "import_chunk_match", identify_meanwhile)
+
+    outcome = importers.import_chunk_write(
+        good=good, spec=spec, resolver=importers.TagResolver(), collect=True
+    )
+
+    assert len(owners) == 2  # the chunk was matched again
+    assert (outcome.created, outcome.updated, outcome.rejected) == (1, 1, [])
+    assert sorted(outcome.contact_ids) == sorted(Contact.objects.values_list("pk", flat=True))
+    assert Contact.objects.count() == 2  # no second person for the raced key
+    owner = Contact.objects.get(pk=owners[-1].pk)
+    assert owner.name == "林小雨" and owner.phone == "+8613800138000"
+    assert owner.email == "lin@example.com"
+    _assert_nobody_half_written()
+
+
+@pytest.mark.parametrize("key", ["phone", "email"])
+def test_a_row_whose_key_is_taken_on_every_attempt_is_rejected_with_the_reason(
+    monkeypatch, media, django_capture_on_commit_callbacks, key
+):
+    match = importers.import_chunk_match
+    owners: list[Contact] = []
+
+    def identify_each_time(**kwargs):
+        matched = match(**kwargs)
+        owners.append(_identify_taking(key))
+        return matched
+
+    monkeypatch.setattr(importers, "import_chunk_match", identify_each_time)
+    rows = [
+        {"手机号": "13800138000", "邮箱": "lin@example.com", "姓名": "林小雨"},
+        {"手机号": "13900139000", "邮箱": "wang@example.com", "姓名": "王大山"},
+    ]
+
+    job = run(upload(csv_bytes(rows)), django_capture_on_commit_callbacks, key=key)
+
+    # Bounded: the last attempt rejects the row rather than trying again.
+    assert len(owners) == importers.CHUNK_ATTEMPTS
+    assert job.status == JobStatus.SUCCEEDED
+    assert (job.result["created"], job.result["updated"], job.result["rejected"]) == (1, 0, 1)
+    [_header, rejected] = rejected_rows(job, media)
+    field = {"phone": "Phone", "email": "Email"}[key]
+    assert rejected[0] == "2"
+    assert rejected[-1] == (
+        f"{field} was given to another contact (ID {owners[-1].pk}) while this row was "
+        "written; import the row again to update that contact"
+    )
+    # Nothing of the row was written: the contact that took the key is as identify left it.
+    owner = Contact.objects.get(pk=owners[-1].pk)
+    assert owner.name == "API"
+    assert set(owner.identities.values_list("kind", flat=True)) == {key}
+    assert Contact.objects.exclude(pk=owner.pk).get().name == "王大山"
 
 
 def test_rejected_rows_of_a_failed_import_can_be_downloaded(
@@ -629,10 +695,12 @@ def test_rejected_rows_of_a_failed_import_can_be_downloaded(
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="needs a second real connection (PostgreSQL)"
 )
-def test_an_identify_committed_by_another_connection_mid_chunk_is_respected():
+def test_an_identify_committed_by_another_connection_mid_chunk_is_respected(monkeypatch):
     spec = ImportSpec(mapping={"手机号": "phone", "姓名": "name"}, key="phone")
     frame = pd.DataFrame([{"手机号": "13800138000", "姓名": "林小雨"}])
     good, _bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
+    match = importers.import_chunk_match
+    attempts: list[int] = []
     owners = []
 
     def identify_elsewhere() -> None:
@@ -645,19 +713,31 @@ def test_an_identify_committed_by_another_connection_mid_chunk_is_respected():
         finally:
             connections.close_all()
 
-    with transaction.atomic():
-        matched = importers.import_chunk_match(
-            good=good, spec=spec, resolver=importers.TagResolver()
-        )
-        # The API commits the same phone on its own connection while the chunk is in flight.
-        other = threading.Thread(target=identify_elsewhere)
-        other.start()
-        other.join(timeout=30)
-        assert owners, "identify did not finish"
-        outcome = importers.import_chunk_apply(matched=matched, spec=spec, collect=True)
+    def match_then_identify_elsewhere(**kwargs):
+        matched = match(**kwargs)
+        attempts.append(matched.new)
+        if len(attempts) == 1:
+            # The API commits the same phone on its own connection while the chunk is in
+            # flight.
+            other = threading.Thread(target=identify_elsewhere)
+            other.start()
+            other.join(timeout=30)
+            assert owners, "identify did not finish"
+        return matched
 
+    monkeypatch.setattr(importers, "import_chunk_match", match_then_identify_elsewhere)
+
+    outcome = importers.import_chunk_write(
+        good=good, spec=spec, resolver=importers.TagResolver(), collect=True
+    )
+
+    # Matched as new, then (rolled back and matched again) as the identify call's contact.
+    assert attempts == [1, 0]
     assert (outcome.created, outcome.updated, outcome.contact_ids) == (0, 1, owners)
     assert list(Contact.objects.values_list("pk", "name")) == [(owners[0], "林小雨")]
+    assert list(Identity.objects.values_list("contact_id", "value")) == [
+        (owners[0], "+8613800138000")
+    ]
 
 
 def test_cells_are_stripped_of_any_whitespace_at_their_ends(django_capture_on_commit_callbacks):
