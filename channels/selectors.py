@@ -57,3 +57,64 @@ def channel_overview(*, days: int = 7) -> list[ChannelOverview]:
         ChannelOverview(channel=channel, counts=counts.get(channel.pk, {}))
         for channel in Channel.objects.order_by("name")
     ]
+
+
+@dataclass(frozen=True)
+class DeliveryMergeRow:
+    status: str
+    label: str
+    survivor: int
+    duplicate: int
+
+    @property
+    def after(self) -> int:
+        return self.survivor + self.duplicate
+
+
+@dataclass(frozen=True)
+class DeliveryMergePreview:
+    rows: list[DeliveryMergeRow]
+
+    @property
+    def survivor_total(self) -> int:
+        return sum(row.survivor for row in self.rows)
+
+    @property
+    def duplicate_total(self) -> int:
+        return sum(row.duplicate for row in self.rows)
+
+    @property
+    def after_total(self) -> int:
+        return self.survivor_total + self.duplicate_total
+
+    @property
+    def duplicate_waiting(self) -> int:
+        """The duplicate's messages not sent yet, which will go out to the survivor."""
+        waiting = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+        return sum(row.duplicate for row in self.rows if row.status in waiting)
+
+
+def deliveries_merge_preview(*, survivor: Contact, duplicate: Contact) -> DeliveryMergePreview:
+    """Both contacts' deliveries by status, and the survivor's after a merge (one query).
+
+    Mirrors channels.services.deliveries_merge: every delivery of the duplicate, sent or still
+    to send, moves to the survivor.
+    """
+    counts: dict[tuple[int, str], int] = {
+        (row["contact_id"], row["status"]): row["n"]
+        for row in Delivery.objects.filter(contact__in=[survivor.pk, duplicate.pk])
+        .values("contact_id", "status")
+        .annotate(n=Count("id"))
+        .order_by()
+    }
+    rows = [
+        DeliveryMergeRow(
+            status=status,
+            label=str(label),
+            survivor=counts.get((survivor.pk, status), 0),
+            duplicate=counts.get((duplicate.pk, status), 0),
+        )
+        for status, label in DeliveryStatus.choices
+        if counts.get((survivor.pk, status)) or counts.get((duplicate.pk, status))
+    ]
+    return DeliveryMergePreview(rows=rows)

@@ -11,4 +11,9 @@ urlpatterns = [
         views.contact_deliveries,
         name="contact_deliveries",
     ),
+    path(
+        "contact/<int:survivor_id>/merge/<int:duplicate_id>/",
+        views.contact_merge_preview,
+        name="contact_merge_preview",
+    ),
 ]

@@ -1,10 +1,10 @@
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 
 from channels import selectors
 from channels.filters import DeliveryFilter
-from contacts.selectors import contact_visible_to
+from contacts.selectors import contact_pair_visible_to, contact_visible_to
 from core.htmx import render_page
 from core.pagination import keyset_page
 
@@ -41,4 +41,26 @@ def contact_deliveries(request: HttpRequest, contact_id: int) -> HttpResponse:
     context = {"contact": contact, "deliveries": deliveries}
     return render_page(
         request, "channels/contact_deliveries.html", context, fragment="contact-deliveries"
+    )
+
+
+@login_required
+def contact_merge_preview(
+    request: HttpRequest, survivor_id: int, duplicate_id: int
+) -> HttpResponse:
+    """The messages panel of the merge preview: both contacts' deliveries and the survivor's
+    after the merge."""
+    pair = contact_pair_visible_to(
+        user=request.user, survivor_id=survivor_id, duplicate_id=duplicate_id
+    )
+    if pair is None:
+        raise Http404
+    survivor, duplicate = pair
+    context = {
+        "survivor": survivor,
+        "duplicate": duplicate,
+        "preview": selectors.deliveries_merge_preview(survivor=survivor, duplicate=duplicate),
+    }
+    return render_page(
+        request, "channels/contact_merge_preview.html", context, fragment="merge-deliveries"
     )

@@ -397,6 +397,20 @@ def merge_record_visible_to(*, user: AbstractBaseUser) -> QuerySet[MergeRecord]:
     )
 
 
+def contact_pair_visible_to(
+    *, user: AbstractBaseUser, survivor_id: int, duplicate_id: int
+) -> tuple[Contact, Contact] | None:
+    """Two different contacts `user` may see (a merge's survivor and duplicate), or None."""
+    if survivor_id == duplicate_id:
+        return None
+    pair = {
+        c.pk: c for c in contact_visible_to(user=user).filter(pk__in=[survivor_id, duplicate_id])
+    }
+    if len(pair) != 2:
+        return None
+    return pair[survivor_id], pair[duplicate_id]
+
+
 def contact_merge_candidates(
     *, user: AbstractBaseUser, contact: Contact, query: str, limit: int = 20
 ) -> list[Contact]:

@@ -1,3 +1,5 @@
+from dataclasses import dataclass
+
 from django.db.models import Count, Q, QuerySet
 
 from contacts.models import Contact
@@ -30,3 +32,57 @@ def journey_enrollments(
     `contacts` (those the user may see) when given."""
     qs = Enrollment.objects.filter(journey=journey).select_related("contact")
     return qs.filter(contact__in=contacts) if contacts is not None else qs
+
+
+# What journeys.services.enrollments_merge does with an enrollment (the merge preview names it).
+MERGE_KEPT = "kept"  # only the survivor has this journey pass: it stays
+MERGE_MOVED = "moved"  # only the duplicate has it: it moves to the survivor, status and all
+# Both have the same journey pass: the survivor keeps its own; the duplicate's, still active,
+# is ended (exited) and stays with the merged-away contact.
+MERGE_ENDS = "ends"
+# Both have it and the duplicate's has finished: that one stays with the merged-away contact.
+MERGE_STAYS = "stays"
+
+
+@dataclass(frozen=True)
+class EnrollmentMergeRow:
+    journey: Journey
+    occurrence: int
+    survivor: Enrollment | None
+    duplicate: Enrollment | None
+    outcome: str
+
+    @property
+    def after(self) -> Enrollment:
+        """The enrollment the survivor holds for this journey pass after the merge."""
+        return self.survivor or self.duplicate
+
+
+def enrollments_merge_preview(*, survivor: Contact, duplicate: Contact) -> list[EnrollmentMergeRow]:
+    """What a merge of `duplicate` into `survivor` does with their journey enrollments, one
+    row per journey pass (journey and occurrence), by journey name.
+
+    Mirrors journeys.services.enrollments_merge: a pass only the duplicate has moves to the
+    survivor; in a pass both have, the survivor keeps its own and the duplicate's, if still
+    active, is ended.
+    """
+    held: dict[tuple[int, int], dict[int, Enrollment]] = {}
+    for row in Enrollment.objects.filter(contact__in=[survivor.pk, duplicate.pk]).select_related(
+        "journey"
+    ):
+        held.setdefault((row.journey_id, row.occurrence), {})[row.contact_id] = row
+    rows = []
+    for (_journey, occurrence), pair in held.items():
+        mine, theirs = pair.get(survivor.pk), pair.get(duplicate.pk)
+        if theirs is None:
+            outcome = MERGE_KEPT
+        elif mine is None:
+            outcome = MERGE_MOVED
+        elif theirs.status == EnrollmentStatus.ACTIVE:
+            outcome = MERGE_ENDS
+        else:
+            outcome = MERGE_STAYS
+        journey = (mine or theirs).journey
+        rows.append(EnrollmentMergeRow(journey, occurrence, mine, theirs, outcome))
+    rows.sort(key=lambda row: (row.journey.name, row.journey.pk, row.occurrence))
+    return rows

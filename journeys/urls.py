@@ -13,4 +13,9 @@ urlpatterns = [
         views.contact_enrollments,
         name="contact_enrollments",
     ),
+    path(
+        "contact/<int:survivor_id>/merge/<int:duplicate_id>/",
+        views.contact_merge_preview,
+        name="contact_merge_preview",
+    ),
 ]

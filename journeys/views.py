@@ -1,11 +1,11 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from contacts.selectors import contact_visible_to
+from contacts.selectors import contact_pair_visible_to, contact_visible_to
 from core.errors import ValidationFailed
 from core.htmx import render_page
 from core.pagination import keyset_page
@@ -93,4 +93,26 @@ def contact_enrollments(request: HttpRequest, contact_id: int) -> HttpResponse:
     context = {"contact": contact, "enrollments": list(enrollments)}
     return render_page(
         request, "journeys/contact_enrollments.html", context, fragment="contact-enrollments"
+    )
+
+
+@login_required
+def contact_merge_preview(
+    request: HttpRequest, survivor_id: int, duplicate_id: int
+) -> HttpResponse:
+    """The journeys panel of the merge preview: both contacts' enrollments and what the merge
+    does with each."""
+    pair = contact_pair_visible_to(
+        user=request.user, survivor_id=survivor_id, duplicate_id=duplicate_id
+    )
+    if pair is None:
+        raise Http404
+    survivor, duplicate = pair
+    context = {
+        "survivor": survivor,
+        "duplicate": duplicate,
+        "rows": selectors.enrollments_merge_preview(survivor=survivor, duplicate=duplicate),
+    }
+    return render_page(
+        request, "journeys/contact_merge_preview.html", context, fragment="merge-journeys"
     )

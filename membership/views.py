@@ -1,8 +1,8 @@
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 
-from contacts.selectors import contact_visible_to
+from contacts.selectors import contact_pair_visible_to, contact_visible_to
 from core.htmx import render_page
 from core.pagination import keyset_page
 from membership import selectors
@@ -37,3 +37,25 @@ def contact_card(request: HttpRequest, contact_id: int) -> HttpResponse:
     history = selectors.points_history(member=member, limit=POINTS_HISTORY_SIZE) if member else []
     context = {"contact": contact, "member": member, "history": history}
     return render_page(request, "membership/contact_card.html", context, fragment="member-card")
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+def contact_merge_preview(
+    request: HttpRequest, survivor_id: int, duplicate_id: int
+) -> HttpResponse:
+    """The membership panel of the merge preview: both memberships and the merged one."""
+    pair = contact_pair_visible_to(
+        user=request.user, survivor_id=survivor_id, duplicate_id=duplicate_id
+    )
+    if pair is None:
+        raise Http404
+    survivor, duplicate = pair
+    context = {
+        "survivor": survivor,
+        "duplicate": duplicate,
+        "preview": selectors.member_merge_preview(survivor=survivor, duplicate=duplicate),
+    }
+    return render_page(
+        request, "membership/contact_merge_preview.html", context, fragment="merge-membership"
+    )

@@ -473,7 +473,11 @@ def _value_widget(value_type: str | None, operator: str, value: Any, choices) ->
             options.insert(0, Option("", "—", not any(o.selected for o in options)))
         known = {o.value for o in options}
         # Keep values the catalogue no longer offers (a deleted store): visible, and validated.
-        options += [Option(v, str(v), True) for v in selected if v not in known and v != ""]
+        # None is "nothing chosen yet" (e.g. right after the field or operator changed), not a
+        # value: shown as an option it would be posted back as the text "None".
+        options += [
+            Option(v, str(v), True) for v in selected if v not in known and v not in ("", None)
+        ]
         return ValueWidget(kind, options=options)
     if operator in LIST_OPS:
         return ValueWidget("list", value=_text(value))
@@ -507,19 +511,58 @@ def builder_tree(
     if error is not None:
         path, attr = rule_error_location(error)
         target = _find(root, path) or root
-        target.error = rule_error_message(error)
+        target.error = rule_error_message(error, rule=rule)
         target.error_attr = rule_error_part(attr)
     return root
 
 
-def rule_error_message(error: ValidationFailed) -> str:
+def rule_error_message(error: ValidationFailed, *, rule: Any = None) -> str:
     """The human part of a rule error, without the path (the builder shows the row instead):
-    `rule.conditions[2].value: 须为数字` → `须为数字`, in the language active when raised."""
+    `rule.conditions[2].value: 须为数字` → `须为数字`, in the language active when raised.
+    Given the `rule`, a picker left empty is named in the builder's own words."""
+    if rule is not None:
+        builder_path, attr = rule_error_location(error)
+        node = _rule_node_at(rule, builder_path)
+        friendly = _nothing_chosen(node, attr) if node is not None else None
+        if friendly is not None:
+            return friendly
     path = (error.details or {}).get("path", "") if isinstance(error.details, dict) else ""
     prefix = f"{path}: "
     if path and error.message.startswith(prefix):
         return error.message[len(prefix) :]
     return error.message
+
+
+# Profile fields whose value is picked from a list in the builder (see BuilderCatalogue).
+PICKED_FIELDS = ("lifecycle_stage", "gender", "store", "owner")
+
+
+def _rule_node_at(rule: Any, builder_path: str) -> dict | None:
+    """The node of `rule` at a builder path (`r-2-0`), or None when the rule has no such node."""
+    node = rule
+    for step in builder_path.split("-")[1:]:
+        conditions = node.get("conditions") if isinstance(node, dict) else None
+        if not isinstance(conditions, list) or not step.isdigit() or int(step) >= len(conditions):
+            return None
+        node = conditions[int(step)]
+    return node if isinstance(node, dict) else None
+
+
+def _nothing_chosen(node: dict, attr: str) -> str | None:
+    """The builder's words for a row whose picker was left empty. The rule language's message
+    names the JSON it expects ("a non-empty list of tag ids", "a segment id"), which means
+    nothing to an operator ticking boxes."""
+    kind = node.get("type")
+    if kind == "tag" and attr == "tags" and not node.get("tags"):
+        return gettext("Tick at least one tag.")
+    if kind == "segment" and attr == "segment" and node.get("segment") in (None, ""):
+        return gettext("Choose a segment.")
+    picked = (kind == "attribute" and node.get("field") in PICKED_FIELDS) or (
+        kind == "membership" and node.get("field") == "tier"
+    )
+    if picked and attr == "value" and node.get("value") in (None, "", []):
+        return gettext("Choose a value.")
+    return None
 
 
 # What a condition row calls the part a rule error names (the labels of its own widgets).

@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from contacts.labels import event_label
 from contacts.models import ConsentChannel, ConsentPurpose, CustomField, Gender, Stage, Store, Tag
@@ -37,7 +38,8 @@ CONDITION_TYPE_LABELS = {
 }
 
 FIELD_LABELS = {
-    "name": gettext_lazy("Name"),
+    # A contact's name: 姓名, not the 名称 of a segment or a tag.
+    "name": pgettext_lazy("person", "Name"),
     "nickname": gettext_lazy("Nickname"),
     "phone": gettext_lazy("Phone"),
     "email": gettext_lazy("Email"),
@@ -104,7 +106,8 @@ MEASURE_LABELS = {
 }
 
 MEMBERSHIP_FIELD_LABELS = {
-    "is_member": gettext_lazy("Is a member"),
+    # Followed by the operator (is yes / is no): "是否会员 为是", not "是会员 为是".
+    "is_member": pgettext_lazy("rule field", "Is a member"),
     "tier": gettext_lazy("Tier"),
     "points_balance": gettext_lazy("Points balance"),
     "growth_value": gettext_lazy("Growth value"),
@@ -267,6 +270,12 @@ def describe_score_event(name: str, filters: Any) -> str:
 def describe_condition(node: dict, names: Names) -> str:
     """One condition in words, e.g. “Purchase: number of times is at least 2 in the last 30
     days”. Unknown shapes fall back to their JSON so nothing is hidden from the operator."""
+    # Several phrasings start with a lower-case verb ("is in segment …"); as a line of their
+    # own they start with a capital (a no-op in Chinese).
+    return capfirst(_describe_condition(node, names))
+
+
+def _describe_condition(node: dict, names: Names) -> str:
     kind = node.get("type")
     if kind == "attribute":
         path = str(node.get("field", ""))

@@ -154,3 +154,81 @@ def event_names_known() -> list[str]:
 
 def segment_membership_of(*, segment: Segment, contact_id: int) -> SegmentMembership | None:
     return SegmentMembership.objects.filter(segment=segment, contact_id=contact_id).first()
+
+
+# What segments.merging.memberships_merge does with a segment place (the merge preview names it).
+MERGE_KEPT = "kept"  # only the survivor is in: its place stays
+MERGE_KEPT_ONCE = "kept_once"  # both are in: the survivor keeps its place and entry time
+MERGE_MOVED = "moved"  # only the duplicate is in: its place and entry time go to the survivor
+# Only the duplicate is in a live rule-based segment: the place goes to the survivor if the
+# merged contact matches the rule, otherwise it is removed.
+MERGE_IF_MATCHES = "if_matches"
+
+
+@dataclass(frozen=True)
+class SegmentMergeRow:
+    segment: Segment
+    survivor_entered_at: dt.datetime | None
+    duplicate_entered_at: dt.datetime | None
+    outcome: str
+
+    @property
+    def entered_at_after(self) -> dt.datetime | None:
+        """The survivor's entry time after the merge (if it keeps or gets the place)."""
+        return self.survivor_entered_at or self.duplicate_entered_at
+
+
+@dataclass(frozen=True)
+class SegmentMergePreview:
+    rows: list[SegmentMergeRow]
+
+    def _count(self, *outcomes: str) -> int:
+        return sum(1 for row in self.rows if row.outcome in outcomes)
+
+    @property
+    def survivor_count(self) -> int:
+        return sum(1 for row in self.rows if row.survivor_entered_at)
+
+    @property
+    def duplicate_count(self) -> int:
+        return sum(1 for row in self.rows if row.duplicate_entered_at)
+
+    @property
+    def after_count(self) -> int:
+        """Places the survivor holds right after the merge, whatever the rules say."""
+        return self._count(MERGE_KEPT, MERGE_KEPT_ONCE, MERGE_MOVED)
+
+    @property
+    def undecided_count(self) -> int:
+        return self._count(MERGE_IF_MATCHES)
+
+
+def segment_merge_preview(*, survivor: Contact, duplicate: Contact) -> SegmentMergePreview:
+    """What a merge of `duplicate` into `survivor` does with their segment places, by name.
+
+    Mirrors segments.merging.memberships_merge: in a segment both are in, the survivor keeps
+    its own place; the duplicate's place in a static list or an archived segment goes to the
+    survivor; in a live rule-based segment it goes to the survivor only if the merged contact
+    matches the rule, which only the merge itself can tell.
+    """
+    places: dict[int, dict[int, dt.datetime]] = {}
+    segments: dict[int, Segment] = {}
+    for row in SegmentMembership.objects.filter(
+        contact_id__in=[survivor.pk, duplicate.pk]
+    ).select_related("segment"):
+        segments[row.segment_id] = row.segment
+        places.setdefault(row.segment_id, {})[row.contact_id] = row.entered_at
+    rows = []
+    for pk, held in places.items():
+        segment, mine, theirs = segments[pk], held.get(survivor.pk), held.get(duplicate.pk)
+        if theirs is None:
+            outcome = MERGE_KEPT
+        elif mine is not None:
+            outcome = MERGE_KEPT_ONCE
+        elif segment.kind == SegmentKind.STATIC or segment.is_archived:
+            outcome = MERGE_MOVED
+        else:
+            outcome = MERGE_IF_MATCHES
+        rows.append(SegmentMergeRow(segment, mine, theirs, outcome))
+    rows.sort(key=lambda row: (row.segment.name, row.segment.pk))
+    return SegmentMergePreview(rows=rows)

@@ -29,6 +29,11 @@ urlpatterns = [
     path("static-members/", views.segment_static_members, name="static_members"),
     path("static-picker/", views.segment_static_picker, name="static_picker"),
     path("contact/<int:contact_id>/segments/", views.contact_segments, name="contact_segments"),
+    path(
+        "contact/<int:survivor_id>/merge/<int:duplicate_id>/",
+        views.contact_merge_preview,
+        name="contact_merge_preview",
+    ),
     path("rfm/", rfm_views.rfm_overview, name="rfm"),
     path("rfm/recompute/", rfm_views.rfm_recompute, name="rfm_recompute"),
     path("rfm/<slug:layer>/", rfm_views.rfm_layer, name="rfm_layer"),

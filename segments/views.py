@@ -18,9 +18,10 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from contacts.selectors import contact_search, contact_visible_to
+from contacts.selectors import contact_pair_visible_to, contact_search, contact_visible_to
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.htmx import is_fragment_request, render_page
@@ -74,7 +75,12 @@ def segment_list(request: HttpRequest) -> HttpResponse:
     qs = selectors.segment_list(include_archived=True).filter(is_archived=archived)
     page = keyset_page(qs, after=request.GET.get("after"), size=PAGE_SIZE)
     series = selectors.segment_size_series(segment_ids=[s.pk for s in page.items], days=SPARK_DAYS)
-    rows = [(s, _sparkline(series.get(s.pk, []))) for s in page.items]
+    # The line alone has no scale: its first and last counts go in its tooltip.
+    rows = [
+        (s, _sparkline(values), values[0] if values else None, values[-1] if values else None)
+        for s in page.items
+        for values in [series.get(s.pk, [])]
+    ]
     context = {"page": page, "rows": rows, "archived": archived}
     return render_page(request, "segments/segment_list.html", context, fragment="segment-table")
 
@@ -250,7 +256,17 @@ def _builder_view(request: HttpRequest, segment: Segment | None) -> HttpResponse
     if isinstance(result, ValidationFailed):
         rule_error = None if form.apply_error(result) else result
         return _render_form(request, form, segment, rule, rule_error, status=422)
-    if segment is None:
+    if segment is None and result.kind == SegmentKind.STATIC:
+        # A new list is empty by design: say how to fill it rather than "0 members".
+        messages.success(
+            request,
+            _(
+                "Static list “%(name)s” created. Add contacts from a file here, or tick them "
+                "in the contact list."
+            )
+            % {"name": result.name},
+        )
+    elif segment is None:
         messages.success(
             request,
             _("Segment “%(name)s” created with %(count)s members.")
@@ -290,7 +306,7 @@ def segment_preview(request: HttpRequest) -> HttpResponse:
         )
     except ValidationFailed as exc:
         path, attr = rule_error_location(exc)
-        context["error"] = rule_error_message(exc)
+        context["error"] = rule_error_message(exc, rule=rule)
         context["error_path"] = path
         context["error_attr"] = rule_error_part(attr)
         # A complete rule refused for what it reads is not "not complete yet".
@@ -542,6 +558,13 @@ def segment_static_import_unmatched(request: HttpRequest, pk: int, job_id: int) 
     )
 
 
+def _safe_next(raw: str | None, default: str) -> str:
+    """A local path to go back to, or `default` (never another host)."""
+    if raw and raw.startswith("/") and not raw.startswith("//"):
+        return raw
+    return default
+
+
 def _posted_contact_ids(request: HttpRequest) -> list[int]:
     # `ids` is what the contact list's bulk form posts its ticked rows as.
     raw = (
@@ -571,14 +594,17 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
     parameters (q, tag, source, lifecycle_stage, …), which are re-evaluated here. A filtered
     list above the inline limit goes to a background job, which the list's page then shows.
     """
+    if not (request.POST.get("segment") or "").strip():
+        # The contact list's picker starts on "choose a list…": say so, on the list.
+        messages.error(request, _("Choose a static list."))
+        return redirect(_safe_next(request.POST.get("next"), reverse("contacts:list")))
     segment_id = parse_id(request.POST.get("segment"))
     if segment_id is None:
         raise Http404
     segment = get_object_or_404(Segment.objects.filter(is_archived=False), pk=segment_id)
-    back = request.POST.get("next") or reverse("segments:detail", args=[segment.pk])
-    if not back.startswith("/") or back.startswith("//"):
-        back = reverse("segments:detail", args=[segment.pk])
+    back = _safe_next(request.POST.get("next"), reverse("segments:detail", args=[segment.pk]))
     remove = request.POST.get("operation") == "remove"
+    ticked: list[int] | None = None
     try:
         # The same target the contact list's tag bulk action uses: chosen ids or the list
         # filter, always within what this user may see. A large filtered list goes to a job.
@@ -590,11 +616,9 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
                 filter_params=dict(request.POST.lists()),
             )
         else:
+            ticked = _posted_contact_ids(request)
             started = services.segment_static_members_start(
-                segment=segment,
-                actor=request.user,
-                remove=remove,
-                contact_ids=_posted_contact_ids(request),
+                segment=segment, actor=request.user, remove=remove, contact_ids=ticked
             )
     except ValidationFailed as exc:
         messages.error(request, exc.message)
@@ -612,7 +636,26 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
         text = _("%(n)s contacts removed from “%(name)s”.")
     else:
         text = _("%(n)s contacts added to “%(name)s”.")
-    messages.success(request, text % {"n": started.changed, "name": segment.name})
+    text %= {"n": started.changed, "name": segment.name}
+    # Ticked rows that changed nothing were already in (or not in) the list: without this,
+    # "0 contacts added" reads like a failure.
+    unchanged = len(set(ticked)) - started.changed if ticked is not None else 0
+    if unchanged > 0:
+        extra = (
+            ngettext(
+                "%(n)s of them was not in the list.",
+                "%(n)s of them were not in the list.",
+                unchanged,
+            )
+            if remove
+            else ngettext(
+                "%(n)s of them was already in the list.",
+                "%(n)s of them were already in the list.",
+                unchanged,
+            )
+        )
+        text = f"{text} {extra % {'n': unchanged}}"
+    messages.success(request, text)
     return redirect(back)
 
 
@@ -644,6 +687,8 @@ def segment_explain(request: HttpRequest, pk: int) -> HttpResponse:
     contact_id, query_id = parse_id(request.GET.get("contact")), parse_id(query)
     if contact_id is not None:
         contact = visible.filter(pk=contact_id).first()
+        # An id that is gone (merged, deleted) or not the user's to see: say so, not the prompt.
+        query = query or ("" if contact is not None else str(contact_id))
     elif query_id is not None and visible.filter(pk=query_id).exists():
         contact = visible.get(pk=query_id)
     elif query:
@@ -694,4 +739,31 @@ def contact_segments(request: HttpRequest, contact_id: int) -> HttpResponse:
     context = {"contact": contact, "memberships": list(memberships), "allowed": allowed}
     return render_page(
         request, "segments/contact_segments.html", context, fragment="contact-segments"
+    )
+
+
+@login_required
+def contact_merge_preview(
+    request: HttpRequest, survivor_id: int, duplicate_id: int
+) -> HttpResponse:
+    """The segments panel of the merge preview: both contacts' places and what the merge does
+    with each (empty, as the 360 panel, for roles that may not see segments)."""
+    pair = contact_pair_visible_to(
+        user=request.user, survivor_id=survivor_id, duplicate_id=duplicate_id
+    )
+    if pair is None:
+        raise Http404
+    survivor, duplicate = pair
+    allowed = request.user.has_perm(VIEW)
+    preview = (
+        selectors.segment_merge_preview(survivor=survivor, duplicate=duplicate) if allowed else None
+    )
+    context = {
+        "survivor": survivor,
+        "duplicate": duplicate,
+        "preview": preview,
+        "allowed": allowed,
+    }
+    return render_page(
+        request, "segments/contact_merge_preview.html", context, fragment="merge-segments"
     )

@@ -4,19 +4,46 @@
 
   var charts = [];
 
-  function heatmapOption(data) {
+  // Room kept under the plot for the colour scale; the axis labels and names are fitted into
+  // the rest of the box by ECharts (outerBoundsMode "same"), so they can never run into it
+  // whatever the language or the width of the card.
+  var SCALE_HEIGHT = 40;
+
+  function heatmapOption(data, font) {
+    var buyers = {};
     var avgM = {};
     data.cells.forEach(function (cell) {
+      buyers[cell[0] + ":" + cell[1]] = cell[2];
       avgM[cell[0] + ":" + cell[1]] = cell[3];
     });
+    // Every R × F combination gets a cell, so an empty one reads "0" instead of looking like
+    // a pale, populated cell.
+    var cells = [];
+    data.scores.forEach(function (_r, x) {
+      data.scores.forEach(function (_f, y) {
+        cells.push([x, y, buyers[x + ":" + y] || 0]);
+      });
+    });
+    var axisText = { color: "#475569", fontSize: 12 };
+    var axisName = { color: "#334155", fontSize: 12, fontWeight: 600 };
     return {
-      grid: { left: 56, right: 16, top: 16, bottom: 72 },
+      textStyle: { fontFamily: font },
+      grid: {
+        left: 0,
+        right: 0,
+        top: 8,
+        bottom: SCALE_HEIGHT,
+        outerBoundsMode: "same",
+        outerBoundsContain: "all",
+      },
       tooltip: {
         formatter: function (p) {
+          var sep = /^zh/i.test(document.documentElement.lang) ? "：" : ": ";
+          var key = p.value[0] + ":" + p.value[1];
           return (
             "R " + data.scores[p.value[0]] + " · F " + data.scores[p.value[1]] + "<br>" +
-            data.buyers_label + ": " + p.value[2] + "<br>" +
-            data.avg_m_label + ": " + avgM[p.value[0] + ":" + p.value[1]]
+            data.buyers_label + sep + p.value[2] + "<br>" +
+            data.avg_m_label + sep + (avgM[key] === undefined ? "—" : avgM[key])
           );
         },
       },
@@ -26,6 +53,9 @@
         name: data.x_name,
         nameLocation: "middle",
         nameGap: 28,
+        nameTextStyle: axisName,
+        axisTick: { show: false },
+        axisLabel: Object.assign({ interval: 0 }, axisText),
         splitArea: { show: true },
       },
       yAxis: {
@@ -33,26 +63,36 @@
         data: data.scores,
         name: data.y_name,
         nameLocation: "middle",
-        nameGap: 36,
+        nameGap: 24,
+        nameTextStyle: axisName,
+        axisTick: { show: false },
+        axisLabel: Object.assign({ interval: 0 }, axisText),
         splitArea: { show: true },
       },
       visualMap: {
+        type: "continuous",
         min: 0,
         max: Math.max(1, data.max),
-        calculable: true,
+        // No drag handles and no hover marker: their value labels float above the bar, into
+        // the x-axis name; the two ends are labelled instead.
+        calculable: false,
+        hoverLink: false,
+        text: [String(Math.max(1, data.max)), "0"],
+        textStyle: axisText,
         orient: "horizontal",
         left: "center",
-        bottom: 0,
-        itemHeight: 120,
+        bottom: 4,
+        itemWidth: 12,
+        itemHeight: 160,
         inRange: { color: ["#eff6ff", "#2563eb"] },
       },
       series: [
         {
           type: "heatmap",
-          data: data.cells.map(function (cell) {
-            return [cell[0], cell[1], cell[2]];
-          }),
+          data: cells,
           label: { show: true },
+          itemStyle: { borderColor: "#fff", borderWidth: 1 },
+          emphasis: { itemStyle: { borderColor: "#1e3a8a", borderWidth: 1 } },
         },
       ],
     };
@@ -74,7 +114,8 @@
       if (!data || !data.cells) return;
       el.dataset.chartReady = "1";
       var chart = window.echarts.init(el, null, { renderer: "svg" });
-      chart.setOption(heatmapOption(data));
+      // The page's own font, so Chinese axis names use the same face as the rest of the page.
+      chart.setOption(heatmapOption(data, window.getComputedStyle(el).fontFamily));
       charts.push(chart);
     });
   }
