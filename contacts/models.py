@@ -230,6 +230,14 @@ class Contact(TimeStampedModel):
             models.Index(fields=["source"], name="contact_source"),
             models.Index(fields=["lifecycle_stage"], name="contact_stage"),
             models.Index(fields=["lead_score"], name="contact_lead_score"),
+            # The few contacts merged away, by id: a segment's incremental writes check that
+            # none of the thousands of contacts entering it was merged since its evaluation
+            # with probes of this small index, not of the table (segments _apply_diff).
+            models.Index(
+                fields=["id"],
+                name="contact_merged_away",
+                condition=models.Q(merged_into__isnull=False),
+            ),
         ]
         permissions = [
             ("view_personal_data", _("Can view unmasked phone numbers and emails")),

@@ -1200,7 +1200,11 @@ def _apply_diff(
     Between evaluation and now a concurrent refresh may have made a move already, or a contact
     may have been merged away (and its merge re-evaluated it already): a merged contact never
     enters, and the statements' RETURNING says what really moved; only that is written as
-    entries and exits.
+    entries and exits. Merged contacts are looked up in their own small index
+    (contact_merged_away), not by a probe of the contacts table per entry (a third of the
+    membership insert's time for 8,000 entries); a contact deleted meanwhile, which only the
+    admin does, fails the entry event's foreign key: the segment's writes roll back and its
+    full refresh is scheduled.
     """
     started = time.monotonic()
     table = SegmentMembership._meta.db_table
@@ -1222,9 +1226,9 @@ def _apply_diff(
             if entered:
                 cursor.execute(
                     f"INSERT INTO {table} (segment_id, contact_id, entered_at) "
-                    "SELECT %s, v.id, %s FROM unnest(%s::bigint[]) AS v(id) WHERE EXISTS "
+                    "SELECT %s, v.id, %s FROM unnest(%s::bigint[]) AS v(id) WHERE NOT EXISTS "
                     f"(SELECT 1 FROM {Contact._meta.db_table} c "
-                    "WHERE c.id = v.id AND c.merged_into_id IS NULL) "
+                    "WHERE c.id = v.id AND c.merged_into_id IS NOT NULL) "
                     "ON CONFLICT DO NOTHING RETURNING contact_id",
                     [segment.pk, now, bigint_array(entered)],
                 )
