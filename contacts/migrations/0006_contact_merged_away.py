@@ -5,15 +5,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('contacts', '0005_event_lean_indexes'),
+        ("contacts", "0005_event_lean_indexes"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='contact',
-            index=models.Index(condition=models.Q(('merged_into__isnull', False)), fields=['id'], name='contact_merged_away'),
+            model_name="contact",
+            index=models.Index(
+                condition=models.Q(("merged_into__isnull", False)),
+                fields=["id"],
+                name="contact_merged_away",
+            ),
         ),
     ]

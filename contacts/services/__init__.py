@@ -39,6 +39,7 @@ from contacts.services.ingest import (
 )
 from contacts.services.merge import (
     MERGE_SKIP_FIELDS,
+    MergeContended,
     MergeRefused,
     contact_merge,
     contact_merge_undo,
@@ -91,6 +92,7 @@ __all__ = [
     "EventOutcome",
     "IdentifyResult",
     "IdentityInput",
+    "MergeContended",
     "MergeRefused",
     "consent_record",
     "contact_merge",

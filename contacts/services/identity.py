@@ -8,7 +8,7 @@ import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -224,11 +224,20 @@ def identify(
     # Two concurrent calls may race to create the same identity: the unique constraint lets
     # exactly one win, and the loser's attempt rolls back to its savepoint (releasing the row
     # locks it took) and runs again, seeing the winner's committed rows.
-    return atomic_attempts(
-        lambda last: _identify_once(unique, columns, attributes, source, via, last=last),
-        attempts=IDENTIFY_ATTEMPTS,
-        retry_if=_identify_again,
-    )
+    try:
+        return atomic_attempts(
+            lambda last: _identify_once(unique, columns, attributes, source, via, last=last),
+            attempts=IDENTIFY_ATTEMPTS,
+            retry_if=_identify_again,
+        )
+    except OperationalError as exc:
+        if not is_deadlock_victim(exc):
+            raise
+        # Every attempt was a deadlock victim: the caller may send the call again (nothing of
+        # it was kept), which a server error would not tell it.
+        raise ContactsContended(
+            _("Other calls are changing the contacts these identities point to; try again.")
+        ) from exc
 
 
 def _identify_again(exc: Exception) -> bool:

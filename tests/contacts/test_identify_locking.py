@@ -253,3 +253,45 @@ def test_a_call_postgresql_aborts_as_a_deadlock_victim_is_retried(monkeypatch):
     assert _deadlocks_since(before) == 1  # a real one, which identify got over
     _assert_one_survivor(people, [results[1]])
     assert len(attempts) == 2  # the aborted attempt and the one that went through
+
+
+def test_a_call_aborted_as_a_deadlock_victim_on_every_attempt_says_so(monkeypatch):
+    # The deadlock above, with no attempt left after it: the caller gets the specific
+    # "contended" error (an API client may send the call again), not a server error, and
+    # nothing of the call is kept.
+    (x, x_phone, _), (y, y_phone, _) = people = _people(1, 2)
+    _hold_after_first_lookup(monkeypatch, 1)
+    monkeypatch.setattr(services, "IDENTIFY_ATTEMPTS", 1)
+    holding = threading.Event()
+    identities_before = Identity.objects.count()
+
+    def other_transaction() -> None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            _try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
+            list(Contact.objects.select_for_update().filter(pk=y.pk))
+            holding.set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.05)
+            list(Contact.objects.select_for_update().filter(pk=x.pk))
+
+    def call():
+        with transaction.atomic(), connection.cursor() as cursor:
+            _try_set(cursor, "SET deadlock_timeout = '3s'")
+        assert holding.wait(timeout=10)
+        return identify(identities=[y_phone, x_phone])
+
+    _results, errors = _in_threads([other_transaction, call])
+
+    assert [type(e) for e in errors] == [services.ContactsContended]
+    assert errors[0].code == "contacts_contended"
+    assert MergeRecord.objects.filter(survivor__in=[x, y]).count() == 0
+    assert Identity.objects.count() == identities_before
+    assert {c.pk for c in Contact.objects.filter(pk__in=[p[0].pk for p in people])} == {x.pk, y.pk}
