@@ -38,6 +38,17 @@ HIGH_VALUE_SPEND = Decimal("1500")
 # before it).
 RECEIVE_DELAYS = [dt.timedelta(seconds=n) for n in range(6)]
 
+# Every AMBASSADOR_EVERY-th contact brings friends in: about INVITED_SHARE of the contacts that
+# joined in the last INVITED_WITHIN_DAYS carry a `referral_accepted` event naming one of them in
+# properties.referrer_contact_id, so that the KOC ranking has referrers and not only sharers.
+# Ambassadors are made at least AMBASSADOR_MIN_AGE_DAYS old: every invitation comes after they
+# joined (the busy-hour shift moves a sign-up by less than a day).
+AMBASSADOR_EVERY = 50
+AMBASSADOR_MIN_AGE_DAYS = 60.0
+INVITED_WITHIN_DAYS = 58.0
+INVITED_SHARE = 0.12
+REFERRAL_EVENT = "referral_accepted"
+
 # name, relative weight of event names per engagement class (browsers never buy).
 EVENT_NAMES = [
     "page_view",
@@ -133,7 +144,7 @@ class DemoGenerator:
         self.tier_floors = [floor for floor, _ in sorted(tiers)]
         self.tier_ids = [tier_id for _, tier_id in sorted(tiers)]
         self.points_for_amount = points_for_amount
-        self.next_contact_id = next_ids["contact"]
+        self.first_contact_id = self.next_contact_id = next_ids["contact"]
         self.next_event_id = next_ids["event"]
         self.next_member_id = next_ids["member"]
         self.phone_offset = self.rng.randrange(PHONE_SPACE)
@@ -234,6 +245,8 @@ class DemoGenerator:
         channel_code = self._channel_code(style, city_code, districts)
 
         age_days = -GROWTH_DAYS * math.log(1 - rng.random() * (1 - math.exp(-89.5 / GROWTH_DAYS)))
+        if index % AMBASSADOR_EVERY == 0:
+            age_days = max(age_days, AMBASSADOR_MIN_AGE_DAYS)
         created_ts = self._at_busy_hour(
             self.now_ts - age_days * DAY, self.now_ts - HISTORY_DAYS * DAY + 60, self.now_ts - 120
         )
@@ -288,8 +301,10 @@ class DemoGenerator:
         )
         self._identities(contact_id, index, style, phone, email, created_at, out)
         self._membership(contact_id, created_ts, behaviour, out)
-        # Last, because which tags apply depends on the clock (a customer idle for 30 days).
+        # Late, because which tags apply depends on the clock (a customer idle for 30 days).
         self._tags(contact_id, created_ts, style, interests, stage, behaviour, out)
+        # Last: its draws come after every other, so they change nothing else about a contact.
+        self._referral(contact_id, index, created_ts, age_days, out)
 
     def _name(self, gender: str) -> str:
         rng = self.rng
@@ -488,6 +503,35 @@ class DemoGenerator:
         behaviour.spend += amount
         behaviour.discounted += discounted
         return properties, amount
+
+    def _referral(
+        self, contact_id: int, index: int, created_ts: float, age_days: float, out: Chunk
+    ) -> None:
+        """Maybe record that the contact joined on an earlier ambassador's invitation."""
+        if index % AMBASSADOR_EVERY == 0 or age_days >= INVITED_WITHIN_DAYS:
+            return
+        rng = self.rng
+        if rng.random() >= INVITED_SHARE:
+            return
+        ambassadors = (index - 1) // AMBASSADOR_EVERY + 1  # those with a lower index
+        # Squaring skews the pick to the first ambassadors: a few bring many, most bring a few.
+        referrer = self.first_contact_id + AMBASSADOR_EVERY * int(ambassadors * rng.random() ** 2)
+        event_pk = self.next_event_id
+        self.next_event_id += 1
+        occurred_at = self._when(created_ts)
+        out.events.append(
+            (
+                event_pk,
+                f"demo-{event_pk}",
+                contact_id,
+                REFERRAL_EVENT,
+                occurred_at,
+                occurred_at + RECEIVE_DELAYS[int(rng.random() * 6)],
+                _json({"referrer_contact_id": referrer, "invite_code": f"INV{referrer:06d}"}),
+                None,
+                "miniprogram",
+            )
+        )
 
     def _stage(self, b: "Behaviour", last_seen_ts: float) -> str:
         idle_days = (self.now_ts - last_seen_ts) / DAY

@@ -45,7 +45,9 @@ from journeys.services import journey_activate
 from membership.models import Member, PointsEntry, Tier
 from membership.services import points_for_amount
 from segments.history import segment_size_backfill
-from segments.models import Segment
+from segments.influence import influence_compute, influence_last_computed_at
+from segments.models import RFMRun, Segment
+from segments.rfm import rfm_last_run, rfm_recompute_run
 from segments.services import segment_create, segments_materialise
 
 DEFAULT_CONTACTS = 2000
@@ -103,6 +105,9 @@ class DemoSeedResult:
     history_points: int = 0
     history_every: int = 1
     journey: Journey | None = None
+    # Computed by this run (None: an earlier run's are kept, the data being unchanged).
+    rfm_run: RFMRun | None = None
+    influence: dict[str, int] | None = None
     user_created: bool = False
     # The role demo users: (username, password, role name, created now).
     role_users: list[tuple[str, str, str, bool]] = field(default_factory=list)
@@ -158,6 +163,9 @@ def demo_seed(
     result.user_created = user_created
     with transaction.atomic():
         result.role_users = _role_users_ensure()
+    result.rfm_run, result.influence = _scores_ensure(
+        data_changed=not result.bulk_skipped, notify=notify
+    )
     result.segments = _segments_ensure(tags=tags, notify=notify)
     result.history_every = 1 if _live_contacts() <= DAILY_HISTORY_UP_TO else WEEKLY
     result.history_points = _history_ensure(
@@ -198,6 +206,21 @@ def _history_ensure(*, names: list[str], every: int, notify: Callable[[str], Non
         segment_size_backfill(segment=segment, days=HISTORY_DAYS, every=every)
         for segment in segments
     )
+
+
+def _scores_ensure(
+    *, data_changed: bool, notify: Callable[[str], None]
+) -> tuple[RFMRun | None, dict[str, int] | None]:
+    """RFM layers and influence (KOC), computed as beat's nightly passes do, so that their pages
+    show the demo data at once instead of waiting for the night or a click on "recompute"."""
+    run = influence = None
+    if data_changed or rfm_last_run() is None:
+        notify("Computing RFM layers …")
+        run = rfm_recompute_run()
+    if data_changed or influence_last_computed_at() is None:
+        notify("Computing influence and KOCs …")
+        influence = influence_compute()
+    return run, influence
 
 
 def _tiers_ensure() -> list[tuple[int, int]]:

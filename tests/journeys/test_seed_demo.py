@@ -32,7 +32,8 @@ from journeys.models import Enrollment, Journey, JourneyStatus, StepKind
 from journeys.services import enrollments_advance_due
 from membership.models import Member, PointsEntry, Tier
 from membership.services import points_for_amount
-from segments.models import Segment
+from segments import influence
+from segments.models import Influence, RFMRun, RFMScore, Segment
 
 pytestmark = pytest.mark.django_db
 
@@ -175,16 +176,61 @@ def test_tagging_a_contact_high_value_sends_the_vip_message_after_a_minute(
     assert delivery.payload["title"] == "专属关怀"
 
 
+def test_rfm_layers_and_koc_influence_are_computed_as_the_nightly_passes_do(seeded):
+    run = RFMRun.objects.get()
+    buyers = set(Event.objects.filter(name="purchase").values_list("contact_id", flat=True))
+    assert run.contacts == len(buyers) > 0
+    assert set(RFMScore.objects.values_list("contact_id", flat=True)) == buyers
+    assert sum(run.layer_counts.values()) == run.contacts
+    assert "RFM layers: " in seeded and f"{run.contacts:,} buyers" in seeded
+
+    # Some contacts joined on an earlier contact's invitation, after that contact joined.
+    referrals = Event.objects.filter(name=influence.REFERRAL_EVENT).select_related("contact")
+    assert referrals.exists()
+    invitees: dict[int, set[int]] = {}
+    for event in referrals:
+        referrer = Contact.objects.get(pk=event.properties["referrer_contact_id"])
+        assert referrer.pk != event.contact_id
+        assert referrer.created_at < event.occurred_at == event.contact.created_at
+        invitees.setdefault(referrer.pk, set()).add(event.contact_id)
+    scored = {row.contact_id: row for row in Influence.objects.all()}
+    for referrer, invited in invitees.items():
+        assert scored[referrer].invites_accepted == len(invited)
+    sharers = set(Event.objects.filter(name="share").values_list("contact_id", flat=True))
+    assert set(scored) == sharers | set(invitees)
+    kocs = Influence.objects.filter(is_koc=True)
+    assert kocs.exists()
+    assert f"{kocs.count():,} of them KOCs" in seeded
+
+
+def test_the_rfm_and_koc_pages_show_the_demo_at_once(seeded, client):
+    client.force_login(get_user_model().objects.get(username="demo"))
+    rfm_page = client.get(reverse("segments:rfm"), headers={"accept-language": "zh-hans"})
+    koc_page = client.get(
+        reverse("segments:koc"), {"koc": "1"}, headers={"accept-language": "zh-hans"}
+    )
+    assert rfm_page.status_code == koc_page.status_code == 200
+    top = Influence.objects.filter(is_koc=True).order_by("-score").first()
+    for page in (rfm_page, koc_page):
+        assert "尚未计算" not in page.content.decode()
+    assert top.contact.display_name in koc_page.content.decode()
+
+
 def test_running_twice_duplicates_nothing(seeded):
     counts = {
         model: model.objects.count()
         for model in (Contact, Identity, Event, ContactTag, Member, PointsEntry, Tier, Tag)
     }
+    counts.update({RFMRun: RFMRun.objects.count(), Influence: Influence.objects.count()})
+    computed_at = influence.influence_last_computed_at()
     counts.update({Segment: Segment.objects.count(), Journey: Journey.objects.count()})
     output = seed()
     assert "already loaded" in output
     for model, count in counts.items():
         assert model.objects.count() == count, model.__name__
+    # Unchanged data: the scores already computed are kept, not worked out again.
+    assert influence.influence_last_computed_at() == computed_at
+    assert "RFM layers: already computed" in output
     assert get_user_model().objects.filter(username="demo").count() == 1
 
 

@@ -18,14 +18,26 @@ DEMO_LOGIN = ("demo", "demo12345")
 # The role demo users seed_demo creates (journeys.demo.services, which core may not import).
 DEMO_ROLE_LOGINS = (("store staff", "store", "store12345"), ("analyst", "analyst", "analyst12345"))
 POLL_SECONDS = 0.2
+# Waits before restarting a child that died, by how many times in a row it has died: quick
+# enough that a crash costs the demo a few seconds, capped so a child that cannot start at all
+# is retried twice a minute instead of in a busy loop.
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# A child that ran this long before dying was not crash-looping: its backoff starts over.
+STABLE_SECONDS = 60.0
 
 
 @dataclass
 class Child:
     name: str
     argv: list[str]
+    # Worker and beat come back by themselves; the web server does not: when it dies (its port
+    # is taken, say) there is no demo left to keep, and restarting would only fail again.
+    restart: bool = False
     process: subprocess.Popen | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
 
 
 class Command(BaseCommand):
@@ -34,6 +46,15 @@ class Command(BaseCommand):
         "Ctrl-C stops all three."
     )
     requires_system_checks = []
+    restart_delays = RESTART_DELAYS
+    stable_seconds = STABLE_SECONDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.colour = supports_color()
+        self.write_lock = threading.Lock()
+        self.stop_requested = threading.Event()
+        self.force_kill = threading.Event()
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -49,10 +70,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, port: int, gunicorn: bool, stop_timeout: float, **options):
-        self.colour = supports_color()
-        self.write_lock = threading.Lock()
-        self.stop_requested = threading.Event()
-        self.force_kill = threading.Event()
         children = self.build_children(host=host, port=port, gunicorn=gunicorn)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
@@ -64,21 +81,62 @@ class Command(BaseCommand):
             self.say(f"  or as {role}: {username} / {password}")
         self.say("Press Ctrl-C to stop web, worker and beat.")
 
-        failed: Child | None = None
-        try:
-            for child in children:
-                self.start(child)
-            while not self.stop_requested.wait(POLL_SECONDS):
-                failed = next((c for c in children if c.process.poll() is not None), None)
-                if failed:
-                    break
-        finally:
-            self.stop_all(children, timeout=stop_timeout)
+        failed = self.supervise(children, stop_timeout=stop_timeout)
         if failed is not None:
             raise CommandError(
                 f"{failed.name} exited with code {failed.process.returncode}; stopped the others."
             )
         self.say("All processes stopped.")
+
+    def supervise(self, children: list[Child], *, stop_timeout: float) -> Child | None:
+        """Run `children` until a stop is requested; return the one whose death ended the run."""
+        failed: Child | None = None
+        try:
+            for child in children:
+                self.start(child)
+            while not self.stop_requested.wait(POLL_SECONDS):
+                failed = self.check(children)
+                if failed:
+                    break
+        finally:
+            self.stop_all(children, timeout=stop_timeout)
+        return failed
+
+    def check(self, children: list[Child]) -> Child | None:
+        """Restart children that are due; return a child that died and may not be restarted."""
+        now = time.monotonic()
+        for child in children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    self.start(child)
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            if not child.restart:
+                return child
+            self.schedule_restart(child, code=code, now=now)
+        return None
+
+    def schedule_restart(self, child: Child, *, code: int, now: float) -> None:
+        # A prefork worker's pool processes may outlive a main process that was killed.
+        self.signal_group(child, signal.SIGKILL)
+        child.reader.join(timeout=2)
+        if now - child.started_at >= self.stable_seconds:
+            child.failures = 0
+        delay = self.restart_delays[min(child.failures, len(self.restart_delays) - 1)]
+        child.failures += 1
+        child.restart_at = now + delay
+        how = (
+            f"was killed by {signal.Signals(-code).name}"
+            if code < 0
+            else f"exited with code {code}"
+        )
+        self.say(
+            f"{child.name} {how}; restarting it in {delay:g} s "
+            f"({child.failures} failure(s) in a row)"
+        )
 
     def build_children(self, *, host: str, port: int, gunicorn: bool) -> list[Child]:
         python = sys.executable
@@ -106,7 +164,11 @@ class Command(BaseCommand):
             "info",
         ]
         beat = [python, "-m", "celery", "-A", "config", "beat", "-l", "info"]
-        return [Child("web", web), Child("worker", worker), Child("beat", beat)]
+        return [
+            Child("web", web),
+            Child("worker", worker, restart=True),
+            Child("beat", beat, restart=True),
+        ]
 
     def start(self, child: Child) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -121,6 +183,7 @@ class Command(BaseCommand):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        child.started_at = time.monotonic()
         child.reader = threading.Thread(
             target=self.pump, args=(child.name, child.process.stdout), daemon=True
         )
@@ -151,6 +214,8 @@ class Command(BaseCommand):
 
     def stop_all(self, children: list[Child], *, timeout: float) -> None:
         running = [c for c in children if c.process is not None]
+        for child in running:
+            child.restart_at = None
         self.say("stopping " + ", ".join(c.name for c in running if c.process.poll() is None))
         for child in running:
             self.signal_group(child, signal.SIGTERM)

@@ -94,7 +94,8 @@ class Command(BaseCommand):
         "Load realistic demo data: Chinese contacts with WeChat identities, 90 days of events, "
         "tags, members and points, the custom fields they carry (肤质, 常去门店), segments with "
         f"{HISTORY_DAYS} days of size history worked out from the data (a point a day, or a "
-        f"point every {WEEKLY} days above {DAILY_HISTORY_UP_TO:,} contacts) and a live journey. "
+        f"point every {WEEKLY} days above {DAILY_HISTORY_UP_TO:,} contacts), RFM layers and "
+        "KOC influence computed as the nightly passes do, and a live journey. "
         "Safe to run again: existing demo data is kept and nothing is duplicated."
     )
 
@@ -157,6 +158,19 @@ class Command(BaseCommand):
                 f"Segment size history: {result.history_points} past points over "
                 f"{HISTORY_DAYS} days, {spacing}, each counted from the data as of that day."
             )
+        if result.rfm_run is not None:
+            self.stdout.write(
+                f"RFM layers: {result.rfm_run.contacts:,} buyers placed in the eight layers."
+            )
+        else:
+            self.stdout.write("RFM layers: already computed; kept.")
+        if result.influence is not None:
+            self.stdout.write(
+                f"Influence: {result.influence['contacts']:,} contacts scored, "
+                f"{result.influence['kocs']:,} of them KOCs."
+            )
+        else:
+            self.stdout.write("Influence: already computed; kept.")
         journey = result.journey
         self.stdout.write(
             f'Journey "{journey.name}" is {journey.status}: tag a contact '
