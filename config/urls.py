@@ -5,6 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from config import views
 
+# Error pages in the operator layout (500 keeps Django's view: its template needs no database).
+handler403 = views.permission_denied
+handler404 = views.page_not_found
+
 api_v1 = [
     path("", include("contacts.api_urls")),
     path("", include("segments.api_urls")),

@@ -1,9 +1,11 @@
 import json
+from urllib.parse import urlsplit
 
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -52,3 +54,24 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "chart_json": json.dumps(chart),
     }
     return render(request, "dashboard.html", context)
+
+
+def _back_url(request: HttpRequest) -> str:
+    """The page the user came from, if it is on this site and is not the refused page itself."""
+    referer = request.META.get("HTTP_REFERER", "")
+    safe = url_has_allowed_host_and_scheme(
+        referer, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    if not safe or urlsplit(referer).path == request.path:
+        return ""
+    return referer
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 403 page in the operator layout: a way back, and whom to ask for access."""
+    return render(request, "403.html", {"back_url": _back_url(request)}, status=403)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 404 page in the operator layout, with a way back."""
+    return render(request, "404.html", {"back_url": _back_url(request)}, status=404)

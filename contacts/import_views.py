@@ -15,14 +15,18 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from contacts import exporters, importers
-from contacts.models import Gender
+from contacts.models import Contact, Gender
 from contacts.selectors import tags_grouped
 from core import cleanup, jobs
 from core.errors import DomainError
 from core.htmx import render_page
+from core.ids import parse_id
 from core.models import AuditLog, Job, JobStatus
 
 IMPORT_PERMISSION = "contacts.add_contact"
+# The permission the segments app's own pages check: only those who may open a segment see its
+# name on the export page.
+SEGMENT_VIEW_PERMISSION = "segments.view_segment"
 # Rows read per step when looking for the first data row of an upload: a file of thousands of
 # blank lines is still answered from one read or two.
 DATA_ROW_PROBE = 1000
@@ -274,6 +278,21 @@ class ExportForm(forms.Form):
     )
 
 
+def _export_segment(request: HttpRequest, filters: dict) -> dict | None:
+    """The segment an export is narrowed to ({"pk", "name"}), if the user may see segments."""
+    segment_id = parse_id(filters.get("segment"))
+    if segment_id is None or not request.user.has_perm(SEGMENT_VIEW_PERMISSION):
+        return None
+    # Segments sit above contacts (layering): reach their model through the membership relation
+    # they declare on Contact, the one the export filters on, instead of importing it.
+    membership = Contact._meta.get_field("segment_memberships").related_model
+    segment_model = membership._meta.get_field("segment").related_model
+    name = (
+        segment_model._default_manager.filter(pk=segment_id).values_list("name", flat=True).first()
+    )
+    return None if name is None else {"pk": segment_id, "name": name}
+
+
 @login_required
 @permission_required(exporters.EXPORT_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
@@ -302,5 +321,7 @@ def export_start(request: HttpRequest) -> HttpResponse:
         "refused": refused,
         "large": count > exporters.LARGE_EXPORT,
         "query": request.GET.urlencode(),
+        "segment": _export_segment(request, filters),
+        "other_filters": any(key != "segment" for key in filters),
     }
     return render_page(request, "contacts/export_start.html", context)
