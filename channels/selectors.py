@@ -18,9 +18,12 @@ def deliveries_for_contact(*, contact: Contact, limit: int = 20) -> list[Deliver
     )
 
 
-def messages_sent_today() -> int:
+def messages_sent_today(*, contacts: QuerySet[Contact] | None = None) -> int:
+    """Messages sent since local midnight; only to `contacts` (those the user may see) when
+    given."""
     start = timezone.make_aware(dt.datetime.combine(timezone.localdate(), dt.time.min))
-    return Delivery.objects.filter(status=DeliveryStatus.SENT, sent_at__gte=start).count()
+    sent = Delivery.objects.filter(status=DeliveryStatus.SENT, sent_at__gte=start)
+    return (sent if contacts is None else sent.filter(contact__in=contacts)).count()
 
 
 def delivery_list(*, contacts: QuerySet[Contact] | None = None) -> QuerySet[Delivery]:

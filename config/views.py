@@ -11,7 +11,12 @@ from django.views.decorators.http import require_GET
 
 from channels.selectors import messages_sent_today
 from config.celery import app as celery_app
-from contacts.selectors import contact_stats, contacts_new_per_day
+from contacts.selectors import (
+    contact_stats,
+    contact_visible_to,
+    contact_visible_to_all,
+    contacts_new_per_day,
+)
 from membership.selectors import tiers_with_member_counts
 
 
@@ -41,15 +46,20 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    per_day = contacts_new_per_day(days=30)
+    # Store staff count only the customers they may see; everyone else counts them all
+    # without the cost of a visibility filter.
+    scoped = (
+        None if contact_visible_to_all(user=request.user) else contact_visible_to(user=request.user)
+    )
+    per_day = contacts_new_per_day(days=30, contacts=scoped)
     chart = {
         "days": [d.strftime("%m-%d") for d, _ in per_day],
         "counts": [n for _, n in per_day],
     }
     context = {
-        "stats": contact_stats(),
-        "tiers": list(tiers_with_member_counts()),
-        "sent_today": messages_sent_today(),
+        "stats": contact_stats(contacts=scoped),
+        "tiers": list(tiers_with_member_counts(contacts=scoped)),
+        "sent_today": messages_sent_today(contacts=scoped),
         "chart": chart,
         "chart_json": json.dumps(chart),
     }

@@ -51,6 +51,17 @@ def contact_visible_to(*, user: AbstractBaseUser) -> QuerySet[Contact]:
     return qs.filter(owner=user)
 
 
+def contact_visible_to_all(*, user: AbstractBaseUser) -> bool:
+    """Whether `user` sees every contact, so that counts need not be limited to a subset."""
+    if user.is_superuser:
+        return True
+    return (
+        user.is_authenticated
+        and not roles.is_store_staff(user)
+        and user.has_perm("contacts.view_contact")
+    )
+
+
 def contact_search(*, qs: QuerySet[Contact], query: str) -> QuerySet[Contact]:
     query = query.strip()
     if not query:
@@ -111,13 +122,17 @@ def contact_timeline(
     return list(qs.order_by("-occurred_at", "-pk")[:limit])
 
 
-def contacts_new_per_day(*, days: int = 30) -> list[tuple[dt.date, int]]:
-    """Count of contacts created per local day over the last `days` days, zero-filled."""
+def contacts_new_per_day(
+    *, days: int = 30, contacts: QuerySet[Contact] | None = None
+) -> list[tuple[dt.date, int]]:
+    """Count of contacts created per local day over the last `days` days, zero-filled; only
+    among `contacts` (those the user may see) when given."""
     today = timezone.localdate()
     start = today - dt.timedelta(days=days - 1)
     start_at = timezone.make_aware(dt.datetime.combine(start, dt.time.min))
+    base = Contact.objects.all() if contacts is None else contacts
     rows = (
-        Contact.objects.filter(created_at__gte=start_at, merged_into__isnull=True)
+        base.filter(created_at__gte=start_at, merged_into__isnull=True)
         .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
         .values("day")
         .annotate(n=Count("id"))
@@ -129,13 +144,16 @@ def contacts_new_per_day(*, days: int = 30) -> list[tuple[dt.date, int]]:
     ]
 
 
-def contact_stats() -> dict[str, int]:
+def contact_stats(*, contacts: QuerySet[Contact] | None = None) -> dict[str, int]:
+    """The dashboard's contact counts; only among `contacts` (those the user may see) when
+    given."""
     week_ago = timezone.now() - dt.timedelta(days=7)
+    live = (Contact.objects.all() if contacts is None else contacts).filter(
+        merged_into__isnull=True
+    )
     return {
-        "total": Contact.objects.filter(merged_into__isnull=True).count(),
-        "new_this_week": Contact.objects.filter(
-            created_at__gte=week_ago, merged_into__isnull=True
-        ).count(),
+        "total": live.count(),
+        "new_this_week": live.filter(created_at__gte=week_ago).count(),
     }
 
 

@@ -76,3 +76,41 @@ def test_switching_to_english(operator_client):
     page = response.content.decode()
     assert '<html lang="en">' in page
     assert "Dashboard" in page and "Total contacts" in page
+
+
+def test_store_staff_dashboard_counts_only_the_customers_they_may_see(client):
+    # Store staff see their own store's customers; the dashboard's totals, tier counts, chart
+    # and messages sent must not reveal the size of the others' pools either.
+    from django.utils import timezone
+
+    from channels.models import Delivery, DeliveryStatus
+    from contacts import roles
+    from contacts.roles import roles_sync
+    from tests.factories import ChannelFactory, StoreFactory, user_with_role
+
+    roles_sync()
+    mine, other = StoreFactory(), StoreFactory()
+    ours = ContactFactory.create_batch(2, store=mine)
+    ContactFactory.create_batch(5, store=other)
+    gold = TierFactory(name="金卡")
+    Member.objects.create(contact=ours[0], tier=gold)
+    Member.objects.create(contact=ContactFactory(store=other), tier=gold)
+    channel = ChannelFactory()
+    for n, contact in enumerate((ours[0], ContactFactory(store=other))):
+        Delivery.objects.create(
+            channel=channel,
+            contact=contact,
+            status=DeliveryStatus.SENT,
+            sent_at=timezone.now(),
+            idempotency_key=f"dashboard-{n}",
+        )
+    client.force_login(user_with_role(roles.STORE_STAFF, store=mine))
+
+    response = client.get(reverse("dashboard"))
+
+    page = response.content.decode()
+    assert response.context["stats"] == {"total": 2, "new_this_week": 2}
+    assert response.context["sent_today"] == 1
+    assert [t.member_count for t in response.context["tiers"] if t.pk == gold.pk] == [1]
+    assert sum(response.context["chart"]["counts"]) == 2
+    assert '<span class="stat-value">2</span>' in page
