@@ -8,9 +8,12 @@ Definitions (docs/rfm.md explains them to operators):
 - F = number of `purchase` events in the window. Refunds never count.
 - M = sum of purchase `value` in the window minus the sum of refund amounts (|value|) in the
   window, floored at 0; a missing value counts as 0.
-- Scores: the rank of each buyer is 1 + the number of buyers with a strictly worse figure
-  (ties share the lowest rank, "min" ranking); score = 1 + floor(5 × (rank − 1) / n). Better is
-  a smaller R and a larger F and M. Equal figures therefore always get equal scores.
+- Scores, on each figure turned so that larger is better (R negated): buyers sorted from worst
+  to best, the buyers sharing a figure (a tie group, or one buyer alone) fill the places
+  w + 1 … w + e, w being the buyers strictly worse and e the group's size. The group scores the
+  quintile in which the middle of its places falls: 1 + floor(5 × (2w + e) / (2n)). The best
+  figure always scores 5 and the worst 1, however many buyers share it (best first: when every
+  buyer has the same figure they all score 5). Equal figures therefore always get equal scores.
 - A dimension is "high" when its score is ≥ 3; the three high/low flags pick one of 8 layers.
 """
 
@@ -83,14 +86,21 @@ LAYER_PATTERNS = {
 
 
 def rfm_scores(values: np.ndarray) -> np.ndarray:
-    """Score `values` 1–5 by quintile of their min-rank, larger values scoring higher."""
+    """Score `values` 1–5, larger values scoring higher: each tie group by the quintile of the
+    middle of its places, the best figure 5 and the worst 1."""
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.int8)
     ordered = np.sort(values, kind="stable")
-    # searchsorted(left) counts the values strictly smaller: the "min" rank minus one.
-    rank0 = np.searchsorted(ordered, values, side="left")
-    return (1 + (SCORES * rank0) // n).astype(np.int8)
+    worse = np.searchsorted(ordered, values, side="left")
+    not_better = np.searchsorted(ordered, values, side="right")
+    # worse + not_better = 2w + e: twice the middle of the group's places, kept in integers.
+    scores = 1 + (SCORES * (worse + not_better)) // (2 * n)
+    # A big tie at either end would otherwise score its middle: with 60 % one-time buyers the
+    # worst F would be 2, and with 30 % who bought today nobody would get R = 5.
+    scores[values == ordered[0]] = 1
+    scores[values == ordered[-1]] = SCORES
+    return scores.astype(np.int8)
 
 
 def _layer_indexes(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:

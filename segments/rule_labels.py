@@ -292,7 +292,12 @@ def _describe_condition(node: dict, names: Names) -> str:
     if kind == "event":
         measure = node.get("measure", "performed")
         name = event_label(str(node.get("name")))
-        text = f"{name}: {MEASURE_LABELS.get(measure, measure)}"
+        # Translators: an event and what of it is measured, e.g. "Purchase: number of times";
+        # Chinese takes the full-width colon and no space.
+        text = _("%(event)s: %(measure)s") % {
+            "event": name,
+            "measure": MEASURE_LABELS.get(measure, measure),
+        }
         if measure in ("count", "sum", "avg", "first", "last"):
             text = _operator_value(text, node.get("operator"), node.get("value"))
         for item in node.get("filters") or []:

@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from contacts.models import Stage
 from core.errors import ValidationFailed
@@ -65,7 +66,13 @@ class ScoreRuleForm(forms.Form):
     cap_period = forms.ChoiceField(
         label=_("Cap period"), choices=CapPeriod.choices, initial=CapPeriod.NONE
     )
-    is_active = forms.BooleanField(label=_("Active"), required=False, initial=True)
+    # A switch the operator sets, not a state the rule is in ("Active" reads 进行中).
+    is_active = forms.BooleanField(
+        label=pgettext_lazy("scoring rule checkbox", "Enabled"),
+        required=False,
+        initial=True,
+        help_text=_("A rule that is not enabled gives no points until you enable it."),
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -90,6 +97,12 @@ class ScoreRuleForm(forms.Form):
         self._row_of_filter: dict[int, int] = {}
         # A rule error the builder shows at the condition it names.
         self.rule_error: ValidationFailed | None = None
+
+    @property
+    def kind_shown(self) -> str:
+        """The kind whose fields the form shows: as posted, else the rule's own."""
+        kind = self["kind"].value()
+        return kind if kind in ScoreRuleKind.values else ScoreRuleKind.EVENT
 
     @property
     def builder_posted(self) -> bool:
@@ -145,6 +158,12 @@ class ScoreRuleForm(forms.Form):
         data["condition_json"] = {}
         if data.get("kind") != ScoreRuleKind.ATTRIBUTE:
             return data
+        # The event fields are hidden for a profile-fit rule and the service ignores them: what
+        # was typed there before the kind changed must not hold up the save unseen.
+        event_fields = ["event_name", "cap_points", "cap_period"]
+        event_fields += [name for row in self.filter_rows for name in (f.name for f in row)]
+        for name in event_fields:
+            self._errors.pop(name, None)
         if self.builder_posted:
             rule = rule_from_post(self.data)
             # An empty group matches everyone: no condition, which the service refuses.
@@ -184,12 +203,21 @@ class ScoreRuleForm(forms.Form):
 
     def service_data(self) -> dict[str, Any]:
         data = self.cleaned_data
+        if data["kind"] == ScoreRuleKind.ATTRIBUTE:
+            # Only the chosen kind's fields are shown; the hidden event fields say nothing.
+            return {
+                "name": data["name"],
+                "kind": data["kind"],
+                "condition": data.get("condition_json") or {},
+                "points": data["points"],
+                "is_active": data.get("is_active", False),
+            }
         return {
             "name": data["name"],
             "kind": data["kind"],
             "event_name": data.get("event_name", ""),
             "property_filters": self.build_filters(),
-            "condition": data.get("condition_json") or {},
+            "condition": {},
             "points": data["points"],
             "cap_points": data.get("cap_points"),
             "cap_period": data.get("cap_period"),
@@ -229,7 +257,10 @@ class HalfLifeForm(forms.Form):
 class ThresholdForm(forms.Form):
     min_score = forms.FloatField(label=_("Minimum score"), min_value=0.01)
     stage = forms.ModelChoiceField(
-        label=_("Move to stage"), queryset=Stage.objects.none(), to_field_name="key"
+        label=_("Move to stage"),
+        queryset=Stage.objects.none(),
+        to_field_name="key",
+        empty_label=_("Choose a stage…"),
     )
 
     def __init__(self, *args, **kwargs):

@@ -2,12 +2,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from contacts.models import Contact
 from core.errors import ValidationFailed
-from core.htmx import is_fragment_request, render_page
+from core.htmx import htmx_target, is_fragment_request, render_page
 from segments import influence, scoring, tasks
 from segments.forms import builder_tree, rule_apply_action
 from segments.models import LeadScoreRule, LeadStageThreshold, ScoreRuleKind
@@ -19,6 +20,9 @@ VIEW_PERMISSION = "segments.view_segment"
 CHANGE_PERMISSION = "segments.change_segment"
 TOP_SCORED = 50
 KOC_PAGE_SIZE = 100
+# The regions of the rule form a request may re-render: the builder's rows (its add / remove
+# buttons and selects) or both kinds' fields (the kind select).
+RULE_FORM_FRAGMENTS = ("rule-builder", "rule-kind")
 
 
 def _rule_lines(rule: LeadScoreRule) -> list[RuleLine]:
@@ -80,8 +84,33 @@ def _render_rule_form(
         "tree": builder_tree(fit_rule or form.fit_rule, error=form.rule_error),
         "event_names": event_names_known(),
     }
+    fragment = htmx_target(request, allowed=RULE_FORM_FRAGMENTS, default="rule-builder")
     return render_page(
-        request, "segments/scoring_rule_form.html", context, fragment="rule-builder", status=status
+        request, "segments/scoring_rule_form.html", context, fragment=fragment, status=status
+    )
+
+
+def _saved_message(rule: LeadScoreRule) -> str:
+    """What saving did, and when the scores follow."""
+    values = {"name": rule.name}
+    if not rule.is_active:
+        return (
+            _("Scoring rule “%(name)s” saved. It is not enabled, so it gives no points.") % values
+        )
+    if rule.kind == ScoreRuleKind.EVENT:
+        return (
+            _(
+                "Scoring rule “%(name)s” saved. It applies to events recorded from now on, "
+                "not to earlier ones."
+            )
+            % values
+        )
+    return (
+        _(
+            "Scoring rule “%(name)s” saved. Contacts who match it get its points in the "
+            "background, usually within a few minutes: refresh this page to see them."
+        )
+        % values
     )
 
 
@@ -106,7 +135,7 @@ def _rule_form(request: HttpRequest, *, rule: LeadScoreRule | None) -> HttpRespo
         except ValidationFailed as exc:
             form.add_service_error(exc)
         else:
-            messages.success(request, _("Scoring rule “%(name)s” saved.") % {"name": saved.name})
+            messages.success(request, _saved_message(saved))
             return redirect("segments:scoring")
     return _render_rule_form(request, form, rule, status=422 if form.errors else 200)
 
@@ -118,6 +147,12 @@ def scoring_rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
     rule = get_object_or_404(LeadScoreRule, pk=pk)
     scoring.score_rule_delete(rule=rule)
     messages.success(request, _("Scoring rule “%(name)s” deleted.") % {"name": rule.name})
+    if is_fragment_request(request):
+        # The page's delete button asks first (hx-confirm); the whole page then reloads, as the
+        # top scores below the rules may have changed too.
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("segments:scoring")
+        return response
     return redirect("segments:scoring")
 
 

@@ -99,20 +99,43 @@ def segment_rule_lines(*, rule: Any) -> list[RuleLine]:
 
 
 def segment_size_series(*, segment_ids: list[int], days: int = 30) -> dict[int, list[int]]:
-    """Member counts per segment over the last `days` days, oldest first (one query)."""
+    """Member counts per segment, one per day up to today, oldest first (one query).
+
+    The series covers the last `days` days and ends today. A day without a recorded count takes
+    the last one recorded before it (a size stays what it was until it is counted again), also
+    from before the window; days before the first count ever recorded are left out, so a series
+    may start late but never has a gap.
+    """
+    from django.db.models import Exists, OuterRef
     from django.utils import timezone
 
     from segments.models import SegmentSize
 
-    since = timezone.localdate() - dt.timedelta(days=days)
-    series: dict[int, list[int]] = {pk: [] for pk in segment_ids}
-    rows = (
-        SegmentSize.objects.filter(segment_id__in=segment_ids, day__gt=since)
-        .order_by("segment_id", "day")
-        .values_list("segment_id", "member_count")
+    today = timezone.localdate()
+    start = today - dt.timedelta(days=days - 1)
+    # The window's rows and, per segment, the last row before it: no row of the same segment
+    # lies between this one and the window's start.
+    later_before_start = SegmentSize.objects.filter(
+        segment_id=OuterRef("segment_id"), day__gt=OuterRef("day"), day__lt=start
     )
-    for segment_id, count in rows:
-        series[segment_id].append(count)
+    rows = (
+        SegmentSize.objects.filter(segment_id__in=segment_ids, day__lte=today)
+        .filter(~Exists(later_before_start))
+        .order_by("segment_id", "day")
+        .values_list("segment_id", "day", "member_count")
+    )
+    known: dict[int, dict[dt.date, int]] = {pk: {} for pk in segment_ids}
+    for segment_id, day, count in rows:
+        known[segment_id][max(day, start)] = count
+    series: dict[int, list[int]] = {}
+    for pk, counts in known.items():
+        values: list[int] = []
+        last: int | None = None
+        for offset in range(days):
+            last = counts.get(start + dt.timedelta(days=offset), last)
+            if last is not None:
+                values.append(last)
+        series[pk] = values
     return series
 
 

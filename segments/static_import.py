@@ -6,10 +6,15 @@ The upload is checked where that is cheap (extension, size, encoding, the first 
 count); the job then reads the file in batches, reporting its progress, and adds every contact
 it found in one transaction at the end: a job that fails adds nobody, and running the same file
 again adds nobody twice.
+
+Every row of the file but its title row is counted once: as the first to find a contact, as a
+repeat of a contact an earlier row found, or as matching nobody (rows = found + repeated +
+unmatched).
 """
 
 import csv
 import logging
+import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -63,14 +68,24 @@ EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 HEADER_WORDS = {"手机号", "手机", "电话", "邮箱", "phone", "mobile", "email", "unionid", "id"}
 
-# (row number as the operator sees it in the file, the value, why it matched nobody)
+# A value Excel turns into a number and shows or keeps otherwise when it opens a CSV: the "+" of
+# an international number goes, a leading zero goes, more than 11 digits show as 8.6138E+12 and
+# more than 15 are rounded.
+EXCEL_ALTERS_RE = re.compile(r"\+[0-9]+|0[0-9]+|[0-9]{12,}")
+
+# (row number as the operator sees it in the file, the value as written there, why it matched
+# nobody)
 Unmatched = tuple[int, str, str]
 
 
 @dataclass
 class StaticImportReport:
+    """Counts of one import. Rows leave out the title row; `matched` counts contacts, so a row
+    whose contact an earlier row already found counts as `duplicates` instead."""
+
     rows: int = 0
     matched: int = 0
+    duplicates: int = 0
     added: int = 0
     unmatched: int = 0
     unmatched_first: list[Unmatched] = field(default_factory=list)
@@ -204,10 +219,16 @@ def _match_kind(match_by: str) -> str:
     return kind
 
 
-def _match(values: list[str], *, first_row: int, kind: str) -> tuple[list[Unmatched], set[int]]:
-    """The rows of one batch that match nobody (by row) and the contacts the others match."""
+def _is_header(values: list[str]) -> bool:
+    return bool(values) and values[0].lower() in HEADER_WORDS
+
+
+def _match(
+    values: list[str], *, first_row: int, kind: str
+) -> tuple[list[Unmatched], list[tuple[int, int]]]:
+    """The rows of one batch that match nobody, and (row, contact) for the others, by row."""
     unmatched: list[Unmatched] = []
-    wanted: dict[str, list[int]] = {}
+    wanted: dict[str, list[tuple[int, str]]] = {}
     for offset, raw in enumerate(values):
         row = first_row + offset
         if not raw:
@@ -218,7 +239,7 @@ def _match(values: list[str], *, first_row: int, kind: str) -> tuple[list[Unmatc
         except ValidationFailed as exc:
             unmatched.append((row, raw, exc.message))
             continue
-        wanted.setdefault(key, []).append(row)
+        wanted.setdefault(key, []).append((row, raw))
     owners: dict[str, int] = {}
     keys = list(wanted)
     for start in range(0, len(keys), LOOKUP_BATCH):
@@ -231,11 +252,17 @@ def _match(values: list[str], *, first_row: int, kind: str) -> tuple[list[Unmatc
             ).values_list("value", "contact_id")
         )
     nobody = str(_("no contact has this value"))
+    found: list[tuple[int, int]] = []
     for key, rows in wanted.items():
-        if key not in owners:
-            unmatched.extend((row, key, nobody) for row in rows)
+        owner = owners.get(key)
+        if owner is None:
+            # As written in the file: the operator finds and fixes the row by it.
+            unmatched.extend((row, raw, nobody) for row, raw in rows)
+        else:
+            found.extend((row, owner) for row, _raw in rows)
     unmatched.sort()
-    return unmatched, set(owners.values())
+    found.sort()
+    return unmatched, found
 
 
 def _live(contact_ids: set[int]) -> list[int]:
@@ -261,8 +288,9 @@ def segment_static_import(
     """Add the contacts listed in a file (one value per row, first column) to a static list.
 
     Every row that matches nobody goes to `on_unmatched` with the reason, batch by batch;
-    `on_progress` hears the counts so far and the rows read. The contacts found are added in
-    one transaction at the end (re-importing the same file adds nothing twice).
+    `on_progress` hears the counts so far and the rows read (the title row left out). The
+    contacts found are added in one transaction at the end (re-importing the same file adds
+    nothing twice).
     """
     _require_static(segment)
     kind = _match_kind(match_by)
@@ -275,10 +303,14 @@ def segment_static_import(
         read += len(values)
         if read > STATIC_IMPORT_MAX_ROWS:
             raise _too_many_rows()
-        if first_row == 1 and values and values[0].lower() in HEADER_WORDS:
+        if first_row == 1 and _is_header(values):
             values, first_row = values[1:], 2
-        unmatched, contacts = _match(values, first_row=first_row, kind=kind)
-        found |= contacts
+        unmatched, matches = _match(values, first_row=first_row, kind=kind)
+        for _row, contact_id in matches:
+            if contact_id in found:
+                report.duplicates += 1
+            else:
+                found.add(contact_id)
         report.rows += len(values)
         report.matched = len(found)
         report.unmatched += len(unmatched)
@@ -288,7 +320,7 @@ def segment_static_import(
         if on_unmatched is not None and unmatched:
             on_unmatched(unmatched)
         if on_progress is not None:
-            on_progress(report, read)
+            on_progress(report, report.rows)
     if found:
         with transaction.atomic():
             # Read again next to the write: a contact merged away while the file was read is
@@ -326,10 +358,12 @@ def segment_static_import_start(
         source = ListFile.open(path)
         # The first rows only: a file that cannot even begin to be read fails now, not later.
         with closing(source.chunks(size=1)) as first_rows:
-            next(first_rows, None)
+            first = next(first_rows, None) or []
         total = source.estimate_rows()
         if total > STATIC_IMPORT_MAX_ROWS:
             raise _too_many_rows()
+        # The progress counts the rows the result counts: the title row is not one.
+        total = max(0, total - _is_header(first))
     except ValidationFailed:
         path.unlink(missing_ok=True)
         raise
@@ -364,9 +398,15 @@ def _unmatched_relative(job: Job) -> str:
 
 
 def _plain_text(value: str) -> str:
+    """A value from the upload as a CSV cell that a spreadsheet shows as it was written."""
     # The file is opened in a spreadsheet: a value from the upload must not run as a formula.
     if value.startswith(FORMULA_START) and not SAFE_PHONE.fullmatch(value):
         return "'" + value
+    if EXCEL_ALTERS_RE.fullmatch(value):
+        # A CSV cell carries no type and quoting does not stop Excel from reading digits as a
+        # number; a leading tab does, stays invisible in the cell, and is stripped when the file
+        # is uploaded again (="…" would be a formula, and ' would show).
+        return "\t" + value
     return value
 
 
@@ -399,12 +439,18 @@ def _job_run(job: Job) -> None:
     def progress(report: StaticImportReport, rows_read: int) -> None:
         nonlocal read
         read = rows_read
-        counts = {"rows": report.rows, "matched": report.matched, "unmatched": report.unmatched}
+        counts = {
+            "rows": report.rows,
+            "matched": report.matched,
+            "duplicates": report.duplicates,
+            "unmatched": report.unmatched,
+        }
         Job.objects.filter(pk=job.pk).update(done=read, result=counts)
 
     try:
         with path.open("w", encoding="utf-8-sig", newline="") as out:
-            writer = csv.writer(out)
+            # Every cell quoted: a tab-led cell (_plain_text) then reads as the text it holds.
+            writer = csv.writer(out, quoting=csv.QUOTE_ALL)
             writer.writerow([_("Row"), _("Value"), _("Reason")])
             report = segment_static_import(
                 segment=segment,
@@ -433,6 +479,7 @@ def _job_run(job: Job) -> None:
         result={
             "rows": report.rows,
             "matched": report.matched,
+            "duplicates": report.duplicates,
             "added": report.added,
             "unmatched": report.unmatched,
             "unmatched_first": [list(row) for row in report.unmatched_first],

@@ -55,15 +55,21 @@ def _get_segment(pk: int) -> Segment:
     return get_object_or_404(selectors.segment_list(include_archived=True), pk=pk)
 
 
-def _sparkline(values: list[int], width: int = 80, height: int = 20) -> str:
-    """SVG polyline points for a tiny growth chart (server-side: no script, no chart library)."""
-    if len(values) < 2:
+def _sparkline(values: list[int], width: int = 80, height: int = 20, days: int = SPARK_DAYS) -> str:
+    """SVG polyline points for a tiny growth chart (server-side: no script, no chart library).
+
+    `values` holds one count a day ending today (segment_size_series): a series shorter than
+    `days` started later, so its line starts part-way along, each day at its own place.
+    """
+    values = values[-days:]
+    if len(values) < 2 or days < 2:
         return ""
     low, high = min(values), max(values)
     span = (high - low) or 1
-    step = width / (len(values) - 1)
+    step = width / (days - 1)
+    first = days - len(values)
     return " ".join(
-        f"{i * step:.1f},{height - 1 - (v - low) / span * (height - 2):.1f}"
+        f"{(first + i) * step:.1f},{height - 1 - (v - low) / span * (height - 2):.1f}"
         for i, v in enumerate(values)
     )
 

@@ -53,7 +53,7 @@ def _get(client, url: str, language: str, **extra) -> str:
 @pytest.mark.parametrize(
     ("language", "expected"),
     [
-        ("zh-hans", "购买: 次数 至少为 2 · amount 大于 300 近 90 天内"),
+        ("zh-hans", "购买：次数 至少为 2 · amount 大于 300 近 90 天内"),
         (
             "en",
             "Purchase: number of times is at least 2 · amount is more than 300 in the last 90 days",

@@ -101,7 +101,8 @@ def test_the_per_minute_pass_draws_todays_size_and_moves_the_refresh_time():
     assert segment.member_count == 3
     assert segment.last_refreshed_at >= before
     assert SegmentSize.objects.get(segment=segment, day=timezone.localdate()).member_count == 3
-    assert segment_size_series(segment_ids=[segment.pk]) == {segment.pk: [0, 3]}
+    # Two days ago, yesterday (not counted: the last count carried), today.
+    assert segment_size_series(segment_ids=[segment.pk]) == {segment.pk: [0, 0, 3]}
 
 
 def test_an_unbuilt_segment_keeps_no_refresh_time_so_its_first_build_stays_silent():

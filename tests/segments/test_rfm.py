@@ -73,9 +73,16 @@ ORACLE_LAYERS = {
 
 
 def _oracle_score(series: pd.Series, *, ascending: bool) -> pd.Series:
-    """Quintile of the min-rank: rank 1 = the worst figure; ties share the lowest rank."""
-    rank = series.rank(method="min", ascending=ascending)
-    return (1 + np.floor(5 * (rank - 1) / len(series))).astype(int)
+    """Quintile of each tie group's average rank (rank 1 = the worst figure); the best figure
+    scores 5 and the worst 1 whatever the size of its tie, the best winning when all are equal."""
+    n = len(series)
+    rank = series.rank(method="average", ascending=ascending)
+    # The group's places run from its first to its last rank; (rank − ½) / n is the fraction of
+    # the sorted buyers below the middle of them.
+    score = (1 + np.floor(5 * (rank - 0.5) / n)).astype(int)
+    score[rank == rank.min()] = 1
+    score[rank == rank.max()] = 5
+    return score
 
 
 def oracle(*, window_days: int, now: dt.datetime) -> pd.DataFrame:
@@ -301,14 +308,12 @@ def test_no_purchases_clears_the_table_and_records_an_empty_run():
 def test_equal_figures_get_equal_scores_and_the_edges_are_recorded():
     contacts = ContactFactory.create_batch(10)
     for i, contact in enumerate(contacts):
-        # Amounts 10, 10, 20, 20, … 50, 50; everyone bought once on the same day.
+        # Amounts 10, 10, 20, 20, … 50, 50; everyone bought once, on the same day.
         _buy(contact, days_ago=4, value=f"{10 * (i // 2 + 1)}.00")
 
     run = rfm.rfm_compute(now=NOW)
     scores = _scores()
 
-    assert {row.f_score for row in scores.values()} == {1}
-    assert {row.r_score for row in scores.values()} == {1}
     assert [scores[c.pk].m_score for c in contacts] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert run.edges["monetary"] == [
         ["10.00", "10.00"],
@@ -317,8 +322,66 @@ def test_equal_figures_get_equal_scores_and_the_edges_are_recorded():
         ["40.00", "40.00"],
         ["50.00", "50.00"],
     ]
-    assert run.edges["frequency"] == [[1, 1], None, None, None, None]
-    assert scores[contacts[-1].pk].layer == RFMLayer.IMPORTANT_RETAIN
+    # One figure shared by everyone is the best there is: it scores 5, not the 1 of its lowest
+    # rank.
+    assert {row.f_score for row in scores.values()} == {5}
+    assert {row.r_score for row in scores.values()} == {5}
+    assert run.edges["frequency"] == [None, None, None, None, [1, 1]]
+    assert scores[contacts[-1].pk].layer == RFMLayer.IMPORTANT_VALUE
+    assert scores[contacts[0].pk].layer == RFMLayer.GENERAL_VALUE
+
+
+@pytest.mark.django_db
+def test_buyers_tied_on_the_best_recency_get_r_5_and_fill_its_heatmap_column():
+    contacts = ContactFactory.create_batch(10)
+    # Three in ten bought today: more than the top fifth share the best recency.
+    for i, contact in enumerate(contacts):
+        _buy(contact, days_ago=0.5 if i < 3 else 10 + i, value="100.00")
+
+    run = rfm.rfm_compute(now=NOW)
+    scores = _scores()
+
+    assert [scores[c.pk].r_score for c in contacts[:3]] == [5, 5, 5]
+    assert run.edges["recency_days"][4] == [0, 0]
+    rows = {row["score"]: row for row in rfm.rfm_edge_rows(run=run)}
+    assert rows[5]["recency_days"] == [0, 0]
+    heatmap = rfm.rfm_heatmap(run=run)
+    assert sum(cell[2] for cell in heatmap["cells"] if cell[0] == 4) == 3
+
+
+@pytest.mark.django_db
+def test_the_worst_figure_scores_1_however_many_share_it():
+    contacts = ContactFactory.create_batch(10)
+    # Seven one-time buyers: their F is the worst there is, not the middle of their places.
+    for i, contact in enumerate(contacts):
+        for _ in range(1 if i < 7 else i - 5):
+            _buy(contact, days_ago=3)
+
+    rfm.rfm_compute(now=NOW)
+    scores = _scores()
+
+    assert [scores[c.pk].f_score for c in contacts] == [1, 1, 1, 1, 1, 1, 1, 4, 5, 5]
+
+
+@pytest.mark.django_db
+def test_a_tie_across_a_quintile_boundary_gets_one_score_alike_in_r_f_and_m():
+    contacts = ContactFactory.create_batch(10)
+    # Goodness 1, 2, 2, 2, 3 … : the tie on 2 fills places 2–4 of 10, across the boundary
+    # between the first and second fifth; its middle (place 3) is in the second, so all three
+    # score 2 (ranked by their lowest place they scored 1).
+    goodness = [1, 2, 2, 2, 3, 4, 4, 5, 6, 7]
+    for contact, good in zip(contacts, goodness, strict=True):
+        for k in range(good):
+            # Better is more recent, more often and more money, each by the same ranking.
+            _buy(contact, days_ago=10 - good + k / 10, value=f"{good}.00" if k == 0 else "0.00")
+
+    rfm.rfm_compute(now=NOW)
+    scores = _scores()
+
+    expected = [1, 2, 2, 2, 3, 4, 4, 4, 5, 5]
+    assert [scores[c.pk].r_score for c in contacts] == expected
+    assert [scores[c.pk].f_score for c in contacts] == expected
+    assert [scores[c.pk].m_score for c in contacts] == expected
 
 
 @pytest.mark.django_db
@@ -333,13 +396,17 @@ def test_a_bad_window_is_refused_and_nothing_is_written(window_days):
 
 
 @given(st.lists(st.integers(min_value=-50, max_value=50), max_size=60))
-def test_scores_equal_pandas_min_rank_quintiles(values):
+def test_scores_equal_the_pandas_average_rank_quintiles(values):
     got = rfm.rfm_scores(np.array(values, dtype=np.int64))
 
     if values:
         expected = _oracle_score(pd.Series(values), ascending=True).tolist()
         assert got.tolist() == expected
         assert set(got.tolist()) <= {1, 2, 3, 4, 5}
+        assert got[values.index(max(values))] == 5
+        assert len(set(values)) == 1 or got[values.index(min(values))] == 1
+        by_value = [score for _, score in sorted(zip(values, got.tolist(), strict=True))]
+        assert by_value == sorted(by_value)
     else:
         assert got.tolist() == []
 

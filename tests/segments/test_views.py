@@ -164,7 +164,7 @@ def test_detail_shows_rule_in_words_and_members(operator_client):
     assert response.status_code == 200
     assert "兴趣/VIP" in page  # tag ids are shown by name
     assert "老客" in page  # and segment ids too
-    assert "购买: " in page and "30" in page  # the event's label, as on the timeline
+    assert "购买：" in page and "购买: " not in page and "30" in page  # as on the timeline
     assert "上海会员" in page and "北京会员" not in page
     fragment = operator_client.get(
         reverse("segments:detail", args=[segment.pk]), **HX
