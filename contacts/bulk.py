@@ -70,7 +70,7 @@ def bulk_target(
         return visible.filter(pk__in=contact_ids)
     # Checked again for every batch: a tag deleted since the action started must fail the job,
     # not widen it to every visible contact.
-    return contact_filter_checked(data=_query_dict(filter_params), queryset=visible).qs
+    return contact_filter_checked(data=_query_dict(filter_params), queryset=visible, user=actor).qs
 
 
 def _tag_batch(

@@ -108,7 +108,7 @@ def export_queryset(*, user: AbstractBaseUser, filters: dict[str, Any]) -> Query
         else:
             data[key] = str(value)
     # An invalid filter is refused, not ignored as the list does: it would export everyone.
-    qs = contact_filter_checked(data=data, queryset=contact_visible_to(user=user)).qs
+    qs = contact_filter_checked(data=data, queryset=contact_visible_to(user=user), user=user).qs
     segment = filters.get("segment")
     if segment not in (None, ""):
         segment_id = parse_id(segment)

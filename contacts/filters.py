@@ -2,14 +2,16 @@ import datetime as dt
 
 import django_filters
 from django import forms
+from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django_filters.fields import ModelMultipleChoiceField
 
-from contacts.forms import date_input
+from contacts.forms import date_input, store_staff_scope
 from contacts.models import Contact, ContactTag, Stage
+from contacts.pii import can_view_personal_data
 from contacts.selectors import contact_search, staff_users, stores_active, tags_grouped
 from core.errors import ValidationFailed
 from core.ids import parse_id
@@ -103,8 +105,19 @@ class ContactFilter(django_filters.FilterSet):
             "created_to",
         ]
 
+    def __init__(self, *args, user: AbstractBaseUser | None = None, **kwargs) -> None:
+        # Whose search this is: without the personal-data permission, phones and emails match
+        # only as far as their masked form shows (contact_search).
+        self.user = user
+        super().__init__(*args, **kwargs)
+        scope = store_staff_scope(user) if user is not None else None
+        if scope is not None:
+            # Store staff pick among the owners of their own store, as on the edit form.
+            self.filters["owner"].queryset = scope[1]
+
     def filter_search(self, queryset: QuerySet[Contact], name: str, value: str):
-        return contact_search(qs=queryset, query=value)
+        personal = self.user is None or can_view_personal_data(self.user)
+        return contact_search(qs=queryset, query=value, personal=personal)
 
     def filter_tags(self, queryset: QuerySet[Contact], name: str, value):
         if not value:
@@ -125,13 +138,17 @@ class ContactFilter(django_filters.FilterSet):
         return queryset.filter(created_at__lt=_start_of_day(value + dt.timedelta(days=1)))
 
 
-def contact_filter_checked(*, data, queryset: QuerySet[Contact] | None = None) -> ContactFilter:
+def contact_filter_checked(
+    *, data, queryset: QuerySet[Contact] | None = None, user: AbstractBaseUser | None = None
+) -> ContactFilter:
     """The list filter of `data`, refusing it when a value is invalid.
 
     The list shows every contact when a filter is invalid (with a warning); an action on "all
     matching" contacts must not widen to everyone like that, so it asks here first.
     """
-    filters = ContactFilter(data, queryset=Contact.objects.none() if queryset is None else queryset)
+    filters = ContactFilter(
+        data, queryset=Contact.objects.none() if queryset is None else queryset, user=user
+    )
     if not filters.is_valid():
         fields = filters.form.fields
         errors = "; ".join(

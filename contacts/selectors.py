@@ -28,6 +28,7 @@ from contacts.models import (
     Store,
     Tag,
 )
+from core.errors import ValidationFailed
 from core.ids import parse_id
 from core.pagination import KeysetPage, parse_after
 
@@ -62,7 +63,18 @@ def contact_visible_to_all(*, user: AbstractBaseUser) -> bool:
     )
 
 
-def contact_search(*, qs: QuerySet[Contact], query: str) -> QuerySet[Contact]:
+def contact_search(
+    *, qs: QuerySet[Contact], query: str, personal: bool = True
+) -> QuerySet[Contact]:
+    """Contacts of `qs` whose name, nickname, phone or email match `query`.
+
+    `personal`: whether the searching user may see phones and emails (contacts.pii). Without
+    it, a search must not tell more than the masked values show (+86138****8000,
+    l***@example.com): a phone matches only when the query is the whole number or its last four
+    digits, an email only when the query is the whole address. Otherwise a partial number,
+    lengthened a digit at a time while watching one customer stay in the results, reads out
+    the hidden digits.
+    """
     query = query.strip()
     if not query:
         return qs
@@ -71,11 +83,31 @@ def contact_search(*, qs: QuerySet[Contact], query: str) -> QuerySet[Contact]:
     # picked out of a name ("用户10999") would match strangers' phones.
     digits = "".join(ch for ch in query if ch.isdigit())
     if len(digits) >= 4 and PHONE_QUERY.fullmatch(query):
-        cond |= Q(phone__contains=digits)
+        if personal:
+            cond |= Q(phone__contains=digits)
+        elif len(digits) == 4:
+            cond |= Q(phone__endswith=digits)
+        else:
+            whole = _whole_phone(query)
+            if whole:
+                cond |= Q(phone=whole)
     # An email by its beginning ("wang.li@", "wang.li"): a query that could start one.
-    if EMAIL_PREFIX_QUERY.fullmatch(query):
+    if personal and EMAIL_PREFIX_QUERY.fullmatch(query):
         cond |= Q(email__istartswith=query)
+    elif not personal and "@" in query:
+        cond |= Q(email__iexact=query)
     return qs.filter(cond)
+
+
+def _whole_phone(query: str) -> str:
+    """`query` as a stored (E.164) phone number, or "" when it is not a whole number."""
+    # Imported here: the services import this module.
+    from contacts.services.identity import normalize_phone
+
+    try:
+        return normalize_phone(query)
+    except ValidationFailed:
+        return ""
 
 
 PHONE_QUERY = re.compile(r"[\d\s+\-()]+")
@@ -435,7 +467,9 @@ def contact_merge_candidates(
     """Contacts the user may see that match `query`, other than `contact` itself."""
     if not query.strip():
         return []
-    qs = contact_search(qs=contact_visible_to(user=user), query=query).exclude(pk=contact.pk)
+    qs = contact_search(
+        qs=contact_visible_to(user=user), query=query, personal=pii.can_view_personal_data(user)
+    ).exclude(pk=contact.pk)
     return list(qs.select_related("lifecycle_stage").order_by("-pk")[:limit])
 
 

@@ -82,7 +82,7 @@ def contact_list_data(
     params = _filter_params(data)
     # Built only when used: without filter values it would only validate an empty form, which
     # costs about as much as the page's SQL. A full page still builds it for the filter bar.
-    filters = SimpleLazyObject(lambda: ContactFilter(data, queryset=visible))
+    filters = SimpleLazyObject(lambda: ContactFilter(data, queryset=visible, user=user))
     qs = filters.qs if params else visible
     page = selectors.contact_list_page(qs=qs, after=data.get("after"), size=PAGE_SIZE)
     return filters, page, params

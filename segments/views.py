@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
+from contacts.pii import can_view_personal_data
 from contacts.selectors import contact_pair_visible_to, contact_search, contact_visible_to
 from core import jobs
 from core.errors import DomainError, ValidationFailed
@@ -698,7 +699,10 @@ def segment_explain(request: HttpRequest, pk: int) -> HttpResponse:
     elif query_id is not None and visible.filter(pk=query_id).exists():
         contact = visible.get(pk=query_id)
     elif query:
-        candidates = list(contact_search(qs=visible, query=query).order_by("-pk")[:10])
+        personal = can_view_personal_data(request.user)
+        candidates = list(
+            contact_search(qs=visible, query=query, personal=personal).order_by("-pk")[:10]
+        )
         if len(candidates) == 1:
             contact, candidates = candidates[0], []
     membership, error = None, None
