@@ -1,10 +1,12 @@
 from typing import Any
 
 from django import forms
-from django.db.models import Q
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from contacts.labels import SOURCE_LABELS, source_from_label
 from contacts.models import (
     ConsentChannel,
     ConsentPurpose,
@@ -12,8 +14,11 @@ from contacts.models import (
     CustomField,
     CustomFieldKind,
     Gender,
+    StaffProfile,
     Stage,
+    Store,
 )
+from contacts.roles import is_store_staff
 from contacts.selectors import contact_custom_fields, staff_users, stores_active, tags_grouped
 from core.ids import parse_id
 
@@ -97,6 +102,22 @@ PROFILE_FIELDS = (
 PERSONAL_FIELDS = ("phone", "email")
 
 
+def store_staff_scope(user: AbstractBaseUser) -> tuple[int | None, QuerySet] | None:
+    """For store staff, their store's id and the users they may hand a contact to (themselves
+    and their store's colleagues); None for everyone else, whose pickers are not limited."""
+    if user.is_superuser or not is_store_staff(user):
+        return None
+    store_id = (
+        StaffProfile.objects.filter(user=user, store__isnull=False)
+        .values_list("store_id", flat=True)
+        .first()
+    )
+    colleagues = Q(pk=user.pk)
+    if store_id is not None:
+        colleagues |= Q(staff_profile__store_id=store_id)
+    return store_id, staff_users().filter(colleagues)
+
+
 def _custom_form_field(definition: CustomField) -> forms.Field:
     label = definition.label
     choices = [(str(c), str(c)) for c in definition.choices or []]
@@ -144,8 +165,17 @@ class ContactEditForm(forms.Form):
     utm_content = forms.CharField(label=_("UTM content"), max_length=100, required=False)
     utm_term = forms.CharField(label=_("UTM term"), max_length=100, required=False)
 
-    def __init__(self, *args, contact: Contact, personal_data: bool, **kwargs):
+    def __init__(
+        self,
+        *args,
+        contact: Contact,
+        personal_data: bool,
+        user: AbstractBaseUser | None = None,
+        **kwargs,
+    ):
         self.contact = contact
+        self.scope = store_staff_scope(user) if user is not None else None
+        self.user = user
         initial = {
             name: getattr(contact, Contact._meta.get_field(name).attname) for name in PROFILE_FIELDS
         }
@@ -160,15 +190,45 @@ class ContactEditForm(forms.Form):
             self.fields["lifecycle_stage"].queryset = Stage.objects.filter(
                 Q(is_active=True) | Q(key=contact.lifecycle_stage_id)
             )
+        stores = stores_active()
+        owners = staff_users()
+        if self.scope is not None:
+            # Store staff hand contacts only within their store (clean() checks the result).
+            own_store, colleagues = self.scope
+            stores = stores.filter(pk=own_store)
+            owners = colleagues
         if contact.store_id:
-            self.fields["store"].queryset = (
-                stores_active() | type(contact.store).objects.filter(pk=contact.store_id)
-            ).distinct()
+            stores = (stores | Store.objects.filter(pk=contact.store_id)).distinct()
+        if contact.owner_id:
+            owners = (owners | owners.model.objects.filter(pk=contact.owner_id)).distinct()
+        self.fields["store"].queryset = stores
+        self.fields["owner"].queryset = owners
         if not personal_data:
             for name in PERSONAL_FIELDS:
                 del self.fields[name]
         for definition in self.custom_fields:
             self.fields[CUSTOM_PREFIX + definition.key] = _custom_form_field(definition)
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.scope is None or "owner" in self.errors or "store" in self.errors:
+            return cleaned
+        # The rule of contacts.selectors.contact_visible_to for store staff, applied to the
+        # values about to be saved: a contact they neither own nor share a store with would
+        # vanish from their reach the moment it is saved.
+        own_store, _colleagues = self.scope
+        owner, store = cleaned.get("owner"), cleaned.get("store")
+        owned = owner is not None and owner.pk == self.user.pk
+        in_store = store is not None and own_store is not None and store.pk == own_store
+        if not (owned or in_store):
+            raise forms.ValidationError(
+                _(
+                    "You would no longer see this customer: keep yourself as the owner or "
+                    "keep the customer in your store."
+                ),
+                code="out_of_reach",
+            )
+        return cleaned
 
     @property
     def profile_fields(self) -> list[forms.BoundField]:
@@ -243,7 +303,8 @@ class ConsentForm(forms.Form):
     source = forms.CharField(
         label=_("Source"),
         max_length=50,
-        initial="operator",
+        # The label, not the stored code: the input is read and typed in the operator's language.
+        initial=SOURCE_LABELS["operator"],
         help_text=_("Where the customer said so: in store, phone call, paper form …"),
     )
     notice_version = forms.CharField(label=_("Notice version"), max_length=30, required=False)
@@ -254,6 +315,9 @@ class ConsentForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text=_("For example the form number or what the customer said."),
     )
+
+    def clean_source(self):
+        return source_from_label(self.cleaned_data["source"])
 
 
 class BulkTagForm(TagExpiryMixin, forms.Form):

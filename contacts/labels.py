@@ -54,6 +54,8 @@ SOURCE_LABELS = {
     TagSource.IMPORT.value: TagSource.IMPORT.label,
     TagSource.MANUAL.value: TagSource.MANUAL.label,
     "admin": _("Administration"),
+    # What the consent form on the 360 page suggests: an operator wrote the decision down.
+    "operator": _("Entered by an operator"),
     ConsentChannel.WECHAT_OA.value: ConsentChannel.WECHAT_OA.label,
     ConsentChannel.MINIPROGRAM.value: ConsentChannel.MINIPROGRAM.label,
     ConsentChannel.WECOM.value: ConsentChannel.WECOM.label,
@@ -77,6 +79,15 @@ def event_label(name: str) -> str:
 
 def source_label(value: str) -> str:
     return str(SOURCE_LABELS.get(value, value))
+
+
+def source_from_label(value: str) -> str:
+    """The code of a source typed as its label (the consent form shows the label); any other
+    text is the operator's own word and stays as it is."""
+    for code, label in SOURCE_LABELS.items():
+        if value == str(label):
+            return code
+    return value
 
 
 def merge_reason_label(reason: str) -> str:

@@ -303,7 +303,9 @@ def contact_unmask(request: HttpRequest, pk: int) -> HttpResponse:
 def contact_edit(request: HttpRequest, pk: int) -> HttpResponse:
     contact = _get_contact(request, pk)
     personal = pii.can_view_personal_data(request.user)
-    form = ContactEditForm(request.POST or None, contact=contact, personal_data=personal)
+    form = ContactEditForm(
+        request.POST or None, contact=contact, personal_data=personal, user=request.user
+    )
     if request.method == "POST" and form.is_valid():
         changes = form.changes()
         try:

@@ -25,9 +25,10 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
     key, kind = definition.key, definition.kind
 
     def invalid(message: str, **params: Any) -> ValidationFailed:
-        # `message` is translated and names the field as %(field)s.
+        # `message` is translated and names the field as %(field)s: by its label, which operators
+        # read; the key travels in the details for API clients.
         return ValidationFailed(
-            message % {"field": key, **params},
+            message % {"field": definition.label or key, **params},
             code="invalid_custom_field",
             details={"field": key},
         )

@@ -9,6 +9,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from contacts.labels import contact_field_label
 from contacts.models import (
     Contact,
     Gender,
@@ -61,23 +62,30 @@ def _invalid(key: str, message: str, code: str = "invalid_field") -> ValidationF
     return ValidationFailed(message, code=code, details={"field": key})
 
 
+def _name(key: str) -> str:
+    """How a message names a profile field: its verbose name, which operators read; the key
+    itself travels in the error's details for API clients."""
+    return contact_field_label(key, custom={})
+
+
 def _profile_value(key: str, raw: Any) -> Any:
     """Validate one profile field; return the value to set on the model attribute."""
     if key in TEXT_FIELD_LIMITS:
         if raw is None:
             return ""
         if not isinstance(raw, str):
-            raise _invalid(key, _("Field '%(field)s' must be text.") % {"field": key})
+            raise _invalid(key, _("Field '%(field)s' must be text.") % {"field": _name(key)})
         if contains_nul(raw):
             raise _invalid(
-                key, _("Field '%(field)s' must not contain the NUL character.") % {"field": key}
+                key,
+                _("Field '%(field)s' must not contain the NUL character.") % {"field": _name(key)},
             )
         value = raw.strip()
         if len(value) > TEXT_FIELD_LIMITS[key]:
             raise _invalid(
                 key,
                 _("Field '%(field)s' is longer than %(max)s characters.")
-                % {"field": key, "max": TEXT_FIELD_LIMITS[key]},
+                % {"field": _name(key), "max": TEXT_FIELD_LIMITS[key]},
             )
         return value
     if key == "gender":
@@ -85,7 +93,7 @@ def _profile_value(key: str, raw: Any) -> Any:
             raise _invalid(
                 key,
                 _("Field '%(field)s' must be one of %(choices)s.")
-                % {"field": key, "choices": ", ".join(Gender.values)},
+                % {"field": _name(key), "choices": ", ".join(Gender.values)},
             )
         return raw
     if key == "birthday":
@@ -100,19 +108,22 @@ def _profile_value(key: str, raw: Any) -> Any:
                 day = None
             if day is None:
                 raise _invalid(
-                    key, _("Field '%(field)s' must be a date like 1990-05-17.") % {"field": key}
+                    key,
+                    _("Field '%(field)s' must be a date like 1990-05-17.") % {"field": _name(key)},
                 )
         if day > timezone.localdate():
-            raise _invalid(key, _("Field '%(field)s' is in the future.") % {"field": key})
+            raise _invalid(key, _("Field '%(field)s' is in the future.") % {"field": _name(key)})
         if day < OLDEST_BIRTHDAY:
-            raise _invalid(key, _("Field '%(field)s' is before 1900.") % {"field": key})
+            raise _invalid(key, _("Field '%(field)s' is before 1900.") % {"field": _name(key)})
         return day
     if key == "phone":
         if raw is None or raw == "":
             return ""
         if not isinstance(raw, str | int) or isinstance(raw, bool):
             raise _invalid(
-                key, _("Field '%(field)s' must be text.") % {"field": key}, code="invalid_phone"
+                key,
+                _("Field '%(field)s' must be text.") % {"field": _name(key)},
+                code="invalid_phone",
             )
         try:
             return normalize_phone(str(raw))
@@ -135,7 +146,7 @@ def _profile_value(key: str, raw: Any) -> Any:
             raise _invalid(
                 key,
                 _("Field '%(field)s' must be the key of an active lifecycle stage.")
-                % {"field": key},
+                % {"field": _name(key)},
             )
         return stage
     if key == "owner":
@@ -146,7 +157,8 @@ def _profile_value(key: str, raw: Any) -> Any:
             user = get_user_model().objects.filter(pk=raw, is_active=True).first()
         if user is None:
             raise _invalid(
-                key, _("Field '%(field)s' must be the id of an active user.") % {"field": key}
+                key,
+                _("Field '%(field)s' must be the id of an active user.") % {"field": _name(key)},
             )
         return user
     if key == "store":
@@ -159,11 +171,14 @@ def _profile_value(key: str, raw: Any) -> Any:
             store = Store.objects.filter(code=raw.strip()).first()
         if store is None:
             raise _invalid(
-                key, _("Field '%(field)s' must be the id or code of a store.") % {"field": key}
+                key,
+                _("Field '%(field)s' must be the id or code of a store.") % {"field": _name(key)},
             )
         return store
     raise _invalid(
-        key, _("Field '%(field)s' is not a profile field.") % {"field": key}, code="unknown_field"
+        key,
+        _("Field '%(field)s' is not a profile field.") % {"field": _name(key)},
+        code="unknown_field",
     )
 
 

@@ -46,7 +46,8 @@ def _message(language: str, call) -> str:
         (lambda: normalize_phone("12345"), "'12345' is not a valid phone number."),
         (
             lambda: custom_fields_validate(values={"shoe_size": "big"}),
-            "Custom field 'shoe_size' must be a number.",
+            # Named by its label, as operators know it; the key stays in the error's details.
+            "Custom field '鞋码' must be a number.",
         ),
         (lambda: custom_fields_validate(values={"nope": 1}), "Unknown field 'nope'."),
     ],
@@ -70,8 +71,9 @@ def test_profile_errors_keep_their_code_and_field_in_both_languages():
         errors[language] = exc.value
 
     assert errors["en"].message == "Field 'birthday' is in the future."
+    # The field by its name in the reader's language; its key stays in the details.
     assert errors["zh-hans"].message == _in(
-        "zh-hans", "Field '%(field)s' is in the future.", field="birthday"
+        "zh-hans", "Field '%(field)s' is in the future.", field="生日"
     )
     assert CJK.search(errors["zh-hans"].message)
     for error in errors.values():
@@ -174,7 +176,9 @@ def test_identify_reports_a_bad_custom_field_in_english(api):
     )
 
     assert response.status_code == 400
-    assert response.json()["error"]["message"] == "Custom field 'shoe_size' must be a number."
+    error = response.json()["error"]
+    assert error["message"] == "Custom field '鞋码' must be a number."
+    assert error["details"]["field"] == "shoe_size"
 
 
 # --- (d) timeline labels ----------------------------------------------------------------------
