@@ -1,7 +1,13 @@
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,12 +23,18 @@ from contacts.models import (
     TagSource,
 )
 from contacts.services.consent import MAX_REQUEST_ID
-from core.api import ErrorSerializer
+from core.api import (
+    ApiJSONParser,
+    ErrorSerializer,
+    Rfc3339DateTimeField,
+    json_problem,
+    replace_lone_surrogates,
+)
 from core.apiviews import BaseApiView
 from core.errors import NotFound
 from core.ids import MAX_ID
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
+ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 413: ErrorSerializer, 429: ErrorSerializer}
 
 
 def _validated(serializer: type[serializers.Serializer], data) -> dict:
@@ -46,6 +58,13 @@ class OffsetDateTimeField(serializers.DateTimeField):
         ),
     }
 
+    def to_internal_value(self, value):
+        # Python's ISO parser stops reading at a NUL, so "…+08:00\x00" would pass as a time;
+        # any other character there makes it fail with the usual message.
+        if isinstance(value, str):
+            value = value.replace("\x00", "\ufffd")
+        return super().to_internal_value(value)
+
     def enforce_timezone(self, value):
         if timezone.is_naive(value):
             self.fail("no_offset")
@@ -62,7 +81,10 @@ class IdentityInSerializer(serializers.Serializer):
 
 
 class IdentifyInSerializer(serializers.Serializer):
-    identities = IdentityInSerializer(many=True, allow_empty=False, max_length=20)
+    # A ListField rather than many=True: the schema then carries minItems and maxItems.
+    identities = serializers.ListField(
+        child=IdentityInSerializer(), allow_empty=False, min_length=1, max_length=20
+    )
     traits = serializers.DictField(
         required=False,
         default=dict,
@@ -99,6 +121,8 @@ class IdentifyOutSerializer(serializers.Serializer):
 
 
 class IdentifyApi(BaseApiView):
+    parser_classes = [ApiJSONParser]
+
     @extend_schema(
         operation_id="identify",
         summary="Create or update a contact from identities and traits",
@@ -182,10 +206,22 @@ class EventInSerializer(serializers.Serializer):
     )
 
 
+@extend_schema_field(EventInSerializer)
+class EventItemField(serializers.JSONField):
+    """One event of a batch, taken as sent: the view validates each on its own."""
+
+    def validate_empty_values(self, data):
+        # A null item is one bad event like any other, rejected alone rather than the batch.
+        if data is None:
+            return (True, None)
+        return super().validate_empty_values(data)
+
+
 class EventsInSerializer(serializers.Serializer):
     events = serializers.ListField(
-        child=serializers.JSONField(),
+        child=EventItemField(),
         allow_empty=False,
+        min_length=1,
         max_length=services.MAX_EVENTS_PER_BATCH,
     )
 
@@ -214,17 +250,32 @@ def _first_error(errors) -> str:
 
 
 def _raw_event_id(raw: object) -> str:
-    return str(raw.get("event_id", ""))[:64] if isinstance(raw, dict) else ""
+    # Echoed in the answer even for a rejected item, whose id may be text that UTF-8 cannot hold.
+    return (
+        replace_lone_surrogates(str(raw.get("event_id", ""))[:64]) if isinstance(raw, dict) else ""
+    )
+
+
+class EventsJSONParser(ApiJSONParser):
+    """Text that is not valid Unicode rejects only the event holding it, like any bad value."""
+
+    check_unicode = False
 
 
 class EventsApi(BaseApiView):
+    parser_classes = [EventsJSONParser]
+
     @extend_schema(
         operation_id="events_record",
         summary="Record a batch of up to 500 events",
         description=(
             "Each item is validated on its own: a bad item is reported as `rejected` with a "
-            "reason and never blocks the good ones. `event_id` is the client's idempotency key: "
-            "resending an event reports it as `duplicate` and stores nothing."
+            "reason and never blocks the good ones; that includes an item holding text that is "
+            "not valid Unicode (a lone surrogate such as `\\ud83d`, left by cutting a string "
+            "through an emoji). `event_id` is the client's idempotency key: resending an event "
+            "reports it as `duplicate` and stores nothing. The batch as a whole is refused when "
+            "its JSON nests deeper than 64 levels (400 `too_deep`) or its body is larger than the "
+            "server accepts (413 `too_large`, 2.5 MB by default): send it in smaller batches."
         ),
         request=EventsInSerializer,
         responses={200: EventsOutSerializer, **ERRORS},
@@ -289,6 +340,10 @@ class EventsApi(BaseApiView):
         # fields each time) cost most of the request time in bench/events_ingest.py.
         item_serializer = EventInSerializer()
         for index, raw in enumerate(events):
+            if problem := json_problem(raw):
+                parse_errors[index] = problem.message
+                items.append(None)
+                continue
             try:
                 v = item_serializer.run_validation(raw)
             except serializers.ValidationError as exc:
@@ -347,7 +402,9 @@ class ContactOutSerializer(serializers.ModelSerializer):
     identities = IdentityOutSerializer(many=True)
     lifecycle_stage = serializers.CharField(source="lifecycle_stage_id")
     owner = serializers.IntegerField(source="owner_id", allow_null=True, help_text="User id.")
-    store = serializers.SlugRelatedField(slug_field="code", read_only=True, help_text="Code.")
+    store = serializers.SlugRelatedField(
+        slug_field="code", read_only=True, allow_null=True, help_text="Code."
+    )
     tags = serializers.SerializerMethodField()
 
     class Meta:
@@ -406,6 +463,8 @@ CONTACT_EXAMPLE = {
 NOT_FOUND = {404: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
 # What an operation on one contact may answer besides success.
 CONTACT_ERRORS = {400: ErrorSerializer, **NOT_FOUND}
+# … and one that reads a body, which may be too large.
+CONTACT_BODY_ERRORS = {**CONTACT_ERRORS, 413: ErrorSerializer}
 CONTACT_ANSWER = OpenApiExample("A contact", response_only=True, value=CONTACT_EXAMPLE)
 
 
@@ -462,7 +521,19 @@ class ContactPatchSerializer(serializers.Serializer):
         return dict(data)
 
 
+class ContactPatchSchema(OpenApiSerializerExtension):
+    """The PATCH body as the view checks it: at least one field (an empty object is refused)."""
+
+    target_class = ContactPatchSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = super().map_serializer(auto_schema, direction)
+        return {**schema, "minProperties": 1}
+
+
 class ContactDetailApi(BaseApiView):
+    parser_classes = [ApiJSONParser]
+
     @extend_schema(
         operation_id="contact_get",
         summary="One contact with identities and tags",
@@ -482,7 +553,7 @@ class ContactDetailApi(BaseApiView):
             "one bad value stores nothing. `null` or an empty string clears a field."
         ),
         request=ContactPatchSerializer,
-        responses={200: ContactOutSerializer, **CONTACT_ERRORS},
+        responses={200: ContactOutSerializer, **CONTACT_BODY_ERRORS},
         examples=[
             OpenApiExample(
                 "Profile and a custom field",
@@ -552,10 +623,16 @@ class ContactLookupApi(BaseApiView):
         return Response(_contact_out(contact))
 
 
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string"}]})
+class TagRefField(serializers.JSONField):
+    """A tag id or "group/name", resolved (and checked) by services.tags_resolve."""
+
+
 class TagsInSerializer(serializers.Serializer):
     tags = serializers.ListField(
-        child=serializers.JSONField(),
+        child=TagRefField(),
         allow_empty=False,
+        min_length=1,
         max_length=50,
         help_text='Tag ids or "group/name" of existing tags.',
     )
@@ -581,6 +658,8 @@ def _tag_names(contact: Contact) -> list[str]:
 
 
 class ContactTagsApi(BaseApiView):
+    parser_classes = [ApiJSONParser]
+
     @extend_schema(
         operation_id="contact_tags_add",
         summary="Tag a contact",
@@ -591,7 +670,7 @@ class ContactTagsApi(BaseApiView):
             "future, adds none."
         ),
         request=TagsInSerializer,
-        responses={200: TagsOutSerializer, **CONTACT_ERRORS},
+        responses={200: TagsOutSerializer, **CONTACT_BODY_ERRORS},
         examples=[
             OpenApiExample(
                 "By id and by name", request_only=True, value={"tags": [7, "兴趣/护肤"]}
@@ -745,6 +824,8 @@ CONSENT_EXAMPLE = {
 
 
 class ContactConsentsApi(BaseApiView):
+    parser_classes = [ApiJSONParser]
+
     @extend_schema(
         operation_id="contact_consent_record",
         summary="Record a consent given or withdrawn",
@@ -755,7 +836,7 @@ class ContactConsentsApi(BaseApiView):
             "notice version and evidence), answers that record and stores nothing."
         ),
         request=ConsentInSerializer,
-        responses={201: ConsentOutSerializer, **CONTACT_ERRORS},
+        responses={201: ConsentOutSerializer, **CONTACT_BODY_ERRORS},
         examples=[
             OpenApiExample("Marketing SMS opt-in", request_only=True, value=CONSENT_EXAMPLE),
             OpenApiExample(
@@ -787,7 +868,8 @@ class TimelineEventSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     event_id = serializers.CharField()
     name = serializers.CharField()
-    occurred_at = serializers.DateTimeField()
+    # Events may be sent with any past time, including before 1901 (see Rfc3339DateTimeField).
+    occurred_at = Rfc3339DateTimeField()
     properties = serializers.DictField()
     value = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
     source = serializers.CharField()

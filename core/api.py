@@ -1,12 +1,18 @@
 """API plumbing shared by every app: API-key auth, per-key throttling, one error shape."""
 
+import datetime as dt
+import re
+from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404
+from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -78,6 +84,19 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
+class Rfc3339DateTimeField(serializers.DateTimeField):
+    """A moment in the site's time zone, or in UTC when that zone's offset at the time was not
+    whole minutes: local mean time before 1901 (Shanghai's +08:05:43) has no RFC 3339 form, so
+    such an answer would not be the `date-time` the schema promises."""
+
+    def enforce_timezone(self, value):
+        value = super().enforce_timezone(value)
+        offset = value.utcoffset()
+        if offset is not None and offset.total_seconds() % 60:
+            return value.astimezone(dt.UTC)
+        return value
+
+
 class ErrorBodySerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Machine-readable error code, e.g. `invalid`.")
     message = serializers.CharField(help_text="Human-readable explanation.")
@@ -88,6 +107,117 @@ class ErrorBodySerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     error = ErrorBodySerializer()
+
+
+# Deeper than any payload a client has a reason to send, and far from Python's recursion limit,
+# which the code walking stored JSON (NUL checks, serialisation) would otherwise hit as a 500.
+MAX_JSON_DEPTH = 64
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, so that it can be encoded to UTF-8."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+@dataclass(frozen=True)
+class JsonProblem:
+    code: str
+    message: str
+    path: list[str | int]
+
+
+def _path_text(path: list[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or _("the body")
+
+
+def _clean_path(path: tuple[str | int, ...]) -> list[str | int]:
+    return [replace_lone_surrogates(p) if isinstance(p, str) else p for p in path]
+
+
+def json_problem(
+    value: Any, *, max_depth: int = MAX_JSON_DEPTH, unicode: bool = True
+) -> JsonProblem | None:
+    """The first part of a parsed JSON value that no field can take: nesting deeper than
+    `max_depth`, or (with `unicode`) a lone surrogate in a key or a text.
+
+    JSON can escape half of a surrogate pair (`"\\ud83d"`, what cutting a JavaScript string
+    through an emoji gives); Python parses it, but such text cannot be encoded as UTF-8, so
+    storing it, or even echoing it in an error, fails. Iterative, so any depth is safe to walk.
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if unicode and not node.isascii() and (bad := _LONE_SURROGATE.search(node)):
+                return _surrogate_problem(path, bad.group())
+            continue
+        if isinstance(node, dict):
+            children = list(node.items())
+        elif isinstance(node, list):
+            children = list(enumerate(node))
+        else:
+            continue
+        if len(path) >= max_depth:
+            clean = _clean_path(path)
+            return JsonProblem(
+                "too_deep",
+                _("The JSON nests deeper than %(max)s levels (at %(path)s).")
+                % {"max": max_depth, "path": _path_text(clean)},
+                clean,
+            )
+        # Reversed onto the stack, so that the first problem in document order is reported.
+        for key, child in reversed(children):
+            stack.append((child, (*path, key)))
+        if unicode and isinstance(node, dict):
+            for key, _child in children:
+                if not key.isascii() and (bad := _LONE_SURROGATE.search(key)):
+                    return _surrogate_problem((*path, key), bad.group())
+    return None
+
+
+def _surrogate_problem(path: tuple[str | int, ...], char: str) -> JsonProblem:
+    clean = _clean_path(path)
+    return JsonProblem(
+        "invalid_unicode",
+        _(
+            "The text at %(path)s is not valid Unicode: it holds a lone surrogate (U+%(code)s). "
+            "Send the character itself, or both halves of its surrogate pair."
+        )
+        % {"path": _path_text(clean), "code": f"{ord(char):04X}"},
+        clean,
+    )
+
+
+class InvalidJson(exceptions.ParseError):
+    """A body that parses as JSON but that no field could take, with where the problem is."""
+
+    def __init__(self, problem: JsonProblem):
+        super().__init__(problem.message, code=problem.code)
+        self.details = {"path": problem.path}
+
+
+class ApiJSONParser(JSONParser):
+    """DRF's JSON parser, refusing with a 400 what would fail later as a 500: nesting deep
+    enough to exhaust the recursion limit, and lone surrogates (see json_problem)."""
+
+    # A view that reports bad text item by item (the events batch) turns this off.
+    check_unicode = True
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise exceptions.ParseError(
+                _("The JSON nests deeper than %(max)s levels.") % {"max": MAX_JSON_DEPTH},
+                code="too_deep",
+            ) from exc
+        if problem := json_problem(data, unicode=self.check_unicode):
+            raise InvalidJson(problem)
+        return data
 
 
 def error_response(code: str, message: str, details: Any = None, *, status_code: int) -> Response:
@@ -114,6 +244,23 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied(str(exc) or None)
     if isinstance(exc, DomainError):
         return error_response(exc.code, exc.message, exc.details, status_code=400)
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(
+            "too_large",
+            _("The request body is larger than %(limit)s bytes; send it in smaller parts.")
+            % {"limit": limit},
+            {"max_bytes": limit},
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return error_response(
+            "too_many_fields",
+            _("The request has more than %(limit)s parameters.") % {"limit": limit},
+            {"max_fields": limit},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, exceptions.ValidationError):
         return error_response(
             "invalid",
@@ -134,7 +281,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             headers["Retry-After"] = str(int(exc.wait))
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else exc.default_code
-        response = error_response(code, str(exc.detail), None, status_code=exc.status_code)
+        details = getattr(exc, "details", None)
+        response = error_response(code, str(exc.detail), details, status_code=exc.status_code)
         for name, value in headers.items():
             response[name] = value
         return response

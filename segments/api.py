@@ -1,5 +1,4 @@
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -7,7 +6,7 @@ from rest_framework.response import Response
 
 from contacts.models import Contact
 from contacts.selectors import contact_follow_merges
-from core.api import ErrorSerializer
+from core.api import ApiJSONParser, ErrorSerializer
 from core.apiviews import BaseApiView
 from core.ids import MAX_ID
 from core.pagination import keyset_page
@@ -20,6 +19,7 @@ MAX_IDS = 1000
 LIST_PAGE_SIZE = 100
 NOT_FOUND = {404: ErrorSerializer, 401: ErrorSerializer, 429: ErrorSerializer}
 ERRORS = {400: ErrorSerializer, **NOT_FOUND}
+BODY_ERRORS = {**ERRORS, 413: ErrorSerializer}
 
 
 class SegmentListQuerySerializer(serializers.Serializer):
@@ -71,6 +71,7 @@ class MembersInSerializer(serializers.Serializer):
     contact_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
         allow_empty=False,
+        min_length=1,
         max_length=MAX_IDS,
         help_text=f"Contact ids, at most {MAX_IDS} per call.",
     )
@@ -210,12 +211,14 @@ MEMBERS_DESCRIPTION = (
 
 
 class SegmentMembersApi(BaseApiView):
+    parser_classes = [ApiJSONParser]
+
     @extend_schema(
         operation_id="segment_members_add",
         summary="Add contacts to a static list",
         description=MEMBERS_DESCRIPTION,
         request=MembersInSerializer,
-        responses={200: MembersOutSerializer, **ERRORS},
+        responses={200: MembersOutSerializer, **BODY_ERRORS},
         examples=[
             OpenApiExample("Contacts", request_only=True, value={"contact_ids": [42, 57]}),
             OpenApiExample("Answer", response_only=True, value={"changed": 2, "member_count": 310}),
@@ -250,8 +253,19 @@ class SegmentMembersApi(BaseApiView):
         parameters=[
             OpenApiParameter(
                 "contact_ids",
-                OpenApiTypes.INT,
-                many=True,
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "integer",
+                        "format": "int64",
+                        "minimum": 1,
+                        "maximum": MAX_ID,
+                    },
+                    "minItems": 1,
+                    "maxItems": MAX_IDS,
+                },
+                # Required in the form OpenAPI can describe; the body form is in the description.
+                required=True,
                 description="Contact ids, when the body cannot be sent.",
                 examples=[
                     OpenApiExample(
@@ -262,7 +276,7 @@ class SegmentMembersApi(BaseApiView):
                 ],
             )
         ],
-        responses={200: MembersOutSerializer, **ERRORS},
+        responses={200: MembersOutSerializer, **BODY_ERRORS},
         examples=[
             OpenApiExample("Answer", response_only=True, value={"changed": 1, "member_count": 309}),
             OpenApiExample(
