@@ -102,6 +102,14 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
 
 def custom_fields_validate(*, values: dict[str, Any]) -> dict[str, Any]:
     """Check values against the active custom field definitions; return the cleaned values."""
+    for key in values:
+        if contains_nul(key):
+            # Before the definitions' look-up by key: PostgreSQL refuses NUL in text.
+            raise ValidationFailed(
+                _("Unknown field '%(field)s'.") % {"field": key.replace("\x00", "\\0")},
+                code="unknown_field",
+                details={"field": key.replace("\x00", "\\0")},
+            )
     definitions = {d.key: d for d in CustomField.objects.filter(key__in=list(values))}
     cleaned: dict[str, Any] = {}
     for key, raw in values.items():

@@ -70,6 +70,13 @@ def _name(key: str) -> str:
 
 def _profile_value(key: str, raw: Any) -> Any:
     """Validate one profile field; return the value to set on the model attribute."""
+    if contains_nul(raw):
+        # Before any look-up by the value (stage, store, owner): PostgreSQL refuses NUL in
+        # text parameters with a server error.
+        raise _invalid(
+            key,
+            _("Field '%(field)s' must not contain the NUL character.") % {"field": _name(key)},
+        )
     if key in TEXT_FIELD_LIMITS:
         if raw is None:
             return ""
@@ -233,7 +240,11 @@ def contact_update(
                     code="identity_taken",
                     details={"field": kind, "contact_id": owner},
                 )
-    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    # NO KEY UPDATE: it excludes other writers of this contact (and merges, which lock FOR
+    # UPDATE) but not the key-share locks of foreign-key checks: events stored for this
+    # contact at the same moment need one at their commit, while this update waits on their
+    # uncommitted queue row, a deadlock (seen on PostgreSQL under concurrent PATCH + events).
+    contact = Contact.objects.select_for_update(no_key=True).get(pk=contact.pk)
     changed: list[str] = []
     for key, value in values.items():
         if getattr(contact, key) != value:

@@ -237,3 +237,33 @@ def test_the_schema_says_a_patch_needs_at_least_one_field(api, schema):
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "Send at least one field to change."
     assert schema["components"]["schemas"]["PatchedContactPatchRequest"]["minProperties"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"store": "\u0000"}, "store"),
+        ({"lifecycle_stage": "\u0000"}, "lifecycle_stage"),
+        ({"owner": "\u0000"}, "owner"),
+        ({"a\u0000": 1}, "a\\0"),
+    ],
+)
+def test_a_nul_character_in_a_looked_up_value_or_key_is_refused_not_a_server_error(
+    api, body, field
+):
+    # PostgreSQL refuses NUL in text parameters: the check comes before any look-up by it.
+    contact = ContactFactory(name="林小雨")
+
+    patched = _raw(api, "patch", f"/api/v1/contacts/{contact.pk}", body)
+    identified = _raw(
+        api,
+        "post",
+        "/api/v1/identify",
+        {"identities": [{"kind": "external_id", "value": "NUL-1"}], "traits": body},
+    )
+
+    for response in (patched, identified):
+        assert response.status_code == 400, response.content
+        assert response.json()["error"]["details"]["field"] == field
+    contact.refresh_from_db()
+    assert contact.name == "林小雨" and contact.store_id is None
