@@ -83,5 +83,11 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """The 404 page in the operator layout, with a way back."""
+    """The 404 page in the operator layout, with a way back; for the API, its JSON error (an
+    unknown path or an id that is not a number never reaches the API's own handler)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(
+            {"error": {"code": "not_found", "message": "Not found.", "details": None}},
+            status=404,
+        )
     return render(request, "404.html", {"back_url": _back_url(request)}, status=404)

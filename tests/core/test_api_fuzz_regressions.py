@@ -139,3 +139,14 @@ def test_json_problem_reports_the_first_problem_in_document_order():
     assert problem.path == ["a", 1]
     assert json_problem({"a": ["ok", "🎉"]}) is None
     assert json_problem({"a": "\ud800"}, unicode=False) is None
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/contacts/abc", "/api/v1/contacts/-1", "/api/v1/contacts/1.0", "/api/v1/nope"]
+)
+def test_an_api_path_that_matches_nothing_answers_the_api_error_format(client, path):
+    response = client.get(path, HTTP_AUTHORIZATION="Api-Key whatever")
+
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "not_found"
