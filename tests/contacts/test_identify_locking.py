@@ -211,13 +211,11 @@ def _try_set(cursor, statement: str) -> None:
         pass
 
 
-def test_a_call_postgresql_aborts_as_a_deadlock_victim_is_retried(monkeypatch):
-    # Another transaction locks y, waits until identify holds x and waits for y, then asks for
-    # x: a real deadlock, outside identify's control. PostgreSQL aborts identify (its wait is
-    # the older one; the other transaction's detection is put off), which then tries again.
-    (x, x_phone, _), (y, y_phone, _) = people = _people(0, 2)
-    attempts = _hold_after_first_lookup(monkeypatch, 1)
-    holding = threading.Event()
+def _deadlocking_pair(x, x_phone, y, y_phone, holding: threading.Event):
+    """Another transaction that locks y, waits until identify holds x and waits for y, then
+    asks for x; and the identify call naming both: a real deadlock outside identify's
+    control, in which PostgreSQL aborts identify (its wait is the older one; the other
+    transaction's detection is put off where the role may)."""
 
     def other_transaction() -> None:
         with transaction.atomic(), connection.cursor() as cursor:
@@ -245,6 +243,19 @@ def test_a_call_postgresql_aborts_as_a_deadlock_victim_is_retried(monkeypatch):
         assert holding.wait(timeout=10)
         return identify(identities=[y_phone, x_phone])
 
+    return other_transaction, call
+
+
+def test_a_call_postgresql_aborts_as_a_deadlock_victim_is_retried(monkeypatch):
+    # Another transaction locks y, waits until identify holds x and waits for y, then asks for
+    # x: a real deadlock, outside identify's control. PostgreSQL aborts identify (its wait is
+    # the older one; the other transaction's detection is put off), which then tries again.
+    (x, x_phone, _), (y, y_phone, _) = people = _people(0, 2)
+    attempts = _hold_after_first_lookup(monkeypatch, 1)
+    holding = threading.Event()
+
+    other_transaction, call = _deadlocking_pair(x, x_phone, y, y_phone, holding)
+
     before = _deadlocks()
 
     results, errors = _in_threads([other_transaction, call])
@@ -265,28 +276,7 @@ def test_a_call_aborted_as_a_deadlock_victim_on_every_attempt_says_so(monkeypatc
     holding = threading.Event()
     identities_before = Identity.objects.count()
 
-    def other_transaction() -> None:
-        with transaction.atomic(), connection.cursor() as cursor:
-            _try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
-            list(Contact.objects.select_for_update().filter(pk=y.pk))
-            holding.set()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                cursor.execute("SELECT pg_stat_clear_snapshot()")
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-                )
-                if cursor.fetchone()[0]:
-                    break
-                time.sleep(0.05)
-            list(Contact.objects.select_for_update().filter(pk=x.pk))
-
-    def call():
-        with transaction.atomic(), connection.cursor() as cursor:
-            _try_set(cursor, "SET deadlock_timeout = '3s'")
-        assert holding.wait(timeout=10)
-        return identify(identities=[y_phone, x_phone])
+    other_transaction, call = _deadlocking_pair(x, x_phone, y, y_phone, holding)
 
     _results, errors = _in_threads([other_transaction, call])
 
