@@ -9,15 +9,21 @@ once there: these tests skip it.
 """
 
 import threading
-import time
 
 import pytest
-from django.db import ProgrammingError, connection, connections, transaction
+from django.db import connection, transaction
 
 from contacts.models import Contact, Identity, MergeRecord
 from contacts.selectors import contact_follow_merges
 from contacts.services import IdentityInput, identify
 from contacts.services import identity as services
+from tests.contacts.locking import (
+    deadlocks,
+    deadlocks_since,
+    in_threads,
+    try_set,
+    wait_until_another_backend_waits,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,28 +37,6 @@ def _postgresql_only():
             "SQLite serialises write transactions (IMMEDIATE): two identify calls never hold "
             "row locks at the same time, so they cannot deadlock"
         )
-
-
-def _in_threads(targets: list) -> tuple[list, list]:
-    """Run each target in its own thread (its own connection); return (results, errors)."""
-    results: list = [None] * len(targets)
-    errors: list = []
-
-    def run(n: int) -> None:
-        try:
-            results[n] = targets[n]()
-        except Exception as exc:  # reported by the test, not swallowed
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(targets))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    return results, errors
 
 
 def _hold_after_first_lookup(monkeypatch, count: int) -> list[int]:
@@ -80,24 +64,6 @@ def _hold_after_first_lookup(monkeypatch, count: int) -> list[int]:
     monkeypatch.setattr(services, "_find_identities", find_then_wait)
     monkeypatch.setattr(services, "_identify_once", count_attempts)
     return attempts
-
-
-def _deadlocks() -> int:
-    """Deadlocks PostgreSQL has broken in this database so far."""
-    with connection.cursor() as cursor:
-        # Statistics are a snapshot kept for the transaction unless cleared.
-        cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-        return cursor.fetchone()[0]
-
-
-def _deadlocks_since(before: int, *, wait_for: int = 1) -> int:
-    """The deadlocks counted since `before`, once `wait_for` are or a second has passed: a
-    backend reports them when its connection closes, a moment after its thread is done."""
-    deadline = time.monotonic() + 1
-    while (count := _deadlocks() - before) < wait_for and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return count
 
 
 def _identify(*identities: IdentityInput, **traits):
@@ -130,13 +96,13 @@ def _assert_one_survivor(people, results) -> Contact:
 
 
 def test_two_calls_naming_two_contacts_in_opposite_orders_both_succeed(monkeypatch):
-    before = _deadlocks()
+    before = deadlocks()
     for round_ in range(ROUNDS):
         monkeypatch.undo()
         (x, x_phone, _), (y, y_phone, _) = people = _people(round_, 2)
         _hold_after_first_lookup(monkeypatch, 2)
 
-        results, errors = _in_threads(
+        results, errors = in_threads(
             [
                 _identify(x_phone, y_phone, city="杭州"),
                 _identify(y_phone, x_phone, city="杭州"),
@@ -149,14 +115,14 @@ def test_two_calls_naming_two_contacts_in_opposite_orders_both_succeed(monkeypat
         assert survivor.city == "杭州"
         assert sorted(r.merged for r in results) == [[], [y.pk]]
     # Not even one identify got over by trying again: the calls queued on their locks.
-    assert _deadlocks_since(before) == 0
+    assert deadlocks_since(before) == 0
 
 
 def test_calls_choosing_different_survivors_among_three_contacts_both_succeed(monkeypatch):
     # The first call's only strong identity is the newest contact's, the second's the middle
     # one's: each keeps another contact and merges the rest into it. Merging pair by pair, the
     # first locked {x, z} then y while the second locked y then z: a deadlock.
-    before = _deadlocks()
+    before = deadlocks()
     for round_ in range(ROUNDS):
         monkeypatch.undo()
         (_, _, x_device), (y, y_phone, y_device), (z, z_phone, z_device) = people = _people(
@@ -164,7 +130,7 @@ def test_calls_choosing_different_survivors_among_three_contacts_both_succeed(mo
         )
         _hold_after_first_lookup(monkeypatch, 2)
 
-        results, errors = _in_threads(
+        results, errors = in_threads(
             [
                 _identify(x_device, y_device, z_phone),
                 _identify(y_phone, z_device),
@@ -174,11 +140,11 @@ def test_calls_choosing_different_survivors_among_three_contacts_both_succeed(mo
         assert errors == []
         survivor = _assert_one_survivor(people, results)
         assert survivor.pk in (y.pk, z.pk)
-    assert _deadlocks_since(before) == 0
+    assert deadlocks_since(before) == 0
 
 
 def test_three_calls_each_linking_a_different_pair_converge_on_one_contact(monkeypatch):
-    before = _deadlocks()
+    before = deadlocks()
     for round_ in range(ROUNDS):
         monkeypatch.undo()
         (_, x_phone, x_device), (_, y_phone, y_device), (_, z_phone, z_device) = people = _people(
@@ -186,7 +152,7 @@ def test_three_calls_each_linking_a_different_pair_converge_on_one_contact(monke
         )
         _hold_after_first_lookup(monkeypatch, 3)
 
-        results, errors = _in_threads(
+        results, errors = in_threads(
             [
                 _identify(x_phone, y_device, z_device),
                 _identify(z_phone, y_phone),
@@ -196,19 +162,7 @@ def test_three_calls_each_linking_a_different_pair_converge_on_one_contact(monke
 
         assert errors == []
         _assert_one_survivor(people, results)
-    assert _deadlocks_since(before) == 0
-
-
-def _try_set(cursor, statement: str) -> None:
-    """Widen the deadlock timings where allowed. deadlock_timeout is a superuser setting: a CI
-    role without that right keeps the default (1 s), which gives the same order (identify
-    waits first, so its check comes first and it is the victim), with less room on a busy
-    machine."""
-    try:
-        with transaction.atomic():
-            cursor.execute(statement)
-    except ProgrammingError:
-        pass
+    assert deadlocks_since(before) == 0
 
 
 def _deadlocking_pair(x, x_phone, y, y_phone, holding: threading.Event):
@@ -219,27 +173,17 @@ def _deadlocking_pair(x, x_phone, y, y_phone, holding: threading.Event):
 
     def other_transaction() -> None:
         with transaction.atomic(), connection.cursor() as cursor:
-            _try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
+            try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
             list(Contact.objects.select_for_update().filter(pk=y.pk))
             holding.set()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                # The activity view is a snapshot kept for the transaction unless cleared.
-                cursor.execute("SELECT pg_stat_clear_snapshot()")
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-                )
-                if cursor.fetchone()[0]:
-                    break
-                time.sleep(0.05)
+            wait_until_another_backend_waits(cursor)
             list(Contact.objects.select_for_update().filter(pk=x.pk))
 
     def call():
         # PostgreSQL looks for a deadlock once, deadlock_timeout after a wait starts: leave
         # the other transaction time to close the cycle even on a busy machine.
         with transaction.atomic(), connection.cursor() as cursor:
-            _try_set(cursor, "SET deadlock_timeout = '3s'")
+            try_set(cursor, "SET deadlock_timeout = '3s'")
         assert holding.wait(timeout=10)
         return identify(identities=[y_phone, x_phone])
 
@@ -256,12 +200,12 @@ def test_a_call_postgresql_aborts_as_a_deadlock_victim_is_retried(monkeypatch):
 
     other_transaction, call = _deadlocking_pair(x, x_phone, y, y_phone, holding)
 
-    before = _deadlocks()
+    before = deadlocks()
 
-    results, errors = _in_threads([other_transaction, call])
+    results, errors = in_threads([other_transaction, call])
 
     assert errors == []
-    assert _deadlocks_since(before) == 1  # a real one, which identify got over
+    assert deadlocks_since(before) == 1  # a real one, which identify got over
     _assert_one_survivor(people, [results[1]])
     assert len(attempts) == 2  # the aborted attempt and the one that went through
 
@@ -278,7 +222,7 @@ def test_a_call_aborted_as_a_deadlock_victim_on_every_attempt_says_so(monkeypatc
 
     other_transaction, call = _deadlocking_pair(x, x_phone, y, y_phone, holding)
 
-    _results, errors = _in_threads([other_transaction, call])
+    _results, errors = in_threads([other_transaction, call])
 
     assert [type(e) for e in errors] == [services.ContactsContended]
     assert errors[0].code == "contacts_contended"

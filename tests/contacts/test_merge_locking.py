@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -25,7 +25,7 @@ from contacts.services import merge as merge_services
 from core.models import AuditLog
 from segments.models import Segment, SegmentKind
 from segments.services import segment_create, segment_static_add
-from tests.contacts.test_identify_locking import _deadlocks, _deadlocks_since, _try_set
+from tests.contacts.locking import deadlocks, deadlocks_since, in_threads, try_set
 from tests.factories import ContactFactory
 
 pytestmark = [
@@ -100,7 +100,7 @@ class Refresh:
 
     def __call__(self) -> None:
         with transaction.atomic(), connection.cursor() as cursor:
-            _try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
+            try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
             Segment.objects.select_for_update(no_key=True).filter(pk=self.segment.pk).first()
             self.holding.set()
             self.merge.wait_until_waiting()
@@ -121,7 +121,7 @@ def _merging(call: Callable, merge: Backend, refresh: Refresh) -> Callable:
         with transaction.atomic(), connection.cursor() as cursor:
             # PostgreSQL looks for a deadlock once, deadlock_timeout after a wait starts: leave
             # the refresh time to close the cycle even on a busy machine.
-            _try_set(cursor, "SET deadlock_timeout = '2s'")
+            try_set(cursor, "SET deadlock_timeout = '2s'")
         merge.record()
         assert refresh.holding.wait(timeout=TIMEOUT)
         return call()
@@ -129,39 +129,17 @@ def _merging(call: Callable, merge: Backend, refresh: Refresh) -> Callable:
     return run
 
 
-def _in_threads(targets: list) -> tuple[list, list]:
-    """Run each target in its own thread (its own connection); return (results, errors)."""
-    results: list = [None] * len(targets)
-    errors: list = []
-
-    def run(n: int) -> None:
-        try:
-            results[n] = targets[n]()
-        except Exception as exc:  # reported by the test, not swallowed
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(targets))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    return results, errors
-
-
 def test_a_merge_aborted_as_a_deadlock_victim_is_run_again(pair):
     survivor, duplicate, segment = pair
     merge = Backend()
     refresh = Refresh(segment, duplicate, merge=merge)
     call = _merging(lambda: contact_merge(survivor=survivor, duplicate=duplicate), merge, refresh)
-    before = _deadlocks()
+    before = deadlocks()
 
-    results, errors = _in_threads([refresh, call])
+    results, errors = in_threads([refresh, call])
 
     assert errors == []
-    assert _deadlocks_since(before) == 1  # a real one, which the merge got over
+    assert deadlocks_since(before) == 1  # a real one, which the merge got over
     record = results[1]
     assert (record.survivor_id, record.duplicate_id) == (survivor.pk, duplicate.pk)
     assert Contact.objects.get(pk=duplicate.pk).merged_into_id == survivor.pk
@@ -183,12 +161,12 @@ def test_an_undo_aborted_as_a_deadlock_victim_is_run_again(pair):
     merge = Backend()
     refresh = Refresh(segment, survivor, merge=merge)
     call = _merging(lambda: contact_merge_undo(record=record), merge, refresh)
-    before = _deadlocks()
+    before = deadlocks()
 
-    results, errors = _in_threads([refresh, call])
+    results, errors = in_threads([refresh, call])
 
     assert errors == []
-    assert _deadlocks_since(before) == 1
+    assert deadlocks_since(before) == 1
     assert results[1].pk == duplicate.pk
     assert Contact.objects.get(pk=duplicate.pk).merged_into_id is None
     record.refresh_from_db()
@@ -229,12 +207,12 @@ def test_a_merge_that_keeps_losing_shows_the_operator_an_error_and_changes_nothi
         duplicate,
         lambda: operator_client.post(url, HTTP_ACCEPT_LANGUAGE="en"),
     )
-    before = _deadlocks()
+    before = deadlocks()
 
-    results, errors = _in_threads(targets)
+    results, errors = in_threads(targets)
 
     assert errors == []
-    assert _deadlocks_since(before, wait_for=2) == 2
+    assert deadlocks_since(before, wait_for=2) == 2
     response = results[2]
     # The preview again, with the reason as an error toast: not a server error.
     assert response.status_code == 200
@@ -252,13 +230,13 @@ def test_an_undo_that_keeps_losing_raises_its_own_error_and_changes_nothing(monk
     targets = _losing_every_attempt(
         monkeypatch, segment, survivor, lambda: contact_merge_undo(record=record)
     )
-    before = _deadlocks()
+    before = deadlocks()
 
-    _results, errors = _in_threads(targets)
+    _results, errors = in_threads(targets)
 
     assert [type(e) for e in errors] == [merge_services.MergeContended]
     assert errors[0].code == "merge_contended"
-    assert _deadlocks_since(before, wait_for=2) == 2
+    assert deadlocks_since(before, wait_for=2) == 2
     record.refresh_from_db()
     assert record.undone_at is None
     assert Contact.objects.get(pk=duplicate.pk).merged_into_id == survivor.pk

@@ -10,15 +10,14 @@ check through.
 
 import datetime as dt
 import threading
-import time
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from contacts.models import Contact, Event
 from contacts.services import contact_update, events_append
-from tests.contacts.test_identify_locking import _try_set
+from tests.contacts.locking import in_threads, try_set, wait_until_another_backend_waits
 from tests.factories import ContactFactory
 
 pytestmark = [
@@ -32,64 +31,34 @@ pytestmark = [
 TIMEOUT = 20
 
 
-def _wait_until_another_backend_waits_for_a_lock(cursor) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        # The activity view is a snapshot kept for the transaction unless cleared.
-        cursor.execute("SELECT pg_stat_clear_snapshot()")
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-        )
-        if cursor.fetchone()[0]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the update never waited for the batch")
-
-
 def test_a_profile_update_and_an_events_batch_for_one_contact_both_go_through():
     contact = ContactFactory(name="林小雨", city="杭州")
     # The batch's event is older than the contact's last activity: it does not touch the
     # contact's row, so the update can take its lock while the batch is still open.
     Contact.objects.filter(pk=contact.pk).update(last_active_at=timezone.now())
     queued = threading.Event()
-    errors: list[Exception] = []
 
     def batch() -> None:
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                _try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
-                events_append(
-                    contact_ids=[contact.pk],
-                    name="view_product",
-                    properties={"sku": "A-1"},
-                    occurred_at=timezone.now() - dt.timedelta(days=1),
-                )
-                queued.set()
-                _wait_until_another_backend_waits_for_a_lock(cursor)
-        except Exception as exc:  # reported by the test
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic(), connection.cursor() as cursor:
+            try_set(cursor, "SET LOCAL deadlock_timeout = '30s'")
+            events_append(
+                contact_ids=[contact.pk],
+                name="view_product",
+                properties={"sku": "A-1"},
+                occurred_at=timezone.now() - dt.timedelta(days=1),
+            )
+            queued.set()
+            # Committed (and its foreign key checked) once the update waits for its queue row.
+            assert wait_until_another_backend_waits(cursor, timeout=TIMEOUT)
 
     def update() -> None:
-        try:
-            with connection.cursor() as cursor:
-                _try_set(cursor, "SET deadlock_timeout = '2s'")
-            assert queued.wait(timeout=TIMEOUT)
-            contact_update(contact=Contact.objects.get(pk=contact.pk), data={"city": "上海"})
-        except Exception as exc:  # reported by the test
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with connection.cursor() as cursor:
+            try_set(cursor, "SET deadlock_timeout = '2s'")
+        assert queued.wait(timeout=TIMEOUT)
+        contact_update(contact=Contact.objects.get(pk=contact.pk), data={"city": "上海"})
 
-    threads = [threading.Thread(target=batch), threading.Thread(target=update)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _results, errors = in_threads([batch, update])
 
-    assert not any(t.is_alive() for t in threads)
     assert errors == []
     contact.refresh_from_db()
     assert contact.city == "上海"
