@@ -121,7 +121,6 @@ class IdentifyOutSerializer(serializers.Serializer):
 
 
 class IdentifyApi(BaseApiView):
-    parser_classes = [ApiJSONParser]
 
     @extend_schema(
         operation_id="identify",
@@ -532,7 +531,6 @@ class ContactPatchSchema(OpenApiSerializerExtension):
 
 
 class ContactDetailApi(BaseApiView):
-    parser_classes = [ApiJSONParser]
 
     @extend_schema(
         operation_id="contact_get",
@@ -658,7 +656,6 @@ def _tag_names(contact: Contact) -> list[str]:
 
 
 class ContactTagsApi(BaseApiView):
-    parser_classes = [ApiJSONParser]
 
     @extend_schema(
         operation_id="contact_tags_add",
@@ -824,7 +821,6 @@ CONSENT_EXAMPLE = {
 
 
 class ContactConsentsApi(BaseApiView):
-    parser_classes = [ApiJSONParser]
 
     @extend_schema(
         operation_id="contact_consent_record",

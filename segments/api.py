@@ -6,7 +6,7 @@ from rest_framework.response import Response
 
 from contacts.models import Contact
 from contacts.selectors import contact_follow_merges
-from core.api import ApiJSONParser, ErrorSerializer
+from core.api import ErrorSerializer
 from core.apiviews import BaseApiView
 from core.ids import MAX_ID
 from core.pagination import keyset_page
@@ -211,7 +211,6 @@ MEMBERS_DESCRIPTION = (
 
 
 class SegmentMembersApi(BaseApiView):
-    parser_classes = [ApiJSONParser]
 
     @extend_schema(
         operation_id="segment_members_add",
