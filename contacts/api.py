@@ -121,7 +121,6 @@ class IdentifyOutSerializer(serializers.Serializer):
 
 
 class IdentifyApi(BaseApiView):
-
     @extend_schema(
         operation_id="identify",
         summary="Create or update a contact from identities and traits",
@@ -531,7 +530,6 @@ class ContactPatchSchema(OpenApiSerializerExtension):
 
 
 class ContactDetailApi(BaseApiView):
-
     @extend_schema(
         operation_id="contact_get",
         summary="One contact with identities and tags",
@@ -656,7 +654,6 @@ def _tag_names(contact: Contact) -> list[str]:
 
 
 class ContactTagsApi(BaseApiView):
-
     @extend_schema(
         operation_id="contact_tags_add",
         summary="Tag a contact",
@@ -821,7 +818,6 @@ CONSENT_EXAMPLE = {
 
 
 class ContactConsentsApi(BaseApiView):
-
     @extend_schema(
         operation_id="contact_consent_record",
         summary="Record a consent given or withdrawn",

@@ -211,7 +211,6 @@ MEMBERS_DESCRIPTION = (
 
 
 class SegmentMembersApi(BaseApiView):
-
     @extend_schema(
         operation_id="segment_members_add",
         summary="Add contacts to a static list",
