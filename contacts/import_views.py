@@ -1,5 +1,6 @@
 """Operator screens for importing and exporting contacts and following their background jobs."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from django import forms
@@ -11,7 +12,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_http_methods
 
 from contacts import exporters, importers
@@ -85,6 +86,55 @@ class ImportMappingForm(forms.Form):
         )
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job reads in a list or on its page: its badge, and for a finished import the rows
+    it rejected.
+
+    JobStatus is shared by every kind of job, and an import that rejected rows still
+    succeeded as a job; an operator reading "Succeeded" believed every row was in. The
+    contacts screens therefore say how the import ended.
+    """
+
+    # "awaiting" (an upload whose columns were never confirmed), a JobStatus value, or for a
+    # succeeded import "partial" (some rows rejected) / "rejected" (every row rejected).
+    state: str
+    label: str
+    badge: str  # the badge's CSS class
+    rows: int = 0
+    rejected: int = 0
+
+
+def job_outcome(job: Job) -> JobOutcome:
+    """The outcome shown for `job` on the contact import and export screens."""
+    if _awaiting_mapping(job):
+        return JobOutcome("awaiting", _("Awaiting column mapping"), "badge-status-paused")
+    if job.status == JobStatus.FAILED:
+        return JobOutcome(job.status, job.get_status_display(), "badge-delivery-failed")
+    if job.status != JobStatus.SUCCEEDED:
+        return JobOutcome(job.status, job.get_status_display(), f"badge-status-{job.status}")
+    result = job.result or {}
+    rejected = int(result.get("rejected") or 0)
+    if job.kind != importers.JOB_KIND or not rejected:
+        return JobOutcome(job.status, job.get_status_display(), "badge-ok")
+    # Jobs finished before "rows" was counted: every row was created, updated, unchanged or
+    # rejected.
+    rows = int(
+        result.get("rows")
+        or sum(int(result.get(k) or 0) for k in ("created", "updated", "unchanged", "rejected"))
+    )
+    if rejected >= rows:
+        return JobOutcome(
+            "rejected", _("All rows rejected"), "badge-delivery-failed", rows, rejected
+        )
+    label = ngettext(
+        "Finished with %(count)s rejected row",
+        "Finished with %(count)s rejected rows",
+        rejected,
+    ) % {"count": f"{rejected:,}"}
+    return JobOutcome("partial", label, "badge-status-paused", rows, rejected)
+
+
 def _job_for(request: HttpRequest, pk: int) -> Job:
     return get_object_or_404(jobs.jobs_visible_to(user=request.user), pk=pk)
 
@@ -109,9 +159,8 @@ def _upload(*, file, user) -> Job:
         has_rows = _has_data_rows(job)
     except Exception as exc:  # pandas/openpyxl raise many kinds on garbage input
         cleanup.job_upload_discard(job=job)
-        raise importers.ImportFileError(
-            _("The file could not be read as CSV or Excel: %(error)s") % {"error": exc}
-        ) from exc
+        source = importers.SourceFile.from_params(job.params)
+        raise importers.unreadable_file(source, exc) from exc
     if not has_rows:
         # Refused here, not at the mapping step: there is nothing to map or import, and the
         # job would otherwise wait in the list of recent imports.
@@ -158,7 +207,7 @@ def import_upload(request: HttpRequest) -> HttpResponse:
         else:
             return redirect("contacts_io:import_mapping", pk=job.pk)
     recent = [
-        (job, _awaiting_mapping(job))
+        (job, job_outcome(job))
         for job in jobs.jobs_visible_to(user=request.user).filter(
             kind__in=[importers.JOB_KIND, exporters.JOB_KIND]
         )[:10]
@@ -232,6 +281,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "poll_url": reverse("contacts_io:job", args=[job.pk]),
         "result_template": RESULT_TEMPLATES[job.kind],
         "is_import": job.kind == importers.JOB_KIND,
+        "outcome": job_outcome(job),
     }
     return render_page(request, "contacts/import_job.html", context, fragment="job-progress")
 

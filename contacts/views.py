@@ -215,6 +215,8 @@ def _notes_context(contact: Contact, form: NoteForm | None = None) -> dict:
     return {
         "contact": contact,
         "notes": selectors.contact_notes(contact=contact),
+        # Where overdue and due today end, the same as on the "My follow-ups" page.
+        "follow_up_bounds": selectors.follow_up_bounds(),
         "note_form": form or NoteForm(),
     }
 

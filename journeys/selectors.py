@@ -6,11 +6,24 @@ from contacts.models import Contact
 from journeys.models import Enrollment, EnrollmentStatus, Journey, JourneyStep
 
 
-def journey_list() -> QuerySet[Journey]:
+def journey_list(*, contacts: QuerySet[Contact] | None = None) -> QuerySet[Journey]:
+    """Journeys with their active and completed enrollment counts, counting only the
+    enrollments of `contacts` (those the user may see) when given.
+
+    Enrollments left with merged-away contacts never count: nobody sees those contacts, and the
+    survivor usually holds its own enrollment for the same journey, so they would count a
+    customer twice.
+    """
+    if contacts is None:
+        among = Q(enrollments__contact__merged_into__isnull=True)
+    else:
+        among = Q(enrollments__contact__in=contacts)
     return Journey.objects.select_related("trigger_segment").annotate(
-        active_count=Count("enrollments", filter=Q(enrollments__status=EnrollmentStatus.ACTIVE)),
+        active_count=Count(
+            "enrollments", filter=among & Q(enrollments__status=EnrollmentStatus.ACTIVE)
+        ),
         completed_count=Count(
-            "enrollments", filter=Q(enrollments__status=EnrollmentStatus.COMPLETED)
+            "enrollments", filter=among & Q(enrollments__status=EnrollmentStatus.COMPLETED)
         ),
     )
 

@@ -1,11 +1,18 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from contacts.selectors import contact_pair_visible_to, contact_visible_to
+from contacts.models import Contact
+from contacts.selectors import (
+    contact_pair_visible_to,
+    contact_visible_to,
+    contact_visible_to_all,
+)
 from core.errors import ValidationFailed
 from core.htmx import render_page
 from core.pagination import keyset_page
@@ -18,8 +25,11 @@ CONTACT_ENROLLMENTS_LIMIT = 20
 CHANGE_PERMISSION = "journeys.change_journey"
 
 
-def _get_journey(pk: int) -> Journey:
-    return get_object_or_404(selectors.journey_list(), pk=pk)
+def _counted_contacts(user: AbstractBaseUser) -> QuerySet[Contact] | None:
+    """Whose enrollments the user's counts include: the contacts they may see, as in the
+    enrollment table; None (every live contact) spares the visibility filter for those who see
+    them all, as on the dashboard."""
+    return None if contact_visible_to_all(user=user) else contact_visible_to(user=user)
 
 
 def _activation_error(exc: ValidationFailed) -> str:
@@ -32,7 +42,8 @@ def _activation_error(exc: ValidationFailed) -> str:
 
 @login_required
 def journey_list(request: HttpRequest) -> HttpResponse:
-    page = keyset_page(selectors.journey_list(), after=request.GET.get("after"), size=PAGE_SIZE)
+    journeys = selectors.journey_list(contacts=_counted_contacts(request.user))
+    page = keyset_page(journeys, after=request.GET.get("after"), size=PAGE_SIZE)
     return render_page(
         request, "journeys/journey_list.html", {"page": page}, fragment="journey-table"
     )
@@ -41,7 +52,9 @@ def journey_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def journey_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The journey's steps and the enrollments of the contacts the user may see."""
-    journey = _get_journey(pk)
+    journey = get_object_or_404(
+        selectors.journey_list(contacts=_counted_contacts(request.user)), pk=pk
+    )
     enrollments = keyset_page(
         selectors.journey_enrollments(
             journey=journey, contacts=contact_visible_to(user=request.user)
@@ -63,7 +76,7 @@ def journey_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def journey_activate(request: HttpRequest, pk: int) -> HttpResponse:
-    journey = _get_journey(pk)
+    journey = get_object_or_404(Journey, pk=pk)
     try:
         services.journey_activate(journey=journey)
     except ValidationFailed as exc:
@@ -77,7 +90,7 @@ def journey_activate(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def journey_pause(request: HttpRequest, pk: int) -> HttpResponse:
-    journey = _get_journey(pk)
+    journey = get_object_or_404(Journey, pk=pk)
     services.journey_pause(journey=journey)
     messages.success(request, _("Journey “%(name)s” is paused.") % {"name": journey.name})
     return redirect("journeys:detail", pk=journey.pk)

@@ -140,6 +140,15 @@ def _rule_form(request: HttpRequest, *, rule: LeadScoreRule | None) -> HttpRespo
     return _render_rule_form(request, form, rule, status=422 if form.errors else 200)
 
 
+def _back_to_scoring(request: HttpRequest) -> HttpResponse:
+    """Back to the scoring page; for htmx (a delete button that asked first), a full reload."""
+    if is_fragment_request(request):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("segments:scoring")
+        return response
+    return redirect("segments:scoring")
+
+
 @require_POST
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
@@ -147,13 +156,8 @@ def scoring_rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
     rule = get_object_or_404(LeadScoreRule, pk=pk)
     scoring.score_rule_delete(rule=rule)
     messages.success(request, _("Scoring rule “%(name)s” deleted.") % {"name": rule.name})
-    if is_fragment_request(request):
-        # The page's delete button asks first (hx-confirm); the whole page then reloads, as the
-        # top scores below the rules may have changed too.
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = reverse("segments:scoring")
-        return response
-    return redirect("segments:scoring")
+    # The whole page reloads, as the top scores below the rules may have changed too.
+    return _back_to_scoring(request)
 
 
 @require_POST
@@ -199,9 +203,17 @@ def scoring_threshold_set(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def scoring_threshold_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    scoring.threshold_delete(threshold=get_object_or_404(LeadStageThreshold, pk=pk))
-    messages.success(request, _("Threshold removed."))
-    return redirect("segments:scoring")
+    threshold = LeadStageThreshold.objects.select_related("stage").filter(pk=pk).first()
+    if threshold is None:
+        # A second click, or a colleague removed it first: what was asked for is done.
+        messages.info(request, _("This threshold was already removed."))
+    else:
+        scoring.threshold_delete(threshold=threshold)
+        messages.success(
+            request,
+            _("Threshold for “%(stage)s” removed.") % {"stage": threshold.stage.name},
+        )
+    return _back_to_scoring(request)
 
 
 @login_required

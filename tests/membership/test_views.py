@@ -29,9 +29,7 @@ def test_index_shows_tiers_and_members(operator_client):
 
     assert "<html" in page
     assert "银卡" in page and "金卡" in page
-    assert (
-        "银卡客户" in page and "金卡客户" in page and "1200" in page
-    )  # zh-Hans numbers have no thousands separator
+    assert "银卡客户" in page and "金卡客户" in page and "1,200" in page
 
 
 def test_member_table_filters_by_tier(operator_client):
