@@ -5,7 +5,9 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils import translation
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -17,6 +19,7 @@ from contacts.selectors import (
     contact_visible_to_all,
     contacts_new_per_day,
 )
+from core.api import api_language
 from membership.selectors import tiers_with_member_counts
 
 
@@ -86,8 +89,12 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """The 404 page in the operator layout, with a way back; for the API, its JSON error (an
     unknown path or an id that is not a number never reaches the API's own handler)."""
     if request.path.startswith("/api/"):
-        return JsonResponse(
-            {"error": {"code": "not_found", "message": "Not found.", "details": None}},
-            status=404,
+        language = api_language(request)
+        with translation.override(language):
+            message = gettext("Not found.")
+        response = JsonResponse(
+            {"error": {"code": "not_found", "message": message, "details": None}}, status=404
         )
+        response["Content-Language"] = language
+        return response
     return render(request, "404.html", {"back_url": _back_url(request)}, status=404)

@@ -1,5 +1,6 @@
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -52,7 +53,7 @@ class OffsetDateTimeField(serializers.DateTimeField):
     """
 
     default_error_messages = {
-        "no_offset": (
+        "no_offset": gettext_lazy(
             "Give the time with its UTC offset, like 2026-11-26T10:15:00+08:00 "
             "(or Z for UTC); a time without one is ambiguous."
         ),
@@ -510,11 +511,11 @@ class ContactPatchSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError(
-                {"non_field_errors": ["Send an object of field names and values."]}
+                {"non_field_errors": [gettext("Send an object of field names and values.")]}
             )
         if not data:
             raise serializers.ValidationError(
-                {"non_field_errors": ["Send at least one field to change."]}
+                {"non_field_errors": [gettext("Send at least one field to change.")]}
             )
         return dict(data)
 
@@ -615,7 +616,7 @@ class ContactLookupApi(BaseApiView):
             kind=identity.kind, value=identity.value, app_id=identity.app_id
         )
         if contact is None:
-            raise NotFound("No contact has this identity.")
+            raise NotFound(gettext("No contact has this identity."))
         return Response(_contact_out(contact))
 
 
@@ -792,7 +793,7 @@ class ConsentInSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         # "granted": "yes" or 1 is a client bug in a legal record: accept only true or false.
         if isinstance(data, dict) and "granted" in data and not isinstance(data["granted"], bool):
-            raise serializers.ValidationError({"granted": ["Must be true or false."]})
+            raise serializers.ValidationError({"granted": [gettext("Must be true or false.")]})
         return super().to_internal_value(data)
 
 

@@ -1,14 +1,25 @@
-"""API plumbing shared by every app: API-key auth, per-key throttling, one error shape."""
+"""API plumbing shared by every app: API-key auth, per-key throttling, one error shape, and
+the language of answers (api_language; docs/api.md, "Language").
+
+Every text of an answer (error messages, event reasons) is written in that language and the
+answer says which in `Content-Language`, so each message here goes through gettext, including
+the ones Django and DRF word outside it.
+"""
 
 import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404
+from django.utils import translation
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.utils.translation.trans_real import parse_accept_lang_header
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -23,6 +34,24 @@ from core.services import api_key_authenticate
 
 KEYWORD = "Api-Key"
 
+# The operator UI defaults to Chinese (LANGUAGE_CODE); API clients are programs whose logs are
+# read by integrators of any background, so they get English unless they ask for a language.
+API_DEFAULT_LANGUAGE = "en"
+
+
+def api_language(request) -> str:
+    """The language of an API answer: the first one in the request's Accept-Language that the
+    site has (`zh-CN` gives zh-hans, `en-US` en), else English. The language cookie of the
+    operator UI does not count: the same call answers alike from a server and from a browser."""
+    for code, quality in parse_accept_lang_header(request.META.get("HTTP_ACCEPT_LANGUAGE", "")):
+        if quality <= 0 or code == "*":
+            continue
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return API_DEFAULT_LANGUAGE
+
 
 class ApiKeyAuthentication(BaseAuthentication):
     """`Authorization: Api-Key <key>`; request.auth becomes the ApiKey row."""
@@ -33,17 +62,17 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         if len(header) != 2:
             raise exceptions.AuthenticationFailed(
-                "Malformed Authorization header: use 'Api-Key <key>'."
+                _("Malformed Authorization header: use 'Api-Key <key>'.")
             )
         try:
             raw = header[1].decode()
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed(
-                "The API key contains invalid characters."
+                _("The API key contains invalid characters.")
             ) from exc
         key = api_key_authenticate(raw=raw)
         if key is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
+            raise exceptions.AuthenticationFailed(_("Unknown or revoked API key."))
         return (None, key)
 
     def authenticate_header(self, request) -> str:
@@ -59,7 +88,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
 
 class HasApiKey(BasePermission):
-    message = "Authentication with an API key is required."
+    message = gettext_lazy("Authentication with an API key is required.")
 
     def has_permission(self, request, view) -> bool:
         return isinstance(request.auth, ApiKey)
@@ -208,8 +237,25 @@ class ApiJSONParser(JSONParser):
     check_unicode = True
 
     def parse(self, stream, media_type=None, parser_context=None):
+        # DRF words a bad charset and bad JSON outside gettext: the charset is checked here
+        # first, and a decoding failure is worded again; the decoder's reason stays as Python
+        # gives it (English), like a field name quoted in a message.
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            "".encode(encoding)
+        except (LookupError, UnicodeError) as exc:
+            raise exceptions.ParseError(
+                _('Unsupported charset "%(charset)s" in request Content-Type header.')
+                % {"charset": encoding}
+            ) from exc
         try:
             data = super().parse(stream, media_type, parser_context)
+        except exceptions.ParseError as exc:
+            if not isinstance(exc.__context__, ValueError):
+                raise
+            raise exceptions.ParseError(
+                _("JSON parse error - %(reason)s") % {"reason": exc.__context__}
+            ) from exc.__context__
         except RecursionError as exc:
             raise exceptions.ParseError(
                 _("The JSON nests deeper than %(max)s levels.") % {"max": MAX_JSON_DEPTH},
@@ -236,10 +282,26 @@ def _first_message(detail: Any) -> str:
     return str(detail)
 
 
+# Django's get_object_or_404 names the model's class in English, outside gettext.
+_NO_MATCH = re.compile(r"No (?P<model>\w+) matches the given query\.")
+
+
+def not_found_message(exc: Exception) -> str:
+    """The text of a 404 in the active language."""
+    message = str(exc)
+    if match := _NO_MATCH.fullmatch(message):
+        for model in apps.get_models():
+            if model._meta.object_name == match["model"]:
+                return _("No %(model)s matches the given query.") % {
+                    "model": capfirst(model._meta.verbose_name)
+                }
+    return message or _("Not found.")
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """Render every API error as {"error": {"code", "message", "details"}}."""
     if isinstance(exc, Http404 | NotFound):
-        return error_response("not_found", str(exc) or "Not found.", status_code=404)
+        return error_response("not_found", not_found_message(exc), status_code=404)
     if isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
     if isinstance(exc, DomainError):
@@ -270,7 +332,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
     if isinstance(exc, exceptions.NotAuthenticated):
         exc.detail = exceptions.ErrorDetail(
-            "An API key is required: send 'Authorization: Api-Key <key>'.",
+            _("An API key is required: send 'Authorization: Api-Key <key>'."),
             code="not_authenticated",
         )
     if isinstance(exc, exceptions.APIException):

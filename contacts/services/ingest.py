@@ -49,22 +49,22 @@ MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 def _validate_event(item: EventInput) -> str | None:
     if not item.event_id or len(item.event_id) > 64:
-        return "event_id is required and at most 64 characters."
+        return _("event_id is required and at most 64 characters.")
     if not item.name or len(item.name) > 64:
-        return "name is required and at most 64 characters."
+        return _("name is required and at most 64 characters.")
     # A naive time would be read in the server's zone, whatever zone the sender meant.
     if timezone.is_naive(item.occurred_at):
-        return "occurred_at needs a UTC offset (like +08:00, or Z for UTC)."
+        return _("occurred_at needs a UTC offset (like +08:00, or Z for UTC).")
     if item.occurred_at > timezone.now() + MAX_CLOCK_SKEW:
-        return "occurred_at is in the future."
+        return _("occurred_at is in the future.")
     if contains_nul(item.properties):
-        return "properties must not contain the NUL character (\\u0000)."
+        return _("properties must not contain the NUL character (\\u0000).")
     if item.contact_id is not None and not 1 <= item.contact_id <= MAX_ID:
-        return f"contact_id must be between 1 and {MAX_ID}."
+        return _("contact_id must be between 1 and %(max)s.") % {"max": MAX_ID}
     # Points and revenue count once per event_id; a purchase without its order's own id could
     # not even be traced when resent under a new event_id, so it is refused, not guessed.
     if item.name == "purchase" and not _is_order_id(item.properties.get("order_id")):
-        return "A purchase needs properties.order_id: the order's id (text or a number)."
+        return _("A purchase needs properties.order_id: the order's id (text or a number).")
     return None
 
 
@@ -89,7 +89,9 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
         if error:
             outcomes[index] = EventOutcome(index, "rejected", item.event_id, error)
         elif item.event_id in seen:
-            outcomes[index] = EventOutcome(index, "duplicate", item.event_id, "repeated in batch")
+            outcomes[index] = EventOutcome(
+                index, "duplicate", item.event_id, _("repeated in batch")
+            )
         else:
             seen.add(item.event_id)
             candidates.append((index, item))

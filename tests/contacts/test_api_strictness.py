@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 import yaml
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from contacts.models import ContactTag, Event
 from contacts.services import contact_tag_add
@@ -66,16 +66,18 @@ def test_the_service_refuses_a_naive_time_from_any_caller():
     from contacts.services import EventInput, events_record
 
     contact = ContactFactory()
-    (outcome,) = events_record(
-        items=[
-            EventInput(
-                event_id="naive",
-                name="page_view",
-                occurred_at=dt.datetime(2026, 11, 26, 10, 15),
-                contact_id=contact.pk,
-            )
-        ]
-    )
+    # Reasons are written in the active language; outside a request that is LANGUAGE_CODE.
+    with translation.override("en"):
+        (outcome,) = events_record(
+            items=[
+                EventInput(
+                    event_id="naive",
+                    name="page_view",
+                    occurred_at=dt.datetime(2026, 11, 26, 10, 15),
+                    contact_id=contact.pk,
+                )
+            ]
+        )
     assert (outcome.status, outcome.reason) == (
         "rejected",
         "occurred_at needs a UTC offset (like +08:00, or Z for UTC).",
