@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from django_filters.fields import ModelMultipleChoiceField
 
 from contacts.forms import date_input, store_staff_scope
+from contacts.labels import source_from_label
 from contacts.models import Contact, ContactTag, Stage
 from contacts.pii import can_view_personal_data
 from contacts.selectors import contact_search, staff_users, stores_active, tags_grouped
@@ -62,7 +63,12 @@ class ContactFilter(django_filters.FilterSet):
         widget=forms.CheckboxSelectMultiple,
         help_text=_("Contacts with any of these tags."),
     )
-    source = django_filters.CharFilter(label=_("Source"), field_name="source")
+    source = django_filters.CharFilter(
+        label=_("Source"),
+        method="filter_source",
+        # The list shows a source by its label (导入, API …): typing what is shown must find it.
+        widget=forms.TextInput(attrs={"list": "contact-sources"}),
+    )
     lifecycle_stage = django_filters.ModelChoiceFilter(
         label=_("Lifecycle stage"),
         queryset=Stage.objects.filter(is_active=True),
@@ -118,6 +124,12 @@ class ContactFilter(django_filters.FilterSet):
     def filter_search(self, queryset: QuerySet[Contact], name: str, value: str):
         personal = self.user is None or can_view_personal_data(self.user)
         return contact_search(qs=queryset, query=value, personal=personal)
+
+    def filter_source(self, queryset: QuerySet[Contact], name: str, value: str):
+        value = value.strip()
+        if not value:
+            return queryset
+        return queryset.filter(source__in={value, source_from_label(value)})
 
     def filter_tags(self, queryset: QuerySet[Contact], name: str, value):
         if not value:

@@ -386,6 +386,23 @@ def staff_users() -> QuerySet:
     return get_user_model().objects.filter(is_active=True).order_by("username")
 
 
+def contact_sources(*, limit: int = 50) -> list[str]:
+    """The distinct sources contacts hold, in order, at most `limit`: suggestions for the list's
+    source filter. A loose index scan (one probe of the source index per distinct value), as a
+    plain DISTINCT would read the whole index: a million contacts hold a handful of sources."""
+    table = Contact._meta.db_table
+    sql = (
+        f"WITH RECURSIVE s(source) AS ("
+        f"SELECT min(source) FROM {table} WHERE source > '' "
+        f"UNION ALL SELECT (SELECT min(c.source) FROM {table} c WHERE c.source > s.source) "
+        f"FROM s WHERE s.source IS NOT NULL) "
+        f"SELECT source FROM s WHERE source IS NOT NULL LIMIT %s"
+    )
+    with connections[Contact.objects.db].cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [row[0] for row in cursor.fetchall()]
+
+
 def contact_notes(*, contact: Contact, limit: int = 50) -> list[Note]:
     """Open follow-ups first (soonest due first), then the other notes newest first."""
     base = Note.objects.filter(contact=contact).select_related("author")

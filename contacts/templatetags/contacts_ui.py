@@ -46,6 +46,12 @@ def source_label_filter(value: str) -> str:
     return labels.source_label(value)
 
 
+@register.simple_tag
+def source_suggestions() -> list[str]:
+    """What the source filter suggests: the sources contacts hold, shown as in the list."""
+    return sorted({labels.source_label(code) for code in selectors.contact_sources()})
+
+
 @register.filter
 def merge_reason(reason: str) -> str:
     """The label of a merge or never-merge reason (identify → 自动：身份相同)."""

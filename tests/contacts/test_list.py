@@ -1,11 +1,13 @@
+import re
+
 import pytest
 from django.http import QueryDict
 from django.urls import reverse
 
-from contacts import roles
+from contacts import labels, roles
 from contacts.filters import ContactFilter
 from contacts.models import ContactTag, LifecycleStage, Stage
-from contacts.selectors import contact_list, contact_list_page
+from contacts.selectors import contact_list, contact_list_page, contact_sources
 from tests.factories import (
     ContactFactory,
     StoreFactory,
@@ -213,3 +215,34 @@ def test_a_next_page_fragment_runs_a_fixed_handful_of_queries(
         response = operator_client.get(reverse("contacts:list"), {"after": contacts[10].pk}, **HX)
 
     assert response.content.decode().count('class="tag"') == 10 * 3
+
+
+# --- The source filter -----------------------------------------------------------------------
+
+
+def test_the_source_filter_finds_a_source_typed_as_the_list_shows_it():
+    admin = UserFactory(is_superuser=True)
+    by_api = ContactFactory(source="api")
+    in_store = ContactFactory(source="门店")
+    ContactFactory(source="抖音")
+
+    # "api" is shown as its label; the label, the code and a stored word all find their rows.
+    label = str(labels.source_label("api"))
+    assert label != "api"
+    assert [row.pk for row in _page(admin, source=label).items] == [by_api.pk]
+    assert [row.pk for row in _page(admin, source="api").items] == [by_api.pk]
+    assert [row.pk for row in _page(admin, source=" 门店 ").items] == [in_store.pk]
+    assert _page(admin, source="微博").items == []
+
+
+def test_the_source_filter_suggests_the_sources_contacts_hold(operator_client):
+    for source in ("门店", "抖音", "门店", "api", ""):
+        ContactFactory(source=source)
+
+    assert contact_sources() == sorted(["门店", "抖音", "api"])
+    assert contact_sources(limit=2) == sorted(["门店", "抖音", "api"])[:2]
+    page = operator_client.get(reverse("contacts:list")).content.decode()
+    datalist = page.split('<datalist id="contact-sources">')[1].split("</datalist>")[0]
+    options = sorted(re.findall(r'<option value="([^"]*)">', datalist))
+    assert options == sorted(["门店", "抖音", str(labels.source_label("api"))])
+    assert 'list="contact-sources"' in page
