@@ -128,6 +128,7 @@ HEADER_ALIASES: dict[str, str] = {
     ),
 }
 TAG_SPLIT_RE = r"[,，、|]"
+TAG_NAME_LENGTH: int = Tag._meta.get_field("name").max_length
 
 # Every identity column is also stored as an Identity: its value must fit Identity.value.
 IDENTITY_VALUE_LENGTH: int = Identity._meta.get_field("value").max_length
@@ -388,7 +389,9 @@ class SourceFile:
             dtype=str,
             keep_default_na=False,
             chunksize=size,
-            skip_blank_lines=True,
+            # Blank lines stay rows (skipped by check_chunk), so that the rows after them keep
+            # their line's number in the rejected-rows file.
+            skip_blank_lines=False,
         )
         with reader:
             yield from reader
@@ -401,10 +404,22 @@ class SourceFile:
             rows = workbook.worksheets[0].iter_rows(values_only=True)
             headers = _unique_headers([_cell_text(v) for v in next(rows, ())])
             batch: list[list[str]] = []
+            # Empty rows are held back until a row with data follows: they keep the sheet's row
+            # numbers (check_chunk skips them), while the empty rows a sheet reports below its
+            # data (formatting reaching down the sheet) are never built at all.
+            held = 0
             for row in rows:
                 values = [_cell_text(v) for v in row[: len(headers)]]
                 if not any(values):
+                    held += 1
                     continue
+                while held:
+                    taken = min(held, size - len(batch))
+                    batch += [[""] * len(headers) for _blank in range(taken)]
+                    held -= taken
+                    if len(batch) >= size:
+                        yield pd.DataFrame(batch, columns=headers, dtype=str)
+                        batch = []
                 batch.append(values + [""] * (len(headers) - len(values)))
                 if len(batch) >= size:
                     yield pd.DataFrame(batch, columns=headers, dtype=str)
@@ -631,6 +646,10 @@ class ChunkState:
     seen: dict[str, np.ndarray] = field(default_factory=dict)
     offset: int = 0
     stages: dict[str, str] = field(default_factory=dict)
+    # Every tag as (group, name), and every tag group, when the import started: a
+    # "group/name" in a tags cell must name one of these tags.
+    tags: frozenset[tuple[str, str]] = frozenset()
+    tag_groups: frozenset[str] = frozenset()
 
     def seen_before(self, column: str, hashes: np.ndarray) -> np.ndarray:
         # Each array stays sorted: a binary search per value instead of np.isin, which re-sorts
@@ -652,7 +671,11 @@ class ChunkState:
         for stage in Stage.objects.filter(is_active=True):
             stages[stage.key.lower()] = stage.key
             stages[stage.name.strip().lower()] = stage.key
-        return cls(stages=stages)
+        return cls(
+            stages=stages,
+            tags=frozenset(Tag.objects.values_list("group__name", "name")),
+            tag_groups=frozenset(TagGroup.objects.values_list("name", flat=True)),
+        )
 
 
 def _safe_phone(raw: str) -> str | None:
@@ -837,6 +860,8 @@ class CheckedChunk:
     bad: pd.DataFrame  # the rows validation rejected, with `_row` and `_reason`
     # Hashes of each duplicate column's values (`duplicate_columns`), aligned with `good`.
     hashes: dict[str, np.ndarray]
+    # Rows of `frame` whose every cell is empty: neither good nor bad, and not counted.
+    blank: int = 0
 
 
 def duplicate_columns(spec: ImportSpec) -> list[str]:
@@ -878,6 +903,8 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
     """
     frame = frame.reset_index(drop=True)
     n = len(frame)
+    # Skipped, yet numbered: the rows after them keep their number in the file.
+    blank = _blank_rows(frame)
     out = pd.DataFrame(index=frame.index)
     first_row = state.offset + 2  # the header is row 1
     out["rn"] = np.arange(first_row, first_row + n)
@@ -956,25 +983,92 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
             tidy = tags[messy].str.replace(TAG_SPLIT_RE, "|", regex=True)
             tags = tags.copy()
             tags[messy] = tidy.str.replace(r"\s*\|\s*", "|", regex=True).str.strip("| ")
-        long_cell = tags.str.len() > 50
+        long_cell = tags.str.len() > TAG_NAME_LENGTH
+        # A "group/name" is looked up, never created: only a plain name must fit a tag.
         too_long_tag = long_cell & tags.where(long_cell, "").str.split("|").map(
-            lambda names: any(len(t) > 50 for t in names)
+            lambda refs: any(
+                len(r) > TAG_NAME_LENGTH and services.tag_ref_split(r) is None for r in refs
+            )
         )
         reject(too_long_tag, _("a tag is longer than 50 characters"))
+        unknown = _unknown_tags(tags, state)
+        named = unknown != ""
+        # One reason per row, not per distinct cell: a file may hold as many cells as rows.
+        errors[named] = errors[named] + unknown[named] + "; "
         out["tags"] = tags
 
     out["attributes"] = _custom_attributes(out, spec, reject)
 
-    reject(key_missing, _("the key column “%(key)s” is empty") % {"key": TARGETS[spec.key]})
-    ok = errors == ""
+    reject(
+        key_missing & ~blank,
+        _("the key column “%(key)s” is empty") % {"key": TARGETS[spec.key]},
+    )
+    ok = (errors == "") & ~blank
+    refused = (errors != "") & ~blank
     out["key"] = out[spec.key]
     good = out.loc[ok, STAGE_COLUMNS]
-    bad = frame.loc[~ok].copy()
-    bad.insert(0, "_row", out.loc[~ok, "rn"])
-    bad["_reason"] = pd.Series(errors[~ok], index=bad.index).str.rstrip("; ")
+    bad = frame.loc[refused].copy()
+    bad.insert(0, "_row", out.loc[refused, "rn"])
+    bad["_reason"] = pd.Series(errors[refused], index=bad.index).str.rstrip("; ")
     return CheckedChunk(
-        frame=frame, first_row=first_row, good=good, bad=bad, hashes=_value_hashes(good, spec)
+        frame=frame,
+        first_row=first_row,
+        good=good,
+        bad=bad,
+        hashes=_value_hashes(good, spec),
+        blank=int(blank.sum()),
     )
+
+
+def _blank_rows(frame: pd.DataFrame) -> np.ndarray:
+    """The rows whose every cell is empty or spaces (the lines Excel leaves below a table),
+    the same test as the upload's check for data rows."""
+    blank = np.ones(len(frame), dtype=bool)
+    for column in frame.columns:
+        # Nearly always the first column settles every row of a chunk.
+        rows = np.flatnonzero(blank)
+        if not len(rows):
+            break
+        cells = frame[column].iloc[rows].fillna("").astype(str)
+        blank[rows] = (cells.str.strip() == "").to_numpy(dtype=bool)
+    return blank
+
+
+def _unknown_tags(tags: pd.Series, state: ChunkState) -> np.ndarray:
+    """For each tags cell, why its "group/name" tags that do not exist are refused ("" when
+    they all exist).
+
+    Split as the API splits them (contacts.services.tag_ref_split), and refused as the API
+    refuses them: created in the import's group they would be near-duplicates of the
+    operators' own tags.
+    """
+    found = np.full(len(tags), "", dtype=object)
+    with_path = tags.str.contains("/", regex=False).to_numpy(dtype=bool)
+    if not with_path.any():
+        return found
+    reasons: dict[str, str] = {}
+    for cell in tags[with_path].unique():
+        messages = []
+        for ref in dict.fromkeys(cell.split("|")):
+            path = services.tag_ref_split(ref)
+            if path is None or path in state.tags:
+                continue
+            group, name = path
+            if group in state.tag_groups:
+                messages.append(
+                    _("unknown tag “%(tag)s”: the group “%(group)s” has no tag “%(name)s”")
+                    % {"tag": ref, "group": group, "name": name}
+                )
+            else:
+                messages.append(
+                    _("unknown tag “%(tag)s”: there is no tag group “%(group)s”")
+                    % {"tag": ref, "group": group}
+                )
+        if messages:
+            reasons[cell] = "; ".join(messages)
+    if reasons:
+        found[with_path] = tags[with_path].map(reasons).fillna("").to_numpy(dtype=object)
+    return found
 
 
 def _duplicate_reason(column: str) -> str:
@@ -1268,7 +1362,9 @@ class ChunkResult:
 
 
 class TagResolver:
-    """Tag names from the file to tag ids, creating missing tags in the import group."""
+    """Tags as the file names them to tag ids: a "group/name" is found as the API finds it
+    (contacts.services.tags_resolve); a plain name is any group's tag of that name, created in
+    the import group when there is none."""
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
@@ -1276,6 +1372,23 @@ class TagResolver:
 
     def resolve(self, names: set[str]) -> dict[str, int]:
         missing = {n for n in names if n and n not in self.ids}
+        paths = {n for n in missing if services.tag_ref_split(n) is not None}
+        for ref in sorted(paths):
+            try:
+                (tag,) = services.tags_resolve(refs=[ref])
+            except ValidationFailed as exc:
+                # check_chunk refused the rows whose tag did not exist when the import began:
+                # this one was deleted since. Its rows are refused when the file is run again.
+                raise ValidationFailed(
+                    _(
+                        "The tag “%(tag)s” was deleted while the file was being imported; "
+                        "import the file again."
+                    )
+                    % {"tag": ref},
+                    code="unknown_tag",
+                ) from exc
+            self.ids[ref] = tag.pk
+        missing -= paths
         if missing:
             for tag in Tag.objects.filter(name__in=missing).order_by("group__position", "pk"):
                 self.ids.setdefault(tag.name, tag.pk)
@@ -2097,7 +2210,7 @@ def _import_run(job: Job) -> dict[str, Any]:
                 counts["updated"] += result.updated
                 counts["unchanged"] += result.unchanged
                 counts["rejected"] += len(bad)
-                counts["rows"] += len(checked.frame)
+                counts["rows"] += len(checked.frame) - checked.blank
                 jobs.job_progress(job_id=job.pk, done=counts["rows"])
     except Exception as exc:
         logger.exception("import job %s failed", job.pk)

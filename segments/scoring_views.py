@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from contacts.models import Contact
 from core.errors import ValidationFailed
@@ -160,10 +160,19 @@ def scoring_rule_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return _back_to_scoring(request)
 
 
-@require_POST
+def _reload_of_failed_save(section: str) -> HttpResponse:
+    """A GET of a form's address: the page a failed save rendered there, reloaded."""
+    # A refused save answers with the scoring page at the form's own URL (422, the form with
+    # its errors), which stays in the address bar: reloading it must show the page, not 405.
+    return redirect(f"{reverse('segments:scoring')}#{section}")
+
+
+@require_http_methods(["GET", "POST"])
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def scoring_settings(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return _reload_of_failed_save("scoring-settings")
     form = HalfLifeForm(request.POST)
     if form.is_valid():
         try:
@@ -178,10 +187,12 @@ def scoring_settings(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def scoring_threshold_set(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return _reload_of_failed_save("scoring-thresholds")
     form = ThresholdForm(request.POST)
     if form.is_valid():
         try:

@@ -68,6 +68,7 @@ from contacts.services.tags import (
     contact_tags_add,
     contact_tags_expire,
     tag_delete,
+    tag_ref_split,
     tags_resolve,
 )
 
@@ -119,5 +120,6 @@ __all__ = [
     "stages_ensure_defaults",
     "strong_identity_kinds",
     "tag_delete",
+    "tag_ref_split",
     "tags_resolve",
 ]

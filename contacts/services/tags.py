@@ -125,6 +125,17 @@ def tag_delete(*, tag: Tag) -> int:
     return len(contact_ids)
 
 
+def tag_ref_split(ref: str) -> tuple[str, str] | None:
+    """The (group, name) a "group/name" reference names; None for a plain name (no "/").
+
+    Split at the first "/": "导入/a/b" is the tag "a/b" of the group 导入.
+    """
+    if "/" not in ref:
+        return None
+    group, _slash, name = ref.strip().partition("/")
+    return group.strip(), name.strip()
+
+
 def tags_resolve(*, refs: list[Any]) -> list[Tag]:
     """Find tags by id or by "group/name"; every reference must exist."""
     tags: list[Tag] = []
@@ -139,13 +150,9 @@ def tags_resolve(*, refs: list[Any]) -> list[Tag]:
         tag_id = parse_id(ref)
         if tag_id is not None:
             tag = Tag.objects.select_related("group").filter(pk=tag_id).first()
-        elif isinstance(ref, str) and "/" in ref:
-            group, _slash, name = ref.strip().partition("/")
-            tag = (
-                Tag.objects.select_related("group")
-                .filter(group__name=group.strip(), name=name.strip())
-                .first()
-            )
+        elif isinstance(ref, str) and (path := tag_ref_split(ref)) is not None:
+            group, name = path
+            tag = Tag.objects.select_related("group").filter(group__name=group, name=name).first()
         if tag is None:
             raise ValidationFailed(
                 _("Unknown tag '%(tag)s': give a tag id or \"group/name\" of an existing tag.")
