@@ -5,6 +5,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from contacts.labels import SOURCE_LABELS, source_from_label
 from contacts.models import (
@@ -139,7 +140,7 @@ def _custom_form_field(definition: CustomField) -> forms.Field:
 class ContactEditForm(forms.Form):
     """The profile edit form; contacts.services.contact_update does the authoritative checks."""
 
-    name = forms.CharField(label=_("Name"), max_length=100, required=False)
+    name = forms.CharField(label=pgettext_lazy("person", "Name"), max_length=100, required=False)
     nickname = forms.CharField(label=_("Nickname"), max_length=100, required=False)
     gender = forms.ChoiceField(label=_("Gender"), choices=Gender.choices)
     birthday = forms.DateField(label=_("Birthday"), required=False, widget=date_input())

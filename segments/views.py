@@ -631,18 +631,35 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
         messages.error(request, exc.message)
         return redirect(back)
     if started.job is not None:
+        total = started.job.total
         text = (
-            _("Removing %(n)s contacts from “%(name)s” in the background.")
+            ngettext(
+                "Removing %(n)s contact from “%(name)s” in the background.",
+                "Removing %(n)s contacts from “%(name)s” in the background.",
+                total,
+            )
             if remove
-            else _("Adding %(n)s contacts to “%(name)s” in the background.")
+            else ngettext(
+                "Adding %(n)s contact to “%(name)s” in the background.",
+                "Adding %(n)s contacts to “%(name)s” in the background.",
+                total,
+            )
         )
-        messages.info(request, text % {"n": started.job.total, "name": segment.name})
+        messages.info(request, text % {"n": total, "name": segment.name})
         url = reverse("segments:detail", args=[segment.pk])
         return redirect(f"{url}?{urlencode({'job': started.job.pk})}")
     if remove:
-        text = _("%(n)s contacts removed from “%(name)s”.")
+        text = ngettext(
+            "%(n)s contact removed from “%(name)s”.",
+            "%(n)s contacts removed from “%(name)s”.",
+            started.changed,
+        )
     else:
-        text = _("%(n)s contacts added to “%(name)s”.")
+        text = ngettext(
+            "%(n)s contact added to “%(name)s”.",
+            "%(n)s contacts added to “%(name)s”.",
+            started.changed,
+        )
     text %= {"n": started.changed, "name": segment.name}
     # Ticked rows that changed nothing were already in (or not in) the list: without this,
     # "0 contacts added" reads like a failure.

@@ -87,7 +87,7 @@ def test_contact_list_keeps_short_columns_on_one_line(
     rows = page.locator("#contact-table tbody tr")
     assert rows.count() == 7
     for row in rows.all():
-        name = row.locator("td").nth(headers.index("名称")).locator("a")
+        name = row.locator("td").nth(headers.index("姓名")).locator("a")
         assert _line_count(page, name) == 1, name.inner_text()
         for column in ("城市", "来源", "生命周期阶段"):
             cell = row.locator("td").nth(headers.index(column))

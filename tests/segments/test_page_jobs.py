@@ -151,7 +151,7 @@ def test_a_filtered_list_above_the_inline_limit_is_added_in_the_background(
     assert 'id="job-progress"' in page and 'id="segment-members"' in page
     progress = operator_client.get(response["Location"], **HX).content.decode()
     assert 'id="job-progress"' in progress and "every 1s" not in progress
-    assert f"{len(shanghai)} 位客户" in progress  # the result, in the default language
+    assert f"{len(shanghai):,} 位客户" in progress  # the result, in the default language
 
 
 def test_removing_a_filtered_list_runs_in_the_background_too(

@@ -242,7 +242,7 @@ def test_the_counts_so_far_include_the_repeated_rows(settings, operator, operato
 
     html = operator_client.get(url, **HX).content.decode()
 
-    assert "So far 300 contacts found, 22 repeated rows, 78 rows matched nobody." in html
+    assert "So far: contacts found 300, repeated rows 22, rows that matched nobody 78." in html
 
 
 def test_values_excel_would_turn_into_numbers_are_kept_as_text_in_the_download(

@@ -183,11 +183,9 @@ def test_adding_contacts_already_in_the_list_says_so(english):
         {"segment": static.pk, "ids": [c.pk], "operation": "remove", "next": "/contacts/"},
     )
 
-    assert _messages(response) == [
-        "1 contacts added to “名单”. 2 of them were already in the list."
-    ]
+    assert _messages(response) == ["1 contact added to “名单”. 2 of them were already in the list."]
     # Messages wait in the session until a page shows them: the latest is the answer.
-    assert _messages(removed)[-1] == "1 contacts removed from “名单”."
+    assert _messages(removed)[-1] == "1 contact removed from “名单”."
     assert _messages(again)[-1] == "0 contacts removed from “名单”. 1 of them was not in the list."
 
 
