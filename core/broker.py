@@ -178,11 +178,19 @@ class Channel(filesystem.Channel):
             except OSError as exc:
                 raise ChannelError(f"Cannot claim file {spooled!r} from queue.") from exc
             try:
-                message = self._read_message(claimed)
-                tag = message["properties"]["delivery_tag"]
-            except (ValueError, TypeError, KeyError) as exc:
-                self._quarantine(claimed, name, exc)
-                continue
+                try:
+                    message = self._read_message(claimed)
+                    tag = message["properties"]["delivery_tag"]
+                except (ValueError, TypeError, KeyError) as exc:
+                    self._quarantine(claimed, name, exc)
+                    continue
+            except BaseException:
+                # Not read (too many open files, say): the claim goes back to the queue. Left
+                # claimed, it would wait for this live process to exit, since recovery only
+                # takes the claims of dead consumers.
+                with contextlib.suppress(OSError):
+                    os.rename(claimed, spooled)
+                raise
             _registry.claims[tag] = (claimed, folder, name)
             return message
         raise Empty()

@@ -193,6 +193,23 @@ def test_an_undecodable_message_is_set_aside_and_the_next_one_delivered(tmp_path
     assert "undecodable broker message" in caplog.text
 
 
+def test_a_message_that_cannot_be_read_goes_back_to_the_queue_not_stays_claimed(tmp_path):
+    # A directory where a message file should be: claiming it (a rename) works, opening it
+    # fails, as a read under "too many open files" would. Left claimed by this live consumer,
+    # no recovery would ever hand it out again.
+    options = broker_options(tmp_path)
+    queue_dir = tmp_path / "queue"
+    unreadable = oldest_message_file(queue_dir)
+    unreadable.mkdir()
+    with kombu.Connection("filesystem://", transport_options=options) as conn:
+        channel = conn.default_channel
+        with pytest.raises(kombu.exceptions.ChannelError):
+            channel._get("default")
+
+    assert unreadable.is_dir()
+    assert [name for name in os.listdir(queue_dir) if name.endswith(".claimed")] == []
+
+
 @pytest.mark.parametrize("existing", [b"", None])
 def test_binding_a_queue_fills_a_new_or_just_created_exchange_table(tmp_path, existing):
     options = broker_options(tmp_path)
