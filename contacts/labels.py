@@ -1,7 +1,9 @@
 """Operator-facing labels for the codes contacts store: event names, sources, merge reasons and
 profile field names. Every page that shows one of these codes reads its label from here."""
 
+from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist
+from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from contacts.models import ConsentChannel, Contact, CustomField, TagSource
@@ -83,10 +85,18 @@ def source_label(value: str) -> str:
 
 def source_from_label(value: str) -> str:
     """The code of a source typed as its label (the consent form shows the label); any other
-    text is the operator's own word and stays as it is."""
+    text is the operator's own word and stays as it is.
+
+    A label of any of the site's languages counts, not only the active one: a filter saved by
+    an operator working in English is run again by a worker in the default language."""
     for code, label in SOURCE_LABELS.items():
         if value == str(label):
             return code
+    for language, _name in settings.LANGUAGES:
+        with translation.override(language):
+            for code, label in SOURCE_LABELS.items():
+                if value == str(label):
+                    return code
     return value
 
 

@@ -47,9 +47,10 @@ def source_label_filter(value: str) -> str:
 
 
 @register.simple_tag
-def source_suggestions() -> list[str]:
-    """What the source filter suggests: the sources contacts hold, shown as in the list."""
-    return sorted({labels.source_label(code) for code in selectors.contact_sources()})
+def source_suggestions(user: AbstractBaseUser) -> list[str]:
+    """What the source filter suggests: the sources of the contacts `user` may see, shown as in
+    the list."""
+    return sorted({labels.source_label(code) for code in selectors.contact_sources(user=user)})
 
 
 @register.filter

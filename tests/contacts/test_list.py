@@ -3,6 +3,7 @@ import re
 import pytest
 from django.http import QueryDict
 from django.urls import reverse
+from django.utils import translation
 
 from contacts import labels, roles
 from contacts.filters import ContactFilter
@@ -235,14 +236,36 @@ def test_the_source_filter_finds_a_source_typed_as_the_list_shows_it():
     assert _page(admin, source="微博").items == []
 
 
+def test_the_source_filter_takes_a_label_of_any_language():
+    # A filter saved in English is run again by a worker in the default language.
+    admin = UserFactory(is_superuser=True)
+    imported = ContactFactory(source="import")
+    with translation.override("en"):
+        english = str(labels.source_label("import"))
+    with translation.override("zh-hans"):
+        assert [row.pk for row in _page(admin, source=english).items] == [imported.pk]
+
+
 def test_the_source_filter_suggests_the_sources_contacts_hold(operator_client):
+    admin = UserFactory(is_superuser=True)
     for source in ("门店", "抖音", "门店", "api", ""):
         ContactFactory(source=source)
 
-    assert contact_sources() == sorted(["门店", "抖音", "api"])
-    assert contact_sources(limit=2) == sorted(["门店", "抖音", "api"])[:2]
+    assert contact_sources(user=admin) == sorted(["门店", "抖音", "api"])
+    assert contact_sources(user=admin, limit=2) == sorted(["门店", "抖音", "api"])[:2]
     page = operator_client.get(reverse("contacts:list")).content.decode()
     datalist = page.split('<datalist id="contact-sources">')[1].split("</datalist>")[0]
     options = sorted(re.findall(r'<option value="([^"]*)">', datalist))
     assert options == sorted(["门店", "抖音", str(labels.source_label("api"))])
     assert 'list="contact-sources"' in page
+
+
+def test_store_staff_are_suggested_only_the_sources_of_contacts_they_may_see():
+    roles.roles_sync()
+    store, other = StoreFactory(), StoreFactory()
+    clerk = user_with_role(roles.STORE_STAFF, store=store)
+    ContactFactory(source="门店", store=store)
+    ContactFactory(source="抖音", store=other)
+    ContactFactory(source="天猫", owner=clerk, store=other)
+
+    assert contact_sources(user=clerk) == sorted(["门店", "天猫"])
