@@ -35,7 +35,7 @@ from django.core.validators import validate_email
 from django.db import connection, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, pgettext_lazy
 from phonenumbers import PhoneMetadata
 
 from contacts import services
@@ -75,6 +75,9 @@ SIGNAL_BATCH = 1_000
 IMPORT_TAG_GROUP = "导入"
 IMPORT_DIR = "imports"
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+# What an uploaded workbook may unpack to, in all and against its own size.
+MAX_UNPACKED_BYTES = 4 * 1024 * 1024 * 1024
+MAX_UNPACK_RATIO = 100
 
 # Target fields an input column can map to, with their labels for the mapping form.
 TARGETS: dict[str, Any] = {
@@ -82,7 +85,7 @@ TARGETS: dict[str, Any] = {
     "email": gettext_lazy("Email"),
     "external_id": gettext_lazy("External id"),
     "unionid": gettext_lazy("WeChat unionid"),
-    "name": gettext_lazy("Name"),
+    "name": pgettext_lazy("person", "Name"),
     "nickname": gettext_lazy("Nickname"),
     "gender": gettext_lazy("Gender"),
     "birthday": gettext_lazy("Birthday"),
@@ -300,6 +303,18 @@ def _sniff_zip(file: UploadedFile, suffix: str) -> None:
                         "the .csv or .xlsx file inside."
                     )
                 )
+            # The checksum test below inflates every part inside the request: a small file
+            # that unpacks to gigabytes (a "zip bomb") would hold a web worker for minutes.
+            # Real workbooks unpack to 5–20 times their size.
+            unpacked = sum(info.file_size for info in archive.infolist())
+            if unpacked > MAX_UNPACKED_BYTES or unpacked > MAX_UNPACK_RATIO * max(file.size, 1):
+                raise ImportFileError(
+                    _(
+                        "The workbook unpacks to far more data than a spreadsheet of its size "
+                        "holds: it is damaged or not a real workbook. Open it in Excel, save it "
+                        "again as .xlsx (or as “CSV UTF-8”) and upload it again."
+                    )
+                )
             # A damaged part would otherwise stop the job at the row that reads it. Checking
             # every part's checksum takes about 0.3 s per 10 MB of workbook (300,000 rows).
             if archive.testzip() is not None:
@@ -340,7 +355,8 @@ def detect_encoding(path: Path) -> str:
 def _sniff_delimiter(path: Path, encoding: str) -> str:
     with path.open(encoding=encoding, newline="") as fh:
         sample = fh.read(8192)
-    first_line = sample.splitlines()[0] if sample else ""
+    # The header's line: blank lines above it (and lines of bare separators) are skipped.
+    first_line = next((line for line in sample.splitlines() if line.strip(" \t,;")), "")
     counts = {sep: first_line.count(sep) for sep in (",", "\t", ";")}
     best = max(counts, key=lambda sep: counts[sep])
     return best if counts[best] else ","
@@ -366,6 +382,7 @@ class SourceFile:
     fmt: str  # csv | xlsx
     encoding: str = ""
     delimiter: str = ","
+    _leading: int | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "SourceFile":
@@ -389,6 +406,7 @@ class SourceFile:
             dtype=str,
             keep_default_na=False,
             chunksize=size,
+            skiprows=self.leading_rows(),
             # Blank lines stay rows (skipped by check_chunk), so that the rows after them keep
             # their line's number in the rejected-rows file.
             skip_blank_lines=False,
@@ -396,12 +414,32 @@ class SourceFile:
         with reader:
             yield from reader
 
+    def leading_rows(self) -> int:
+        """The blank rows above the header row (every cell empty or spaces), which headers()
+        and chunks() skip alike: the data rows' numbers start after them."""
+        if self._leading is None:
+            if self.fmt == "xlsx":
+                from openpyxl import load_workbook
+
+                workbook = load_workbook(self.path, read_only=True, data_only=True)
+                try:
+                    rows = workbook.worksheets[0].iter_rows(values_only=True)
+                    self._leading = _leading_blank(rows)
+                finally:
+                    workbook.close()
+            else:
+                with self.path.open(encoding=self.encoding, newline="") as fh:
+                    self._leading = _leading_blank(csv.reader(fh, delimiter=self.delimiter))
+        return self._leading
+
     def _xlsx_chunks(self, size: int) -> Iterator[pd.DataFrame]:
         from openpyxl import load_workbook
 
         workbook = load_workbook(self.path, read_only=True, data_only=True)
         try:
             rows = workbook.worksheets[0].iter_rows(values_only=True)
+            for _blank in range(self.leading_rows()):
+                next(rows, None)
             headers = _unique_headers([_cell_text(v) for v in next(rows, ())])
             batch: list[list[str]] = []
             # Empty rows are held back until a row with data follows: they keep the sheet's row
@@ -435,7 +473,10 @@ class SourceFile:
 
             workbook = load_workbook(self.path, read_only=True, data_only=True)
             try:
-                first = next(workbook.worksheets[0].iter_rows(values_only=True), ())
+                rows = workbook.worksheets[0].iter_rows(values_only=True)
+                for _blank in range(self.leading_rows()):
+                    next(rows, None)
+                first = next(rows, ())
             finally:
                 workbook.close()
             return _unique_headers([_cell_text(v) for v in first])
@@ -446,6 +487,8 @@ class SourceFile:
             dtype=str,
             keep_default_na=False,
             nrows=0,
+            skiprows=self.leading_rows(),
+            skip_blank_lines=False,
         )
         return [str(c) for c in frame.columns]
 
@@ -456,7 +499,7 @@ class SourceFile:
 
             workbook = load_workbook(self.path, read_only=True)
             try:
-                return max(0, (workbook.worksheets[0].max_row or 1) - 1)
+                return max(0, (workbook.worksheets[0].max_row or 1) - 1 - self.leading_rows())
             finally:
                 workbook.close()
         lines = 0
@@ -467,7 +510,21 @@ class SourceFile:
                 last = block[-1:]
         if last != b"\n":
             lines += 1
-        return max(0, lines - 1)
+        return max(0, lines - 1 - self.leading_rows())
+
+
+def _leading_blank(rows: Iterator[Any]) -> int:
+    count = 0
+    try:
+        for row in rows:
+            if any(_cell_text(v).strip() for v in row):
+                break
+            count += 1
+    except csv.Error:
+        # A row the csv module cannot read (a cell over its size limit) is no blank row;
+        # pandas reads it, or says why it cannot.
+        pass
+    return count
 
 
 def _unique_headers(headers: list[str]) -> list[str]:
@@ -646,10 +703,12 @@ class ChunkState:
     seen: dict[str, np.ndarray] = field(default_factory=dict)
     offset: int = 0
     stages: dict[str, str] = field(default_factory=dict)
-    # Every tag as (group, name), and every tag group, when the import started: a
-    # "group/name" in a tags cell must name one of these tags.
+    # Every tag as (group, name), every tag group and every tag name, when the import
+    # started: a "group/name" in a tags cell must name one of these tags, or (its group not
+    # being a group) be a tag's whole name.
     tags: frozenset[tuple[str, str]] = frozenset()
     tag_groups: frozenset[str] = frozenset()
+    tag_names: frozenset[str] = frozenset()
 
     def seen_before(self, column: str, hashes: np.ndarray) -> np.ndarray:
         # Each array stays sorted: a binary search per value instead of np.isin, which re-sorts
@@ -666,15 +725,18 @@ class ChunkState:
         self.seen[column] = np.insert(seen, np.searchsorted(seen, hashes), hashes)
 
     @classmethod
-    def load(cls) -> "ChunkState":
+    def load(cls, *, offset: int = 0) -> "ChunkState":
+        """`offset`: the blank rows above the file's header row (SourceFile.leading_rows)."""
         stages: dict[str, str] = {}
         for stage in Stage.objects.filter(is_active=True):
             stages[stage.key.lower()] = stage.key
             stages[stage.name.strip().lower()] = stage.key
         return cls(
+            offset=offset,
             stages=stages,
             tags=frozenset(Tag.objects.values_list("group__name", "name")),
             tag_groups=frozenset(TagGroup.objects.values_list("name", flat=True)),
+            tag_names=frozenset(Tag.objects.values_list("name", flat=True)),
         )
 
 
@@ -906,7 +968,8 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
     # Skipped, yet numbered: the rows after them keep their number in the file.
     blank = _blank_rows(frame)
     out = pd.DataFrame(index=frame.index)
-    first_row = state.offset + 2  # the header is row 1
+    # Row 1 is the header, unless blank rows above it (counted in the initial offset) push it down.
+    first_row = state.offset + 2
     out["rn"] = np.arange(first_row, first_row + n)
     state.offset += n
     for header, target in spec.mapping.items():
@@ -1054,6 +1117,8 @@ def _unknown_tags(tags: pd.Series, state: ChunkState) -> np.ndarray:
             if path is None or path in state.tags:
                 continue
             group, name = path
+            if group not in state.tag_groups and ref in state.tag_names:
+                continue  # a tag whose name has a "/" (_tag_named)
             if group in state.tag_groups:
                 messages.append(
                     _("unknown tag “%(tag)s”: the group “%(group)s” has no tag “%(name)s”")
@@ -1307,7 +1372,7 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
     """The first rows with the mapping applied and each row's errors, nothing stored."""
     source = SourceFile.from_params(job.params)
     frame = next(source.chunks(size=rows), pd.DataFrame())
-    state = ChunkState.load()
+    state = ChunkState.load(offset=source.leading_rows())
     checked = check_chunk(frame, spec=spec, state=state)
     # What the import would refuse when writing: identity values of other contacts; then the
     # duplicates among the rows that are left, as the import decides them.
@@ -1363,8 +1428,9 @@ class ChunkResult:
 
 class TagResolver:
     """Tags as the file names them to tag ids: a "group/name" is found as the API finds it
-    (contacts.services.tags_resolve); a plain name is any group's tag of that name, created in
-    the import group when there is none."""
+    (contacts.services.tags_resolve), or, when no group has that name, as the whole name of an
+    existing tag; a plain name is any group's tag of that name, created in the import group when
+    there is none."""
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
@@ -1377,6 +1443,10 @@ class TagResolver:
             try:
                 (tag,) = services.tags_resolve(refs=[ref])
             except ValidationFailed as exc:
+                tag = _tag_named(ref)
+                if tag is not None:
+                    self.ids[ref] = tag.pk
+                    continue
                 # check_chunk refused the rows whose tag did not exist when the import began:
                 # this one was deleted since. Its rows are refused when the file is run again.
                 raise ValidationFailed(
@@ -1405,6 +1475,16 @@ class TagResolver:
     def restore(self, saved: tuple[dict[str, int], TagGroup | None]) -> None:
         """Forget what a rolled-back transaction created."""
         self.ids, self._group = dict(saved[0]), saved[1]
+
+
+def _tag_named(ref: str) -> Tag | None:
+    """The tag whose whole name is a "group/name" that names no group ("2024/双11", as the
+    export writes it), found as a plain name is; never created: a typo would make a tag.
+    The same rule as _unknown_tags."""
+    group, _name = services.tag_ref_split(ref) or ("", "")
+    if TagGroup.objects.filter(name=group).exists():
+        return None
+    return Tag.objects.filter(name=ref).order_by("group__position", "pk").first()
 
 
 def _tag_id_arrays(tags: pd.Series, resolver: TagResolver) -> pd.Series:
@@ -2171,7 +2251,7 @@ def _import_run(job: Job) -> dict[str, Any]:
         actor_id=job.created_by_id,
     )
     jobs.job_start(job_id=job.pk, total=source.estimate_rows())
-    state = ChunkState.load()
+    state = ChunkState.load(offset=source.leading_rows())
     resolver = TagResolver()
     counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0, "rows": 0}
     touched: list[int] = []

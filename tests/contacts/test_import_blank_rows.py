@@ -6,6 +6,7 @@ import io
 import openpyxl
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
 
 from contacts import importers
 from contacts.import_views import job_outcome
@@ -125,3 +126,64 @@ def test_the_preview_leaves_blank_rows_out(media):
         (2, ""),
         (4, "the key column “External id” is empty"),
     ]
+
+
+def test_blank_lines_above_the_header_are_skipped_and_rows_keep_the_file_line_number(
+    media, admin_client, django_capture_on_commit_callbacks
+):
+    # An empty line, a line of separators (Excel's empty row) and one of spaces above it.
+    content = ("\r\n,,\r\n  \r\n" + HEADER + "K1,林,上海\r\n,,\r\n,赵,\r\nK2,王,北京\r\n").encode()
+
+    # The upload page finds the data rows below the header (it once took line 1 for it).
+    response = admin_client.post(
+        reverse("contacts_io:import"), {"file": SimpleUploadedFile("客户.csv", content)}
+    )
+    assert response.status_code == 302, response.content.decode()
+    job = Job.objects.get()
+    assert job.params["headers"] == ["会员号", "姓名", "城市"]
+    spec = ImportSpec(mapping=job.params["mapping"], key="external_id")
+    preview = importers.import_preview(job=job, spec=spec)
+    assert [(row["rn"], row["error"]) for row in preview.rows] == [
+        (5, ""),
+        (7, "the key column “External id” is empty"),
+        (8, ""),
+    ]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        importers.import_start(job=job, spec=spec)
+    job.refresh_from_db()
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert counts(job) == (2, 0, 0, 1)
+    assert job.result["rows"] == 3
+    assert reasons(job, media) == {"7": "the key column “External id” is empty"}
+    assert set(Contact.objects.values_list("name", flat=True)) == {"林", "王"}
+
+
+def test_a_blank_first_line_does_not_hide_the_tab_separator(django_capture_on_commit_callbacks):
+    content = "\n会员号\t姓名\nK1\t林\n".encode()
+
+    job = run_file(content, "客户.txt", django_capture_on_commit_callbacks)
+
+    assert job.params["delimiter"] == "\t"
+    assert counts(job) == (1, 0, 0, 0)
+    assert Contact.objects.get().name == "林"
+
+
+def test_empty_rows_above_a_workbook_header_are_skipped(media, django_capture_on_commit_callbacks):
+    rows = [
+        [None, None, None],  # 1
+        ["", " ", None],  # 2: spaces only
+        ["会员号", "姓名", "城市"],  # 3: the header
+        ["K1", "林", "上海"],  # 4
+        [None, "赵", None],  # 5: rejected
+        ["K2", "王", None],  # 6
+    ]
+
+    job = run_file(xlsx(rows), "客户.xlsx", django_capture_on_commit_callbacks)
+
+    assert job.params["headers"] == ["会员号", "姓名", "城市"]
+    assert counts(job) == (2, 0, 0, 1)
+    assert job.result["rows"] == 3
+    assert reasons(job, media) == {"5": "the key column “External id” is empty"}
+    assert (job.done, job.total) == (3, 3)

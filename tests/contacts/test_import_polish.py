@@ -543,3 +543,20 @@ def test_sniffing_leaves_a_good_upload_whole(media, english, django_capture_on_c
         importers.import_start(job=job, spec=spec)
     job.refresh_from_db()
     assert counts(job) == (5, 0, 0, 0)
+
+
+def test_a_workbook_that_unpacks_to_far_more_than_its_size_is_refused_at_once(
+    admin_client, media, english
+):
+    # 64 MB of zeros pack into about 64 KB: the upload is refused on the archive's table of
+    # contents, before anything is inflated or stored.
+    bomb = _xlsx_with_part("xl/worksheets/sheet1.xml", bytes(64 * 1024 * 1024))
+    assert len(bomb) < 1024 * 1024
+
+    response = _upload_page(admin_client, "客户.xlsx", bomb)
+
+    assert response.status_code == 400
+    assert "unpacks to far more data than a spreadsheet of its size holds" in (
+        response.content.decode()
+    )
+    assert _stored(media) == [] and not Job.objects.exists()

@@ -5,14 +5,15 @@ in 导入)."""
 
 import pandas as pd
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 
-from contacts import importers, services
+from contacts import exporters, importers, services
 from contacts.importers import IMPORT_TAG_GROUP, ImportSpec
 from contacts.models import Contact, ContactTag, Tag, TagGroup
 from core.errors import ValidationFailed
 from core.models import JobStatus
 from tests.contacts.importing import counts, reasons, run, upload
-from tests.factories import TagFactory, TagGroupFactory
+from tests.factories import ContactFactory, TagFactory, TagGroupFactory, UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
@@ -211,3 +212,83 @@ def test_a_tag_deleted_while_the_file_is_imported_stops_the_job_with_the_reason(
         "The tag “兴趣/护肤” was deleted while the file was being imported; import the file again."
     )
     assert not Contact.objects.exists()  # the chunk is written whole or not at all
+
+
+def test_a_tag_whose_name_has_a_slash_imports_by_its_whole_name(
+    media, django_capture_on_commit_callbacks
+):
+    # No group is called "2024": the cell is the whole name of an existing tag. A group that
+    # exists keeps the "group/name" rule, and an unknown name is still not created.
+    double11 = TagFactory(group=TagGroupFactory(name="活动"), name="2024/双11")
+    TagFactory(group=TagGroupFactory(name="兴趣"), name="兴趣/旧")
+    tags_before = Tag.objects.count()
+    rows = [
+        {"会员号": "K1", "标签": "2024/双11"},
+        {"会员号": "K2", "标签": "新客, 2024/双11"},
+        {"会员号": "K3", "标签": "2025/双11"},
+        {"会员号": "K4", "标签": "兴趣/旧"},
+    ]
+
+    preview = importers.import_preview(
+        job=upload(rows),
+        spec=ImportSpec(mapping={"会员号": "external_id", "标签": "tags"}, key="external_id"),
+    )
+    job = run(rows, django_capture_on_commit_callbacks)
+
+    expected = {
+        "4": "unknown tag “2025/双11”: there is no tag group “2025”",
+        "5": "unknown tag “兴趣/旧”: the group “兴趣” has no tag “旧”",
+    }
+    assert {str(row["rn"]): row["error"] for row in preview.rows if row["error"]} == expected
+    assert counts(job) == (2, 0, 0, 2)
+    assert reasons(job, media) == expected
+    assert tags_of("K1") == {"活动/2024/双11"}
+    assert tags_of("K2") == {f"{IMPORT_TAG_GROUP}/新客", "活动/2024/双11"}
+    assert Tag.objects.count() == tags_before + 1  # only the plain name 新客
+    assert ContactTag.objects.filter(tag=double11).count() == 2
+
+
+def test_an_export_with_a_slash_tag_imports_again_unchanged(
+    media, django_capture_on_commit_callbacks
+):
+    contact = ContactFactory(name="林")
+    tag = TagFactory(group=TagGroupFactory(name="活动"), name="2024/双11")
+    ContactTag.objects.create(contact=contact, tag=tag)
+    user = UserFactory(is_superuser=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        export = exporters.export_start(user=user, filters={})
+    export.refresh_from_db()
+    content = (media / export.output_file).read_bytes()
+    assert "2024/双11".encode() in content
+
+    job = importers.import_upload(file=SimpleUploadedFile("导出.csv", content), user=None)
+    spec = ImportSpec(mapping=job.params["mapping"], key="phone")
+    with django_capture_on_commit_callbacks(execute=True):
+        importers.import_start(job=job, spec=spec)
+    job.refresh_from_db()
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.params["mapping"]["Tags"] == "tags"
+    assert counts(job)[3] == 0  # the row is not rejected
+    assert Tag.objects.count() == 1
+    assert set(ContactTag.objects.values_list("tag", flat=True)) == {tag.pk}
+    assert ContactTag.objects.count() == Contact.objects.count()
+
+
+def test_a_slash_tag_checked_by_its_whole_name_and_deleted_before_writing_stops_the_job():
+    tag = TagFactory(group=TagGroupFactory(name="活动"), name="2024/双11")
+    spec = ImportSpec(mapping={"会员号": "external_id", "标签": "tags"}, key="external_id")
+    frame = pd.DataFrame([{"会员号": "K1", "标签": "2024/双11"}])
+    good, bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
+    assert bad.empty
+    services.tag_delete(tag=tag)
+
+    with pytest.raises(ValidationFailed) as caught:
+        importers.import_chunk_write(
+            good=good, spec=spec, resolver=importers.TagResolver(), collect=False
+        )
+
+    assert caught.value.message == (
+        "The tag “2024/双11” was deleted while the file was being imported; import the file again."
+    )
+    assert not Tag.objects.filter(name="2024/双11").exists()  # never created from the cell
