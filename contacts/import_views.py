@@ -7,6 +7,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -131,7 +132,7 @@ def job_outcome(job: Job) -> JobOutcome:
         "Finished with %(count)s rejected row",
         "Finished with %(count)s rejected rows",
         rejected,
-    ) % {"count": f"{rejected:,}"}
+    ) % {"count": intcomma(rejected)}
     return JobOutcome("partial", label, "badge-status-paused", rows, rejected)
 
 

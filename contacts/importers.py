@@ -1053,7 +1053,10 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
                 len(r) > TAG_NAME_LENGTH and services.tag_ref_split(r) is None for r in refs
             )
         )
-        reject(too_long_tag, _("a tag is longer than 50 characters"))
+        reject(
+            too_long_tag,
+            _("a tag is longer than %(max)s characters") % {"max": TAG_NAME_LENGTH},
+        )
         unknown = _unknown_tags(tags, state)
         named = unknown != ""
         # One reason per row, not per distinct cell: a file may hold as many cells as rows.

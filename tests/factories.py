@@ -134,3 +134,16 @@ def user_with_role(role: str, *, username: str | None = None, store=None):
     if store is not None:
         StaffProfile.objects.create(user=user, store=store)
     return user
+
+
+def user_with_perms(*perms: str):
+    """A non-superuser holding exactly these permissions ("app.codename")."""
+    from django.contrib.auth.models import Permission
+
+    user = UserFactory(is_superuser=False, is_staff=False)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app, codename=codename)
+        )
+    return user

@@ -1,7 +1,6 @@
 import datetime as dt
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone, translation
 
@@ -15,7 +14,7 @@ from segments.models import (
     LeadScoringConfig,
     LeadStageThreshold,
 )
-from tests.factories import ContactFactory, EventFactory, UserFactory
+from tests.factories import ContactFactory, EventFactory, user_with_perms
 
 pytestmark = pytest.mark.django_db
 
@@ -460,14 +459,7 @@ def test_changing_the_half_life_recomputes_scores(django_capture_on_commit_callb
 # --- Pages ------------------------------------------------------------------------------------
 
 
-def _user(*perms: str):
-    user = UserFactory(is_superuser=False, is_staff=False)
-    for perm in perms:
-        app, codename = perm.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app, codename=codename)
-        )
-    return user
+_user = user_with_perms
 
 
 def test_pages_need_the_segment_permissions(client):

@@ -3,12 +3,11 @@ the form's own address, which the browser keeps: reloading that address shows th
 again (a redirect), never an empty 405."""
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from segments import scoring
 from segments.models import LeadStageThreshold
-from tests.factories import UserFactory
+from tests.factories import user_with_perms
 
 pytestmark = pytest.mark.django_db
 
@@ -17,14 +16,7 @@ SETTINGS = reverse("segments:scoring_settings")
 THRESHOLDS = reverse("segments:scoring_threshold_set")
 
 
-def _user(*perms: str):
-    user = UserFactory(is_superuser=False, is_staff=False)
-    for perm in perms:
-        app, codename = perm.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app, codename=codename)
-        )
-    return user
+_user = user_with_perms
 
 
 @pytest.mark.parametrize(
