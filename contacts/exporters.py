@@ -176,12 +176,14 @@ def export_rows(
             return
         ids = [row["id"] for row in batch]
         tags: dict[int, list[str]] = defaultdict(list)
-        for contact_id, name in (
+        for contact_id, name, group in (
             ContactTag.objects.filter(contact_id__in=ids)
             .order_by("tag__name")
-            .values_list("contact_id", "tag__name")
+            .values_list("contact_id", "tag__name", "tag__group__name")
         ):
-            tags[contact_id].append(name)
+            # A name holding a slash would be read back as "group/name" by the import (and by
+            # the API): written with its group, it names exactly this tag again.
+            tags[contact_id].append(f"{group}/{name}" if "/" in name else name)
         for row in batch:
             phone, email = row["phone"], row["email"]
             if masked:
