@@ -2350,6 +2350,9 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
     """
     handoff: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
+    # The active language is per thread: the rejection reasons written here must be in the
+    # language of the job (the uploader's), not the default the new thread starts in.
+    language = translation.get_language()
 
     def put(message: tuple[str, Any]) -> bool:
         while not stop.is_set():
@@ -2362,9 +2365,10 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
 
     def produce() -> None:
         try:
-            for item in items:
-                if not put(("item", item)):
-                    return
+            with translation.override(language):
+                for item in items:
+                    if not put(("item", item)):
+                        return
             put(("end", None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(("error", exc))

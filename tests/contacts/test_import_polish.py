@@ -560,3 +560,17 @@ def test_a_workbook_that_unpacks_to_far_more_than_its_size_is_refused_at_once(
         response.content.decode()
     )
     assert _stored(media) == [] and not Job.objects.exists()
+
+
+def test_the_rejected_rows_file_is_in_the_uploaders_language(
+    media, django_capture_on_commit_callbacks
+):
+    # Chunks are read and checked in a thread of their own, which starts in the default
+    # language: the reasons came out in Chinese under English headers.
+    rows = [{"会员号": "K1", "手机号": "12345"}, {"会员号": "K2", "手机号": "13800138000"}]
+    with translation.override("en"):
+        job = run(rows, django_capture_on_commit_callbacks)
+
+    assert job.params["language"] == "en"
+    (reason,) = reasons(job, media).values()
+    assert reason == "invalid phone number"

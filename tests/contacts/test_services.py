@@ -2,7 +2,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from contacts.models import (
     Consent,
@@ -118,21 +118,23 @@ def _event(event_id, contact, **kw):
 def test_events_record_reports_each_item_and_never_duplicates():
     contact = ContactFactory()
     future = timezone.now() + dt.timedelta(days=1)
-    outcomes = events_record(
-        items=[
-            _event("e1", contact),
-            _event("e1", contact),  # repeated inside the batch
-            _event("e2", contact, occurred_at=future),
-            EventInput(event_id="e3", name="x", occurred_at=timezone.now(), contact_id=999999),
-            _event(
-                "e4",
-                contact,
-                name="purchase",
-                value=Decimal("12.50"),
-                properties={"order_id": "o-4"},
-            ),
-        ]
-    )
+    # Reasons are in the active language (the API's, in a request); English reads them here.
+    with translation.override("en"):
+        outcomes = events_record(
+            items=[
+                _event("e1", contact),
+                _event("e1", contact),  # repeated inside the batch
+                _event("e2", contact, occurred_at=future),
+                EventInput(event_id="e3", name="x", occurred_at=timezone.now(), contact_id=999999),
+                _event(
+                    "e4",
+                    contact,
+                    name="purchase",
+                    value=Decimal("12.50"),
+                    properties={"order_id": "o-4"},
+                ),
+            ]
+        )
     assert [o.status for o in outcomes] == [
         "accepted",
         "duplicate",
