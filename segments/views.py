@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext
 from django.views.decorators.http import require_POST
 
 from contacts.pii import can_view_personal_data
@@ -678,7 +678,11 @@ def segment_static_members(request: HttpRequest) -> HttpResponse:
                 unchanged,
             )
         )
-        text = f"{text} {extra % {'n': unchanged}}"
+        # Chinese runs sentences together without a space.
+        text = pgettext("two sentences", "%(first)s %(second)s") % {
+            "first": text,
+            "second": extra % {"n": unchanged},
+        }
     messages.success(request, text)
     return redirect(back)
 

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import PROTECT, ProtectedError
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from contacts.models import (
     CustomField,
@@ -71,7 +72,8 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
         if value not in [str(c) for c in definition.choices]:
             raise invalid(
                 _("Custom field '%(field)s' must be one of: %(choices)s."),
-                choices=", ".join(map(str, definition.choices)),
+                # The operator's own choices, listed as the language lists words (干性、油性).
+                choices=pgettext("list separator", ", ").join(map(str, definition.choices)),
             )
         return value
     if kind == CustomFieldKind.MULTI_CHOICE:

@@ -2,6 +2,7 @@ from typing import Any
 
 from django import template
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q
 
 from contacts import labels, pii, roles, selectors
@@ -188,7 +189,8 @@ def event_detail(context: template.Context, event: Event) -> str:
     props: dict[str, Any] = event.properties if isinstance(event.properties, dict) else {}
     parts = _detail_parts(event, props, lookups)
     if event.value is not None:
-        parts.append(f"¥{event.value}")
+        # Grouped like every other figure of the page (¥1,650.00), in either language.
+        parts.append(f"¥{intcomma(event.value)}")
     return " · ".join(parts[:3])
 
 

@@ -300,7 +300,7 @@ def test_the_reasons_read_in_the_operators_language(
         job = run(rows, django_capture_on_commit_callbacks, key="phone")
 
     assert reasons(job, media) == {
-        "2": "邮箱无效; 自定义字段“尺码”须为以下之一：S, M, L; 自定义字段“是否会员”须为是或否。"
+        "2": "邮箱无效; 自定义字段“尺码”须为以下之一：S、M、L; 自定义字段“是否会员”须为是或否。"
     }
 
 

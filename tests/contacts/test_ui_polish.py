@@ -2,6 +2,7 @@
 on the "My follow-ups" list alike."""
 
 import datetime as dt
+from decimal import Decimal
 
 import pytest
 from django.urls import reverse
@@ -10,7 +11,7 @@ from django.utils import timezone, translation
 from contacts import roles, selectors
 from contacts.models import Contact, Note
 from contacts.services import note_add
-from tests.factories import ContactFactory, user_with_role
+from tests.factories import ContactFactory, EventFactory, user_with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -165,3 +166,33 @@ def test_a_row_marked_done_loses_its_overdue_mark(client):
 
     row = _follow_up_row(response.content.decode(), note)
     assert "已逾期" not in row and '<span class="badge badge-ok">' in row
+
+
+@pytest.mark.parametrize("language", ["zh-hans", "en"])
+def test_timeline_amounts_are_grouped_like_the_rest_of_the_page(operator_client, language):
+    contact = ContactFactory()
+    EventFactory(
+        contact=contact,
+        name="purchase",
+        value=Decimal("1650.00"),
+        properties={"order_id": "o-1"},
+    )
+    operator_client.cookies["django_language"] = language
+
+    page = operator_client.get(reverse("contacts:detail", args=[contact.pk])).content.decode()
+
+    assert "¥1,650.00" in page and "¥1650.00" not in page
+
+
+def test_a_choice_fields_error_lists_the_choices_as_the_language_lists_words():
+    from contacts.models import CustomField, CustomFieldKind
+    from contacts.services.custom_fields import custom_fields_validate
+    from core.errors import ValidationFailed
+
+    CustomField.objects.create(
+        key="skin", label="肤质", kind=CustomFieldKind.SINGLE_CHOICE, choices=["干性", "油性"]
+    )
+    for language, listed in (("zh-hans", "干性、油性"), ("en", "干性, 油性")):
+        with translation.override(language), pytest.raises(ValidationFailed) as caught:
+            custom_fields_validate(values={"skin": "中性"})
+        assert listed in str(caught.value.message)

@@ -86,3 +86,29 @@ def test_analysts_still_read_journeys(client):
 
     assert "新客欢迎" in client.get(reverse("journeys:list")).content.decode()
     assert "林小雨" in client.get(reverse("journeys:detail", args=[journey.pk])).content.decode()
+
+
+@pytest.mark.parametrize("role", ["store_staff", "analyst", "operator"])
+def test_links_into_the_admin_are_offered_only_to_staff_who_may_change_journeys(client, role):
+    # The admin turns away users without staff status: its links looked like a sign-out.
+    journey = _ready_journey()
+    client.force_login(user_with_role(role, store=StoreFactory()))
+
+    listing = client.get(reverse("journeys:list")).content.decode()
+    detail = client.get(reverse("journeys:detail", args=[journey.pk])).content.decode()
+
+    assert "/admin/" not in listing and "/admin/" not in detail
+
+
+def test_staff_operators_get_the_admin_links(client):
+    journey = _ready_journey()
+    operator = user_with_role("operator")
+    operator.is_staff = True
+    operator.save(update_fields=["is_staff"])
+    client.force_login(operator)
+
+    listing = client.get(reverse("journeys:list")).content.decode()
+    detail = client.get(reverse("journeys:detail", args=[journey.pk])).content.decode()
+
+    assert reverse("admin:journeys_journey_add") in listing
+    assert reverse("admin:journeys_journey_change", args=[journey.pk]) in detail

@@ -293,3 +293,16 @@ def test_the_koc_page_before_the_first_computation(english):
 
     assert page.count("Influence has not been computed yet.") == 2
     assert "Nobody has brought anyone in yet." not in page
+
+
+def test_in_chinese_the_two_sentences_run_together(operator_client):
+    static = segment_create(name="名单", kind=SegmentKind.STATIC)
+    a, b = ContactFactory(), ContactFactory()
+    segment_static_add(segment=static, contact_ids=[a.pk])
+
+    response = operator_client.post(
+        reverse("segments:static_members"),
+        {"segment": static.pk, "ids": [a.pk, b.pk], "next": "/contacts/"},
+    )
+
+    assert _messages(response) == ["已将 1 位客户加入“名单”。其中 1 位已在名单中。"]
