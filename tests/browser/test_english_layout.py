@@ -13,6 +13,7 @@ from contacts import importers
 from contacts.models import ContactTag, Stage
 from segments.models import Segment
 from segments.services import segment_create, segment_refresh
+from tests.browser.layout import line_count
 from tests.factories import ContactFactory, TagFactory, TagGroupFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -32,25 +33,6 @@ def _log_in(browser, live_server, language: str):
     page.locator("form.form-stack button[type=submit]").click()
     page.wait_for_url(f"{live_server.url}/")
     return page
-
-
-def _line_count(locator, *, first_text_only: bool = False) -> int:
-    """How many lines the element's text (or only its first text node) is laid out on."""
-    return locator.evaluate(
-        """(el, firstOnly) => {
-          const tops = new Set();
-          const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
-          while (walker.nextNode()) {
-            if (!walker.currentNode.textContent.trim()) continue;
-            const range = document.createRange();
-            range.selectNodeContents(walker.currentNode);
-            for (const rect of range.getClientRects()) tops.add(Math.round(rect.top));
-            if (firstOnly) break;
-          }
-          return tops.size;
-        }""",
-        first_text_only,
-    )
 
 
 def _fonts(page, selector: str) -> set[str]:
@@ -145,10 +127,10 @@ def test_the_segment_summary_keeps_its_values_readable(
     tiles = page.locator("#refresh-status > div")
     assert tiles.count() == 3
     refreshed, policy = tiles.nth(1).locator(".mini-value"), tiles.nth(2).locator(".mini-value")
-    assert _line_count(refreshed, first_text_only=True) == 1, refreshed.inner_text()  # the date
+    assert line_count(refreshed, first_text_only=True) == 1, refreshed.inner_text()  # the date
     seconds = refreshed.locator(".small")
-    assert _line_count(seconds) == 1, seconds.inner_text()  # "(0.0 s)", never "(0.0" and "s)"
-    assert _line_count(policy) == 1, policy.inner_text()  # "When contacts change"
+    assert line_count(seconds) == 1, seconds.inner_text()  # "(0.0 s)", never "(0.0" and "s)"
+    assert line_count(policy) == 1, policy.inner_text()  # "When contacts change"
     page.close()
 
 
@@ -163,7 +145,7 @@ def test_contact_property_labels_stay_on_one_line(browser, live_server, world, l
     labels = page.locator("#contact-profile dl.props dt")
     assert labels.count() >= 10
     for label in labels.all():
-        assert _line_count(label) == 1, label.inner_text()
+        assert line_count(label) == 1, label.inner_text()
     page.close()
 
 

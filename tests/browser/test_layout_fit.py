@@ -4,6 +4,7 @@ import pytest
 
 from contacts import roles
 from contacts.models import ContactTag
+from tests.browser.layout import line_count
 from tests.factories import (
     ContactFactory,
     StoreFactory,
@@ -26,23 +27,6 @@ def _log_in(browser, live_server, username):
     page.locator("form.form-stack button[type=submit]").click()
     page.wait_for_url(f"{live_server.url}/")
     return page
-
-
-def _line_count(page, locator) -> int:
-    """How many lines the element's text is laid out on."""
-    return locator.evaluate(
-        """el => {
-          const tops = new Set();
-          const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
-          while (walker.nextNode()) {
-            if (!walker.currentNode.textContent.trim()) continue;
-            const range = document.createRange();
-            range.selectNodeContents(walker.currentNode);
-            for (const rect of range.getClientRects()) tops.add(Math.round(rect.top));
-          }
-          return tops.size;
-        }"""
-    )
 
 
 @pytest.fixture
@@ -88,10 +72,10 @@ def test_contact_list_keeps_short_columns_on_one_line(
     assert rows.count() == 7
     for row in rows.all():
         name = row.locator("td").nth(headers.index("姓名")).locator("a")
-        assert _line_count(page, name) == 1, name.inner_text()
+        assert line_count(name) == 1, name.inner_text()
         for column in ("城市", "来源", "生命周期阶段"):
             cell = row.locator("td").nth(headers.index(column))
-            assert _line_count(page, cell) == 1, (column, cell.inner_text())
+            assert line_count(cell) == 1, (column, cell.inner_text())
     card = page.locator("#contact-table").bounding_box()
     assert card["x"] + card["width"] <= 1280
     table_wrap = page.locator("#contact-table .table-wrap")

@@ -20,6 +20,7 @@ from segments.models import SegmentKind
 from segments.services import STATIC_MEMBERS_JOB_KIND, segment_create, segment_static_add
 from tests.contacts.importing import upload
 from tests.factories import ContactFactory, TagFactory
+from tests.segments.posts import CITY_ROW, builder_post
 
 pytestmark = pytest.mark.django_db
 
@@ -104,21 +105,7 @@ def test_tags_for_every_imported_row_are_chips_like_the_tag_filter(admin_client,
 
 
 def test_the_builder_preview_says_contact_or_contacts(operator_client):
-    data = {
-        "name": "上海",
-        "kind": "dynamic",
-        "refresh_policy": "on_change",
-        "refresh_interval_minutes": "60",
-        "refresh_hour": "3",
-        "r.kind": "group",
-        "r.op": "and",
-        "r-0.kind": "attribute",
-        "r-0.was": "attribute",
-        "r-0.field": "city",
-        "r-0.field_was": "city",
-        "r-0.operator": "eq",
-        "r-0.value": "上海",
-    }
+    data = builder_post(CITY_ROW)
     ContactFactory()
 
     one = _text(operator_client.post(reverse("segments:preview"), data, **EN).content.decode())
@@ -368,19 +355,11 @@ def test_the_stylesheet_puts_latin_fonts_first_for_pages_not_in_chinese():
 
 
 def test_the_property_filter_value_has_a_short_placeholder_and_a_full_hint(operator_client):
-    data = {
-        "name": "购买",
-        "kind": "dynamic",
-        "refresh_policy": "on_change",
-        "refresh_interval_minutes": "60",
-        "refresh_hour": "3",
-        "r.kind": "group",
-        "r.op": "and",
-        "r-0.kind": "event",
-        "r-0.was": "event",
-        "r-0.event": "purchase",
-        "action": "add-filter:r-0",
-    }
+    data = builder_post(
+        {"r-0.kind": "event", "r-0.was": "event", "r-0.event": "purchase"},
+        name="购买",
+        action="add-filter:r-0",
+    )
 
     page = operator_client.post(reverse("segments:create"), data, **EN).content.decode()
 
