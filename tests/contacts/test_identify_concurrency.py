@@ -8,14 +8,16 @@ calls that decide to merge the same contacts only race on PostgreSQL: that test 
 """
 
 import contextlib
+import functools
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from contacts.models import Contact, Identity, MergeRecord
 from contacts.services import IdentityInput, identify
 from contacts.services import identity as services
+from tests.contacts.locking import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,24 +25,8 @@ PHONE = "13800138000"
 
 
 def _run_in_threads(count: int, target) -> tuple[list, list]:
-    results: list = []
-    errors: list = []
-
-    def run(n: int) -> None:
-        try:
-            results.append(target(n))
-        except Exception as exc:  # reported by the test, not swallowed
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    return results, errors
+    """`target(n)` for n in range(count), each in its own thread and connection."""
+    return in_threads([functools.partial(target, n) for n in range(count)])
 
 
 def _hold_first_lookup(monkeypatch, count: int, timeout: float = 10) -> list[int]:

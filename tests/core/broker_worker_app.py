@@ -11,6 +11,8 @@ from pathlib import Path
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
 
+from tests.core.broker_spool import broker_options
+
 # As config/celery.py does for the product.
 TRANSPORT_ALIASES["filesystem"] = "core.broker:Transport"
 
@@ -18,15 +20,8 @@ ROOT = Path(os.environ["BROKER_TEST_ROOT"])
 EVENTS = ROOT / "events"
 
 app = Celery("brokertest", broker="filesystem://")
-# The folders test_broker.broker_options sets up for the sending side.
-app.conf.broker_transport_options = {
-    "data_folder_in": str(ROOT / "queue"),
-    "data_folder_out": str(ROOT / "queue"),
-    "processed_folder": str(ROOT / "processed"),
-    "control_folder": str(ROOT / "control"),
-    "store_processed": False,
-    "polling_interval": 0.05,
-}
+# The same spool as the sending side of the test.
+app.conf.broker_transport_options = broker_options(ROOT)
 app.conf.worker_prefetch_multiplier = 1
 
 

@@ -23,6 +23,7 @@ from celery import Celery
 from kombu.transport.filesystem import LOCK_EX, lock, unlock
 
 import core.broker
+from tests.core.broker_spool import broker_options
 
 PUBLISHERS = 4
 CONSUMERS = 2
@@ -38,21 +39,6 @@ def _fresh_broker_state():
     core.broker.Transport.global_state.clear()
     yield
     core.broker.Transport.global_state.clear()
-
-
-def broker_options(root: Path, **extra) -> dict:
-    for sub in ("queue", "processed", "control"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    return {
-        **extra,
-        "data_folder_in": str(root / "queue"),
-        "data_folder_out": str(root / "queue"),
-        "processed_folder": str(root / "processed"),
-        "control_folder": str(root / "control"),
-        "store_processed": False,
-        # kombu sleeps this long whenever a poll finds nothing; 1 s by default.
-        "polling_interval": 0.01,
-    }
 
 
 def publish(root: Path, publisher: int, start: multiprocessing.Barrier) -> None:
