@@ -10,7 +10,7 @@ from django.db.models.functions import Substr, TruncDate
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from contacts import pii, roles
+from contacts import labels, pii, roles
 from contacts.models import (
     PROFILE_COLUMNS,
     Consent,
@@ -413,6 +413,12 @@ def contact_sources(*, user: AbstractBaseUser, limit: int = 50) -> list[str]:
     with connections[Contact.objects.db].cursor() as cursor:
         cursor.execute(sql, [limit])
         return [row[0] for row in cursor.fetchall()]
+
+
+def contact_source_labels(*, user: AbstractBaseUser) -> list[str]:
+    """What the list's source filter suggests: the sources of the contacts `user` may see, as
+    the list shows them (a label for the sources the product writes)."""
+    return sorted({labels.source_label(code) for code in contact_sources(user=user)})
 
 
 def contact_notes(*, contact: Contact, limit: int = 50) -> list[Note]:

@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -101,6 +102,8 @@ def contact_list(request: HttpRequest) -> HttpResponse:
         "store_scope": roles.is_store_staff(request.user) and not request.user.is_superuser,
         "can_bulk_tag": request.user.has_perm("contacts.add_contacttag")
         or request.user.has_perm("contacts.delete_contacttag"),
+        # Called by the template only where the filter form is drawn (not for a table page).
+        "source_suggestions": functools.partial(selectors.contact_source_labels, user=request.user),
     }
     return render_page(request, LIST_TEMPLATE, context, fragment="contact-table")
 

@@ -47,13 +47,6 @@ def source_label_filter(value: str) -> str:
     return labels.source_label(value)
 
 
-@register.simple_tag
-def source_suggestions(user: AbstractBaseUser) -> list[str]:
-    """What the source filter suggests: the sources of the contacts `user` may see, shown as in
-    the list."""
-    return sorted({labels.source_label(code) for code in selectors.contact_sources(user=user)})
-
-
 @register.filter
 def merge_reason(reason: str) -> str:
     """The label of a merge or never-merge reason (identify → 自动：身份相同)."""
