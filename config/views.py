@@ -85,6 +85,12 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
     return render(request, "403.html", {"back_url": _back_url(request)}, status=403)
 
 
+def method_not_allowed(request: HttpRequest) -> HttpResponse:
+    """The page for an action's address opened by GET (config.middleware.MethodNotAllowedPage):
+    nothing was changed, and the way back is the page the action belongs to."""
+    return render(request, "405.html", {"back_url": _back_url(request)}, status=405)
+
+
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """The 404 page in the operator layout, with a way back; for the API, its JSON error (an
     unknown path or an id that is not a number never reaches the API's own handler)."""

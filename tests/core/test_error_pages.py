@@ -152,3 +152,27 @@ def test_a_bad_request_page_in_the_same_style():
     page = response.content.decode()
     assert response.status_code == 400
     assert 'data-error="400"' in page and zh("The request could not be handled") in page
+
+
+def test_an_actions_address_opened_in_the_browser_explains_itself(client, clerk):
+    contact = ContactFactory(owner=clerk, phone="+8613800138000")
+    came_from = "http://testserver" + reverse("contacts:detail", args=[contact.pk])
+
+    response = client.get(reverse("contacts:unmask", args=[contact.pk]), HTTP_REFERER=came_from)
+
+    page = response.content.decode()
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert SIDEBAR in page and 'data-error="405"' in page
+    assert zh("This address performs an action") in page
+    assert f'href="{came_from}"' in page  # back to the contact the button is on
+    assert "13800138000" not in page  # nothing was unmasked
+
+
+def test_api_and_htmx_keep_their_own_405(client, clerk, api):
+    htmx = client.get(reverse("contacts:unmask", args=[1]), HTTP_HX_REQUEST="true")
+    api_answer = api.get("/api/v1/identify")
+
+    assert htmx.status_code == 405 and htmx.content == b""
+    assert api_answer.status_code == 405
+    assert api_answer.json()["error"]["code"] == "method_not_allowed"
