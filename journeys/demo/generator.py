@@ -105,7 +105,7 @@ class Chunk:
 CONTACT_FIELDS = [
     "id", "created_at", "updated_at", "name", "nickname", "gender", "birthday", "phone", "email",
     "province", "city", "source", "channel_code", "lifecycle_stage_id", "attributes",
-    "last_seen_at", "last_active_at",
+    "first_seen_at", "last_seen_at", "last_active_at",
 ]  # fmt: skip
 IDENTITY_FIELDS = ["contact_id", "kind", "app_id", "value", "created_at"]
 CONTACT_TAG_FIELDS = ["contact_id", "tag_id", "source", "created_at"]
@@ -295,6 +295,7 @@ class DemoGenerator:
                 channel_code,
                 stage,
                 _json(attributes),
+                created_at,  # first seen when the customer arrived through their source
                 last_seen_at,
                 last_seen_at,  # every generated event is the customer's own activity
             )

@@ -67,6 +67,8 @@ def test_contacts_look_like_chinese_customers(seeded):
     assert {c.source for c in contacts} <= {row[0] for row in catalog.SOURCES}
     assert len({c.lifecycle_stage for c in contacts}) >= 3
     assert all(c.last_seen_at >= c.created_at for c in contacts)
+    # Seen first when they arrived: the 360 page shows both dates.
+    assert all(c.first_seen_at == c.created_at for c in contacts)
 
 
 def test_every_phone_and_wechat_identity_is_recorded(seeded):
