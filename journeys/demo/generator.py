@@ -87,6 +87,12 @@ def _json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _with_properties(event: tuple, extra: dict) -> tuple:
+    """An event row (EVENT_FIELDS order) with `extra` added to its properties."""
+    properties = {**json.loads(event[6]), **extra}
+    return (*event[:6], _json(properties), *event[7:])
+
+
 @dataclass
 class Chunk:
     contacts: list[tuple] = field(default_factory=list)
@@ -533,6 +539,28 @@ class DemoGenerator:
                 "miniprogram",
             )
         )
+        self._credit_referrer(contact_id, referrer, out)
+
+    @staticmethod
+    def _credit_referrer(contact_id: int, referrer: int, out: Chunk) -> None:
+        """Let the invitee's arrival and first purchase name the ambassador, as a mini-program
+        passes the invitation along: the KOC page's reach and referred orders then have
+        something to count. No random draws, so nothing else about any contact changes."""
+        events = out.events
+        first = len(events) - 1  # this contact's events are the last ones of the chunk
+        while first > 0 and events[first - 1][2] == contact_id:
+            first -= 1
+        mine = [i for i in range(first, len(events)) if events[i][3] != REFERRAL_EVENT]
+        if not mine:
+            return
+        arrival = min(mine, key=lambda i: events[i][4])
+        if events[arrival][3] in ("page_view", "qr_scanned"):
+            extra = {"from_contact_id": referrer, "share_id": f"INV{referrer:06d}"}
+            events[arrival] = _with_properties(events[arrival], extra)
+        purchases = [i for i in mine if events[i][3] == "purchase"]
+        if purchases:
+            bought = min(purchases, key=lambda i: events[i][4])
+            events[bought] = _with_properties(events[bought], {"referrer_contact_id": referrer})
 
     def _stage(self, b: "Behaviour", last_seen_ts: float) -> str:
         idle_days = (self.now_ts - last_seen_ts) / DAY
@@ -619,19 +647,21 @@ class DemoGenerator:
             for interest in interests
             if rng.random() < 0.8
         ]
+        # Value and lifecycle tags were set by the brand's earlier tool and came over in the
+        # first import: source "rule" would point at auto-tag rules the demo does not have.
         bought = len(b.purchases)
         if b.spend >= HIGH_VALUE_SPEND:
-            names.append(("高价值", TagSource.RULE))
+            names.append(("高价值", TagSource.IMPORT))
         elif b.carts >= 2 and bought <= 1:
-            names.append(("潜力客户", TagSource.RULE))
+            names.append(("潜力客户", TagSource.IMPORT))
         if bought and b.discounted * 2 >= bought and rng.random() < 0.7:
-            names.append(("价格敏感", TagSource.RULE))
+            names.append(("价格敏感", TagSource.IMPORT))
         if style == "store" or (b.scans and rng.random() < 0.5):
             names.append(("门店到访", TagSource.WECOM))
         if (style == "douyin" and rng.random() < 0.9) or rng.random() < 0.05:
             names.append(("直播间", TagSource.IMPORT))
         if b.shares >= 2:
-            names.append(("社群活跃", TagSource.RULE))
+            names.append(("社群活跃", TagSource.IMPORT))
         lifecycle = {
             LifecycleStage.FIRST_PURCHASE: "首购",
             LifecycleStage.REPEAT: "复购",
@@ -642,7 +672,7 @@ class DemoGenerator:
         if lifecycle is None and self.now_ts - created_ts < 30 * DAY:
             lifecycle = "新客"
         if lifecycle:
-            names.append((lifecycle, TagSource.RULE))
+            names.append((lifecycle, TagSource.IMPORT))
         for tag_name, source in names:
             tagged_ts = created_ts + rng.random() * (b.last_ts - created_ts)
             out.contact_tags.append(

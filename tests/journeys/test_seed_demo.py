@@ -1,5 +1,6 @@
 import datetime as dt
 import re
+from collections import Counter
 from decimal import Decimal
 from io import StringIO
 
@@ -200,6 +201,23 @@ def test_rfm_layers_and_koc_influence_are_computed_as_the_nightly_passes_do(seed
         assert scored[referrer].invites_accepted == len(invited)
     sharers = set(Event.objects.filter(name="share").values_list("contact_id", flat=True))
     assert set(scored) == sharers | set(invitees)
+    # An invitee's arrival and first purchase name the ambassador: reach and referred orders.
+    reached: dict[int, set[int]] = {}
+    for event in Event.objects.filter(properties__has_key="from_contact_id"):
+        assert event.name in ("page_view", "qr_scanned")
+        reached.setdefault(event.properties["from_contact_id"], set()).add(event.contact_id)
+    referred = Counter(
+        event.properties["referrer_contact_id"]
+        for event in Event.objects.filter(
+            name="purchase", properties__has_key="referrer_contact_id"
+        )
+    )
+    assert reached and referred
+    assert set(reached) | set(referred) <= set(invitees)
+    for referrer, visitors in reached.items():
+        assert scored[referrer].share_reach >= len(visitors)
+    for referrer, purchases in referred.items():
+        assert scored[referrer].referred_purchases == purchases
     kocs = Influence.objects.filter(is_koc=True)
     assert kocs.exists()
     assert f"{kocs.count():,} of them KOCs" in seeded
