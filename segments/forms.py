@@ -43,6 +43,7 @@ from segments.rules.schema import (
     CONDITION_TYPES,
     CORE_FIELDS,
     CUSTOM_KIND_TYPES,
+    CYCLE,
     DATE,
     DATETIME,
     DAYS_OPS,
@@ -59,7 +60,9 @@ from segments.rules.schema import (
     REF,
     RELATIVE_OPS,
     SET_OPS,
+    errors_of,
     normalise_operator,
+    property_text,
 )
 
 ROOT = "r"
@@ -68,6 +71,14 @@ LIST_SPLIT_RE = re.compile(r"\s*[,，、]\s*")
 PATH_STEP_RE = re.compile(r"\.conditions\[(\d+)\]")
 NEW_CONDITION = {"type": "attribute", "field": "city", "operator": "eq", "value": ""}
 NEW_FILTER = {"property": "", "operator": "eq", "value": None}
+# The comparisons each measure of an event condition offers.
+MEASURE_OPS = {
+    "count": AGGREGATE_OPS,
+    "sum": AGGREGATE_OPS,
+    "avg": AGGREGATE_OPS,
+    "first": OCCURRENCE_OPS,
+    "last": OCCURRENCE_OPS,
+}
 # The defaults a condition kind starts from when the operator switches to it.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "attribute": NEW_CONDITION,
@@ -97,6 +108,15 @@ def _scalar(raw: str) -> Any:
     except ValueError:
         return text
     return number if number == number and abs(number) != float("inf") else text
+
+
+def _kept_number(raw: str) -> Any:
+    """The number `raw` spells when it is that number's own text form (150, 12.5), else `raw`:
+    either means the same to a property equality, this keeps a stored number as it was."""
+    value = _scalar(raw)
+    if isinstance(value, int | float) and property_text(value) == raw:
+        return value
+    return raw
 
 
 def _int_or_raw(raw: str) -> Any:
@@ -182,7 +202,14 @@ class _Reader:
         measure = self.get(path, "measure", "performed")
         node: dict[str, Any] = {"type": "event", "name": self.get(path, "name").strip()}
         node["measure"] = measure
-        if measure in ("count", "sum", "avg"):
+        previous = self.get(path, "measure_was", measure)
+        if previous != measure and measure in MEASURE_OPS:
+            # Another measure was picked: the value meant something else ("sum ≥ 500" is not
+            # "count ≥ 500"), so it is cleared; the comparison stays when the new measure has it.
+            operator = self.get(path, "operator")
+            node["operator"] = operator if operator in MEASURE_OPS[measure] else ""
+            node["value"] = None
+        elif measure in ("count", "sum", "avg"):
             node["operator"] = self.get(path, "operator")
             self.operator_value(path, node, NUMBER, False)
         elif measure in ("first", "last"):
@@ -211,12 +238,16 @@ class _Reader:
                 "operator": self.data.get(f"{fpath}.operator", "eq"),
             }
             raw = self.data.get(f"{fpath}.value", "")
-            # Event properties are untyped JSON: "150" and 150 match differently, so a value
-            # stored as text stays text (the row carries that fact in a hidden input).
-            text = self.data.get(f"{fpath}.text") == "1"
+            # Equality compares text forms (schema.property_value_equals): what was typed stays
+            # text, so a code like 021 is not read as the number 21. A number stored in an older
+            # rule (the row carries that fact in a hidden input) stays a number while its text
+            # is unchanged, so saving the rule unchanged stores it unchanged.
+            number = self.data.get(f"{fpath}.number") == "1"
             if item["operator"] == "in":
-                item["value"] = _split(raw) if text else [_scalar(v) for v in _split(raw)]
-            elif item["operator"] == "contains" or (text and item["operator"] in ("eq", "neq")):
+                item["value"] = [_kept_number(v) if number else v for v in _split(raw)]
+            elif item["operator"] in ("eq", "neq"):
+                item["value"] = _kept_number(raw) if number else raw
+            elif item["operator"] == "contains":
                 item["value"] = raw
             elif item["operator"] not in NO_VALUE_OPS:
                 item["value"] = _scalar(raw)
@@ -486,10 +517,11 @@ def _value_widget(value_type: str | None, operator: str, value: Any, choices) ->
     return ValueWidget("text", value=_text(value))
 
 
-def _is_text(value: Any) -> bool:
-    if isinstance(value, list):
-        return bool(value) and all(isinstance(v, str) for v in value)
-    return isinstance(value, str)
+def _is_number_value(value: Any) -> bool:
+    """Whether a stored property filter value holds numbers (a rule saved before typed values
+    were kept as text)."""
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def _operators(allowed, operator) -> tuple[list[Option], str]:
@@ -509,11 +541,80 @@ def builder_tree(
         rule = {"op": "and", "conditions": [rule] if isinstance(rule, dict) and rule else []}
     root = _build(rule, ROOT, 0, catalogue, _count(rule))
     if error is not None:
-        path, attr = rule_error_location(error)
-        target = _find(root, path) or root
-        target.error = rule_error_message(error, rule=rule)
-        target.error_attr = rule_error_part(attr)
+        # Every invalid condition at once, each at its own row (the first error of a row).
+        for problem in errors_of(error):
+            path, attr = rule_error_location(problem)
+            target = _find(root, path) or root
+            if target.error:
+                continue
+            target.error = rule_error_message(problem, rule=rule)
+            target.error_attr = rule_error_part(attr)
     return root
+
+
+@dataclass
+class RuleProblem:
+    """One invalid condition as the live preview reports it."""
+
+    path: str  # the builder path of the row (r-2-0)
+    attr: str  # the row's label for the part the error names ("值"), or ""
+    message: str
+    # The part the error names is still empty (a condition just added, a value cleared because
+    # the measure changed): the preview does not mark such a row red while the operator has
+    # yet to fill it in; saving still refuses it.
+    unfilled: bool = False
+    cycle: bool = False
+
+
+def rule_problems(error: ValidationFailed, rule: Any) -> list[RuleProblem]:
+    """Every invalid condition a validation error stands for, for the live preview."""
+    problems = []
+    for item in errors_of(error):
+        path, attr = rule_error_location(item)
+        details = item.details if isinstance(item.details, dict) else {}
+        node = _rule_node_at(rule, path)
+        problems.append(
+            RuleProblem(
+                path=path,
+                attr=rule_error_part(attr),
+                message=rule_error_message(item, rule=rule),
+                unfilled=node is not None and _unfilled(node, attr),
+                cycle=details.get("reason") == CYCLE,
+            )
+        )
+    return problems
+
+
+ATTR_STEP_RE = re.compile(r"(\w+)(?:\[(\d+)\])?")
+
+
+def _unfilled(node: dict, attr: str) -> bool:
+    """Whether the part of a condition an error names (`value`, `tags`, `filters[1].value`,
+    `window.last_days` …) is empty: nothing typed or picked yet, or only part of a pair."""
+    if not attr:
+        return False
+    part: Any = node
+    for step in attr.split("."):
+        match = ATTR_STEP_RE.fullmatch(step)
+        if match is None or not isinstance(part, dict):
+            return False
+        part = part.get(match.group(1))
+        if match.group(2) is not None:
+            index = int(match.group(2))
+            if not isinstance(part, list) or index >= len(part):
+                return False
+            part = part[index]
+    return _empty(part)
+
+
+def _empty(value: Any) -> bool:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    if isinstance(value, list):
+        return not value or any(_empty(v) for v in value)
+    if isinstance(value, dict):
+        return not value or any(_empty(v) for v in value.values())
+    return False
 
 
 def rule_error_message(error: ValidationFailed, *, rule: Any = None) -> str:
@@ -685,6 +786,7 @@ class _Rows:
         measure = node.get("measure", "performed")
         item.extra["name"] = node.get("name", "")
         item.extra["measure"] = _options(MEASURE_LABELS.items(), measure)
+        item.extra["measure_key"] = measure
         if measure in ("count", "sum", "avg"):
             item.operator_options, operator = _operators(AGGREGATE_OPS, node.get("operator"))
             item.value = _value_widget(NUMBER, operator, node.get("value"), None)
@@ -707,7 +809,7 @@ class _Rows:
                     f.get("operator") if isinstance(f, dict) else "eq",
                 ),
                 "value": _text(f.get("value")) if isinstance(f, dict) else "",
-                "text": isinstance(f, dict) and _is_text(f.get("value")),
+                "number": isinstance(f, dict) and _is_number_value(f.get("value")),
             }
             for j, f in enumerate(node.get("filters") or [])
         ]

@@ -36,13 +36,10 @@ from segments.forms import (
     StaticImportForm,
     builder_tree,
     rule_apply_action,
-    rule_error_location,
-    rule_error_message,
-    rule_error_part,
     rule_from_post,
+    rule_problems,
 )
 from segments.models import AutoTagRule, Segment, SegmentKind
-from segments.rules.schema import CYCLE
 
 PAGE_SIZE = 50
 SAMPLE_SIZE = 10
@@ -312,13 +309,15 @@ def segment_preview(request: HttpRequest) -> HttpResponse:
             qs.select_related("lifecycle_stage").order_by("-pk")[:SAMPLE_SIZE]
         )
     except ValidationFailed as exc:
-        path, attr = rule_error_location(exc)
-        context["error"] = rule_error_message(exc, rule=rule)
-        context["error_path"] = path
-        context["error_attr"] = rule_error_part(attr)
+        # Every invalid condition, each shown at its row by the builder's script, except those
+        # still waiting to be filled in (no count either way until the rule is complete).
+        problems = rule_problems(exc, rule)
+        shown = [p for p in problems if not p.unfilled]
+        context["problems"] = problems
+        context["error"] = (shown or problems)[0].message
+        context["shown_count"] = len(shown)
         # A complete rule refused for what it reads is not "not complete yet".
-        details = exc.details if isinstance(exc.details, dict) else {}
-        context["error_is_cycle"] = details.get("reason") == CYCLE
+        context["error_is_cycle"] = bool(shown) and shown[0].cycle
     response = render(request, "segments/_rule_preview.html", context)
     patch_vary_headers(response, ["HX-Request"])
     return response

@@ -60,7 +60,9 @@ from segments.rules.schema import (
     FieldSpec,
     field_spec,
     normalise_operator,
+    numeral_value,
     parse_date,
+    property_text,
     rule_error,
 )
 
@@ -86,7 +88,12 @@ class JSONKeyIs(Func):
     """
 
     output_field = BooleanField()
-    SQLITE_TYPES = {"number": "('integer', 'real')", "string": "('text')"}
+    SQLITE_TYPES = {
+        "number": "('integer', 'real')",
+        "string": "('text')",
+        "true": "('true')",
+        "false": "('false')",
+    }
 
     def __init__(self, field: str, key: str, kind: str) -> None:
         self.key, self.kind = key, kind
@@ -94,6 +101,8 @@ class JSONKeyIs(Func):
 
     def as_postgresql(self, compiler, connection, **extra):
         sql, params = compiler.compile(self.source_expressions[0])
+        if self.kind in ("true", "false"):
+            return f"(({sql} -> %s) = %s::jsonb)", (*params, self.key, self.kind)
         return f"(JSONB_TYPEOF({sql} -> %s) = %s)", (*params, self.key, self.kind)
 
     def as_sqlite(self, compiler, connection, **extra):
@@ -454,10 +463,10 @@ class Compiler:
                 & Q(**{f"{path}__icontains": value})
             )
         if operator == "in":
-            return present & Q(**{f"{path}__in": value})
+            return present & _any([json_text_equals("properties", prop, v) for v in value])
         if operator == "neq":
-            return ~(present & Q(**{path: value}))
-        return present & Q(**{path: value})
+            return ~(present & json_text_equals("properties", prop, value))
+        return present & json_text_equals("properties", prop, value)
 
     def membership(self, node: dict) -> Q:
         from membership.models import Member
@@ -540,6 +549,25 @@ class Compiler:
         return q
 
 
+def json_text_equals(field: str, key: str, value: Any) -> Q:
+    """True where the JSON object in `field` holds, under `key`, a value whose text form is
+    `value`'s (schema.property_value_equals says it in Python): the text itself, a number when
+    `value` is a plain numeral of it ("1001", or 1001 in an older rule), true/false for
+    "true"/"false". The same on PostgreSQL and SQLite: each kind of JSON value is compared
+    with its own kind, never through a database's own text conversion of numbers."""
+    text = property_text(value) if not isinstance(value, bool) else None
+    if text is None:
+        return NOTHING
+    path = f"{field}__{key}"
+    q = Q(JSONKeyIs(field, key, "string")) & Q(**{path: text})
+    number = numeral_value(text)
+    if number is not None:
+        q |= Q(JSONKeyIs(field, key, "number")) & Q(**{path: number})
+    if text in ("true", "false"):
+        q |= Q(JSONKeyIs(field, key, text))
+    return q
+
+
 def _any(parts: list[Q]) -> Q:
     if not parts:
         return NOTHING
@@ -611,4 +639,4 @@ def _floor(value: Any, scale: int) -> int:
     return math.floor(Decimal(str(value)) * scale)
 
 
-__all__ = ["BOOL", "REF", "Compiler", "compile_rule"]
+__all__ = ["BOOL", "REF", "Compiler", "compile_rule", "json_text_equals"]

@@ -11,8 +11,10 @@ of each kind, and compiler.py gives each its SQL meaning.
 
 import datetime as dt
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
@@ -105,6 +107,11 @@ AGGREGATE_OPS = ("eq", "gt", "gte", "lt", "lte", "between")
 OCCURRENCE_OPS = ("on", "before", "after", "between", *RELATIVE_OPS)
 PROPERTY_OPS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists", "not_exists")
 NUMERIC_PROPERTY_OPS = ("gt", "gte", "lt", "lte")
+# Property equality (eq, neq, in) compares text forms (see property_value_equals).
+TEXT_PROPERTY_OPS = ("eq", "neq", "in")
+# A plain decimal numeral: what a number's text form looks like (no leading zero as in "021",
+# no sign "+", no exponent).
+PLAIN_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 
 MEMBERSHIP_FIELDS = {
     "is_member": BOOL,
@@ -195,6 +202,57 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def property_text(value: Any) -> str | None:
+    """The text form a property equality compares: text as it is, a number as a plain numeral
+    (150 → "150", 1001.0 → "1001", 12.5 → "12.5"), true/false as "true"/"false"; None for
+    anything else (null, lists, objects)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        if value == int(value):
+            return str(int(value))
+        text = format(Decimal(repr(value)), "f")
+        return text
+    return None
+
+
+def numeral_value(text: str) -> int | float | None:
+    """The number a text written as a plain numeral stands for ("1001" → 1001, "12.50" → 12.5);
+    None for other text ("021", "+5", "1e3", "SKU-1")."""
+    if not isinstance(text, str) or not PLAIN_NUMBER_RE.fullmatch(text):
+        return None
+    if "." not in text:
+        return int(text)
+    number = float(text)
+    return int(number) if number == int(number) and abs(number) < 2**53 else number
+
+
+def property_value_equals(raw: Any, value: Any) -> bool:
+    """Whether an event property `raw` (decoded JSON) equals a filter's `value` (text, or a
+    number in rules stored before values were kept as text).
+
+    Both are compared by their text form, so codes made of digits match however the sender
+    typed them: the value "1001" (or 1001) matches the text "1001" and the number 1001 alike.
+    Text matches only the same text ("021" is not "21"); a number matches a value written as a
+    plain numeral of the same number ("12.50" matches 12.5); true and false match "true" and
+    "false". This is the segment rule compiler's meaning (compiler.json_text_equals)."""
+    text = property_text(value) if not isinstance(value, bool) else None
+    if text is None:
+        return False
+    if isinstance(raw, bool):
+        return text == ("true" if raw else "false")
+    if isinstance(raw, str):
+        return raw == text
+    if isinstance(raw, int | float) and math.isfinite(raw):
+        number = numeral_value(text)
+        return number is not None and Decimal(repr(raw)) == Decimal(repr(number))
+    return False
+
+
 def _is_days(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DAYS
 
@@ -205,14 +263,59 @@ def validate_rule(rule: Any, *, segment_id: int | None = None) -> None:
     `segment_id` is the segment the rule belongs to (if it exists yet), so that a rule reading
     another segment that (directly or not) reads this one is rejected as a cycle, and so that
     an archived segment its stored rule already reads may stay in it.
+
+    The error names the first invalid condition; when several are invalid, its details also
+    list them all (`details["errors"]`: path, message and reason of each, in rule order), so
+    that the builder and API clients can point at every one at once (see rule_errors).
     """
-    Validator(segment_id).node(rule, "rule", 0)
+    errors = rule_errors(rule, segment_id=segment_id)
+    if not errors:
+        return
+    first = errors[0]
+    if len(errors) > 1:
+        first.details = {
+            **first.details,
+            "errors": [{"message": e.message, **e.details} for e in errors],
+        }
+    raise first
+
+
+def rule_errors(rule: Any, *, segment_id: int | None = None) -> list[ValidationFailed]:
+    """Every invalid condition of `rule` (one error each, the first thing wrong with it), in
+    rule order; [] when the rule is valid. A malformed group (or a rule over the limits of
+    size and depth) gives that one error: what it holds cannot be placed."""
+    validator = Validator(segment_id)
+    try:
+        validator.node(rule, "rule", 0)
+    except ValidationFailed as exc:
+        return [exc]
+    return validator.errors
+
+
+def errors_of(exc: ValidationFailed) -> list[ValidationFailed]:
+    """The errors a validation error stands for: each invalid condition validate_rule listed
+    in its details, or the error itself."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    listed = details.get("errors")
+    if not isinstance(listed, list) or not listed:
+        return [exc]
+    out = []
+    for item in listed:
+        extra = {k: v for k, v in item.items() if k != "message"}
+        out.append(ValidationFailed(item["message"], code=exc.code, details=extra))
+    return out
+
+
+class _TooBig(ValidationFailed):
+    """The rule exceeds a size or depth limit: validation stops there."""
 
 
 class Validator:
     def __init__(self, segment_id: int | None) -> None:
         self.segment_id = segment_id
         self.count = 0
+        # Errors of the conditions seen so far (each condition stops at its first error).
+        self.errors: list[ValidationFailed] = []
 
     @cached_property
     def stored_refs(self) -> set[int]:
@@ -228,10 +331,12 @@ class Validator:
         if not isinstance(node, dict):
             _fail(path, _("must be an object"))
         if depth > MAX_DEPTH:
-            _fail(path, _("groups nest deeper than %(max)s levels") % {"max": MAX_DEPTH})
+            message = _("groups nest deeper than %(max)s levels") % {"max": MAX_DEPTH}
+            raise _TooBig(f"{path}: {message}", code="invalid_rule", details={"path": path})
         self.count += 1
         if self.count > MAX_CONDITIONS:
-            _fail(path, _("a rule may hold at most %(max)s conditions") % {"max": MAX_CONDITIONS})
+            message = _("a rule may hold at most %(max)s conditions") % {"max": MAX_CONDITIONS}
+            raise _TooBig(f"{path}: {message}", code="invalid_rule", details={"path": path})
         if "op" in node:
             if node["op"] not in GROUP_OPS:
                 _fail(f"{path}.op", _one_of(GROUP_OPS))
@@ -241,7 +346,13 @@ class Validator:
             if node["op"] == "not" and not children:
                 _fail(f"{path}.conditions", _("a NOT group needs at least one condition"))
             for i, child in enumerate(children):
-                self.node(child, f"{path}.conditions[{i}]", depth + 1)
+                try:
+                    self.node(child, f"{path}.conditions[{i}]", depth + 1)
+                except _TooBig:
+                    raise
+                except ValidationFailed as exc:
+                    # Go on with the next condition: the operator sees every error at once.
+                    self.errors.append(exc)
             return
         kind = node.get("type")
         if kind not in CONDITION_TYPES:
@@ -428,10 +539,11 @@ class Validator:
             _fail(path, _('must be an object: {"last_days": N} or {"from": date, "to": date}'))
         if "last_days" in window:
             days = window["last_days"]
-            if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
+            # 0 is today so far (from local midnight): "purchased today".
+            if not _is_days(days):
                 _fail(
                     f"{path}.last_days",
-                    _("must be a whole number of days, 1–%(max)s") % {"max": MAX_DAYS},
+                    _("must be a whole number of days, 0–%(max)s") % {"max": MAX_DAYS},
                 )
             return
         first, last = parse_date(window.get("from")), parse_date(window.get("to"))

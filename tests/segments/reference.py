@@ -7,6 +7,7 @@ the semantics documented in segments/rules/compiler.py and docs/segments.md.
 
 import calendar
 import datetime as dt
+import re
 from collections import defaultdict
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -327,23 +328,47 @@ def property_matches(properties: dict, item: dict) -> bool:
     if op == "not_exists":
         return not present
     if op == "neq":
-        return not (present and same_json(raw, value))
+        return not (present and same_text(raw, value))
     if not present:
         return False
     if op == "eq":
-        return same_json(raw, value)
+        return same_text(raw, value)
     if op == "in":
-        return any(same_json(raw, v) for v in value)
+        return any(same_text(raw, v) for v in value)
     if op == "contains":
         return isinstance(raw, str) and value.lower() in raw.lower()
     is_number = isinstance(raw, int | float) and not isinstance(raw, bool)
     return is_number and compare(raw, op, value)
 
 
-def same_json(a: Any, b: Any) -> bool:
-    """JSON equality: numbers equal numbers by value, never strings or booleans."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    return type(a) is type(b) and a == b
+def text_form(value: Any) -> str | None:
+    """How an event property reads as text: text itself, a number in plain decimal digits
+    (1001.0 reads "1001", 1e-7 reads "0.0000001"), true/false as "true"/"false"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        number = Decimal(str(value))
+        if number == number.to_integral_value():
+            return str(int(number))
+        return format(number.normalize(), "f")
+    return None
+
+
+def same_text(raw: Any, value: Any) -> bool:
+    """Property equality: a rule value (text, or a number in an old rule) and the event's
+    property read the same as text; a number also equals text that spells it with decimals
+    ("12.50" and 12.5), but never text with a leading zero, a sign + or an exponent ("021")."""
+    wanted = text_form(value) if not isinstance(value, bool) else None
+    if wanted is None or raw is None or isinstance(raw, list | dict):
+        return False
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        plain = re.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?", wanted)
+        if plain is None:
+            return False
+        # Typed decimals are read as floating point numbers (as JSON numbers are), whole ones
+        # exactly.
+        spelled = Decimal(wanted) if plain.group(2) is None else Decimal(str(float(wanted)))
+        return Decimal(str(raw)) == spelled
+    return text_form(raw) == wanted

@@ -126,7 +126,7 @@ def members(segment: Segment) -> set[int]:
                         "measure": "sum",
                         "operator": "gte",
                         "value": 500,
-                        "window": {"last_days": 0},
+                        "window": {"last_days": -1},  # 0 is today: valid
                     }
                 ],
             },
