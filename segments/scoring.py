@@ -6,8 +6,13 @@ A contact's score is the sum of its awards (LeadScoreAward):
 
 Profile-fit points describe who the contact *is* and count in full while the contact matches;
 engagement (event) points fade with the configured half-life (0 = never). The score stored on
-Contact.lead_score is exact as of Contact.lead_score_at; new awards update it incrementally and a
-daily pass recomputes everyone from the awards.
+Contact.lead_score is that sum as of Contact.lead_score_at, rounded to SCORE_DECIMALS: every
+writer (new awards, the daily decay, recomputes) stores it rounded, so thresholds, segment rules
+and screens all compare the value the operator sees. New awards recompute the contacts they
+touch from their awards; a daily pass recomputes everyone.
+
+Event-rule property filters mean what they mean in segment rules: they compile with the segment
+rule compiler (Compiler.property_filter) and match in SQL.
 """
 
 import datetime as dt
@@ -15,7 +20,6 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db import connection, transaction
@@ -23,7 +27,7 @@ from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from contacts.models import Contact, CustomField, Event, MergeRecord, Stage, Tag
+from contacts.models import Contact, CustomField, Event, LifecycleStage, MergeRecord, Stage, Tag
 from contacts.services import contact_update, event_record
 from core.errors import ValidationFailed
 from segments.models import (
@@ -34,13 +38,17 @@ from segments.models import (
     LeadStageThreshold,
     ScoreRuleKind,
 )
-from segments.rules import compile_rule, rule_tag_refs, validate_rule
+from segments.rules import compile_rule, rule_tag_refs, validate_property_filter, validate_rule
+from segments.rules.compiler import Compiler
 from segments.rules.topics import topics_mask
 from segments.services import mark_dirty, queue_contacts, rule_check_ids, rule_field_keys
 
 logger = logging.getLogger(__name__)
 
-PROPERTY_OPERATORS = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists")
+# The segment rules' event property operators (segments.rules.schema.PROPERTY_OPS).
+PROPERTY_OPERATORS = (
+    "eq", "neq", "gt", "gte", "lt", "lte", "in", "contains", "exists", "not_exists",
+)  # fmt: skip
 MAX_PROPERTY_FILTERS = 20
 # Contacts per recompute batch: four queries and one UPDATE per 1,000 rows. Measured with 10
 # awards a contact on the shared 2-core machine: ~0.5 s a batch on SQLite, ~1 s on PostgreSQL.
@@ -55,6 +63,21 @@ MERGE_MOVED_KEY = "segments.leadscoreaward"
 # API call) so the score is current on the next page view; bigger changes go to a worker.
 FIT_INLINE_LIMIT = 200
 SECONDS_PER_DAY = 86400
+# Decimals of the stored score: what the screens show, thresholds and segment rules compare.
+SCORE_DECIMALS = 2
+# Stages a threshold may not move anyone to: they are off the customer's path (沉睡, 流失), not
+# progress along it. Brands' own stages count as progression stages.
+OFF_PATH_STAGE_KEYS = frozenset({LifecycleStage.DORMANT.value, LifecycleStage.CHURNED.value})
+# A new or changed event rule scores past events back to where decay leaves less than this share
+# of the points, and never more than BACKFILL_MAX_DAYS back (also the window without decay).
+BACKFILL_NEGLIGIBLE = 0.01
+BACKFILL_MAX_DAYS = 180
+# Contacts per back-fill / threshold batch (one transaction each): the back-fill reads their
+# events in the window and their awards, like a recompute batch.
+BACKFILL_BATCH = 1000
+THRESHOLD_BATCH = 1000
+# Event ids per property-filter query when matching newly recorded events.
+MATCH_BATCH = 1000
 SCORE_TOPIC_MASK = topics_mask(["lead_score"])
 
 
@@ -101,7 +124,11 @@ def _filter_error(path: str, message: str) -> ValidationFailed:
 
 
 def property_filters_validate(*, filters: Any) -> list[dict[str, Any]]:
-    """Return the filters cleaned, or raise ValidationFailed naming the offending row."""
+    """Return the filters cleaned, or raise ValidationFailed naming the offending row.
+
+    A filter is a segment rule's event property filter, checked by the segment rules' own
+    validation; `exists` with the value false (the older spelling) becomes `not_exists`.
+    """
     if filters in (None, ""):
         return []
     if not isinstance(filters, list):
@@ -113,110 +140,84 @@ def property_filters_validate(*, filters: Any) -> list[dict[str, Any]]:
     cleaned: list[dict[str, Any]] = []
     for i, row in enumerate(filters):
         path = f"property_filters[{i}]"
-        if not isinstance(row, dict):
-            raise _filter_error(path, _("must be an object with property, operator and value"))
-        prop = row.get("property")
-        if not isinstance(prop, str) or not prop.strip() or len(prop) > 100:
-            raise _filter_error(f"{path}.property", _("must be a property name"))
-        operator = row.get("operator")
-        if operator not in PROPERTY_OPERATORS:
-            raise _filter_error(
-                f"{path}.operator",
-                _("must be one of %(choices)s") % {"choices": ", ".join(PROPERTY_OPERATORS)},
-            )
-        value = row.get("value")
-        if operator == "exists":
-            value = True if value in (None, "") else value
+        if isinstance(row, dict) and row.get("operator") == "exists":
+            value = row.get("value", True)
+            if value in (None, ""):
+                value = True
             if not isinstance(value, bool):
                 raise _filter_error(f"{path}.value", _("must be true or false"))
-        elif operator in ("gt", "gte", "lt", "lte"):
-            if _number(value) is None:
-                raise _filter_error(f"{path}.value", _("must be a number"))
-        elif operator == "in":
-            if not isinstance(value, list) or not value:
-                raise _filter_error(f"{path}.value", _("must be a non-empty list"))
-            if not all(_is_scalar(v) for v in value):
-                raise _filter_error(f"{path}.value", _("must hold only strings and numbers"))
-        elif not _is_scalar(value):
-            raise _filter_error(f"{path}.value", _("must be a string or a number"))
-        cleaned.append({"property": prop.strip(), "operator": operator, "value": value})
+            row = {**row, "operator": "exists" if value else "not_exists"}
+        if (
+            isinstance(row, dict)
+            and row.get("operator") in ("gt", "gte", "lt", "lte")
+            and isinstance(row.get("value"), str)
+        ):
+            # A bound sent as text ("100") is the number: the rule's own value, not event data.
+            row = {**row, "value": _number_or_text(row["value"])}
+        if isinstance(row, dict) and isinstance(row.get("property"), str):
+            row = {**row, "property": row["property"].strip()}
+        try:
+            validate_property_filter(row, path)
+        except ValidationFailed as exc:
+            where = (exc.details or {}).get("path", path)
+            raise _filter_error(where, exc.message.split(": ", 1)[-1]) from None
+        item = {"property": row["property"], "operator": row["operator"]}
+        if row["operator"] not in ("exists", "not_exists"):
+            item["value"] = row.get("value")
+        cleaned.append(item)
     return cleaned
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
+def _number_or_text(text: str) -> Any:
+    try:
+        return int(text.strip())
+    except ValueError:
+        pass
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float | Decimal):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(Decimal(value.strip()))
-        except (InvalidOperation, ValueError):
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _lookup(properties: dict[str, Any], path: str) -> tuple[bool, Any]:
-    # Dotted paths reach into nested objects: "items.sku" or "order.amount".
-    current: Any = properties
-    for part in path.split("."):
-        if not isinstance(current, dict) or part not in current:
-            return False, None
-        current = current[part]
-    return True, current
-
-
-def _equal(actual: Any, expected: Any) -> bool:
-    a, b = _number(actual), _number(expected)
-    if a is not None and b is not None:
-        return a == b
-    return actual == expected or (
-        isinstance(actual, str | int) and not isinstance(actual, bool) and str(actual) == expected
-    )
-
-
-def _matches(actual: Any, operator: str, expected: Any) -> bool:
-    if operator == "eq":
-        return _equal(actual, expected)
-    if operator == "neq":
-        return not _equal(actual, expected)
-    if operator == "in":
-        return any(_equal(actual, v) for v in expected)
-    if operator == "contains":
-        if isinstance(actual, list):
-            return any(_equal(item, expected) for item in actual)
-        return isinstance(actual, str) and str(expected) in actual
-    a, b = _number(actual), _number(expected)
-    if a is None or b is None:
-        return False
-    return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[operator]
-
-
-def property_filters_match(*, filters: list[dict[str, Any]], properties: dict[str, Any]) -> bool:
-    """True when the event properties pass every filter (AND)."""
+def property_filters_q(*, filters: list[dict[str, Any]]) -> Q:
+    """The filters as a condition on Event: the segment rule compiler's, so they mean the same."""
+    condition = Q()
     for row in filters:
-        found, actual = _lookup(properties if isinstance(properties, dict) else {}, row["property"])
-        if row["operator"] == "exists":
-            present = found and actual is not None
-            if present != bool(row.get("value", True)):
-                return False
-            continue
-        if not found and row["operator"] != "neq":
-            return False
-        if found and not _matches(actual, row["operator"], row["value"]):
-            return False
-    return True
+        if row.get("operator") == "exists" and row.get("value") is False:
+            # Stored before filters were cleaned into the segment rules' spelling.
+            row = {**row, "operator": "not_exists"}
+        condition &= Compiler.property_filter(row)
+    return condition
+
+
+def _matching_event_ids(rule: LeadScoreRule, event_ids: list[int]) -> set[int]:
+    """The ids among `event_ids` of the rule's events whose properties pass its filters."""
+    matched: set[int] = set()
+    condition = property_filters_q(filters=rule.property_filters)
+    for start in range(0, len(event_ids), MATCH_BATCH):
+        batch = event_ids[start : start + MATCH_BATCH]
+        matched.update(
+            Event.objects.filter(pk__in=batch, name=rule.event_name)
+            .filter(condition)
+            .values_list("pk", flat=True)
+        )
+    return matched
+
+
+def score_round(value: float) -> float:
+    """The score as stored and shown: SCORE_DECIMALS decimals (never −0.0)."""
+    return round(value, SCORE_DECIMALS) + 0.0
 
 
 # --- Rules ----------------------------------------------------------------------------------
 
 
 RULE_FIELDS = ("name", "kind", "event_name", "property_filters", "condition", "points")
+# The fields whose change re-scores an event rule's past events (a new name does not).
+BACKFILL_FIELDS = (
+    "kind", "event_name", "property_filters", "points", "cap_period", "cap_points", "is_active",
+)  # fmt: skip
 
 
 def _field_error(field: str, message: str) -> ValidationFailed:
@@ -292,14 +293,18 @@ def score_rule_create(*, data: dict[str, Any]) -> LeadScoreRule:
     score_rule_sync_tags(rule=rule)
     if rule.kind == ScoreRuleKind.ATTRIBUTE and rule.is_active:
         _fit_all_after_commit()
+    if rule.kind == ScoreRuleKind.EVENT and rule.is_active:
+        _backfill_after_commit(rule)
     return rule
 
 
 @transaction.atomic
 def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScoreRule:
-    """Change a rule; awards already given stay, except profile-fit awards, which re-evaluate."""
+    """Change a rule; its awards follow: profile-fit awards re-evaluate, and an enabled event
+    rule re-scores the past events in the back-fill window (in the background)."""
     cleaned = _clean_rule(data)
     was_fit = rule.kind == ScoreRuleKind.ATTRIBUTE
+    scoring_changed = any(getattr(rule, key) != cleaned[key] for key in BACKFILL_FIELDS)
     for key, value in cleaned.items():
         setattr(rule, key, value)
     rule.save()
@@ -311,6 +316,8 @@ def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScore
             # New points or condition: drop the old fit awards and let the pass award again.
             _delete_awards(LeadScoreAward.objects.filter(rule=rule))
         _fit_all_after_commit()
+    if rule.kind == ScoreRuleKind.EVENT and rule.is_active and (scoring_changed or was_fit):
+        _backfill_after_commit(rule)
     return rule
 
 
@@ -350,9 +357,29 @@ def _fit_all_after_commit() -> None:
 # --- Thresholds -----------------------------------------------------------------------------
 
 
+def threshold_stages():
+    """The stages a threshold may move contacts to: active, and on the customer's path (not
+    沉睡 / 流失), in their order."""
+    return (
+        Stage.objects.filter(is_active=True)
+        .exclude(key__in=OFF_PATH_STAGE_KEYS)
+        .order_by("position", "key")
+    )
+
+
 @transaction.atomic
 def threshold_set(*, stage_key: str, min_score: float) -> LeadStageThreshold:
-    """Create or change the minimum score that moves contacts to a stage."""
+    """Create or change the minimum score that moves contacts to a stage; contacts whose score
+    already reaches it move in the background after commit."""
+    if stage_key in OFF_PATH_STAGE_KEYS and Stage.objects.filter(key=stage_key).exists():
+        raise ValidationFailed(
+            "stage: "
+            + _(
+                "a score threshold cannot move contacts to a dormant or churned stage: scores "
+                "measure progress towards buying, not its loss."
+            ),
+            code="off_path_stage",
+        )
     stage = Stage.objects.filter(key=stage_key, is_active=True).first()
     if stage is None:
         raise _field_error("stage", _("must be an active lifecycle stage."))
@@ -363,7 +390,53 @@ def threshold_set(*, stage_key: str, min_score: float) -> LeadStageThreshold:
     threshold, _created = LeadStageThreshold.objects.update_or_create(
         stage=stage, defaults={"min_score": float(min_score)}
     )
+    _apply_threshold_after_commit(threshold)
     return threshold
+
+
+def _apply_threshold_after_commit(threshold: LeadStageThreshold) -> None:
+    # Imported here: segments.tasks imports this module.
+    from segments import tasks
+
+    pk = threshold.pk
+    transaction.on_commit(lambda: tasks.lead_score_threshold_apply.delay(pk))
+
+
+def threshold_apply(*, threshold_id: int) -> int:
+    """Move the contacts whose stored score already reaches the threshold (and who are behind
+    its stage) forward; return how many moved. Batched, one transaction a batch; idempotent."""
+    threshold = (
+        LeadStageThreshold.objects.select_related("stage")
+        .filter(pk=threshold_id, stage__is_active=True)
+        .exclude(stage__key__in=OFF_PATH_STAGE_KEYS)
+        .first()
+    )
+    if threshold is None:
+        return 0
+    behind = Contact.objects.filter(
+        merged_into__isnull=True,
+        lead_score__gte=threshold.min_score,
+        lifecycle_stage__position__lt=threshold.stage.position,
+    )
+    after = 0
+    moved = 0
+    while True:
+        ids = list(
+            behind.filter(pk__gt=after)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:THRESHOLD_BATCH]
+        )
+        if not ids:
+            return moved
+        with transaction.atomic():
+            scores = dict(
+                Contact.objects.select_for_update()
+                .filter(pk__in=ids)
+                .order_by("pk")
+                .values_list("pk", "lead_score")
+            )
+            moved += _apply_thresholds(scores)
+        after = ids[-1]
 
 
 def threshold_delete(*, threshold: LeadStageThreshold) -> None:
@@ -372,9 +445,12 @@ def threshold_delete(*, threshold: LeadStageThreshold) -> None:
 
 
 def _thresholds() -> list[tuple[float, Stage]]:
+    # A threshold saved on an off-path stage before they were refused moves nobody.
     return [
         (t.min_score, t.stage)
-        for t in LeadStageThreshold.objects.select_related("stage").filter(stage__is_active=True)
+        for t in LeadStageThreshold.objects.select_related("stage")
+        .filter(stage__is_active=True)
+        .exclude(stage__key__in=OFF_PATH_STAGE_KEYS)
     ]
 
 
@@ -438,16 +514,7 @@ def _score_from_awards(
             total += points
         else:
             total += points * decay_factor(age=now - awarded_at, half_life_days=half_life_days)
-    return total
-
-
-def _fit_totals(contact_ids: list[int]) -> dict[int, int]:
-    return {
-        row["contact_id"]: row["total"] or 0
-        for row in LeadScoreAward.objects.filter(contact_id__in=contact_ids, event__isnull=True)
-        .values("contact_id")
-        .annotate(total=Sum("points"))
-    }
+    return score_round(total)
 
 
 def lead_scores_recompute_contacts(
@@ -503,7 +570,7 @@ def _store_scores(scores: dict[int, float], now: dt.datetime) -> None:
             batch = rows[start : start + STORE_BATCH]
             cases = " ".join("WHEN %s THEN %s" for _ in batch)
             marks = ", ".join("%s" for _ in batch)
-            params: list[Any] = [v for row in batch for v in row]
+            params: list[Any] = [v for pk_, score in batch for v in (pk_, score_round(score))]
             params += [at, *(pk_ for pk_, _ in batch)]
             cursor.execute(
                 f"UPDATE {table} SET {score_col} = CASE {pk} {cases} END, {at_col} = %s "
@@ -585,30 +652,46 @@ def lead_scores_award_events(*, events: list[Event], now: dt.datetime | None = N
     if not rules_by_name:
         return 0
     now = now or timezone.now()
+    # Filters match in SQL with the segment rules' meaning: one query per rule that has any.
+    passed: dict[int, set[int]] = {}
+    for rules in rules_by_name.values():
+        for rule in rules:
+            if rule.property_filters:
+                ids = sorted(e.pk for e in events if e.name == rule.event_name)
+                passed[rule.pk] = _matching_event_ids(rule, ids)
     candidates = [
         (rule, event)
         for event in sorted(events, key=lambda e: (e.occurred_at, e.pk))
         for rule in rules_by_name.get(event.name, ())
-        if property_filters_match(filters=rule.property_filters, properties=event.properties)
+        if rule.pk not in passed or event.pk in passed[rule.pk]
     ]
     if not candidates:
         return 0
     contact_ids = sorted({event.contact_id for _, event in candidates})
-    # Row locks serialise concurrent batches for the same contact: caps and the incremental
-    # score both read before they write.
-    locked = {
-        row["pk"]: row
-        for row in Contact.objects.select_for_update()
-        .filter(pk__in=contact_ids)
-        .order_by("pk")
-        .values("pk", "lead_score", "lead_score_at")
-    }
-    done = set(
-        LeadScoreAward.objects.filter(
-            event_id__in={e.pk for _, e in candidates},
-            rule_id__in={r.pk for r, _ in candidates},
-        ).values_list("rule_id", "event_id")
-    )
+    # Row locks serialise concurrent batches for the same contact: caps and the score both
+    # read before they write.
+    _lock_contacts(contact_ids)
+    new_awards = _create_awards(candidates, now)
+    if not new_awards:
+        return 0
+    _add_to_scores(new_awards, now)
+    return sum(a.points for a in new_awards)
+
+
+def _create_awards(
+    candidates: list[tuple[LeadScoreRule, Event]], now: dt.datetime
+) -> list[LeadScoreAward]:
+    """Store the awards the (rule, event) pairs earn, in order, within the rules' caps; skip
+    pairs already awarded. The caller holds the contacts' row locks."""
+    event_ids = sorted({e.pk for _, e in candidates})
+    rule_ids = {r.pk for r, _ in candidates}
+    done: set[tuple[int, int]] = set()
+    for start in range(0, len(event_ids), MATCH_BATCH):
+        done.update(
+            LeadScoreAward.objects.filter(
+                event_id__in=event_ids[start : start + MATCH_BATCH], rule_id__in=rule_ids
+            ).values_list("rule_id", "event_id")
+        )
     # Running totals per (rule, contact, period start), seeded from the database on first use.
     running: dict[tuple[int, int, dt.datetime | None], int] = {}
     loaded: set[tuple[int, dt.datetime | None]] = set()
@@ -648,36 +731,102 @@ def lead_scores_award_events(*, events: list[Event], now: dt.datetime | None = N
                 awarded_at=awarded_at,
             )
         )
-    if not new_awards:
-        return 0
-    LeadScoreAward.objects.bulk_create(new_awards, ignore_conflicts=True)
-    _add_to_scores(locked, new_awards, now)
-    return sum(a.points for a in new_awards)
+    if new_awards:
+        LeadScoreAward.objects.bulk_create(new_awards, ignore_conflicts=True)
+    return new_awards
 
 
-def _add_to_scores(
-    locked: dict[int, dict[str, Any]], awards: list[LeadScoreAward], now: dt.datetime
-) -> None:
-    """Decay each stored score to `now`, add the new awards, store, and apply thresholds."""
-    half_life = scoring_config_get().half_life_days
+def _lock_contacts(contact_ids: list[int]) -> None:
+    list(
+        Contact.objects.select_for_update()
+        .filter(pk__in=contact_ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def _add_to_scores(awards: list[LeadScoreAward], now: dt.datetime) -> None:
+    """Recompute the scores of the contacts the new awards went to, store them (rounded) and
+    apply thresholds."""
+    # From the awards rather than the stored score decayed plus the new points: a stored score
+    # is rounded, and carrying the rounding forward would drift from the daily recompute.
     touched = sorted({a.contact_id for a in awards})
-    fits = _fit_totals(touched)
-    scores: dict[int, float] = {}
-    for pk in touched:
-        row = locked[pk]
-        fit = fits.get(pk, 0)
-        engagement = row["lead_score"] - fit
-        if row["lead_score_at"] is not None:
-            engagement *= decay_factor(age=now - row["lead_score_at"], half_life_days=half_life)
-        scores[pk] = fit + engagement
-    for award in awards:
-        scores[award.contact_id] += award.points * decay_factor(
-            age=now - award.awarded_at, half_life_days=half_life
-        )
-    _store_scores(scores, now)
+    lead_scores_recompute_contacts(contact_ids=touched, now=now)
     # Rules on the score re-evaluate these contacts on the next incremental pass.
     mark_dirty(contact_ids=touched, topics=["lead_score"])
-    _apply_thresholds(scores)
+
+
+# --- Back-fill of event rules ---------------------------------------------------------------
+
+
+def _backfill_after_commit(rule: LeadScoreRule) -> None:
+    # Imported here: segments.tasks imports this module.
+    from segments import tasks
+
+    pk = rule.pk
+    transaction.on_commit(lambda: tasks.lead_score_rule_backfill.delay(pk))
+
+
+def backfill_window_start(*, now: dt.datetime, half_life_days: int) -> dt.datetime:
+    """The oldest event time a back-fill scores: where decay leaves under BACKFILL_NEGLIGIBLE of
+    the points (30-day half-life: 200 days), at most BACKFILL_MAX_DAYS back."""
+    days = BACKFILL_MAX_DAYS
+    if half_life_days > 0:
+        days = min(days, math.ceil(half_life_days * math.log2(1 / BACKFILL_NEGLIGIBLE)))
+    return now - dt.timedelta(days=days)
+
+
+def score_rule_backfill(*, rule_id: int, now: dt.datetime | None = None) -> int:
+    """Score an enabled event rule's past events in the back-fill window as if the rule had
+    always been as it is now: its awards in the window are replaced, caps and decay apply, and
+    the thresholds move contacts. Batched by contact, one transaction a batch, so no score is
+    ever half done; running it twice changes nothing. Returns the contacts rescored."""
+    now = now or timezone.now()
+    start = backfill_window_start(now=now, half_life_days=scoring_config_get().half_life_days)
+    after = 0
+    total = 0
+    while True:
+        with transaction.atomic():
+            # The rule's row lock serialises two back-fills of the same rule (an edit made while
+            # one runs queues another, which redoes the batches with the new rule).
+            rule = (
+                LeadScoreRule.objects.select_for_update()
+                .filter(pk=rule_id, kind=ScoreRuleKind.EVENT, is_active=True)
+                .first()
+            )
+            if rule is None:
+                return total
+            events = Event.objects.filter(name=rule.event_name, occurred_at__gte=start).filter(
+                property_filters_q(filters=rule.property_filters)
+            )
+            awards = LeadScoreAward.objects.filter(
+                rule=rule, event__isnull=False, awarded_at__gte=start
+            )
+            ids = sorted(
+                set(_next_contact_ids(events, after)) | set(_next_contact_ids(awards, after))
+            )[:BACKFILL_BATCH]
+            if not ids:
+                return total
+            _lock_contacts(ids)
+            awards.filter(contact_id__in=ids).delete()
+            batch = list(
+                events.filter(contact_id__in=ids)
+                .order_by("occurred_at", "pk")
+                .only("pk", "contact_id", "occurred_at", "name")
+            )
+            _create_awards([(rule, event) for event in batch], now)
+            lead_scores_recompute_contacts(contact_ids=ids, now=now)
+        total += len(ids)
+        after = ids[-1]
+
+
+def _next_contact_ids(qs, after: int) -> list[int]:
+    return list(
+        qs.filter(contact_id__gt=after)
+        .order_by("contact_id")
+        .values_list("contact_id", flat=True)
+        .distinct()[:BACKFILL_BATCH]
+    )
 
 
 # --- Profile fit ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from contacts.models import Stage
 from core.errors import ValidationFailed
 from segments.forms import ROOT, rule_error_message, rule_from_post
 from segments.models import CapPeriod, LeadScoreRule, ScoreRuleKind
-from segments.scoring import PROPERTY_OPERATORS
+from segments.scoring import PROPERTY_OPERATORS, threshold_stages
 
 # Rows of property filters the form offers; rules needing more are edited through the admin.
 FILTER_ROWS = 4
@@ -28,6 +28,7 @@ OPERATOR_LABELS = {
     "in": _("is one of"),
     "contains": _("contains"),
     "exists": _("is present"),
+    "not_exists": _("is absent"),
 }
 
 
@@ -189,10 +190,14 @@ class ScoreRuleForm(forms.Form):
             if not prop and not operator and not raw:
                 continue
             value: Any
+            # Equality compares the text forms in segment rules, as here: what was typed stays
+            # text (the segment builder does the same), so a code like 021 is not read as 21.
             if operator == "in":
-                value = [_typed(v.strip()) for v in LIST_SPLIT_RE.split(raw) if v.strip()]
+                value = [v.strip() for v in LIST_SPLIT_RE.split(raw) if v.strip()]
             elif operator == "exists":
                 value = raw.lower() not in ("false", "no", "0", "否")
+            elif operator == "not_exists":
+                value = None
             elif operator in NUMERIC_OPERATORS:
                 value = _typed(raw)
             else:
@@ -265,6 +270,5 @@ class ThresholdForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["stage"].queryset = Stage.objects.filter(is_active=True).order_by(
-            "position", "key"
-        )
+        # Only stages on the customer's path: never 沉睡 (dormant) or 流失 (churned).
+        self.fields["stage"].queryset = threshold_stages()

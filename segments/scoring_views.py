@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -45,6 +46,7 @@ def _scoring_context(
         or HalfLifeForm(initial={"half_life_days": config.half_life_days}),
         "thresholds": LeadStageThreshold.objects.select_related("stage"),
         "threshold_form": threshold_form or ThresholdForm(),
+        "off_path_keys": scoring.OFF_PATH_STAGE_KEYS,
         # Served by the lead_score index; merged contacts keep no score of their own.
         "top_contacts": Contact.objects.filter(merged_into__isnull=True, lead_score__gt=0)
         .select_related("lifecycle_stage")
@@ -98,13 +100,11 @@ def _saved_message(rule: LeadScoreRule) -> str:
             _("Scoring rule “%(name)s” saved. It is not enabled, so it gives no points.") % values
         )
     if rule.kind == ScoreRuleKind.EVENT:
-        return (
-            _(
-                "Scoring rule “%(name)s” saved. It applies to events recorded from now on, "
-                "not to earlier ones."
-            )
-            % values
-        )
+        return _(
+            "Scoring rule “%(name)s” saved. Its points for past events of the last "
+            "%(days)s days are being worked out in the background, usually within a few "
+            "minutes: refresh this page to see them."
+        ) % {**values, "days": _backfill_days()}
     return (
         _(
             "Scoring rule “%(name)s” saved. Contacts who match it get its points in the "
@@ -112,6 +112,13 @@ def _saved_message(rule: LeadScoreRule) -> str:
         )
         % values
     )
+
+
+def _backfill_days() -> int:
+    """How many days of past events a new or changed event rule scores, at the half-life now."""
+    now = timezone.now()
+    half_life = scoring.scoring_config_get().half_life_days
+    return (now - scoring.backfill_window_start(now=now, half_life_days=half_life)).days
 
 
 def _rule_form(request: HttpRequest, *, rule: LeadScoreRule | None) -> HttpResponse:
@@ -201,9 +208,20 @@ def scoring_threshold_set(request: HttpRequest) -> HttpResponse:
                 min_score=form.cleaned_data["min_score"],
             )
         except ValidationFailed as exc:
-            form.add_error(None, exc.message)
+            field, _sep, message = exc.message.partition(": ")
+            if field in form.fields and message:
+                form.add_error(field, message)
+            else:
+                form.add_error(None, exc.message)
         else:
-            messages.success(request, _("Threshold saved."))
+            messages.success(
+                request,
+                _(
+                    "Threshold saved. Contacts whose score already reaches it are being moved "
+                    "to “%(stage)s” in the background, usually within a few minutes."
+                )
+                % {"stage": form.cleaned_data["stage"].name},
+            )
             return redirect("segments:scoring")
     return render_page(
         request, "segments/scoring.html", _scoring_context(threshold_form=form), status=422

@@ -69,3 +69,16 @@ def lead_scores_fit(contact_ids: list[int] | None = None) -> tuple[int, int]:
 @shared_task(name="segments.influence_compute")
 def influence_compute() -> dict[str, int]:
     return influence.influence_compute()
+
+
+# A new or changed event rule scores the past events in its window; idempotent (it replaces the
+# rule's awards there), batched by contact inside the service.
+@shared_task(name="segments.lead_score_rule_backfill", acks_late=True)
+def lead_score_rule_backfill(rule_id: int) -> int:
+    return scoring.score_rule_backfill(rule_id=rule_id)
+
+
+# A saved threshold moves the contacts whose score already reaches it; idempotent.
+@shared_task(name="segments.lead_score_threshold_apply", acks_late=True)
+def lead_score_threshold_apply(threshold_id: int) -> int:
+    return scoring.threshold_apply(threshold_id=threshold_id)

@@ -42,28 +42,33 @@ def _score(contact) -> float:
 # --- Property filters -------------------------------------------------------------------------
 
 
+def _passes(filters, properties) -> bool:
+    event = EventFactory(contact=ContactFactory(), name="purchase", properties=properties)
+    condition = scoring.property_filters_q(filters=filters)
+    return Event.objects.filter(pk=event.pk).filter(condition).exists()
+
+
+# The segment rules' meaning (segments/rules/compiler.py): numbers compare only with numbers,
+# contains is text containment, exists is "the key is there". Equality between text and numbers
+# is the compiler's to define (tests/segments/test_scoring_audit_fixes.py holds scoring to it).
 @pytest.mark.parametrize(
     ("operator", "value", "properties", "expected"),
     [
-        ("eq", 100, {"amount": "100"}, True),
-        ("eq", "100.0", {"amount": 100}, True),
         ("eq", "上海", {"city": "上海"}, True),
         ("neq", "上海", {"city": "北京"}, True),
         ("neq", "上海", {}, True),
         ("gt", 100, {"amount": 150}, True),
-        ("gt", 100, {"amount": "99.5"}, False),
+        ("gt", 100, {"amount": "150"}, False),
         ("gt", 100, {"amount": "abc"}, False),
         ("gte", 100, {"amount": 100}, True),
         ("lt", 9, {"amount": 10}, False),
         ("lte", "10", {"amount": 10}, True),
         ("in", ["a", 2], {"sku": 2}, True),
         ("in", ["a", 2], {"sku": "b"}, False),
-        ("contains", "vip", {"note": "is a vip"}, True),
-        ("contains", "x1", {"skus": ["x1", "x2"]}, True),
-        ("contains", "x3", {"skus": ["x1", "x2"]}, False),
+        ("contains", "VIP", {"note": "is a vip"}, True),
         ("exists", True, {"coupon": "c"}, True),
-        ("exists", True, {"coupon": None}, False),
         ("exists", False, {}, True),
+        ("not_exists", None, {"coupon": "c"}, False),
         ("gt", 100, {}, False),
     ],
 )
@@ -73,13 +78,7 @@ def test_property_operators(operator, value, properties, expected):
             {"property": next(iter(properties), "amount"), "operator": operator, "value": value}
         ]
     )
-    assert scoring.property_filters_match(filters=filters, properties=properties) is expected
-
-
-def test_dotted_property_paths_reach_nested_objects():
-    filters = [{"property": "order.amount", "operator": "gte", "value": 500}]
-    assert scoring.property_filters_match(filters=filters, properties={"order": {"amount": 800}})
-    assert not scoring.property_filters_match(filters=filters, properties={"order": 800})
+    assert _passes(filters, properties) is expected
 
 
 @pytest.mark.parametrize(
@@ -90,7 +89,8 @@ def test_dotted_property_paths_reach_nested_objects():
         ([{"property": "a", "operator": "like", "value": 1}], "property_filters[0].operator"),
         ([{"property": "a", "operator": "gt", "value": "many"}], "must be a number"),
         ([{"property": "a", "operator": "in", "value": []}], "non-empty list"),
-        ([{"property": "a", "operator": "eq", "value": {"x": 1}}], "string or a number"),
+        ([{"property": "a", "operator": "eq", "value": {"x": 1}}], "text or a number"),
+        ([{"property": "order.amount", "operator": "gt", "value": 1}], "letters, digits, _"),
     ],
 )
 def test_bad_filters_are_refused_with_the_row_named(filters, message):
@@ -226,11 +226,12 @@ def test_decay_matches_a_hand_computation():
     # 100 × 0.5^(10/10) + 100 × 0.5^(25/10) + 20 (fit points do not decay)
     expected = 50 + 100 * 0.17677669529663687 + 20
     assert LeadScoreAward.objects.filter(rule=fit).count() == 1
-    assert _score(contact) == pytest.approx(expected, rel=1e-9)
+    # Stored rounded to two decimals (scoring.SCORE_DECIMALS).
+    assert _score(contact) == round(expected, 2)
     scoring.lead_scores_recompute_contacts(
         contact_ids=[contact.pk], now=NOW + dt.timedelta(days=10)
     )
-    assert _score(contact) == pytest.approx(25 + 100 * 0.5**3.5 + 20, rel=1e-9)
+    assert _score(contact) == round(25 + 100 * 0.5**3.5 + 20, 2)
 
 
 def test_half_life_zero_means_no_decay():
@@ -260,7 +261,7 @@ def test_incremental_updates_equal_a_full_recompute():
         contact_ids=[contact.pk], now=incremental.lead_score_at
     )
 
-    assert full[contact.pk] == pytest.approx(incremental.lead_score, rel=1e-9)
+    assert full[contact.pk] == incremental.lead_score
 
 
 def test_recompute_all_zeroes_contacts_whose_awards_went():

@@ -142,7 +142,7 @@ def test_the_builder_buttons_still_re_render_the_builder(english):
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        ({}, "It applies to events recorded from now on, not to earlier ones."),
+        ({}, "Its points for past events of the last 180 days are being worked out"),
         (
             {
                 "kind": "attribute",
