@@ -1,17 +1,22 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from config import meta_views, views
 
-# Error pages in the operator layout (500 keeps Django's view: its template needs no database).
+# Error pages in the operator layout (500 keeps Django's view: its template needs no database);
+# under /api/ the 404 and 500 answer the API's JSON error instead.
 handler403 = views.permission_denied
 handler404 = views.page_not_found
+handler500 = views.server_error
 
 api_v1 = [
     path("", include("contacts.api_urls")),
     path("", include("segments.api_urls")),
+    # Last: any other path (an unknown one, or an id that is not a number) is the API's JSON
+    # 404, with DEBUG on too.
+    re_path(r"", views.api_not_found, name="api-not-found"),
 ]
 
 urlpatterns = [

@@ -6,9 +6,12 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import translation
+from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy
+from django.views import defaults
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from channels.selectors import messages_sent_today
@@ -91,16 +94,47 @@ def method_not_allowed(request: HttpRequest) -> HttpResponse:
     return render(request, "405.html", {"back_url": _back_url(request)}, status=405)
 
 
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _api_error(request: HttpRequest, *, code: str, message: str, status: int) -> JsonResponse:
+    """The API's error shape (docs/api.md, "Errors"), in the language API answers use."""
+    language = api_language(request)
+    with translation.override(language):
+        text = str(message)
+    response = JsonResponse(
+        {"error": {"code": code, "message": text, "details": None}}, status=status
+    )
+    response["Content-Language"] = language
+    patch_vary_headers(response, ["Accept-Language"])
+    return response
+
+
+NOT_FOUND = gettext_lazy("Not found.")
+SERVER_ERROR = gettext_lazy("A server error occurred.")
+
+
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """The 404 page in the operator layout, with a way back; for the API, its JSON error (an
-    unknown path or an id that is not a number never reaches the API's own handler)."""
-    if request.path.startswith("/api/"):
-        language = api_language(request)
-        with translation.override(language):
-            message = gettext("Not found.")
-        response = JsonResponse(
-            {"error": {"code": "not_found", "message": message, "details": None}}, status=404
-        )
-        response["Content-Language"] = language
-        return response
+    """The 404 page in the operator layout, with a way back; under /api/, the API's JSON error
+    (an unknown path outside /api/v1/, which api_not_found does not catch, or a 404 raised
+    outside an API view)."""
+    if _is_api(request):
+        return _api_error(request, code="not_found", message=NOT_FOUND, status=404)
     return render(request, "404.html", {"back_url": _back_url(request)}, status=404)
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """Any path under /api/v1/ that names no endpoint: the API's JSON 404 for every method,
+    also with DEBUG on, where Django would answer its HTML debug page instead of handler404.
+    CSRF-exempt like the API's own views, so an unknown POST is a 404, not a CSRF 403."""
+    return _api_error(request, code="not_found", message=NOT_FOUND, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """The 500 page (Django's, which needs no database); for the API, its JSON error. Django
+    has logged the exception before calling this."""
+    if _is_api(request):
+        return _api_error(request, code="server_error", message=SERVER_ERROR, status=500)
+    return defaults.server_error(request)

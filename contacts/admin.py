@@ -119,7 +119,8 @@ class ContactAdminForm(forms.ModelForm):
         stored = self.stored_attributes
         changed = {k: v for k, v in value.items() if k not in stored or stored[k] != v}
         try:
-            cleaned = custom_fields_validate(values=changed)
+            # Typed by hand into the JSON editor: "42" or "是" are read for what they spell.
+            cleaned = custom_fields_validate(values=changed, from_text=True)
         except ValidationFailed as exc:
             raise _form_error(exc) from exc
         removed = [k for k in stored if k not in value]

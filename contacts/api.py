@@ -23,7 +23,8 @@ from contacts.models import (
     IdentityKind,
     TagSource,
 )
-from contacts.services.consent import MAX_REQUEST_ID
+from contacts.services.consent import MAX_REQUEST_ID, consent_request_id
+from contacts.services.ingest import events_batch_check
 from core.api import (
     ApiJSONParser,
     ErrorSerializer,
@@ -72,10 +73,31 @@ class OffsetDateTimeField(serializers.DateTimeField):
         return super().enforce_timezone(value)
 
 
+class TextField(serializers.CharField):
+    """Text, and only text: a number is refused rather than turned into text (DRF's CharField
+    makes `0` "0", and `1e400`, parsed as infinity, "inf")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class IdentityInSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=IdentityKind.choices)
-    app_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
-    value = serializers.CharField(max_length=191)
+    app_id = TextField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text=(
+            "Required for `miniprogram_openid`, `wechat_openid` (the AppID) and "
+            "`wecom_external_userid` (the corp id); optional for `external_id` (your system's "
+            "name); refused for `wechat_unionid`, `phone`, `email` and `anonymous_id`, which "
+            "take none (`invalid_identity`)."
+        ),
+    )
+    value = TextField(max_length=191)
 
     def to_internal_value(self, data):
         return services.IdentityInput(**super().to_internal_value(data))
@@ -125,6 +147,15 @@ class IdentifyApi(BaseApiView):
     @extend_schema(
         operation_id="identify",
         summary="Create or update a contact from identities and traits",
+        description=(
+            "Finds the contact the identities point to (or creates one: 201), attaches the "
+            "identities it did not have and applies the traits. Contacts that a strong identity "
+            "(unionid, phone, external_id, email by default) links are merged into the oldest "
+            "(`merged`); contacts only weak identities link are listed in `conflicts` for an "
+            "operator. An identity whose kind takes an `app_id` needs it (openids, WeCom "
+            "external ids), one whose kind takes none refuses it (`invalid_identity`). A refused "
+            "call stores nothing; a repeated call gives the same contact."
+        ),
         request=IdentifyInSerializer,
         responses={200: IdentifyOutSerializer, 201: IdentifyOutSerializer, **ERRORS},
         examples=[
@@ -193,15 +224,45 @@ class IdentifyApi(BaseApiView):
         return Response(body, status=status.HTTP_201_CREATED if result.created else 200)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "format": "decimal", "pattern": r"^-?\d{0,12}(?:\.\d{0,2})?$"},
+            {"type": "number"},
+        ]
+    }
+)
+class AmountField(serializers.DecimalField):
+    """A decimal amount, sent as text ("299.00") or as a JSON number (299)."""
+
+
 class EventInSerializer(serializers.Serializer):
     event_id = serializers.CharField(max_length=64)
     name = serializers.CharField(max_length=64)
     occurred_at = OffsetDateTimeField()
-    contact_id = serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID)
-    identities = IdentityInSerializer(many=True, required=False, max_length=20)
+    contact_id = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_ID,
+        help_text="Whose event it is; or send `identities` instead (not both).",
+    )
+    # A ListField rather than many=True: the schema then carries maxItems.
+    identities = serializers.ListField(
+        child=IdentityInSerializer(),
+        required=False,
+        max_length=20,
+        help_text=(
+            "Whose event it is, found or created as `identify` does; or send `contact_id` "
+            "instead (not both)."
+        ),
+    )
     properties = serializers.DictField(required=False, default=dict)
-    value = serializers.DecimalField(
-        max_digits=14, decimal_places=2, required=False, allow_null=True
+    value = AmountField(
+        max_digits=14,
+        decimal_places=2,
+        required=False,
+        allow_null=True,
+        help_text="Amount in yuan; a `purchase`'s must not be negative (send a `refund`).",
     )
 
 
@@ -214,6 +275,12 @@ class EventItemField(serializers.JSONField):
         if data is None:
             return (True, None)
         return super().validate_empty_values(data)
+
+    def to_internal_value(self, data):
+        # Not DRF's check that the item dumps as JSON: an item that does not (a number too
+        # large for a float, 1e400) would refuse the whole batch, when the view rejects it
+        # alone with its reason (json_problem).
+        return data
 
 
 class EventsInSerializer(serializers.Serializer):
@@ -256,9 +323,11 @@ def _raw_event_id(raw: object) -> str:
 
 
 class EventsJSONParser(ApiJSONParser):
-    """Text that is not valid Unicode rejects only the event holding it, like any bad value."""
+    """Text that is not valid Unicode, or a number too large for a float, rejects only the event
+    holding it, like any bad value."""
 
     check_unicode = False
+    check_numbers = False
 
 
 class EventsApi(BaseApiView):
@@ -271,10 +340,12 @@ class EventsApi(BaseApiView):
             "Each item is validated on its own: a bad item is reported as `rejected` with a "
             "reason and never blocks the good ones; that includes an item holding text that is "
             "not valid Unicode (a lone surrogate such as `\\ud83d`, left by cutting a string "
-            "through an emoji). `event_id` is the client's idempotency key: resending an event "
-            "reports it as `duplicate` and stores nothing. The batch as a whole is refused when "
-            "its JSON nests deeper than 64 levels (400 `too_deep`) or its body is larger than the "
-            "server accepts (413 `too_large`, 2.5 MB by default): send it in smaller batches."
+            "through an emoji) or a number too large for a float (`1e400`), and an item sending "
+            "both `contact_id` and `identities`. `event_id` is the client's idempotency key: "
+            "resending an event reports it as `duplicate` and stores nothing. The batch as a "
+            "whole is refused when it holds more than 500 events (400 `too_many`), its JSON "
+            "nests deeper than 64 levels (400 `too_deep`) or its body is larger than the server "
+            "accepts (413 `too_large`, 2.5 MB by default): send it in smaller batches."
         ),
         request=EventsInSerializer,
         responses={200: EventsOutSerializer, **ERRORS},
@@ -332,6 +403,11 @@ class EventsApi(BaseApiView):
         ],
     )
     def post(self, request: Request) -> Response:
+        sent = request.data.get("events") if isinstance(request.data, dict) else None
+        if isinstance(sent, list):
+            # Before the serializer, whose own length check would answer `invalid`, not the
+            # documented `too_many`.
+            events_batch_check(count=len(sent))
         events = _validated(EventsInSerializer, request.data)["events"]
         items: list[services.EventInput | None] = []
         parse_errors: dict[int, str] = {}
@@ -482,6 +558,17 @@ def _contact_out(contact: Contact) -> dict:
     return ContactOutSerializer(contact).data
 
 
+def _clearable_text(max_length: int) -> serializers.CharField:
+    return serializers.CharField(
+        max_length=max_length, required=False, allow_blank=True, allow_null=True
+    )
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string"}]})
+class StoreRefField(serializers.JSONField):
+    """A store's id or code (checked by the profile service)."""
+
+
 class ContactPatchSerializer(serializers.Serializer):
     """The fields a PATCH may change; custom fields are sent by their key next to them.
 
@@ -489,24 +576,30 @@ class ContactPatchSerializer(serializers.Serializer):
     number where text belongs is refused, not silently turned into text).
     """
 
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True)
-    nickname = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    # What the schema shows; `null` or "" clears every field but `gender` and
+    # `lifecycle_stage`.
+    name = _clearable_text(100)
+    nickname = _clearable_text(100)
     gender = serializers.ChoiceField(choices=Gender.choices, required=False)
     birthday = serializers.DateField(required=False, allow_null=True)
-    phone = serializers.CharField(required=False, allow_blank=True, help_text="Stored as E.164.")
-    email = serializers.EmailField(required=False, allow_blank=True)
-    province = serializers.CharField(max_length=30, required=False, allow_blank=True)
-    city = serializers.CharField(max_length=30, required=False, allow_blank=True)
+    phone = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, help_text="Stored as E.164."
+    )
+    email = serializers.EmailField(required=False, allow_blank=True, allow_null=True)
+    province = _clearable_text(30)
+    city = _clearable_text(30)
     lifecycle_stage = serializers.CharField(required=False, help_text="A stage key.")
     owner = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=MAX_ID, help_text="A user id."
     )
-    store = serializers.CharField(required=False, allow_null=True, help_text="Store id or code.")
-    utm_source = serializers.CharField(max_length=100, required=False, allow_blank=True)
-    utm_medium = serializers.CharField(max_length=100, required=False, allow_blank=True)
-    utm_campaign = serializers.CharField(max_length=100, required=False, allow_blank=True)
-    utm_content = serializers.CharField(max_length=100, required=False, allow_blank=True)
-    utm_term = serializers.CharField(max_length=100, required=False, allow_blank=True)
+    store = StoreRefField(
+        required=False, allow_null=True, help_text='Store id or code; null or "" clears it.'
+    )
+    utm_source = _clearable_text(100)
+    utm_medium = _clearable_text(100)
+    utm_campaign = _clearable_text(100)
+    utm_content = _clearable_text(100)
+    utm_term = _clearable_text(100)
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -805,7 +898,13 @@ class ConsentOutSerializer(serializers.Serializer):
     source = serializers.CharField()
     notice_version = serializers.CharField()
     evidence = serializers.DictField()
+    request_id = serializers.SerializerMethodField(
+        help_text='The `request_id` of the call that recorded it; "" when it had none.'
+    )
     recorded_at = serializers.DateTimeField()
+
+    def get_request_id(self, record) -> str:
+        return self.context["request_id"]
 
 
 CONSENT_EXAMPLE = {
@@ -831,12 +930,21 @@ class ContactConsentsApi(BaseApiView):
         request=ConsentInSerializer,
         responses={201: ConsentOutSerializer, **CONTACT_BODY_ERRORS},
         examples=[
-            OpenApiExample("Marketing SMS opt-in", request_only=True, value=CONSENT_EXAMPLE),
+            OpenApiExample(
+                "Marketing SMS opt-in",
+                request_only=True,
+                value={**CONSENT_EXAMPLE, "request_id": "register-8812-20261126101500"},
+            ),
             OpenApiExample(
                 "Answer",
                 response_only=True,
                 status_codes=["201"],
-                value={"id": 310, **CONSENT_EXAMPLE, "recorded_at": "2026-11-26T10:15:00+08:00"},
+                value={
+                    "id": 310,
+                    **CONSENT_EXAMPLE,
+                    "request_id": "register-8812-20261126101500",
+                    "recorded_at": "2026-11-26T10:15:00+08:00",
+                },
             ),
         ],
     )
@@ -844,7 +952,11 @@ class ContactConsentsApi(BaseApiView):
         contact = _contact(contact_id)
         data = _validated(ConsentInSerializer, request.data)
         record = services.consent_record(contact=contact, **data)
-        return Response(ConsentOutSerializer(record).data, status=status.HTTP_201_CREATED)
+        # The answer names the record's own key: a call without one may answer a record that
+        # an earlier call made with one.
+        request_id = data["request_id"] or consent_request_id(record=record)
+        body = ConsentOutSerializer(record, context={"request_id": request_id}).data
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class TimelineQuerySerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ the ones Django and DRF word outside it.
 """
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -168,14 +169,16 @@ def _clean_path(path: tuple[str | int, ...]) -> list[str | int]:
 
 
 def json_problem(
-    value: Any, *, max_depth: int = MAX_JSON_DEPTH, unicode: bool = True
+    value: Any, *, max_depth: int = MAX_JSON_DEPTH, unicode: bool = True, numbers: bool = True
 ) -> JsonProblem | None:
     """The first part of a parsed JSON value that no field can take: nesting deeper than
-    `max_depth`, or (with `unicode`) a lone surrogate in a key or a text.
+    `max_depth`, (with `unicode`) a lone surrogate in a key or a text, or (with `numbers`) a
+    number too large for a float.
 
     JSON can escape half of a surrogate pair (`"\\ud83d"`, what cutting a JavaScript string
     through an emoji gives); Python parses it, but such text cannot be encoded as UTF-8, so
-    storing it, or even echoing it in an error, fails. Iterative, so any depth is safe to walk.
+    storing it, or even echoing it in an error, fails. Likewise `1e400` parses as infinity,
+    which no JSON column stores and no answer can echo. Iterative, so any depth is safe to walk.
     """
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
@@ -183,6 +186,19 @@ def json_problem(
         if isinstance(node, str):
             if unicode and not node.isascii() and (bad := _LONE_SURROGATE.search(node)):
                 return _surrogate_problem(path, bad.group())
+            continue
+        if isinstance(node, float):
+            if numbers and not math.isfinite(node):
+                clean = _clean_path(path)
+                return JsonProblem(
+                    "invalid_number",
+                    _(
+                        "The number at %(path)s is out of range: send a finite number, within "
+                        "about ±1.8e308."
+                    )
+                    % {"path": _path_text(clean)},
+                    clean,
+                )
             continue
         if isinstance(node, dict):
             children = list(node.items())
@@ -231,10 +247,12 @@ class InvalidJson(exceptions.ParseError):
 
 class ApiJSONParser(JSONParser):
     """DRF's JSON parser, refusing with a 400 what would fail later as a 500: nesting deep
-    enough to exhaust the recursion limit, and lone surrogates (see json_problem)."""
+    enough to exhaust the recursion limit, lone surrogates and numbers too large for a float
+    (see json_problem)."""
 
-    # A view that reports bad text item by item (the events batch) turns this off.
+    # A view that reports bad text and numbers item by item (the events batch) turns these off.
     check_unicode = True
+    check_numbers = True
 
     def parse(self, stream, media_type=None, parser_context=None):
         # DRF words a bad charset and bad JSON outside gettext: the charset is checked here
@@ -261,7 +279,7 @@ class ApiJSONParser(JSONParser):
                 _("The JSON nests deeper than %(max)s levels.") % {"max": MAX_JSON_DEPTH},
                 code="too_deep",
             ) from exc
-        if problem := json_problem(data, unicode=self.check_unicode):
+        if problem := json_problem(data, unicode=self.check_unicode, numbers=self.check_numbers):
             raise InvalidJson(problem)
         return data
 

@@ -32,7 +32,12 @@ class SegmentListQuerySerializer(serializers.Serializer):
     kind = serializers.ChoiceField(
         choices=SegmentKind.choices,
         required=False,
-        help_text="Only segments of this kind: `dynamic` (rule-based) or `static` (a list).",
+        # `?kind=` is the same as leaving it out, as a form sending an empty filter gives it.
+        allow_blank=True,
+        help_text=(
+            "Only segments of this kind: `dynamic` (rule-based) or `static` (a list); empty is "
+            "the same as leaving it out."
+        ),
     )
 
 
@@ -150,19 +155,24 @@ class ContactSegmentsApi(BaseApiView):
     @extend_schema(
         operation_id="contact_segments",
         summary="The segments a contact is in, with entry times",
+        description=(
+            "The active segments and static lists the contact is a member of, by name, with "
+            "when the contact entered each; an empty list when none. Answers from the "
+            "materialised membership, as fresh as each segment's last refresh. A merged-away id "
+            "answers for the contact that absorbed it."
+        ),
         responses={200: ContactSegmentSerializer(many=True), **NOT_FOUND},
         examples=[
             OpenApiExample(
                 "Segments",
                 response_only=True,
-                value=[
-                    {
-                        "id": 7,
-                        "name": "上海高价值客户",
-                        "kind": "dynamic",
-                        "entered_at": "2026-11-20T09:00:00+08:00",
-                    }
-                ],
+                # One item: drf-spectacular wraps the example of a list answer in a list itself.
+                value={
+                    "id": 7,
+                    "name": "上海高价值客户",
+                    "kind": "dynamic",
+                    "entered_at": "2026-11-20T09:00:00+08:00",
+                },
             )
         ],
     )
@@ -274,7 +284,8 @@ class SegmentMembersApi(BaseApiView):
                 ],
             )
         ],
-        responses={200: MembersOutSerializer, **BODY_ERRORS},
+        # Its body is read like a POST's, so a body that is not JSON answers 415 here too.
+        responses={200: MembersOutSerializer, **BODY_ERRORS, 415: ErrorSerializer},
         examples=[
             OpenApiExample("Answer", response_only=True, value={"changed": 1, "member_count": 309}),
             OpenApiExample(

@@ -56,6 +56,7 @@ from contacts.services.profile import (
     OLDEST_BIRTHDAY,
     PROFILE_FIELDS,
     PROFILE_TEXT_FIELDS,
+    contact_changes_validate,
     contact_update,
 )
 from contacts.services.stages import (
@@ -96,6 +97,7 @@ __all__ = [
     "MergeContended",
     "MergeRefused",
     "consent_record",
+    "contact_changes_validate",
     "contact_merge",
     "contact_merge_undo",
     "contact_tag_add",

@@ -52,6 +52,22 @@ def _record_of_request(request_id: str) -> ConsentRecord | None:
     return record
 
 
+def consent_request_id(*, record: ConsentRecord) -> str:
+    """The `request_id` of the call that recorded `record`; "" when it was sent without one."""
+    # Its consent event carries the record's id, and the call's key in its event_id.
+    event_id = (
+        Event.objects.filter(
+            contact_id=record.contact_id,
+            name__in=CONSENT_EVENTS,
+            event_id__startswith=REQUEST_EVENT_PREFIX,
+            properties__record_id=record.pk,
+        )
+        .values_list("event_id", flat=True)
+        .first()
+    )
+    return event_id.removeprefix(REQUEST_EVENT_PREFIX) if event_id else ""
+
+
 def _same_call(record: ConsentRecord, **call) -> bool:
     return all(getattr(record, name) == value for name, value in call.items())
 

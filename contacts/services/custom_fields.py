@@ -2,6 +2,7 @@
 
 import datetime as dt
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -18,11 +19,17 @@ from core.errors import ValidationFailed
 from core.sql import contains_nul
 
 MAX_CUSTOM_TEXT = 500
+# The largest whole number a custom number field holds: 2^53 - 1, the largest every JSON client
+# (a JavaScript number is a double) and the segment rules read exactly. A larger one would be
+# stored rounded: 123456789012345678901234567890 read back as 123456789012345677877719597056.
+MAX_CUSTOM_NUMBER = 2**53 - 1
 TRUE_WORDS = {"true", "1", "yes", "y", "是", "对"}
 FALSE_WORDS = {"false", "0", "no", "n", "否", "不"}
+# A date as JSON sends it: ISO 8601's extended form only (not 20260517 or 2026-W20-7).
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
-def _custom_value(definition: CustomField, raw: Any) -> Any:
+def _custom_value(definition: CustomField, raw: Any, *, from_text: bool) -> Any:
     key, kind = definition.key, definition.kind
 
     def invalid(message: str, **params: Any) -> ValidationFailed:
@@ -37,7 +44,9 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
     if raw is None or raw == "":
         return None
     if kind == CustomFieldKind.TEXT:
-        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+        # Text read from a file may be a number a spreadsheet typed; a JSON number is not text.
+        text_types = (str, int, float) if from_text else (str,)
+        if not isinstance(raw, text_types) or isinstance(raw, bool):
             raise invalid(_("Custom field '%(field)s' must be text."))
         if contains_nul(raw):
             raise invalid(_("Custom field '%(field)s' must not contain the NUL character."))
@@ -49,27 +58,47 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
             )
         return value
     if kind == CustomFieldKind.NUMBER:
-        if isinstance(raw, bool) or not isinstance(raw, int | float | Decimal | str):
+        number_types = (int, float, Decimal, str) if from_text else (int, float, Decimal)
+        if isinstance(raw, bool) or not isinstance(raw, number_types):
             raise invalid(_("Custom field '%(field)s' must be a number."))
-        try:
-            number = float(str(raw).strip())
-        except ValueError as exc:
-            raise invalid(_("Custom field '%(field)s' must be a number.")) from exc
-        if not math.isfinite(number):
-            raise invalid(_("Custom field '%(field)s' must be a finite number."))
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        number: int | float | Decimal = raw
+        if isinstance(raw, str):
+            try:
+                # Whole numbers exactly: through a float, 9007199254740993 would pass rounded.
+                number = int(raw.strip())
+            except ValueError:
+                try:
+                    number = float(raw.strip())
+                except ValueError as exc:
+                    raise invalid(_("Custom field '%(field)s' must be a number.")) from exc
+        if not isinstance(number, int):
+            if not math.isfinite(number):
+                raise invalid(_("Custom field '%(field)s' must be a finite number."))
+            if number == int(number) and abs(number) <= MAX_CUSTOM_NUMBER:
+                number = int(number)
+            else:
+                number = float(number)
+        if abs(number) > MAX_CUSTOM_NUMBER:
+            raise invalid(
+                _("Custom field '%(field)s' must be a number between -%(max)s and %(max)s."),
+                max=MAX_CUSTOM_NUMBER,
+            )
+        return number
     if kind == CustomFieldKind.DATE:
         if isinstance(raw, dt.datetime):
             raw = raw.date()
         if isinstance(raw, dt.date):
             return raw.isoformat()
         try:
+            if not from_text and not (isinstance(raw, str) and ISO_DATE.fullmatch(raw)):
+                raise ValueError(raw)
             return dt.date.fromisoformat(str(raw).strip()).isoformat()
         except ValueError as exc:
             raise invalid(_("Custom field '%(field)s' must be a date like 2026-05-17.")) from exc
     if kind == CustomFieldKind.SINGLE_CHOICE:
-        value = str(raw).strip() if isinstance(raw, str | int) else None
-        if value not in [str(c) for c in definition.choices]:
+        choice_types = (str, int) if from_text else (str,)
+        value = str(raw).strip() if isinstance(raw, choice_types) else None
+        if isinstance(raw, bool) or value not in [str(c) for c in definition.choices]:
             raise invalid(
                 _("Custom field '%(field)s' must be one of: %(choices)s."),
                 # The operator's own choices, listed as the language lists words (干性、油性).
@@ -77,9 +106,11 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
             )
         return value
     if kind == CustomFieldKind.MULTI_CHOICE:
-        # Imports give "a,b"; the API and forms give a list.
-        items = raw.split(",") if isinstance(raw, str) else raw
-        if not isinstance(items, list | tuple):
+        # Imports give "a,b"; the API and forms give a list (of texts).
+        items = raw.split(",") if from_text and isinstance(raw, str) else raw
+        if not isinstance(items, list | tuple) or (
+            not from_text and not all(isinstance(i, str) for i in items)
+        ):
             raise invalid(_("Custom field '%(field)s' must be a list of choices."))
         allowed = [str(c) for c in definition.choices]
         chosen = [str(i).strip() for i in items if str(i).strip()]
@@ -93,7 +124,7 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
     if kind == CustomFieldKind.BOOLEAN:
         if isinstance(raw, bool):
             return raw
-        word = str(raw).strip().lower() if isinstance(raw, str | int) else None
+        word = str(raw).strip().lower() if from_text and isinstance(raw, str | int) else None
         if word in TRUE_WORDS:
             return True
         if word in FALSE_WORDS:
@@ -102,8 +133,16 @@ def _custom_value(definition: CustomField, raw: Any) -> Any:
     raise invalid(_("Custom field '%(field)s' has an unknown type '%(kind)s'."), kind=kind)
 
 
-def custom_fields_validate(*, values: dict[str, Any]) -> dict[str, Any]:
-    """Check values against the active custom field definitions; return the cleaned values."""
+def custom_fields_validate(*, values: dict[str, Any], from_text: bool = False) -> dict[str, Any]:
+    """Check values against the active custom field definitions; return the cleaned values.
+
+    Each value must have its field's type, as JSON gives it (the API) and the contact form's
+    fields do: text a string, a number a number, a date a "YYYY-MM-DD" string, a yes/no field
+    true or false, a choice a string (a list of them for several): a value of another type is
+    refused, not converted. With `from_text`, values a file holds as text or a person typed by
+    hand are read for what they spell: "42" a number, "是" true, "20260517" a date, "a,b" two
+    choices (the CSV import, the admin's attribute editor).
+    """
     for key in values:
         if contains_nul(key):
             # Before the definitions' look-up by key: PostgreSQL refuses NUL in text.
@@ -122,7 +161,7 @@ def custom_fields_validate(*, values: dict[str, Any]) -> dict[str, Any]:
                 code="unknown_field",
                 details={"field": key},
             )
-        cleaned[key] = _custom_value(definition, raw)
+        cleaned[key] = _custom_value(definition, raw, from_text=from_text)
     return cleaned
 
 

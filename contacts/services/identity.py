@@ -44,6 +44,16 @@ CONFLICT_EVENT = "identity_conflict"
 # contacts this one waited to lock, or (PostgreSQL) have this one aborted to break a deadlock.
 # Each failed attempt means another call got through, so a few cover many concurrent calls.
 IDENTIFY_ATTEMPTS = 5
+# Kinds whose values are per app (openids per AppID, WeCom external ids per corp): the app_id
+# is part of the key.
+APP_ID_REQUIRED_KINDS = (
+    IdentityKind.WECHAT_OPENID,
+    IdentityKind.MINIPROGRAM_OPENID,
+    IdentityKind.WECOM_EXTERNAL_USERID,
+)
+# Kinds that take an app_id; any other refuses one, or a phone sent with one and without one
+# would key two contacts for one person.
+APP_ID_KINDS = (*APP_ID_REQUIRED_KINDS, IdentityKind.EXTERNAL_ID)
 
 
 @dataclass
@@ -85,25 +95,36 @@ def normalize_identity(identity: IdentityInput) -> IdentityInput:
             code="invalid_identity",
             details={"allowed": IdentityKind.values},
         )
+    # Messages name the kind by its label, as operators know it (邮箱, 微信 unionid); the key
+    # travels in the details for API clients.
+    kind = IdentityKind(identity.kind).label
     value = str(identity.value).strip()
     if not value:
         raise ValidationFailed(
-            _("Identity '%(kind)s' has an empty value.") % {"kind": identity.kind},
+            _("Identity '%(kind)s' has an empty value.") % {"kind": kind},
             code="invalid_identity",
+            details={"kind": identity.kind},
         )
-    if len(value) > Identity._meta.get_field("value").max_length:
+    longest = Identity._meta.get_field("value").max_length
+    if len(value) > longest:
         raise ValidationFailed(
-            _("Identity '%(kind)s' is too long.") % {"kind": identity.kind},
+            _("Identity '%(kind)s' is longer than %(max)s characters.")
+            % {"kind": kind, "max": longest},
             code="invalid_identity",
+            details={"kind": identity.kind, "max_length": longest},
         )
     app_id = (identity.app_id or "").strip()
-    if (
-        identity.kind in (IdentityKind.WECHAT_OPENID, IdentityKind.MINIPROGRAM_OPENID)
-        and not app_id
-    ):
+    if identity.kind in APP_ID_REQUIRED_KINDS and not app_id:
         raise ValidationFailed(
-            _("Identity '%(kind)s' needs the app_id it belongs to.") % {"kind": identity.kind},
+            _("Identity '%(kind)s' needs the app_id it belongs to.") % {"kind": kind},
             code="invalid_identity",
+            details={"kind": identity.kind},
+        )
+    if identity.kind not in APP_ID_KINDS and app_id:
+        raise ValidationFailed(
+            _("Identity '%(kind)s' takes no app_id: send it without one.") % {"kind": kind},
+            code="invalid_identity",
+            details={"kind": identity.kind, "field": "app_id"},
         )
     if identity.kind == IdentityKind.PHONE:
         value = normalize_phone(value)
@@ -125,7 +146,7 @@ def _clean_traits(traits: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     `attributes`; any other key is refused, so nothing arrives unchecked.
     """
     # profile imports this module, so it is imported here rather than at the top.
-    from contacts.services.profile import profile_values_validate
+    from contacts.services.profile import profile_values_check, validation_failed_all
 
     if not isinstance(traits, dict):
         raise ValidationFailed(
@@ -139,23 +160,29 @@ def _clean_traits(traits: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             )
     if len(traits) > MAX_ATTRIBUTE_KEYS:
         raise ValidationFailed(_("Too many traits."), code="invalid_trait")
-    try:
-        return profile_values_validate(data=traits, origin=True)
-    except ValidationFailed as exc:
-        # The profile's codes name fields; identify's name traits, as documented.
-        if exc.code == "unknown_field":
-            raise ValidationFailed(
-                _(
-                    "Unknown trait '%(trait)s': send a profile field or the key of an active "
-                    "custom field."
-                )
-                % {"trait": (exc.details or {}).get("field")},
-                code="unknown_trait",
-                details=exc.details,
-            ) from exc
-        if exc.code == "invalid_field":
-            raise ValidationFailed(exc.message, code="invalid_trait", details=exc.details) from exc
-        raise
+    values, custom, errors = profile_values_check(data=traits, origin=True)
+    if errors:
+        # Every bad trait at once, as a PATCH names every bad field.
+        raise validation_failed_all([_trait_error(error) for error in errors])
+    return values, custom
+
+
+def _trait_error(exc: ValidationFailed) -> ValidationFailed:
+    """A profile error about a trait: the profile's codes name fields, identify's name traits,
+    as documented."""
+    if exc.code == "unknown_field":
+        return ValidationFailed(
+            _(
+                "Unknown trait '%(trait)s': send a profile field or the key of an active "
+                "custom field."
+            )
+            % {"trait": (exc.details or {}).get("field")},
+            code="unknown_trait",
+            details=exc.details,
+        )
+    if exc.code == "invalid_field":
+        return ValidationFailed(exc.message, code="invalid_trait", details=exc.details)
+    return exc
 
 
 def _find_identities(identities: list[IdentityInput]) -> list[Identity]:

@@ -61,6 +61,14 @@ def _validate_event(item: EventInput) -> str | None:
         return _("properties must not contain the NUL character (\\u0000).")
     if item.contact_id is not None and not 1 <= item.contact_id <= MAX_ID:
         return _("contact_id must be between 1 and %(max)s.") % {"max": MAX_ID}
+    # Which one names the person is not guessed: they may disagree.
+    if item.contact_id is not None and item.identities:
+        return _("Send either contact_id or identities, not both.")
+    # Money paid back is a `refund` event with the amount refunded.
+    if item.name == "purchase" and item.value is not None and item.value < 0:
+        return _(
+            "A purchase's value must not be negative: send a refund event for money paid back."
+        )
     # Points and revenue count once per event_id; a purchase without its order's own id could
     # not even be traced when resent under a new event_id, so it is refused, not guessed.
     if item.name == "purchase" and not _is_order_id(item.properties.get("order_id")):
@@ -74,13 +82,18 @@ def _is_order_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
-    """Store a batch of events; duplicates and bad items are reported, never block the rest."""
-    if len(items) > MAX_EVENTS_PER_BATCH:
+def events_batch_check(*, count: int) -> None:
+    """Refuse a batch of more than MAX_EVENTS_PER_BATCH events (`too_many`)."""
+    if count > MAX_EVENTS_PER_BATCH:
         raise ValidationFailed(
             _("At most %(max)s events per call.") % {"max": MAX_EVENTS_PER_BATCH},
             code="too_many",
         )
+
+
+def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
+    """Store a batch of events; duplicates and bad items are reported, never block the rest."""
+    events_batch_check(count=len(items))
     outcomes: list[EventOutcome | None] = [None] * len(items)
     seen: set[str] = set()
     candidates: list[tuple[int, EventInput]] = []

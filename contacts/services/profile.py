@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 from contacts.labels import contact_field_label
@@ -63,9 +64,10 @@ def _invalid(key: str, message: str, code: str = "invalid_field") -> ValidationF
 
 
 def _name(key: str) -> str:
-    """How a message names a profile field: its verbose name, which operators read; the key
-    itself travels in the error's details for API clients."""
-    return contact_field_label(key, custom={})
+    """How a message names a profile field: its label as the edit form shows it ("Birthday",
+    "生日"), which operators read; the key itself travels in the error's details for API
+    clients."""
+    return capfirst(contact_field_label(key, custom={}))
 
 
 def _profile_value(key: str, raw: Any) -> Any:
@@ -139,9 +141,18 @@ def _profile_value(key: str, raw: Any) -> Any:
     if key == "email":
         if raw is None or raw == "":
             return ""
-        if not isinstance(raw, str) or len(raw) > 254:
+        if not isinstance(raw, str):
             raise _invalid(
                 key, _("'%(value)s' is not a valid email.") % {"value": raw}, code="invalid_email"
+            )
+        # An email is an identity too, whose value is shorter than the column allows.
+        longest = Identity._meta.get_field("value").max_length
+        if len(raw.strip()) > longest:
+            raise _invalid(
+                key,
+                _("Field '%(field)s' is longer than %(max)s characters.")
+                % {"field": _name(key), "max": longest},
+                code="invalid_email",
             )
         try:
             return normalize_identity(IdentityInput(IdentityKind.EMAIL, raw)).value
@@ -189,17 +200,65 @@ def _profile_value(key: str, raw: Any) -> Any:
     )
 
 
+def profile_values_check(
+    *, data: dict[str, Any], origin: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], list[ValidationFailed]]:
+    """Check every profile and custom field value, not stopping at the first bad one; return
+    (model attribute values, custom values) of the good ones and the error of each bad one."""
+    fields = PROFILE_FIELDS | ORIGIN_TEXT_FIELDS.keys() if origin else PROFILE_FIELDS
+    profile = {k: v for k, v in data.items() if k in fields}
+    others = {k: v for k, v in data.items() if k not in profile}
+    errors: list[ValidationFailed] = []
+    try:
+        custom = custom_fields_validate(values=others)
+    except ValidationFailed:
+        # Once more one key at a time (only when something is wrong), to name every bad value.
+        custom = {}
+        for key, raw in others.items():
+            try:
+                custom.update(custom_fields_validate(values={key: raw}))
+            except ValidationFailed as exc:
+                errors.append(exc)
+    values: dict[str, Any] = {}
+    for key, raw in profile.items():
+        try:
+            values[key] = _profile_value(key, raw)
+        except ValidationFailed as exc:
+            errors.append(exc)
+    return values, custom, errors
+
+
+def validation_failed_all(errors: list[ValidationFailed]) -> ValidationFailed:
+    """One error standing for several: the first one's code, message and details, exactly as
+    when it is alone, and with more than one every error (field, code, message) listed in
+    `details["errors"]`, so that a form shows each at its field at once."""
+    first = errors[0]
+    if len(errors) == 1:
+        return first
+    details = dict(first.details) if isinstance(first.details, dict) else {}
+    details["errors"] = [
+        {
+            **(error.details if isinstance(error.details, dict) else {}),
+            "code": error.code,
+            "message": error.message,
+        }
+        for error in errors
+    ]
+    return ValidationFailed(first.message, code=first.code, details=details)
+
+
 def profile_values_validate(
     *, data: dict[str, Any], origin: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check profile and custom field values; return (model attribute values, custom values).
 
     `origin` also accepts `source` and `channel_code`, which identify sets and a PATCH does not.
+    Every value is checked: one error names them all (see validation_failed_all).
     """
-    fields = PROFILE_FIELDS | ORIGIN_TEXT_FIELDS.keys() if origin else PROFILE_FIELDS
-    profile = {k: v for k, v in data.items() if k in fields}
-    custom = custom_fields_validate(values={k: v for k, v in data.items() if k not in profile})
-    return {key: _profile_value(key, raw) for key, raw in profile.items()}, custom
+    values, custom, errors = profile_values_check(data=data, origin=origin)
+    if errors:
+        raise validation_failed_all(errors)
+    return values, custom
 
 
 def _identity_owner(kind: str, value: str) -> int | None:
@@ -210,18 +269,18 @@ def _identity_owner(kind: str, value: str) -> int | None:
     )
 
 
-@transaction.atomic
-def contact_update(
-    *,
-    contact: Contact,
-    data: dict[str, Any],
-    actor: AbstractBaseUser | None = None,
-    source: str = "manual",
-) -> Contact:
-    """Validate and apply profile and custom field changes; nothing is stored on any error."""
+def contact_changes_validate(
+    *, contact: Contact, data: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check profile and custom field changes of `contact` without storing anything; return
+    (model attribute values, custom values).
+
+    Every check runs, the values' own and whether a new phone or email already belongs to
+    another contact: one ValidationFailed names every problem (see validation_failed_all).
+    """
     if not isinstance(data, dict):
         raise ValidationFailed(_("The changes must be an object of field names and values."))
-    values, custom = profile_values_validate(data=data)
+    values, custom, errors = profile_values_check(data=data)
     # Phone and email are identities too: refuse one that already belongs to someone else.
     for kind in (IdentityKind.PHONE, IdentityKind.EMAIL):
         new = values.get(kind)
@@ -235,11 +294,28 @@ def contact_update(
                         "This email belongs to contact %(contact)s; merge the two contacts instead."
                     )
                 )
-                raise ValidationFailed(
-                    message % {"contact": owner},
-                    code="identity_taken",
-                    details={"field": kind, "contact_id": owner},
+                errors.append(
+                    ValidationFailed(
+                        message % {"contact": owner},
+                        code="identity_taken",
+                        details={"field": kind, "contact_id": owner},
+                    )
                 )
+    if errors:
+        raise validation_failed_all(errors)
+    return values, custom
+
+
+@transaction.atomic
+def contact_update(
+    *,
+    contact: Contact,
+    data: dict[str, Any],
+    actor: AbstractBaseUser | None = None,
+    source: str = "manual",
+) -> Contact:
+    """Validate and apply profile and custom field changes; nothing is stored on any error."""
+    values, custom = contact_changes_validate(contact=contact, data=data)
     # NO KEY UPDATE: it excludes other writers of this contact (and merges, which lock FOR
     # UPDATE) but not the key-share locks of foreign-key checks: events stored for this
     # contact at the same moment need one at their commit, while this update waits on their

@@ -230,7 +230,7 @@ def test_identify_puts_profile_traits_in_their_columns_and_custom_fields_in_attr
         "gender": "female",
         "birthday": "1992-03-04",
         "skin_type": "dry",
-        "budget": "1200",
+        "budget": 1200,
     }
     response = _identify(api, traits)
     assert response.status_code == 201

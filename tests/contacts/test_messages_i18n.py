@@ -70,7 +70,7 @@ def test_profile_errors_keep_their_code_and_field_in_both_languages():
             contact_update(contact=contact, data={"birthday": future})
         errors[language] = exc.value
 
-    assert errors["en"].message == "Field 'birthday' is in the future."
+    assert errors["en"].message == "Field 'Birthday' is in the future."
     # The field by its name in the reader's language; its key stays in the details.
     assert errors["zh-hans"].message == _in(
         "zh-hans", "Field '%(field)s' is in the future.", field="生日"

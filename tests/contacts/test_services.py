@@ -362,7 +362,8 @@ def test_custom_fields_validate_cleans_each_kind(custom_fields):
             "wedding_day": "2027-05-20",
             "vip": "是",
             "remark": "  老客户  ",
-        }
+        },
+        from_text=True,
     )
     assert cleaned == {
         "skin_type": "dry",

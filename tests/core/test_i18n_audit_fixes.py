@@ -302,7 +302,7 @@ def test_an_api_error_about_the_name_says_xingming_in_chinese(api):
 
     assert chinese.status_code == english.status_code == 400
     assert chinese.json()["error"]["message"] == "字段“姓名”须为文本。"
-    assert english.json()["error"]["message"] == "Field 'name' must be text."
+    assert english.json()["error"]["message"] == "Field 'Name' must be text."
 
 
 # --- 4. An RFM layer page leads with the label in the page's language -------------------------
