@@ -38,7 +38,10 @@ BATCHES_PER_RUN = 50
 @dataclass
 class BulkTagResult:
     processed: int = 0
-    changed: int = 0
+    changed: int = 0  # contacts that gained (or lost) the tag
+    # Contacts that had the tag already and whose expiry was replaced by the one given: not
+    # "changed" (no event, no segment re-evaluation), yet the operator must hear of them.
+    expiry_moved: int = 0
     cursor: int = 0
     finished: bool = False
 
@@ -80,13 +83,15 @@ def _tag_batch(
     add: bool,
     actor: AbstractBaseUser | None,
     expires_at: dt.datetime | None = None,
-) -> list[int]:
-    """Add or remove `tag` for one batch of contact ids; return the ids that gained or lost it.
+) -> tuple[list[int], int]:
+    """Add or remove `tag` for one batch of contact ids; return the ids that gained or lost it
+    and how many rows already there had their expiry moved.
 
     With `expires_at` (adding only) new rows get that expiry and rows already there have theirs
     replaced, as contact_tag_add does; an expiry change alone does not count as a change.
     """
     now = timezone.now()
+    moved = 0
     with transaction.atomic():
         tagged = set(
             ContactTag.objects.filter(tag=tag, contact_id__in=ids).values_list(
@@ -113,9 +118,12 @@ def _tag_batch(
             if expires_at is not None:
                 # Rows already there (or won by a concurrent add) take the new expiry too.
                 # Except rule-kept tags: see contact_tag_add.
-                ContactTag.objects.filter(tag=tag, contact_id__in=ids).exclude(
-                    expires_at=expires_at
-                ).exclude(source=TagSource.RULE).update(expires_at=expires_at)
+                moved = (
+                    ContactTag.objects.filter(tag=tag, contact_id__in=ids)
+                    .exclude(expires_at=expires_at)
+                    .exclude(source=TagSource.RULE)
+                    .update(expires_at=expires_at)
+                )
         else:
             changed = sorted(tagged)
             ContactTag.objects.filter(tag=tag, contact_id__in=changed).delete()
@@ -140,7 +148,7 @@ def _tag_batch(
                 ),
                 robust=True,
             )
-    return changed
+    return changed, moved
 
 
 def contacts_bulk_tag(
@@ -175,9 +183,10 @@ def contacts_bulk_tag(
         if not ids:
             result.finished = True
             break
-        changed = _tag_batch(ids=ids, tag=tag, add=add, actor=actor, expires_at=expires_at)
+        changed, moved = _tag_batch(ids=ids, tag=tag, add=add, actor=actor, expires_at=expires_at)
         result.processed += len(ids)
         result.changed += len(changed)
+        result.expiry_moved += moved
         result.cursor = ids[-1]
         batches += 1
         if on_batch:
@@ -196,10 +205,13 @@ def contacts_bulk_tag_start(
     contact_ids: list[int] | None = None,
     filter_params: dict[str, list[str]] | None = None,
     expires_at: dt.datetime | None = None,
+    list_filter: dict[str, list[str]] | None = None,
 ) -> BulkTagStart:
     """Tag or untag now when the set is small, else queue a background job and return it.
 
     `expires_at` gives added tags an expiry (it must be in the future); untagging ignores it.
+    `list_filter` is the contact list's filter the action was started from, kept with a job
+    only for the job page's way back to that list (ticked ids ignore it).
     """
     expires_at = tag_expiry_check(expires_at=expires_at) if add else None
     qs = bulk_target(actor=actor, contact_ids=contact_ids, filter_params=filter_params)
@@ -221,6 +233,7 @@ def contacts_bulk_tag_start(
         "contact_ids": contact_ids,
         "filter_params": filter_params,
         "expires_at": expires_at.isoformat() if expires_at is not None else None,
+        "list_filter": list_filter or {},
     }
     job = jobs.job_create(kind=JOB_KIND, created_by=actor, params=params, total=qs.count())
     transaction.on_commit(lambda: _enqueue(job.pk))
@@ -239,6 +252,7 @@ def bulk_tag_job_run(*, job_id: int) -> None:
     if resumed is None:
         return
     job, cursor, done_before, changed_before = resumed
+    moved_before = int(job.result.get("expiry_moved", 0))
     params = job.params
     tag = Tag.objects.filter(pk=params.get("tag_id")).first()
     actor = job.created_by
@@ -266,6 +280,7 @@ def bulk_tag_job_run(*, job_id: int) -> None:
         "cursor": result.cursor,
         "processed": done_before + result.processed,
         "changed": changed_before + result.changed,
+        "expiry_moved": moved_before + result.expiry_moved,
     }
     if result.finished:
         jobs.job_finish(job_id=job.pk, result=summary)

@@ -6,12 +6,14 @@ asked may see personal data; every export is audit-logged.
 """
 
 import csv
+import datetime as dt
 import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -22,7 +24,9 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 
+from contacts.bulk import bulk_target
 from contacts.filters import ContactFilter, contact_filter_checked
+from contacts.labels import source_label
 from contacts.models import PROFILE_COLUMNS, Contact, ContactTag, CustomField, Gender, Stage
 from contacts.pii import can_view_personal_data, mask_email, mask_phone
 from contacts.selectors import contact_visible_to
@@ -60,6 +64,14 @@ COLUMNS = [
     "created_at",
 ]
 PHONE_COLUMN = COLUMNS.index("phone")
+BIRTHDAY_COLUMN = COLUMNS.index("birthday")
+CREATED_COLUMN = COLUMNS.index("created_at")
+# How the CSV writes the created time, and how an .xlsx shows its date cells (Excel sorts them).
+CREATED_FORMAT = "%Y-%m-%d %H:%M:%S"
+XLSX_DATE_FORMAT = "yyyy-mm-dd"
+XLSX_DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+# Excel counts days from 1900: an earlier date (a typo such as 0199-05-17) has no date cell.
+XLSX_FIRST_DATE = dt.date(1900, 3, 1)
 
 
 def _headers(custom: list[CustomField]) -> list[str]:
@@ -88,7 +100,15 @@ def can_export(user: AbstractBaseUser) -> bool:
 
 
 def export_filters(query: QueryDict) -> dict[str, Any]:
-    """The contact-list filters (and segment) of a request, as JSON-safe job parameters."""
+    """The contact-list filters (and segment) of a request, as JSON-safe job parameters.
+
+    Ticked rows (`ids`) stand alone, as in the list's bulk tag: the filter only led to them.
+    """
+    ids = [v for v in query.getlist("ids") if v != ""]
+    if ids:
+        # Ids as numbers in the job and its audit entry; anything else is kept as given, for
+        # export_queryset to refuse.
+        return {"ids": [pk if (pk := parse_id(v)) is not None else v for v in ids]}
     params: dict[str, Any] = {}
     for key in (*FILTER_KEYS, "segment"):
         values = [v for v in query.getlist(key) if v != ""]
@@ -97,8 +117,22 @@ def export_filters(query: QueryDict) -> dict[str, Any]:
     return params
 
 
+def list_filter_query(query: QueryDict) -> str:
+    """The contact-list filter of a request without its ticked rows, as a query string: the
+    way back to the list, or on to the export page with the ticked ids."""
+    data = query.copy()
+    data.pop("ids", None)
+    return urlencode(export_filters(data), doseq=True)
+
+
 def export_queryset(*, user: AbstractBaseUser, filters: dict[str, Any]) -> QuerySet[Contact]:
-    """The contacts an export covers: visible to the user, filtered like the contact list."""
+    """The contacts an export covers: visible to the user, filtered like the contact list, or
+    the ticked ones among those visible."""
+    if "ids" in filters:
+        ids = [parse_id(v) for v in filters["ids"]]
+        if None in ids:
+            raise ValidationFailed(_("Some selected contacts are not valid ids."))
+        return bulk_target(actor=user, contact_ids=ids)
     data = QueryDict(mutable=True)
     for key, value in filters.items():
         if key == "segment":
@@ -120,8 +154,14 @@ def export_queryset(*, user: AbstractBaseUser, filters: dict[str, Any]) -> Query
     return qs
 
 
-def export_start(*, user: AbstractBaseUser, filters: dict[str, Any], fmt: str = "csv") -> Job:
-    """Check the user may export, create the job, and run it in the background after commit."""
+def export_start(
+    *, user: AbstractBaseUser, filters: dict[str, Any], fmt: str = "csv", ip: str | None = None
+) -> Job:
+    """Check the user may export, create the job, and run it in the background after commit.
+
+    `ip` is the address the export was asked from (core.audit.request_ip), written to the
+    export's audit entry as a download's is.
+    """
     from contacts import tasks
 
     if not can_export(user):
@@ -142,6 +182,7 @@ def export_start(*, user: AbstractBaseUser, filters: dict[str, Any], fmt: str = 
             "format": fmt,
             "masked": not can_view_personal_data(user),
             "language": translation.get_language(),
+            "ip": ip,
         },
     )
     job_id = job.pk
@@ -163,7 +204,11 @@ def _too_many_rows() -> ValidationFailed:
 def export_rows(
     *, qs: QuerySet[Contact], masked: bool, custom: list[CustomField]
 ) -> Iterator[list[Any]]:
-    """Yield export rows in id order, one keyset batch at a time."""
+    """Yield export rows in id order, one keyset batch at a time.
+
+    Birthday and created time are a date and a naive local datetime (or None): real date cells
+    in an .xlsx; the CSV writes them as text (_csv_dates).
+    """
     stages = dict(Stage.objects.values_list("key", "name"))
     # In the export's language, like the stage; the import reads these labels back (男/女/未知).
     genders = {value: str(label) for value, label in Gender.choices}
@@ -194,16 +239,19 @@ def export_rows(
                 row["name"],
                 row["nickname"],
                 genders.get(row["gender"], row["gender"]),
-                row["birthday"].isoformat() if row["birthday"] else "",
+                row["birthday"],
                 phone,
                 email,
                 row["province"],
                 row["city"],
-                row["source"],
+                # The label the list shows (导入, API …), in the export's language; the import
+                # reads a label of any language back to its code (labels.source_from_label).
+                source_label(row["source"]),
                 row["channel_code"],
                 stages.get(row["lifecycle_stage_id"], row["lifecycle_stage_id"]),
                 "|".join(tags.get(row["id"], [])),
-                timezone.localtime(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S"),
+                # Whole seconds, as the CSV always wrote it; Excel takes no time zone.
+                timezone.localtime(row["created_at"]).replace(microsecond=0, tzinfo=None),
                 *(_cell(attributes.get(cf.key)) for cf in custom),
             ]
         last = ids[-1]
@@ -233,13 +281,22 @@ def _neutralised(row: list[Any]) -> list[Any]:
     ]
 
 
+def _csv_dates(row: list[Any]) -> list[Any]:
+    """The row with its birthday and created time as the CSV's text: 1990-05-17 and
+    2024-03-01 09:30:00."""
+    birthday, created = row[BIRTHDAY_COLUMN], row[CREATED_COLUMN]
+    row[BIRTHDAY_COLUMN] = birthday.isoformat() if birthday else ""
+    row[CREATED_COLUMN] = created.strftime(CREATED_FORMAT)
+    return row
+
+
 def _write_csv(path: Path, headers: list[str], rows: Iterator[list[Any]], job_id: int) -> int:
     count = 0
     with path.open("w", encoding="utf-8-sig", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(_neutralised(headers))
         for row in rows:
-            writer.writerow(_neutralised(row))
+            writer.writerow(_neutralised(_csv_dates(row)))
             count += 1
             if count % BATCH == 0:
                 jobs.job_progress(job_id=job_id, done=count)
@@ -267,12 +324,30 @@ def _write_xlsx(path: Path, headers: list[str], rows: Iterator[list[Any]], job_i
                 out[index] = cell
         return out
 
+    def date_cell(value: dt.date, number_format: str) -> WriteOnlyCell:
+        cell = WriteOnlyCell(sheet, value)
+        cell.number_format = number_format
+        return cell
+
+    def dates(row: list[Any]) -> list[Any]:
+        # Date cells, which Excel sorts and filters as dates, shown as the CSV writes them
+        # (openpyxl's own format drops the hour's leading zero). No birthday: an empty cell.
+        birthday = row[BIRTHDAY_COLUMN]
+        if birthday is not None:
+            row[BIRTHDAY_COLUMN] = (
+                date_cell(birthday, XLSX_DATE_FORMAT)
+                if birthday >= XLSX_FIRST_DATE
+                else birthday.isoformat()
+            )
+        row[CREATED_COLUMN] = date_cell(row[CREATED_COLUMN], XLSX_DATETIME_FORMAT)
+        return row
+
     sheet.append(cells(headers))
     count = 0
     for row in rows:
         if count == XLSX_MAX_ROWS:  # contacts added since the count: no file Excel cannot open
             raise _too_many_rows()
-        sheet.append(cells(row))
+        sheet.append(dates(cells(row)))
         count += 1
         if count % BATCH == 0:
             jobs.job_progress(job_id=job_id, done=count)
@@ -329,6 +404,7 @@ def _export_run(job: Job) -> dict[str, Any]:
         object_type="job",
         object_id=str(job.pk),
         details={"filters": filters, "segment": filters.get("segment"), **result},
+        ip=job.params.get("ip") or None,
     )
     jobs.job_progress(job_id=job.pk, done=count, total=count)
     jobs.job_finish(job_id=job.pk, result=result, output_file=relative)

@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
-from django_filters.fields import ModelMultipleChoiceField
+from django_filters.fields import ModelChoiceField, ModelMultipleChoiceField
 
 from contacts.forms import date_input, store_staff_scope
 from contacts.labels import source_from_label
@@ -48,6 +48,20 @@ class _TagsFilter(django_filters.ModelMultipleChoiceFilter):
     field_class = _IdsField
 
 
+class _StageField(ModelChoiceField):
+    def label_from_instance(self, obj: Stage) -> str:
+        if obj.is_active:
+            return obj.name
+        return gettext("%(name)s (retired)") % {"name": obj.name}
+
+
+class _StageFilter(django_filters.ModelChoiceFilter):
+    """Every stage, the retired ones last and marked: contacts keep a stage when it is retired,
+    and the list must still find them."""
+
+    field_class = _StageField
+
+
 class ContactFilter(django_filters.FilterSet):
     """The contact list's filters; also what "all matching" bulk actions re-evaluate."""
 
@@ -69,9 +83,9 @@ class ContactFilter(django_filters.FilterSet):
         # The list shows a source by its label (导入, API …): typing what is shown must find it.
         widget=forms.TextInput(attrs={"list": "contact-sources"}),
     )
-    lifecycle_stage = django_filters.ModelChoiceFilter(
+    lifecycle_stage = _StageFilter(
         label=_("Lifecycle stage"),
-        queryset=Stage.objects.filter(is_active=True),
+        queryset=Stage.objects.order_by("-is_active", "position", "key"),
         to_field_name="key",
         empty_label=_("All stages"),
     )

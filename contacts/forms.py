@@ -240,10 +240,16 @@ class ContactEditForm(forms.Form):
         return [self[CUSTOM_PREFIX + d.key] for d in self.custom_fields]
 
     def changes(self) -> dict[str, Any]:
-        """The changed values, keyed as contact_update expects (custom fields by their key)."""
+        """The changed values, keyed as contact_update expects (custom fields by their key).
+
+        On a form with errors, those of the fields that passed the form's own checks: the
+        service can still check them, so that every problem is shown at once."""
         data: dict[str, Any] = {}
+        cleaned = getattr(self, "cleaned_data", {})
         for name in self.changed_data:
-            value = self.cleaned_data[name]
+            if name not in cleaned:
+                continue
+            value = cleaned[name]
             if name.startswith(CUSTOM_PREFIX):
                 data[name.removeprefix(CUSTOM_PREFIX)] = _plain(value)
             elif name in ("lifecycle_stage", "owner", "store"):
@@ -321,17 +327,13 @@ class ConsentForm(forms.Form):
         return source_from_label(self.cleaned_data["source"])
 
 
-class BulkTagForm(TagExpiryMixin, forms.Form):
+class ContactSelectionForm(forms.Form):
+    """Which contacts an action of the contact list applies to: the ticked rows, or all the
+    contacts matching the list's filter (whose values travel in the same POST)."""
+
     SCOPE_SELECTED = "selected"
     SCOPE_ALL = "all"
 
-    # Not "tag": the list filter of that name travels in the same POST.
-    bulk_tag = forms.ModelChoiceField(
-        label=_("Tag"), queryset=tags_grouped(), empty_label=_("Choose a tag…")
-    )
-    op = forms.ChoiceField(choices=[("add", _("Add tag")), ("remove", _("Remove tag"))])
-    # After `op`: removing ignores the expiry, so clean_expires_at can look at the action.
-    expires_at = _expires_at_field()
     scope = forms.ChoiceField(
         label=_("Apply to"),
         choices=[
@@ -351,15 +353,43 @@ class BulkTagForm(TagExpiryMixin, forms.Form):
         super().__init__(*args, **kwargs)
         # Any id that can exist is acceptable here; visibility is applied to the ids later.
         self.fields["ids"].valid_value = lambda value: parse_id(value) is not None
-        self._expires_at_setup()
-
-    def clean_expires_at(self):
-        if self.cleaned_data.get("op") == "remove":
-            return None  # untagging has no expiry; a stale value in the field is no error
-        return super().clean_expires_at()
 
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("scope") == self.SCOPE_SELECTED and not cleaned.get("ids"):
             raise forms.ValidationError(_("Select at least one contact, or apply to all."))
         return cleaned
+
+    @property
+    def selected_ids(self) -> list[int] | None:
+        """The ticked ids of a valid form, or None when it applies to all matching the filter."""
+        if self.cleaned_data["scope"] == self.SCOPE_SELECTED:
+            return self.cleaned_data["ids"]
+        return None
+
+    def selection_errors(self) -> list[str]:
+        """What is wrong with the selection, as messages for the list page."""
+        return [
+            *self.non_field_errors(),
+            *self.errors.get("scope", []),
+            *self.errors.get("ids", []),
+        ]
+
+
+class BulkTagForm(TagExpiryMixin, ContactSelectionForm):
+    # Not "tag": the list filter of that name travels in the same POST.
+    bulk_tag = forms.ModelChoiceField(
+        label=_("Tag"), queryset=tags_grouped(), empty_label=_("Choose a tag…")
+    )
+    op = forms.ChoiceField(choices=[("add", _("Add tag")), ("remove", _("Remove tag"))])
+    # After `op`: removing ignores the expiry, so clean_expires_at can look at the action.
+    expires_at = _expires_at_field()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._expires_at_setup()
+
+    def clean_expires_at(self):
+        if self.cleaned_data.get("op") == "remove":
+            return None  # untagging has no expiry; a stale value in the field is no error
+        return super().clean_expires_at()

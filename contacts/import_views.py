@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -17,9 +18,11 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_http_methods
 
 from contacts import exporters, importers
-from contacts.models import Contact, Gender
+from contacts.forms import ContactSelectionForm
+from contacts.models import Contact, Gender, Stage
 from contacts.selectors import tags_grouped
 from core import cleanup, jobs
+from core.audit import request_ip
 from core.errors import DomainError
 from core.htmx import render_page
 from core.ids import parse_id
@@ -181,18 +184,24 @@ def _awaiting_mapping(job: Job) -> bool:
     )
 
 
-def _localise_genders(preview: importers.Preview) -> None:
-    # The preview holds the stored codes (female/male) of the rows it read; operators read
-    # the labels, as on the contact page. A refused row keeps what the file said.
+def _localise_preview(preview: importers.Preview) -> None:
+    # The preview holds the stored codes of the rows it read (female/male, the stage keys
+    # first_purchase/interested); operators read the labels, as on the contact page: the
+    # gender's, and the stage's name (首购 whether the file said 首购 or first_purchase). A
+    # refused row keeps what the file said.
     targets = [target for target, _label in preview.columns]
-    if "gender" not in targets:
-        return
-    column = targets.index("gender")
-    labels = dict(Gender.choices)
-    for row in preview.rows:
-        value = row["cells"][column]
-        if value in labels:
-            row["cells"][column] = labels[value]
+    for target in ("gender", "lifecycle_stage"):
+        if target not in targets:
+            continue
+        column = targets.index(target)
+        if target == "gender":
+            labels = dict(Gender.choices)
+        else:
+            labels = dict(Stage.objects.values_list("key", "name"))
+        for row in preview.rows:
+            value = row["cells"][column]
+            if value in labels:
+                row["cells"][column] = labels[value]
 
 
 @login_required
@@ -253,14 +262,16 @@ def import_mapping(request: HttpRequest, pk: int) -> HttpResponse:
             error = exc.message
     if spec is not None and request.POST.get("action") == "start":
         try:
-            importers.import_start(job=job, spec=spec)
+            # REMOTE_ADDR only, as core.audit records it: X-Forwarded-For is client-controlled.
+            ip = request.META.get("REMOTE_ADDR") or None
+            importers.import_start(job=job, spec=spec, ip=ip)
         except DomainError as exc:
             error = exc.message
         else:
             return redirect("contacts_io:job", pk=job.pk)
     if spec is not None:
         preview = importers.import_preview(job=job, spec=spec)
-        _localise_genders(preview)
+        _localise_preview(preview)
     context = {"job": job, "form": form, "preview": preview, "error": error}
     fragment = "import-preview" if request.POST.get("action") == "preview" else None
     return render_page(request, "contacts/import_mapping.html", context, fragment=fragment)
@@ -348,12 +359,30 @@ def _export_segment(request: HttpRequest, filters: dict) -> dict | None:
 @permission_required(exporters.EXPORT_PERMISSION, raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def export_start(request: HttpRequest) -> HttpResponse:
+    list_query = exporters.list_filter_query(request.GET)
+    if request.method == "POST" and "format" not in request.POST:
+        # The list's export button submits the list's bulk form: its ticked rows (or "all
+        # matching the filter", as for a bulk tag) and filter are carried to this page's address.
+        list_query = exporters.list_filter_query(request.POST)
+        selection = ContactSelectionForm(request.POST)
+        if not selection.is_valid():
+            for error in selection.selection_errors():
+                messages.error(request, error)
+            return redirect(reverse("contacts:list") + (f"?{list_query}" if list_query else ""))
+        query = list_query
+        if selection.selected_ids is not None:
+            query = urlencode({"ids": selection.selected_ids}, doseq=True)
+            query += f"&{list_query}" if list_query else ""
+        return redirect(reverse("contacts_io:export") + (f"?{query}" if query else ""))
     filters = exporters.export_filters(request.GET)
     form = ExportForm(request.POST or {"format": request.GET.get("format", "csv")})
     if request.method == "POST" and form.is_valid():
         try:
             job = exporters.export_start(
-                user=request.user, filters=filters, fmt=form.cleaned_data["format"]
+                user=request.user,
+                filters=filters,
+                fmt=form.cleaned_data["format"],
+                ip=request_ip(request),
             )
         except DomainError as exc:
             messages.error(request, exc.message)
@@ -372,6 +401,9 @@ def export_start(request: HttpRequest) -> HttpResponse:
         "refused": refused,
         "large": count > exporters.LARGE_EXPORT,
         "query": request.GET.urlencode(),
+        # The way back to the list: its filter, without the ticked rows.
+        "list_query": list_query,
+        "selected": "ids" in filters,
         "segment": _export_segment(request, filters),
         "other_filters": any(key != "segment" for key in filters),
     }

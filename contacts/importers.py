@@ -39,12 +39,14 @@ from django.utils.translation import gettext_lazy, pgettext_lazy
 from phonenumbers import PhoneMetadata
 
 from contacts import services
+from contacts.labels import source_from_label
 from contacts.models import (
     PROFILE_COLUMNS,
     Contact,
     ContactTag,
     CustomField,
     CustomFieldKind,
+    Event,
     Gender,
     Identity,
     IdentityKind,
@@ -52,6 +54,7 @@ from contacts.models import (
     Tag,
     TagGroup,
     TagSource,
+    new_event_id,
 )
 from contacts.signals import contact_changed, contacts_changed_in_bulk
 from core import jobs
@@ -63,6 +66,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JOB_KIND = "contact_import"
+# The timeline entry of every existing contact an import changes (docs/events.md); contacts it
+# creates get none: the timeline derives "created by import" from the job's CREATED_IDS.
+IMPORT_EVENT = "contact_imported"
+# The job parameter listing the contact ids the import created, as [first, last] ranges
+# (written with each chunk, in its transaction). A range may hold ids that no contact has
+# (sequence values of rows refused after they were numbered), never another contact's.
+CREATED_IDS = "created_ids"
 # Rows per chunk: each chunk is one transaction. 20,000 rows keep a chunk's DataFrames near
 # 30 MB and a chunk's commit under a second on PostgreSQL (measured by bench/import_vs_copy.py).
 CHUNK_ROWS = 20_000
@@ -658,6 +668,9 @@ class ImportSpec:
     tag_ids: list[int] = field(default_factory=list)
     default_source: str = "import"
     actor_id: int | None = None
+    # The job the rows come from, named by the timeline entries of the contacts it changes.
+    job_id: int | None = None
+    filename: str = ""
 
     def __post_init__(self) -> None:
         self.mapping = {h: t for h, t in self.mapping.items() if t}
@@ -841,8 +854,10 @@ def _normalise_birthdays(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def _custom_validator() -> Callable[..., dict] | None:
     # contacts.services.custom_fields_validate validates custom values on every write path; it
-    # may not exist in older trees, in which case values are stored as given.
-    return getattr(services, "custom_fields_validate", None)
+    # may not exist in older trees, in which case values are stored as given. Cells are text,
+    # read for what they spell ("42" a number, "是" true, "a,b" two choices): from_text.
+    validate = getattr(services, "custom_fields_validate", None)
+    return functools.partial(validate, from_text=True) if validate else None
 
 
 # Whitespace at either end of any cell of a column joined with NULs; `\s` is exactly what
@@ -1025,6 +1040,15 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
         genders = gender_raw.map(GENDERS)
         reject((gender_raw != "") & genders.isna(), _("gender must be 男/女 or male/female"))
         out["gender"] = genders.fillna("")
+
+    if "source" in mapped:
+        # A source written as the list and the export show it (导入, Import …), in any of the
+        # site's languages, is stored as its code: an exported file imports back unchanged.
+        # Looked up once per distinct value; a client's own word stays as it is.
+        sources = out["source"]
+        codes = {v: code for v in sources.unique() if v and (code := source_from_label(v)) != v}
+        if codes:
+            out["source"] = sources.replace(codes)
 
     if "birthday" in mapped:
         birthdays, text = _normalise_birthdays(out["birthday"])
@@ -1427,6 +1451,8 @@ class ChunkResult:
     # row's number in the file and the reason, for the rejected-rows file.
     rejected: list[tuple[int, str]] = field(default_factory=list)
     contact_ids: list[int] = field(default_factory=list)
+    # The ids numbered for new contacts, as [first, last] ranges (see CREATED_IDS).
+    created_ranges: list[list[int]] = field(default_factory=list)
 
 
 class TagResolver:
@@ -1561,6 +1587,20 @@ class MatchedChunk:
     rows: pd.DataFrame | None = None
     owners: dict[str, dict[str, int]] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    # PostgreSQL: the ids numbered for the new rows when matching, as [first, last] ranges
+    # (rows refused after that keep their gap inside a range: no contact gets those ids).
+    numbered: list[list[int]] = field(default_factory=list)
+
+
+def _id_ranges(ids: list[int]) -> list[list[int]]:
+    """Sorted ids as [first, last] ranges of consecutive ids."""
+    ranges: list[list[int]] = []
+    for pk in sorted(ids):
+        if ranges and pk == ranges[-1][1] + 1:
+            ranges[-1][1] = pk
+        else:
+            ranges.append([pk, pk])
+    return ranges
 
 
 def import_chunk_match(
@@ -1609,7 +1649,8 @@ def _settle(
 def import_chunk_apply(
     *, matched: MatchedChunk, spec: ImportSpec, collect: bool, reject_raced: bool = False
 ) -> ChunkResult:
-    """Write a matched chunk: new contacts, changed fields, identities and tags.
+    """Write a matched chunk: new contacts, changed fields, identities and tags, and an
+    IMPORT_EVENT on the timeline of each existing contact it changes.
 
     A new row's key identity is claimed before anything else is written. When another
     transaction (an `identify` call) created that identity since the match, the row was judged
@@ -1657,6 +1698,8 @@ def import_chunk_write(
                     collect=collect,
                     reject_raced=attempt == CHUNK_ATTEMPTS,
                 )
+                if spec.job_id is not None and result.created_ranges:
+                    _record_created(spec.job_id, result.created_ranges)
         except IdentityRaced as exc:
             resolver.restore(saved)
             if attempt == CHUNK_ATTEMPTS:
@@ -1674,6 +1717,24 @@ def import_chunk_write(
             remember_kept(good, hashes, spec=spec, kept=written, state=state)
         return result
     raise AssertionError("unreachable")
+
+
+def _record_created(job_id: int, ranges: list[list[int]]) -> None:
+    """Add the ids a chunk created to its job's CREATED_IDS, in the chunk's transaction: the
+    list names exactly the contacts committed (a redelivered job appends to it)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Job._meta.db_table} SET params = jsonb_set(params, %s, "
+                "COALESCE(params -> %s, '[]'::jsonb) || %s::jsonb) WHERE id = %s",
+                [[CREATED_IDS], CREATED_IDS, json.dumps(ranges), job_id],
+            )
+        return
+    # Elsewhere (SQLite) the chunk holds the database's write lock: nobody writes in between.
+    params = Job.objects.filter(pk=job_id).values_list("params", flat=True).first()
+    if params is not None:
+        params[CREATED_IDS] = [*params.get(CREATED_IDS, []), *ranges]
+        Job.objects.filter(pk=job_id).update(params=params)
 
 
 def _match_postgres(
@@ -1727,6 +1788,17 @@ def _match_postgres(
             [*identity_columns.values(), UPSERT_KEYS[spec.key]],
         )
         cursor.execute("DROP TABLE scrm_import_raw")
+        numbered: list[list[int]] = []
+        if spec.job_id is not None:
+            # Read before any row is refused, so that a refused row's id stays inside its
+            # range instead of splitting it (one range per chunk, unless another session took
+            # sequence values in between).
+            cursor.execute(
+                "SELECT min(contact_id), max(contact_id) FROM (SELECT contact_id, contact_id - "
+                "row_number() OVER (ORDER BY contact_id) AS island FROM scrm_import_stage "
+                "WHERE is_new) ids GROUP BY island ORDER BY 1"
+            )
+            numbered = [[first, last] for first, last in cursor.fetchall()]
         taken = _refuse_taken_postgres(cursor, identity_columns) if identity_columns else []
         duplicates = settle([rn for rn, _reason in taken])
         if duplicates:
@@ -1737,21 +1809,19 @@ def _match_postgres(
             )
         cursor.execute("SELECT count(*) FILTER (WHERE is_new), count(*) FROM scrm_import_stage")
         new, size = cursor.fetchone()
-    return MatchedChunk(size=size, new=new, rejected=_rejections(taken, duplicates))
+    return MatchedChunk(
+        size=size, new=new, rejected=_rejections(taken, duplicates), numbered=numbered
+    )
 
 
 # A matched contact's profile before and after a staged row is applied (SQL over `c` and `s`).
 _OLD_PROFILE_SQL = ", ".join(f"c.{c}" for c in UPDATED_COLUMNS) + ", c.attributes"
 _NEW_ATTRIBUTES_SQL = "c.attributes || COALESCE(s.attributes, '{}'::jsonb)"
-_NEW_PROFILE_SQL = (
-    ", ".join(
-        f"COALESCE(NULLIF(s.{c}, ''), c.{c})"
-        if c != "birthday"
-        else "COALESCE(s.birthday, c.birthday)"
-        for c in UPDATED_COLUMNS
-    )
-    + f", {_NEW_ATTRIBUTES_SQL}"
-)
+_NEW_COLUMN_SQL = [
+    f"COALESCE(NULLIF(s.{c}, ''), c.{c})" if c != "birthday" else "COALESCE(s.birthday, c.birthday)"
+    for c in UPDATED_COLUMNS
+]
+_NEW_PROFILE_SQL = ", ".join(_NEW_COLUMN_SQL) + f", {_NEW_ATTRIBUTES_SQL}"
 
 
 def _apply_postgres(
@@ -1805,6 +1875,8 @@ def _apply_postgres(
         if new < size:
             updated = _mark_changed_postgres(cursor, spec, columns)
         if updated:
+            # Before the contacts, identities and tags change: it reads what they were.
+            _record_events_postgres(cursor, spec, columns)
             for column in REPLACED_IDENTITIES:
                 if column in columns:
                     # Driven from the stage through LIMIT 1 probes (never flattened into a
@@ -1885,6 +1957,60 @@ def _apply_postgres(
         unchanged=size - new - updated,
         rejected=rejected,
         contact_ids=ids,
+        created_ranges=matched.numbered if new else [],
+    )
+
+
+def _record_events_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str]) -> None:
+    """Write one IMPORT_EVENT per changed contact of the stage, naming the job and what the row
+    changes: the fields and custom fields whose value differs, the identities and the tags the
+    contact gains. One statement, before the changes are applied."""
+    contact = Contact._meta.db_table
+    contact_tag = ContactTag._meta.db_table
+    fields = "array_remove(ARRAY[{}], NULL)".format(
+        ", ".join(
+            f"CASE WHEN c.{c} IS DISTINCT FROM {new} THEN '{c}' END"
+            for c, new in zip(UPDATED_COLUMNS, _NEW_COLUMN_SQL, strict=True)
+        )
+    )
+    if spec.custom_keys:
+        fields += (
+            " || COALESCE((SELECT array_agg(a.key ORDER BY a.key) FROM "
+            "jsonb_each(s.attributes) a WHERE c.attributes -> a.key IS DISTINCT FROM a.value), "
+            "'{}')"
+        )
+    identities = (
+        "to_jsonb(array_remove(ARRAY[{}]::text[], NULL))".format(
+            ", ".join(
+                f"CASE WHEN s.{column} <> '' AND s.{column}_owner IS NULL THEN '{kind}' END"
+                for column, kind in columns.items()
+            )
+        )
+        if columns
+        else "'[]'::jsonb"
+    )
+    tags = (
+        "(SELECT COALESCE(jsonb_agg(g.name || '/' || t.name ORDER BY g.name, t.name), "
+        "'[]'::jsonb) FROM (SELECT DISTINCT u.tag_id FROM unnest(COALESCE(s.tag_ids, '{}') "
+        "|| %s::bigint[]) AS u(tag_id)) a "
+        f"JOIN {Tag._meta.db_table} t ON t.id = a.tag_id "
+        f"JOIN {TagGroup._meta.db_table} g ON g.id = t.group_id "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {contact_tag} ct WHERE ct.contact_id = s.contact_id "
+        "AND ct.tag_id = a.tag_id))"
+    )
+    cursor.execute(
+        f"INSERT INTO {Event._meta.db_table} "
+        "(event_id, contact_id, name, occurred_at, received_at, properties, value, source) "
+        # Ids made by the server as new_event_id makes them (time first, then random bits).
+        "SELECT lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
+        " || substr(replace(gen_random_uuid()::text, '-', ''), 1, 20), "
+        "s.contact_id, %s, now(), now(), jsonb_build_object('job_id', %s::bigint, "
+        f"'file', %s::text, 'fields', to_jsonb(d.fields), 'identities', {identities}, "
+        f"'tags', {tags}), NULL, %s "
+        "FROM scrm_import_stage s "
+        f"CROSS JOIN LATERAL (SELECT {fields} AS fields FROM {contact} c "
+        "WHERE c.id = s.contact_id LIMIT 1) d WHERE s.changed",
+        [IMPORT_EVENT, spec.job_id, spec.filename, spec.tag_ids, TagSource.IMPORT],
     )
 
 
@@ -2067,6 +2193,8 @@ def _apply_generic(
         for r in good[is_new].itertuples(index=False)
     ]
     Contact.objects.bulk_create(contacts, batch_size=LOOKUP_BATCH)
+    # Before any of them is deleted again (see CREATED_IDS).
+    numbered = _id_ranges([c.pk for c in contacts])
     contact_ids = good["contact_id"].to_numpy(dtype="int64", copy=True)
     contact_ids[is_new] = [c.pk for c in contacts]
     if contacts:
@@ -2133,7 +2261,20 @@ def _apply_generic(
         unchanged=len(good) - created - updated,
         rejected=rejected,
         contact_ids=ids_out,
+        created_ranges=numbered if created else [],
     )
+
+
+# A custom field the contact has no value for (a stored value may be None).
+_ABSENT = object()
+
+
+def _tag_names(spec: ImportSpec, cells: pd.Series) -> dict[int, str]:
+    """Every tag the rows may add, by id, named as tag_added events name it (group/name)."""
+    ids = set(spec.tag_ids)
+    for cell in cells.unique():
+        ids |= _row_tag_ids(spec, cell)
+    return {t.pk: str(t) for t in Tag.objects.filter(pk__in=ids).select_related("group")}
 
 
 def _write_changes_generic(
@@ -2143,7 +2284,8 @@ def _write_changes_generic(
     owners: dict[str, dict[str, int]],
     now: dt.datetime,
 ) -> np.ndarray:
-    """Update the matched contacts whose fields change; return which rows change their contact.
+    """Update the matched contacts whose fields change, recording an IMPORT_EVENT for each
+    contact a row changes; return which rows change their contact.
 
     A row changes its contact when a field or custom field differs, or it brings an identity
     or a tag the contact does not have yet (the same rule as the PostgreSQL path).
@@ -2168,14 +2310,15 @@ def _write_changes_generic(
             tags.setdefault(contact_id, set()).add(tag_id)
     updates = []
     replaced = []
+    events = []
+    tag_names = _tag_names(spec, old["tags"])
     for position, r in enumerate(old.itertuples(index=False)):
         before = current[r.contact_id]
         after = {c: getattr(r, c) or before[c] for c in UPDATED_COLUMNS}
         patch = json.loads(r.attributes) if r.attributes else {}
-        profile_changes = any(after[c] != before[c] for c in UPDATED_COLUMNS) or (
-            {**before["attributes"], **patch} != before["attributes"]
-        )
-        if profile_changes:
+        fields = [c for c in UPDATED_COLUMNS if after[c] != before[c]]
+        fields += sorted(k for k, v in patch.items() if before["attributes"].get(k, _ABSENT) != v)
+        if fields:
             updates.append(
                 [*(getattr(r, c) for c in UPDATED_COLUMNS), r.attributes or "{}", now, r.contact_id]
             )
@@ -2184,11 +2327,31 @@ def _write_changes_generic(
                 for c in REPLACED_IDENTITIES
                 if c in columns and before[c] and after[c] != before[c]
             ]
-        changed[position] = (
-            profile_changes
-            or any(getattr(r, c) and getattr(r, c) not in owners[c] for c in columns)
-            or bool(_row_tag_ids(spec, r.tags) - tags.get(r.contact_id, set()))
-        )
+        identities = [
+            k for c, k in columns.items() if getattr(r, c) and getattr(r, c) not in owners[c]
+        ]
+        tags_added = _row_tag_ids(spec, r.tags) - tags.get(r.contact_id, set())
+        changed[position] = bool(fields or identities or tags_added)
+        if changed[position]:
+            properties = {
+                "job_id": spec.job_id,
+                "file": spec.filename,
+                "fields": fields,
+                "identities": identities,
+                "tags": sorted(tag_names[t] for t in tags_added),
+            }
+            events.append(
+                Event(
+                    event_id=new_event_id(),
+                    contact_id=r.contact_id,
+                    name=IMPORT_EVENT,
+                    occurred_at=now,
+                    received_at=now,
+                    properties=properties,
+                    source=TagSource.IMPORT,
+                )
+            )
+    Event.objects.bulk_create(events, batch_size=LOOKUP_BATCH)
     with connection.cursor() as cursor:
         if replaced:
             cursor.executemany(
@@ -2209,8 +2372,11 @@ def _write_changes_generic(
 # --- Running ----------------------------------------------------------------------------------
 
 
-def import_start(*, job: Job, spec: ImportSpec) -> Job:
-    """Record the operator's choices on the job and enqueue it after commit."""
+def import_start(*, job: Job, spec: ImportSpec, ip: str | None = None) -> Job:
+    """Record the operator's choices on the job and enqueue it after commit.
+
+    `ip`: the address the import was started from, for the audit entry the job writes.
+    """
     from contacts import tasks
 
     if job.status != JobStatus.QUEUED or job.params.get("started"):
@@ -2222,6 +2388,7 @@ def import_start(*, job: Job, spec: ImportSpec) -> Job:
         "tag_ids": spec.tag_ids,
         "started": True,
         "language": translation.get_language(),
+        "ip": ip or None,
     }
     job.save(update_fields=["params"])
     job_id = job.pk
@@ -2252,6 +2419,8 @@ def _import_run(job: Job) -> dict[str, Any]:
             Tag.objects.filter(pk__in=params.get("tag_ids", [])).values_list("pk", flat=True)
         ),
         actor_id=job.created_by_id,
+        job_id=job.pk,
+        filename=params.get("filename", ""),
     )
     jobs.job_start(job_id=job.pk, total=source.estimate_rows())
     state = ChunkState.load(offset=source.leading_rows())
@@ -2404,6 +2573,8 @@ def _audit(job: Job, counts: dict[str, int], *, failed: bool) -> None:
             "tag_ids": job.params.get("tag_ids", []),
             **counts,
         },
+        # Where the import was started from (the worker that writes this has no request).
+        ip=job.params.get("ip") or None,
     )
 
 

@@ -41,6 +41,9 @@ EVENT_LABELS = {
     "contact_merged": _("Profiles merged"),
     "merge_undone": _("Merge undone"),
     "profile_updated": _("Profile updated"),
+    "contact_imported": _("Updated by import"),
+    # Derived from the import job on the timeline (contacts.selectors.contact_import_origin).
+    "contact_created": _("Contact created"),
     "note_added": _("Note added"),
     "follow_up_done": _("Follow-up done"),
     "consent_granted": _("Consent granted"),

@@ -30,6 +30,7 @@ from contacts.models import (
 )
 from core.errors import ValidationFailed
 from core.ids import parse_id
+from core.models import Job
 from core.pagination import KeysetPage, parse_after
 
 
@@ -152,6 +153,70 @@ def contact_timeline(
             | Q(occurred_at=cursor["occurred_at"], pk__lt=cursor["pk"])
         )
     return list(qs.order_by("-occurred_at", "-pk")[:limit])
+
+
+# The name of the timeline entry that says which import created a contact: derived from the
+# import job (its created ids), never stored, so that an import writes no row per new contact.
+CREATED_ENTRY = "contact_created"
+# How far apart the clocks of the app (job times) and the database (the contact's created_at,
+# set by PostgreSQL's now() on import) may be: the job's ids decide, this only narrows the jobs.
+IMPORT_CLOCK_SLACK = dt.timedelta(hours=1)
+
+
+def contact_import_origin(*, contact: Contact) -> Event | None:
+    """The import that created `contact`, as an unsaved timeline entry (CREATED_ENTRY) at the
+    contact's creation; None when no import job lists the contact's id among those it created
+    (imports finished before jobs recorded them included)."""
+    # Imported here: the importers import the services, which import this module.
+    from contacts.importers import CREATED_IDS, JOB_KIND
+
+    created = contact.created_at
+    candidates = (
+        Job.objects.filter(
+            kind=JOB_KIND,
+            created_at__lte=created + IMPORT_CLOCK_SLACK,
+            params__has_key=CREATED_IDS,
+        )
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=created - IMPORT_CLOCK_SLACK))
+        .order_by("pk")
+        .values_list("pk", "params")
+    )
+    for job_id, params in candidates:
+        for first, last in params.get(CREATED_IDS) or ():
+            if first <= contact.pk <= last:
+                return Event(
+                    contact=contact,
+                    name=CREATED_ENTRY,
+                    occurred_at=created,
+                    properties={"job_id": job_id, "file": params.get("filename", "")},
+                    source="import",
+                )
+    return None
+
+
+def contact_timeline_with_origin(
+    *, contact: Contact, events: list[Event], before: int | None, more: bool
+) -> list[Event]:
+    """A timeline page (`events` as contact_timeline gave them, `more` when an older page
+    follows) with the import that created the contact in its place by time, on the one page
+    whose range holds the contact's creation. Sorted as if it were the oldest event of its
+    instant, so the cursor of the pages (occurred_at, id) needs no change."""
+    created = contact.created_at
+    if more and events and created <= events[-1].occurred_at:
+        return events  # a later page holds it
+    if before:
+        cursor = (
+            Event.objects.filter(pk=before, contact=contact)
+            .values_list("occurred_at", flat=True)
+            .first()
+        )
+        if cursor is None or created > cursor:
+            return events  # an earlier page held it
+    origin = contact_import_origin(contact=contact)
+    if origin is None:
+        return events
+    position = next((i for i, e in enumerate(events) if e.occurred_at < created), len(events))
+    return [*events[:position], origin, *events[position:]]
 
 
 def contacts_new_per_day(

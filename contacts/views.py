@@ -1,4 +1,5 @@
 import functools
+import json
 from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -8,7 +9,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
@@ -124,18 +125,14 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
     if params:
         back += "?" + urlencode(params, doseq=True)
     if not form.is_valid():
-        errors = [
-            *form.non_field_errors(),
-            *form.errors.get("ids", []),
-            *form.errors.get("expires_at", []),
-        ]
+        errors = [*form.selection_errors(), *form.errors.get("expires_at", [])]
         for error in errors or [_("Choose a tag and an action.")]:
             messages.error(request, error)
         return redirect(back)
     add = form.cleaned_data["op"] == "add"
     tag = form.cleaned_data["bulk_tag"]
-    selected = form.cleaned_data["scope"] == BulkTagForm.SCOPE_SELECTED
-    if not selected:
+    contact_ids = form.selected_ids
+    if contact_ids is None:
         try:
             contact_filter_checked(data=request.POST)
         except ValidationFailed as exc:
@@ -151,9 +148,10 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
             tag=tag,
             add=add,
             actor=request.user,
-            contact_ids=form.cleaned_data["ids"] if selected else None,
-            filter_params=None if selected else params,
+            contact_ids=contact_ids,
+            filter_params=params if contact_ids is None else None,
             expires_at=form.cleaned_data["expires_at"],
+            list_filter=params,
         )
     except ValidationFailed as exc:  # the expiry passed between the form check and now
         messages.error(request, exc.message)
@@ -177,7 +175,17 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
             "Tag “%(tag)s” removed from %(count)s contacts.",
             result.changed,
         )
-    messages.success(request, text % {"tag": tag.name, "count": result.changed})
+    text %= {"tag": tag.name, "count": result.changed}
+    if result.expiry_moved:
+        # Contacts that had the tag already are not "added to", yet their expiry changed: say
+        # so (the job page says the same, contact_bulk_result.html). At most INLINE_LIMIT here:
+        # the count needs no thousands separator.
+        text += " " + ngettext(
+            "%(shown)s contact that already had the tag got the new expiry.",
+            "%(shown)s contacts that already had the tag got the new expiry.",
+            result.expiry_moved,
+        ) % {"shown": result.expiry_moved}
+    messages.success(request, text)
     return redirect(back)
 
 
@@ -186,8 +194,16 @@ def contact_bulk_job(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(
         jobs.jobs_visible_to(user=request.user).filter(kind=bulk.JOB_KIND), pk=job_id
     )
+    # Back to the list as the job was started from it: the filter of the page, whether the
+    # job ran on its ticked rows or on all its matches (jobs from before "list_filter" was kept
+    # have only the latter).
+    list_filter = job.params.get("list_filter") or job.params.get("filter_params") or {}
+    list_url = reverse("contacts:list")
+    if list_filter:
+        list_url += "?" + urlencode(list_filter, doseq=True)
     context = {
         "job": job,
+        "list_url": list_url,
         "poll_url": reverse("contacts:bulk_job", args=[job.pk]),
         "result_template": "contacts/contact_bulk_result.html",
     }
@@ -214,6 +230,18 @@ def _profile_context(request: HttpRequest, contact: Contact, *, unmasked: bool =
     }
 
 
+def _identities_context(request: HttpRequest, contact: Contact, *, unmasked: bool) -> dict:
+    """The identities panel: values masked as the user's role and an unmask say (pii)."""
+    return {
+        "contact": contact,
+        "identities": pii.identities_shown(
+            selectors.contact_identities(contact=contact),
+            personal=pii.can_view_personal_data(request.user),
+            unmasked=unmasked,
+        ),
+    }
+
+
 def _notes_context(contact: Contact, form: NoteForm | None = None) -> dict:
     return {
         "contact": contact,
@@ -228,9 +256,27 @@ def _consent_context(contact: Contact, form: ConsentForm | None = None) -> dict:
     return {
         "contact": contact,
         "consents": list(selectors.contact_consents(contact=contact)),
-        "consent_records": list(selectors.contact_consent_records(contact=contact)),
+        # Each record with its evidence as one line of text (the template shortens it).
+        "consent_records": [
+            (record, _evidence_text(record.evidence))
+            for record in selectors.contact_consent_records(contact=contact)
+        ],
         "consent_form": form or ConsentForm(),
     }
+
+
+def _evidence_text(evidence: object) -> str:
+    """A consent record's evidence as one line: the note the consent form stores as it is, an
+    API client's object as `key: value` pairs (nested values as JSON)."""
+    if not evidence:
+        return ""
+    if not isinstance(evidence, dict):
+        return json.dumps(evidence, ensure_ascii=False)
+    parts = []
+    for key, value in evidence.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        parts.append(text if key == "note" else f"{key}: {text}")
+    return "; ".join(parts)
 
 
 def _merges_context(contact: Contact) -> dict:
@@ -246,9 +292,13 @@ def _render_detail(
 ) -> HttpResponse:
     before = parse_id(request.GET.get("before"))
     events = selectors.contact_timeline(contact=contact, before=before, limit=TIMELINE_SIZE + 1)
+    more = len(events) > TIMELINE_SIZE
     timeline = {
-        "events": events[:TIMELINE_SIZE],
-        "next_before": events[TIMELINE_SIZE - 1].pk if len(events) > TIMELINE_SIZE else None,
+        # With the import that created the contact (derived, not stored) on its page.
+        "events": selectors.contact_timeline_with_origin(
+            contact=contact, events=events[:TIMELINE_SIZE], before=before, more=more
+        ),
+        "next_before": events[TIMELINE_SIZE - 1].pk if more else None,
     }
     fragment = "timeline-more" if before else htmx_target(request, allowed=DETAIL_FRAGMENTS)
     context = {
@@ -257,7 +307,7 @@ def _render_detail(
         **_notes_context(contact),
         **_consent_context(contact),
         **_merges_context(contact),
-        "identities": list(selectors.contact_identities(contact=contact)),
+        **_identities_context(request, contact, unmasked=unmasked),
         "timeline": timeline,
         "before": before,
     }
@@ -283,22 +333,30 @@ def contact_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @permission_required("contacts.view_personal_data", raise_exception=True)
 def contact_unmask(request: HttpRequest, pk: int) -> HttpResponse:
-    """Reveal phone and email once, for this response only; every reveal is audit-logged."""
+    """Reveal phone, email and identities once, for this response only; every reveal is
+    audit-logged."""
     contact = _get_contact(request, pk)
     audit_log(
         actor=request.user,
         action="contact.unmask",
         obj=contact,
-        details={"fields": ["phone", "email"]},
+        details={"fields": ["phone", "email", "identities"]},
         request=request,
     )
     if is_fragment_request(request):
-        return render_page(
+        response = render_page(
             request,
             DETAIL_TEMPLATE,
             _profile_context(request, contact, unmasked=True),
             fragment="contact-profile",
         )
+        # The identities panel is revealed too, swapped out of band next to the profile.
+        response.content += render_to_string(
+            f"{DETAIL_TEMPLATE}#contact-identities",
+            {**_identities_context(request, contact, unmasked=True), "oob": True},
+            request=request,
+        ).encode(response.charset)
+        return response
     # Without htmx the whole page is rendered here: a redirect would mask the values again.
     return _render_detail(request, contact, unmasked=True)
 
@@ -311,17 +369,30 @@ def contact_edit(request: HttpRequest, pk: int) -> HttpResponse:
     form = ContactEditForm(
         request.POST or None, contact=contact, personal_data=personal, user=request.user
     )
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST":
+        valid = form.is_valid()
         changes = form.changes()
         try:
-            if changes:
+            if not valid:
+                # The service checks the values the form let through all the same: every
+                # problem is shown at once, not one more after each save.
+                if changes:
+                    services.contact_changes_validate(contact=contact, data=changes)
+            elif changes:
                 services.contact_update(
                     contact=contact, data=changes, actor=request.user, source="manual"
                 )
         except ValidationFailed as exc:
             details = exc.details if isinstance(exc.details, dict) else {}
-            form.add_service_error(details.get("field") or _field_named(exc, form), exc.message)
-        else:
+            # Several problems come as one error listing each (details["errors"]).
+            for error in details.get("errors") or [
+                {**details, "code": exc.code, "message": exc.message}
+            ]:
+                field = error.get("field") or _field_named(
+                    error.get("code"), error["message"], form
+                )
+                form.add_service_error(field, error["message"])
+        if not form.errors:
             if changes:
                 messages.success(request, _("Profile saved."))
             else:
@@ -340,13 +411,14 @@ def contact_edit(request: HttpRequest, pk: int) -> HttpResponse:
                 fragment="contact-profile",
                 context=_profile_context(request, contact),
             )
-    elif request.method == "GET" and personal:
-        # Showing the edit form reveals phone and email in its inputs.
+    elif request.method == "GET" and personal and (revealed := pii.revealed_fields(contact)):
+        # The form shows phone and email in full in its inputs: logged when that reveals
+        # something the pages mask (not for a contact without either).
         audit_log(
             actor=request.user,
             action="contact.unmask",
             obj=contact,
-            details={"fields": ["phone", "email"], "via": "edit_form"},
+            details={"fields": revealed, "via": "edit_form"},
             request=request,
         )
     return render_page(
@@ -365,14 +437,14 @@ def _on_page(request: HttpRequest, path: str) -> bool:
 ERROR_CODE_FIELDS = {"invalid_phone": "phone", "invalid_email": "email"}
 
 
-def _field_named(exc: ValidationFailed, form: ContactEditForm) -> str | None:
-    """The form field a service error is about: by its code, or the name it quotes."""
-    if exc.code in ERROR_CODE_FIELDS:
-        return ERROR_CODE_FIELDS[exc.code]
-    message = exc.message
-    for name in form.fields:
+def _field_named(code: str | None, message: str, form: ContactEditForm) -> str | None:
+    """The form field a service error without a field is about: by its code, or the name or
+    label it quotes."""
+    if code in ERROR_CODE_FIELDS:
+        return ERROR_CODE_FIELDS[code]
+    for name, field in form.fields.items():
         key = name.removeprefix("cf__")
-        if f"'{key}'" in message:
+        if f"'{key}'" in message or f"'{field.label}'" in message:
             return name
     return None
 
@@ -522,7 +594,12 @@ def contact_consent(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @permission_required("contacts.merge_contact", raise_exception=True)
 def contact_merge_search(request: HttpRequest, pk: int) -> HttpResponse:
-    contact = _get_contact(request, pk)
+    try:
+        contact = _get_contact(request, pk)
+    except Http404:
+        if gone := _merged_away(request, [pk]):
+            return gone
+        raise
     query = request.GET.get("q", "")
     context = {
         "contact": contact,
@@ -537,8 +614,14 @@ def contact_merge_search(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @permission_required("contacts.merge_contact", raise_exception=True)
 def contact_merge_preview(request: HttpRequest, pk: int, other_pk: int) -> HttpResponse:
-    survivor = _get_contact(request, pk)
-    duplicate = _get_contact(request, other_pk)
+    try:
+        survivor = _get_contact(request, pk)
+        duplicate = _get_contact(request, other_pk)
+    except Http404:
+        # Back from the page a merge led to, or the button pressed twice: the merge is done.
+        if gone := _merged_away(request, [other_pk, pk]):
+            return gone
+        raise
     if survivor.pk == duplicate.pk:
         messages.error(request, _("A contact cannot be merged with itself."))
         return redirect("contacts:merge", pk=survivor.pk)
@@ -559,6 +642,31 @@ def contact_merge_preview(request: HttpRequest, pk: int, other_pk: int) -> HttpR
         "blocked": bool(services.merge_blocked_with(contact_id=survivor.pk, others=[duplicate.pk])),
     }
     return render_page(request, "contacts/contact_merge_preview.html", context)
+
+
+def _merged_away(request: HttpRequest, pks: list[int]) -> HttpResponse | None:
+    """For the first of `pks` that was merged into a contact the user sees: to that
+    contact's merges (where the merge can be undone), saying so. None when none was."""
+    for pk in pks:
+        survivor = selectors.contact_merged_into_visible(user=request.user, pk=pk)
+        if survivor is None:
+            continue  # not merged away, or into a contact the user may not see
+        merged = Contact.objects.get(pk=pk)
+        messages.info(
+            request,
+            _(
+                "“%(duplicate)s” was already merged into “%(survivor)s”. To undo the merge, "
+                "use “%(undo)s” under “%(merges)s” on this page."
+            )
+            % {
+                "duplicate": contact_ref(merged),
+                "survivor": contact_ref(survivor),
+                "undo": _("Undo merge"),
+                "merges": _("Merged contacts"),
+            },
+        )
+        return redirect(_detail_url(survivor) + "#contact-merges")
+    return None
 
 
 def _merged_message(request: HttpRequest, record, duplicate: Contact) -> str:

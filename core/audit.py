@@ -24,6 +24,11 @@ def audit_log(
         object_type=obj._meta.label_lower if obj is not None else "",
         object_id=str(obj.pk) if obj is not None and obj.pk is not None else "",
         details=details or {},
-        # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a proxy rewrites it.
-        ip=request.META.get("REMOTE_ADDR") or None if request is not None else None,
+        ip=request_ip(request),
     )
+
+
+def request_ip(request: HttpRequest | None) -> str | None:
+    """The address an audit entry records for a request, also for work it hands to a job."""
+    # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a proxy rewrites it.
+    return request.META.get("REMOTE_ADDR") or None if request is not None else None

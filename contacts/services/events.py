@@ -25,6 +25,7 @@ PASSIVE_EVENTS = frozenset(
         "merge_undone",
         "identity_conflict",
         "profile_updated",
+        "contact_imported",
         "note_added",
         "follow_up_done",
         "tag_added",

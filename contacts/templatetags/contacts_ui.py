@@ -4,6 +4,8 @@ from django import template
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q
+from django.urls import reverse
+from django.utils.translation import gettext as _
 
 from contacts import labels, pii, roles, selectors
 from contacts.labels import EVENT_LABELS as EVENT_LABELS  # read from here by older code and tests
@@ -16,6 +18,7 @@ from contacts.models import (
     IdentityKind,
     Stage,
 )
+from core import jobs
 
 register = template.Library()
 
@@ -67,6 +70,7 @@ class _Lookups:
         self._custom: dict[str, str] | None = None
         self._contacts: dict[int, str] = {}
         self._stages: dict[str, str] | None = None
+        self._jobs: dict[int, bool] = {}
 
     def custom(self) -> dict[str, str]:
         if self._custom is None:
@@ -93,6 +97,24 @@ class _Lookups:
         self.load_contacts({pk})
         return self._contacts[pk]
 
+    def load_jobs(self, ids: set[int]) -> None:
+        """Which of the import jobs the page names the user may open (jobs_visible_to)."""
+        missing = ids - self._jobs.keys()
+        if not missing:
+            return
+        visible: set[int] = set()
+        if self._user is not None and self._user.is_authenticated:
+            visible = set(
+                jobs.jobs_visible_to(user=self._user)
+                .filter(pk__in=missing)
+                .values_list("pk", flat=True)
+            )
+        self._jobs.update((pk, pk in visible) for pk in missing)
+
+    def job_visible(self, pk: int) -> bool:
+        self.load_jobs({pk})
+        return self._jobs[pk]
+
     def stage(self, key: str) -> str:
         """A lifecycle stage's name by its key (the key itself for a stage deleted since)."""
         if self._stages is None:
@@ -110,6 +132,8 @@ CONTACT_ID_KEYS = {
     "identity_conflict": ("other_contact_id",),
     "merge_undone": ("survivor_id", "duplicate_id"),
 }
+# The entries that name an import job (`job_id`): the page links to it for those who may see it.
+IMPORT_ENTRIES = ("contact_imported", "contact_created")
 
 
 def _lookups(context: template.Context) -> _Lookups:
@@ -123,20 +147,64 @@ def _lookups(context: template.Context) -> _Lookups:
 
 @register.simple_tag(takes_context=True)
 def timeline_prefetch(context: template.Context, events: list[Event]) -> str:
-    """Read the contacts a page of events names in one query (before event_detail runs)."""
+    """Read the contacts and the import jobs a page of events names, in one query each (before
+    event_detail and event_job_url run)."""
     ids = set()
+    job_ids = set()
     for event in events:
         props = event.properties if isinstance(event.properties, dict) else {}
         for key in CONTACT_ID_KEYS.get(event.name, ()):
             pk = _id(props.get(key))
             if pk is not None:
                 ids.add(pk)
-    _lookups(context).load_contacts(ids)
+        if event.name in IMPORT_ENTRIES and _id(props.get("job_id")) is not None:
+            job_ids.add(props["job_id"])
+    lookups = _lookups(context)
+    lookups.load_contacts(ids)
+    lookups.load_jobs(job_ids)
     return ""
+
+
+@register.simple_tag(takes_context=True)
+def event_job_url(context: template.Context, event: Event) -> str:
+    """The page of the import job an import entry names, when the user may open it ("" if not)."""
+    props = event.properties if isinstance(event.properties, dict) else {}
+    job_id = _id(props.get("job_id"))
+    if event.name not in IMPORT_ENTRIES or job_id is None:
+        return ""
+    if not _lookups(context).job_visible(job_id):
+        return ""
+    return reverse("contacts_io:job", args=[job_id])
+
+
+def _import_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> list[str]:
+    """The file, then what an import changed: fields and identities, then the tags it added."""
+    file = str(props.get("file") or "")
+    if event.name == "contact_created":
+        return [labels.source_label(event.source or "import"), *([file] if file else [])]
+    parts = [file] if file else []
+    fields = [str(f) for f in props.get("fields") or [] if f]
+    custom = lookups.custom() if fields else {}
+    names = [labels.contact_field_label(f, custom=custom) for f in fields]
+    kinds = dict(IdentityKind.choices)
+    # A changed phone or email is named once, as the field.
+    names += [
+        str(kinds.get(kind, kind))
+        for kind in props.get("identities") or []
+        if isinstance(kind, str) and kind not in fields
+    ]
+    if names:
+        parts.append(", ".join(names))
+    tags = [str(t) for t in props.get("tags") or [] if t]
+    if tags:
+        parts.append(_("tags added: %(tags)s") % {"tags": ", ".join(tags)})
+    return parts
 
 
 def _detail_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> list[str]:
     name = event.name
+    if name in IMPORT_ENTRIES:
+        return _import_parts(event, props, lookups)
     if name in CONSENT_EVENTS:
         return [
             str(choices.get(props[key], props[key]))
