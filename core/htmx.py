@@ -3,11 +3,15 @@
 from collections.abc import Iterable
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.messages import get_messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
+
+from core.jobs import job_is_finished
+from core.models import Job, JobStatus
 
 
 def is_fragment_request(request: HttpRequest) -> bool:
@@ -63,3 +67,17 @@ def redirect_or_fragment(
     if is_fragment_request(request):
         return render_page(request, template, context, fragment=fragment)
     return redirect(to)
+
+
+def reload_when_finished(
+    request: HttpRequest, *, job: Job | None, failure_message: str
+) -> HttpResponse | None:
+    """For a region polling a job: once the job is gone or finished, an answer that reloads
+    the whole page (queuing `failure_message` % {"error": …} when it failed); else None."""
+    if job is not None and not job_is_finished(job):
+        return None
+    if job is not None and job.status == JobStatus.FAILED:
+        messages.error(request, failure_message % {"error": job.error})
+    response = HttpResponse(status=204)
+    response["HX-Refresh"] = "true"
+    return response

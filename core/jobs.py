@@ -1,12 +1,18 @@
 """Bookkeeping for background jobs (imports, exports, bulk actions) whose progress the UI polls."""
 
-from typing import Any
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from core.ids import parse_id
 from core.models import Job, JobStatus
+
+T = TypeVar("T")
 
 
 def job_create(
@@ -88,6 +94,66 @@ def job_resume(*, job_id: int, kind: str) -> tuple[Job, int, int, int] | None:
     if cursor == 0:
         job_start(job_id=job.pk)
     return job, cursor, int(job.result.get("processed", 0)), int(job.result.get("changed", 0))
+
+
+def job_active(*, kind: str, stale_after: dt.timedelta) -> Job | None:
+    """The newest job of `kind` queued or running, if any; one created more than `stale_after`
+    ago is taken for dead (its worker lost) and no longer counts."""
+    return (
+        Job.objects.filter(
+            kind=kind,
+            status__in=(JobStatus.QUEUED, JobStatus.RUNNING),
+            created_at__gte=timezone.now() - stale_after,
+        )
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def job_of_kind(*, kind: str, job_id: object) -> Job | None:
+    """A job of `kind` by id (as a query string gives it); None for a malformed id or a job of
+    another kind."""
+    pk = parse_id(job_id)
+    if pk is None:
+        return None
+    return Job.objects.filter(kind=kind, pk=pk).first()
+
+
+def job_request_once(
+    *,
+    kind: str,
+    actor: AbstractBaseUser | None,
+    stale_after: dt.timedelta,
+    enqueue: Callable[[int], Any],
+) -> Job:
+    """The job of `kind` already queued or running, else a new one that `enqueue(job_id)` sends
+    to its task after commit: a second click while one is pending would only repeat the work."""
+    active = job_active(kind=kind, stale_after=stale_after)
+    if active is not None:
+        return active
+    job = job_create(kind=kind, created_by=actor)
+    transaction.on_commit(lambda: enqueue(job.pk))
+    return job
+
+
+def job_run(
+    *,
+    job_id: int | None,
+    work: Callable[[], T],
+    result: Callable[[T], dict[str, Any]],
+) -> T:
+    """Run `work`, recording its start, its `result(...)` or its failure on the job when there is
+    one (a scheduled run has none); the failure is raised again for the task to see."""
+    if job_id is None:
+        return work()
+    job_start(job_id=job_id)
+    try:
+        outcome = work()
+    except Exception as exc:
+        job_fail(job_id=job_id, error=str(exc) or exc.__class__.__name__)
+        raise
+    job_finish(job_id=job_id, result=result(outcome))
+    return outcome
 
 
 def job_is_finished(job: Job) -> bool:

@@ -48,7 +48,14 @@ class SegmentOutSerializer(serializers.Serializer):
         choices=SegmentKind.choices, help_text="`dynamic` (rule-based) or `static` (a list)."
     )
     member_count = serializers.IntegerField()
-    last_refreshed_at = serializers.DateTimeField(allow_null=True)
+    last_refreshed_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text=(
+            "A dynamic segment: when its members were last worked out from its rule. A static "
+            "list: when members were last added or removed (the UI's “members updated”). Null "
+            "before the first time."
+        ),
+    )
 
 
 class SegmentPageSerializer(serializers.Serializer):

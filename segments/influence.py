@@ -23,12 +23,15 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Count, Sum
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from contacts.models import Contact, Event
+from core import jobs
+from core.models import Job
 from segments.models import Influence
 from segments.rules.topics import KOC
 from segments.services import mark_dirty
@@ -56,6 +59,9 @@ KOC_TOP_PERCENT = 5.0
 INFLUENCE_WINDOW_DAYS = 365
 # Rows per upsert; well under SQLite's parameter limit at 8 columns per row.
 WRITE_BATCH = 1000
+JOB_KIND = "influence_compute"
+# A queued or running recompute older than this is taken for dead (worker lost), not watched.
+JOB_STALE_AFTER = dt.timedelta(hours=6)
 # Merges are rarely chained; a referrer id is followed at most this many hops to its survivor.
 MAX_MERGE_HOPS = 5
 
@@ -261,6 +267,33 @@ def influence_compute(*, now: dt.datetime | None = None) -> dict[str, int]:
     changed = {pk for pk in scores if previous.pop(pk, None) != (scores[pk], pk in kocs)}
     mark_dirty(contact_ids=sorted(changed | previous.keys()), topics=[KOC])
     return {"contacts": len(rows), "kocs": len(kocs), "removed": stale}
+
+
+def influence_recompute_request(*, actor: AbstractBaseUser | None) -> Job:
+    """Queue a recompute as a job the KOC page can watch (the one pending, if any)."""
+    from segments import tasks
+
+    return jobs.job_request_once(
+        kind=JOB_KIND,
+        actor=actor,
+        stale_after=JOB_STALE_AFTER,
+        enqueue=lambda job_id: tasks.influence_compute.delay(job_id=job_id),
+    )
+
+
+def influence_recompute_run(*, job_id: int | None = None) -> dict[str, int]:
+    """Recompute influence, recording the outcome on the job when one was queued."""
+    return jobs.job_run(job_id=job_id, work=influence_compute, result=dict)
+
+
+def influence_active_job() -> Job | None:
+    """The recompute job queued or running right now, if any."""
+    return jobs.job_active(kind=JOB_KIND, stale_after=JOB_STALE_AFTER)
+
+
+def influence_job(*, job_id: str | int) -> Job | None:
+    """A recompute job by id; None for a malformed id or another kind of job."""
+    return jobs.job_of_kind(kind=JOB_KIND, job_id=job_id)
 
 
 def influence_last_computed_at() -> dt.datetime | None:

@@ -34,7 +34,7 @@ from django.utils.translation import gettext as _
 from contacts.models import Event
 from core import jobs
 from core.errors import ValidationFailed
-from core.models import Job, JobStatus
+from core.models import Job
 from segments.models import RFMLayer, RFMRun, RFMScore
 from segments.rules.topics import RFM
 from segments.services import queue_contacts_matching
@@ -353,30 +353,24 @@ def rfm_compute(
 
 
 def rfm_recompute_request(*, actor: AbstractBaseUser | None) -> Job:
-    """Queue a recompute as a job the page can watch; the task starts after commit."""
+    """Queue a recompute as a job the page can watch (the one pending, if any)."""
     from segments import tasks
 
-    active = rfm_active_job()
-    if active is not None:
-        # A second click while a run is pending would only repeat the same work.
-        return active
-    job = jobs.job_create(kind=JOB_KIND, created_by=actor)
-    transaction.on_commit(lambda: tasks.rfm_recompute.delay(job_id=job.pk))
-    return job
+    return jobs.job_request_once(
+        kind=JOB_KIND,
+        actor=actor,
+        stale_after=JOB_STALE_AFTER,
+        enqueue=lambda job_id: tasks.rfm_recompute.delay(job_id=job_id),
+    )
 
 
 def rfm_recompute_run(*, job_id: int | None = None) -> RFMRun:
     """Run a recompute, recording its outcome on the job when one was queued."""
-    if job_id is None:
-        return rfm_compute()
-    jobs.job_start(job_id=job_id)
-    try:
-        run = rfm_compute()
-    except Exception as exc:
-        jobs.job_fail(job_id=job_id, error=str(exc))
-        raise
-    jobs.job_finish(job_id=job_id, result={"run": run.pk, "contacts": run.contacts})
-    return run
+    return jobs.job_run(
+        job_id=job_id,
+        work=rfm_compute,
+        result=lambda run: {"run": run.pk, "contacts": run.contacts},
+    )
 
 
 def rfm_last_run() -> RFMRun | None:
@@ -386,24 +380,12 @@ def rfm_last_run() -> RFMRun | None:
 
 def rfm_active_job() -> Job | None:
     """The recompute job queued or running right now, if any."""
-    return (
-        Job.objects.filter(
-            kind=JOB_KIND,
-            status__in=(JobStatus.QUEUED, JobStatus.RUNNING),
-            created_at__gte=timezone.now() - JOB_STALE_AFTER,
-        )
-        .order_by("-created_at")
-        .first()
-    )
+    return jobs.job_active(kind=JOB_KIND, stale_after=JOB_STALE_AFTER)
 
 
 def rfm_job(*, job_id: str | int) -> Job | None:
     """A recompute job by id; None for a malformed id or another kind of job."""
-    try:
-        pk = int(job_id)
-    except (TypeError, ValueError):
-        return None
-    return Job.objects.filter(kind=JOB_KIND, pk=pk).first()
+    return jobs.job_of_kind(kind=JOB_KIND, job_id=job_id)
 
 
 def rfm_layer_info(*, layer: RFMLayer) -> dict[str, Any]:

@@ -5,8 +5,12 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from contacts.selectors import contact_visible_to
-from core.htmx import is_fragment_request, redirect_or_fragment, render_page
-from core.jobs import job_is_finished
+from core.htmx import (
+    is_fragment_request,
+    redirect_or_fragment,
+    reload_when_finished,
+    render_page,
+)
 from core.pagination import keyset_page
 from segments import rfm
 from segments.models import RFMLayer
@@ -35,15 +39,13 @@ def rfm_overview(request: HttpRequest) -> HttpResponse:
     if watched and is_fragment_request(request):
         # The status region polls while a recompute runs; once it ends, reload the whole page
         # so the heat-map and the layer table show the new run.
-        job = rfm.rfm_job(job_id=watched)
-        if job is None or job_is_finished(job):
-            if job is not None and job.status == "failed":
-                messages.error(
-                    request, _("The RFM recompute failed: %(error)s") % {"error": job.error}
-                )
-            response = HttpResponse(status=204)
-            response["HX-Refresh"] = "true"
-            return response
+        done = reload_when_finished(
+            request,
+            job=rfm.rfm_job(job_id=watched),
+            failure_message=_("The RFM recompute failed: %(error)s"),
+        )
+        if done is not None:
+            return done
     return render_page(
         request, "segments/rfm.html", _overview_context(request), fragment="rfm-status"
     )

@@ -9,8 +9,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from contacts.models import Contact
 from core.errors import ValidationFailed
-from core.htmx import htmx_target, is_fragment_request, render_page
-from segments import influence, scoring, tasks
+from core.htmx import (
+    htmx_target,
+    is_fragment_request,
+    redirect_or_fragment,
+    reload_when_finished,
+    render_page,
+)
+from segments import influence, scoring
 from segments.forms import builder_tree, rule_apply_action
 from segments.models import LeadScoreRule, LeadStageThreshold, ScoreRuleKind
 from segments.rule_labels import describe_score_event
@@ -21,6 +27,8 @@ VIEW_PERMISSION = "segments.view_segment"
 CHANGE_PERMISSION = "segments.change_segment"
 TOP_SCORED = 50
 KOC_PAGE_SIZE = 100
+# The KOC page's regions: the ranking (the KOC-only filter) and the recompute status (polled).
+KOC_FRAGMENTS = ("koc-table", "koc-status")
 # The regions of the rule form a request may re-render: the builder's rows (its add / remove
 # buttons and selects) or both kinds' fields (the kind select).
 RULE_FORM_FRAGMENTS = ("rule-builder", "rule-kind")
@@ -245,25 +253,47 @@ def scoring_threshold_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return _back_to_scoring(request)
 
 
-@login_required
-@permission_required(VIEW_PERMISSION, raise_exception=True)
-def koc_list(request: HttpRequest) -> HttpResponse:
+def _koc_context(request: HttpRequest) -> dict:
     koc_only = request.GET.get("koc") == "1"
-    context = {
+    return {
         "rows": influence.koc_ranking(koc_only=koc_only, limit=KOC_PAGE_SIZE),
         "koc_only": koc_only,
         "computed_at": influence.influence_last_computed_at(),
         "rule": influence.koc_rule(),
         "weights": influence.INFLUENCE_WEIGHTS,
+        "job": influence.influence_active_job(),
         "can_change": request.user.has_perm(CHANGE_PERMISSION),
     }
-    return render_page(request, "segments/koc.html", context, fragment="koc-table")
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+def koc_list(request: HttpRequest) -> HttpResponse:
+    watched = request.GET.get("watch")
+    if watched and is_fragment_request(request):
+        # The status region polls while a recompute runs; once it ends, reload the whole page
+        # so the ranking shows the new scores.
+        done = reload_when_finished(
+            request,
+            job=influence.influence_job(job_id=watched),
+            failure_message=_("The influence recompute failed: %(error)s"),
+        )
+        if done is not None:
+            return done
+    fragment = htmx_target(request, allowed=KOC_FRAGMENTS, default="koc-table")
+    return render_page(request, "segments/koc.html", _koc_context(request), fragment=fragment)
 
 
 @require_POST
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def koc_recompute(request: HttpRequest) -> HttpResponse:
-    tasks.influence_compute.delay()
-    messages.success(request, _("Influence recompute started; refresh the page in a moment."))
-    return redirect("segments:koc")
+    influence.influence_recompute_request(actor=request.user)
+    messages.success(request, _("Influence recompute started; the page updates when it finishes."))
+    return redirect_or_fragment(
+        request,
+        to="segments:koc",
+        template="segments/koc.html",
+        fragment="koc-status",
+        context=_koc_context(request),
+    )

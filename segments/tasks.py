@@ -66,9 +66,10 @@ def lead_scores_fit(contact_ids: list[int] | None = None) -> tuple[int, int]:
     return scoring.lead_scores_fit(contact_ids=contact_ids)
 
 
+# Beat runs it nightly without a job; the KOC page's "recompute now" passes one to watch.
 @shared_task(name="segments.influence_compute")
-def influence_compute() -> dict[str, int]:
-    return influence.influence_compute()
+def influence_compute(job_id: int | None = None) -> dict[str, int]:
+    return influence.influence_recompute_run(job_id=job_id)
 
 
 # A new or changed event rule scores the past events in its window; idempotent (it replaces the

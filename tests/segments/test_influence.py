@@ -224,7 +224,7 @@ def test_koc_page_ranks_with_components_and_links(operator_client):
     assert "分享达人" in only and "普通客户" not in only
 
 
-def test_koc_page_permissions(client):
+def test_koc_page_permissions(client, django_capture_on_commit_callbacks):
     client.force_login(_user())
     assert client.get(reverse("segments:koc")).status_code == 403
 
@@ -236,7 +236,9 @@ def test_koc_page_permissions(client):
     koc = ContactFactory()
     _ev(koc, "share", share_id="s")
     client.force_login(_user("view_segment", "change_segment"))
-    response = client.post(reverse("segments:koc_recompute"))
+    # The recompute is queued after commit (as a job the page watches).
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("segments:koc_recompute"))
     assert response.status_code == 302
     assert Influence.objects.filter(contact=koc).exists()
 
