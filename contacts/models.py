@@ -207,6 +207,13 @@ class Contact(TimeStampedModel):
     # Also a database default, so that set-based inserts (import, seeding) need not name it.
     lead_score = models.FloatField(_("lead score"), default=0, db_default=0)
     lead_score_at = models.DateTimeField(_("lead score as of"), null=True, blank=True)
+    # The engagement (event) part of the score as of lead_score_at, exact (unrounded): a new
+    # award decays it and adds its points in constant time, while lead_score stays rounded.
+    # The profile-fit part is whole points, so it is round(lead_score - this). Null until the
+    # contact's score is first computed from its awards.
+    lead_score_engagement = models.FloatField(
+        _("lead score engagement part"), null=True, blank=True, editable=False
+    )
     # Set when this contact was merged into another; merged contacts keep their row for undo.
     merged_into = models.ForeignKey(
         "self",

@@ -35,6 +35,7 @@ from django.db.models import (
     Exists,
     F,
     Func,
+    JSONField,
     Max,
     Min,
     OuterRef,
@@ -42,6 +43,7 @@ from django.db.models import (
     Sum,
     Value,
 )
+from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -443,8 +445,9 @@ class Compiler:
 
     @staticmethod
     def property_filter(item: dict) -> Q:
+        # The property is a key, never part of a lookup path: a property named "contains",
+        # "in" or "a__b" is that key (json_key_lookup), not a Django lookup or nested path.
         prop, operator, value = item["property"], item["operator"], item.get("value")
-        path = f"properties__{prop}"
         present = Q(properties__has_key=prop)
         if operator == "exists":
             return present
@@ -454,13 +457,13 @@ class Compiler:
             return (
                 present
                 & Q(JSONKeyIs("properties", prop, "number"))
-                & Q(**{f"{path}__{operator}": value})
+                & json_key_lookup("properties", prop, operator, value)
             )
         if operator == "contains":
             return (
                 present
                 & Q(JSONKeyIs("properties", prop, "string"))
-                & Q(**{f"{path}__icontains": value})
+                & json_key_lookup("properties", prop, "icontains", value)
             )
         if operator == "in":
             return present & _any([json_text_equals("properties", prop, v) for v in value])
@@ -549,6 +552,18 @@ class Compiler:
         return q
 
 
+def json_key_lookup(field: str, key: str, lookup: str, value: Any) -> Q:
+    """`lookup` ("exact", "gt", "icontains", …) on the value the JSON object in `field` holds
+    under the literal `key`. Built from a KeyTransform expression, never a `field__key` path
+    string, which Django would read as lookups or nested keys when the key is named like one
+    ("contains", "in", "exact", "gt") or holds "__". The same SQL as the path on both
+    databases."""
+    # An explicit output field: the lookup prepares its value as a JSON one (as the path
+    # would) before the expression is resolved against the model.
+    lhs = KeyTransform(key, field, output_field=JSONField())
+    return Q(lhs.get_lookup(lookup)(lhs, value))
+
+
 def json_text_equals(field: str, key: str, value: Any) -> Q:
     """True where the JSON object in `field` holds, under `key`, a value whose text form is
     `value`'s (schema.property_value_equals says it in Python): the text itself, a number when
@@ -558,11 +573,10 @@ def json_text_equals(field: str, key: str, value: Any) -> Q:
     text = property_text(value) if not isinstance(value, bool) else None
     if text is None:
         return NOTHING
-    path = f"{field}__{key}"
-    q = Q(JSONKeyIs(field, key, "string")) & Q(**{path: text})
+    q = Q(JSONKeyIs(field, key, "string")) & json_key_lookup(field, key, "exact", text)
     number = numeral_value(text)
     if number is not None:
-        q |= Q(JSONKeyIs(field, key, "number")) & Q(**{path: number})
+        q |= Q(JSONKeyIs(field, key, "number")) & json_key_lookup(field, key, "exact", number)
     if text in ("true", "false"):
         q |= Q(JSONKeyIs(field, key, text))
     return q
@@ -639,4 +653,4 @@ def _floor(value: Any, scale: int) -> int:
     return math.floor(Decimal(str(value)) * scale)
 
 
-__all__ = ["BOOL", "REF", "Compiler", "compile_rule", "json_text_equals"]
+__all__ = ["BOOL", "REF", "Compiler", "compile_rule", "json_key_lookup", "json_text_equals"]
