@@ -34,6 +34,7 @@ from contacts.services import (
 )
 from contacts.services.custom_fields import (
     custom_field_check_change,
+    custom_field_check_key,
     custom_field_delete,
     custom_field_save,
 )
@@ -362,6 +363,12 @@ class CustomFieldAdminForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         key, kind = data.get("key"), data.get("kind")
+        if key is not None:
+            try:
+                custom_field_check_key(key=key)
+            except ValidationFailed as exc:
+                self.add_error("key", exc.message)
+                return data
         if self.instance.pk is None or key is None or kind is None:
             return data
         # The rules reading the field name it by its key and read it as its type.

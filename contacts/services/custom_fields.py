@@ -201,6 +201,32 @@ def custom_field_readers(*, field: CustomField) -> list[str]:
     return sorted(readers)
 
 
+def _json_lookup_names() -> frozenset[str]:
+    from django.db.models import JSONField
+    from django.db.models.fields.json import KeyTransform
+
+    return frozenset(JSONField.get_lookups()) | frozenset(KeyTransform.get_lookups())
+
+
+def custom_field_check_key(*, key: str) -> None:
+    """Refuse a key that queries would not read as one literal key of Contact.attributes.
+
+    Filters and rules reach a value as `attributes__<key>`: Django reads "__" there as nesting,
+    a lookup name ("contains", "in", "gt") as that lookup, and a key starting with a digit as
+    an array index on PostgreSQL, so such a field would match the wrong contacts or fail."""
+    if not key[:1].isalpha() or "__" in key or key in _json_lookup_names():
+        raise ValidationFailed(
+            _(
+                "The key “%(key)s” cannot be used: start it with a letter, do not use two "
+                "underscores in a row, and do not use a word that filters reserve (such as "
+                "“contains”, “in” or “exact”)."
+            )
+            % {"key": key},
+            code="invalid_key",
+            details={"field": "key"},
+        )
+
+
 def custom_field_check_change(*, field: CustomField, key: str, kind: str) -> None:
     """Refuse a new key or type for a field that rules read.
 
@@ -239,6 +265,7 @@ def custom_field_save(*, field: CustomField) -> CustomField:
     The checks a form made before are made again here: a rule or a field with the same key
     may have been saved by someone else since. Nothing is written when one refuses.
     """
+    custom_field_check_key(key=field.key)
     if field.pk is not None:
         # Locked (a reference to the row, when a rule starts reading the field, waits for it,
         # and this waits for a reference not yet committed): the check sees every reader.
