@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, ngettext, pgettext_lazy
+from django.utils.translation import gettext_lazy, ngettext, pgettext, pgettext_lazy
 from django.views.decorators.http import require_POST
 
 from contacts import bulk, pii, roles, selectors, services
@@ -163,28 +163,34 @@ def contact_bulk_tag(request: HttpRequest) -> HttpResponse:
         )
         return redirect("contacts:bulk_job", job_id=started.job.pk)
     result = started.result
-    if add:
+    if add and not result.changed:
+        text = ngettext(
+            "The contact already had the tag “%(tag)s”.",
+            "All %(count)s contacts already had the tag “%(tag)s”.",
+            result.processed,
+        ) % {"tag": tag.name, "count": result.processed}
+    elif add:
         text = ngettext(
             "Tag “%(tag)s” added to %(count)s contact.",
             "Tag “%(tag)s” added to %(count)s contacts.",
             result.changed,
-        )
+        ) % {"tag": tag.name, "count": result.changed}
     else:
         text = ngettext(
             "Tag “%(tag)s” removed from %(count)s contact.",
             "Tag “%(tag)s” removed from %(count)s contacts.",
             result.changed,
-        )
-    text %= {"tag": tag.name, "count": result.changed}
+        ) % {"tag": tag.name, "count": result.changed}
     if result.expiry_moved:
         # Contacts that had the tag already are not "added to", yet their expiry changed: say
         # so (the job page says the same, contact_bulk_result.html). At most INLINE_LIMIT here:
-        # the count needs no thousands separator.
-        text += " " + ngettext(
+        # the count needs no thousands separator. Chinese runs sentences together.
+        moved = ngettext(
             "%(shown)s contact that already had the tag got the new expiry.",
             "%(shown)s contacts that already had the tag got the new expiry.",
             result.expiry_moved,
         ) % {"shown": result.expiry_moved}
+        text = pgettext("two sentences", "%(first)s %(second)s") % {"first": text, "second": moved}
     messages.success(request, text)
     return redirect(back)
 

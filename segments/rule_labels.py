@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext_lazy
+from django.utils.translation import gettext_lazy, pgettext, pgettext_lazy
 
 from contacts.labels import event_label
 from contacts.models import ConsentChannel, ConsentPurpose, CustomField, Gender, Stage, Store, Tag
@@ -244,6 +244,9 @@ def _window_text(window: Any) -> str:
     if not isinstance(window, dict) or not window:
         return ""
     if "last_days" in window:
+        if window["last_days"] == 0:
+            # Translators: an event window of 0 days, e.g. "Purchase: did it today".
+            return pgettext("event window", "today")
         return _("in the last %(days)s days") % {"days": window["last_days"]}
     return _("between %(from)s and %(to)s") % {"from": window.get("from"), "to": window.get("to")}
 
@@ -270,9 +273,11 @@ def describe_score_event(name: str, filters: Any) -> str:
 def describe_condition(node: dict, names: Names) -> str:
     """One condition in words, e.g. “Purchase: number of times is at least 2 in the last 30
     days”. Unknown shapes fall back to their JSON so nothing is hidden from the operator."""
-    # Several phrasings start with a lower-case verb ("is in segment …"); as a line of their
-    # own they start with a capital (a no-op in Chinese).
-    return capfirst(_describe_condition(node, names))
+    # Segment, RFM and KOC phrasings start with a lower-case verb ("is in segment …"); as a
+    # line of their own they start with a capital (a no-op in Chinese). The others start with
+    # a label as it is, such as a client's own event name ("coupon_redeemed").
+    text = _describe_condition(node, names)
+    return capfirst(text) if node.get("type") in ("segment", "rfm", "koc") else text
 
 
 def _describe_condition(node: dict, names: Names) -> str:

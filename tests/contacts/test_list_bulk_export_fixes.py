@@ -16,6 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 from django.urls import reverse
 from django.utils import timezone, translation
+from django.utils.translation import ngettext
 
 from contacts import bulk, exporters, importers, roles
 from contacts.filters import ContactFilter, contact_filter_checked
@@ -461,6 +462,49 @@ def test_the_job_page_says_moved_expiries_with_their_plural(
         assert sentence in page
     else:
         assert "got the new expiry" not in page
+
+
+def test_a_bulk_add_where_everyone_had_the_tag_says_so(operator_client, operator):
+    tag = TagFactory(name="VIP")
+    for contact in ContactFactory.create_batch(2):
+        ContactTag.objects.create(contact=contact, tag=tag)
+    job = Job.objects.create(
+        kind=bulk.JOB_KIND,
+        status=JobStatus.SUCCEEDED,
+        params={"add": True, "tag": "VIP"},
+        result={"changed": 0, "processed": 2_000, "expiry_moved": 0},
+        created_by=operator,
+    )
+
+    inline = operator_client.post(
+        reverse("contacts:bulk_tag"), {"bulk_tag": tag.pk, "op": "add", "scope": "all"}
+    )
+    page = _text(operator_client.get(reverse("contacts:bulk_job", args=[job.pk])).content.decode())
+
+    assert _messages(inline) == ["All 2 contacts already had the tag “VIP”."]
+    assert "All 2,000 contacts already had the tag." in page
+    assert "Tagged 0" not in page
+
+
+def test_chinese_runs_the_two_sentences_together(operator_client, operator):
+    job = Job.objects.create(
+        kind=bulk.JOB_KIND,
+        status=JobStatus.SUCCEEDED,
+        params={"add": True, "tag": "VIP"},
+        result={"changed": 10, "processed": 10, "expiry_moved": 3},
+        created_by=operator,
+    )
+
+    page = _text(
+        operator_client.get(
+            reverse("contacts:bulk_job", args=[job.pk]), headers={"accept-language": "zh-hans"}
+        ).content.decode()
+    )
+
+    with translation.override("zh-hans"):
+        first = ngettext("Tagged the %(changed)s contact.", "Tagged all %(changed)s contacts.", 10)
+    assert first % {"changed": 10} in page
+    assert "。 " not in page.split(first % {"changed": 10}, 1)[1][:5]
 
 
 # --- 6. The bulk job page leads back to the filtered list ------------------------------------

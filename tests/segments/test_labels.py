@@ -11,7 +11,7 @@ from django.utils import translation
 
 from segments import scoring
 from segments.models import LeadScoreRule
-from segments.rule_labels import describe_property_filter
+from segments.rule_labels import Names, describe_condition, describe_property_filter
 from segments.services import segment_create, segment_duplicate
 from tests.segments.posts import CITY_ROW
 
@@ -228,3 +228,15 @@ def test_a_long_name_is_cut_so_the_copy_suffix_stays(language):
         suffix = translation.gettext("%(name)s (copy)") % {"name": ""}
 
     assert copy.name.endswith(suffix) and len(copy.name) <= 95
+
+
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [("zh-hans", "coupon_redeemed：做过 今天"), ("en", "coupon_redeemed: did it today")],
+)
+def test_a_client_event_keeps_its_name_and_a_0_day_window_reads_today(language, expected):
+    node = {"type": "event", "name": "coupon_redeemed", "window": {"last_days": 0}}
+    with translation.override(language):
+        text = describe_condition(node, Names.for_rule({"op": "and", "conditions": [node]}))
+
+    assert text == expected
