@@ -363,7 +363,8 @@ class CustomFieldAdminForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         key, kind = data.get("key"), data.get("kind")
-        if key is not None:
+        if key is not None and key != self.initial.get("key"):
+            # Only a new key: a field saved before keys were checked can still be edited.
             try:
                 custom_field_check_key(key=key)
             except ValidationFailed as exc:

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext, pgettext_lazy
+from django.utils.translation import gettext_lazy, ngettext, pgettext, pgettext_lazy
 
 from contacts.labels import event_label
 from contacts.models import ConsentChannel, ConsentPurpose, CustomField, Gender, Stage, Store, Tag
@@ -222,15 +222,28 @@ def _operator_value(label: str, operator: Any, value: Any, labels: dict | None =
     op = str(OPERATOR_LABELS.get(operator, operator))
     if operator in ("is_set", "not_set", "is_true", "is_false", "exists", "not_exists"):
         return f"{label} {op}"
+    days = value if isinstance(value, int) and not isinstance(value, bool) else None
     if operator in ("within_last_days", "within_days"):
-        return _("%(field)s within the last %(days)s days") % {"field": label, "days": value}
+        if days == 0:
+            # Translators: a date field within the last 0 days, e.g. "Last seen is today".
+            return _("%(field)s is today") % {"field": label}
+        return ngettext(
+            "%(field)s within the last %(days)s day",
+            "%(field)s within the last %(days)s days",
+            days if days is not None else 2,
+        ) % {"field": label, "days": value}
     if operator in ("more_than_days_ago", "before_days"):
-        return _("%(field)s more than %(days)s days ago") % {"field": label, "days": value}
+        return ngettext(
+            "%(field)s more than %(days)s day ago",
+            "%(field)s more than %(days)s days ago",
+            days if days is not None else 2,
+        ) % {"field": label, "days": value}
     if operator == "anniversary_within_days":
-        return _("%(field)s anniversary within the next %(days)s days") % {
-            "field": label,
-            "days": value,
-        }
+        return ngettext(
+            "%(field)s anniversary within the next %(days)s day",
+            "%(field)s anniversary within the next %(days)s days",
+            days if days is not None else 2,
+        ) % {"field": label, "days": value}
     if operator == "between" and isinstance(value, list) and len(value) == 2:
         return _("%(field)s is between %(low)s and %(high)s") % {
             "field": label,
@@ -247,7 +260,12 @@ def _window_text(window: Any) -> str:
         if window["last_days"] == 0:
             # Translators: an event window of 0 days, e.g. "Purchase: did it today".
             return pgettext("event window", "today")
-        return _("in the last %(days)s days") % {"days": window["last_days"]}
+        days = window["last_days"]
+        return ngettext(
+            "in the last %(days)s day",
+            "in the last %(days)s days",
+            days if isinstance(days, int) and not isinstance(days, bool) else 2,
+        ) % {"days": days}
     return _("between %(from)s and %(to)s") % {"from": window.get("from"), "to": window.get("to")}
 
 

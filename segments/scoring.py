@@ -534,35 +534,40 @@ def lead_scores_recompute_contacts(
     scores: dict[int, float] = {}
     for start in range(0, len(ids), RECOMPUTE_BATCH):
         batch = ids[start : start + RECOMPUTE_BATCH]
-        awards: dict[int, list[tuple[int, dt.datetime, bool]]] = defaultdict(list)
-        for contact_id, points, awarded_at, event_id in LeadScoreAward.objects.filter(
-            contact_id__in=batch
-        ).values_list("contact_id", "points", "awarded_at", "event_id"):
-            awards[contact_id].append((points, awarded_at, event_id is None))
-        stored = dict(Contact.objects.filter(pk__in=batch).values_list("pk", "lead_score"))
-        # A contact without awards and already at zero is left alone: nothing to store, and
-        # an untouched row is what a merge undo expects to find.
-        parts = {
-            pk: _score_parts(awards.get(pk, ()), now=now, half_life_days=half_life)
-            for pk in batch
-            if pk in awards or stored.get(pk, 0) != 0
-        }
-        _store_scores(
-            {pk: (fit + engagement, engagement) for pk, (fit, engagement) in parts.items()}, now
-        )
-        batch_scores = {
-            pk: score_round(fit + engagement) for pk, (fit, engagement) in parts.items()
-        }
-        # Rules on the score re-evaluate the contacts whose score moved (the daily decay moves
-        # most scored contacts) on the next incremental pass: one statement per batch.
-        queue_contacts(
-            masks={
-                pk: SCORE_TOPIC_MASK
-                for pk, score in batch_scores.items()
-                if pk in stored and score != stored[pk]
+        # Locked, as the award path locks them: an award saved between reading this batch's
+        # awards and storing its scores would otherwise be overwritten, and the award path
+        # builds on the stored engagement part, so the loss would last until the next pass.
+        with transaction.atomic():
+            _lock_contacts(batch)
+            awards: dict[int, list[tuple[int, dt.datetime, bool]]] = defaultdict(list)
+            for contact_id, points, awarded_at, event_id in LeadScoreAward.objects.filter(
+                contact_id__in=batch
+            ).values_list("contact_id", "points", "awarded_at", "event_id"):
+                awards[contact_id].append((points, awarded_at, event_id is None))
+            stored = dict(Contact.objects.filter(pk__in=batch).values_list("pk", "lead_score"))
+            # A contact without awards and already at zero is left alone: nothing to store, and
+            # an untouched row is what a merge undo expects to find.
+            parts = {
+                pk: _score_parts(awards.get(pk, ()), now=now, half_life_days=half_life)
+                for pk in batch
+                if pk in awards or stored.get(pk, 0) != 0
             }
-        )
-        scores.update(batch_scores)
+            _store_scores(
+                {pk: (fit + engagement, engagement) for pk, (fit, engagement) in parts.items()}, now
+            )
+            batch_scores = {
+                pk: score_round(fit + engagement) for pk, (fit, engagement) in parts.items()
+            }
+            # Rules on the score re-evaluate the contacts whose score moved (the daily decay moves
+            # most scored contacts) on the next incremental pass: one statement per batch.
+            queue_contacts(
+                masks={
+                    pk: SCORE_TOPIC_MASK
+                    for pk, score in batch_scores.items()
+                    if pk in stored and score != stored[pk]
+                }
+            )
+            scores.update(batch_scores)
     if apply_thresholds:
         _apply_thresholds(scores)
     return scores

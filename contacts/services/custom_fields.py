@@ -265,7 +265,14 @@ def custom_field_save(*, field: CustomField) -> CustomField:
     The checks a form made before are made again here: a rule or a field with the same key
     may have been saved by someone else since. Nothing is written when one refuses.
     """
-    custom_field_check_key(key=field.key)
+    stored_key = (
+        CustomField.objects.filter(pk=field.pk).values_list("key", flat=True).first()
+        if field.pk is not None
+        else None
+    )
+    if field.key != stored_key:
+        # Only a new key: a field saved before keys were checked can still be edited.
+        custom_field_check_key(key=field.key)
     if field.pk is not None:
         # Locked (a reference to the row, when a rule starts reading the field, waits for it,
         # and this waits for a reference not yet committed): the check sees every reader.

@@ -23,6 +23,7 @@ Semantics worth knowing (docs/segments.md says the same for operators):
 
 import calendar
 import datetime as dt
+import json
 import math
 from decimal import Decimal
 from typing import Any
@@ -110,7 +111,9 @@ class JSONKeyIs(Func):
     def as_sqlite(self, compiler, connection, **extra):
         sql, params = compiler.compile(self.source_expressions[0])
         types = self.SQLITE_TYPES[self.kind]
-        return f"(JSON_TYPE({sql}, %s) IN {types})", (*params, f'$."{self.key}"')
+        # The key quoted as Django's own JSON paths quote it (json.dumps): the column holds
+        # non-ASCII keys escaped (\uXXXX), and a key may hold a quote.
+        return f"(JSON_TYPE({sql}, %s) IN {types})", (*params, f"$.{json.dumps(self.key)}")
 
     def as_sql(self, compiler, connection, **extra):
         raise NotSupportedError("Segment rules support PostgreSQL and SQLite.")

@@ -649,6 +649,13 @@ def validate_property_filter(item: Any, path: str) -> None:
         or not prop.replace("_", "").isalnum()
     ):
         _fail(f"{path}.property", _("must be a property name (letters, digits, _)"))
+    try:
+        int(prop)
+    except ValueError:
+        pass
+    else:
+        # Django reads a key int() accepts ("12", "1_0") as an array index, never as the key.
+        _fail(f"{path}.property", _("must not be a number: use a name with a letter in it"))
     operator = item.get("operator")
     if operator not in PROPERTY_OPS:
         _fail(f"{path}.operator", _one_of(PROPERTY_OPS))

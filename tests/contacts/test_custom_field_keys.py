@@ -40,3 +40,21 @@ def test_the_admin_shows_the_refusal_at_the_key(operator_client):
     assert "key" in refused.context["adminform"].form.errors
     assert not CustomField.objects.exists()
     assert operator_client.post(url, {**data, "key": "coupon_code"}).status_code == 302
+
+
+def test_a_field_saved_before_keys_were_checked_can_still_be_edited(operator_client):
+    # As an older version saved it, without the check.
+    legacy = CustomField.objects.create(key="1st_store", label="首店", kind=CustomFieldKind.TEXT)
+
+    legacy.label = "首次到店"
+    custom_field_save(field=legacy)
+    response = operator_client.post(
+        reverse("admin:contacts_customfield_change", args=[legacy.pk]),
+        {"key": "1st_store", "label": "首次门店", "kind": "text", "position": 0, "choices": "[]"},
+    )
+
+    assert response.status_code == 302
+    assert CustomField.objects.get(pk=legacy.pk).label == "首次门店"
+    with pytest.raises(ValidationFailed):
+        legacy.key = "2nd_store"
+        custom_field_save(field=legacy)

@@ -240,3 +240,24 @@ def test_a_client_event_keeps_its_name_and_a_0_day_window_reads_today(language, 
         text = describe_condition(node, Names.for_rule({"op": "and", "conditions": [node]}))
 
     assert text == expected
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ({"field": "last_seen_at", "operator": "within_last_days", "value": 0}, "is today"),
+        ({"field": "last_seen_at", "operator": "within_last_days", "value": 1}, "last 1 day"),
+        ({"field": "last_seen_at", "operator": "more_than_days_ago", "value": 1}, "1 day ago"),
+        ({"field": "birthday", "operator": "anniversary_within_days", "value": 1}, "next 1 day"),
+    ],
+)
+def test_day_counts_read_in_the_singular_and_0_days_as_today(node, expected):
+    node = {"type": "attribute", **node}
+    window = {"type": "event", "name": "purchase", "window": {"last_days": 1}}
+    rule = {"op": "and", "conditions": [node, window]}
+    with translation.override("en"):
+        text = describe_condition(node, Names.for_rule(rule))
+        event_text = describe_condition(window, Names.for_rule(rule))
+
+    assert text.endswith(expected)
+    assert event_text.endswith("in the last 1 day")

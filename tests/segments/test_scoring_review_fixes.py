@@ -4,6 +4,7 @@ back-fill gives the duplicate its events' awards back, and one award costs the s
 the contact's history."""
 
 import datetime as dt
+import threading
 
 import pytest
 from django.db import connection
@@ -13,6 +14,7 @@ from django.utils import timezone
 from contacts.models import Contact, Event, MergeRecord
 from contacts.services import event_record
 from contacts.services.merge import contact_merge, contact_merge_undo
+from core.errors import ValidationFailed
 from segments import scoring
 from segments.models import DirtyContact, LeadScoreAward, LeadScoringConfig
 from segments.rules import compile_rule
@@ -373,3 +375,74 @@ def test_a_new_award_queues_its_contact_once(monkeypatch):
     assert list(DirtyContact.objects.values_list("contact_id", "topics")) == [
         (contact.pk, scoring.SCORE_TOPIC_MASK)
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_recompute_keeps_an_award_recorded_while_its_batch_runs(monkeypatch):
+    LeadScoringConfig.objects.update_or_create(pk=1, defaults={"half_life_days": 0})
+    scoring.score_rule_create(
+        data={"name": "购买", "kind": "event", "event_name": "purchase", "points": 10}
+    )
+    contact = ContactFactory()
+    now = timezone.now()
+    first = EventFactory(contact=contact, name="purchase", occurred_at=now)
+    scoring.lead_scores_award_events(events=[first], now=now)
+    second = EventFactory(contact=contact, name="purchase", occurred_at=now)
+    store = scoring._store_scores
+    racing: list[threading.Thread] = []
+
+    def award_meanwhile() -> None:
+        try:
+            scoring.lead_scores_award_events(events=[second], now=now)
+        finally:
+            connection.close()
+
+    def store_after_another_award(scores, at):
+        # Another worker records an event after this batch read its awards: it must wait for
+        # the batch's lock instead of being overwritten by it.
+        if not racing:
+            racing.append(threading.Thread(target=award_meanwhile))
+            racing[0].start()
+            racing[0].join(timeout=0.5)
+        return store(scores, at)
+
+    monkeypatch.setattr(scoring, "_store_scores", store_after_another_award)
+    scoring.lead_scores_recompute_all(now=now)
+    racing[0].join(timeout=30)
+
+    assert not racing[0].is_alive()
+    assert Contact.objects.get(pk=contact.pk).lead_score == 20
+
+
+@pytest.mark.parametrize(
+    ("operator", "value"), [("eq", "150"), ("gt", 100), ("in", ["150", "9"]), ("eq", "满减")]
+)
+def test_a_chinese_property_name_filters_on_both_databases(operator, value):
+    contact = ContactFactory()
+    events = [
+        _event(contact, **{"金额": 150}),
+        _event(contact, **{"金额": 50}),
+        _event(contact, **{"优惠": "满减"}),
+        _event(contact, **{'a"b': 150}),
+    ]
+    prop = "优惠" if value == "满减" else "金额"
+    item = {"property": prop, "operator": operator, "value": value}
+
+    got = set(
+        Event.objects.filter(pk__in=[e.pk for e in events])
+        .filter(scoring.property_filters_q(filters=[item]))
+        .values_list("pk", flat=True)
+    )
+
+    assert got == {e.pk for e in events if property_matches(e.properties, item)}
+    assert len(got) == 1
+
+
+@pytest.mark.parametrize("prop", ["12", "0", "1_0"])
+def test_a_property_name_django_would_read_as_an_index_is_refused(prop):
+    with pytest.raises(ValidationFailed) as refused:
+        scoring.property_filters_validate(
+            filters=[{"property": prop, "operator": "eq", "value": "x"}]
+        )
+
+    assert "property" in str(refused.value.details)
