@@ -20,11 +20,11 @@ import datetime as dt
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, Exists, IntegerField, OuterRef, Q, Sum, Value, When
+from django.db.models import Case, Exists, IntegerField, OuterRef, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -424,16 +424,8 @@ def threshold_apply(*, threshold_id: int) -> int:
         lead_score__gte=threshold.min_score,
         lifecycle_stage__position__lt=threshold.stage.position,
     )
-    after = 0
     moved = 0
-    while True:
-        ids = list(
-            behind.filter(pk__gt=after)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:THRESHOLD_BATCH]
-        )
-        if not ids:
-            return moved
+    for ids in _id_pages(behind, THRESHOLD_BATCH):
         with transaction.atomic():
             scores = dict(
                 Contact.objects.select_for_update()
@@ -442,7 +434,7 @@ def threshold_apply(*, threshold_id: int) -> int:
                 .values_list("pk", "lead_score")
             )
             moved += _apply_thresholds(scores)
-        after = ids[-1]
+    return moved
 
 
 def threshold_delete(*, threshold: LeadStageThreshold) -> None:
@@ -607,19 +599,23 @@ def lead_scores_recompute_all(*, now: dt.datetime | None = None) -> int:
     scored = Contact.objects.filter(
         ~Q(lead_score=0) | Exists(LeadScoreAward.objects.filter(contact_id=OuterRef("pk")))
     )
-    after = 0
     total = 0
-    while True:
-        ids = list(
-            scored.filter(pk__gt=after)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:RECOMPUTE_BATCH]
-        )
-        if not ids:
-            return total
+    for ids in _id_pages(scored, RECOMPUTE_BATCH):
         with transaction.atomic():
             lead_scores_recompute_contacts(contact_ids=ids, now=now)
         total += len(ids)
+    return total
+
+
+def _id_pages(contacts: QuerySet[Contact], size: int) -> Iterator[list[int]]:
+    """The ids of `contacts` in ascending pages of `size`, each read when the one before is
+    done (keyset: a page written meanwhile never shifts the next one)."""
+    after = 0
+    while True:
+        ids = list(contacts.filter(pk__gt=after).order_by("pk").values_list("pk", flat=True)[:size])
+        if not ids:
+            return
+        yield ids
         after = ids[-1]
 
 
