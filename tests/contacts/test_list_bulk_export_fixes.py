@@ -26,23 +26,11 @@ from core.errors import ValidationFailed
 from core.models import AuditLog, Job, JobStatus
 from tests.factories import ContactFactory, StoreFactory, TagFactory, user_with_role
 
-pytestmark = pytest.mark.django_db
+# Files under a temporary MEDIA_ROOT; messages compared in English (tests/contacts/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
 HX = {"HTTP_HX_REQUEST": "true"}
 SHANGHAI = "city=%E4%B8%8A%E6%B5%B7"
-
-
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def english(settings):
-    settings.LANGUAGE_CODE = "en"
-    with translation.override("en"):
-        yield
 
 
 def _text(html: str) -> str:
