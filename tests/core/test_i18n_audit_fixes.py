@@ -242,7 +242,8 @@ def test_the_list_import_page_states_its_row_limit_and_counts_without_broken_plu
     [
         (1, 1, "Tagged the 1 contact."),
         (3, 3, "Tagged all 3 contacts."),
-        (0, 1, "Tagged 0 of 1 contact; the others already had the tag."),
+        (0, 1, "The 1 contact already had the tag."),
+        (0, 4, "All 4 contacts already had the tag."),
         (1, 2, "Tagged 1 of 2 contacts; the others already had the tag."),
     ],
 )
