@@ -6,6 +6,7 @@ import html
 
 import pytest
 from django.conf import settings
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import translation
 
@@ -261,3 +262,25 @@ def test_day_counts_read_in_the_singular_and_0_days_as_today(node, expected):
 
     assert text.endswith(expected)
     assert event_text.endswith("in the last 1 day")
+
+
+@pytest.mark.parametrize(
+    ("language", "expected"),
+    [
+        ("zh-hans", '<span class="small">值：</span>须为数字'),
+        ("en", '<span class="small">Value: </span>must be a number'),
+    ],
+)
+def test_a_row_error_puts_its_label_before_the_message_in_the_languages_punctuation(
+    language, expected
+):
+    with translation.override(language):
+        html = render_to_string(
+            "segments/_rule_error.html",
+            {
+                "error": translation.gettext("must be a number"),
+                "attr": translation.gettext("Value"),
+            },
+        )
+
+    assert expected in html
