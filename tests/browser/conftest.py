@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import UserFactory
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
@@ -25,3 +27,24 @@ def browser():
         yield browser
         browser.close()
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def page(browser, live_server):
+    """A page logged in as a superuser (the factory's default user), in English, wide enough
+    for the contact list and the builder; a module may define its own."""
+    from playwright.sync_api import expect
+
+    UserFactory(username="yunying")
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_cookies([{"name": "django_language", "value": "en", "url": live_server.url}])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", "yunying")
+    page.fill("input[name=password]", "pass-1234-word")
+    page.locator("form button[type=submit], form input[type=submit]").first.click()
+    page.wait_for_url(f"{live_server.url}/")
+    yield page
+    context.close()

@@ -3,28 +3,9 @@ makes right after typing stays, where a second reload on leaving the search box 
 
 import pytest
 
-from tests.factories import ContactFactory, UserFactory
+from tests.factories import ContactFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def page(browser, live_server):
-    from playwright.sync_api import expect
-
-    UserFactory(username="yunying")
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.add_cookies([{"name": "django_language", "value": "en", "url": live_server.url}])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    expect.set_options(timeout=15_000)
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", "yunying")
-    page.fill("input[name=password]", "pass-1234-word")
-    page.locator("form button[type=submit], form input[type=submit]").first.click()
-    page.wait_for_url(f"{live_server.url}/")
-    yield page
-    context.close()
 
 
 def _table_loads(page) -> list[str]:

@@ -5,32 +5,8 @@ import pytest
 
 from segments import scoring
 from segments.models import LeadScoreRule
-from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _login(page, live_server, username: str) -> None:
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", "pass-1234-word")
-    page.locator("form button[type=submit], form input[type=submit]").first.click()
-    page.wait_for_url(f"{live_server.url}/")
-
-
-@pytest.fixture
-def page(browser, live_server):
-    from playwright.sync_api import expect
-
-    UserFactory(username="yunying")
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.add_cookies([{"name": "django_language", "value": "en", "url": live_server.url}])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    expect.set_options(timeout=15_000)
-    _login(page, live_server, "yunying")
-    yield page
-    context.close()
 
 
 def test_the_kind_select_shows_only_its_fields(page, live_server):

@@ -9,26 +9,43 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from contacts import importers
 from contacts.importers import ImportSpec
+from contacts.models import Contact, IdentityKind
 from core.models import Job, JobStatus
+from tests.factories import ContactFactory, IdentityFactory
 
 
 def csv_bytes(rows: list[dict]) -> bytes:
     return pd.DataFrame(rows).to_csv(index=False).encode()
 
 
-def upload(rows: list[dict]) -> Job:
-    return importers.import_upload(file=SimpleUploadedFile("客户.csv", csv_bytes(rows)), user=None)
+def upload(rows: list[dict], *, user=None, filename: str = "客户.csv") -> Job:
+    return importers.import_upload(file=SimpleUploadedFile(filename, csv_bytes(rows)), user=user)
 
 
-def run(rows: list[dict], capture, *, key: str = "external_id") -> Job:
+def run(
+    rows: list[dict],
+    capture,
+    *,
+    key: str = "external_id",
+    user=None,
+    tag_ids=(),
+    filename: str = "客户.csv",
+) -> Job:
     """Upload `rows` as a CSV and run the import job to its end (on-commit tasks executed)."""
-    job = upload(rows)
-    spec = ImportSpec(mapping=job.params["mapping"], key=key)
+    job = upload(rows, user=user, filename=filename)
+    spec = ImportSpec(mapping=job.params["mapping"], key=key, tag_ids=list(tag_ids))
     with capture(execute=True):
         importers.import_start(job=job, spec=spec)
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.error
     return job
+
+
+def existing(phone: str, **fields) -> Contact:
+    """A contact already in the pool with `phone` and its phone identity."""
+    contact = ContactFactory(phone=phone, **fields)
+    IdentityFactory(contact=contact, kind=IdentityKind.PHONE, value=phone)
+    return contact
 
 
 def reasons(job: Job, media) -> dict[str, str]:

@@ -22,6 +22,7 @@ from contacts.services import (
 )
 from core.errors import ValidationFailed
 from core.models import AuditLog
+from tests.contacts.editing import edit_form_data
 from tests.factories import ContactFactory, IdentityFactory, StoreFactory, user_with_role
 
 pytestmark = pytest.mark.django_db
@@ -37,24 +38,6 @@ def _in(language: str, msgid: str, **params) -> str:
     with translation.override(language):
         text = translation.gettext(msgid)
     return text % params if params else text
-
-
-def _edit_data(contact, **changes) -> dict:
-    data = {
-        "name": contact.name,
-        "nickname": contact.nickname,
-        "gender": contact.gender,
-        "birthday": "",
-        "phone": contact.phone,
-        "email": contact.email,
-        "province": contact.province,
-        "city": contact.city,
-        "lifecycle_stage": contact.lifecycle_stage_id,
-        "owner": "",
-        "store": "",
-    }
-    data.update(changes)
-    return data
 
 
 def _fields_with_errors(page: str) -> set[str]:
@@ -79,7 +62,7 @@ def test_the_edit_form_shows_the_birthday_phone_and_email_problems_at_once(opera
     contact = ContactFactory(email="")
     owner = ContactFactory(email="taken@example.com")
     IdentityFactory(contact=owner, kind=IdentityKind.EMAIL, value="taken@example.com")
-    data = _edit_data(
+    data = edit_form_data(
         contact, phone="12345", birthday=_future().isoformat(), email="taken@example.com"
     )
 
@@ -111,7 +94,7 @@ def test_the_form_s_own_errors_and_the_service_s_are_shown_together(operator_cli
     # A date the form cannot read and an over-long city (its own checks) and a phone the
     # service refuses: all at once.
     contact = ContactFactory()
-    data = _edit_data(contact, birthday="1990-13-45", phone="12345", city="x" * 31)
+    data = edit_form_data(contact, birthday="1990-13-45", phone="12345", city="x" * 31)
 
     response = operator_client.post(reverse("contacts:edit", args=[contact.pk]), data)
 
@@ -125,7 +108,7 @@ def test_a_valid_form_saves_as_before(operator_client):
     contact = ContactFactory()
 
     response = operator_client.post(
-        reverse("contacts:edit", args=[contact.pk]), _edit_data(contact, city="北京")
+        reverse("contacts:edit", args=[contact.pk]), edit_form_data(contact, city="北京")
     )
 
     assert response.status_code == 302
@@ -318,7 +301,7 @@ def test_an_over_long_email_in_the_edit_form_is_refused_at_the_email_field(opera
     contact = ContactFactory(email="")
 
     response = operator_client.post(
-        reverse("contacts:edit", args=[contact.pk]), _edit_data(contact, email=LONG_EMAIL)
+        reverse("contacts:edit", args=[contact.pk]), edit_form_data(contact, email=LONG_EMAIL)
     )
 
     errors = response.context["form"].errors
@@ -394,7 +377,7 @@ def test_a_form_sent_back_with_errors_is_not_logged(operator_client):
     contact = ContactFactory(phone="+8613800138000")
 
     operator_client.post(
-        reverse("contacts:edit", args=[contact.pk]), _edit_data(contact, phone="12345")
+        reverse("contacts:edit", args=[contact.pk]), edit_form_data(contact, phone="12345")
     )
 
     assert not _unmask_logs(contact).exists()

@@ -14,10 +14,11 @@ from contacts import importers, labels, roles, selectors, services
 from contacts.importers import ImportSpec
 from contacts.models import Contact, CustomField, Event, IdentityKind
 from core.models import AuditLog, Job, JobStatus
+from tests.contacts import importing
+from tests.contacts.importing import existing
 from tests.factories import (
     ContactFactory,
     EventFactory,
-    IdentityFactory,
     TagFactory,
     TagGroupFactory,
     UserFactory,
@@ -34,21 +35,8 @@ def _media(media):
     return media
 
 
-def run(rows: list[dict], capture, *, user=None, tag_ids=(), key="phone") -> Job:
-    content = pd.DataFrame(rows).to_csv(index=False).encode()
-    job = importers.import_upload(file=SimpleUploadedFile("会员.csv", content), user=user)
-    spec = ImportSpec(mapping=job.params["mapping"], key=key, tag_ids=list(tag_ids))
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
-
-
-def existing(phone: str, **fields) -> Contact:
-    contact = ContactFactory(phone=phone, **fields)
-    IdentityFactory(contact=contact, kind=IdentityKind.PHONE, value=phone)
-    return contact
+def run(rows: list[dict], capture, **options) -> Job:
+    return importing.run(rows, capture, key="phone", filename="会员.csv", **options)
 
 
 def entries(contact: Contact) -> list[Event]:

@@ -1,51 +1,24 @@
 """A matched contact counts as updated only when the row changes it; otherwise as unchanged."""
 
-import pandas as pd
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
-from django.utils import translation
 
 from contacts import importers
-from contacts.importers import ImportSpec
-from contacts.models import Contact, CustomField, IdentityKind
+from contacts.models import Contact, CustomField
 from contacts.signals import contact_changed
 from core.models import AuditLog, Job, JobStatus
-from tests.factories import ContactFactory, IdentityFactory, TagFactory, UserFactory
+from tests.contacts import importing
+from tests.contacts.importing import existing
+from tests.factories import TagFactory, UserFactory
 
-pytestmark = pytest.mark.django_db
+# Files under a temporary MEDIA_ROOT; messages compared in English (tests/contacts/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
 HX = {"HTTP_HX_REQUEST": "true"}
 
 
-@pytest.fixture(autouse=True)
-def media(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def english(settings):
-    settings.LANGUAGE_CODE = "en"
-    with translation.override("en"):
-        yield
-
-
-def run(rows: list[dict], capture, *, user=None, tag_ids=()) -> Job:
-    content = pd.DataFrame(rows).to_csv(index=False).encode()
-    job = importers.import_upload(file=SimpleUploadedFile("客户.csv", content), user=user)
-    spec = ImportSpec(mapping=job.params["mapping"], key="phone", tag_ids=list(tag_ids))
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
-
-
-def existing(phone: str, **fields) -> Contact:
-    contact = ContactFactory(phone=phone, **fields)
-    IdentityFactory(contact=contact, kind=IdentityKind.PHONE, value=phone)
-    return contact
+def run(rows: list[dict], capture, **options) -> Job:
+    return importing.run(rows, capture, key="phone", filename="客户.csv", **options)
 
 
 def test_only_rows_that_change_their_contact_count_as_updated(

@@ -2,6 +2,7 @@ import pytest
 from django.urls import reverse
 
 from contacts.models import ContactTag, Event, IdentityKind, LifecycleStage
+from tests.contacts.editing import edit_form_data
 from tests.factories import ContactFactory, EventFactory, IdentityFactory, TagFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -284,24 +285,6 @@ def test_merged_contacts_are_hidden_and_their_page_leads_to_the_survivor(operato
 # --- Edit form -------------------------------------------------------------------------------
 
 
-def _edit_data(contact, **changes):
-    data = {
-        "name": contact.name,
-        "nickname": contact.nickname,
-        "gender": contact.gender,
-        "birthday": "",
-        "phone": contact.phone,
-        "email": contact.email,
-        "province": contact.province,
-        "city": contact.city,
-        "lifecycle_stage": contact.lifecycle_stage_id,
-        "owner": "",
-        "store": "",
-    }
-    data.update(changes)
-    return data
-
-
 def test_edit_form_full_page_and_fragment(operator_client):
     contact = ContactFactory(name="林小雨")
     url = reverse("contacts:edit", args=[contact.pk])
@@ -327,7 +310,7 @@ def test_edit_saves_changes_and_custom_fields(operator_client, operator):
 
     response = operator_client.post(
         url,
-        _edit_data(
+        edit_form_data(
             contact,
             name="林小雨（VIP）",
             city="杭州",
@@ -355,7 +338,7 @@ def test_edit_saves_changes_and_custom_fields(operator_client, operator):
     assert contact.attributes == {"shoe_size": 38, "hobbies": ["跑步", "瑜伽"]}
     assert Event.objects.filter(contact=contact, name="profile_updated").exists()
 
-    plain = operator_client.post(url, _edit_data(contact, name="林小雨"))
+    plain = operator_client.post(url, edit_form_data(contact, name="林小雨"))
     assert plain.status_code == 302 and plain["Location"] == reverse(
         "contacts:detail", args=[contact.pk]
     )
@@ -380,7 +363,7 @@ def test_edit_validation_errors_are_shown_per_field_and_nothing_is_stored(operat
         ({"name": "x" * 101}, "name"),
     ]
     for changes, field in cases:
-        response = operator_client.post(url, _edit_data(contact, city="杭州", **changes), **HX)
+        response = operator_client.post(url, edit_form_data(contact, city="杭州", **changes), **HX)
         page = response.content.decode()
         assert response.status_code == 200
         assert 'class="field has-error"' in page, changes
@@ -388,7 +371,7 @@ def test_edit_validation_errors_are_shown_per_field_and_nothing_is_stored(operat
         contact.refresh_from_db()
         assert contact.city == "上海", changes
 
-    full = operator_client.post(url, _edit_data(contact, city="杭州", birthday=future))
+    full = operator_client.post(url, edit_form_data(contact, city="杭州", birthday=future))
     assert full.status_code == 200 and "<html" in full.content.decode()
     assert not Event.objects.filter(contact=contact, name="profile_updated").exists()
 
@@ -407,7 +390,7 @@ def test_edit_without_personal_data_permission_hides_phone_and_email(client):
     assert 'name="phone"' not in page and "13800138000" not in page
     assert "lin@example.com" not in page
     client.post(
-        reverse("contacts:edit", args=[contact.pk]), _edit_data(contact, phone="", email="")
+        reverse("contacts:edit", args=[contact.pk]), edit_form_data(contact, phone="", email="")
     )
     contact.refresh_from_db()
     assert contact.phone == "+8613800138000"
@@ -651,7 +634,7 @@ def test_saving_the_edit_page_goes_to_the_contact_page(operator_client):
     # address bar after an htmx save, and a reload would open it again.
     contact = ContactFactory(name="林小雨")
     url = reverse("contacts:edit", args=[contact.pk])
-    data = _edit_data(contact, nickname="小雨")
+    data = edit_form_data(contact, nickname="小雨")
 
     from_page = operator_client.post(url, data, HTTP_HX_CURRENT_URL=f"http://testserver{url}", **HX)
     assert from_page["HX-Location"] == reverse("contacts:detail", args=[contact.pk])

@@ -13,28 +13,15 @@ from contacts.models import Contact, Event, Stage
 from contacts.services import event_record
 from core.errors import ValidationFailed
 from segments import scoring
-from segments.models import LeadScoreAward, LeadScoringConfig, LeadStageThreshold
+from segments.models import LeadScoreAward, LeadStageThreshold
 from segments.rules import compile_rule
 from segments.scoring_forms import ThresholdForm
-from tests.factories import ContactFactory, EventFactory
+from tests.factories import ContactFactory
+from tests.segments.scoring_data import NOW, event_at, event_rule, half_life
 
 pytestmark = pytest.mark.django_db
 
-NOW = dt.datetime(2026, 3, 18, 12, 0, tzinfo=dt.UTC)
 BIG_PURCHASE = [{"property": "amount", "operator": "gt", "value": 100}]
-
-
-def _half_life(days: int) -> None:
-    LeadScoringConfig.objects.update_or_create(pk=1, defaults={"half_life_days": days})
-
-
-def _rule(**kwargs):
-    data = {"name": "下单", "kind": "event", "event_name": "purchase", "points": 10, **kwargs}
-    return scoring.score_rule_create(data=data)
-
-
-def _event(contact, at=NOW, name="purchase", **properties) -> Event:
-    return EventFactory(contact=contact, name=name, occurred_at=at, properties=properties)
 
 
 def _contact(pk) -> Contact:
@@ -55,8 +42,8 @@ def english(settings, operator_client):
 
 
 def test_an_event_posted_through_the_api_that_earns_exactly_the_threshold_reaches_it(api):
-    _half_life(30)
-    _rule(points=10, property_filters=BIG_PURCHASE, cap_points=25, cap_period="day")
+    half_life(30)
+    event_rule(points=10, property_filters=BIG_PURCHASE, cap_points=25, cap_period="day")
     scoring.threshold_set(stage_key="interested", min_score=10)
     contact = ContactFactory()
     # A client posts the purchase a little after it happened: its points decay from then.
@@ -85,12 +72,12 @@ def test_an_event_posted_through_the_api_that_earns_exactly_the_threshold_reache
 
 
 def test_a_segment_rule_on_the_score_includes_a_contact_shown_at_that_score():
-    _half_life(30)
-    _rule(points=25)
+    half_life(30)
+    event_rule(points=25)
     contact = ContactFactory()
 
     scoring.lead_scores_award_events(
-        events=[_event(contact, at=NOW - dt.timedelta(seconds=3))], now=NOW
+        events=[event_at(contact, at=NOW - dt.timedelta(seconds=3))], now=NOW
     )
 
     assert _contact(contact).lead_score == 25.0
@@ -99,10 +86,10 @@ def test_a_segment_rule_on_the_score_includes_a_contact_shown_at_that_score():
 
 
 def test_every_writer_stores_the_score_rounded_to_two_decimals():
-    _half_life(7)
-    _rule(points=10)
+    half_life(7)
+    event_rule(points=10)
     contact = ContactFactory()
-    events = [_event(contact, at=NOW - dt.timedelta(hours=h)) for h in (1, 5, 17)]
+    events = [event_at(contact, at=NOW - dt.timedelta(hours=h)) for h in (1, 5, 17)]
 
     scoring.lead_scores_award_events(events=events, now=NOW)
     by_award = _contact(contact).lead_score
@@ -119,13 +106,13 @@ def test_every_writer_stores_the_score_rounded_to_two_decimals():
 
 
 def test_a_new_award_gives_the_same_score_as_a_full_recompute():
-    _half_life(3)
-    _rule(points=7)
+    half_life(3)
+    event_rule(points=7)
     contact = ContactFactory()
     for i in range(6):
         at = NOW + dt.timedelta(hours=13 * i)
         scoring.lead_scores_award_events(
-            events=[_event(contact, at=at)], now=at + dt.timedelta(minutes=7)
+            events=[event_at(contact, at=at)], now=at + dt.timedelta(minutes=7)
         )
     incremental = _contact(contact)
 
@@ -166,8 +153,8 @@ def test_the_threshold_form_offers_only_progression_stages():
 
 
 def test_a_threshold_saved_on_an_off_path_stage_before_moves_nobody():
-    _half_life(0)
-    _rule(points=40)
+    half_life(0)
+    event_rule(points=40)
     LeadStageThreshold.objects.create(stage=Stage.objects.get(key="churned"), min_score=10)
     contact = ContactFactory()
 
@@ -230,18 +217,18 @@ def test_lowering_a_threshold_moves_the_contacts_now_above_it(django_capture_on_
 
 
 def test_a_new_event_rule_scores_past_events_in_its_window(django_capture_on_commit_callbacks):
-    _half_life(0)
+    half_life(0)
     now = timezone.now()
     recent, old = ContactFactory(), ContactFactory()
     day = timezone.localtime(now - dt.timedelta(days=3)).replace(hour=10)
     for minute in range(4):
-        _event(recent, at=day + dt.timedelta(minutes=minute), amount=150)
-    _event(recent, at=day, amount=50)  # filtered out
-    _event(old, at=now - dt.timedelta(days=scoring.BACKFILL_MAX_DAYS + 5), amount=500)
+        event_at(recent, at=day + dt.timedelta(minutes=minute), amount=150)
+    event_at(recent, at=day, amount=50)  # filtered out
+    event_at(old, at=now - dt.timedelta(days=scoring.BACKFILL_MAX_DAYS + 5), amount=500)
     scoring.threshold_set(stage_key="interested", min_score=25)
 
     with django_capture_on_commit_callbacks(execute=True):
-        rule = _rule(property_filters=BIG_PURCHASE, cap_points=25, cap_period="day")
+        rule = event_rule(property_filters=BIG_PURCHASE, cap_points=25, cap_period="day")
 
     points = sorted(LeadScoreAward.objects.filter(rule=rule).values_list("points", flat=True))
     assert points == [5, 10, 10]
@@ -251,11 +238,11 @@ def test_a_new_event_rule_scores_past_events_in_its_window(django_capture_on_com
 
 
 def test_the_back_fill_decays_past_points_and_stops_where_they_are_negligible():
-    _half_life(10)
-    rule = _rule(points=100)
+    half_life(10)
+    rule = event_rule(points=100)
     contact = ContactFactory()
-    _event(contact, at=NOW - dt.timedelta(days=10))
-    _event(contact, at=NOW - dt.timedelta(days=80))  # beyond 10 × log2(100) ≈ 67 days
+    event_at(contact, at=NOW - dt.timedelta(days=10))
+    event_at(contact, at=NOW - dt.timedelta(days=80))  # beyond 10 × log2(100) ≈ 67 days
 
     scoring.score_rule_backfill(rule_id=rule.pk, now=NOW)
 
@@ -264,12 +251,12 @@ def test_the_back_fill_decays_past_points_and_stops_where_they_are_negligible():
 
 
 def test_the_back_fill_run_twice_awards_nothing_twice():
-    _half_life(30)
-    rule = _rule(points=10)
+    half_life(30)
+    rule = event_rule(points=10)
     contacts = [ContactFactory() for _ in range(3)]
     for contact in contacts:
-        _event(contact, at=NOW - dt.timedelta(days=2))
-        _event(contact, at=NOW - dt.timedelta(days=1))
+        event_at(contact, at=NOW - dt.timedelta(days=2))
+        event_at(contact, at=NOW - dt.timedelta(days=1))
 
     scoring.score_rule_backfill(rule_id=rule.pk, now=NOW)
     first = sorted(Contact.objects.values_list("pk", "lead_score"))
@@ -280,8 +267,8 @@ def test_the_back_fill_run_twice_awards_nothing_twice():
 
 
 def test_editing_an_event_rule_re_awards_past_events(django_capture_on_commit_callbacks):
-    _half_life(0)
-    rule = _rule(points=10)
+    half_life(0)
+    rule = event_rule(points=10)
     contact = ContactFactory()
     event_record(contact=contact, name="purchase", properties={"amount": 50})
     event_record(contact=contact, name="purchase", properties={"amount": 500})
@@ -302,7 +289,7 @@ def test_editing_an_event_rule_re_awards_past_events(django_capture_on_commit_ca
 
 
 def test_renaming_a_rule_does_not_queue_a_back_fill(django_capture_on_commit_callbacks):
-    rule = _rule()
+    rule = event_rule()
     data = {"name": "改名", "kind": "event", "event_name": "purchase", "points": 10}
 
     with django_capture_on_commit_callbacks() as callbacks:
@@ -315,8 +302,8 @@ def test_renaming_a_rule_does_not_queue_a_back_fill(django_capture_on_commit_cal
 
 
 def test_a_number_sent_as_text_neither_scores_nor_matches_a_segment():
-    _half_life(0)
-    _rule(property_filters=BIG_PURCHASE)
+    half_life(0)
+    event_rule(property_filters=BIG_PURCHASE)
     text_buyer, number_buyer = ContactFactory(), ContactFactory()
 
     event_record(contact=text_buyer, name="purchase", properties={"amount": "150"})
@@ -340,8 +327,8 @@ def test_a_number_sent_as_text_neither_scores_nor_matches_a_segment():
     ],
 )
 def test_scoring_and_segments_match_the_same_events(filters):
-    _half_life(0)
-    _rule(property_filters=filters)
+    half_life(0)
+    event_rule(property_filters=filters)
     samples = [
         {"sku": "A-1", "qty": 1, "note": "vip guest", "coupon": None},
         {"sku": "a-1", "qty": "3", "note": ["VIP"]},
@@ -361,7 +348,7 @@ def test_scoring_and_segments_match_the_same_events(filters):
 
 def test_dotted_property_names_are_refused_as_in_segments():
     with translation.override("en"), pytest.raises(ValidationFailed) as exc:
-        _rule(property_filters=[{"property": "order.amount", "operator": "gt", "value": 1}])
+        event_rule(property_filters=[{"property": "order.amount", "operator": "gt", "value": 1}])
 
     assert exc.value.message.startswith("property_filters[0].property:")
     assert exc.value.details == {"path": "property_filters[0].property"}

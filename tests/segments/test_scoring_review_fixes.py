@@ -20,28 +20,11 @@ from segments.models import DirtyContact, LeadScoreAward, LeadScoringConfig
 from segments.rules import compile_rule
 from tests.factories import ContactFactory, EventFactory
 from tests.segments.reference import property_matches
+from tests.segments.scoring_data import NOW, event_at, event_rule, half_life, stored_score
 
 pytestmark = pytest.mark.django_db
 
-NOW = dt.datetime(2026, 3, 18, 12, 0, tzinfo=dt.UTC)
 LOOKUP_NAMES = ["contains", "in", "exact", "gt", "icontains", "isnull", "a__b", "a__0"]
-
-
-def _half_life(days: int) -> None:
-    LeadScoringConfig.objects.update_or_create(pk=1, defaults={"half_life_days": days})
-
-
-def _rule(**kwargs):
-    data = {"name": "r", "kind": "event", "event_name": "purchase", "points": 10, **kwargs}
-    return scoring.score_rule_create(data=data)
-
-
-def _event(contact, at=NOW, name="purchase", **properties) -> Event:
-    return EventFactory(contact=contact, name=name, occurred_at=at, properties=properties)
-
-
-def _score(contact) -> float:
-    return Contact.objects.get(pk=contact.pk).lead_score
 
 
 # --- 1. A property named like a Django lookup is that key -----------------------------------
@@ -76,7 +59,7 @@ def test_a_property_named_like_a_lookup_filters_that_key_as_the_reference_does(p
     events = []
     for props in PROPERTIES:
         data = {prop if k == "@" else k: v for k, v in props.items() if v is not None or k != "@"}
-        events.append(_event(contact, **data))
+        events.append(event_at(contact, **data))
     for operator, value in FILTERS:
         item = {"property": prop, "operator": operator}
         if value is not None:
@@ -93,8 +76,8 @@ def test_a_property_named_like_a_lookup_filters_that_key_as_the_reference_does(p
 @pytest.mark.parametrize("prop", ["contains", "in", "a__b"])
 def test_a_segment_rule_filters_a_property_named_like_a_lookup(prop):
     yes, no = ContactFactory(), ContactFactory()
-    _event(yes, **{prop: "Blue shirt"})
-    _event(no, a={"b": "Blue shirt"}, **{prop + "x": "Blue shirt"})
+    event_at(yes, **{prop: "Blue shirt"})
+    event_at(no, a={"b": "Blue shirt"}, **{prop + "x": "Blue shirt"})
     for operator, value in (("eq", "Blue shirt"), ("contains", "blue")):
         rule = {
             "type": "event",
@@ -108,23 +91,25 @@ def test_a_segment_rule_filters_a_property_named_like_a_lookup(prop):
 def test_a_score_rule_on_a_property_named_contains_does_not_break_recording_the_event():
     # `properties__contains` was PostgreSQL's JSON containment: NotSupportedError on SQLite,
     # raised inside the recording transaction, so every "purchase" failed to record.
-    _half_life(0)
-    _rule(points=5, property_filters=[{"property": "contains", "operator": "eq", "value": "bag"}])
+    half_life(0)
+    event_rule(
+        points=5, property_filters=[{"property": "contains", "operator": "eq", "value": "bag"}]
+    )
     contact = ContactFactory()
 
     event_record(contact=contact, name="purchase", properties={"contains": "bag"})
     event_record(contact=contact, name="purchase", properties={"contains": "shoe"})
 
     assert Event.objects.filter(contact=contact, name="purchase").count() == 2
-    assert _score(contact) == 5
+    assert stored_score(contact) == 5
 
 
 # --- 2. The back-fill's cap check and contact batches ------------------------------------------
 
 
 def test_the_cap_check_works_out_each_candidates_period_once_with_one_query_per_rule():
-    _half_life(0)
-    rule = _rule(points=1, cap_period="day", cap_points=1000)
+    half_life(0)
+    rule = event_rule(points=1, cap_period="day", cap_points=1000)
     contact = ContactFactory()
     # The reviewer's scenario: 1,000 events over 167 days for one contact, a daily cap.
     events = [
@@ -161,17 +146,17 @@ def test_the_cap_check_works_out_each_candidates_period_once_with_one_query_per_
 
 
 def test_the_running_totals_count_awards_already_given_in_each_period():
-    _half_life(0)
-    rule = _rule(points=4, cap_period="day", cap_points=10)
+    half_life(0)
+    rule = event_rule(points=4, cap_period="day", cap_points=10)
     a, b = ContactFactory(), ContactFactory()
     day1, day2 = NOW - dt.timedelta(days=2), NOW - dt.timedelta(days=1)
     # Already given: 8 of 10 to `a` on day 1, 10 of 10 to `b` on day 2.
     given = [(a, day1, 8), (b, day2, 10)]
     for contact, at, points in given:
         LeadScoreAward.objects.create(
-            contact=contact, rule=rule, event=_event(contact, at=at), points=points, awarded_at=at
+            contact=contact, rule=rule, event=event_at(contact, at=at), points=points, awarded_at=at
         )
-    new = [_event(c, at=at + dt.timedelta(hours=1)) for c in (a, b) for at in (day1, day2)]
+    new = [event_at(c, at=at + dt.timedelta(hours=1)) for c in (a, b) for at in (day1, day2)]
 
     awards = scoring._create_awards([(rule, e) for e in new], NOW)
 
@@ -180,13 +165,13 @@ def test_the_running_totals_count_awards_already_given_in_each_period():
 
 
 def test_a_backfill_over_many_contacts_and_days_respects_the_caps():
-    _half_life(0)
+    half_life(0)
     contacts = [ContactFactory() for _ in range(3)]
     now = timezone.now()
     for contact in contacts:
         for i in range(12):
-            _event(contact, at=now - dt.timedelta(hours=6 * i + 1))
-    rule = _rule(points=3, cap_period="day", cap_points=5)
+            event_at(contact, at=now - dt.timedelta(hours=6 * i + 1))
+    rule = event_rule(points=3, cap_period="day", cap_points=5)
     LeadScoreAward.objects.all().delete()
 
     scoring.score_rule_backfill(rule_id=rule.pk, now=now)
@@ -199,24 +184,24 @@ def test_a_backfill_over_many_contacts_and_days_respects_the_caps():
         # Four events a day of 3 points each, capped at 5 a day (a partial day may hold fewer).
         assert per_day and all(total <= 5 for total in per_day.values())
         assert max(per_day.values()) == 5
-        assert _score(contact) == sum(per_day.values())
+        assert stored_score(contact) == sum(per_day.values())
 
 
 def test_the_backfill_pages_contacts_by_id_and_never_reads_events_past_its_page(monkeypatch):
-    _half_life(0)
+    half_life(0)
     monkeypatch.setattr(scoring, "BACKFILL_BATCH", 2)
     contacts = [ContactFactory() for _ in range(5)]
     now = timezone.now()
     for contact in contacts[::2]:
-        _event(contact, at=now - dt.timedelta(days=1))
-    rule = _rule(points=2)
+        event_at(contact, at=now - dt.timedelta(days=1))
+    rule = event_rule(points=2)
     LeadScoreAward.objects.all().delete()
 
     with CaptureQueriesContext(connection) as ctx:
         done = scoring.score_rule_backfill(rule_id=rule.pk, now=now)
 
     assert done == 3
-    assert [_score(c) for c in contacts] == [2, 0, 2, 0, 2]
+    assert [stored_score(c) for c in contacts] == [2, 0, 2, 0, 2]
     # No DISTINCT over the rule's events without the page's contacts.
     distinct = [q["sql"] for q in ctx.captured_queries if "DISTINCT" in q["sql"]]
     assert distinct and all(" IN (" in sql for sql in distinct)
@@ -227,11 +212,11 @@ def test_the_backfill_pages_contacts_by_id_and_never_reads_events_past_its_page(
 
 @pytest.mark.django_db(transaction=True)
 def test_undo_after_a_backfill_gives_the_duplicate_its_events_awards_back():
-    _half_life(0)
-    rule = _rule(points=10)
+    half_life(0)
+    rule = event_rule(points=10)
     survivor, duplicate = ContactFactory(), ContactFactory()
-    own = _event(survivor, at=timezone.now() - dt.timedelta(days=2))
-    theirs = _event(duplicate, at=timezone.now() - dt.timedelta(days=1))
+    own = event_at(survivor, at=timezone.now() - dt.timedelta(days=2))
+    theirs = event_at(duplicate, at=timezone.now() - dt.timedelta(days=1))
     scoring.lead_scores_award_events(events=[own, theirs])
     contact_merge(survivor=survivor, duplicate=duplicate, actor=None)
     record = MergeRecord.objects.latest("pk")
@@ -239,7 +224,7 @@ def test_undo_after_a_backfill_gives_the_duplicate_its_events_awards_back():
         rule=rule, data={"name": "r", "kind": "event", "event_name": "purchase", "points": 20}
     )
     scoring.score_rule_backfill(rule_id=rule.pk)
-    assert _score(survivor) == 40
+    assert stored_score(survivor) == 40
 
     contact_merge_undo(record=record)
 
@@ -247,7 +232,7 @@ def test_undo_after_a_backfill_gives_the_duplicate_its_events_awards_back():
     assert theirs.contact_id == duplicate.pk
     assert LeadScoreAward.objects.get(event=theirs).contact_id == duplicate.pk
     assert LeadScoreAward.objects.get(event=own).contact_id == survivor.pk
-    assert (_score(survivor), _score(duplicate)) == (20, 20)
+    assert (stored_score(survivor), stored_score(duplicate)) == (20, 20)
 
 
 # --- 4. One award costs the same whatever the contact's history -------------------------------
@@ -273,8 +258,8 @@ def _history(contact, rule, n: int) -> None:
 
 @pytest.mark.parametrize("history", [0, 300])
 def test_awarding_one_event_never_reads_the_contacts_award_history(history, monkeypatch):
-    _half_life(30)
-    rule = _rule(event_name="page_view", points=1)
+    half_life(30)
+    rule = event_rule(event_name="page_view", points=1)
     contact = ContactFactory()
     _history(contact, rule, history)
     event = Event.objects.create(
@@ -304,8 +289,8 @@ def test_awarding_one_event_never_reads_the_contacts_award_history(history, monk
 
 
 def test_the_incremental_score_equals_a_full_recompute_with_fit_points_and_decay():
-    _half_life(3)
-    rule = _rule(points=7)
+    half_life(3)
+    rule = event_rule(points=7)
     scoring.score_rule_create(
         data={
             "name": "fit",
@@ -319,7 +304,7 @@ def test_the_incremental_score_equals_a_full_recompute_with_fit_points_and_decay
     for i in range(9):
         at = NOW + dt.timedelta(hours=11 * i, minutes=i)
         scoring.lead_scores_award_events(
-            events=[_event(contact, at=at)], now=at + dt.timedelta(minutes=3)
+            events=[event_at(contact, at=at)], now=at + dt.timedelta(minutes=3)
         )
         stored = Contact.objects.get(pk=contact.pk)
         # The stored score stays the rounded value shown; the engagement part is exact.
@@ -343,24 +328,24 @@ def test_the_incremental_score_equals_a_full_recompute_with_fit_points_and_decay
 
 
 def test_a_contact_scored_before_the_engagement_column_is_recomputed_once():
-    _half_life(0)
-    _rule(points=3)
+    half_life(0)
+    event_rule(points=3)
     contact = ContactFactory()
-    scoring.lead_scores_award_events(events=[_event(contact, at=NOW)], now=NOW)
+    scoring.lead_scores_award_events(events=[event_at(contact, at=NOW)], now=NOW)
     # As the migration leaves a contact scored before it: the part unknown.
     Contact.objects.filter(pk=contact.pk).update(lead_score_engagement=None)
 
-    scoring.lead_scores_award_events(events=[_event(contact, at=NOW)], now=NOW)
+    scoring.lead_scores_award_events(events=[event_at(contact, at=NOW)], now=NOW)
 
     stored = Contact.objects.get(pk=contact.pk)
     assert (stored.lead_score, stored.lead_score_engagement) == (6, 6)
 
 
 def test_a_new_award_queues_its_contact_once(monkeypatch):
-    _half_life(0)
-    _rule(points=3)
+    half_life(0)
+    event_rule(points=3)
     contact = ContactFactory()
-    scoring.lead_scores_award_events(events=[_event(contact, at=NOW)], now=NOW)
+    scoring.lead_scores_award_events(events=[event_at(contact, at=NOW)], now=NOW)
     DirtyContact.objects.all().delete()
     calls = []
     queue = scoring.queue_contacts
@@ -369,7 +354,7 @@ def test_a_new_award_queues_its_contact_once(monkeypatch):
         scoring, "mark_dirty", lambda **kw: calls.append(kw) or pytest.fail("queued twice")
     )
 
-    scoring.lead_scores_award_events(events=[_event(contact, at=NOW)], now=NOW)
+    scoring.lead_scores_award_events(events=[event_at(contact, at=NOW)], now=NOW)
 
     assert len(calls) == 1
     assert list(DirtyContact.objects.values_list("contact_id", "topics")) == [
@@ -420,10 +405,10 @@ def test_a_recompute_keeps_an_award_recorded_while_its_batch_runs(monkeypatch):
 def test_a_chinese_property_name_filters_on_both_databases(operator, value):
     contact = ContactFactory()
     events = [
-        _event(contact, **{"金额": 150}),
-        _event(contact, **{"金额": 50}),
-        _event(contact, **{"优惠": "满减"}),
-        _event(contact, **{'a"b': 150}),
+        event_at(contact, **{"金额": 150}),
+        event_at(contact, **{"金额": 50}),
+        event_at(contact, **{"优惠": "满减"}),
+        event_at(contact, **{'a"b': 150}),
     ]
     prop = "优惠" if value == "满减" else "金额"
     item = {"property": prop, "operator": operator, "value": value}
