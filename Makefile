@@ -19,11 +19,11 @@ export UV_PYTHON_DOWNLOADS := never
 # The uv cache and the venv may sit on different filesystems; copying avoids a warning per file.
 export UV_LINK_MODE := copy
 
-.PHONY: help install demo run test lint format messages clean distclean
+.PHONY: help install demo run test lint format messages clean distclean system-packages
 
 help:
 	@echo "make demo      install, migrate, seed demo data, run web + worker + beat"
-	@echo "make test      install, run the whole test suite (PYTEST_ARGS='-k foo' to narrow)"
+	@echo "make test      install (with apt: chromium, CJK fonts, gettext), run the whole test suite (PYTEST_ARGS='-k foo' to narrow)"
 	@echo "make lint      ruff, import contracts, Django checks, missing migrations"
 	@echo "make format    ruff format + ruff check --fix"
 	@echo "make messages  extract and compile translations (needs gettext)"
@@ -54,8 +54,29 @@ demo: install
 run: install
 	$(MANAGE) runall --host $(HOST) --port $(PORT)
 
-test: install
+test: install system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's Chromium (with CJK fonts, for the layout checks); gettext
+# builds translations. Installed with apt when missing (as root or with sudo); elsewhere a
+# warning names them and the browser tests say what they miss.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk gettext
+system-packages:
+	@missing=(); \
+	for pkg in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "install ok installed" \
+			|| missing+=("$$pkg"); \
+	done; \
+	if (( $${#missing[@]} == 0 )); then exit 0; fi; \
+	sudo=""; [[ $$(id -u) -eq 0 ]] || sudo="sudo -n"; \
+	if command -v apt-get >/dev/null && { [[ -z $$sudo ]] || sudo -n true 2>/dev/null; }; then \
+		echo "installing $${missing[*]} with apt-get"; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get update -q \
+			&& DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends "$${missing[@]}"; \
+	else \
+		echo "warning: $${missing[*]} not installed and apt-get not usable here;" \
+			"the browser tests need them (or run with PYTEST_ARGS='-m \"not browser\"')" >&2; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

@@ -276,6 +276,11 @@ SCRM_FILE_RETENTION_DAYS = env.int("SCRM_FILE_RETENTION_DAYS", default=7)
 # at once; in the incremental pass, the connections writing segments' entries and exits while
 # the next segment is evaluated. The work is in the database server: about its number of cores.
 SEGMENT_REFRESH_CONCURRENCY = env.int("SEGMENT_REFRESH_CONCURRENCY", default=2)
+# The KOC rule (segments.influence): days of events the influence score counts, the lowest score
+# of a KOC, and the top share (percent) of contacts with influence that may be KOCs.
+SCRM_INFLUENCE_WINDOW_DAYS = env.int("SCRM_INFLUENCE_WINDOW_DAYS", default=365)
+SCRM_KOC_MIN_SCORE = env.float("SCRM_KOC_MIN_SCORE", default=20.0)
+SCRM_KOC_TOP_PERCENT = env.float("SCRM_KOC_TOP_PERCENT", default=5.0)
 
 LOGGING = {
     "version": 1,

@@ -119,11 +119,17 @@ class ContactAdminForm(forms.ModelForm):
             )
         stored = self.stored_attributes
         changed = {k: v for k, v in value.items() if k not in stored or stored[k] != v}
-        try:
-            # Typed by hand into the JSON editor: "42" or "是" are read for what they spell.
-            cleaned = custom_fields_validate(values=changed, from_text=True)
-        except ValidationFailed as exc:
-            raise _form_error(exc) from exc
+        # Typed by hand into the JSON editor: "42" or "是" are read for what they spell. Each
+        # key is checked alone so that the form lists every wrong value, not only the first.
+        cleaned: dict[str, Any] = {}
+        errors: list[forms.ValidationError] = []
+        for key, raw in changed.items():
+            try:
+                cleaned |= custom_fields_validate(values={key: raw}, from_text=True)
+            except ValidationFailed as exc:
+                errors.append(_form_error(exc))
+        if errors:
+            raise forms.ValidationError(errors)
         removed = [k for k in stored if k not in value]
         removed_custom = set(
             CustomField.objects.filter(key__in=removed, is_active=True).values_list(

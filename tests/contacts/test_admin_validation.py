@@ -129,6 +129,24 @@ def test_unknown_or_ill_typed_custom_fields_are_refused(operator_client, contact
     assert contact.attributes == {"wx_city": "杭州"}
 
 
+def test_every_wrong_custom_field_value_is_listed_at_once(operator_client, contact):
+    CustomField.objects.create(key="age", label="年龄", kind=CustomFieldKind.NUMBER)
+    CustomField.objects.create(key="vip", label="贵宾", kind=CustomFieldKind.BOOLEAN)
+
+    response = _post_change(
+        operator_client, contact, attributes='{"age": "很老", "vip": "也许", "nope": 1}'
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["attributes"]
+    assert len(errors) == 3
+    assert any("年龄" in e for e in errors)
+    assert any("贵宾" in e for e in errors)
+    assert any("nope" in e for e in errors)
+    contact.refresh_from_db()
+    assert contact.attributes == {"wx_city": "杭州"}
+
+
 def test_custom_fields_are_stored_cleaned_and_free_traits_are_kept(operator_client, contact):
     CustomField.objects.create(key="age", label="年龄", kind=CustomFieldKind.NUMBER)
     CustomField.objects.create(key="vip", label="贵宾", kind=CustomFieldKind.BOOLEAN)

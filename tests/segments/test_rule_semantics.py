@@ -222,6 +222,36 @@ def test_the_last_0_days_of_an_event_measure_is_today():
     assert matching(spent("first", "more_than_days_ago", 0)) == {this_morning, last_night}
 
 
+def test_the_documented_dormant_recipe_holds_the_never_active_once_they_are_60_days_old():
+    """docs/segments.md: "more than N days ago" never matches an empty value, so a dormant
+    segment that should hold contacts who never did anything adds them in an OR group."""
+    days = dt.timedelta(days=1)
+    lapsed = ContactFactory(last_active_at=NOW - 61 * days, created_at=NOW - 400 * days).pk
+    ContactFactory(last_active_at=NOW - 10 * days, created_at=NOW - 400 * days)
+    silent = ContactFactory(last_active_at=None, created_at=NOW - 61 * days).pk
+    ContactFactory(last_active_at=None, created_at=NOW - 30 * days)  # too new to be dormant
+
+    def older_than_60_days(field: str) -> dict:
+        return {"type": "attribute", "field": field, "operator": "more_than_days_ago", "value": 60}
+
+    never_active = {"type": "attribute", "field": "last_active_at", "operator": "not_set"}
+    rule = {
+        "op": "or",
+        "conditions": [
+            older_than_60_days("last_active_at"),
+            {"op": "and", "conditions": [never_active, older_than_60_days("created_at")]},
+        ],
+    }
+    validate_rule(rule)
+
+    compiled = set(Contact.objects.filter(compile_rule(rule, now=NOW)).values_list("pk", flat=True))
+
+    assert compiled == {lapsed, silent}
+    assert compiled == World(NOW).matching(rule)
+    # The plain condition alone leaves the never-active contact out, as documented.
+    assert matching(rule["conditions"][0]) == {lapsed}
+
+
 # --- anniversaries ----------------------------------------------------------------------------
 
 
