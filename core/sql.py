@@ -1,6 +1,13 @@
 """Small helpers for the hand-written SQL of hot paths."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model, QuerySet
+
+# Rows per INSERT of insert_new: far below SQLite's 32,766 bound parameters for any model here.
+INSERT_BATCH = 500
 
 
 def bigint_array(ids: Iterable[int]) -> str:
@@ -37,3 +44,55 @@ def contains_nul(value: object) -> bool:
     if isinstance(value, list | tuple):
         return any(contains_nul(v) for v in value)
     return False
+
+
+def insert_new(model: type[Model], rows: Sequence[dict[str, Any]], *, returning: str) -> list:
+    """Insert `rows` (keyword arguments of `model`) and return `returning` of the rows actually
+    inserted: a row that a unique constraint already holds is skipped (ON CONFLICT DO NOTHING),
+    however many transactions insert it at once. Fields left out take their defaults, as in
+    bulk_create.
+
+    What a concurrent or retried write path needs to tell who it changed: bulk_create with
+    ignore_conflicts cannot say which rows it wrote, and a read before it is stale by the time
+    the insert runs. Works on PostgreSQL and SQLite (3.35+)."""
+    if not rows:
+        return []
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    out = model._meta.get_field(returning).column
+    quote = connection.ops.quote_name
+    head = (
+        f"INSERT INTO {quote(model._meta.db_table)} "
+        f"({', '.join(quote(f.column) for f in fields)}) VALUES "
+    )
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    tail = f" ON CONFLICT DO NOTHING RETURNING {quote(out)}"
+    result: list = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_BATCH):
+            objs = [model(**row) for row in rows[start : start + INSERT_BATCH]]
+            params = [
+                field.get_db_prep_save(field.pre_save(obj, add=True), connection)
+                for obj in objs
+                for field in fields
+            ]
+            cursor.execute(head + ", ".join([one] * len(objs)) + tail, params)
+            result += [value for (value,) in cursor.fetchall()]
+    return result
+
+
+def delete_returning(queryset: QuerySet, *, returning: str) -> list:
+    """Delete the rows of `queryset` (one model, no cascade to follow) and return `returning`
+    of the rows this statement deleted: of two transactions deleting the same row, only the
+    one that deleted it gets it back."""
+    model = queryset.model
+    out = model._meta.get_field(returning).column
+    quote = connection.ops.quote_name
+    pk = quote(model._meta.pk.column)
+    inner, params = queryset.values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {quote(model._meta.db_table)} WHERE {pk} IN ({inner}) "
+            f"RETURNING {quote(out)}",
+            params,
+        )
+        return [value for (value,) in cursor.fetchall()]
