@@ -461,34 +461,45 @@ def _apply_thresholds(scores: dict[int, float]) -> int:
     candidates = [pk for pk, score in scores.items() if score >= lowest]
     if not candidates:
         return 0
-    current = {
-        row["pk"]: (row["lifecycle_stage"], row["lifecycle_stage__position"])
-        for row in Contact.objects.filter(pk__in=candidates, merged_into__isnull=True).values(
-            "pk", "lifecycle_stage", "lifecycle_stage__position"
+    current = dict(
+        Contact.objects.filter(pk__in=candidates, merged_into__isnull=True).values_list(
+            "pk", "lifecycle_stage__position"
         )
-    }
+    )
     moved = 0
-    for pk, (stage_key, position) in current.items():
+    for pk, position in sorted(current.items()):
         reached = [stage for minimum, stage in thresholds if scores[pk] >= minimum]
         target = max(reached, key=lambda s: (s.position, s.key))
         # Forward only: a threshold never pulls a buyer back to "interested".
         if target.position <= position:
             continue
-        contact = contact_update(
-            contact=Contact(pk=pk),
-            data={"lifecycle_stage": target.key},
-            source=STAGE_CHANGE_REASON,
-        )
-        event_record(
-            contact=contact,
-            name=STAGE_CHANGED_EVENT,
-            properties={
-                "from": stage_key,
-                "to": target.key,
-                "reason": STAGE_CHANGE_REASON,
-                "score": round(scores[pk], 2),
-            },
-        )
+        with transaction.atomic():
+            # Read again under the lock: the stage read above may be stale (an operator or an
+            # import moved it forward since, or the contact was merged away), and writing the
+            # threshold's stage over a later one would pull the contact back.
+            _lock_contacts([pk])
+            row = (
+                Contact.objects.filter(pk=pk, merged_into__isnull=True)
+                .values_list("lifecycle_stage", "lifecycle_stage__position")
+                .first()
+            )
+            if row is None or target.position <= row[1]:
+                continue
+            contact = contact_update(
+                contact=Contact(pk=pk),
+                data={"lifecycle_stage": target.key},
+                source=STAGE_CHANGE_REASON,
+            )
+            event_record(
+                contact=contact,
+                name=STAGE_CHANGED_EVENT,
+                properties={
+                    "from": row[0],
+                    "to": target.key,
+                    "reason": STAGE_CHANGE_REASON,
+                    "score": round(scores[pk], 2),
+                },
+            )
         moved += 1
     return moved
 
@@ -935,7 +946,6 @@ def _with_rows(qs, page: list[int]) -> list[int]:
 # --- Profile fit ----------------------------------------------------------------------------
 
 
-@transaction.atomic
 def lead_scores_fit(
     *, contact_ids: Iterable[int] | None = None, now: dt.datetime | None = None
 ) -> tuple[int, int]:
@@ -943,6 +953,12 @@ def lead_scores_fit(
 
     Evaluates the given contacts, or everyone when `contact_ids` is None; merged contacts are
     left as they are (their rows come back to life on undo). Returns (added, removed).
+
+    Not one transaction: outside one (the daily pass, the task after a change) each rule's
+    awards commit on their own and the scores are then recomputed batch by batch, so the pass
+    never holds the locks of every contact it touched until its end (identify, merges and
+    edits of those contacts would wait for the whole pass). Inside a caller's transaction (a
+    merge) it is part of that transaction, as before.
     """
     now = now or timezone.now()
     ids = None if contact_ids is None else sorted(set(contact_ids))
@@ -960,8 +976,9 @@ def lead_scores_fit(
     added = removed = 0
     # Awards of rules that are no longer active profile-fit rules go.
     stale = fit_awards.exclude(rule__kind=ScoreRuleKind.ATTRIBUTE, rule__is_active=True)
-    touched.update(stale.values_list("contact_id", flat=True))
-    removed += stale.delete()[0]
+    with transaction.atomic():
+        touched.update(stale.values_list("contact_id", flat=True))
+        removed += stale.delete()[0]
     for rule in LeadScoreRule.objects.filter(kind=ScoreRuleKind.ATTRIBUTE, is_active=True):
         try:
             # In a savepoint: a condition that can no longer be evaluated (it reads something
