@@ -20,36 +20,47 @@ pytestmark = [
 ]
 
 
-def test_a_threshold_never_overwrites_a_stage_an_operator_set_meanwhile():
+def test_a_threshold_never_overwrites_a_stage_an_operator_set_meanwhile(monkeypatch):
+    """The recompute stores scores batch by batch and applies thresholds after the last one:
+    the stage it read then can be changed by the time it writes."""
+    monkeypatch.setattr(scoring, "RECOMPUTE_BATCH", 1)
     half_life(0)
     rule = event_rule(points=100)
     scoring.threshold_set(stage_key="interested", min_score=60)
-    contact = ContactFactory()
+    scored, other = ContactFactory(), ContactFactory()  # scored first: its batch commits first
     LeadScoreAward.objects.create(
-        contact=contact, rule=rule, event=event_at(contact), points=100, awarded_at=NOW
+        contact=scored, rule=rule, event=event_at(scored), points=100, awarded_at=NOW
     )
-    operator_holds_the_row = threading.Event()
-    recompute_waits = threading.Event()
+    other_locked, other_released = threading.Event(), threading.Event()
+    release_other = threading.Event()
+    met = threading.Event()
 
-    def operator():
+    def hold_other():
+        # Keeps the recompute waiting at its second batch, after the first one committed.
         with transaction.atomic():
-            contact_update(contact=Contact(pk=contact.pk), data={"lifecycle_stage": "repeat"})
-            operator_holds_the_row.set()
-            # Commit only once the recompute, having read the old stage, waits for the row.
-            recompute_waits.wait(timeout=10)
+            list(Contact.objects.select_for_update().filter(pk=other.pk))
+            other_locked.set()
+            release_other.wait(timeout=10)
+        other_released.set()
 
     def recompute():
-        operator_holds_the_row.wait(timeout=10)
-        return scoring.lead_scores_recompute_contacts(contact_ids=[contact.pk], now=NOW)
+        other_locked.wait(timeout=10)
+        scoring.lead_scores_recompute_contacts(contact_ids=[scored.pk, other.pk], now=NOW)
 
-    def watch():
+    def operator():
         with connection.cursor() as cursor:
-            if wait_until_another_backend_waits(cursor):
-                recompute_waits.set()
+            assert wait_until_another_backend_waits(cursor)  # the recompute, at `other`
+            with transaction.atomic():
+                contact_update(contact=Contact(pk=scored.pk), data={"lifecycle_stage": "repeat"})
+                release_other.set()
+                other_released.wait(timeout=10)
+                # Commit once the recompute, past its batches, waits for this row.
+                if wait_until_another_backend_waits(cursor):
+                    met.set()
 
-    _, errors = in_threads([operator, recompute, watch])
+    _, errors = in_threads([hold_other, recompute, operator])
 
     assert not errors
-    assert recompute_waits.is_set()  # the two really met
-    assert Contact.objects.get(pk=contact.pk).lifecycle_stage_id == "repeat"
-    assert not Event.objects.filter(contact=contact, name=scoring.STAGE_CHANGED_EVENT).exists()
+    assert met.is_set()
+    assert Contact.objects.get(pk=scored.pk).lifecycle_stage_id == "repeat"
+    assert not Event.objects.filter(contact=scored, name=scoring.STAGE_CHANGED_EVENT).exists()
