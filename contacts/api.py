@@ -1,3 +1,5 @@
+import re
+
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy
@@ -12,6 +14,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils import html
 
 from contacts import selectors, services
 from contacts.models import (
@@ -79,6 +82,38 @@ class TextField(serializers.CharField):
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class WholeNumberField(serializers.IntegerField):
+    """A JSON whole number, and only that: DRF's IntegerField takes `"5"` and `5.0` as 5, when
+    the rest of the API refuses a value of the wrong JSON type (TextField, the PATCH checks)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+# A whole number as a query string writes it: ASCII digits, perhaps after a minus sign (which
+# the range check then refuses with its own message).
+_QUERY_INTEGER = re.compile(r"-?[0-9]+")
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """A whole number in the query string. Sent empty (`?after=`) it is refused like any other
+    malformed value rather than taken as left out, and so is a form that is not plain digits
+    (`5.0`, `+5`, `1_000`, `٥`): a cursor or limit that was quietly read otherwise would answer
+    the first page again, or another one."""
+
+    def get_value(self, dictionary):
+        if html.is_html_input(dictionary) and self.field_name in dictionary:
+            return dictionary[self.field_name]
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not _QUERY_INTEGER.fullmatch(data):
             self.fail("invalid")
         return super().to_internal_value(data)
 
@@ -237,10 +272,10 @@ class AmountField(serializers.DecimalField):
 
 
 class EventInSerializer(serializers.Serializer):
-    event_id = serializers.CharField(max_length=64)
-    name = serializers.CharField(max_length=64)
+    event_id = TextField(max_length=64)
+    name = TextField(max_length=64)
     occurred_at = OffsetDateTimeField()
-    contact_id = serializers.IntegerField(
+    contact_id = WholeNumberField(
         required=False,
         min_value=1,
         max_value=MAX_ID,
@@ -564,6 +599,28 @@ def _clearable_text(max_length: int) -> serializers.CharField:
     )
 
 
+# What a PATCH takes to clear a field besides null: "" (drf-spectacular gives an EmailField that
+# allows blank the same alternative).
+_EMPTY_TEXT = {"type": "string", "maxLength": 0}
+
+
+@extend_schema_field({"oneOf": [{"type": "string", "format": "date"}, _EMPTY_TEXT]})
+class ClearableDateField(serializers.DateField):
+    """A date in a PATCH, which `null` or "" clears."""
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID},
+            _EMPTY_TEXT,
+        ]
+    }
+)
+class ClearableIdField(serializers.IntegerField):
+    """An id in a PATCH, which `null` or "" clears."""
+
+
 @extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string"}]})
 class StoreRefField(serializers.JSONField):
     """A store's id or code (checked by the profile service)."""
@@ -581,7 +638,9 @@ class ContactPatchSerializer(serializers.Serializer):
     name = _clearable_text(100)
     nickname = _clearable_text(100)
     gender = serializers.ChoiceField(choices=Gender.choices, required=False)
-    birthday = serializers.DateField(required=False, allow_null=True)
+    birthday = ClearableDateField(
+        required=False, allow_null=True, help_text='`YYYY-MM-DD`; null or "" clears it.'
+    )
     phone = serializers.CharField(
         required=False, allow_blank=True, allow_null=True, help_text="Stored as E.164."
     )
@@ -589,8 +648,8 @@ class ContactPatchSerializer(serializers.Serializer):
     province = _clearable_text(30)
     city = _clearable_text(30)
     lifecycle_stage = serializers.CharField(required=False, help_text="A stage key.")
-    owner = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=MAX_ID, help_text="A user id."
+    owner = ClearableIdField(
+        required=False, allow_null=True, help_text='A user id; null or "" clears it.'
     )
     store = StoreRefField(
         required=False, allow_null=True, help_text='Store id or code; null or "" clears it.'
@@ -866,12 +925,10 @@ class ConsentInSerializer(serializers.Serializer):
     channel = serializers.ChoiceField(choices=ConsentChannel.choices)
     purpose = serializers.ChoiceField(choices=ConsentPurpose.choices)
     granted = serializers.BooleanField()
-    source = serializers.CharField(max_length=50, help_text="Where it was given: form, reply …")
-    notice_version = serializers.CharField(
-        max_length=30, required=False, allow_blank=True, default=""
-    )
+    source = TextField(max_length=50, help_text="Where it was given: form, reply …")
+    notice_version = TextField(max_length=30, required=False, allow_blank=True, default="")
     evidence = serializers.DictField(required=False, default=dict)
-    request_id = serializers.CharField(
+    request_id = TextField(
         max_length=MAX_REQUEST_ID,
         required=False,
         allow_blank=True,
@@ -960,13 +1017,19 @@ class ContactConsentsApi(BaseApiView):
 
 
 class TimelineQuerySerializer(serializers.Serializer):
-    before = serializers.IntegerField(
+    before = QueryIntegerField(
         required=False,
         min_value=1,
         max_value=MAX_ID,
-        help_text="`next_before` of the previous page.",
+        help_text="`next_before` of the previous page; an empty one is refused.",
     )
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=50)
+    limit = QueryIntegerField(
+        required=False,
+        min_value=1,
+        max_value=100,
+        default=50,
+        help_text="Events per page; an empty one is refused.",
+    )
 
 
 class TimelineEventSerializer(serializers.Serializer):
@@ -991,7 +1054,11 @@ class ContactTimelineApi(BaseApiView):
     @extend_schema(
         operation_id="contact_timeline",
         summary="A contact's events, newest first",
-        description="Keyset paging: pass the answer's `next_before` as `before`.",
+        description=(
+            "Keyset paging: pass the answer's `next_before` as `before`. A `before` or `limit` "
+            "that is empty, not a whole number or out of range answers 400 (`invalid`, the "
+            "parameter named in `details`) rather than being ignored."
+        ),
         parameters=[TimelineQuerySerializer],
         responses={200: TimelineOutSerializer, **CONTACT_ERRORS},
         examples=[

@@ -30,7 +30,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from core.errors import DomainError, NotFound
-from core.models import ApiKey
+from core.models import ApiKey, throttle_rate_parse
 from core.services import api_key_authenticate
 
 KEYWORD = "Api-Key"
@@ -99,6 +99,10 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
     """Throttle per API key, with an optional per-key rate overriding the site default."""
 
     scope = "api_key"
+
+    def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
+        # DRF's own reading, in the function whose validator checks each key's rate.
+        return (None, None) if rate is None else throttle_rate_parse(rate)
 
     def allow_request(self, request, view) -> bool:
         if isinstance(request.auth, ApiKey) and request.auth.throttle_rate:

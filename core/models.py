@@ -2,6 +2,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -23,6 +24,41 @@ def hash_api_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# What the period of a throttle rate may be, by its first letter, as DRF's throttle reads it.
+RATE_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def throttle_rate_parse(rate: str) -> tuple[int, int]:
+    """The (requests, seconds) of a rate such as 600/minute, read exactly as DRF's
+    SimpleRateThrottle.parse_rate reads it: a whole number, one slash, and a period named by its
+    first letter (`s`, `m`, `h`, `d`: `20/second`, `600/min`, `1000/hour`). ValueError if not.
+
+    The API throttle parses with this function (core.api.ApiKeyRateThrottle.parse_rate), so what
+    validate_throttle_rate accepts is what the throttle can apply."""
+    parts = rate.split("/")
+    if len(parts) != 2 or not parts[1] or parts[1][0] not in RATE_PERIODS:
+        raise ValueError(rate)
+    return int(parts[0]), RATE_PERIODS[parts[1][0]]
+
+
+def validate_throttle_rate(value: str) -> None:
+    """Refuse a per-key rate the throttle could not apply (every request of the key would fail
+    with a 500) or that allows no request at all (every request would answer 429)."""
+    try:
+        count, _seconds = throttle_rate_parse(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValidationError(
+            _(
+                "“%(value)s” is not a throttle rate: write a number of requests of at least 1, "
+                "a slash and second, minute, hour or day, such as 600/minute or 20/second."
+            ),
+            code="invalid_rate",
+            params={"value": value},
+        )
+
+
 class ApiKey(models.Model):
     """A server-to-server credential; only its hash is stored, the raw key is shown once."""
 
@@ -33,6 +69,7 @@ class ApiKey(models.Model):
         _("throttle rate"),
         max_length=30,
         blank=True,
+        validators=[validate_throttle_rate],
         help_text=_("For example 600/minute. Empty uses the site default."),
     )
     is_active = models.BooleanField(_("active"), default=True)

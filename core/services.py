@@ -1,4 +1,5 @@
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,6 +15,10 @@ def api_key_create(
     name = name.strip()
     if not name:
         raise ValidationFailed("An API key needs a name.")
+    name = _checked(field="name", value=name)
+    # A rate the throttle cannot apply would answer every request of the key with a 500, and
+    # one of 0 with a 429 (validate_throttle_rate); empty is the site default.
+    throttle_rate = _checked(field="throttle_rate", value=throttle_rate.strip())
     raw = ApiKey.generate()
     key = ApiKey.objects.create(
         name=name,
@@ -23,6 +28,15 @@ def api_key_create(
         throttle_rate=throttle_rate,
     )
     return key, raw
+
+
+def _checked(*, field: str, value: str) -> str:
+    """`value` checked by the model field's own validators (length, validate_throttle_rate),
+    which the admin's form runs too."""
+    try:
+        return ApiKey._meta.get_field(field).clean(value, None)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.messages[0], details={"field": field}) from exc
 
 
 def api_key_authenticate(*, raw: str) -> ApiKey | None:

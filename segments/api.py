@@ -4,6 +4,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from contacts.api import QueryIntegerField, WholeNumberField
 from contacts.models import Contact
 from contacts.selectors import contact_follow_merges
 from core.api import ErrorSerializer
@@ -23,11 +24,11 @@ BODY_ERRORS = {**ERRORS, 413: ErrorSerializer}
 
 
 class SegmentListQuerySerializer(serializers.Serializer):
-    after = serializers.IntegerField(
+    after = QueryIntegerField(
         required=False,
         min_value=1,
         max_value=MAX_ID,
-        help_text="`next_after` of the previous page.",
+        help_text="`next_after` of the previous page; an empty one is refused.",
     )
     kind = serializers.ChoiceField(
         choices=SegmentKind.choices,
@@ -80,12 +81,25 @@ class MembershipOutSerializer(serializers.Serializer):
 
 
 class MembersInSerializer(serializers.Serializer):
+    # JSON numbers only: "42" or 42.0 is refused, as a wrong JSON type is everywhere in the API.
     contact_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        child=WholeNumberField(min_value=1, max_value=MAX_ID),
         allow_empty=False,
         min_length=1,
         max_length=MAX_IDS,
         help_text=f"Contact ids, at most {MAX_IDS} per call.",
+    )
+
+
+class MembersQuerySerializer(serializers.Serializer):
+    """The ids of a DELETE sent in the query string (`?contact_ids=42&contact_ids=57`), which
+    writes them as text."""
+
+    contact_ids = serializers.ListField(
+        child=QueryIntegerField(min_value=1, max_value=MAX_ID),
+        allow_empty=False,
+        min_length=1,
+        max_length=MAX_IDS,
     )
 
 
@@ -116,10 +130,10 @@ def _contact(contact_id: int) -> Contact:
 def _ids(request: Request) -> list[int]:
     """The contact ids of a members call: the JSON body, or `contact_ids` query parameters
     (some proxies drop the body of a DELETE)."""
-    data = request.data
+    data, serializer = request.data, MembersInSerializer
     if not data and "contact_ids" in request.query_params:
-        data = {"contact_ids": request.query_params.getlist("contact_ids")}
-    checked = MembersInSerializer(data=data)
+        data, serializer = request.query_params, MembersQuerySerializer
+    checked = serializer(data=data)
     checked.is_valid(raise_exception=True)
     return checked.validated_data["contact_ids"]
 
@@ -129,8 +143,9 @@ class SegmentListApi(BaseApiView):
         operation_id="segments_list",
         summary="Active segments and static lists",
         description=(
-            "An unknown `kind` or a malformed `after` answers 400: a filter or cursor that was "
-            "silently ignored would answer every segment, or the first page again."
+            "An unknown `kind` or a malformed or empty `after` answers 400: a filter or cursor "
+            "that was silently ignored would answer every segment, or the first page again. An "
+            "empty `kind` is the same as leaving it out."
         ),
         parameters=[SegmentListQuerySerializer],
         responses={
