@@ -24,7 +24,13 @@ from segments.models import (
 )
 from segments.rules import validate_rule
 from segments.rules.topics import mask_topics
-from segments.scoring import score_rule_sync_tags
+from segments.scoring import (
+    lead_scores_recompute_contacts,
+    score_rule_create,
+    score_rule_delete,
+    score_rule_update,
+    score_rule_validate,
+)
 from segments.services import (
     _check_name,
     _check_policy,
@@ -284,15 +290,82 @@ class LeadScoringConfigAdmin(admin.ModelAdmin):
     list_display = ["__str__", "half_life_days", "updated_at"]
 
 
+class LeadScoreRuleAdminForm(forms.ModelForm):
+    """Checked as the scoring services check (they also do the writing: see LeadScoreRuleAdmin)."""
+
+    class Meta:
+        model = LeadScoreRule
+        fields = [
+            "name",
+            "kind",
+            "event_name",
+            "property_filters",
+            "condition",
+            "points",
+            "cap_points",
+            "cap_period",
+            "is_active",
+        ]
+
+    def service_data(self) -> dict[str, Any]:
+        return {name: self.cleaned_data.get(name) for name in self.Meta.fields}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned  # a field the service would read is already refused
+        try:
+            score_rule_validate(data=self.service_data())
+        except ValidationFailed as exc:
+            self.add_error(*self._placed(exc))
+        return cleaned
+
+    def _placed(self, exc: ValidationFailed) -> tuple[str | None, str]:
+        """The field a service error names and its message: `points: must not be zero.` goes to
+        points as `must not be zero.`; a path inside a JSON field (`property_filters[2].value`,
+        `rule.conditions[0]`, the condition being the rule) stays in the message."""
+        details = exc.details if isinstance(exc.details, dict) else {}
+        path = details.get("path") or exc.message.split(":", 1)[0]
+        head, _sep, text = exc.message.partition(": ")
+        if path.startswith("property_filters"):
+            field = "property_filters"
+        elif path.startswith("rule"):
+            field = "condition"
+        else:
+            field = path if path in self.fields else None
+        if field is None or not text:
+            return None, exc.message
+        return field, text if head in (field, "rule") else exc.message
+
+
 @admin.register(LeadScoreRule)
 class LeadScoreRuleAdmin(admin.ModelAdmin):
+    form = LeadScoreRuleAdminForm
     list_display = ["name", "kind", "event_name", "points", "cap_points", "cap_period", "is_active"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name", "event_name"]
 
-    def save_model(self, request, obj: LeadScoreRule, form, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        score_rule_sync_tags(rule=obj)
+    def save_model(self, request, obj: LeadScoreRule, form: LeadScoreRuleAdminForm, change):
+        # The services keep the rule's awards in step: an event rule re-scores its past events,
+        # a profile-fit rule re-evaluates who matches, and the tags and fields it reads are
+        # recorded. `obj` already holds the posted values, so a change starts from the stored
+        # row (the service compares the two to tell whether scoring changed).
+        if change:
+            stored = LeadScoreRule.objects.get(pk=obj.pk)
+            rule = score_rule_update(rule=stored, data=form.service_data())
+        else:
+            rule = score_rule_create(data=form.service_data())
+        obj.pk = rule.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
+
+    # Through the service, which takes the rule's points off the contacts' scores.
+    def delete_model(self, request, obj: LeadScoreRule) -> None:
+        score_rule_delete(rule=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for rule in queryset:
+            score_rule_delete(rule=rule)
 
 
 @admin.register(LeadScoreAward)
@@ -301,6 +374,27 @@ class LeadScoreAwardAdmin(admin.ModelAdmin):
     list_filter = ["rule"]
     raw_id_fields = ["contact", "event"]
     show_full_result_count = False
+
+    # The stored score is the sum of the awards: the contacts whose awards changed are scored
+    # again now, not at the nightly recompute (a moved award changes both contacts' scores).
+    def save_model(self, request, obj: LeadScoreAward, form, change: bool) -> None:
+        contact_ids = {obj.contact_id}
+        if change:
+            contact_ids |= set(
+                LeadScoreAward.objects.filter(pk=obj.pk).values_list("contact_id", flat=True)
+            )
+        super().save_model(request, obj, form, change)
+        lead_scores_recompute_contacts(contact_ids=contact_ids)
+
+    def delete_model(self, request, obj: LeadScoreAward) -> None:
+        contact_id = obj.contact_id
+        super().delete_model(request, obj)
+        lead_scores_recompute_contacts(contact_ids=[contact_id])
+
+    def delete_queryset(self, request, queryset) -> None:
+        contact_ids = set(queryset.values_list("contact_id", flat=True))
+        super().delete_queryset(request, queryset)
+        lead_scores_recompute_contacts(contact_ids=contact_ids)
 
 
 @admin.register(LeadStageThreshold)

@@ -231,7 +231,9 @@ def _field_error(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{field}: {message}", code="invalid")
 
 
-def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
+def score_rule_validate(*, data: dict[str, Any]) -> dict[str, Any]:
+    """Check a scoring rule as score_rule_create / score_rule_update will store it (the
+    admin's form shows the same errors); return the cleaned fields."""
     name = (data.get("name") or "").strip()
     if not name or len(name) > 100:
         raise _field_error("name", _("required, at most %(max)s characters.") % {"max": 100})
@@ -282,7 +284,8 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         condition = data.get("condition")
-        if not condition:
+        # An empty group would match every contact: a bonus for all is not a fit.
+        if not condition or (isinstance(condition, dict) and condition.get("conditions") == []):
             raise _field_error("condition", _("a profile-fit rule needs a condition."))
         rule_check_ids(condition)
         validate_rule(condition)
@@ -295,7 +298,7 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
 @transaction.atomic
 def score_rule_create(*, data: dict[str, Any]) -> LeadScoreRule:
     """Validate and store a scoring rule; a profile-fit rule is applied after commit."""
-    rule = LeadScoreRule.objects.create(**_clean_rule(data))
+    rule = LeadScoreRule.objects.create(**score_rule_validate(data=data))
     score_rule_sync_tags(rule=rule)
     if rule.kind == ScoreRuleKind.ATTRIBUTE and rule.is_active:
         _fit_all_after_commit()
@@ -308,7 +311,7 @@ def score_rule_create(*, data: dict[str, Any]) -> LeadScoreRule:
 def score_rule_update(*, rule: LeadScoreRule, data: dict[str, Any]) -> LeadScoreRule:
     """Change a rule; its awards follow: profile-fit awards re-evaluate, and an enabled event
     rule re-scores the past events in the back-fill window (in the background)."""
-    cleaned = _clean_rule(data)
+    cleaned = score_rule_validate(data=data)
     was_fit = rule.kind == ScoreRuleKind.ATTRIBUTE
     scoring_changed = any(getattr(rule, key) != cleaned[key] for key in BACKFILL_FIELDS)
     for key, value in cleaned.items():

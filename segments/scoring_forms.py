@@ -10,10 +10,17 @@ from contacts.models import Stage
 from core.errors import ValidationFailed
 from segments.forms import ROOT, rule_error_message, rule_from_post
 from segments.models import CapPeriod, LeadScoreRule, ScoreRuleKind
-from segments.scoring import PROPERTY_OPERATORS, threshold_stages
+from segments.scoring import MAX_PROPERTY_FILTERS, PROPERTY_OPERATORS, threshold_stages
 
-# Rows of property filters the form offers; rules needing more are edited through the admin.
+# Rows of property filters the form shows at least. A rule's page shows all of its filters plus
+# an empty row (up to the service's MAX_PROPERTY_FILTERS), "+ Property filter" adds one, and a
+# post is read up to its last row: no filter is left out of a save.
 FILTER_ROWS = 4
+# A filter row's posted field (f0_property …); at most six digits, so the index is cheap to read.
+FILTER_FIELD_RE = re.compile(r"^f(0|[1-9]\d{0,5})_(?:property|operator|value)$")
+# The "+ Property filter" button's action: the view re-renders the form (an action the profile
+# builder does not know leaves its condition as it is) and the form shows one more row.
+ADD_FILTER_ACTION = "add-score-filter"
 LIST_SPLIT_RE = re.compile(r"[,，、]")
 FILTER_PATH_RE = re.compile(r"^property_filters\[(\d+)\](?:\.(\w+))?")
 NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
@@ -79,7 +86,8 @@ class ScoreRuleForm(forms.Form):
         super().__init__(*args, **kwargs)
         operator_choices = [("", _("Operator…"))]
         operator_choices += [(op, OPERATOR_LABELS[op]) for op in PROPERTY_OPERATORS]
-        for i in range(FILTER_ROWS):
+        self.filter_count = self._filter_count()
+        for i in range(self.filter_count):
             self.fields[f"f{i}_property"] = forms.CharField(
                 label=_("Property"),
                 max_length=100,
@@ -98,6 +106,39 @@ class ScoreRuleForm(forms.Form):
         self._row_of_filter: dict[int, int] = {}
         # A rule error the builder shows at the condition it names.
         self.rule_error: ValidationFailed | None = None
+
+    def _filter_rows_in(self, data: Any) -> int:
+        """How many filter rows `data` holds: up to the last row it names."""
+        indexes = [int(m.group(1)) for key in data if (m := FILTER_FIELD_RE.match(str(key)))]
+        return max(indexes, default=-1) + 1
+
+    def _filter_count(self) -> int:
+        if self.is_bound:
+            rows = self._filter_rows_in(self.data)
+            if self.data.get("action") == ADD_FILTER_ACTION:
+                rows += 1
+            # Past the service's limit a row cannot be saved: clean() says so if one is filled.
+            return max(FILTER_ROWS, min(rows, MAX_PROPERTY_FILTERS))
+        stored = self._filter_rows_in(self.initial)
+        # A stored rule over the limit (written around the service) still shows every filter.
+        return max(FILTER_ROWS, min(stored + 1, MAX_PROPERTY_FILTERS), stored)
+
+    @property
+    def can_add_filter(self) -> bool:
+        return self.filter_count < MAX_PROPERTY_FILTERS
+
+    @property
+    def add_filter_action(self) -> str:
+        return ADD_FILTER_ACTION
+
+    def _filters_past_limit(self) -> bool:
+        """Whether the post fills a filter row past the rows the form reads."""
+        for key in self.data:
+            match = FILTER_FIELD_RE.match(str(key))
+            past = match is not None and int(match.group(1)) >= self.filter_count
+            if past and str(self.data.get(key) or "").strip():
+                return True
+        return False
 
     @property
     def kind_shown(self) -> str:
@@ -135,7 +176,7 @@ class ScoreRuleForm(forms.Form):
             "cap_period": rule.cap_period,
             "is_active": rule.is_active,
         }
-        for i, row in enumerate(rule.property_filters[:FILTER_ROWS]):
+        for i, row in enumerate(rule.property_filters):
             value = row.get("value")
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
@@ -150,7 +191,7 @@ class ScoreRuleForm(forms.Form):
     def filter_rows(self) -> list[tuple[forms.BoundField, forms.BoundField, forms.BoundField]]:
         return [
             (self[f"f{i}_property"], self[f"f{i}_operator"], self[f"f{i}_value"])
-            for i in range(FILTER_ROWS)
+            for i in range(self.filter_count)
         ]
 
     def clean(self) -> dict[str, Any]:
@@ -158,6 +199,12 @@ class ScoreRuleForm(forms.Form):
         text = (data.get("condition") or "").strip()
         data["condition_json"] = {}
         if data.get("kind") != ScoreRuleKind.ATTRIBUTE:
+            if self._filters_past_limit():
+                self.add_error(
+                    None,
+                    _("A rule takes at most %(max)s property filters.")
+                    % {"max": MAX_PROPERTY_FILTERS},
+                )
             return data
         # The event fields are hidden for a profile-fit rule and the service ignores them: what
         # was typed there before the kind changed must not hold up the save unseen.
@@ -183,7 +230,7 @@ class ScoreRuleForm(forms.Form):
     def build_filters(self) -> list[dict[str, Any]]:
         filters: list[dict[str, Any]] = []
         self._row_of_filter = {}
-        for i in range(FILTER_ROWS):
+        for i in range(self.filter_count):
             prop = self.cleaned_data.get(f"f{i}_property", "").strip()
             operator = self.cleaned_data.get(f"f{i}_operator", "")
             raw = self.cleaned_data.get(f"f{i}_value", "").strip()

@@ -382,6 +382,11 @@ def test_fit_rule_needs_a_valid_condition():
             }
         )
     assert exc.value.message.startswith("rule")
+    # An empty group matches everyone: not a profile fit.
+    empty = {"name": "x", "kind": "attribute", "points": 5}
+    with pytest.raises(ValidationFailed, match="condition"):
+        scoring.score_rule_create(data={**empty, "condition": {"op": "and", "conditions": []}})
+    assert not LeadScoreRule.objects.exists()
 
 
 def test_deleting_a_rule_removes_its_points():
