@@ -22,13 +22,14 @@ from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core import jobs
 from core.models import Job
+from core.sql import delete_returning, insert_new
 
 logger = logging.getLogger(__name__)
 
 JOB_KIND = "contacts.bulk_tag"
 # Up to this many contacts the request does the work itself (well under a second on SQLite).
 INLINE_LIMIT = 500
-# Contacts per transaction: 1,000 keeps each batch (read tagged ids, bulk insert or delete, append
+# Contacts per transaction: 1,000 keeps each batch (insert or delete returning who changed, append
 # events) around 0.1 s on SQLite and PostgreSQL and well under SQLite's parameter limit.
 BATCH_SIZE = 1000
 # Batches per task run before the task re-enqueues itself, so a worker restart loses little.
@@ -93,27 +94,26 @@ def _tag_batch(
     now = timezone.now()
     moved = 0
     with transaction.atomic():
-        tagged = set(
-            ContactTag.objects.filter(tag=tag, contact_id__in=ids).values_list(
-                "contact_id", flat=True
-            )
-        )
+        # Who changed is what this transaction's own statement inserted or deleted: a read
+        # before it would be stale once a concurrent copy of the same action (a double submit,
+        # a retry) or a single tag add committed first, and both would count and record every
+        # contact. The statements wait for each other's rows, and each row goes to one of them.
         if add:
-            changed = [pk for pk in ids if pk not in tagged]
-            ContactTag.objects.bulk_create(
+            changed = insert_new(
+                ContactTag,
                 [
-                    ContactTag(
-                        contact_id=pk,
-                        tag=tag,
-                        source=TagSource.MANUAL,
-                        actor=actor,
-                        created_at=now,
-                        expires_at=expires_at,
-                    )
-                    for pk in changed
+                    {
+                        "contact_id": pk,
+                        "tag": tag,
+                        "source": TagSource.MANUAL,
+                        "actor": actor,
+                        "created_at": now,
+                        "expires_at": expires_at,
+                    }
+                    # In id order, as every batch: two never wait for each other's rows crosswise.
+                    for pk in sorted(ids)
                 ],
-                # A concurrent single tag-add may win a row; the constraint keeps one.
-                ignore_conflicts=True,
+                returning="contact",
             )
             if expires_at is not None:
                 # Rows already there (or won by a concurrent add) take the new expiry too.
@@ -125,8 +125,10 @@ def _tag_batch(
                     .update(expires_at=expires_at)
                 )
         else:
-            changed = sorted(tagged)
-            ContactTag.objects.filter(tag=tag, contact_id__in=changed).delete()
+            changed = delete_returning(
+                ContactTag.objects.filter(tag=tag, contact_id__in=ids), returning="contact"
+            )
+        changed = sorted(changed)
         if changed:
             properties: dict[str, Any] = {
                 "tag_id": tag.pk,

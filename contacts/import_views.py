@@ -265,6 +265,10 @@ def import_mapping(request: HttpRequest, pk: int) -> HttpResponse:
             # REMOTE_ADDR only, as core.audit records it: X-Forwarded-For is client-controlled.
             ip = request.META.get("REMOTE_ADDR") or None
             importers.import_start(job=job, spec=spec, ip=ip)
+        except importers.ImportAlreadyStarted:
+            # Another request (a double click) started it since this one loaded the job: the
+            # answer every click on a started import gets, as above.
+            return redirect("contacts_io:job", pk=job.pk)
         except DomainError as exc:
             error = exc.message
         else:

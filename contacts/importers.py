@@ -2372,16 +2372,26 @@ def _write_changes_generic(
 # --- Running ----------------------------------------------------------------------------------
 
 
+class ImportAlreadyStarted(ValidationFailed):
+    """The import was started already (a second click, a resent form), or ended without
+    starting (its upload expired): the job page says which."""
+
+
 def import_start(*, job: Job, spec: ImportSpec, ip: str | None = None) -> Job:
     """Record the operator's choices on the job and enqueue it after commit.
 
     `ip`: the address the import was started from, for the audit entry the job writes.
+
+    Started once however many times it is asked: the job is claimed by one conditional UPDATE
+    (still queued, not yet started), not by the caller's copy of it, which two requests at once
+    (a double click) both loaded unstarted. The one whose UPDATE found the job enqueues it;
+    any other raises ImportAlreadyStarted.
     """
     from contacts import tasks
 
     if job.status != JobStatus.QUEUED or job.params.get("started"):
-        raise ValidationFailed(_("This import has already been started."))
-    job.params = {
+        raise ImportAlreadyStarted(_("This import has already been started."))
+    params = {
         **job.params,
         "mapping": spec.mapping,
         "key": spec.key,
@@ -2390,9 +2400,19 @@ def import_start(*, job: Job, spec: ImportSpec, ip: str | None = None) -> Job:
         "language": translation.get_language(),
         "ip": ip or None,
     }
-    job.save(update_fields=["params"])
-    job_id = job.pk
-    transaction.on_commit(lambda: tasks.import_contacts.delay(job_id))
+    with transaction.atomic():
+        # A second UPDATE waits for the first's row lock (PostgreSQL) or write lock (SQLite),
+        # then finds the row started and changes nothing. "started" is only ever set to True.
+        claimed = (
+            Job.objects.filter(pk=job.pk, kind=JOB_KIND, status=JobStatus.QUEUED)
+            .exclude(params__has_key="started")
+            .update(params=params)
+        )
+        if not claimed:
+            raise ImportAlreadyStarted(_("This import has already been started."))
+        job_id = job.pk
+        transaction.on_commit(lambda: tasks.import_contacts.delay(job_id))
+    job.params = params
     return job
 
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -119,6 +119,11 @@ def job_of_kind(*, kind: str, job_id: object) -> Job | None:
     return Job.objects.filter(kind=kind, pk=pk).first()
 
 
+# Class key of the transaction-scoped PostgreSQL advisory locks of job_request_once (the second
+# key is the kind's hash): two 32-bit keys, a space apart from the single-key locks ("JOBS").
+REQUEST_LOCK_CLASS = 0x4A4F_4253
+
+
 def job_request_once(
     *,
     kind: str,
@@ -127,12 +132,25 @@ def job_request_once(
     enqueue: Callable[[int], Any],
 ) -> Job:
     """The job of `kind` already queued or running, else a new one that `enqueue(job_id)` sends
-    to its task after commit: a second click while one is pending would only repeat the work."""
-    active = job_active(kind=kind, stale_after=stale_after)
-    if active is not None:
-        return active
-    job = job_create(kind=kind, created_by=actor)
-    transaction.on_commit(lambda: enqueue(job.pk))
+    to its task after commit: a second click while one is pending would only repeat the work.
+
+    The check and the insert are serialised per kind, or two clicks at once would each find no
+    job and queue one. PostgreSQL: a transaction-scoped advisory lock on the kind, taken before
+    the check; the check, a statement after it, sees a job the lock's previous holder committed.
+    SQLite: the settings open every transaction with BEGIN IMMEDIATE (transaction_mode), which
+    takes the database's write lock before the check, so the atomic block alone serialises it.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [REQUEST_LOCK_CLASS, kind]
+                )
+        active = job_active(kind=kind, stale_after=stale_after)
+        if active is not None:
+            return active
+        job = job_create(kind=kind, created_by=actor)
+        transaction.on_commit(lambda: enqueue(job.pk))
     return job
 
 
