@@ -13,6 +13,7 @@ from contacts.models import (
     Event,
 )
 from contacts.services.events import event_record
+from contacts.services.profile import contact_lock_survivor
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.sql import contains_nul
@@ -87,6 +88,8 @@ def consent_record(
 ) -> ConsentRecord:
     """Append a consent record and make it the contact's current state for channel/purpose.
 
+    Recorded on the contact that absorbed `contact` when it was merged.
+
     Safe to retry: a call with the `request_id` of an earlier one returns that call's record,
     and a call without one that repeats the current record (same state, source, notice version,
     evidence and actor) returns it; neither appends a record or an event.
@@ -156,8 +159,10 @@ def consent_record(
         "actor_id": actor.pk if actor is not None else None,
     }
     # One consent call per contact at a time: two copies of a retried call must not both miss
-    # each other's record and both append one.
-    list(Contact.objects.select_for_update().filter(pk=contact.pk).values_list("pk"))
+    # each other's record and both append one. The consent is the person's: on a merged
+    # contact (or one whose merge commits while this waits) it goes to the contact that
+    # absorbed it, or a withdrawal would leave the survivor consenting.
+    contact = contact_lock_survivor(contact=contact, lock="update")
     if request_id:
         earlier = _record_of_request(request_id)
         if earlier is not None:

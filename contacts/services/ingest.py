@@ -170,25 +170,97 @@ def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> in
     return identify(identities=item.identities, source=item.source, via="events").contact.pk
 
 
+class _ContactsMerged(Exception):
+    """Some of a batch's contacts were merged since the batch resolved them."""
+
+
+def _lock_contacts(events: list[Event]) -> None:
+    """Lock the events' contacts against a merge, in id order, in one statement; raise
+    _ContactsMerged when any of them turns out merged (the batch resolved its contacts without
+    a lock: a merge may have committed since, or while this waited for its lock).
+
+    KEY SHARE: the lock the events' foreign-key checks take at commit anyway, taken first and
+    in one order. It waits for a merge's FOR UPDATE, and lets profile updates (NO KEY UPDATE)
+    through. A merge locks its two contacts in id order too, so neither holds a lock the other
+    needs while waiting for one it holds.
+    """
+    ids = sorted({e.contact_id for e in events})
+    table = connection.ops.quote_name(Contact._meta.db_table)
+    if connection.vendor == "postgresql":
+        # Every contact is locked (a condition on merged_into_id would skip the rows a merge is
+        # changing, without waiting); the count reads each row as it is once its lock is had.
+        rows = (
+            f"SELECT merged_into_id FROM {table} WHERE id = ANY(%s::bigint[]) "
+            "ORDER BY id FOR KEY SHARE"
+        )
+        params: list = [bigint_array(ids)]
+    else:
+        rows = f"SELECT merged_into_id FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
+        params = ids
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(merged_into_id) FROM ({rows}) AS batch", params)
+        (merged,) = cursor.fetchone()
+    if merged:
+        raise _ContactsMerged()
+
+
+def _follow_merges(events: list[Event]) -> None:
+    """Point each event of a merged contact at the contact that absorbed it."""
+    ids = {e.contact_id for e in events}
+    merged = {
+        pk: contact_follow_merges(contact=Contact(pk=pk, merged_into_id=into)).pk
+        for pk, into in Contact.objects.filter(pk__in=ids, merged_into__isnull=False).values_list(
+            "pk", "merged_into_id"
+        )
+    }
+    for event in events:
+        event.contact_id = merged.get(event.contact_id, event.contact_id)
+
+
+def _on_survivors(events: list[Event], write) -> None:
+    """Run `write()` in a transaction (a savepoint inside the caller's) that holds a lock on
+    each of the events' contacts, none of them merged: an event stored on a merged contact
+    would be lost to its survivor's timeline, segments and points.
+
+    Events of a contact found merged are moved to its survivor and the block runs again; the
+    rollback releases the locks taken, so the next attempt locks the new set in id order.
+    """
+    while True:
+        try:
+            with transaction.atomic():
+                _lock_contacts(events)
+                write()
+            return
+        except _ContactsMerged:
+            _follow_merges(events)
+
+
 def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
     """Insert events, returning the batch indexes actually stored (a racing retry may win)."""
     if not rows:
         return set()
+    events = [e for _, e in rows]
+
+    def insert_all() -> None:
+        _insert_events(events)
+        events_stored(events)
+
     try:
-        with transaction.atomic():
-            _insert_events([e for _, e in rows])
-            events_stored([e for _, e in rows])
+        _on_survivors(events, insert_all)
         return {i for i, _ in rows}
     except IntegrityError:
         pass
     # A concurrent call stored some of these ids first: fall back to one savepoint per event.
     stored: set[int] = set()
     for index, event in rows:
+
+        def insert_one(event: Event = event) -> None:
+            event.pk = None
+            event.save(force_insert=True)
+            events_stored([event])
+
         try:
-            with transaction.atomic():
-                event.pk = None
-                event.save(force_insert=True)
-                events_stored([event])
+            _on_survivors([event], insert_one)
             stored.add(index)
         except IntegrityError:
             continue

@@ -15,10 +15,11 @@ from contacts.models import (
     TagSource,
 )
 from contacts.services.events import event_record, events_append
+from contacts.services.profile import contact_lock_survivor
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.ids import parse_id
-from core.sql import contains_nul
+from core.sql import contains_nul, insert_new
 
 
 def tag_expiry_check(*, expires_at: dt.datetime | None) -> dt.datetime | None:
@@ -36,6 +37,57 @@ def tag_expiry_check(*, expires_at: dt.datetime | None) -> dt.datetime | None:
     return expires_at
 
 
+def _tag_assign(
+    *,
+    contact: Contact,
+    tag: Tag,
+    actor: AbstractBaseUser | None,
+    source: str,
+    expires_at: dt.datetime | None,
+) -> bool:
+    """Give `contact` the tag, or set the expiry of the one it has; True when it is new.
+
+    Never a read then a write: the expiry task may be deleting the row read (its batch locks
+    and deletes, then commits after its events), and an update of it would then change nothing
+    and answer "already had it" for a tag gone. The insert skips a row another transaction
+    holds (ON CONFLICT DO NOTHING), and waits for one being deleted: gone at its commit, the
+    tag is inserted anew (a new tag, as the expiry wrote tag_removed). A row found is locked
+    before its expiry changes, and if the expiry task deleted it in between, inserted again.
+    """
+    while True:
+        if insert_new(
+            ContactTag,
+            [
+                {
+                    "contact_id": contact.pk,
+                    "tag_id": tag.pk,
+                    "source": source,
+                    "actor_id": actor.pk if actor is not None else None,
+                    "expires_at": expires_at,
+                }
+            ],
+            returning="id",
+        ):
+            return True
+        row = (
+            ContactTag.objects.select_for_update(of=("self",))
+            .filter(contact=contact, tag=tag)
+            .values("pk", "expires_at", "source")
+            .first()
+        )
+        if row is None:
+            continue  # deleted (by the expiry task, an untagging) since the insert looked
+        # A tag an auto-tag rule keeps belongs to its segment: an expiry would take it off a
+        # member that the rule (which tags on entry only) would never give back.
+        if (
+            expires_at is not None
+            and row["expires_at"] != expires_at
+            and row["source"] != TagSource.RULE
+        ):
+            ContactTag.objects.filter(pk=row["pk"]).update(expires_at=expires_at)
+        return False
+
+
 @transaction.atomic
 def contact_tag_add(
     *,
@@ -49,30 +101,24 @@ def contact_tag_add(
 
     With `expires_at` the tag is removed then (by the expiry task); re-adding a tag the contact
     has sets its expiry to the new one. Without it an existing tag's expiry is left as it is.
+    A merged contact's tag goes to the contact that absorbed it.
     """
     expires_at = tag_expiry_check(expires_at=expires_at)
-    row, created = ContactTag.objects.get_or_create(
-        contact=contact,
-        tag=tag,
-        defaults={"source": source, "actor": actor, "expires_at": expires_at},
+    # KEY SHARE, what the assignment's foreign-key check takes anyway: it waits for a merge of
+    # the contact (a tag put on the hidden duplicate would be lost), not for other writers.
+    contact = contact_lock_survivor(contact=contact, lock="key_share")
+    created = _tag_assign(
+        contact=contact, tag=tag, actor=actor, source=source, expires_at=expires_at
     )
-    # A tag an auto-tag rule keeps belongs to its segment: an expiry would take it off a
-    # member that the rule (which tags on entry only) would never give back.
-    if (
-        not created
-        and expires_at is not None
-        and row.expires_at != expires_at
-        and row.source != TagSource.RULE
-    ):
-        ContactTag.objects.filter(pk=row.pk).update(expires_at=expires_at)
     if created:
         properties = {"tag_id": tag.pk, "tag": str(tag), "source": source}
         if expires_at is not None:
             properties["expires_at"] = expires_at.isoformat()
         event_record(contact=contact, name="tag_added", properties=properties)
+        contact_id = contact.pk
         transaction.on_commit(
             lambda: contact_changed.send(
-                sender=Contact, contact_ids=[contact.pk], changed=["tags"]
+                sender=Contact, contact_ids=[contact_id], changed=["tags"]
             ),
             robust=True,
         )
@@ -83,7 +129,11 @@ def contact_tag_add(
 def contact_tag_remove(
     *, contact: Contact, tag: Tag, actor: AbstractBaseUser | None = None
 ) -> bool:
-    """Remove a tag from a contact; return False when it did not have it."""
+    """Remove a tag from a contact; return False when it did not have it.
+
+    A merged contact's tag comes off the contact that absorbed it (where the merge moved it).
+    """
+    contact = contact_lock_survivor(contact=contact, lock="key_share")
     deleted, _by_model = ContactTag.objects.filter(contact=contact, tag=tag).delete()
     if deleted:
         event_record(
@@ -91,9 +141,10 @@ def contact_tag_remove(
             name="tag_removed",
             properties={"tag_id": tag.pk, "tag": str(tag)},
         )
+        contact_id = contact.pk
         transaction.on_commit(
             lambda: contact_changed.send(
-                sender=Contact, contact_ids=[contact.pk], changed=["tags"]
+                sender=Contact, contact_ids=[contact_id], changed=["tags"]
             ),
             robust=True,
         )
