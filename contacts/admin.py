@@ -1,3 +1,5 @@
+import json
+import re
 from typing import Any
 
 from django import forms
@@ -358,6 +360,61 @@ class _CustomFieldSaveRefused(Exception):
         self.refusal = refusal
 
 
+# What operators type between choices: commas (ASCII or full-width), 、 and line breaks.
+CHOICE_SEPARATORS = re.compile(r"[,，、\r\n]+")
+
+
+class _TypedChoices(str):
+    """The choices as typed, shown again as they are on a form with errors."""
+
+
+class ChoiceListField(forms.JSONField):
+    """A custom field's choices typed as a list: 瑜伽,跑步 or 瑜伽、跑步 or one per line, or
+    as a JSON list. The model's clean() then checks the list (texts, distinct, needed)."""
+
+    default_error_messages = {
+        "invalid": _(
+            "Separate the choices with commas or line breaks, or give a JSON list such as "
+            '["S", "M"].'
+        ),
+    }
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or isinstance(value, list):
+            return value
+        text = str(value or "").strip()
+        if not text:
+            return []
+        if not text.startswith("["):
+            return [part.strip() for part in CHOICE_SEPARATORS.split(text) if part.strip()]
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if self.disabled:
+            return initial
+        return None if data is None else _TypedChoices(data)
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        # One per line, as an operator types them; JSON when that would not read back the same.
+        if isinstance(value, list) and all(
+            isinstance(c, str) and c == c.strip() and c and not CHOICE_SEPARATORS.search(c)
+            for c in value
+        ):
+            return "\n".join(value)
+        return json.dumps(value, ensure_ascii=False)
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        try:
+            return self.to_python(data) != (initial if initial is not None else [])
+        except forms.ValidationError:
+            return True
+
+
 class CustomFieldAdminForm(forms.ModelForm):
     # Set (on a subclass made for one request) when the save path refused this very data.
     late_refusal: ValidationFailed | None = None
@@ -365,6 +422,8 @@ class CustomFieldAdminForm(forms.ModelForm):
     class Meta:
         model = CustomField
         fields = ["key", "label", "kind", "choices", "position", "is_active"]
+        field_classes = {"choices": ChoiceListField}
+        widgets = {"choices": forms.Textarea(attrs={"rows": 4})}
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -4,6 +4,7 @@ profile field names. Every page that shows one of these codes reads its label fr
 from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist
 from django.utils import translation
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from contacts.models import ConsentChannel, Contact, CustomField, TagSource
@@ -113,9 +114,11 @@ def custom_field_labels() -> dict[str, str]:
 
 
 def contact_field_label(key: str, *, custom: dict[str, str]) -> str:
-    """A profile field's verbose name, a custom field's label, or the key for any other trait."""
+    """A profile field's verbose name as a label ("Name", "姓名"), a custom field's label, or
+    the key for any other trait."""
     try:
-        return str(Contact._meta.get_field(key).verbose_name)
+        # Capitalised: lower-case English verbose names ("name", "phone") read as raw keys.
+        return capfirst(str(Contact._meta.get_field(key).verbose_name))
     except FieldDoesNotExist:
         return custom.get(key, key)
 

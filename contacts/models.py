@@ -100,7 +100,13 @@ class CustomField(models.Model):
     label = models.CharField(_("label"), max_length=50)
     kind = models.CharField(_("type"), max_length=20, choices=CustomFieldKind.choices)
     choices = models.JSONField(
-        _("choices"), default=list, blank=True, help_text=_("For choice fields: the options.")
+        _("choices"),
+        default=list,
+        blank=True,
+        help_text=_(
+            "For choice fields: the options, separated by commas or 、, or one per line "
+            '(a JSON list such as ["S", "M"] works too).'
+        ),
     )
     position = models.PositiveSmallIntegerField(_("position"), default=0)
     is_active = models.BooleanField(_("active"), default=True)

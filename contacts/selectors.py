@@ -12,7 +12,6 @@ from django.utils.text import Truncator
 
 from contacts import labels, pii, roles
 from contacts.models import (
-    PROFILE_COLUMNS,
     Consent,
     ConsentRecord,
     Contact,
@@ -573,50 +572,118 @@ def contact_merge_candidates(
     return list(qs.select_related("lifecycle_stage").order_by("-pk")[:limit])
 
 
-# Fields compared side by side in the merge preview, in display order.
-MERGE_PREVIEW_FIELDS = (
-    *PROFILE_COLUMNS,
-    "utm_source",
-    "utm_campaign",
-    "lifecycle_stage",
-    "owner",
-    "store",
-)
+# Contact columns the merge goes through that the preview leaves out: the merge link (empty on
+# both, or the merge is refused) and the lead score columns, which segments scores again once the
+# merge is done (segments.scoring.lead_scores_merge), so the merge's own fill-in does not stay.
+MERGE_PREVIEW_HIDDEN = {"merged_into_id", "lead_score", "lead_score_at", "lead_score_engagement"}
+
+
+def merge_preview_fields() -> list:
+    """The contact columns the merge fills or combines (the merge's own list), in model order."""
+    # Imported here: contacts.services imports this module (identify follows merges).
+    from contacts.services.merge import MERGE_SKIP_FIELDS
+
+    return [
+        f
+        for f in Contact._meta.concrete_fields
+        if f.attname not in MERGE_SKIP_FIELDS
+        and f.name not in MERGE_SKIP_FIELDS
+        and f.attname not in MERGE_PREVIEW_HIDDEN
+    ]
+
+
+def _merged_value(attname: str, mine: object, theirs: object) -> object:
+    """The value contact_merge leaves in the survivor's column (the same rule, column by column:
+    the first sighting is the earlier one, the last sightings the later ones, and an empty
+    column takes the duplicate's value)."""
+    from contacts.services.merge import _is_blank
+
+    if attname == "first_seen_at" and mine and theirs:
+        return min(mine, theirs)
+    if attname in ("last_seen_at", "last_active_at") and mine and theirs:
+        return max(mine, theirs)
+    if _is_blank(mine) and not _is_blank(theirs):
+        return theirs
+    return mine
+
+
+def _has_value(value: object) -> bool:
+    return value not in (None, "", [])
+
+
+def _attribute_display(value: object) -> object:
+    if isinstance(value, bool):
+        return "✓" if value else "✗"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else value
+
+
+def _merge_preview_attribute_rows(*, survivor: Contact, duplicate: Contact) -> list[dict]:
+    """One row per custom field (or other trait) either contact has a value for.
+
+    As the merge does: the survivor keeps every trait it has, and takes those it has not."""
+    mine = survivor.attributes if isinstance(survivor.attributes, dict) else {}
+    theirs = duplicate.attributes if isinstance(duplicate.attributes, dict) else {}
+    keys = {k for k in (*mine, *theirs) if _has_value(mine.get(k)) or _has_value(theirs.get(k))}
+    if not keys:
+        return []
+    # Retired fields too: their values still move with the merge.
+    defined = list(
+        CustomField.objects.filter(key__in=keys)
+        .order_by("position", "key")
+        .values_list("key", "label")
+    )
+    labelled = {key for key, _label in defined}
+    ordered = [*defined, *((key, key) for key in sorted(keys - labelled))]
+    rows = []
+    for key, label in ordered:
+        from_duplicate = key not in mine and key in theirs
+        result = theirs.get(key) if from_duplicate else mine.get(key)
+        rows.append(
+            {
+                "name": f"attributes.{key}",
+                "label": label,
+                "survivor": _attribute_display(mine.get(key)),
+                "duplicate": _attribute_display(theirs.get(key)),
+                "result": _attribute_display(result),
+                "from_duplicate": from_duplicate,
+                "personal": False,
+                "raw_survivor": mine.get(key),
+                "raw_duplicate": theirs.get(key),
+                "raw_result": result,
+            }
+        )
+    return rows
 
 
 def contact_merge_preview(*, survivor: Contact, duplicate: Contact) -> dict:
     """What a merge of `duplicate` into `survivor` keeps: field by field, and row counts.
 
-    The survivor keeps its own values and fills its empty fields from the duplicate.
+    Every column the merge goes through, then the custom fields either contact has a value for;
+    "result" is what the survivor holds once merged (tests compare it with a real merge).
     """
     rows = []
-    for name in MERGE_PREVIEW_FIELDS:
-        field = Contact._meta.get_field(name)
+    for field in merge_preview_fields():
         mine = getattr(survivor, field.attname)
         theirs = getattr(duplicate, field.attname)
-        empty = mine in (None, "") or (name == "gender" and mine == "unknown")
-        result, from_duplicate = (
-            (theirs, True)
-            if empty and theirs not in (None, "")
-            else (
-                mine,
-                False,
-            )
-        )
+        result = _merged_value(field.attname, mine, theirs)
+        from_duplicate = result != mine
         rows.append(
             {
-                "name": name,
+                "name": field.name,
                 "label": field.verbose_name,
                 "survivor": _display(survivor, field, mine),
                 "duplicate": _display(duplicate, field, theirs),
                 "result": _display(duplicate if from_duplicate else survivor, field, result),
                 "from_duplicate": from_duplicate,
-                "personal": name in ("phone", "email"),
+                "personal": field.name in ("phone", "email"),
                 "raw_survivor": mine,
                 "raw_duplicate": theirs,
                 "raw_result": result,
             }
         )
+    rows += _merge_preview_attribute_rows(survivor=survivor, duplicate=duplicate)
     counts = {}
     for key, model in (
         ("identities", Identity),

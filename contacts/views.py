@@ -24,9 +24,9 @@ from contacts import bulk, pii, roles, selectors, services
 from contacts.filters import ContactFilter, contact_filter_checked
 from contacts.forms import BulkTagForm, ConsentForm, ContactEditForm, NoteForm, TagAddForm
 from contacts.labels import contact_ref
-from contacts.models import Contact, Note
+from contacts.models import ConsentChannel, ConsentPurpose, Contact, Note
 from core import jobs
-from core.audit import audit_log
+from core.audit import audit_log, request_ip
 from core.errors import DomainError, ValidationFailed
 from core.htmx import htmx_target, is_fragment_request, redirect_or_fragment, render_page
 from core.ids import parse_id
@@ -518,18 +518,21 @@ def _submit(
     form: forms.Form,
     save: Callable[[dict], object],
     *,
-    success: str,
+    success: str | Callable[[dict], str],
     failure: str,
 ) -> forms.Form | None:
     """Validate a 360-page form and save it through a service; return the form to show again
-    with its errors, or None once saved. A full page gets the errors as a toast too."""
+    with its errors, or None once saved. A full page gets the errors as a toast too.
+
+    `success` is the toast, or makes it from the saved data (to say what was done)."""
     if form.is_valid():
         try:
             save(form.cleaned_data)
         except ValidationFailed as exc:
             form.add_error(None, exc.message)
         else:
-            messages.success(request, success)
+            text = success(form.cleaned_data) if callable(success) else success
+            messages.success(request, text)
             return None
     if not is_fragment_request(request):
         text = " ".join(str(e) for errors in form.errors.values() for e in errors)
@@ -582,7 +585,7 @@ def contact_consent(request: HttpRequest, pk: int) -> HttpResponse:
             evidence={"note": data["evidence"]} if data["evidence"] else None,
             actor=request.user,
         ),
-        success=_("Consent recorded."),
+        success=_consent_toast,
         failure=_("The consent was not recorded: %(errors)s"),
     )
     return redirect_or_fragment(
@@ -592,6 +595,17 @@ def contact_consent(request: HttpRequest, pk: int) -> HttpResponse:
         fragment="contact-consent",
         context=_consent_context(contact, form),
     )
+
+
+def _consent_toast(data: dict) -> str:
+    """What the consent form recorded: a grant or a withdrawal, for which channel and purpose."""
+    names = {
+        "channel": dict(ConsentChannel.choices).get(data["channel"], data["channel"]),
+        "purpose": dict(ConsentPurpose.choices).get(data["purpose"], data["purpose"]),
+    }
+    if data["granted"]:
+        return _("Consent granted: %(channel)s · %(purpose)s.") % names
+    return _("Consent withdrawn: %(channel)s · %(purpose)s.") % names
 
 
 # --- Manual merge and undo -------------------------------------------------------------------
@@ -634,7 +648,11 @@ def contact_merge_preview(request: HttpRequest, pk: int, other_pk: int) -> HttpR
     if request.method == "POST":
         try:
             record = services.contact_merge(
-                survivor=survivor, duplicate=duplicate, actor=request.user, reason="manual"
+                survivor=survivor,
+                duplicate=duplicate,
+                actor=request.user,
+                reason="manual",
+                ip=request_ip(request),
             )
         except DomainError as exc:
             messages.error(request, exc.message)
@@ -695,7 +713,9 @@ def contact_merge_undo(request: HttpRequest, record_id: int) -> HttpResponse:
     record = get_object_or_404(selectors.merge_record_visible_to(user=request.user), pk=record_id)
     _toast_outcome(
         request,
-        lambda: services.contact_merge_undo(record=record, actor=request.user),
+        lambda: services.contact_merge_undo(
+            record=record, actor=request.user, ip=request_ip(request)
+        ),
         success=_("Merge undone: “%(name)s” is a separate contact again.")
         % {"name": record.duplicate.display_name},
     )
@@ -710,7 +730,9 @@ def contact_merge_block(request: HttpRequest, pk: int, other_pk: int) -> HttpRes
     contact, other = _get_contact(request, pk), _get_contact(request, other_pk)
     _toast_outcome(
         request,
-        lambda: services.merge_block_add(contact=contact, other=other, actor=request.user),
+        lambda: services.merge_block_add(
+            contact=contact, other=other, actor=request.user, ip=request_ip(request)
+        ),
         success=_("“%(name)s” is marked as not the same person; the two will not be merged.")
         % {"name": other.display_name},
     )
@@ -722,7 +744,9 @@ def contact_merge_block(request: HttpRequest, pk: int, other_pk: int) -> HttpRes
 @permission_required("contacts.merge_contact", raise_exception=True)
 def contact_merge_unblock(request: HttpRequest, pk: int, other_pk: int) -> HttpResponse:
     contact, other = _get_contact(request, pk), _get_contact(request, other_pk)
-    if services.merge_block_remove(contact=contact, other=other, actor=request.user):
+    if services.merge_block_remove(
+        contact=contact, other=other, actor=request.user, ip=request_ip(request)
+    ):
         messages.success(
             request,
             _("“%(name)s” may be merged with this contact again.") % {"name": other.display_name},

@@ -76,13 +76,21 @@ def _ids(qs) -> list[int]:
     return list(qs.order_by("pk").values_list("pk", flat=True))
 
 
-def _audit(*, actor: AbstractBaseUser | None, action: str, contact: Contact, details: dict) -> None:
+def _audit(
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    contact: Contact,
+    details: dict,
+    ip: str | None = None,
+) -> None:
     AuditLog.objects.create(
         actor=actor if actor is not None and actor.is_authenticated else None,
         action=action,
         object_type="contacts.contact",
         object_id=str(contact.pk),
         details=details,
+        ip=ip,
     )
 
 
@@ -92,10 +100,13 @@ def contact_merge(
     duplicate: Contact,
     actor: AbstractBaseUser | None = None,
     reason: str = "manual",
+    ip: str | None = None,
 ) -> MergeRecord:
-    """Merge `duplicate` into `survivor`, recording what moved so that it can be undone."""
+    """Merge `duplicate` into `survivor`, recording what moved so that it can be undone.
+
+    `ip` is the address an operator asked from (core.audit.request_ip), for the audit log."""
     return atomic_retrying_deadlocks(
-        lambda: _merge(survivor=survivor, duplicate=duplicate, actor=actor, reason=reason),
+        lambda: _merge(survivor=survivor, duplicate=duplicate, actor=actor, reason=reason, ip=ip),
         attempts=MERGE_ATTEMPTS,
         exhausted=lambda: MergeContended(
             _(
@@ -107,7 +118,12 @@ def contact_merge(
 
 
 def _merge(
-    *, survivor: Contact, duplicate: Contact, actor: AbstractBaseUser | None, reason: str
+    *,
+    survivor: Contact,
+    duplicate: Contact,
+    actor: AbstractBaseUser | None,
+    reason: str,
+    ip: str | None,
 ) -> MergeRecord:
     if survivor.pk == duplicate.pk:
         raise MergeRefused(_("A contact cannot be merged into itself."))
@@ -228,6 +244,7 @@ def _merge(
         action="contact.merge",
         contact=survivor,
         details={"duplicate_id": duplicate.pk, "merge_id": record.pk, "reason": reason},
+        ip=ip,
     )
     return record
 
@@ -294,11 +311,13 @@ def _consent_follow_records(contact: Contact) -> None:
         )
 
 
-def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = None) -> Contact:
+def contact_merge_undo(
+    *, record: MergeRecord, actor: AbstractBaseUser | None = None, ip: str | None = None
+) -> Contact:
     """Undo a merge: move every recorded row back and restore both contacts; return the
     restored duplicate."""
     return atomic_retrying_deadlocks(
-        lambda: _merge_undo(record=record, actor=actor),
+        lambda: _merge_undo(record=record, actor=actor, ip=ip),
         attempts=MERGE_ATTEMPTS,
         exhausted=lambda: MergeContended(
             _(
@@ -309,7 +328,7 @@ def contact_merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None = 
     )
 
 
-def _merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None) -> Contact:
+def _merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None, ip: str | None) -> Contact:
     record = MergeRecord.objects.select_for_update().get(pk=record.pk)
     if record.undone_at is not None:
         raise MergeRefused(_("This merge was already undone."), code="already_undone")
@@ -365,7 +384,7 @@ def _merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None) -> Conta
     record.undone_at = timezone.now()
     record.save(update_fields=["undone_at"])
     # Otherwise the next identify carrying the same strong identities merges them again.
-    merge_block_add(contact=survivor, other=duplicate, actor=actor, reason="merge undone")
+    merge_block_add(contact=survivor, other=duplicate, actor=actor, reason="merge undone", ip=ip)
     # References whose row was deleted since the merge (a store, an owner), per contact.
     not_restored = {
         str(contact.pk): fields
@@ -384,7 +403,7 @@ def _merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None) -> Conta
     details: dict[str, Any] = {"duplicate_id": duplicate.pk, "merge_id": record.pk}
     if not_restored:
         details["not_restored"] = not_restored
-    _audit(actor=actor, action="contact.merge_undo", contact=survivor, details=details)
+    _audit(actor=actor, action="contact.merge_undo", contact=survivor, details=details, ip=ip)
     return duplicate
 
 
@@ -413,6 +432,7 @@ def merge_block_add(
     other: Contact,
     actor: AbstractBaseUser | None = None,
     reason: str = "manual",
+    ip: str | None = None,
 ) -> MergeBlock:
     """Declare two contacts different people, so that nothing merges them (idempotent)."""
     if contact.pk == other.pk:
@@ -432,13 +452,18 @@ def merge_block_add(
             action="contact.merge_block",
             contact=contact,
             details={"other_id": other.pk, "reason": block.reason},
+            ip=ip,
         )
     return block
 
 
 @transaction.atomic
 def merge_block_remove(
-    *, contact: Contact, other: Contact, actor: AbstractBaseUser | None = None
+    *,
+    contact: Contact,
+    other: Contact,
+    actor: AbstractBaseUser | None = None,
+    ip: str | None = None,
 ) -> bool:
     """Allow two contacts declared distinct to be merged again; False when they were not."""
     low, high = _pair(contact.pk, other.pk)
@@ -449,5 +474,6 @@ def merge_block_remove(
             action="contact.merge_unblock",
             contact=contact,
             details={"other_id": other.pk},
+            ip=ip,
         )
     return bool(deleted)

@@ -6,6 +6,7 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q
 from django.urls import reverse
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from contacts import labels, pii, roles, selectors
 from contacts.labels import EVENT_LABELS as EVENT_LABELS  # read from here by older code and tests
@@ -194,11 +195,16 @@ def _import_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> lis
         if isinstance(kind, str) and kind not in fields
     ]
     if names:
-        parts.append(", ".join(names))
+        parts.append(_list(names))
     tags = [str(t) for t in props.get("tags") or [] if t]
     if tags:
-        parts.append(_("tags added: %(tags)s") % {"tags": ", ".join(tags)})
+        parts.append(_("tags added: %(tags)s") % {"tags": _list(tags)})
     return parts
+
+
+def _list(words) -> str:
+    """Words listed as the language lists them (姓名、生日; Name, Birthday)."""
+    return pgettext("list separator", ", ").join(map(str, words))
 
 
 def _detail_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> list[str]:
@@ -219,7 +225,7 @@ def _detail_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> lis
         if not isinstance(fields, list) or not fields:
             return []
         custom = lookups.custom()
-        return [", ".join(labels.contact_field_label(str(f), custom=custom) for f in fields)]
+        return [_list(labels.contact_field_label(str(f), custom=custom) for f in fields)]
     if name in ("contact_merged", "identity_conflict"):
         other = _id(props.get("duplicate_id" if name == "contact_merged" else "other_contact_id"))
         parts = [lookups.contact(other)] if other is not None else []
@@ -288,4 +294,19 @@ def role_label(name: str) -> str:
 def user_roles(context) -> str:
     """The acting user's role labels, comma-separated (empty for superusers without a role)."""
     user = context["request"].user
-    return ", ".join(roles.role_label(name) for name in roles.user_role_names(user))
+    return _list(roles.role_label(name) for name in roles.user_role_names(user))
+
+
+@register.filter
+def import_cell(value: Any) -> Any:
+    """A value of the import preview as it is shown: yes / no, a choice list joined, "" for
+    none; other values (texts, numbers) as they are."""
+    if value is True:
+        return _("Yes")
+    if value is False:
+        return _("No")
+    if value is None or value == "" or value == []:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return value

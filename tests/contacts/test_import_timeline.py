@@ -165,7 +165,7 @@ def test_the_360_timeline_shows_the_import_with_a_link_for_whoever_may_open_it(
     client.force_login(uploader)
     page = client.get(reverse("contacts:detail", args=[wang.pk])).content.decode()
     assert "Updated by import" in page
-    assert "会员.csv · name · tags added: 客户分层/高价值" in page
+    assert "会员.csv · Name · tags added: 客户分层/高价值" in page
     assert f'<a href="{job_url}">View import</a>' in page
     created = client.get(reverse("contacts:detail", args=[new.pk])).content.decode()
     assert "Contact created" in created and "Import · 会员.csv" in created

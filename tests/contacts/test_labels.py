@@ -67,8 +67,8 @@ def test_a_consent_entry_names_the_channel_and_purpose(
 @pytest.mark.parametrize(
     ("language", "title", "expected"),
     [
-        ("zh-hans", "资料已更新", "姓名, 生日, 生命周期阶段, 肤质, mood"),
-        ("en", "Profile updated", "name, birthday, lifecycle stage, 肤质, mood"),
+        ("zh-hans", "资料已更新", "姓名、生日、生命周期阶段、肤质、mood"),
+        ("en", "Profile updated", "Name, Birthday, Lifecycle stage, 肤质, mood"),
     ],
 )
 def test_a_profile_update_lists_field_labels(operator_client, language, title, expected):
