@@ -54,7 +54,7 @@ from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.ids import MAX_ID
 from core.models import Job
-from core.sql import bigint_array
+from core.sql import bigint_array, delete_returning, insert_new
 from segments.models import (
     AutoTagRule,
     DirtyContact,
@@ -589,26 +589,37 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tupl
 
     The first build of a segment is silent: its initial members are not "entries" (no events,
     no signals, so journeys triggered by entry start with the next person who enters).
+
+    What is evaluated is the segment as stored once its lock is held, not the caller's copy:
+    that copy was loaded before the refresh waited (a tick, "refresh now", a batch of
+    refreshes), and an operator's edit may have committed meanwhile, with its own refresh of
+    the new rule; the copy's rule would undo it. A segment archived or deleted meanwhile is
+    left alone (0, 0). The caller's copy is given the refresh's outcome (count, times, error).
     """
     if segment.kind == SegmentKind.STATIC:
         _record_size(segment, timezone.now())
         return 0, 0
     started = time.monotonic()
     now = now or timezone.now()
-    first_build = segment.last_refreshed_at is None
     with transaction.atomic():
-        _lock_segment(segment)
-        diff = _full_diff(segment, now, returning=not first_build)
+        current = _lock_segment(segment)
+        if current is None or current.is_archived:
+            return 0, 0
+        # Decided on the stored row too: another refresh may have built it meanwhile.
+        first_build = current.last_refreshed_at is None
+        diff = _full_diff(current, now, returning=not first_build)
         if first_build:
-            _finish(segment, now, started, entered=[], exited=[])
-            auto_tags_sync(segment=segment)
+            _finish(current, now, started, entered=[], exited=[])
+            auto_tags_sync(segment=current)
         else:
-            _apply_changes(segment, now, diff.entered, diff.exited)
+            _apply_changes(current, now, diff.entered, diff.exited)
             # Entries and exits keep auto-tags in step; a tag taken off a member by hand (or
             # given to someone the rule no longer matches) is put right here.
-            auto_tags_sync(segment=segment)
-            _finish(segment, now, started, entered=diff.entered, exited=diff.exited)
-        moved = segment.member_count if first_build else len(diff.entered) + len(diff.exited)
+            auto_tags_sync(segment=current)
+            _finish(current, now, started, entered=diff.entered, exited=diff.exited)
+        for field in REFRESH_STATE:
+            setattr(segment, field, getattr(current, field))
+        moved = current.member_count if first_build else len(diff.entered) + len(diff.exited)
         if connection.vendor == "postgresql" and moved > STATISTICS_REFRESH_ROWS:
             # Rules that read this segment are planned from the membership statistics; a
             # segment that grew by thousands while they said "one row" gets nested-loop plans
@@ -620,11 +631,25 @@ def segment_refresh(*, segment: Segment, now: dt.datetime | None = None) -> tupl
 
 
 STATISTICS_REFRESH_ROWS = 10_000
+# What a full refresh records on the segment (_finish), copied back to the caller's copy.
+REFRESH_STATE = (
+    "member_count",
+    "last_refreshed_at",
+    "last_refresh_seconds",
+    "next_refresh_at",
+    "refresh_error",
+)
 
 
-def _lock_segment(segment: Segment) -> None:
+def _lock_segment(segment: Segment) -> Segment | None:
     """Serialise every write to one segment's membership (a full refresh, an incremental
-    pass's writes) on the segment's row, taken before any membership row.
+    pass's writes, a static list's adds and removes) on the segment's row, taken before any
+    membership row; return the row as stored once locked (None: deleted meanwhile).
+
+    The caller's copy may predate the lock: whoever held it (an operator's rule edit, an
+    archive) may have changed the row, and the returned copy is the one to act on. The
+    locking read returns the row's latest committed version even after a wait (PostgreSQL
+    re-reads a row it waited for), so this costs no second read.
 
     A full refresh evaluates its rule, then deletes the members that did not match: were an
     incremental pass to write an entry in between (a contact that changed after the refresh's
@@ -636,7 +661,7 @@ def _lock_segment(segment: Segment) -> None:
     the segment's row and waited on the same membership rows, a deadlock."""
     # NO KEY UPDATE: it excludes the other writers of this segment all the same, but not the
     # KEY SHARE locks of foreign-key checks (a segment saved with a rule reading this one).
-    Segment.objects.select_for_update(no_key=True).filter(pk=segment.pk).values_list("pk").first()
+    return Segment.objects.select_for_update(no_key=True).filter(pk=segment.pk).first()
 
 
 def _finish(
@@ -873,6 +898,10 @@ def _incremental_pass(
     then clears the error, and nothing queues the change again). Keeping such contacts queued
     instead would grow the queue for as long as the rule stays broken. A broken rule fails
     again at once (compiling it, mostly), and its retry stays where it was (_refresh_failed).
+
+    The segments (and their rules) are loaded once, at the start. A segment whose rule is
+    edited while the pass runs is not written with what the old rule decided (_lock_current),
+    and the pass's contacts are queued again for its new rule (_queue_for_edited_rules).
     """
     masks = dict(masks)
     segments = _live_rule_segments([RefreshPolicy.ON_CHANGE])
@@ -913,6 +942,7 @@ def _incremental_pass(
             failed=failed,
             concurrency=concurrency,
         )
+        _queue_for_edited_rules(segments, masks)
     except BaseException:
         # Written moves stay written, and the queue stays for the next pass, which finds
         # nothing more to move in those segments: the segments reading them would never hear
@@ -932,6 +962,39 @@ def _incremental_pass(
             except Exception:
                 logger.exception("could not record the failure of segment %s", segment.pk)
     return changes
+
+
+def _queue_for_edited_rules(segments: list[Segment], masks: dict[int, int]) -> None:
+    """Queue the pass's contacts again for the on-change segments whose stored rule is not the
+    one the pass loaded: edited while it ran (or created, restored, or switched to on-change).
+
+    The pass wrote nothing for such a segment (_lock_current) or did not evaluate it at all
+    (its old rule read none of the topics that changed). The edit's own refresh read the
+    contacts at some moment before it committed, possibly before changes this pass took from
+    the queue and is about to release: queued again (at a new time, so that the release
+    leaves them), with the topics the new rule reads, they are evaluated by the next pass
+    against the rule stored then. One read of the on-change rules per pass."""
+    loaded = {segment.pk: segment.rule for segment in segments}
+    edited = 0
+    for pk, rule in Segment.objects.filter(
+        is_archived=False, kind=SegmentKind.DYNAMIC, refresh_policy=RefreshPolicy.ON_CHANGE
+    ).values_list("pk", "rule"):
+        if pk not in loaded or loaded[pk] != rule:
+            edited |= rule_mask(rule)
+    if edited:
+        queue_contacts(masks={pk: mask & edited for pk, mask in masks.items() if mask & edited})
+
+
+def _lock_current(segment: Segment) -> Segment | None:
+    """Lock a segment for an incremental pass's writes (_lock_segment) and return it as
+    stored; None when the pass must leave it alone: deleted or archived meanwhile, or its rule
+    edited since the pass loaded it. What the pass decided came from the old rule (a large
+    pass evaluates before it locks), and the edit's own refresh has applied the new one; the
+    pass then queues its contacts again for the new rule (_queue_for_edited_rules)."""
+    current = _lock_segment(segment)
+    if current is None or current.is_archived or current.rule != segment.rule:
+        return None
+    return current
 
 
 def _incremental_levels(
@@ -1019,18 +1082,20 @@ def _incremental_segment(
     entered: list[int] = []
     exited: list[int] = []
     with transaction.atomic():
-        _lock_segment(segment)
+        current = _lock_current(segment)
+        if current is None:
+            return entered, exited
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 # Compiling these short queries would cost more than running them.
                 cursor.execute("SET LOCAL jit = off")
         for batch in _batches(ids):
-            diff = _membership_diff(segment, batch, now)
+            diff = _membership_diff(current, batch, now)
             entered += diff.entered
             exited += diff.exited
         if entered or exited:
-            _apply_changes(segment, now, entered, exited, queue_dependents=False)
-            _count_moved(segment, entered, exited, now)
+            _apply_changes(current, now, entered, exited, queue_dependents=False)
+            _count_moved(current, entered, exited, now)
     return entered, exited
 
 
@@ -1204,13 +1269,18 @@ def _apply_diff(
     (contact_merged_away), not by a probe of the contacts table per entry (a third of the
     membership insert's time for 8,000 entries); a contact deleted meanwhile, which only the
     admin does, fails the entry event's foreign key: the segment's writes roll back and its
-    full refresh is scheduled.
+    full refresh is scheduled. A segment archived, deleted or given another rule since the pass
+    loaded it is not written (_lock_current).
     """
     started = time.monotonic()
     table = SegmentMembership._meta.db_table
     own_transaction = not connection.in_atomic_block
     with transaction.atomic():
-        _lock_segment(segment)
+        current = _lock_current(segment)
+        if current is None:
+            logger.info("incremental %s: changed meanwhile, not written", segment.name)
+            return [], []
+        segment = current
         with connection.cursor() as cursor:
             if own_transaction:
                 # Derived data, as in a full refresh (_full_diff): after a crash the next
@@ -1591,7 +1661,14 @@ def segment_static_add(*, segment: Segment, contact_ids: Iterable[int]) -> int:
 
 def _static_add(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
     """Add contacts to a static list and record what follows; return those that were new.
-    The member count and the growth chart are the caller's (_static_finish)."""
+    The member count and the growth chart are the caller's (_static_finish).
+
+    New means inserted by this call's own statement: two copies of one add (a retry while the
+    first is still open, a job batch and an add by hand) each enter a contact once between
+    them. The list's lock, held to the caller's commit, also lets the caller count the
+    members with every other add or remove committed (otherwise each of two concurrent adds
+    would count without the other's contacts, and the last to write would win)."""
+    _lock_segment(segment)
     ids = sorted(set(contact_ids))
     live = set()
     for batch in _batches(ids):
@@ -1607,17 +1684,14 @@ def _static_add(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) 
             code="unknown_contact",
             details={"contact_ids": unknown[:100]},
         )
-    present = set()
+    entered: list[int] = []
     for batch in _batches(ids):
-        present.update(
-            segment.memberships.filter(contact_id__in=batch).values_list("contact_id", flat=True)
+        entered += insert_new(
+            SegmentMembership,
+            [{"segment": segment, "contact_id": pk, "entered_at": now} for pk in batch],
+            returning="contact",
         )
-    entered = [pk for pk in ids if pk not in present]
-    for batch in _batches(entered):
-        SegmentMembership.objects.bulk_create(
-            [SegmentMembership(segment=segment, contact_id=c, entered_at=now) for c in batch],
-            ignore_conflicts=True,
-        )
+    entered.sort()
     _apply_changes(segment, now, entered, [])
     return entered
 
@@ -1634,15 +1708,22 @@ def segment_static_remove(*, segment: Segment, contact_ids: Iterable[int]) -> in
 
 def _static_remove(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
     """Remove contacts from a static list and record what follows; return those that were
-    members. The member count and the growth chart are the caller's (_static_finish)."""
+    members. The member count and the growth chart are the caller's (_static_finish).
+    Members means deleted by this call's own statement, under the list's lock (_static_add)."""
+    _lock_segment(segment)
     ids = sorted(set(contact_ids))
-    exited = []
-    for batch in _batches(ids):
-        members = list(
-            segment.memberships.filter(contact_id__in=batch).values_list("contact_id", flat=True)
-        )
-        SegmentMembership.objects.filter(segment=segment, contact_id__in=members).delete()
-        exited.extend(members)
+    exited: list[int] = []
+    # By hand, not with core.sql.delete_returning: it deletes by primary key, and a
+    # membership's is composite (segment, contact).
+    table = SegmentMembership._meta.db_table
+    with connection.cursor() as cursor:
+        for batch in _batches(ids):
+            cursor.execute(
+                f"DELETE FROM {table} WHERE segment_id = %s "
+                f"AND contact_id IN ({', '.join(['%s'] * len(batch))}) RETURNING contact_id",
+                [segment.pk, *batch],
+            )
+            exited += [row[0] for row in cursor.fetchall()]
     exited.sort()
     _apply_changes(segment, now, [], exited)
     return exited
@@ -1843,35 +1924,36 @@ def _auto_tags_apply(
 
 
 def _tag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
+    """Give `tag` to the contacts `ids` (from the rule); return those who did not hold it:
+    the ones this statement inserted, so that two writers at once (a refresh and a sync, two
+    syncs) record each tag_added once between them."""
     added: list[int] = []
     for batch in _batches(ids):
-        have = set(
-            ContactTag.objects.filter(tag=tag, contact_id__in=batch).values_list(
-                "contact_id", flat=True
-            )
-        )
-        new = [pk for pk in batch if pk not in have]
-        ContactTag.objects.bulk_create(
+        added += insert_new(
+            ContactTag,
             [
-                ContactTag(contact_id=pk, tag=tag, source=TagSource.RULE, created_at=now)
-                for pk in new
+                {"contact_id": pk, "tag": tag, "source": TagSource.RULE, "created_at": now}
+                for pk in batch
             ],
-            ignore_conflicts=True,
+            returning="contact",
         )
-        added.extend(new)
+    added.sort()
     if added:
         _rule_tag_events(added, tag, added=True, now=now)
     return added
 
 
 def _untag_contacts(tag: Tag, ids: list[int], now: dt.datetime) -> list[int]:
+    """Take the rule's `tag` off the contacts `ids`; return those this statement took it off
+    (as _tag_contacts: each tag_removed once, whoever else removes it at the same time)."""
     removed: list[int] = []
     for batch in _batches(ids):
         # Only the assignments the rule made: a tag an operator set by hand stays.
-        mine = ContactTag.objects.filter(tag=tag, contact_id__in=batch, source=TagSource.RULE)
-        ids_ = list(mine.values_list("contact_id", flat=True))
-        mine.delete()
-        removed.extend(ids_)
+        removed += delete_returning(
+            ContactTag.objects.filter(tag=tag, contact_id__in=batch, source=TagSource.RULE),
+            returning="contact",
+        )
+    removed.sort()
     if removed:
         _rule_tag_events(removed, tag, added=False, now=now)
     return removed
