@@ -37,7 +37,7 @@ from django.db.models.expressions import RawSQL
 from django.http import QueryDict
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_noop
+from django.utils.translation import gettext_noop, pgettext
 
 from contacts.bulk import bulk_target
 from contacts.filters import ContactFilter
@@ -73,13 +73,15 @@ from segments.rules import (
     rule_tag_refs,
     validate_rule,
 )
-from segments.rules.schema import rule_conditions
+from segments.rules.schema import rule_conditions, segment_ancestors
 from segments.rules.topics import TAGS, rule_mask, segment_topic, topic_bit, topics_mask
 from segments.signals import segment_entered, segment_exited
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# How often an on-change segment whose rule has a time window is rebuilt in full, on the hour.
+WINDOW_REFRESH_EVERY = dt.timedelta(hours=1)
 # Above this many changed contacts, re-evaluation leaves the request and runs in a worker.
 INLINE_REFRESH_LIMIT = 200
 # Contact ids per statement: bounded so that SQLite's parameter limit is never reached.
@@ -204,10 +206,15 @@ def next_refresh_after(segment: Segment, moment: dt.datetime) -> dt.datetime | N
         return None
     if segment.refresh_policy == RefreshPolicy.INTERVAL:
         return moment + dt.timedelta(minutes=segment.refresh_interval_minutes)
-    if segment.refresh_policy == RefreshPolicy.DAILY or (
-        segment.refresh_policy == RefreshPolicy.ON_CHANGE and segment.has_time_window
-    ):
-        # Daily segments, and on-change segments whose time windows age out without any change.
+    if segment.refresh_policy == RefreshPolicy.ON_CHANGE and segment.has_time_window:
+        # Windows age out by the minute without any change ("created in the last 7 days"), and
+        # the API answers "is X a member" from the stored membership: rebuilt every hour, on the
+        # hour, a lapsed member stays at most an hour (a date window lapses at midnight, and is
+        # rebuilt at 00:00). At 1,000,000 contacts a rebuild takes the worker one to two seconds
+        # per segment (docs/benchmarks.md); daily, as before, left them for up to a day.
+        local = timezone.localtime(moment)
+        return local.replace(minute=0, second=0, microsecond=0) + WINDOW_REFRESH_EVERY
+    if segment.refresh_policy == RefreshPolicy.DAILY:
         local = timezone.localtime(moment)
         due = local.replace(hour=segment.refresh_hour, minute=0, second=0, microsecond=0)
         if due <= local:
@@ -343,6 +350,9 @@ def segment_update(
         ]
     )
     _sync_rule_metadata(segment)
+    if rule_changed:
+        # After the save: the segments reading this one see its new rule (rolled back if refused).
+        _auto_tag_check_loops(segment=segment)
     _reschedule(segment, next_refresh_after(segment, timezone.now()))
     if rule_changed:
         segment_refresh(segment=segment)
@@ -421,7 +431,7 @@ def segment_archive(*, segment: Segment, archived: bool = True) -> Segment:
             )
             raise ValidationFailed(
                 _("%(readers)s use this segment; change them before archiving it.")
-                % {"readers": ", ".join(readers + journeys)},
+                % {"readers": pgettext("list separator", ", ").join(readers + journeys)},
                 code="segment_in_use",
                 details={"readers": readers + journeys, "segments": segments},
             )
@@ -483,7 +493,7 @@ def segment_delete(*, segment: Segment, together_with: Iterable[int] = ()) -> No
     if readers:
         raise ValidationFailed(
             _("%(readers)s read this segment; change them first.")
-            % {"readers": ", ".join(readers)},
+            % {"readers": pgettext("list separator", ", ").join(readers)},
             code="segment_in_use",
             details={"readers": readers},
         )
@@ -1997,8 +2007,62 @@ def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tupl
     return added, removed
 
 
+def _auto_tag_loop_reader(*, segment: Segment, tag_id: int) -> str | None:
+    """The name of the segment, `segment` itself or one it reads (through stored rules), whose
+    rule reads the tag: keeping that tag in sync with `segment` would feed the segment's own
+    membership back into its rule, and its members would leave and enter in turn, pass after
+    pass, each time with events, journey entries and tag changes."""
+    if tag_id in rule_tag_refs(segment.rule):
+        return segment.name
+    ancestors = Segment.objects.filter(pk__in=segment_ancestors(segment)).order_by("name")
+    for name, rule in ancestors.values_list("name", "rule"):
+        if tag_id in rule_tag_refs(rule):
+            return name
+    return None
+
+
+def _auto_tag_loop_error(*, tag_name: str, segment_name: str, reader: str) -> ValidationFailed:
+    return ValidationFailed(
+        _(
+            "The segment “%(reader)s” reads the tag “%(tag)s”, so the tag cannot follow the "
+            "segment “%(segment)s”: its members would enter and leave in turn as the tag "
+            "is added and removed."
+        )
+        % {"reader": reader, "tag": tag_name, "segment": segment_name},
+        code="tag_loop",
+        details={"field": "tag"},
+    )
+
+
+def _auto_tag_check_loops(*, segment: Segment) -> None:
+    """After `segment`'s rule changed: refuse the change if a tag kept in sync with it, or with
+    a segment that reads it, is now read by the segment that keeps it (or one it reads)."""
+    affected = {segment.pk}
+    frontier = {segment.pk}
+    while frontier:
+        frontier = (
+            set(Segment.objects.filter(depends_on__in=frontier).values_list("pk", flat=True))
+            - affected
+        )
+        affected |= frontier
+    rules = AutoTagRule.objects.filter(segment_id__in=affected, is_active=True).select_related(
+        "segment", "tag"
+    )
+    for rule in rules:
+        keeper = segment if rule.segment_id == segment.pk else rule.segment
+        reader = _auto_tag_loop_reader(segment=keeper, tag_id=rule.tag_id)
+        if reader is not None:
+            raise _auto_tag_loop_error(
+                tag_name=rule.tag.name, segment_name=keeper.name, reader=reader
+            )
+
+
 def auto_tag_check_free(*, tag: Tag, segment: Segment) -> None:
-    """Refuse a tag that an active rule of another segment already keeps in sync."""
+    """Refuse a tag that an active rule of another segment already keeps in sync, or that the
+    segment's own rule reads (directly or through the segments it reads)."""
+    reader = _auto_tag_loop_reader(segment=segment, tag_id=tag.pk)
+    if reader is not None:
+        raise _auto_tag_loop_error(tag_name=tag.name, segment_name=segment.name, reader=reader)
     other = (
         AutoTagRule.objects.filter(tag=tag, is_active=True)
         .exclude(segment=segment)

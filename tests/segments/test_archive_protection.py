@@ -97,7 +97,7 @@ def test_every_reader_is_named_and_archived_readers_do_not_count(vip):
     with translation.override("zh-hans"), pytest.raises(ValidationFailed) as refused:
         segment_archive(segment=vip)
     assert refused.value.message == (
-        "分群“VIP 上海”, 旅程“VIP 关怀旅程”正在使用此分群，请先修改它们再归档。"
+        "分群“VIP 上海”、旅程“VIP 关怀旅程”正在使用此分群，请先修改它们再归档。"
     )
     assert "旧 VIP" not in refused.value.message
 

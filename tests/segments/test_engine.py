@@ -353,6 +353,34 @@ def test_scheduled_refreshes_run_when_due():
     assert hourly.next_refresh_at > due
 
 
+def test_a_member_whose_time_window_lapsed_leaves_within_the_hour():
+    """On-change segments with a time window are rebuilt every hour, on the hour: the stored
+    membership (which the API answers from) keeps a lapsed member at most an hour."""
+    rule = {
+        "op": "and",
+        "conditions": [
+            {"type": "attribute", "field": "created_at", "operator": "within_last_days", "value": 7}
+        ],
+    }
+    now = timezone.now()
+    due = timezone.localtime(now).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    # New now; past the 7 days at the next full hour.
+    c = ContactFactory(created_at=due - dt.timedelta(days=7, seconds=1))
+    new = segment_create(name="新客（近7天）", rule=rule)
+    new.refresh_from_db()
+    assert new.next_refresh_at == due
+    assert members(new) == {c.pk}
+
+    segments_tick(now=due - dt.timedelta(seconds=1))
+    assert members(new) == {c.pk}
+    segments_tick(now=due + dt.timedelta(seconds=1))
+
+    assert members(new) == set()
+    assert Event.objects.filter(contact=c, name="segment_exited").exists()
+    new.refresh_from_db()
+    assert new.next_refresh_at == due + dt.timedelta(hours=1)
+
+
 def test_on_change_segments_skip_the_queue_for_other_policies():
     manual = segment_create(
         name="manual", rule=city_rule("上海"), refresh_policy=RefreshPolicy.MANUAL
