@@ -32,7 +32,7 @@ from django.utils import translation
 from django.utils.translation import gettext as _
 
 from contacts.exporters import FORMULA_START, SAFE_PHONE
-from contacts.importers import IMPORT_DIR, MAX_UPLOAD_BYTES, detect_encoding
+from contacts.importers import HEADER_ALIASES, IMPORT_DIR, MAX_UPLOAD_BYTES, detect_encoding
 from contacts.models import Contact, Identity, IdentityKind
 from contacts.services import IdentityInput, normalize_identity
 from core import jobs
@@ -66,7 +66,45 @@ EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 # How every OLE2 compound file begins: an old .xls workbook, or an .xlsx saved with a password
 # (Excel encrypts it into one). Neither can be read.
 OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-HEADER_WORDS = {"手机号", "手机", "电话", "邮箱", "phone", "mobile", "email", "unionid", "id"}
+# A title cell is compared without case, spaces, punctuation and what brackets hold
+# ("手机号（必填）", "Phone (required)"): see _header_word.
+HEADER_BRACKETS_RE = re.compile(r"[(（\[【《<][^)）\]】》>]*[)）\]】》>]")
+HEADER_NOISE_RE = re.compile(r"[\s\ufeff_\-*＊:：.。#＃/\\'\"“”‘’]")
+
+
+def _header_word(text: str) -> str:
+    """A title cell as HEADER_WORDS spells it: "手机号码（必填）" → "手机号码", "Phone Number" →
+    "phonenumber", "E-mail" → "email"; a cell that is all in brackets ("【手机号】") by what
+    they hold."""
+    word = HEADER_NOISE_RE.sub("", HEADER_BRACKETS_RE.sub("", text))
+    if not word:
+        word = HEADER_NOISE_RE.sub("", re.sub(r"[(（\[【《<)）\]】》>]", "", text))
+    return word.lower()
+
+
+# Title-row spellings of the columns a list holds, as _header_word gives them: the usual
+# Chinese and English ones, and the contact importer's (its HEADER_ALIASES for these columns).
+HEADER_SPELLINGS = (
+    # phone
+    "手机", "手机号", "手机号码", "手机电话", "移动电话", "电话", "电话号码", "联系电话",
+    "联系方式", "联系人电话", "客户手机", "客户手机号", "会员手机", "会员手机号", "mobile",
+    "mobileno", "mobilenumber", "mobilephone", "phone", "phoneno", "phonenumber", "tel",
+    "telephone", "cellphone",
+    # email
+    "邮箱", "邮箱地址", "电子邮箱", "电子邮件", "邮件", "邮件地址", "email", "mail",
+    "emailaddress",
+    # external id
+    "id", "外部id", "外部编号", "会员号", "会员编号", "会员id", "会员卡号", "客户号", "客户编号",
+    "客户id", "客户代码", "用户id", "用户编号", "externalid", "memberid", "memberno",
+    "membernumber", "customerid", "customerno", "customernumber", "userid",
+    # unionid
+    "unionid", "微信unionid", "wechatunionid", "wxunionid",
+)  # fmt: skip
+HEADER_WORDS = frozenset(HEADER_SPELLINGS) | {
+    _header_word(alias)
+    for alias, target in HEADER_ALIASES.items()
+    if target in ("phone", "email", "external_id", "unionid")
+}
 
 # A value Excel turns into a number and shows or keeps otherwise when it opens a CSV: the "+" of
 # an international number goes, a leading zero goes, more than 11 digits show as 8.6138E+12 and
@@ -220,7 +258,8 @@ def _match_kind(match_by: str) -> str:
 
 
 def _is_header(values: list[str]) -> bool:
-    return bool(values) and values[0].lower() in HEADER_WORDS
+    """Whether the first row is a title ("手机号", "Mobile", "邮箱地址" …) rather than a value."""
+    return bool(values) and _header_word(values[0]) in HEADER_WORDS
 
 
 def _match(

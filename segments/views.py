@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import Subquery
 from django.http import (
     FileResponse,
     Http404,
@@ -89,7 +90,9 @@ def segment_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "segments/segment_list.html", context, fragment="segment-table")
 
 
-def _detail_context(request: HttpRequest, segment: Segment, static_job: Job | None) -> dict:
+def _detail_context(
+    request: HttpRequest, segment: Segment, static_job: Job | None, refresh_job: Job | None
+) -> dict:
     members = keyset_page(
         selectors.segment_members(segment=segment), after=request.GET.get("after"), size=PAGE_SIZE
     )
@@ -105,17 +108,22 @@ def _detail_context(request: HttpRequest, segment: Segment, static_job: Job | No
         ),
         "can_change": request.user.has_perm(CHANGE),
         **_static_job_context(segment, static_job),
-        **_refresh_context(segment, _refresh_job(segment), request.GET.get("refreshing")),
+        **_refresh_context(segment, refresh_job, request.GET.get("refreshing")),
     }
 
 
-def _refresh_job(segment: Segment, job_id: int | None = None) -> Job | None:
-    """The segment's "refresh now" job: the one asked for, or the latest."""
-    job_id = job_id or segment.refresh_job_id
+def _refresh_job(segment_pk: int, job_id: int | None = None) -> Job | None:
+    """The segment's "refresh now" job: the one asked for, or the latest.
+
+    Read before the segment (see segment_detail): a job that ends between the two reads is
+    then shown ended with the counts it left, never with the counts from before it."""
+    refresh_jobs = Job.objects.filter(kind=services.REFRESH_JOB_KIND)
     if job_id is None:
-        return None
-    job = Job.objects.filter(pk=job_id, kind=services.REFRESH_JOB_KIND).first()
-    if job is None or job.params.get("segment_id") != segment.pk:
+        latest = Segment.objects.filter(pk=segment_pk).values("refresh_job_id")
+        job = refresh_jobs.filter(pk=Subquery(latest)).first()
+    else:
+        job = refresh_jobs.filter(pk=job_id).first()
+    if job is None or job.params.get("segment_id") != segment_pk:
         return None
     return job
 
@@ -132,9 +140,9 @@ def _refresh_context(segment: Segment, job: Job | None, since: str | None = None
     return {"pending": True, "status_url": f"{url}?{urlencode({'since': since})}"}
 
 
-def _static_job(request: HttpRequest, segment: Segment) -> Job | None:
+def _static_job(request: HttpRequest, segment_pk: int) -> Job | None:
     """The add-to-list job the page was opened to watch (`?job=`), if it is this list's and
-    the user's to see."""
+    the user's to see. Read before the list, as _refresh_job."""
     job_id = parse_id(request.GET.get("job"))
     if job_id is None:
         return None
@@ -143,7 +151,7 @@ def _static_job(request: HttpRequest, segment: Segment) -> Job | None:
         .filter(kind=services.STATIC_MEMBERS_JOB_KIND, pk=job_id)
         .first()
     )
-    if job is None or job.params.get("segment_id") != segment.pk:
+    if job is None or job.params.get("segment_id") != segment_pk:
         return None
     return job
 
@@ -163,9 +171,13 @@ def _static_job_context(segment: Segment, job: Job | None) -> dict:
 @login_required
 @permission_required(VIEW, raise_exception=True)
 def segment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    # The jobs first, then the segment: a job read as ended has committed its work, so the
+    # member count and list read after it show that work (read the other way round, a job
+    # ending in between showed "done" over the count from before it).
+    static_job = _static_job(request, pk)
+    refresh_job = _refresh_job(pk)
     segment = _get_segment(pk)
-    static_job = _static_job(request, segment)
-    context = _detail_context(request, segment, static_job)
+    context = _detail_context(request, segment, static_job, refresh_job)
     if static_job is not None and is_fragment_request(request) and "after" not in request.GET:
         # The add-to-list progress polls this page for its own block.
         response = render(request, "segments/segment_detail.html#job-progress", context)
@@ -361,12 +373,13 @@ def _parse_since(raw: str) -> dt.datetime | None:
 def segment_refresh_status(request: HttpRequest, pk: int) -> HttpResponse:
     """Polled while a refresh runs: pending until its job ends (or, without a job, until
     last_refreshed_at is newer than `since`); a failed refresh shows its error and stops."""
-    segment = _get_segment(pk)
     raw_job = request.GET.get("job")
     failure = None
     if raw_job is not None:
         job_id = parse_id(raw_job)
-        job = _refresh_job(segment, job_id) if job_id is not None else None
+        # The job before the segment (see segment_detail).
+        job = _refresh_job(pk, job_id) if job_id is not None else None
+        segment = _get_segment(pk)
         if job is None:
             return HttpResponseBadRequest(_("Unknown refresh job."))
         if job.status == JobStatus.FAILED:
@@ -374,6 +387,7 @@ def segment_refresh_status(request: HttpRequest, pk: int) -> HttpResponse:
         reload = jobs.job_is_finished(job) and failure is None
         context = {"segment": segment, **_refresh_context(segment, job)}
     else:
+        segment = _get_segment(pk)
         try:
             since = _parse_since(request.GET.get("since") or "")
         except ValueError:
@@ -466,8 +480,9 @@ def segment_auto_tag_remove(request: HttpRequest, pk: int, rule_id: int) -> Http
 # Static lists ----------------------------------------------------------------------------------
 
 
-def _static_import_job(request: HttpRequest, segment: Segment, job_id: int | None) -> Job:
-    """The import into this list the page follows: 404 unless it is the user's to see."""
+def _static_import_job(request: HttpRequest, segment_pk: int, job_id: int | None) -> Job:
+    """The import into this list the page follows: 404 unless it is the user's to see. Read
+    before the list (see segment_static_import)."""
     if job_id is None:
         raise Http404
     job = (
@@ -475,7 +490,7 @@ def _static_import_job(request: HttpRequest, segment: Segment, job_id: int | Non
         .filter(kind=static_import.STATIC_IMPORT_JOB_KIND, pk=job_id)
         .first()
     )
-    if job is None or job.params.get("segment_id") != segment.pk:
+    if job is None or job.params.get("segment_id") != segment_pk:
         raise Http404
     return job
 
@@ -506,11 +521,14 @@ def _static_import_context(
 def segment_static_import(request: HttpRequest, pk: int) -> HttpResponse:
     """Upload a CSV / Excel list to add to a static list in the background, then follow its job
     (`?job=`): progress, counts and the rows that matched nobody."""
-    segment = _get_segment(pk)
     if request.method != "POST":
         job = None
         if "job" in request.GET:
-            job = _static_import_job(request, segment, parse_id(request.GET["job"]))
+            # The job before the list: an import read as finished has added its contacts, so
+            # "the list now holds N" read after it counts them (read the other way round, an
+            # import ending in between showed its result over the count from before it).
+            job = _static_import_job(request, pk, parse_id(request.GET["job"]))
+        segment = _get_segment(pk)
         context = _static_import_context(request, segment, StaticImportForm(), job)
         if job is not None and is_fragment_request(request):
             # The progress block polls the page for itself (and its counts, out of band).
@@ -519,6 +537,7 @@ def segment_static_import(request: HttpRequest, pk: int) -> HttpResponse:
             patch_vary_headers(response, ["HX-Request"])
             return response
         return render_page(request, "segments/static_import.html", context)
+    segment = _get_segment(pk)
     form = StaticImportForm(request.POST, request.FILES)
     error = None
     if form.is_valid():
@@ -552,7 +571,7 @@ def segment_static_import(request: HttpRequest, pk: int) -> HttpResponse:
 def segment_static_import_unmatched(request: HttpRequest, pk: int, job_id: int) -> HttpResponse:
     """The CSV of every row of an import that matched nobody (row, value, reason)."""
     segment = _get_segment(pk)
-    job = _static_import_job(request, segment, job_id)
+    job = _static_import_job(request, segment.pk, job_id)
     path = static_import.static_import_unmatched_file(job=job)
     if path is None:
         raise Http404

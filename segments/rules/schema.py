@@ -20,6 +20,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from contacts.models import (
     ConsentChannel,
@@ -32,6 +33,19 @@ from contacts.models import (
     Tag,
 )
 from core.errors import ValidationFailed
+from segments.rule_labels import (
+    CONDITION_TYPE_LABELS,
+    CONSENT_STATE_LABELS,
+    GROUP_LABELS,
+    KOC_LABELS,
+    MATCH_IN_LABELS,
+    MEASURE_LABELS,
+    MEMBERSHIP_FIELD_LABELS,
+    OPERATOR_LABELS,
+    REACHABLE_CHANNEL_LABELS,
+    TAG_MATCH_LABELS,
+    choice_value_labels,
+)
 
 GROUP_OPS = ("and", "or", "not")
 MAX_DEPTH = 6
@@ -166,8 +180,18 @@ def _fail(path: str, message: str, *, reason: str | None = None) -> None:
     raise rule_error(path, message, reason=reason)
 
 
-def _one_of(choices) -> str:
-    return _("must be one of %(choices)s") % {"choices": ", ".join(choices)}
+def _choice_list(choices, labels=None) -> str:
+    """The choices as the builder names them (“equals”, “is more than”): an operator never
+    sees the rule's keys (eq, gt). A choice without a label is shown as it is."""
+    if labels is None:
+        return ", ".join(str(c) for c in choices)
+    # Translators: between the choices of a list, e.g. “equals”, “is more than”.
+    separator = pgettext("list of choices", ", ")
+    return separator.join(f"“{labels[c]}”" if c in labels else str(c) for c in choices)
+
+
+def _one_of(choices, labels=None) -> str:
+    return _("must be one of %(choices)s") % {"choices": _choice_list(choices, labels)}
 
 
 def field_spec(field: Any) -> FieldSpec | None:
@@ -339,7 +363,7 @@ class Validator:
             raise _TooBig(f"{path}: {message}", code="invalid_rule", details={"path": path})
         if "op" in node:
             if node["op"] not in GROUP_OPS:
-                _fail(f"{path}.op", _one_of(GROUP_OPS))
+                _fail(f"{path}.op", _one_of(GROUP_OPS, GROUP_LABELS))
             children = node.get("conditions")
             if not isinstance(children, list):
                 _fail(f"{path}.conditions", _("must be a list"))
@@ -358,8 +382,8 @@ class Validator:
         if kind not in CONDITION_TYPES:
             _fail(
                 f"{path}.type",
-                _("must be one of %(choices)s (or the node must be a group with 'op')")
-                % {"choices": ", ".join(CONDITION_TYPES)},
+                _("must be one of %(choices)s, or a group of conditions")
+                % {"choices": _choice_list(CONDITION_TYPES, CONDITION_TYPE_LABELS)},
             )
         getattr(self, kind)(node, path)
 
@@ -377,7 +401,8 @@ class Validator:
         if operator not in allowed:
             _fail(
                 f"{path}.operator",
-                _("must be one of %(choices)s for this field") % {"choices": ", ".join(allowed)},
+                _("must be one of %(choices)s for this field")
+                % {"choices": _choice_list(allowed, OPERATOR_LABELS)},
             )
         value = node.get("value")
         vpath = f"{path}.value"
@@ -399,7 +424,7 @@ class Validator:
                 or len(value) != 2
                 or not all(_is_number(v) for v in value)
             ):
-                _fail(vpath, _("must be a list of two numbers [low, high]"))
+                _fail(vpath, _("fill in both numbers, the lower and the upper bound"))
             if value[0] > value[1]:
                 _fail(vpath, _("the low bound is above the high bound"))
             return
@@ -430,10 +455,15 @@ class Validator:
         if allowed_values is not None:
             bad = [v for v in values if v not in allowed_values]
             if bad:
+                # Stages and genders by the names the builder shows, not their keys.
+                labels = choice_value_labels().get(spec.path)
                 _fail(
                     vpath,
                     _("unknown choices %(values)s; allowed: %(choices)s")
-                    % {"values": bad, "choices": ", ".join(allowed_values)},
+                    % {
+                        "values": _choice_list(bad, {v: v for v in bad}),
+                        "choices": _choice_list(allowed_values, labels),
+                    },
                 )
 
     @staticmethod
@@ -450,7 +480,7 @@ class Validator:
     def values(operator: str, value: Any, vpath: str) -> list:
         if operator in LIST_OPS:
             if not isinstance(value, list) or not value:
-                _fail(vpath, _("must be a non-empty list"))
+                _fail(vpath, _("fill in at least one value"))
             if len(value) > MAX_LIST:
                 _fail(vpath, _("may hold at most %(max)s values") % {"max": MAX_LIST})
             return value
@@ -462,10 +492,10 @@ class Validator:
     def dates(operator: str, value: Any, vpath: str) -> None:
         if operator == "between":
             if not isinstance(value, list) or len(value) != 2:
-                _fail(vpath, _("must be a list of two dates [from, to] like 2026-05-17"))
+                _fail(vpath, _("fill in both the start and the end date (like 2026-05-17)"))
             first, last = parse_date(value[0]), parse_date(value[1])
             if first is None or last is None:
-                _fail(vpath, _("must be a list of two dates [from, to] like 2026-05-17"))
+                _fail(vpath, _("fill in both the start and the end date (like 2026-05-17)"))
             if first > last:
                 _fail(vpath, _("the start date is after the end date"))
             return
@@ -474,7 +504,7 @@ class Validator:
 
     def tag(self, node: dict, path: str) -> None:
         if node.get("match") not in TAG_MATCHES:
-            _fail(f"{path}.match", _one_of(TAG_MATCHES))
+            _fail(f"{path}.match", _one_of(TAG_MATCHES, TAG_MATCH_LABELS))
         tags = node.get("tags")
         if (
             not isinstance(tags, list)
@@ -492,12 +522,12 @@ class Validator:
             _fail(f"{path}.name", _("must be an event name (1–64 characters)"))
         measure = node.get("measure", "performed")
         if measure not in EVENT_MEASURES:
-            _fail(f"{path}.measure", _one_of(EVENT_MEASURES))
+            _fail(f"{path}.measure", _one_of(EVENT_MEASURES, MEASURE_LABELS))
         operator = normalise_operator(node.get("operator"))
         value = node.get("value")
         if measure in ("count", "sum", "avg"):
             if operator not in AGGREGATE_OPS:
-                _fail(f"{path}.operator", _one_of(AGGREGATE_OPS))
+                _fail(f"{path}.operator", _one_of(AGGREGATE_OPS, OPERATOR_LABELS))
             if operator == "between":
                 if (
                     not isinstance(value, list)
@@ -505,7 +535,10 @@ class Validator:
                     or not all(_is_number(v) for v in value)
                     or value[0] > value[1]
                 ):
-                    _fail(f"{path}.value", _("must be two numbers [low, high] with low ≤ high"))
+                    _fail(
+                        f"{path}.value",
+                        _("fill in both numbers, the lower bound no higher than the upper one"),
+                    )
             elif not _is_number(value):
                 _fail(f"{path}.value", _("must be a number"))
             if measure == "count":
@@ -514,7 +547,7 @@ class Validator:
                     _fail(f"{path}.value", _("a count must be a whole number ≥ 0"))
         elif measure in ("first", "last"):
             if operator not in OCCURRENCE_OPS:
-                _fail(f"{path}.operator", _one_of(OCCURRENCE_OPS))
+                _fail(f"{path}.operator", _one_of(OCCURRENCE_OPS, OPERATOR_LABELS))
             if operator in RELATIVE_OPS:
                 if (
                     not isinstance(value, int)
@@ -536,7 +569,7 @@ class Validator:
         if window in (None, {}):
             return
         if not isinstance(window, dict):
-            _fail(path, _('must be an object: {"last_days": N} or {"from": date, "to": date}'))
+            _fail(path, _("must be a number of days, or a start and an end date"))
         if "last_days" in window:
             days = window["last_days"]
             # 0 is today so far (from local midnight): "purchased today".
@@ -548,17 +581,24 @@ class Validator:
             return
         first, last = parse_date(window.get("from")), parse_date(window.get("to"))
         if first is None or last is None:
-            _fail(path, _("needs last_days, or from and to dates like 2026-05-17"))
+            # In the builder's words: the operator fills in dates or days, not JSON keys.
+            _fail(
+                path,
+                _(
+                    "fill in both the start and the end date (like 2026-05-17), "
+                    "or the number of days"
+                ),
+            )
         if first > last:
             _fail(path, _("the start date is after the end date"))
 
     def membership(self, node: dict, path: str) -> None:
         field = node.get("field")
         if field not in MEMBERSHIP_FIELDS:
-            _fail(f"{path}.field", _one_of(MEMBERSHIP_FIELDS))
+            _fail(f"{path}.field", _one_of(MEMBERSHIP_FIELDS, MEMBERSHIP_FIELD_LABELS))
         if field == "is_member":
             if normalise_operator(node.get("operator")) not in ("is_true", "is_false"):
-                _fail(f"{path}.operator", _("must be is_true or is_false"))
+                _fail(f"{path}.operator", _one_of(("is_true", "is_false"), OPERATOR_LABELS))
             return
         spec = FieldSpec(f"membership.{field}", MEMBERSHIP_FIELDS[field])
         operator = normalise_operator(node.get("operator"))
@@ -576,23 +616,23 @@ class Validator:
 
     def consent(self, node: dict, path: str) -> None:
         if node.get("channel") not in ConsentChannel.values:
-            _fail(f"{path}.channel", _one_of(ConsentChannel.values))
+            _fail(f"{path}.channel", _one_of(ConsentChannel.values, dict(ConsentChannel.choices)))
         if node.get("purpose", "marketing") not in ConsentPurpose.values:
-            _fail(f"{path}.purpose", _one_of(ConsentPurpose.values))
+            _fail(f"{path}.purpose", _one_of(ConsentPurpose.values, dict(ConsentPurpose.choices)))
         if node.get("state") not in CONSENT_STATES:
-            _fail(f"{path}.state", _one_of(CONSENT_STATES))
+            _fail(f"{path}.state", _one_of(CONSENT_STATES, CONSENT_STATE_LABELS))
 
     def reachable(self, node: dict, path: str) -> None:
         if node.get("channel") not in REACHABLE_CHANNELS:
-            _fail(f"{path}.channel", _one_of(REACHABLE_CHANNELS))
+            _fail(f"{path}.channel", _one_of(REACHABLE_CHANNELS, REACHABLE_CHANNEL_LABELS))
         if not isinstance(node.get("value", True), bool):
-            _fail(f"{path}.value", _("must be true or false"))
+            _fail(f"{path}.value", _("must be “is reachable” or “is not reachable”"))
 
     def segment(self, node: dict, path: str) -> None:
         from segments.models import Segment
 
         if node.get("match", "in") not in MATCH_IN:
-            _fail(f"{path}.match", _("must be in or not_in"))
+            _fail(f"{path}.match", _one_of(MATCH_IN, MATCH_IN_LABELS))
         ref = node.get("segment")
         if not isinstance(ref, int) or isinstance(ref, bool):
             _fail(f"{path}.segment", _("must be a segment id"))
@@ -621,7 +661,7 @@ class Validator:
         from segments.models import RFMLayer
 
         if node.get("match", "in") not in MATCH_IN:
-            _fail(f"{path}.match", _("must be in or not_in"))
+            _fail(f"{path}.match", _one_of(MATCH_IN, MATCH_IN_LABELS))
         layers = node.get("layers")
         if not isinstance(layers, list) or not layers:
             _fail(f"{path}.layers", _("must be a non-empty list of RFM layers"))
@@ -632,7 +672,7 @@ class Validator:
     def koc(self, node: dict, path: str) -> None:
         operator = node.get("operator")
         if operator not in KOC_OPS:
-            _fail(f"{path}.operator", _one_of(KOC_OPS))
+            _fail(f"{path}.operator", _one_of(KOC_OPS, KOC_LABELS))
         if operator.startswith("score_") and not _is_number(node.get("value")):
             _fail(f"{path}.value", _("must be a number"))
 
@@ -640,7 +680,7 @@ class Validator:
 def validate_property_filter(item: Any, path: str) -> None:
     """Check one event property filter: {"property": "amount", "operator": "gt", "value": 100}."""
     if not isinstance(item, dict):
-        _fail(path, _("must be an object with property, operator and value"))
+        _fail(path, _("must be a property filter: a property, an operator and a value"))
     prop = item.get("property")
     if (
         not isinstance(prop, str)
@@ -658,7 +698,7 @@ def validate_property_filter(item: Any, path: str) -> None:
         _fail(f"{path}.property", _("must not be a number: use a name with a letter in it"))
     operator = item.get("operator")
     if operator not in PROPERTY_OPS:
-        _fail(f"{path}.operator", _one_of(PROPERTY_OPS))
+        _fail(f"{path}.operator", _one_of(PROPERTY_OPS, OPERATOR_LABELS))
     value = item.get("value")
     if operator in ("exists", "not_exists"):
         return

@@ -480,7 +480,9 @@ def test_a_rule_error_with_a_placeholder_is_translated_before_it_is_filled(
         reverse("segments:preview"), data, HTTP_ACCEPT_LANGUAGE="zh-hans"
     ).content.decode()
 
-    assert "此字段的运算符须为以下之一：eq, neq, in, not_in, contains" in html
+    # The operators by the names the builder shows them with, never the rule's keys (eq, neq).
+    assert f"此字段的运算符须为以下之一：“{_translated('zh-hans', 'equals')}”" in html
+    assert "eq, neq" not in html
     assert "must be one of" not in html
 
 

@@ -14,7 +14,10 @@ from journeys.demo.services import (
     DEMO_STORE,
     DEMO_USERNAME,
     HISTORY_DAYS,
+    LEAD_SCORE_THRESHOLD,
+    LEAD_SCORES_INLINE_UP_TO,
     WEEKLY,
+    LeadScoringResult,
     demo_seed,
 )
 
@@ -95,8 +98,11 @@ class Command(BaseCommand):
         "tags, members and points, the custom fields they carry (肤质, 常去门店), segments with "
         f"{HISTORY_DAYS} days of size history worked out from the data (a point a day, or a "
         f"point every {WEEKLY} days above {DAILY_HISTORY_UP_TO:,} contacts), RFM layers and "
-        "KOC influence computed as the nightly passes do, and a live journey. "
-        "Safe to run again: existing demo data is kept and nothing is duplicated."
+        "KOC influence computed as the nightly passes do, lead-scoring rules (purchase, add to "
+        f"cart, product views, a profile fit) with a threshold of {LEAD_SCORE_THRESHOLD} for "
+        f"意向 and the lead scores they give (worked out here up to "
+        f"{LEAD_SCORES_INLINE_UP_TO:,} contacts; above, by the worker in the background), and a "
+        "live journey. Safe to run again: existing demo data is kept and nothing is duplicated."
     )
 
     def add_arguments(self, parser):
@@ -171,6 +177,7 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write("Influence: already computed; kept.")
+        self._lead_scoring(result.lead_scoring)
         journey = result.journey
         self.stdout.write(
             f'Journey "{journey.name}" is {journey.status}: tag a contact '
@@ -185,3 +192,20 @@ class Command(BaseCommand):
         for username, password, role, created in result.role_users:
             login = f"{username} / {password}" if created else f"{username} (password unchanged)"
             self.stdout.write(f"  or as {login}: {ROLE_NOTES[role]}")
+
+    def _lead_scoring(self, scoring: LeadScoringResult) -> None:
+        created = f"{scoring.rules_created} rules created" if scoring.rules_created else ""
+        if scoring.deferred:
+            self.stdout.write(
+                f"Lead scores: {created or 'rules kept'}; more than "
+                f"{LEAD_SCORES_INLINE_UP_TO:,} contacts, so the worker works the scores out in "
+                "the background (start it, e.g. `manage.py runall`)."
+            )
+        elif scoring.scored is not None:
+            self.stdout.write(
+                f"Lead scores: {scoring.scored:,} contacts scored, "
+                f"{scoring.above_threshold:,} of them at {LEAD_SCORE_THRESHOLD} or more (意向)"
+                + (f"; {created}." if created else ".")
+            )
+        else:
+            self.stdout.write("Lead scores: already computed; kept.")
