@@ -68,7 +68,10 @@ class ImportMappingForm(forms.Form):
         choices = [("", _("— skip —")), *importers.target_choices()]
         for index, header in enumerate(headers):
             self.fields[f"col_{index}"] = forms.ChoiceField(
-                label=header, choices=choices, required=False, initial=guessed.get(header, "")
+                label=importers.header_label(header, index),
+                choices=choices,
+                required=False,
+                initial=guessed.get(header, ""),
             )
         mapped = set(guessed.values())
         self.fields["key"].initial = next(
@@ -254,6 +257,10 @@ def import_mapping(request: HttpRequest, pk: int) -> HttpResponse:
         except DomainError as exc:
             error = exc.message
     elif request.method == "GET":
+        if not set(job.params["mapping"].values()) & set(importers.UPSERT_KEYS):
+            # Said in a toast too (it stays in view): the preview, which says it as well, may be
+            # below the fold of a file with many columns.
+            messages.warning(request, importers.no_identity_column_message())
         try:
             spec = importers.ImportSpec(
                 mapping=job.params["mapping"], key=form.fields["key"].initial

@@ -8,8 +8,10 @@ rejected-rows CSV with their reason and never block the good ones.
 """
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
+import fcntl
 import functools
 import io
 import json
@@ -32,10 +34,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.core.validators import validate_email
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext_lazy
+from django.utils.translation import gettext_lazy, pgettext, pgettext_lazy
 from phonenumbers import PhoneMetadata
 
 from contacts import services
@@ -116,30 +118,92 @@ UPSERT_KEYS: dict[str, str] = {
     "unionid": IdentityKind.WECHAT_UNIONID,
 }
 
-# Header spellings (lower-cased, without spaces, underscores, dashes and asterisks).
+# Header spellings, as _header_key writes them: lower-cased, without a note in brackets
+# ("手机号（必填）", "Phone (required)"), spaces, underscores, dashes, asterisks and colons.
+# Contact columns ambiguous between two fields (联系方式: a phone or an email?) are left to the
+# operator.
 HEADER_ALIASES: dict[str, str] = {
     **dict.fromkeys(
-        ["手机号", "手机号码", "手机", "电话", "电话号码", "联系电话", "mobile", "phone", "tel"],
+        [
+            "手机号",
+            "手机号码",
+            "手机",
+            "电话",
+            "电话号码",
+            "联系电话",
+            "移动电话",
+            "手机电话",
+            "mobile",
+            "mobilephone",
+            "mobilenumber",
+            "cellphone",
+            "phone",
+            "phonenumber",
+            "tel",
+            "telephone",
+        ],
         "phone",
     ),
-    **dict.fromkeys(["姓名", "名字", "客户姓名", "name", "fullname"], "name"),
+    **dict.fromkeys(["姓名", "名字", "客户姓名", "真实姓名", "name", "fullname"], "name"),
     **dict.fromkeys(["昵称", "微信昵称", "nickname", "nick"], "nickname"),
     **dict.fromkeys(["性别", "gender", "sex"], "gender"),
-    **dict.fromkeys(["生日", "出生日期", "birthday", "birthdate", "dob"], "birthday"),
-    **dict.fromkeys(["邮箱", "电子邮箱", "邮件", "email", "mail", "e-mail"], "email"),
-    **dict.fromkeys(["省份", "省", "province"], "province"),
-    **dict.fromkeys(["城市", "市", "city"], "city"),
-    **dict.fromkeys(["来源", "客户来源", "source"], "source"),
+    **dict.fromkeys(
+        [
+            "生日",
+            "出生日期",
+            "出生年月",
+            "出生年月日",
+            "生日日期",
+            "birthday",
+            "birthdate",
+            "dateofbirth",
+            "dob",
+        ],
+        "birthday",
+    ),
+    **dict.fromkeys(
+        [
+            "邮箱",
+            "邮箱地址",
+            "电子邮箱",
+            "电子邮件",
+            "电子邮件地址",
+            "邮件",
+            "邮件地址",
+            "email",
+            "emailaddress",
+            "mail",
+        ],
+        "email",
+    ),
+    **dict.fromkeys(["省份", "省", "所在省份", "所在省", "省份名称", "province"], "province"),
+    **dict.fromkeys(["城市", "市", "所在城市", "所在市", "所属城市", "城市名称", "city"], "city"),
+    **dict.fromkeys(["来源", "客户来源", "来源渠道", "source"], "source"),
     **dict.fromkeys(["渠道码", "渠道活码", "channelcode"], "channel_code"),
     **dict.fromkeys(["unionid", "微信unionid"], "unionid"),
     **dict.fromkeys(
-        ["外部id", "externalid", "会员号", "会员编号", "会员id", "客户编号"], "external_id"
+        [
+            "外部id",
+            "externalid",
+            "会员号",
+            "会员编号",
+            "会员id",
+            "会员卡号",
+            "客户编号",
+            "客户id",
+            "用户编号",
+            "用户id",
+        ],
+        "external_id",
     ),
-    **dict.fromkeys(["标签", "tags", "tag"], "tags"),
+    **dict.fromkeys(["标签", "标签名称", "tags", "tag"], "tags"),
     **dict.fromkeys(
         ["生命周期", "生命周期阶段", "阶段", "lifecyclestage", "stage"], "lifecycle_stage"
     ),
 }
+# Words a header may start with before a known header: 客户手机号, 用户昵称, 会员生日 … (a
+# spelling listed above as a whole, such as 会员编号, is matched as listed).
+HEADER_PREFIXES = ("客户", "用户", "会员", "顾客", "customer", "user", "member")
 TAG_SPLIT_RE = r"[,，、|]"
 TAG_NAME_LENGTH: int = Tag._meta.get_field("name").max_length
 
@@ -384,6 +448,59 @@ def _cell_text(value: Any) -> str:
     return str(value)
 
 
+# The cells of a CSV row past the header's columns. In a file that has such rows, the reader
+# names the columns past the header EXTRA_CELLS0, EXTRA_CELLS1 …; a chunk in which a row has a
+# filled one gets an EXTRA_CELLS column instead, holding for each such row its cells past the
+# header as a JSON list ("" for the other rows), which check_chunk refuses with a reason naming
+# them. Rows whose cells past the header are all empty (a trailing separator) are read as if
+# they had none.
+# NUL never occurs in a header (detect_encoding refuses it), so no header can be named so.
+EXTRA_CELLS = "\x00extra"
+# Columns past the header read at most: a row wider still has its further cells cut (a row of
+# thousands of separators would otherwise take each chunk's memory); it is refused all the same
+# when one of these cells is filled.
+MAX_EXTRA_CELLS = 100
+
+
+def _fold_extra_cells(frame: pd.DataFrame, width: int) -> pd.DataFrame:
+    """`frame` without the columns read past its first `width`, and with EXTRA_CELLS when a
+    row has a filled one."""
+    past_cells = frame.iloc[:, width:]
+    filled = (past_cells != "").to_numpy()
+    frame = frame.iloc[:, :width].copy()
+    wide = filled.any(axis=1)
+    if wide.any():
+        texts = []
+        for cells, marks in zip(past_cells.to_numpy()[wide], filled[wide], strict=True):
+            last = int(np.flatnonzero(marks)[-1])
+            texts.append(json.dumps([str(c) for c in cells[: last + 1]], ensure_ascii=False))
+        frame[EXTRA_CELLS] = ""
+        frame.loc[wide, EXTRA_CELLS] = texts
+    return frame
+
+
+def _csv_error(exc: Exception) -> "ImportFileError":
+    """The error for a CSV file the parser cannot read, in the operator's words (the parser's
+    own message names its internals)."""
+    # "EOF inside string starting at row N": N counts from the file's first row, from 0.
+    opened = re.search(r"EOF inside string starting at row (\d+)", str(exc))
+    if opened:
+        return ImportFileError(
+            _(
+                'A quotation mark (") opened in row %(row)s of the file is never closed, so '
+                "everything after it reads as one cell. Remove the quotation mark or close it, "
+                "or save the file again from Excel as “CSV UTF-8”, and upload it again."
+            )
+            % {"row": int(opened.group(1)) + 1}
+        )
+    return ImportFileError(
+        _(
+            "The file cannot be read as CSV. Open it in Excel, save it again as “CSV UTF-8” "
+            "and upload it again."
+        )
+    )
+
+
 @dataclass
 class SourceFile:
     """An uploaded file and how to read it."""
@@ -404,25 +521,102 @@ class SourceFile:
         )
 
     def chunks(self, size: int | None = None) -> Iterator[pd.DataFrame]:
-        """Yield the data rows as DataFrames of strings, `size` rows at a time."""
+        """Yield the data rows as DataFrames of strings, `size` rows at a time.
+
+        A chunk with a CSV row wider than the header has an EXTRA_CELLS column (see there).
+        """
         size = size or CHUNK_ROWS
         if self.fmt == "xlsx":
             yield from self._xlsx_chunks(size)
             return
-        reader = pd.read_csv(
-            self.path,
-            encoding=self.encoding,
-            sep=self.delimiter,
-            dtype=str,
-            keep_default_na=False,
-            chunksize=size,
-            skiprows=self.leading_rows(),
+        yield from self._csv_chunks(size)
+
+    def _csv_chunks(self, size: int) -> Iterator[pd.DataFrame]:
+        """The data rows of a CSV file, read by pandas' C parser, `size` rows at a time.
+
+        The C parser stops at the first row with more cells than the header has columns, and
+        the Python parser, which can step over such rows, is several times slower. So a file is
+        read as usual until the parser stops at such a row (a trailing separator, or a value
+        with an unquoted separator); it is then read on from the first row not yet yielded,
+        with as many columns past the header as its widest row has (counted once with the csv
+        module: only such a file pays for it). The cells past the header go to EXTRA_CELLS.
+        """
+        headers = self.headers()
+        extra = 0
+        # The parser lets its first row be of any width (and then cuts every row to it): that
+        # row is measured here instead.
+        if self._first_row_width() > len(headers):
+            extra = self._widest_row() - len(headers)
+        done = 0
+        while True:
+            try:
+                for frame in self._read_csv(headers, extra=extra, skip=done, size=size):
+                    done += len(frame)
+                    yield _fold_extra_cells(frame, len(headers)) if extra else frame
+                return
+            except pd.errors.ParserError as exc:
+                widest = extra or self._widest_row() - len(headers)
+                if widest <= extra:
+                    # Not a row too wide (a quotation mark never closed …): nothing to step over.
+                    raise _csv_error(exc) from exc
+                logger.info("import file %s has rows wider than its header", self.path.name)
+                extra = widest
+
+    def _read_csv(
+        self, headers: list[str], *, extra: int, skip: int, size: int
+    ) -> Iterator[pd.DataFrame]:
+        """The rows after the first `skip` data rows, with `extra` columns past the header."""
+        options: dict[str, Any] = {
+            "encoding": self.encoding,
+            "sep": self.delimiter,
+            "dtype": str,
+            "keep_default_na": False,
+            "chunksize": size,
+            # Never the first column as the rows' labels when a row is wider than the header.
+            "index_col": False,
             # Blank lines stay rows (skipped by check_chunk), so that the rows after them keep
             # their line's number in the rejected-rows file.
-            skip_blank_lines=False,
-        )
+            "skip_blank_lines": False,
+        }
+        if extra:
+            names = [*headers, *(f"{EXTRA_CELLS}{i}" for i in range(min(extra, MAX_EXTRA_CELLS)))]
+            reader = pd.read_csv(
+                self.path,
+                header=None,
+                names=names,
+                # Beyond MAX_EXTRA_CELLS a row's cells are cut rather than stopping the parser.
+                usecols=range(len(names)) if extra > MAX_EXTRA_CELLS else None,
+                skiprows=self.leading_rows() + 1 + skip,
+                **options,
+            )
+        else:
+            # The header row names the columns, as headers() reads them (and a little faster
+            # than skipping it and naming them).
+            assert not skip
+            reader = pd.read_csv(self.path, skiprows=self.leading_rows(), **options)
         with reader:
             yield from reader
+
+    def _csv_rows(self) -> Iterator[list[str]]:
+        """The data rows as the csv module reads them (only to count their cells)."""
+        with self.path.open(encoding=self.encoding, newline="") as fh:
+            rows = csv.reader(fh, delimiter=self.delimiter)
+            for _skipped in range(self.leading_rows() + 1):
+                next(rows, None)
+            yield from rows
+
+    def _first_row_width(self) -> int:
+        try:
+            return len(next(self._csv_rows(), []))
+        except csv.Error:
+            return 0  # a cell over the csv module's size limit: pandas reads it, or says why
+
+    def _widest_row(self) -> int:
+        """The most cells a data row of the file has."""
+        try:
+            return max((len(row) for row in self._csv_rows()), default=0)
+        except csv.Error as exc:
+            raise _csv_error(exc) from exc
 
     def leading_rows(self) -> int:
         """The blank rows above the header row (every cell empty or spaces), which headers()
@@ -598,13 +792,13 @@ def import_upload(*, file: UploadedFile, user: AbstractBaseUser | None) -> Job:
 
 
 def unreadable_file(source: "SourceFile | None", exc: Exception) -> ImportFileError:
-    """The error for a file its reader failed on: openpyxl's own messages name XML parts
-    that mean nothing to an operator."""
+    """The error for a file its reader failed on, in the operator's words: pandas' and
+    openpyxl's own messages name parser internals and XML parts."""
+    if isinstance(exc, ImportFileError):
+        return exc
     if source is not None and source.fmt == "xlsx":
         return _damaged_workbook()
-    return ImportFileError(
-        _("The file could not be read as CSV or Excel: %(error)s") % {"error": exc}
-    )
+    return _csv_error(exc)
 
 
 def _inspect(path: Path, suffix: str) -> SourceFile:
@@ -625,8 +819,40 @@ def _inspect(path: Path, suffix: str) -> SourceFile:
 # --- Mapping ----------------------------------------------------------------------------------
 
 
+# A note in brackets after (or before) a header's name: （必填）, (required), 【选填】,
+# [yyyy-mm-dd].
+_HEADER_NOTE_RE = re.compile(r"[(（【\[［〔][^)）】\]］〕]*[)）】\]］〕]")
+
+
 def _header_key(header: str) -> str:
-    return re.sub(r"[\s_\-*＊:：()（）]", "", header).lower()
+    key = _HEADER_NOTE_RE.sub("", header)
+    return re.sub(r"[\s_\-*＊:：()（）【】\[\]]", "", key).lower()
+
+
+def _header_target(key: str, custom: dict[str, str]) -> str:
+    """The field a header (as _header_key writes it) names, or "": a built-in spelling, then a
+    custom field's label or key, then a built-in spelling after a HEADER_PREFIXES word."""
+    target = HEADER_ALIASES.get(key) or custom.get(key)
+    if target:
+        return target
+    for prefix in HEADER_PREFIXES:
+        if key.startswith(prefix) and key[len(prefix) :] in HEADER_ALIASES:
+            return HEADER_ALIASES[key[len(prefix) :]]
+    return ""
+
+
+def header_label(header: str, index: int) -> str:
+    """A column's header as the mapping step shows it: a column without one is named by its
+    position, not by the placeholder its reader gave it (pandas' "Unnamed: 2", "column_3")."""
+    if not header.strip() or header in (f"Unnamed: {index}", f"column_{index + 1}"):
+        return _("(column %(number)s, no header)") % {"number": index + 1}
+    return header
+
+
+def _header_cell(header: str, index: int) -> str:
+    """A column's header as the rejected-rows file writes it: empty where the file had none,
+    so that the file reads back as the upload did."""
+    return "" if header_label(header, index) != header else header
 
 
 def target_choices() -> list[tuple[str, str]]:
@@ -647,7 +873,7 @@ def guess_mapping(*, headers: list[str]) -> dict[str, str]:
     used: set[str] = set()
     for header in headers:
         key = _header_key(header)
-        target = HEADER_ALIASES.get(key) or custom.get(key) or ""
+        target = _header_target(key, custom)
         if target and target not in used:
             mapping[header] = target
             used.add(target)
@@ -657,6 +883,14 @@ def guess_mapping(*, headers: list[str]) -> dict[str, str]:
 
 
 # --- Validation -------------------------------------------------------------------------------
+
+
+def no_identity_column_message() -> str:
+    """Why a mapping without a phone, email, external id or unionid column cannot import."""
+    return _(
+        "No column is mapped to Phone, Email, External id or WeChat unionid: without one, "
+        "no contact can be matched or created. Choose which column of the file holds one."
+    )
 
 
 @dataclass
@@ -677,6 +911,8 @@ class ImportSpec:
         targets = list(self.mapping.values())
         if self.key not in UPSERT_KEYS:
             raise ValidationFailed(_("Choose phone, email, external id or unionid as the key."))
+        if not set(targets) & set(UPSERT_KEYS):
+            raise ValidationFailed(no_identity_column_message())
         if self.key not in targets:
             raise ValidationFailed(
                 _("Map a column to “%(key)s”: it is the key that matches existing contacts.")
@@ -972,6 +1208,37 @@ def prepare_chunk(
     return checked.good[kept], bad
 
 
+# A row's reasons share its one reason cell: each is a sentence of its own, and only the last
+# keeps its full stop ("Invalid email; Gender must be 男/女 or male/female; Custom field '鞋码'
+# must be a number."). REASON_MARK ends each reason while a chunk collects them.
+REASON_SEPARATOR = "; "
+REASON_MARK = "\x1f"
+_REASON_END_RE = re.compile(r"[.。]*\x1f")
+
+
+def join_reasons(reasons: Iterator[str] | list[str]) -> str:
+    """A row's reasons in its one reason cell."""
+    texts = [str(reason) for reason in reasons if reason]
+    return REASON_SEPARATOR.join([*(t.rstrip(".。") for t in texts[:-1]), *texts[-1:]])
+
+
+def _marked_reasons(marked: pd.Series) -> pd.Series:
+    """Reasons collected with REASON_MARK after each, as join_reasons writes them."""
+    return marked.str.rstrip(REASON_MARK).str.replace(_REASON_END_RE, REASON_SEPARATOR, regex=True)
+
+
+def _too_many_cells(columns: int, past: list[str]) -> str:
+    """Why a row with cells past the header's columns is refused, naming those cells."""
+    return _(
+        "This row has %(cells)s cells but the header has %(columns)s columns (extra: "
+        "%(extra)s). Put a value that contains the separator in double quotes."
+    ) % {
+        "cells": columns + len(past),
+        "columns": columns,
+        "extra": pgettext("list separator", ", ").join(f"“{cell}”" for cell in past),
+    }
+
+
 def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> CheckedChunk:
     """Validate one chunk, leaving its duplicates undecided.
 
@@ -980,8 +1247,12 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
     """
     frame = frame.reset_index(drop=True)
     n = len(frame)
+    # Rows with more cells than the header (a value with an unquoted separator shifts the
+    # cells after it): refused with only that reason, their other checks read shifted cells.
+    past = frame.pop(EXTRA_CELLS) if EXTRA_CELLS in frame.columns else None
+    wide = np.zeros(n, dtype=bool) if past is None else (past != "").to_numpy(dtype=bool)
     # Skipped, yet numbered: the rows after them keep their number in the file.
-    blank = _blank_rows(frame)
+    blank = _blank_rows(frame) & ~wide
     out = pd.DataFrame(index=frame.index)
     # Row 1 is the header, unless blank rows above it (counted in the initial offset) push it down.
     first_row = state.offset + 2
@@ -999,7 +1270,7 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
     def reject(mask: pd.Series | np.ndarray, message: str) -> None:
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
-            errors[mask] = errors[mask] + message + "; "
+            errors[mask] = errors[mask] + message + REASON_MARK
 
     # Only mapped columns are checked: the others are empty in every row.
     mapped = set(spec.mapping.values())
@@ -1011,7 +1282,7 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
             has_nul = cells.str.contains("\x00", regex=False).to_numpy(dtype=bool)
             reject(
                 has_nul,
-                _("%(field)s contains the NUL character (U+0000)")
+                _("%(field)s contains the NUL character (U+0000).")
                 % {"field": _target_label(column)},
             )
             # Emptied so that the checks below do not add reasons about the same cell.
@@ -1019,26 +1290,26 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
 
     if "phone" in mapped:
         phones = _normalise_phones(out["phone"])
-        reject(phones.isna(), _("invalid phone number"))
+        reject(phones.isna(), _("Invalid phone number."))
         out["phone"] = phones.fillna("")
 
     if "email" in mapped:
         emails = out["email"].str.lower()
-        reject(~_valid_emails(emails), _("invalid email"))
+        reject(~_valid_emails(emails), _("Invalid email."))
         out["email"] = emails
 
     for column, limit in MAX_LENGTHS.items():
         if column in mapped and column != "phone":
             reject(
                 out[column].str.len() > limit,
-                _("%(field)s is longer than %(limit)s characters")
+                _("%(field)s is longer than %(limit)s characters.")
                 % {"field": TARGETS[column], "limit": limit},
             )
 
     if "gender" in mapped:
         gender_raw = out["gender"].str.lower()
         genders = gender_raw.map(GENDERS)
-        reject((gender_raw != "") & genders.isna(), _("gender must be 男/女 or male/female"))
+        reject((gender_raw != "") & genders.isna(), _("Gender must be 男/女 or male/female."))
         out["gender"] = genders.fillna("")
 
     if "source" in mapped:
@@ -1053,14 +1324,14 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
     if "birthday" in mapped:
         birthdays, text = _normalise_birthdays(out["birthday"])
         has_birthday = out["birthday"] != ""
-        reject(has_birthday & birthdays.isna(), _("birthday is not a date like 1990-05-17"))
-        reject(birthdays > pd.Timestamp(timezone.localdate()), _("birthday is in the future"))
+        reject(has_birthday & birthdays.isna(), _("Birthday is not a date like 1990-05-17."))
+        reject(birthdays > pd.Timestamp(timezone.localdate()), _("Birthday is in the future."))
         out["birthday"] = text.where(birthdays.notna(), "")
 
     if "lifecycle_stage" in mapped:
         stage_raw = out["lifecycle_stage"].str.lower()
         stages = stage_raw.map(state.stages)
-        reject((stage_raw != "") & stages.isna(), _("unknown lifecycle stage"))
+        reject((stage_raw != "") & stages.isna(), _("Unknown lifecycle stage."))
         out["lifecycle_stage"] = stages.fillna("")
 
     if "tags" in mapped:
@@ -1079,27 +1350,32 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
         )
         reject(
             too_long_tag,
-            _("a tag is longer than %(max)s characters") % {"max": TAG_NAME_LENGTH},
+            _("A tag is longer than %(max)s characters.") % {"max": TAG_NAME_LENGTH},
         )
         unknown = _unknown_tags(tags, state)
         named = unknown != ""
         # One reason per row, not per distinct cell: a file may hold as many cells as rows.
-        errors[named] = errors[named] + unknown[named] + "; "
+        errors[named] = errors[named] + unknown[named] + REASON_MARK
         out["tags"] = tags
 
     out["attributes"] = _custom_attributes(out, spec, reject)
 
     reject(
         key_missing & ~blank,
-        _("the key column “%(key)s” is empty") % {"key": TARGETS[spec.key]},
+        _("The key column “%(key)s” is empty.") % {"key": TARGETS[spec.key]},
     )
+    if wide.any():
+        errors[wide] = [
+            _too_many_cells(len(frame.columns), json.loads(cells)) + REASON_MARK
+            for cells in past[wide]
+        ]
     ok = (errors == "") & ~blank
     refused = (errors != "") & ~blank
     out["key"] = out[spec.key]
     good = out.loc[ok, STAGE_COLUMNS]
     bad = frame.loc[refused].copy()
     bad.insert(0, "_row", out.loc[refused, "rn"])
-    bad["_reason"] = pd.Series(errors[refused], index=bad.index).str.rstrip("; ")
+    bad["_reason"] = _marked_reasons(pd.Series(errors[refused], index=bad.index, dtype=object))
     return CheckedChunk(
         frame=frame,
         first_row=first_row,
@@ -1148,16 +1424,16 @@ def _unknown_tags(tags: pd.Series, state: ChunkState) -> np.ndarray:
                 continue  # a tag whose name has a "/" (_tag_named)
             if group in state.tag_groups:
                 messages.append(
-                    _("unknown tag “%(tag)s”: the group “%(group)s” has no tag “%(name)s”")
+                    _("Unknown tag “%(tag)s”: the group “%(group)s” has no tag “%(name)s”.")
                     % {"tag": ref, "group": group, "name": name}
                 )
             else:
                 messages.append(
-                    _("unknown tag “%(tag)s”: there is no tag group “%(group)s”")
+                    _("Unknown tag “%(tag)s”: there is no tag group “%(group)s”.")
                     % {"tag": ref, "group": group}
                 )
         if messages:
-            reasons[cell] = "; ".join(messages)
+            reasons[cell] = join_reasons(messages)
     if reasons:
         found[with_path] = tags[with_path].map(reasons).fillna("").to_numpy(dtype=object)
     return found
@@ -1165,8 +1441,8 @@ def _unknown_tags(tags: pd.Series, state: ChunkState) -> np.ndarray:
 
 def _duplicate_reason(column: str) -> str:
     if column == "key":
-        return _("duplicate of an earlier row in this file (same key)")
-    return _("duplicate of an earlier row in this file (same %(field)s)") % {
+        return _("Duplicate of an earlier row in this file (same key).")
+    return _("Duplicate of an earlier row in this file (same %(field)s).") % {
         "field": TARGETS[column]
     }
 
@@ -1194,7 +1470,7 @@ def decide_duplicates(
     hit = np.logical_or.reduce([duplicate[c] for c in columns])
     rows = good["rn"].to_numpy()
     reasons = [
-        (int(rows[i]), "; ".join(_duplicate_reason(c) for c in columns if duplicate[c][i]))
+        (int(rows[i]), join_reasons(_duplicate_reason(c) for c in columns if duplicate[c][i]))
         for i in np.flatnonzero(hit)
     ]
     return hit, reasons
@@ -1316,6 +1592,11 @@ def _custom_attributes(out: pd.DataFrame, spec: ImportSpec, reject) -> pd.Series
         for key in keys
         if key in definitions and definitions[key].kind == CustomFieldKind.MULTI_CHOICE
     }
+    yes_no = {
+        key: definitions[key].label or key
+        for key in keys
+        if key in definitions and definitions[key].kind == CustomFieldKind.BOOLEAN
+    }
     # Files repeat the same few values (a choice, yes/no): validate each combination once, and
     # each value of a refused combination once.
     outcomes: dict[tuple[str, ...], tuple[str, str]] = {}
@@ -1333,7 +1614,7 @@ def _custom_attributes(out: pd.DataFrame, spec: ImportSpec, reject) -> pd.Series
         except (DomainError, ValidationError) as exc:
             outcomes[cells] = (
                 "",
-                _every_custom_error(values, cells, keys, validate, exc, value_errors),
+                _every_custom_error(values, cells, keys, validate, exc, value_errors, yes_no),
             )
         else:
             outcomes[cells] = (json.dumps(cleaned, ensure_ascii=False, default=str), "")
@@ -1360,11 +1641,14 @@ def _every_custom_error(
     validate: Callable[..., dict],
     exc: Exception,
     value_errors: dict[tuple[str, str], str],
+    yes_no: dict[str, str],
 ) -> str:
     """Every custom value of a refused row that is invalid, each in its field's own message.
 
     The service stops at the first invalid value; the operator fixing the rejected-rows file
-    should see them all at once, so each value is validated again on its own.
+    should see them all at once, so each value is validated again on its own. A yes/no field
+    (`yes_no`: their labels by key) says which words a file may spell it with: the service's
+    own message asks for true or false, as JSON gives it.
     """
     raw = dict(zip(keys, cells, strict=True))
     messages = []
@@ -1374,7 +1658,9 @@ def _every_custom_error(
             try:
                 validate(values={key: value})
             except (DomainError, ValidationError) as value_exc:
-                value_errors[memo] = _error_text(value_exc)
+                value_errors[memo] = (
+                    _yes_no_error(yes_no[key]) if key in yes_no else _error_text(value_exc)
+                )
             else:
                 value_errors[memo] = ""
         if value_errors[memo]:
@@ -1383,7 +1669,13 @@ def _every_custom_error(
         # Refused as a whole though each value passes alone: the service's own reason.
         return _error_text(exc)
     # One reason cell: the messages' own full stops would read ".;" between them.
-    return "; ".join([*(m.rstrip(".。") for m in messages[:-1]), messages[-1]])
+    return join_reasons(messages)
+
+
+def _yes_no_error(label: str) -> str:
+    return _("Custom field '%(field)s' must be yes or no (是/否, yes/no, true/false or 1/0).") % {
+        "field": label
+    }
 
 
 # --- Preview ----------------------------------------------------------------------------------
@@ -1554,7 +1846,7 @@ class IdentityRaced(Exception):
 
 
 def _taken_reason(column: str, owner: int) -> str:
-    return _("%(field)s belongs to another contact (ID %(contact)s)") % {
+    return _("%(field)s belongs to another contact (ID %(contact)s).") % {
         "field": TARGETS[column],
         "contact": owner,
     }
@@ -1564,11 +1856,11 @@ def _raced_reason(column: str, owner: int | None) -> str:
     if owner is None:
         return _(
             "%(field)s was taken by another program while this row was written; import the "
-            "row again"
+            "row again."
         ) % {"field": TARGETS[column]}
     return _(
         "%(field)s was given to another contact (ID %(contact)s) while this row was written; "
-        "import the row again to update that contact"
+        "import the row again to update that contact."
     ) % {"field": TARGETS[column], "contact": owner}
 
 
@@ -2049,7 +2341,7 @@ def _refuse_taken_postgres(cursor: Any, columns: dict[str, str]) -> list[tuple[i
     return sorted(
         (
             rn,
-            "; ".join(
+            join_reasons(
                 _taken_reason(column, owner)
                 for column, owner in zip(columns, owners, strict=True)
                 if owner is not None
@@ -2130,7 +2422,7 @@ def _taken(
         hit = (owner != 0) & (owner != contact_ids)
         for rn, other in zip(rows["rn"].to_numpy()[hit], owner[hit], strict=True):
             reasons.setdefault(int(rn), []).append(_taken_reason(column, int(other)))
-    return {rn: "; ".join(texts) for rn, texts in reasons.items()}
+    return {rn: join_reasons(texts) for rn, texts in reasons.items()}
 
 
 def _match_generic(
@@ -2421,12 +2713,78 @@ def _rejected_path(job: Job) -> str:
 
 
 def import_run(*, job_id: int) -> dict[str, Any] | None:
-    """Run a started import to the end, recording progress, counts and rejected rows."""
+    """Run a started import to the end, recording progress, counts and rejected rows.
+
+    One run at a time: a message redelivered while a worker still runs the job (acks_late, a
+    broker's visibility timeout shorter than the import) returns at once and changes nothing;
+    one redelivered after that worker died runs the job again from the start (the chunks
+    committed before count as unchanged).
+    """
     job = Job.objects.filter(pk=job_id, kind=JOB_KIND).first()
     if job is None or job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         return None  # a redelivered message for a finished job changes nothing
-    with translation.override(job.params.get("language") or settings.LANGUAGE_CODE):
-        return _import_run(job)
+    with _run_claim(job.pk) as claimed:
+        if not claimed:
+            logger.info("import job %s is being run by another worker; not run again", job.pk)
+            return None
+        # The run that held the claim before this one may have finished the job meanwhile.
+        job.refresh_from_db()
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return None
+        with translation.override(job.params.get("language") or settings.LANGUAGE_CODE):
+            return _import_run(job)
+
+
+# Class key of the PostgreSQL advisory lock an import run holds on its job (the second key is
+# the job id): "IMPR", a space apart from the other advisory locks of this database.
+RUN_LOCK_CLASS = 0x494D_5052
+
+
+@contextlib.contextmanager
+def _run_claim(job_id: int) -> Iterator[bool]:
+    """Claim the run of a job: True for the one run that then holds it until it ends, False
+    while another run holds it.
+
+    PostgreSQL: a transaction-scoped advisory lock taken on a connection of its own, whose
+    transaction stays open for the run (the run itself commits chunk by chunk on its own
+    connection; a session-level lock would stay with a pooler's server connection in
+    transaction mode after its holder is gone). Elsewhere (SQLite, on one machine by nature):
+    an exclusive flock on a file beside the upload. Either way, a worker that dies loses the
+    claim with its connection or process, so the message redelivered then runs the job.
+    """
+    if connection.vendor == "postgresql":
+        holder = connections.create_connection(connection.alias)
+        try:
+            holder.set_autocommit(False)
+            with holder.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s, %s)",
+                    [RUN_LOCK_CLASS, (job_id + 2**31) % 2**32 - 2**31],
+                )
+                claimed = bool(cursor.fetchone()[0])
+            yield claimed
+        finally:
+            try:
+                holder.rollback()
+            except DatabaseError:
+                pass  # the connection is gone, and its lock with it
+            finally:
+                holder.close()
+        return
+    path = media_path(f"{IMPORT_DIR}/job-{job_id}.run")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            # Removed while still held: a run that opened it meanwhile takes a lock on a file
+            # nobody else will open, then finds the job finished (import_run re-reads it).
+            path.unlink(missing_ok=True)
 
 
 def _import_run(job: Job) -> dict[str, Any]:
@@ -2453,7 +2811,8 @@ def _import_run(job: Job) -> dict[str, Any]:
     try:
         with rejected_path.open("w", encoding="utf-8-sig", newline="") as rejected_file:
             writer = csv.writer(rejected_file)
-            writer.writerow([_("Row"), *params["headers"], _("Reason")])
+            headers = [_header_cell(h, i) for i, h in enumerate(params["headers"])]
+            writer.writerow([_("Row"), *headers, _("Reason")])
             chunks = _checked_chunks(source, spec, state)
             # Custom fields are validated against the database, which a second thread would
             # see through its own connection (outside this job's transactions): read ahead

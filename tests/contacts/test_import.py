@@ -172,14 +172,14 @@ def test_bad_rows_are_rejected_with_reasons_and_never_block_good_rows(
     assert header == ["Row", "手机号", "邮箱", "性别", "生日", "姓名", "Reason"]
     reasons = {row[0]: row[-1] for row in body}
     assert reasons == {
-        "3": "invalid phone number",
-        "4": "invalid email",
-        "5": "gender must be 男/女 or male/female",
-        "6": "birthday is in the future",
-        "7": "birthday is not a date like 1990-05-17",
-        "8": "Name is longer than 100 characters",
-        "9": "duplicate of an earlier row in this file (same key)",
-        "10": "the key column “Phone” is empty",
+        "3": "Invalid phone number.",
+        "4": "Invalid email.",
+        "5": "Gender must be 男/女 or male/female.",
+        "6": "Birthday is in the future.",
+        "7": "Birthday is not a date like 1990-05-17.",
+        "8": "Name is longer than 100 characters.",
+        "9": "Duplicate of an earlier row in this file (same key).",
+        "10": "The key column “Phone” is empty.",
     }
     assert body[0][1:-1] == ["12345", "", "", "", "坏电话"]  # the row as it was in the file
 
@@ -269,7 +269,7 @@ def test_custom_fields_and_lifecycle_stage_are_validated(media, django_capture_o
     assert "shoe_size" in lin.attributes
     reasons = {row[0]: row[-1] for row in rejected_rows(job, media)[1:]}
     assert set(reasons) == {"3", "4"}
-    assert reasons["4"] == "unknown lifecycle stage"
+    assert reasons["4"] == "Unknown lifecycle stage."
 
 
 @pytest.mark.parametrize(
@@ -551,11 +551,11 @@ def test_imported_phones_are_accepted_and_rejected_like_the_api(
     assert stored == valid
     duplicates = len([e for e in expected.values() if e]) - len(valid)
     rejected = [r for r in rejected_rows(job, media)[1:]]
-    assert {r[1] for r in rejected if "invalid phone" in r[-1]} == {
+    assert {r[1] for r in rejected if "Invalid phone" in r[-1]} == {
         p for p, e in expected.items() if e is None
     }
     assert job.result["rejected"] == len(ODD_PHONES) - len(valid)
-    assert duplicates == len([r for r in rejected if "duplicate" in r[-1]])
+    assert duplicates == len([r for r in rejected if "Duplicate" in r[-1]])
 
 
 def _two_new_people(key: str) -> tuple[pd.DataFrame, ImportSpec]:
@@ -649,7 +649,7 @@ def test_a_row_whose_key_is_taken_on_every_attempt_is_rejected_with_the_reason(
     assert rejected[0] == "2"
     assert rejected[-1] == (
         f"{field} was given to another contact (ID {owners[-1].pk}) while this row was "
-        "written; import the row again to update that contact"
+        "written; import the row again to update that contact."
     )
     # Nothing of the row was written: the contact that took the key is as identify left it.
     owner = Contact.objects.get(pk=owners[-1].pk)
@@ -685,7 +685,7 @@ def test_rejected_rows_of_a_failed_import_can_be_downloaded(
     download = client.get(link)
     assert download.status_code == 200
     content = b"".join(download.streaming_content).decode("utf-8-sig")
-    assert "bad" in content and "invalid phone number" in content
+    assert "bad" in content and "Invalid phone number." in content
 
     client.force_login(UserFactory(username="nosy", is_superuser=False))
     assert client.get(link).status_code == 404

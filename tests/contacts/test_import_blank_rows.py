@@ -74,8 +74,8 @@ def test_rows_after_blank_lines_keep_their_number_and_partly_empty_rows_are_judg
     assert counts(job) == (2, 0, 0, 2)
     assert job.result["rows"] == 4
     assert reasons(job, media) == {
-        "6": "the key column “External id” is empty",
-        "8": "the key column “External id” is empty",
+        "6": "The key column “External id” is empty.",
+        "8": "The key column “External id” is empty.",
     }
     assert job_outcome(job).state == "partial"
     assert job_outcome(job).rows == 4
@@ -97,7 +97,7 @@ def test_blank_rows_of_a_workbook_are_skipped_too(media, django_capture_on_commi
 
     assert counts(job) == (2, 0, 0, 1)
     assert job.result["rows"] == 3
-    assert reasons(job, media) == {"5": "the key column “External id” is empty"}
+    assert reasons(job, media) == {"5": "The key column “External id” is empty."}
     assert set(Contact.objects.values_list("name", flat=True)) == {"林", "王"}
 
 
@@ -124,7 +124,7 @@ def test_the_preview_leaves_blank_rows_out(media):
 
     assert [(row["rn"], row["error"]) for row in preview.rows] == [
         (2, ""),
-        (4, "the key column “External id” is empty"),
+        (4, "The key column “External id” is empty."),
     ]
 
 
@@ -145,7 +145,7 @@ def test_blank_lines_above_the_header_are_skipped_and_rows_keep_the_file_line_nu
     preview = importers.import_preview(job=job, spec=spec)
     assert [(row["rn"], row["error"]) for row in preview.rows] == [
         (5, ""),
-        (7, "the key column “External id” is empty"),
+        (7, "The key column “External id” is empty."),
         (8, ""),
     ]
 
@@ -156,7 +156,7 @@ def test_blank_lines_above_the_header_are_skipped_and_rows_keep_the_file_line_nu
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert counts(job) == (2, 0, 0, 1)
     assert job.result["rows"] == 3
-    assert reasons(job, media) == {"7": "the key column “External id” is empty"}
+    assert reasons(job, media) == {"7": "The key column “External id” is empty."}
     assert set(Contact.objects.values_list("name", flat=True)) == {"林", "王"}
 
 
@@ -185,5 +185,5 @@ def test_empty_rows_above_a_workbook_header_are_skipped(media, django_capture_on
     assert job.params["headers"] == ["会员号", "姓名", "城市"]
     assert counts(job) == (2, 0, 0, 1)
     assert job.result["rows"] == 3
-    assert reasons(job, media) == {"5": "the key column “External id” is empty"}
+    assert reasons(job, media) == {"5": "The key column “External id” is empty."}
     assert (job.done, job.total) == (3, 3)

@@ -28,8 +28,8 @@ def prepared(rows: list[tuple[str, str]]) -> tuple[list[str], dict[int, str]]:
     return good["name"].tolist(), dict(zip(bad["_row"], bad["_reason"], strict=True))
 
 
-DUP_KEY = "duplicate of an earlier row in this file (same key)"
-DUP_PHONE = "duplicate of an earlier row in this file (same Phone)"
+DUP_KEY = "Duplicate of an earlier row in this file (same key)."
+DUP_PHONE = "Duplicate of an earlier row in this file (same Phone)."
 
 
 def test_a_row_rejected_for_its_phone_does_not_make_the_next_row_with_its_key_a_duplicate(
@@ -59,7 +59,7 @@ def test_a_row_rejected_as_invalid_claims_nothing(media, django_capture_on_commi
 
     job = run(rows, django_capture_on_commit_callbacks)
 
-    assert reasons(job, media) == {"2": "invalid phone number"}
+    assert reasons(job, media) == {"2": "Invalid phone number."}
     assert Contact.objects.get().name == "valid"
 
 
@@ -110,7 +110,7 @@ def test_a_row_duplicating_two_kept_rows_gives_both_reasons():
     kept, rejected = prepared([("K0", "13900139000"), ("K1", "13900139001"), ("K0", "13900139001")])
 
     assert kept == ["r0", "r1"]
-    assert rejected == {4: f"{DUP_KEY}; {DUP_PHONE}"}
+    assert rejected == {4: f"{DUP_KEY.rstrip('.')}; {DUP_PHONE}"}
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="xmax is PostgreSQL's")

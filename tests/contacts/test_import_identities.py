@@ -50,8 +50,8 @@ def test_a_phone_of_another_contact_is_refused_and_nobody_changes(
     job = run(rows, django_capture_on_commit_callbacks, key="external_id")
 
     assert reasons(job, media) == {
-        "2": f"Phone belongs to another contact (ID {b.pk})",
-        "3": f"Phone belongs to another contact (ID {b.pk})",
+        "2": f"Phone belongs to another contact (ID {b.pk}).",
+        "3": f"Phone belongs to another contact (ID {b.pk}).",
     }
     a.refresh_from_db()
     assert (a.name, a.phone) == ("A", "+8613900139002")  # nothing of the row was written
@@ -85,7 +85,7 @@ def test_a_new_row_with_a_taken_identity_creates_nothing(
     job = run(rows, django_capture_on_commit_callbacks, key=key)
 
     label = str(importers.TARGETS[_target(kind)])
-    assert reasons(job, media) == {"2": f"{label} belongs to another contact (ID {owner.pk})"}
+    assert reasons(job, media) == {"2": f"{label} belongs to another contact (ID {owner.pk})."}
     assert set(Contact.objects.values_list("name", flat=True)) == {"owner", "fine"}
     # The refused row's key was claimed before the check: it must not be left pointing nowhere.
     key_kind = importers.UPSERT_KEYS[key]
@@ -151,7 +151,7 @@ def test_two_rows_claiming_one_email_in_different_chunks_keep_the_first(
 
     job = run(rows, django_capture_on_commit_callbacks, key="external_id")
 
-    assert reasons(job, media) == {"4": "duplicate of an earlier row in this file (same Email)"}
+    assert reasons(job, media) == {"4": "Duplicate of an earlier row in this file (same Email)."}
     owner = Identity.objects.get(kind=IdentityKind.EMAIL, value="same@example.com").contact
     assert identities(owner, IdentityKind.EXTERNAL_ID) == {"K-1"}
     assert counts(job) == (2, 0, 0, 1)
@@ -171,7 +171,7 @@ def test_the_preview_shows_a_taken_identity(django_capture_on_commit_callbacks):
     )
 
     assert [row["error"] for row in preview.rows] == [
-        f"Phone belongs to another contact (ID {b.pk})",
+        f"Phone belongs to another contact (ID {b.pk}).",
         "",
     ]
     assert Contact.objects.count() == 2

@@ -104,8 +104,8 @@ def test_an_import_whose_every_row_was_rejected_looks_failed_and_offers_the_reas
     response = admin_client.get(download)
     assert response.status_code == 200
     assert set(reasons(job, media).values()) == {
-        "invalid phone number",
-        "the key column “Phone” is empty",
+        "Invalid phone number.",
+        "The key column “Phone” is empty.",
     }
 
     row = _recent_row(admin_client, job)
@@ -272,13 +272,13 @@ def test_every_invalid_value_of_a_row_is_in_its_reason_by_field_label(
     custom = (
         "Custom field '鞋码' must be a number; "
         "Custom field '尺码' must be one of: S, M, L; "
-        "Custom field '是否会员' must be true or false; "
+        "Custom field '是否会员' must be yes or no (是/否, yes/no, true/false or 1/0); "
         "Custom field '喜欢的颜色' has options outside the choices: 紫色."
     )
     assert reasons(job, media) == {
-        "2": f"invalid email; gender must be 男/女 or male/female; {custom}",
+        "2": f"Invalid email; Gender must be 男/女 or male/female; {custom}",
         "3": custom,
-        "4": "Custom field '是否会员' must be true or false.",
+        "4": "Custom field '是否会员' must be yes or no (是/否, yes/no, true/false or 1/0).",
     }
     assert counts(job) == (1, 0, 0, 3)
     good = Contact.objects.get(phone="+8613600136000")
@@ -300,7 +300,8 @@ def test_the_reasons_read_in_the_operators_language(
         job = run(rows, django_capture_on_commit_callbacks, key="phone")
 
     assert reasons(job, media) == {
-        "2": "邮箱无效; 自定义字段“尺码”须为以下之一：S、M、L; 自定义字段“是否会员”须为是或否。"
+        "2": "邮箱无效; 自定义字段“尺码”须为以下之一：S、M、L; "
+        "自定义字段“是否会员”须为是或否（是/否、yes/no、true/false 或 1/0）。"
     }
 
 
@@ -323,7 +324,7 @@ def test_a_nul_in_a_custom_field_is_named_by_its_label(english, fields):
     good, bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
 
     assert good.empty
-    assert list(bad["_reason"]) == ["鞋码 contains the NUL character (U+0000)"]
+    assert list(bad["_reason"]) == ["鞋码 contains the NUL character (U+0000)."]
 
 
 # --- 3. Multiple-choice cells split on the separators Chinese spreadsheets use -----------------
@@ -573,4 +574,4 @@ def test_the_rejected_rows_file_is_in_the_uploaders_language(
 
     assert job.params["language"] == "en"
     (reason,) = reasons(job, media).values()
-    assert reason == "invalid phone number"
+    assert reason == "Invalid phone number."

@@ -17,8 +17,8 @@ from tests.factories import ContactFactory, IdentityFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
-DUP_KEY = "duplicate of an earlier row in this file (same key)"
-DUP_PHONE = "duplicate of an earlier row in this file (same Phone)"
+DUP_KEY = "Duplicate of an earlier row in this file (same key)."
+DUP_PHONE = "Duplicate of an earlier row in this file (same Phone)."
 
 
 def by_member_number(value: str) -> Contact:
@@ -45,7 +45,7 @@ def test_the_next_row_with_the_key_of_a_refused_row_is_written(
 
     job = run(rows, django_capture_on_commit_callbacks)
 
-    assert reasons(job, media) == {"2": f"Phone belongs to another contact (ID {bea.pk})"}
+    assert reasons(job, media) == {"2": f"Phone belongs to another contact (ID {bea.pk})."}
     k1 = by_member_number("K1")
     assert (k1.name, k1.phone) == ("valid", "+8613900139002")
     assert counts(job) == (1, 0, 0, 1)
@@ -65,7 +65,7 @@ def test_a_matched_contact_is_updated_by_the_row_after_a_refused_one(
 
     job = run(rows, django_capture_on_commit_callbacks)
 
-    assert reasons(job, media) == {"2": f"Phone belongs to another contact (ID {bea.pk})"}
+    assert reasons(job, media) == {"2": f"Phone belongs to another contact (ID {bea.pk})."}
     lin.refresh_from_db()
     assert (lin.name, lin.phone) == ("Lin Xiaoyu", "")
     assert counts(job) == (0, 1, 0, 1)
@@ -87,7 +87,7 @@ def test_a_refused_row_leaves_its_other_values_to_the_rows_after_it(
     job = run(rows, django_capture_on_commit_callbacks)
 
     assert reasons(job, media) == {
-        "2": f"Phone belongs to another contact (ID {bea.pk})",
+        "2": f"Phone belongs to another contact (ID {bea.pk}).",
         "5": DUP_PHONE,
     }
     assert by_member_number("K2").email == "k@example.com"
@@ -114,7 +114,7 @@ def test_a_row_repeating_a_written_row_is_a_duplicate_even_with_another_contacts
 
     assert reasons(job, media) == {
         "3": DUP_KEY,
-        "5": "duplicate of an earlier row in this file (same Email)",
+        "5": "Duplicate of an earlier row in this file (same Email).",
     }
     assert by_member_number("K1").name == "first"
     assert counts(job) == (2, 0, 0, 2)
@@ -133,7 +133,7 @@ def test_the_preview_judges_the_row_after_a_refused_one_on_its_own(bea):
     )
 
     assert [row["error"] for row in preview.rows] == [
-        f"Phone belongs to another contact (ID {bea.pk})",
+        f"Phone belongs to another contact (ID {bea.pk}).",
         "",
         DUP_KEY,
     ]

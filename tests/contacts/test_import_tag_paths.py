@@ -110,10 +110,10 @@ def test_an_unknown_group_or_tag_rejects_the_row_with_every_other_problem(
     assert job.status == JobStatus.SUCCEEDED
     assert counts(job) == (2, 0, 0, 3)
     assert reasons(job, media) == {
-        "3": "unknown tag “兴趣/香水”: the group “兴趣” has no tag “香水”",
-        "4": "unknown tag “美妆/口红”: there is no tag group “美妆”",
-        "5": "invalid email; unknown tag “兴趣/香水”: the group “兴趣” has no tag “香水”; "
-        "unknown tag “美妆/口红”: there is no tag group “美妆”",
+        "3": "Unknown tag “兴趣/香水”: the group “兴趣” has no tag “香水”.",
+        "4": "Unknown tag “美妆/口红”: there is no tag group “美妆”.",
+        "5": "Invalid email; Unknown tag “兴趣/香水”: the group “兴趣” has no tag “香水”; "
+        "Unknown tag “美妆/口红”: there is no tag group “美妆”.",
     }
     # Nothing of a refused row is written: no contact, no tag, no group (新客 of row 4 is
     # created for row 6, which is imported).
@@ -152,7 +152,7 @@ def test_only_a_plain_name_must_fit_a_tag(media, django_capture_on_commit_callba
 
     assert counts(job) == (1, 0, 0, 1)
     assert ContactTag.objects.get().tag == tag
-    assert reasons(job, media) == {"3": "a tag is longer than 50 characters"}
+    assert reasons(job, media) == {"3": "A tag is longer than 50 characters."}
 
 
 def test_importing_the_same_file_again_changes_nothing(
@@ -191,7 +191,7 @@ def test_the_preview_shows_the_unknown_tag(skincare):
 
     assert [(row["rn"], row["error"]) for row in preview.rows] == [
         (2, ""),
-        (3, "unknown tag “兴趣/香水”: the group “兴趣” has no tag “香水”"),
+        (3, "Unknown tag “兴趣/香水”: the group “兴趣” has no tag “香水”."),
     ]
 
 
@@ -236,8 +236,8 @@ def test_a_tag_whose_name_has_a_slash_imports_by_its_whole_name(
     job = run(rows, django_capture_on_commit_callbacks)
 
     expected = {
-        "4": "unknown tag “2025/双11”: there is no tag group “2025”",
-        "5": "unknown tag “兴趣/旧”: the group “兴趣” has no tag “旧”",
+        "4": "Unknown tag “2025/双11”: there is no tag group “2025”.",
+        "5": "Unknown tag “兴趣/旧”: the group “兴趣” has no tag “旧”.",
     }
     assert {str(row["rn"]): row["error"] for row in preview.rows if row["error"]} == expected
     assert counts(job) == (2, 0, 0, 2)

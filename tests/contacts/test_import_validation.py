@@ -71,7 +71,7 @@ def test_email_length_follows_what_an_identity_can_hold(length):
         assert len(good) == 1 and bad.empty
         assert services.normalize_identity(services.IdentityInput("email", address))
     else:
-        assert list(bad["_reason"]) == [f"Email is longer than {IDENTITY_LENGTH} characters"]
+        assert list(bad["_reason"]) == [f"Email is longer than {IDENTITY_LENGTH} characters."]
         with pytest.raises(ValidationFailed):  # the API refuses it too
             services.normalize_identity(services.IdentityInput("email", address))
 
@@ -91,7 +91,7 @@ def test_a_too_long_email_costs_its_row_not_the_rest_of_the_file(
 
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert (job.result["created"], job.result["rejected"]) == (2, 1)
-    assert reasons(job, media)["2"][-1] == f"Email is longer than {IDENTITY_LENGTH} characters"
+    assert reasons(job, media)["2"][-1] == f"Email is longer than {IDENTITY_LENGTH} characters."
     assert set(
         Identity.objects.filter(kind=IdentityKind.EMAIL).values_list("value", flat=True)
     ) == {"ok@example.com", "later@example.com"}
@@ -151,7 +151,7 @@ def test_emails_are_accepted_and_refused_exactly_like_the_api():
     _good, bad = importers.prepare_chunk(rows, spec=spec, state=importers.ChunkState.load())
 
     refused = dict(zip(bad["邮箱"], bad["_reason"], strict=True))
-    assert set(refused.values()) <= {"invalid email"}
+    assert set(refused.values()) <= {"Invalid email."}
     verdicts = {address: address not in refused for address in EMAILS}
     assert verdicts == {address: _api_accepts(address) for address in EMAILS}
     assert not verdicts["a@b.c"] and verdicts["lin@example.com"] and verdicts["a@[127.0.0.1]"]
@@ -176,7 +176,7 @@ def test_a_nul_after_the_first_64_kb_rejects_only_its_row(
         "13912345678",
         "坏\x00名",
         "",
-        "Name contains the NUL character (U+0000)",
+        "Name contains the NUL character (U+0000).",
     ]
     assert Contact.objects.filter(phone="+8613912345670", name="最后").exists()
     # An unmapped column is never stored, so its NUL costs nothing.
@@ -190,7 +190,7 @@ def test_a_nul_in_the_key_is_named_once():
     good, bad = importers.prepare_chunk(frame, spec=spec, state=importers.ChunkState.load())
 
     assert good.empty
-    assert list(bad["_reason"]) == ["Phone contains the NUL character (U+0000)"]
+    assert list(bad["_reason"]) == ["Phone contains the NUL character (U+0000)."]
 
 
 def test_a_file_that_starts_binary_is_still_refused_at_upload(media):
