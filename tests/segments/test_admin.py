@@ -32,7 +32,8 @@ def change_url(segment: Segment) -> str:
 
 
 def admin_post(client, url: str, **changes):
-    """Post the admin form as a browser would: what the page shows, with `changes` applied."""
+    """Post the admin form as a browser would: what the page shows, with `changes` applied
+    (JSON fields given as Python values)."""
     form = client.get(url).context["adminform"].form
     data: dict[str, str] = {}
     for field in form:
@@ -48,7 +49,12 @@ def admin_post(client, url: str, **changes):
         elif value is True:
             data[name] = "on"
         else:
-            data[name] = json.dumps(value, ensure_ascii=False) if name == "rule" else str(value)
+            # JSON fields (a rule, property filters) given as Python values; text as typed.
+            data[name] = (
+                json.dumps(value, ensure_ascii=False)
+                if isinstance(value, dict | list)
+                else str(value)
+            )
     return client.post(url, data)
 
 

@@ -4,7 +4,6 @@ and their awards follow, and the stored scores follow the awards."""
 
 import datetime as dt
 import html
-import json
 import re
 
 import pytest
@@ -20,6 +19,7 @@ from segments.scoring import MAX_PROPERTY_FILTERS
 from segments.scoring_forms import ADD_FILTER_ACTION, FILTER_ROWS
 from tests.factories import ContactFactory
 from tests.segments.scoring_data import event_at, half_life, stored_score
+from tests.segments.test_admin import admin_post
 
 pytestmark = pytest.mark.django_db
 
@@ -217,30 +217,6 @@ def test_a_stored_rule_past_the_limit_shows_every_filter_and_is_not_cut_on_save(
 
 
 # --- Scoring rules in the admin -----------------------------------------------------------------
-
-
-def admin_post(client, url: str, **changes):
-    """Post the admin form as a browser would: what the page shows, with `changes` applied
-    (the JSON fields given as Python values)."""
-    form = client.get(url).context["adminform"].form
-    data: dict[str, str] = {}
-    for field in form:
-        value = field.value()
-        if isinstance(value, bool):
-            if value:
-                data[field.html_name] = "on"
-        elif value is not None:
-            data[field.html_name] = str(value)
-    for name, value in changes.items():
-        if value is False:
-            data.pop(name, None)
-        elif value is True:
-            data[name] = "on"
-        elif name in ("property_filters", "condition") and not isinstance(value, str):
-            data[name] = json.dumps(value, ensure_ascii=False)
-        else:
-            data[name] = str(value)
-    return client.post(url, data)
 
 
 def admin_errors(response) -> dict[str, list[str]]:
