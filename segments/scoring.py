@@ -431,7 +431,7 @@ def threshold_apply(*, threshold_id: int) -> int:
     for ids in _id_pages(behind, THRESHOLD_BATCH):
         with transaction.atomic():
             scores = dict(
-                Contact.objects.select_for_update()
+                Contact.objects.select_for_update(no_key=True)
                 .filter(pk__in=ids)
                 .order_by("pk")
                 .values_list("pk", "lead_score")
@@ -805,8 +805,12 @@ def _awarded_in_periods(
 
 
 def _lock_contacts(contact_ids: list[int]) -> None:
+    # NO KEY UPDATE: scores change no key column, and a plain FOR UPDATE would also block the
+    # commit-time foreign-key checks of other transactions' rows pointing at these contacts
+    # (a deadlock when such a transaction then waits for this one). Merges (FOR UPDATE) and
+    # other writers (NO KEY UPDATE) still wait for it.
     list(
-        Contact.objects.select_for_update()
+        Contact.objects.select_for_update(no_key=True)
         .filter(pk__in=contact_ids)
         .order_by("pk")
         .values_list("pk", flat=True)

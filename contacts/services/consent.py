@@ -1,7 +1,7 @@
 """Consent records and the current consent state."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils.translation import gettext as _
 
 from contacts.models import (
@@ -13,7 +13,7 @@ from contacts.models import (
     Event,
 )
 from contacts.services.events import event_record
-from contacts.services.profile import contact_lock_survivor
+from contacts.services.locking import contact_lock_survivor
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.sql import contains_nul
@@ -67,6 +67,19 @@ def consent_request_id(*, record: ConsentRecord) -> str:
         .first()
     )
     return event_id.removeprefix(REQUEST_EVENT_PREFIX) if event_id else ""
+
+
+def _as_stored(evidence: dict) -> dict:
+    """`evidence` as the database gives it back once stored: PostgreSQL's jsonb keeps a
+    number's decimal value, not the float sent (1e23 comes back as the integer 10^23)."""
+    if not evidence:
+        return {}
+    field = ConsentRecord._meta.get_field("evidence")
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT %s{cast}", [field.get_db_prep_value(evidence, connection)])
+        (stored,) = cursor.fetchone()
+    return field.from_db_value(stored, None, connection)
 
 
 def _same_call(record: ConsentRecord, **call) -> bool:
@@ -155,14 +168,20 @@ def consent_record(
         "granted": granted,
         "source": source,
         "notice_version": notice_version,
-        "evidence": evidence,
+        # As stored, to compare with the records read back and to answer as a retry will.
+        "evidence": _as_stored(evidence),
         "actor_id": actor.pk if actor is not None else None,
     }
     # One consent call per contact at a time: two copies of a retried call must not both miss
     # each other's record and both append one. The consent is the person's: on a merged
     # contact (or one whose merge commits while this waits) it goes to the contact that
     # absorbed it, or a withdrawal would leave the survivor consenting.
-    contact = contact_lock_survivor(contact=contact, lock="update")
+    # NO KEY UPDATE, which excludes the other consent calls and profile changes of the contact
+    # (and merges), not FOR UPDATE: that also blocks the key-share lock the foreign-key checks
+    # of another transaction's events take at its commit, while this call waits for that
+    # transaction's queue row of the same contact with its own consent event (a deadlock,
+    # answered 500, under concurrent consent, tag and PATCH calls). A consent changes no key.
+    contact = contact_lock_survivor(contact=contact, lock="no_key_update")
     if request_id:
         earlier = _record_of_request(request_id)
         if earlier is not None:

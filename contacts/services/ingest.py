@@ -95,21 +95,15 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
     """Store a batch of events; duplicates and bad items are reported, never block the rest."""
     events_batch_check(count=len(items))
     outcomes: list[EventOutcome | None] = [None] * len(items)
-    seen: set[str] = set()
     candidates: list[tuple[int, EventInput]] = []
     for index, item in enumerate(items):
         error = _validate_event(item)
         if error:
             outcomes[index] = EventOutcome(index, "rejected", item.event_id, error)
-        elif item.event_id in seen:
-            outcomes[index] = EventOutcome(
-                index, "duplicate", item.event_id, _("repeated in batch")
-            )
         else:
-            seen.add(item.event_id)
             candidates.append((index, item))
 
-    event_ids = [i.event_id for _, i in candidates]
+    event_ids = list(dict.fromkeys(i.event_id for _, i in candidates))
     contact_ids = {i.contact_id for _, i in candidates if i.contact_id is not None}
     if connection.vendor == "postgresql":
         # One array each instead of hundreds of placeholders for the driver to parse.
@@ -122,15 +116,27 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
         for row in Contact.objects.filter(pk__in=contact_ids).values("pk", "merged_into_id")
     }
     to_store: list[tuple[int, Event]] = []
+    # The ids of the items stored already or to be stored: a later copy is a duplicate of one
+    # of them. A copy that was rejected (its contact unknown) stores nothing, so the next copy
+    # is judged on its own.
+    taken: set[str] = set()
     for index, item in candidates:
+        if item.event_id in taken:
+            # Before resolving its contact: identify would create one for an event not stored.
+            outcomes[index] = EventOutcome(
+                index, "duplicate", item.event_id, _("repeated in batch")
+            )
+            continue
         if item.event_id in existing:
             outcomes[index] = EventOutcome(index, "duplicate", item.event_id)
+            taken.add(item.event_id)
             continue
         try:
             contact_id = _resolve_event_contact(item, known)
         except ValidationFailed as exc:
             outcomes[index] = EventOutcome(index, "rejected", item.event_id, exc.message)
             continue
+        taken.add(item.event_id)
         to_store.append(
             (
                 index,

@@ -12,6 +12,7 @@ from contacts.models import (
     Note,
 )
 from contacts.services.events import event_record
+from contacts.services.locking import contact_lock_survivor
 from contacts.services.validation import field_error
 
 MAX_NOTE_LENGTH = 5000
@@ -25,7 +26,11 @@ def note_add(
     body: str,
     follow_up_at: dt.datetime | None = None,
 ) -> Note:
-    """Leave a note, optionally with a follow-up date, on a contact."""
+    """Leave a note, optionally with a follow-up date, on a contact.
+
+    A merged contact's note (or one whose merge commits meanwhile) goes to the contact that
+    absorbed it: left on the hidden duplicate, no one would see it or its follow-up.
+    """
     body = (body or "").strip()
     if not body:
         raise field_error("body", _("The note is empty."))
@@ -34,6 +39,9 @@ def note_add(
             "body",
             _("The note is longer than %(max)s characters.") % {"max": MAX_NOTE_LENGTH},
         )
+    # KEY SHARE, what the note's foreign-key check takes anyway: it waits for a merge of the
+    # contact, not for other writers.
+    contact = contact_lock_survivor(contact=contact, lock="key_share")
     note = Note.objects.create(contact=contact, author=author, body=body, follow_up_at=follow_up_at)
     event_record(
         contact=contact,

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
@@ -27,6 +27,7 @@ from contacts.services.identity import (
     normalize_identity,
     normalize_phone,
 )
+from contacts.services.locking import contact_lock_survivor
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.sql import contains_nul
@@ -57,58 +58,6 @@ PROFILE_FIELDS = {
 ORIGIN_TEXT_FIELDS = {"source": 50, "channel_code": 50}
 TEXT_FIELD_LIMITS = {**PROFILE_TEXT_FIELDS, **ORIGIN_TEXT_FIELDS}
 OLDEST_BIRTHDAY = dt.date(1900, 1, 1)
-# Row locks contact_lock_survivor takes: what the caller does with the contact. FOR KEY SHARE
-# (the lock a foreign-key check takes) for rows pointing at it, FOR NO KEY UPDATE to change
-# its row, FOR UPDATE to keep every other writer out. Each waits for a merge (FOR UPDATE).
-CONTACT_LOCKS = ("key_share", "no_key_update", "update")
-
-
-class _MergedAway(Exception):
-    def __init__(self, into: int) -> None:
-        self.into = into
-
-
-def _lock_one(pk: int, lock: str) -> Contact:
-    if lock == "key_share":
-        clause = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
-        table = connection.ops.quote_name(Contact._meta.db_table)
-        rows = list(Contact.objects.raw(f"SELECT * FROM {table} WHERE id = %s{clause}", [pk]))
-        if not rows:
-            raise Contact.DoesNotExist("Contact matching query does not exist.")
-        return rows[0]
-    return Contact.objects.select_for_update(no_key=lock == "no_key_update").get(pk=pk)
-
-
-def contact_lock_survivor(*, contact: Contact, lock: str) -> Contact:
-    """Lock the contact a write addressed to `contact` belongs to and return it, read under the
-    lock: `contact` itself, or the contact that absorbed it when it was merged, through any
-    number of merges, including one that commits while this waits for its lock.
-
-    Call it inside a transaction, before writing: the caller resolved `contact` before the
-    lock, so a merge may have hidden it since (its rows moved, its row kept as a pointer), and
-    a consent, a profile change or a tag written to it would be lost to everyone reading the
-    survivor. `lock` is one of CONTACT_LOCKS. Raises Contact.DoesNotExist.
-
-    Lock order: each contact found merged was locked in a savepoint that is rolled back, which
-    releases that lock; the call ends up holding the survivor's lock alone (and whatever the
-    caller held before), so it never waits for one contact while holding another and cannot
-    deadlock with a merge, which locks its two contacts in id order.
-    """
-    if lock not in CONTACT_LOCKS:
-        raise ValueError(f"lock must be one of {CONTACT_LOCKS}, not {lock!r}")
-    pk, seen = contact.pk, {contact.pk}
-    while True:
-        try:
-            with transaction.atomic():
-                row = _lock_one(pk, lock)
-                # A cycle would be a bug (a merge refuses a merged contact): stop rather than
-                # loop forever, as contact_follow_merges does.
-                if row.merged_into_id is not None and row.merged_into_id not in seen:
-                    raise _MergedAway(row.merged_into_id)
-            return row
-        except _MergedAway as merged:
-            pk = merged.into
-            seen.add(pk)
 
 
 def _invalid(key: str, message: str, code: str = "invalid_field") -> ValidationFailed:

@@ -15,7 +15,7 @@ from contacts.models import (
     TagSource,
 )
 from contacts.services.events import event_record, events_append
-from contacts.services.profile import contact_lock_survivor
+from contacts.services.locking import contact_lock_survivor
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.ids import parse_id
