@@ -592,21 +592,6 @@ def merge_preview_fields() -> list:
     ]
 
 
-def _merged_value(attname: str, mine: object, theirs: object) -> object:
-    """The value contact_merge leaves in the survivor's column (the same rule, column by column:
-    the first sighting is the earlier one, the last sightings the later ones, and an empty
-    column takes the duplicate's value)."""
-    from contacts.services.merge import _is_blank
-
-    if attname == "first_seen_at" and mine and theirs:
-        return min(mine, theirs)
-    if attname in ("last_seen_at", "last_active_at") and mine and theirs:
-        return max(mine, theirs)
-    if _is_blank(mine) and not _is_blank(theirs):
-        return theirs
-    return mine
-
-
 def _has_value(value: object) -> bool:
     return value not in (None, "", [])
 
@@ -663,11 +648,14 @@ def contact_merge_preview(*, survivor: Contact, duplicate: Contact) -> dict:
     Every column the merge goes through, then the custom fields either contact has a value for;
     "result" is what the survivor holds once merged (tests compare it with a real merge).
     """
+    # Imported here: contacts.services imports this module (identify follows merges).
+    from contacts.services.merge import merged_field_value
+
     rows = []
     for field in merge_preview_fields():
         mine = getattr(survivor, field.attname)
         theirs = getattr(duplicate, field.attname)
-        result = _merged_value(field.attname, mine, theirs)
+        result = merged_field_value(field.attname, mine, theirs)
         from_duplicate = result != mine
         rows.append(
             {

@@ -67,6 +67,19 @@ def _is_blank(value: Any) -> bool:
     return value is None or value == "" or value == Gender.UNKNOWN
 
 
+def merged_field_value(attname: str, mine: Any, theirs: Any) -> Any:
+    """The value a merge leaves in the survivor's column `attname` (the merge preview shows the
+    same): the first sighting is the earlier one, the last sightings the later ones, and an
+    empty column takes the duplicate's value; otherwise the survivor keeps its own."""
+    if attname == "first_seen_at" and mine and theirs:
+        return min(mine, theirs)
+    if attname in ("last_seen_at", "last_active_at") and mine and theirs:
+        return max(mine, theirs)
+    if _is_blank(mine) and not _is_blank(theirs):
+        return theirs
+    return mine
+
+
 def _move(model: type, ids: list[int], contact: Contact) -> None:
     for start in range(0, len(ids), APPEND_BATCH):
         model.objects.filter(pk__in=ids[start : start + APPEND_BATCH]).update(contact=contact)
@@ -166,15 +179,8 @@ def _merge(
     for f in Contact._meta.concrete_fields:
         if f.attname in MERGE_SKIP_FIELDS:
             continue
-        mine, theirs = getattr(survivor, f.attname), getattr(duplicate, f.attname)
-        if f.attname == "first_seen_at" and mine and theirs:
-            value = min(mine, theirs)
-        elif f.attname in ("last_seen_at", "last_active_at") and mine and theirs:
-            value = max(mine, theirs)
-        elif _is_blank(mine) and not _is_blank(theirs):
-            value = theirs
-        else:
-            continue
+        mine = getattr(survivor, f.attname)
+        value = merged_field_value(f.attname, mine, getattr(duplicate, f.attname))
         if value != mine:
             setattr(survivor, f.attname, value)
             filled.append(f.attname)

@@ -31,10 +31,8 @@ def change_url(segment: Segment) -> str:
     return reverse("admin:segments_segment_change", args=[segment.pk])
 
 
-def admin_post(client, url: str, **changes):
-    """Post the admin form as a browser would: what the page shows, with `changes` applied
-    (JSON fields given as Python values)."""
-    form = client.get(url).context["adminform"].form
+def form_data(form) -> dict[str, str]:
+    """What a browser posts back for a form page as shown (checked boxes as "on")."""
     data: dict[str, str] = {}
     for field in form:
         value = field.value()
@@ -43,6 +41,13 @@ def admin_post(client, url: str, **changes):
                 data[field.html_name] = "on"
         elif value is not None:
             data[field.html_name] = str(value)
+    return data
+
+
+def admin_post(client, url: str, **changes):
+    """Post the admin form as a browser would: what the page shows, with `changes` applied
+    (JSON fields given as Python values)."""
+    data = form_data(client.get(url).context["adminform"].form)
     for name, value in changes.items():
         if value is False:
             data.pop(name, None)

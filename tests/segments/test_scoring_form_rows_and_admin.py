@@ -19,7 +19,7 @@ from segments.scoring import MAX_PROPERTY_FILTERS
 from segments.scoring_forms import ADD_FILTER_ACTION, FILTER_ROWS
 from tests.factories import ContactFactory
 from tests.segments.scoring_data import event_at, half_life, stored_score
-from tests.segments.test_admin import admin_post
+from tests.segments.test_admin import admin_post, form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -56,15 +56,7 @@ def filter_inputs(page: str) -> list[int]:
 
 def shown_form(client, url: str, **changes) -> dict[str, str]:
     """What the rule form page posts back as shown, with `changes` applied."""
-    form = client.get(url).context["form"]
-    data: dict[str, str] = {}
-    for field in form:
-        value = field.value()
-        if isinstance(value, bool):
-            if value:
-                data[field.html_name] = "on"
-        elif value is not None:
-            data[field.html_name] = str(value)
+    data = form_data(client.get(url).context["form"])
     data.update(changes)
     return data
 
