@@ -1,5 +1,3 @@
-import re
-
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy
@@ -14,7 +12,6 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.utils import html
 
 from contacts import selectors, services
 from contacts.models import (
@@ -31,7 +28,9 @@ from contacts.services.ingest import events_batch_check
 from core.api import (
     ApiJSONParser,
     ErrorSerializer,
+    QueryIntegerField,
     Rfc3339DateTimeField,
+    WholeNumberField,
     json_problem,
     replace_lone_surrogates,
 )
@@ -82,38 +81,6 @@ class TextField(serializers.CharField):
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class WholeNumberField(serializers.IntegerField):
-    """A JSON whole number, and only that: DRF's IntegerField takes `"5"` and `5.0` as 5, when
-    the rest of the API refuses a value of the wrong JSON type (TextField, the PATCH checks)."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-# A whole number as a query string writes it: ASCII digits, perhaps after a minus sign (which
-# the range check then refuses with its own message).
-_QUERY_INTEGER = re.compile(r"-?[0-9]+")
-
-
-class QueryIntegerField(serializers.IntegerField):
-    """A whole number in the query string. Sent empty (`?after=`) it is refused like any other
-    malformed value rather than taken as left out, and so is a form that is not plain digits
-    (`5.0`, `+5`, `1_000`, `٥`): a cursor or limit that was quietly read otherwise would answer
-    the first page again, or another one."""
-
-    def get_value(self, dictionary):
-        if html.is_html_input(dictionary) and self.field_name in dictionary:
-            return dictionary[self.field_name]
-        return super().get_value(dictionary)
-
-    def to_internal_value(self, data):
-        if isinstance(data, str) and not _QUERY_INTEGER.fullmatch(data):
             self.fail("invalid")
         return super().to_internal_value(data)
 

@@ -605,14 +605,16 @@ def _attribute_display(value: object) -> object:
 
 
 def _merge_preview_attribute_rows(*, survivor: Contact, duplicate: Contact) -> list[dict]:
-    """One row per custom field (or other trait) either contact has a value for.
+    """One row per custom field (or other trait) either contact has a value for, with what the
+    merge leaves (merged_attributes: the survivor keeps each trait it has a value for)."""
+    from contacts.services.merge import merged_attributes  # see contact_merge_preview
 
-    As the merge does: the survivor keeps every trait it has, and takes those it has not."""
     mine = survivor.attributes if isinstance(survivor.attributes, dict) else {}
     theirs = duplicate.attributes if isinstance(duplicate.attributes, dict) else {}
     keys = {k for k in (*mine, *theirs) if _has_value(mine.get(k)) or _has_value(theirs.get(k))}
     if not keys:
         return []
+    merged, taken = merged_attributes(mine, theirs)
     # Retired fields too: their values still move with the merge.
     defined = list(
         CustomField.objects.filter(key__in=keys)
@@ -623,8 +625,7 @@ def _merge_preview_attribute_rows(*, survivor: Contact, duplicate: Contact) -> l
     ordered = [*defined, *((key, key) for key in sorted(keys - labelled))]
     rows = []
     for key, label in ordered:
-        from_duplicate = key not in mine and key in theirs
-        result = theirs.get(key) if from_duplicate else mine.get(key)
+        result = merged.get(key)
         rows.append(
             {
                 "name": f"attributes.{key}",
@@ -632,7 +633,7 @@ def _merge_preview_attribute_rows(*, survivor: Contact, duplicate: Contact) -> l
                 "survivor": _attribute_display(mine.get(key)),
                 "duplicate": _attribute_display(theirs.get(key)),
                 "result": _attribute_display(result),
-                "from_duplicate": from_duplicate,
+                "from_duplicate": key in taken,
                 "personal": False,
                 "raw_survivor": mine.get(key),
                 "raw_duplicate": theirs.get(key),

@@ -498,18 +498,31 @@ def contact_tag_remove(request: HttpRequest, pk: int, tag_id: int) -> HttpRespon
 @permission_required("contacts.add_note", raise_exception=True)
 def contact_note_add(request: HttpRequest, pk: int) -> HttpResponse:
     contact = _get_contact(request, pk)
+    saved: list[Note] = []
     form = _submit(
         request,
         NoteForm(request.POST),
-        lambda data: services.note_add(
-            contact=contact,
-            author=request.user,
-            body=data["body"],
-            follow_up_at=data["follow_up_at"],
+        lambda data: saved.append(
+            services.note_add(
+                contact=contact,
+                author=request.user,
+                body=data["body"],
+                follow_up_at=data["follow_up_at"],
+            )
         ),
         success=_("Note added."),
         failure=_("The note was not saved: %(errors)s"),
     )
+    if saved and saved[0].contact_id != contact.pk:
+        # A merge committed meanwhile and the note went to the survivor: this page shows a
+        # contact that is gone, so the browser goes where the note is (the detail view sends
+        # it on to the survivor, or answers 404 to someone who may not see it).
+        to = _detail_url(contact) + "#contact-notes"
+        if is_fragment_request(request):
+            response = HttpResponse(status=204)
+            response["HX-Redirect"] = to
+            return response
+        return redirect(to)
     return _notes_response(request, contact, form)
 
 

@@ -28,6 +28,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.utils import html
 
 from core.errors import DomainError, NotFound
 from core.models import ApiKey, throttle_rate_parse
@@ -129,6 +130,38 @@ class Rfc3339DateTimeField(serializers.DateTimeField):
         if offset is not None and offset.total_seconds() % 60:
             return value.astimezone(dt.UTC)
         return value
+
+
+class WholeNumberField(serializers.IntegerField):
+    """A JSON whole number, and only that: DRF's IntegerField takes `"5"` and `5.0` as 5, when
+    the rest of the API refuses a value of the wrong JSON type (TextField, the PATCH checks)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+# A whole number as a query string writes it: ASCII digits, perhaps after a minus sign (which
+# the range check then refuses with its own message).
+_QUERY_INTEGER = re.compile(r"-?[0-9]+")
+
+
+class QueryIntegerField(serializers.IntegerField):
+    """A whole number in the query string. Sent empty (`?after=`) it is refused like any other
+    malformed value rather than taken as left out, and so is a form that is not plain digits
+    (`5.0`, `+5`, `1_000`, `٥`): a cursor or limit that was quietly read otherwise would answer
+    the first page again, or another one."""
+
+    def get_value(self, dictionary):
+        if html.is_html_input(dictionary) and self.field_name in dictionary:
+            return dictionary[self.field_name]
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not _QUERY_INTEGER.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class ErrorBodySerializer(serializers.Serializer):

@@ -83,15 +83,18 @@ def insert_new(model: type[Model], rows: Sequence[dict[str, Any]], *, returning:
 def delete_returning(queryset: QuerySet, *, returning: str) -> list:
     """Delete the rows of `queryset` (one model, no cascade to follow) and return `returning`
     of the rows this statement deleted: of two transactions deleting the same row, only the
-    one that deleted it gets it back."""
+    one that deleted it gets it back. Rows are matched by primary key, a composite one too."""
     model = queryset.model
     out = model._meta.get_field(returning).column
     quote = connection.ops.quote_name
-    pk = quote(model._meta.pk.column)
-    inner, params = queryset.values("pk").query.sql_with_params()
+    key = model._meta.pk_fields
+    columns = ", ".join(quote(f.column) for f in key)
+    if len(key) > 1:
+        columns = f"({columns})"
+    inner, params = queryset.values(*(f.attname for f in key)).query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"DELETE FROM {quote(model._meta.db_table)} WHERE {pk} IN ({inner}) "
+            f"DELETE FROM {quote(model._meta.db_table)} WHERE {columns} IN ({inner}) "
             f"RETURNING {quote(out)}",
             params,
         )

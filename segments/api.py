@@ -4,10 +4,9 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from contacts.api import QueryIntegerField, WholeNumberField
 from contacts.models import Contact
 from contacts.selectors import contact_follow_merges
-from core.api import ErrorSerializer
+from core.api import ErrorSerializer, QueryIntegerField, WholeNumberField
 from core.apiviews import BaseApiView
 from core.ids import MAX_ID
 from core.pagination import keyset_page

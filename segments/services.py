@@ -1723,17 +1723,11 @@ def _static_remove(segment: Segment, contact_ids: Iterable[int], now: dt.datetim
     _lock_segment(segment)
     ids = sorted(set(contact_ids))
     exited: list[int] = []
-    # By hand, not with core.sql.delete_returning: it deletes by primary key, and a
-    # membership's is composite (segment, contact).
-    table = SegmentMembership._meta.db_table
-    with connection.cursor() as cursor:
-        for batch in _batches(ids):
-            cursor.execute(
-                f"DELETE FROM {table} WHERE segment_id = %s "
-                f"AND contact_id IN ({', '.join(['%s'] * len(batch))}) RETURNING contact_id",
-                [segment.pk, *batch],
-            )
-            exited += [row[0] for row in cursor.fetchall()]
+    for batch in _batches(ids):
+        exited += delete_returning(
+            SegmentMembership.objects.filter(segment=segment, contact_id__in=batch),
+            returning="contact",
+        )
     exited.sort()
     _apply_changes(segment, now, [], exited)
     return exited

@@ -80,6 +80,24 @@ def merged_field_value(attname: str, mine: Any, theirs: Any) -> Any:
     return mine
 
 
+def _attribute_blank(value: Any) -> bool:
+    # False and 0 are answers; an empty text, an empty choice list or null is not.
+    return value is None or value == "" or value == []
+
+
+def merged_attributes(mine: Any, theirs: Any) -> tuple[dict[str, Any], list[str]]:
+    """The survivor's custom fields after a merge (the preview shows the same), and the keys it
+    took from the duplicate: those it has no value for, as with the columns."""
+    mine = mine if isinstance(mine, dict) else {}
+    theirs = theirs if isinstance(theirs, dict) else {}
+    taken = [
+        key
+        for key, value in theirs.items()
+        if not _attribute_blank(value) and _attribute_blank(mine.get(key))
+    ]
+    return {**mine, **{key: theirs[key] for key in taken}}, taken
+
+
 def _move(model: type, ids: list[int], contact: Contact) -> None:
     for start in range(0, len(ids), APPEND_BATCH):
         model.objects.filter(pk__in=ids[start : start + APPEND_BATCH]).update(contact=contact)
@@ -184,8 +202,9 @@ def _merge(
         if value != mine:
             setattr(survivor, f.attname, value)
             filled.append(f.attname)
-    added_attributes = [k for k in duplicate.attributes if k not in survivor.attributes]
-    survivor.attributes = {**duplicate.attributes, **survivor.attributes}
+    survivor.attributes, added_attributes = merged_attributes(
+        survivor.attributes, duplicate.attributes
+    )
     survivor.save()
     # What the survivor took from the duplicate, so that undo gives back exactly that.
     record.snapshot = {**record.snapshot, "filled": filled, "added_attributes": added_attributes}
@@ -377,10 +396,14 @@ def _merge_undo(*, record: MergeRecord, actor: AbstractBaseUser | None, ip: str 
         if survivor_now.get(name) == theirs.get(name)
     ]
     missing = _restore_fields(survivor, before, refill)
-    attributes = dict(survivor.attributes)
+    attributes, had = dict(survivor.attributes), before.get("attributes") or {}
     for key in record.snapshot.get("added_attributes", []):
         if key in attributes and attributes[key] == theirs["attributes"].get(key):
-            attributes.pop(key)
+            # Back to what the survivor had: no key, or its empty value.
+            if key in had:
+                attributes[key] = had[key]
+            else:
+                attributes.pop(key)
     survivor.attributes = attributes
     survivor.save()
     missing_on_duplicate = _restore_fields(duplicate, theirs, None)

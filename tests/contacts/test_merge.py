@@ -14,7 +14,12 @@ from contacts.models import (
     MergeBlock,
     MergeRecord,
 )
-from contacts.selectors import contact_get_by_identity, contact_stats, contact_visible_to
+from contacts.selectors import (
+    contact_get_by_identity,
+    contact_merge_preview,
+    contact_stats,
+    contact_visible_to,
+)
 from contacts.services import (
     EventInput,
     IdentityInput,
@@ -269,6 +274,46 @@ def test_undo_keeps_what_changed_on_the_survivor_since_the_merge(pair):
     survivor.refresh_from_db()
     assert survivor.city == "上海"  # changed after the merge: not the merge's to take back
     assert survivor.email == ""  # filled by the merge: given back
+
+
+def test_empty_custom_values_of_the_survivor_are_filled_and_undo_empties_them_again():
+    survivor = ContactFactory(
+        attributes={"skin": "", "hobbies": [], "shoe_size": None, "vip": False, "note": "老客"}
+    )
+    duplicate = ContactFactory(
+        attributes={
+            "skin": "油性",
+            "hobbies": ["瑜伽"],
+            "shoe_size": 38,
+            "vip": True,
+            "note": "新客",
+            "city_code": "0571",
+        }
+    )
+    preview = contact_merge_preview(survivor=survivor, duplicate=duplicate)["fields"]
+
+    record = contact_merge(survivor=survivor, duplicate=duplicate)
+
+    survivor.refresh_from_db()
+    assert survivor.attributes == {
+        "skin": "油性",  # empty text, empty choice list, null: gaps the duplicate fills
+        "hobbies": ["瑜伽"],
+        "shoe_size": 38,
+        "vip": False,  # "no" is an answer, not a gap
+        "note": "老客",
+        "city_code": "0571",
+    }
+    taken = {r["name"].removeprefix("attributes.") for r in preview if r["from_duplicate"]}
+    assert taken == {"skin", "hobbies", "shoe_size", "city_code"}
+    contact_merge_undo(record=record)
+    survivor.refresh_from_db()
+    assert survivor.attributes == {
+        "skin": "",
+        "hobbies": [],
+        "shoe_size": None,
+        "vip": False,
+        "note": "老客",
+    }
 
 
 def test_undo_twice_is_refused(pair):

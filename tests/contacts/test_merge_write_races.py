@@ -17,9 +17,11 @@ import time
 
 import pytest
 from django.db import connection, transaction
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
-from contacts.models import Consent, Contact, ContactTag, Event
+from contacts.models import Consent, Contact, ContactTag, Event, Note
 from contacts.services import (
     EventInput,
     consent_record,
@@ -32,7 +34,7 @@ from contacts.services import (
 )
 from membership.models import Member
 from tests.contacts.locking import in_threads, wait_until_another_backend_waits
-from tests.factories import ContactFactory, TagFactory, TierFactory
+from tests.factories import ContactFactory, TagFactory, TierFactory, UserFactory
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -174,6 +176,34 @@ def test_a_purchase_racing_a_merge_lands_with_its_points_on_the_survivor():
     ) == {survivor.pk}
     assert Member.objects.get(contact=survivor).points_balance == 100
     assert not Member.objects.filter(contact=duplicate).exists()
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_a_note_saved_while_a_merge_commits_sends_the_page_to_the_survivor(htmx):
+    survivor, duplicate = ContactFactory(name="survivor"), ContactFactory(name="duplicate")
+    client = Client()
+    client.force_login(UserFactory())
+    headers = {"HX-Request": "true", "HX-Target": "contact-notes"} if htmx else {}
+
+    def post():
+        return client.post(
+            reverse("contacts:note_add", args=[duplicate.pk]),
+            {"body": "回访：喜欢保湿"},
+            headers=headers,
+        )
+
+    _merge, response = _during(_merging(survivor, duplicate), post)
+
+    assert Note.objects.get().contact_id == survivor.pk
+    # Not the hidden duplicate's (empty) notes: the browser goes to the page of the note's
+    # contact, through the duplicate's address, which leads on to the survivor.
+    to = reverse("contacts:detail", args=[duplicate.pk]) + "#contact-notes"
+    if htmx:
+        assert (response.status_code, response["HX-Redirect"]) == (204, to)
+    else:
+        assert (response.status_code, response["Location"]) == (302, to)
+    followed = client.get(to)
+    assert followed["Location"] == reverse("contacts:detail", args=[survivor.pk])
 
 
 def test_a_tag_added_while_a_merge_commits_goes_to_the_survivor():

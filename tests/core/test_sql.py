@@ -8,8 +8,9 @@ from django.db import connection, transaction
 
 from contacts.models import ContactTag, TagSource
 from core.sql import delete_returning, insert_new
+from segments.models import SegmentMembership
 from tests.contacts.locking import in_threads
-from tests.factories import ContactFactory, TagFactory
+from tests.factories import ContactFactory, SegmentFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +57,23 @@ def test_delete_returning_returns_what_it_deleted():
     assert gone == [tagged.pk]
     assert list(ContactTag.objects.values_list("tag_id", flat=True)) == [other.pk]
     assert delete_returning(ContactTag.objects.filter(tag=tag), returning="contact") == []
+
+
+def test_delete_returning_matches_rows_by_a_composite_primary_key():
+    kept, other = SegmentFactory(), SegmentFactory()
+    a, b = ContactFactory(), ContactFactory()
+    for segment in (kept, other):
+        for contact in (a, b):
+            SegmentMembership.objects.create(segment=segment, contact=contact)
+
+    gone = delete_returning(
+        SegmentMembership.objects.filter(segment=other, contact_id__in=[a.pk]), returning="contact"
+    )
+
+    assert gone == [a.pk]
+    assert sorted(SegmentMembership.objects.values_list("segment_id", "contact_id")) == sorted(
+        [(kept.pk, a.pk), (kept.pk, b.pk), (other.pk, b.pk)]
+    )
 
 
 @pytest.mark.django_db(transaction=True)
