@@ -35,6 +35,7 @@ from core.api import (
     replace_lone_surrogates,
 )
 from core.apiviews import BaseApiView
+from core.audit import request_ip
 from core.errors import NotFound
 from core.ids import MAX_ID
 
@@ -213,7 +214,10 @@ class IdentifyApi(BaseApiView):
     def post(self, request: Request) -> Response:
         data = _validated(IdentifyInSerializer, request.data)
         result = services.identify(
-            identities=data["identities"], traits=data["traits"], source="api"
+            identities=data["identities"],
+            traits=data["traits"],
+            source="api",
+            ip=request_ip(request),
         )
         body = IdentifyOutSerializer(
             {
@@ -440,7 +444,7 @@ class EventsApi(BaseApiView):
                 )
             )
         valid = [(i, item) for i, item in enumerate(items) if item is not None]
-        outcomes = services.events_record(items=[item for _, item in valid])
+        outcomes = services.events_record(items=[item for _, item in valid], ip=request_ip(request))
         results = [
             {
                 "index": i,

@@ -233,10 +233,12 @@ def identify(
     traits: dict[str, Any] | None = None,
     source: str = "api",
     via: str = "identify",
+    ip: str | None = None,
 ) -> IdentifyResult:
     """Find or create the contact the identities point to, then apply traits.
 
-    `via` names the API call (identify, events) in the conflicts recorded for operators.
+    `via` names the API call (identify, events) in the conflicts recorded for operators; `ip`
+    is the caller's address, for the audit entries of the merges the call makes.
     """
     if not identities:
         raise ValidationFailed(_("At least one identity is required."), code="invalid_identity")
@@ -253,7 +255,7 @@ def identify(
     # locks it took) and runs again, seeing the winner's committed rows.
     try:
         return atomic_attempts(
-            lambda last: _identify_once(unique, columns, attributes, source, via, last=last),
+            lambda last: _identify_once(unique, columns, attributes, source, via, ip=ip, last=last),
             attempts=IDENTIFY_ATTEMPTS,
             retry_if=_identify_again,
         )
@@ -396,6 +398,7 @@ def _identify_once(
     source: str,
     via: str,
     *,
+    ip: str | None,
     last: bool = True,
 ) -> IdentifyResult:
     by_id, owners, strong_ids = _resolve(identities)
@@ -416,7 +419,7 @@ def _identify_once(
             if pk in blocked:
                 conflicts.append(pk)
             elif pk != survivor.pk:
-                contact_merge(survivor=survivor, duplicate=by_id[pk], reason="identify")
+                contact_merge(survivor=survivor, duplicate=by_id[pk], reason="identify", ip=ip)
                 merged.append(pk)
         if conflicts:
             # The call's identities and traits belong to one of two people declared distinct,

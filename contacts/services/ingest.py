@@ -91,8 +91,10 @@ def events_batch_check(*, count: int) -> None:
         )
 
 
-def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
-    """Store a batch of events; duplicates and bad items are reported, never block the rest."""
+def events_record(*, items: list[EventInput], ip: str | None = None) -> list[EventOutcome]:
+    """Store a batch of events; duplicates and bad items are reported, never block the rest.
+
+    `ip` is the caller's address, for the audit entries of merges its identities make."""
     events_batch_check(count=len(items))
     outcomes: list[EventOutcome | None] = [None] * len(items)
     candidates: list[tuple[int, EventInput]] = []
@@ -132,7 +134,7 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
             taken.add(item.event_id)
             continue
         try:
-            contact_id = _resolve_event_contact(item, known)
+            contact_id = _resolve_event_contact(item, known, ip)
         except ValidationFailed as exc:
             outcomes[index] = EventOutcome(index, "rejected", item.event_id, exc.message)
             continue
@@ -161,7 +163,7 @@ def events_record(*, items: list[EventInput]) -> list[EventOutcome]:
     return [o for o in outcomes if o is not None]
 
 
-def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> int:
+def _resolve_event_contact(item: EventInput, known: dict[int, int | None], ip: str | None) -> int:
     if item.contact_id is not None:
         if item.contact_id not in known:
             raise ValidationFailed(_("Contact %(id)s does not exist.") % {"id": item.contact_id})
@@ -173,7 +175,7 @@ def _resolve_event_contact(item: EventInput, known: dict[int, int | None]) -> in
     if not item.identities:
         raise ValidationFailed(_("Either contact_id or identities is required."))
     # Conflicts are not lost with the answer: identify puts them on the contacts' timelines.
-    return identify(identities=item.identities, source=item.source, via="events").contact.pk
+    return identify(identities=item.identities, source=item.source, via="events", ip=ip).contact.pk
 
 
 class _ContactsMerged(Exception):

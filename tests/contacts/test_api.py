@@ -14,6 +14,7 @@ from contacts.models import (
     MergeRecord,
 )
 from contacts.services import contact_merge_undo
+from core.models import AuditLog
 from tests.factories import ContactFactory, EventFactory, IdentityFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
@@ -205,6 +206,35 @@ def test_identify_answer_names_the_contacts_it_merged(api):
     }
     # The merged-away id still answers, with the survivor.
     assert api.get(f"/api/v1/contacts/{anonymous}").json()["id"] == known
+
+
+def test_merges_made_by_an_api_call_are_audited_with_the_callers_address(api):
+    known = ContactFactory()
+    IdentityFactory(contact=known, kind="wechat_unionid", value="u-9")
+    by_phone, by_email = ContactFactory(), ContactFactory()
+    IdentityFactory(contact=by_phone, kind="phone", value="+8613800138009")
+    IdentityFactory(contact=by_email, kind="email", value="lin@example.cn")
+    unionid = {"kind": "wechat_unionid", "value": "u-9"}
+
+    api.post(
+        "/api/v1/identify",
+        {"identities": [unionid, {"kind": "phone", "value": "13800138009"}]},
+        format="json",
+        REMOTE_ADDR="10.1.2.3",
+    )
+    event = {
+        "event_id": "ev-audit-1",
+        "name": "page_view",
+        "occurred_at": "2026-11-01T10:00:00+08:00",
+        "identities": [unionid, {"kind": "email", "value": "lin@example.cn"}],
+    }
+    api.post("/api/v1/events", {"events": [event]}, format="json", REMOTE_ADDR="10.1.2.4")
+
+    audits = AuditLog.objects.filter(action="contact.merge").order_by("pk")
+    assert [(a.details["duplicate_id"], a.ip) for a in audits] == [
+        (by_phone.pk, "10.1.2.3"),
+        (by_email.pk, "10.1.2.4"),
+    ]
 
 
 def test_identify_after_an_undone_merge_reports_the_conflict_and_stores_nothing(api):
