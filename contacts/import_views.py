@@ -17,7 +17,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_http_methods
 
-from contacts import exporters, importers
+from contacts import exporters, importers, roles
 from contacts.forms import ContactSelectionForm
 from contacts.models import Contact, Gender, Stage
 from contacts.selectors import tags_grouped
@@ -31,7 +31,6 @@ from core.models import AuditLog, Job, JobStatus
 IMPORT_PERMISSION = "contacts.add_contact"
 # The permission the segments app's own pages check: only those who may open a segment see its
 # name on the export page.
-SEGMENT_VIEW_PERMISSION = "segments.view_segment"
 # Rows read per step when looking for the first data row of an upload: a file of thousands of
 # blank lines is still answered from one read or two.
 DATA_ROW_PROBE = 1000
@@ -354,7 +353,7 @@ class ExportForm(forms.Form):
 def _export_segment(request: HttpRequest, filters: dict) -> dict | None:
     """The segment an export is narrowed to ({"pk", "name"}), if the user may see segments."""
     segment_id = parse_id(filters.get("segment"))
-    if segment_id is None or not request.user.has_perm(SEGMENT_VIEW_PERMISSION):
+    if segment_id is None or not request.user.has_perm(roles.SEGMENT_VIEW_PERMISSION):
         return None
     # Segments sit above contacts (layering): reach their model through the membership relation
     # they declare on Contact, the one the export filters on, instead of importing it.

@@ -20,6 +20,9 @@ ANALYST = "analyst"
 
 # The apps whose data operators run day to day.
 BUSINESS_APPS = ("contacts", "segments", "journeys", "channels", "membership")
+# Who may see segments (their pages, the 360 page's panel, their names in a timeline): a
+# permission string, since contacts sits below segments and cannot import it.
+SEGMENT_VIEW_PERMISSION = "segments.view_segment"
 
 
 @dataclass(frozen=True)

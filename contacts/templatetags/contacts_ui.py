@@ -72,6 +72,15 @@ class _Lookups:
         self._contacts: dict[int, str] = {}
         self._stages: dict[str, str] | None = None
         self._jobs: dict[int, bool] = {}
+        self._segments_visible: bool | None = None
+
+    def segments_visible(self) -> bool:
+        if self._segments_visible is None:
+            user = self._user
+            self._segments_visible = user is not None and user.has_perm(
+                roles.SEGMENT_VIEW_PERMISSION
+            )
+        return self._segments_visible
 
     def custom(self) -> dict[str, str]:
         if self._custom is None:
@@ -241,10 +250,12 @@ def _detail_parts(event: Event, props: dict[str, Any], lookups: _Lookups) -> lis
         # Both contacts get this event: each names the other one.
         ids = [_id(props.get("survivor_id")), _id(props.get("duplicate_id"))]
         return [lookups.contact(pk) for pk in ids if pk is not None and pk != event.contact_id]
+    # A role without the segments panel (store staff) is not told segment names either.
+    hidden = () if lookups.segments_visible() else ("segment",)
     return [
         ", ".join(map(str, props[key])) if isinstance(props[key], list) else str(props[key])
         for key in DETAIL_KEYS
-        if props.get(key) not in (None, "", [])
+        if props.get(key) not in (None, "", []) and key not in hidden
     ]
 
 
