@@ -1980,6 +1980,10 @@ def auto_tags_sync(*, segment: Segment, rule: AutoTagRule | None = None) -> tupl
     member = SegmentMembership.objects.filter(segment=segment, contact_id=OuterRef("contact_id"))
     for r in rules:
         with transaction.atomic():
+            # The segment's lock, as every membership writer takes it (a no-op inside a
+            # refresh): otherwise a refresh committing meanwhile could take a contact out
+            # that this sync then tags from the members it read before.
+            _lock_segment(segment)
             has_tag = ContactTag.objects.filter(tag=r.tag, contact_id=OuterRef("contact_id"))
             missing = list(
                 SegmentMembership.objects.filter(segment=segment)

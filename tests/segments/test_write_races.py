@@ -393,3 +393,25 @@ def test_concurrent_auto_tag_syncs_tag_or_untag_each_contact_once(joiners, leave
     assert set(ContactTag.objects.filter(tag=tag).values_list("contact_id", flat=True)) == set(
         joined
     )
+
+
+@concurrent
+def test_an_auto_tag_sync_waiting_behind_a_refresh_does_not_tag_a_contact_it_removed():
+    """Creating an auto-tag syncs it on its own; a refresh committing meanwhile may take a
+    member out, and the sync must not tag that contact from the members it read before."""
+    segment, tag, joined, _ = tagged_segment(3)
+    leaving = joined[0]
+
+    def refresh_without_the_leaver():
+        Contact.objects.filter(pk=leaving).update(city="北京")
+        return segment_refresh(segment=fresh(segment))
+
+    refreshed, synced = interleave(
+        refresh_without_the_leaver, lambda: auto_tags_sync(segment=fresh(segment))
+    )
+
+    assert refreshed == (0, 1)
+    assert synced == (0, 0)  # the refresh's own sync tagged the two members left
+    assert set(ContactTag.objects.filter(tag=tag).values_list("contact_id", flat=True)) == set(
+        joined[1:]
+    )
