@@ -57,10 +57,11 @@ run: install
 test: install system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The browser tests drive Debian's Chromium (with CJK fonts, for the layout checks); gettext
-# builds translations. Installed with apt when missing (as root or with sudo); elsewhere a
+# The browser tests drive Debian's Chromium with the fonts the layout checks measure: Noto CJK
+# for Chinese, Liberation Sans (the stylesheet's stand-in for Arial; without it English text
+# falls back to the wider DejaVu Sans); gettext builds translations. Installed with apt when missing (as root or with sudo); elsewhere a
 # warning names them and the browser tests say what they miss.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk gettext
+SYSTEM_PACKAGES := chromium fonts-noto-cjk fonts-liberation gettext
 system-packages:
 	@missing=(); \
 	for pkg in $(SYSTEM_PACKAGES); do \

@@ -580,6 +580,19 @@ def cleanup() -> None:
         cursor.execute(f"VACUUM (ANALYZE) {Event._meta.db_table}")
 
 
+def machine_reference() -> float:
+    """Seconds the database server takes for a fixed piece of pure CPU work (best of 3): the
+    one target stated in seconds (materialising) depends on the machine, and machines "of the
+    same kind" have differed threefold in single-core speed. Session 12's machine: 2.3 s."""
+    best = float("inf")
+    with connection.cursor() as cursor:
+        for _ in range(3):
+            started = time.perf_counter()
+            cursor.execute("SELECT sum(i) FROM generate_series(1, 10000000) AS i")
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
@@ -608,6 +621,7 @@ def main() -> None:
     print(f"data: {contacts:,} contacts, {events:,} events")
     if contacts < 1000:
         sys.exit("Seed first: manage.py seed_demo --contacts 1000000 --events-per-contact 10")
+    print(f"machine reference: {machine_reference():.2f} s (see docs/benchmarks.md)")
 
     tags = dict(Tag.objects.values_list("name", "pk"))
     interests = list(

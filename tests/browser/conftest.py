@@ -1,6 +1,8 @@
 """Shared fixtures for the browser tests: one Chromium per module, driven by Playwright."""
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,12 +10,27 @@ import pytest
 from tests.factories import UserFactory
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# The fonts the layout checks measure text in, and the Debian package of each (make
+# system-packages installs them). Without them Chromium falls back to wider fonts and the
+# layout tests fail far from the cause.
+FONTS = {"Noto Sans CJK SC": "fonts-noto-cjk", "Liberation Sans": "fonts-liberation"}
+
+
+def _missing_fonts() -> list[str]:
+    if shutil.which("fc-list") is None:
+        return []  # nothing to ask; the layout tests say what they see
+    listed = subprocess.run(
+        ["fc-list", ":", "family"], capture_output=True, text=True, check=False
+    ).stdout
+    return [package for family, package in FONTS.items() if family not in listed]
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
+    if missing := _missing_fonts():
+        pytest.fail(f"fonts missing: apt-get install {' '.join(missing)} (make system-packages)")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop in this thread; the test's ORM calls are still
