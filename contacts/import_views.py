@@ -29,8 +29,6 @@ from core.ids import parse_id
 from core.models import AuditLog, Job, JobStatus
 
 IMPORT_PERMISSION = "contacts.add_contact"
-# The permission the segments app's own pages check: only those who may open a segment see its
-# name on the export page.
 # Rows read per step when looking for the first data row of an upload: a file of thousands of
 # blank lines is still answered from one read or two.
 DATA_ROW_PROBE = 1000
@@ -351,7 +349,8 @@ class ExportForm(forms.Form):
 
 
 def _export_segment(request: HttpRequest, filters: dict) -> dict | None:
-    """The segment an export is narrowed to ({"pk", "name"}), if the user may see segments."""
+    """The segment an export is narrowed to ({"pk", "name"}), if the user may see segments
+    (only those who may open a segment see its name on the export page)."""
     segment_id = parse_id(filters.get("segment"))
     if segment_id is None or not request.user.has_perm(roles.SEGMENT_VIEW_PERMISSION):
         return None
