@@ -4,6 +4,18 @@ from django.core.cache import cache
 from tests.factories import UserFactory
 
 
+def pytest_configure(config):
+    """A password hash that costs nothing: Django's default (PBKDF2, a million rounds) takes
+    0.3–1 s per hash on our 2-core machines, and the suite creates users (and seeds demo logins)
+    in hundreds of tests; that alone was a large part of its run time. Logins, password checks
+    and the demo's users behave the same with either hasher."""
+    from django.conf import settings
+    from django.contrib.auth.hashers import get_hashers
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    get_hashers.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _default_stages(request):
     """Transactional tests flush the rows the data migration created; put the stages back."""
