@@ -40,7 +40,10 @@ from contacts.services.custom_fields import (
     custom_field_delete,
     custom_field_save,
 )
+from contacts.services.merge import merge_block_add, merge_block_remove
 from contacts.signals import contact_changed
+from core.admin import LargeTablePaginator
+from core.audit import request_ip
 from core.errors import ValidationFailed
 
 # Written through contacts.services.contact_update, which keeps the phone and email identities
@@ -52,10 +55,33 @@ def _form_error(exc: ValidationFailed) -> forms.ValidationError:
     return forms.ValidationError(exc.message, code=exc.code)
 
 
+# The phone and email columns each have an identity that contact_update keeps in step; edited
+# or deleted alone, identify() no longer finds the contact by its phone and makes a second one.
+COLUMN_IDENTITY_ERROR = _(
+    "This identity is the contact's phone or email: change it on the contact itself, which "
+    "keeps the two in step."
+)
+
+
+def _is_column_identity(*, contact: Contact | None, kind: str, app_id: str, value: str) -> bool:
+    if contact is None or kind not in (IdentityKind.PHONE, IdentityKind.EMAIL) or app_id:
+        return False
+    return bool(value) and getattr(contact, kind) == value
+
+
+def _stored_column_identity(identity: Identity) -> bool:
+    stored = Identity.objects.filter(pk=identity.pk).select_related("contact").first()
+    return stored is not None and _is_column_identity(
+        contact=stored.contact, kind=stored.kind, app_id=stored.app_id, value=stored.value
+    )
+
+
 class IdentityAdminForm(forms.ModelForm):
     """Identity values normalised as identify() does, so look-ups by them find the contact."""
 
     def clean(self) -> dict[str, Any]:
+        if self.instance.pk and self.has_changed() and _stored_column_identity(self.instance):
+            raise forms.ValidationError(COLUMN_IDENTITY_ERROR, code="column_identity")
         cleaned = super().clean()
         kind, value = cleaned.get("kind"), cleaned.get("value")
         # Rows left as they were are not re-checked: one legacy value that no longer normalises
@@ -175,9 +201,25 @@ class ContactAdminForm(forms.ModelForm):
         return {**data, **self.custom_changes}
 
 
+class IdentityInlineFormSet(forms.BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        # Against the contact as posted: the phone it replaces goes with its identity anyway.
+        deleted = [form.instance.pk for form in self.deleted_forms if form.instance.pk]
+        for identity in Identity.objects.filter(pk__in=deleted):
+            if _is_column_identity(
+                contact=self.instance,
+                kind=identity.kind,
+                app_id=identity.app_id,
+                value=identity.value,
+            ):
+                raise forms.ValidationError(COLUMN_IDENTITY_ERROR, code="column_identity")
+
+
 class IdentityInline(admin.TabularInline):
     model = Identity
     form = IdentityAdminForm
+    formset = IdentityInlineFormSet
     extra = 0
 
 
@@ -203,16 +245,19 @@ class ContactAdmin(admin.ModelAdmin):
         "owner",
         "created_at",
     ]
-    list_filter = ["lifecycle_stage", "gender", "source", "store", "province", "created_at"]
+    # Filters whose choices need no pass over the table: one on a free-text column (source,
+    # province) lists its values with a DISTINCT over every contact on each page load, and so
+    # would date_hierarchy (its years); created_at offers fixed date ranges instead.
+    list_filter = ["lifecycle_stage", "gender", "store", "created_at"]
     search_fields = ["name", "nickname", "phone", "email", "identities__value"]
     raw_id_fields = ["owner"]
     # Merging (and undoing one) moves every app's rows and is recorded: only the merge screens
     # do it. Setting the field here would hide a contact without any of that.
     readonly_fields = ["merged_into"]
     inlines = [IdentityInline, ContactTagInline]
-    date_hierarchy = "created_at"
     # The contact table can hold millions of rows: skip the exact COUNT(*) of the full table.
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
     def save_model(self, request, obj: Contact, form: ContactAdminForm, change: bool) -> None:
         # contact_update compares with the stored row, so phone, email and custom fields are
@@ -270,6 +315,15 @@ class IdentityAdmin(admin.ModelAdmin):
     search_fields = ["value", "app_id"]
     raw_id_fields = ["contact"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
+
+    # Listed as what protects them, on the confirmation page of one deletion and of many.
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        columns = [str(identity) for identity in objs if _stored_column_identity(identity)]
+        if columns:
+            protected += [COLUMN_IDENTITY_ERROR, *columns]
+        return deleted, counts, perms_needed, protected
 
 
 class TagInline(admin.TabularInline):
@@ -308,16 +362,31 @@ class ContactTagAdmin(admin.ModelAdmin):
     search_fields = ["contact__name", "contact__phone", "tag__name"]
     raw_id_fields = ["contact", "actor"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     list_display = ["occurred_at", "name", "contact", "value", "source", "event_id"]
-    list_filter = ["name", "source"]
-    search_fields = ["event_id", "name", "contact__phone"]
+    # Tens of millions of rows: a filter on name or source lists its choices with a DISTINCT
+    # over the whole table, and date_hierarchy a MIN/MAX and a DISTINCT of years, on every
+    # page load; a date filter offers fixed ranges without a query.
+    list_filter = ["occurred_at"]
+    # Exact look-ups, which the unique event id and the contact phone index answer; the
+    # default icontains reads every row.
+    search_fields = ["event_id__exact", "contact__phone__exact"]
     raw_id_fields = ["contact"]
-    date_hierarchy = "occurred_at"
     show_full_result_count = False
+    paginator = LargeTablePaginator
+
+    # Append-only: events are recorded by ingestion (which scores them and tells the segments)
+    # and never edited; a hand-made or edited event would skip all of that. Deleting stays
+    # allowed: deleting a contact deletes its events, and the admin asks for that permission.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Stage)
@@ -526,15 +595,21 @@ class NoteAdmin(admin.ModelAdmin):
     search_fields = ["body", "contact__name", "contact__phone"]
     raw_id_fields = ["contact", "author"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
 
 @admin.register(ConsentRecord)
 class ConsentRecordAdmin(admin.ModelAdmin):
     list_display = ["recorded_at", "contact", "channel", "purpose", "granted", "source"]
-    list_filter = ["channel", "purpose", "granted", "source"]
+    list_filter = ["channel", "purpose", "granted"]  # source is free text: see ContactAdmin
     search_fields = ["contact__name", "contact__phone", "notice_version"]
     raw_id_fields = ["contact", "actor"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
+
+    # Recorded through consent_record only, which also moves the current state (Consent).
+    def has_add_permission(self, request):
+        return False
 
     def has_change_permission(self, request, obj=None):
         # Consent evidence is append-only.
@@ -551,9 +626,16 @@ class ConsentAdmin(admin.ModelAdmin):
     search_fields = ["contact__name", "contact__phone"]
     raw_id_fields = ["contact", "record"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
+
+    # Current state is derived from the records; change it by recording consent.
+    def has_add_permission(self, request):
+        return False
 
     def has_change_permission(self, request, obj=None):
-        # Current state is derived from the records; change it by recording consent.
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
@@ -565,9 +647,63 @@ class MergeRecordAdmin(admin.ModelAdmin):
     raw_id_fields = ["survivor", "duplicate", "actor"]
     readonly_fields = ["snapshot", "moved"]
 
+    # Written by contact_merge and contact_merge_undo only: the record is what an undo restores
+    # from and the history of who merged whom, so it is neither made, edited nor deleted here.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class MergeBlockAdminForm(forms.ModelForm):
+    class Meta:
+        model = MergeBlock
+        fields = ["low", "high", "reason"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        low, high = cleaned.get("low"), cleaned.get("high")
+        if low is not None and high is not None:
+            if low.pk == high.pk:
+                raise forms.ValidationError(
+                    _("A contact is always the same person as itself."), code="same_contact"
+                )
+            # Stored as (lower id, higher id): either order names the same pair.
+            if low.pk > high.pk:
+                cleaned["low"], cleaned["high"] = high, low
+        return cleaned
+
 
 @admin.register(MergeBlock)
 class MergeBlockAdmin(admin.ModelAdmin):
+    form = MergeBlockAdminForm
     list_display = ["low", "high", "reason", "actor", "created_at"]
     search_fields = ["low__name", "high__name", "low__phone", "high__phone"]
-    raw_id_fields = ["low", "high", "actor"]
+    raw_id_fields = ["low", "high"]
+
+    # Through the services, which record who declared (or lifted) the pair in the audit log.
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj: MergeBlock, form, change: bool) -> None:
+        block = merge_block_add(
+            contact=obj.low,
+            other=obj.high,
+            actor=request.user,
+            reason=obj.reason or "manual",
+            ip=request_ip(request),
+        )
+        obj.pk, obj.actor_id, obj.created_at = block.pk, block.actor_id, block.created_at
+
+    def delete_model(self, request, obj: MergeBlock) -> None:
+        merge_block_remove(
+            contact=obj.low, other=obj.high, actor=request.user, ip=request_ip(request)
+        )
+
+    def delete_queryset(self, request, queryset) -> None:
+        for block in queryset.select_related("low", "high"):
+            self.delete_model(request, block)

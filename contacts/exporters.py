@@ -306,7 +306,7 @@ def _write_csv(path: Path, headers: list[str], rows: Iterator[list[Any]], job_id
 def _write_xlsx(path: Path, headers: list[str], rows: Iterator[list[Any]], job_id: int) -> int:
     from openpyxl import Workbook
     from openpyxl.cell import WriteOnlyCell
-    from openpyxl.cell.cell import ERROR_CODES
+    from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
 
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet(_("Contacts"))
@@ -318,7 +318,14 @@ def _write_xlsx(path: Path, headers: list[str], rows: Iterator[list[Any]], job_i
         # CSV's leading quote: in a workbook it would be part of the text ("'-_-").
         out = list(row)
         for index, value in enumerate(out):
-            if isinstance(value, str) and (value.startswith("=") or value in ERROR_CODES):
+            if not isinstance(value, str):
+                continue
+            # Control characters (a vertical tab is Word's line break, pasted into a name) are
+            # valid text everywhere else but cannot be stored in a workbook: openpyxl refuses
+            # them, which would fail the whole export for one contact.
+            if ILLEGAL_CHARACTERS_RE.search(value):
+                value = out[index] = ILLEGAL_CHARACTERS_RE.sub("", value)
+            if value.startswith("=") or value in ERROR_CODES:
                 cell = WriteOnlyCell(sheet, value)
                 cell.data_type = "s"
                 out[index] = cell

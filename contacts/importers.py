@@ -250,6 +250,8 @@ class ImportFileError(ValidationFailed):
 
 # --- Files ------------------------------------------------------------------------------------
 
+# Title rows above a file's header row that are looked past (see _leading_rows).
+MAX_TITLE_ROWS = 5
 # Bytes read from the start of an upload to tell text from binary (the same window the NUL test
 # of `detect_encoding` looks at).
 SNIFF_BYTES = 65536
@@ -429,8 +431,13 @@ def detect_encoding(path: Path) -> str:
 def _sniff_delimiter(path: Path, encoding: str) -> str:
     with path.open(encoding=encoding, newline="") as fh:
         sample = fh.read(8192)
-    # The header's line: blank lines above it (and lines of bare separators) are skipped.
-    first_line = next((line for line in sample.splitlines() if line.strip(" \t,;")), "")
+    # The header's line: blank lines above it (and lines of bare separators) are skipped, and
+    # so are title lines without any separator ("客户名单 2026-11" above the header).
+    lines = [line for line in sample.splitlines() if line.strip(" \t,;")][: MAX_TITLE_ROWS + 1]
+    first_line = next(
+        (line for line in lines if any(sep in line for sep in (",", "\t", ";"))),
+        lines[0] if lines else "",
+    )
     counts = {sep: first_line.count(sep) for sep in (",", "\t", ";")}
     best = max(counts, key=lambda sep: counts[sep])
     return best if counts[best] else ","
@@ -619,7 +626,7 @@ class SourceFile:
             raise _csv_error(exc) from exc
 
     def leading_rows(self) -> int:
-        """The blank rows above the header row (every cell empty or spaces), which headers()
+        """The blank and title rows above the header row (see _leading_rows), which headers()
         and chunks() skip alike: the data rows' numbers start after them."""
         if self._leading is None:
             if self.fmt == "xlsx":
@@ -628,12 +635,12 @@ class SourceFile:
                 workbook = load_workbook(self.path, read_only=True, data_only=True)
                 try:
                     rows = workbook.worksheets[0].iter_rows(values_only=True)
-                    self._leading = _leading_blank(rows)
+                    self._leading = _leading_rows(rows)
                 finally:
                     workbook.close()
             else:
                 with self.path.open(encoding=self.encoding, newline="") as fh:
-                    self._leading = _leading_blank(csv.reader(fh, delimiter=self.delimiter))
+                    self._leading = _leading_rows(csv.reader(fh, delimiter=self.delimiter))
         return self._leading
 
     def _xlsx_chunks(self, size: int) -> Iterator[pd.DataFrame]:
@@ -717,18 +724,42 @@ class SourceFile:
         return max(0, lines - 1 - self.leading_rows())
 
 
-def _leading_blank(rows: Iterator[Any]) -> int:
-    count = 0
+def _leading_rows(rows: Iterator[Any]) -> int:
+    """The rows above the header row: blank rows (every cell empty or spaces), and title rows
+    when a header follows them.
+
+    Sheets operators export or keep often start with a title ("客户名单 2026-11", merged across
+    the columns) or a note above the header. A title row is a row of one filled cell that is no
+    known header; it is skipped only when the row after it reads as a header (two or more
+    filled cells, one of them a known header), so that a file whose header is unknown or has one
+    column keeps its first row as the header.
+    """
+    blank = 0  # the blank rows above the first title row
+    skipped = 0  # every row seen before the current one
+    titles = 0
     try:
         for row in rows:
-            if any(_cell_text(v).strip() for v in row):
-                break
-            count += 1
+            filled = [text for v in row if (text := _cell_text(v).strip())]
+            if not filled:
+                skipped += 1
+                blank += not titles
+                continue
+            if len(filled) == 1 and titles < MAX_TITLE_ROWS and not _known_header(filled[0]):
+                titles += 1
+                skipped += 1
+                continue
+            if titles and len(filled) > 1 and any(_known_header(text) for text in filled):
+                return skipped
+            return blank
     except csv.Error:
         # A row the csv module cannot read (a cell over its size limit) is no blank row;
         # pandas reads it, or says why it cannot.
         pass
-    return count
+    return blank
+
+
+def _known_header(text: str) -> bool:
+    return bool(_header_target(_header_key(text), {}))
 
 
 def _unique_headers(headers: list[str]) -> list[str]:
@@ -975,7 +1006,7 @@ class ChunkState:
 
     @classmethod
     def load(cls, *, offset: int = 0) -> "ChunkState":
-        """`offset`: the blank rows above the file's header row (SourceFile.leading_rows)."""
+        """`offset`: the blank and title rows above the header row (SourceFile.leading_rows)."""
         stages: dict[str, str] = {}
         for stage in Stage.objects.filter(is_active=True):
             stages[stage.key.lower()] = stage.key
@@ -987,6 +1018,10 @@ class ChunkState:
             tag_groups=frozenset(TagGroup.objects.values_list("name", flat=True)),
             tag_names=frozenset(Tag.objects.values_list("name", flat=True)),
         )
+
+
+# A number as Excel writes one too long for its column: 1.38001E+10, 1,38001E+10.
+SCIENTIFIC_NUMBER_RE = r"[0-9]+(?:[.,][0-9]+)?[eE]\+?[0-9]+"
 
 
 def _safe_phone(raw: str) -> str | None:
@@ -1070,6 +1105,10 @@ def _normalise_phones(raw: pd.Series) -> pd.Series:
     return out
 
 
+# Day 0 of Excel's serial dates (from 1900-03-01 on, past its phantom 1900-02-29).
+EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+
+
 def _normalise_birthdays(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parsed dates (NaT where invalid) and their ISO text."""
     text = raw.str.slice(0, 10)
@@ -1085,6 +1124,14 @@ def _normalise_birthdays(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         text = text.copy()
         text[other] = alt
         dates[other] = pd.to_datetime(alt, format="%Y-%m-%d", errors="coerce")
+        # A date cell whose format was lost (a column set to "General", or pasted as values)
+        # holds Excel's serial day number: 33010 is 1990-05-17. Five digits only (1927 to
+        # 2173): four would read a bare year such as 1990 as a day in 1905.
+        serial = dates.isna() & raw.str.fullmatch(r"[1-9][0-9]{4}").fillna(False).astype(bool)
+        if serial.any():
+            days = pd.to_datetime(raw[serial].astype("int64"), unit="D", origin=EXCEL_EPOCH)
+            dates[serial] = days
+            text[serial] = days.dt.strftime("%Y-%m-%d")
     return dates, text
 
 
@@ -1290,7 +1337,20 @@ def check_chunk(frame: pd.DataFrame, *, spec: ImportSpec, state: ChunkState) -> 
 
     if "phone" in mapped:
         phones = _normalise_phones(out["phone"])
-        reject(phones.isna(), _("Invalid phone number."))
+        # Excel shows a long number in a "General" column as 1.38001E+10 and writes a CSV so:
+        # the last digits are gone, and only the operator can get them back.
+        scientific = (
+            phones.isna() & out["phone"].str.fullmatch(SCIENTIFIC_NUMBER_RE).astype(bool)
+        ).to_numpy(dtype=bool)
+        reject(
+            scientific,
+            _(
+                "The phone number was saved by Excel in scientific notation (like 1.38001E+10), "
+                "which loses its last digits. In Excel, format the phone column as Text or as "
+                "the number format “0”, save the file again and upload it again."
+            ),
+        )
+        reject(phones.isna().to_numpy(dtype=bool) & ~scientific, _("Invalid phone number."))
         out["phone"] = phones.fillna("")
 
     if "email" in mapped:

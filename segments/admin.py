@@ -7,6 +7,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from core.admin import LargeTablePaginator
 from core.errors import DomainError, ValidationFailed
 from segments.models import (
     AutoTagRule,
@@ -35,6 +36,7 @@ from segments.services import (
     _check_name,
     _check_policy,
     auto_tag_check_free,
+    auto_tags_sync,
     segment_archive,
     segment_create,
     segment_delete,
@@ -231,6 +233,7 @@ class SegmentSizeAdmin(admin.ModelAdmin):
 class DirtyContactAdmin(admin.ModelAdmin):
     list_display = ["contact_id", "changed_at", "what_changed"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
     @admin.display(description=_("what changed"))
     def what_changed(self, obj: DirtyContact) -> str:
@@ -260,6 +263,13 @@ class AutoTagRuleAdmin(admin.ModelAdmin):
     list_filter = ["is_active", "remove_on_exit"]
     raw_id_fields = ["segment", "tag"]
 
+    # As auto_tag_rule_create does: an active rule tags today's members now (and, with
+    # remove_on_exit, takes its tag off those who left), not only those who enter later.
+    def save_model(self, request, obj: AutoTagRule, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.is_active:
+            auto_tags_sync(segment=obj.segment, rule=obj)
+
 
 @admin.register(RFMScore)
 class RFMScoreAdmin(admin.ModelAdmin):
@@ -277,6 +287,7 @@ class RFMScoreAdmin(admin.ModelAdmin):
     list_filter = ["layer", "r_score", "f_score", "m_score"]
     raw_id_fields = ["contact"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
 
 @admin.register(RFMRun)
@@ -374,6 +385,7 @@ class LeadScoreAwardAdmin(admin.ModelAdmin):
     list_filter = ["rule"]
     raw_id_fields = ["contact", "event"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
     # The stored score is the sum of the awards: the contacts whose awards changed are scored
     # again now, not at the nightly recompute (a moved award changes both contacts' scores).
@@ -417,3 +429,4 @@ class InfluenceAdmin(admin.ModelAdmin):
     list_filter = ["is_koc"]
     raw_id_fields = ["contact"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
