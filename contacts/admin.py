@@ -26,8 +26,11 @@ from contacts.models import (
     Tag,
     TagGroup,
 )
+from contacts.selectors import contact_follow_merges
 from contacts.services import (
     IdentityInput,
+    contact_tag_add,
+    contact_tag_remove,
     contact_update,
     custom_fields_validate,
     normalize_identity,
@@ -41,6 +44,7 @@ from contacts.services.custom_fields import (
     custom_field_save,
 )
 from contacts.services.merge import merge_block_add, merge_block_remove
+from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core.admin import LargeTablePaginator
 from core.audit import request_ip
@@ -355,14 +359,61 @@ class TagAdmin(admin.ModelAdmin):
             tag_delete(tag=tag)
 
 
+class ContactTagAdminForm(forms.ModelForm):
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and "expires_at" in self.changed_data:
+            try:
+                return tag_expiry_check(expires_at=expires_at)
+            except ValidationFailed as exc:
+                raise _form_error(exc) from exc
+        return expires_at
+
+
 @admin.register(ContactTag)
 class ContactTagAdmin(admin.ModelAdmin):
+    form = ContactTagAdminForm
     list_display = ["contact", "tag", "source", "actor", "created_at"]
     list_filter = ["source", "tag__group", "tag"]
     search_fields = ["contact__name", "contact__phone", "tag__name"]
     raw_id_fields = ["contact", "actor"]
     show_full_result_count = False
     paginator = LargeTablePaginator
+
+    # Tagging and untagging go through the services, as on the contact page: a timeline entry
+    # (标签已添加 / 标签已移除) and the contact's segments re-evaluated. An edit of an existing
+    # assignment (its expiry, its source) is saved as it is, and its segments are told.
+    def save_model(self, request, obj: ContactTag, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            ids = {
+                obj.contact_id,
+                *([form.initial["contact"]] if "contact" in form.changed_data else []),
+            }
+            transaction.on_commit(
+                lambda: contact_changed.send(
+                    sender=Contact, contact_ids=sorted(ids), changed=["tags"]
+                )
+            )
+            return
+        # A merged contact's tag goes to its survivor (as the service does), where it is read.
+        contact = contact_follow_merges(contact=obj.contact)
+        contact_tag_add(
+            contact=contact,
+            tag=obj.tag,
+            actor=obj.actor or request.user,
+            source=obj.source,
+            expires_at=obj.expires_at,
+        )
+        stored = ContactTag.objects.get(contact=contact, tag=obj.tag)
+        obj.pk, obj.contact_id, obj.created_at = stored.pk, stored.contact_id, stored.created_at
+
+    def delete_model(self, request, obj: ContactTag) -> None:
+        contact_tag_remove(contact=obj.contact, tag=obj.tag, actor=request.user)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for assignment in queryset.select_related("contact", "tag"):
+            self.delete_model(request, assignment)
 
 
 @admin.register(Event)

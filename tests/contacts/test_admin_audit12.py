@@ -10,13 +10,14 @@ from contacts.models import (
     Consent,
     ConsentRecord,
     Contact,
+    ContactTag,
     Event,
     Identity,
     MergeBlock,
     MergeRecord,
 )
 from core.models import AuditLog
-from tests.factories import ContactFactory, EventFactory
+from tests.factories import ContactFactory, EventFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -242,3 +243,65 @@ def test_large_lists_run_no_distinct_over_their_table(admin_client, model):
     assert page.status_code == 200
     sql = [q["sql"].upper() for q in queries if opts.db_table in q["sql"]]
     assert [q for q in sql if "DISTINCT" in q] == []
+
+
+def test_a_tag_given_and_taken_in_the_tag_assignment_admin_is_on_the_timeline_and_in_segments(
+    admin_client, django_capture_on_commit_callbacks
+):
+    from segments.services import segment_create, segments_refresh_incremental
+
+    tag = TagFactory(name="高净值")
+    contact = ContactFactory()
+    segment = segment_create(
+        name="高净值客户",
+        rule={"op": "and", "conditions": [{"type": "tag", "match": "any", "tags": [tag.pk]}]},
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse("admin:contacts_contacttag_add"),
+            {
+                "contact": contact.pk,
+                "tag": tag.pk,
+                "source": "manual",
+                "created_at_0": "2026-11-01",
+                "created_at_1": "10:00:00",
+            },
+        )
+    segments_refresh_incremental()
+
+    assert contact.events.filter(name="tag_added", properties__tag_id=tag.pk).exists()
+    assert segment.memberships.filter(contact=contact).exists()
+
+    assignment = ContactTag.objects.get(contact=contact, tag=tag)
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse("admin:contacts_contacttag_delete", args=[assignment.pk]), {"post": "yes"}
+        )
+    segments_refresh_incremental()
+
+    assert contact.events.filter(name="tag_removed", properties__tag_id=tag.pk).exists()
+    assert not segment.memberships.filter(contact=contact).exists()
+
+
+def test_a_tag_expiry_set_in_the_admin_must_be_in_the_future(admin_client):
+    tag, contact = TagFactory(), ContactFactory()
+
+    response = admin_client.post(
+        reverse("admin:contacts_contacttag_add"),
+        {
+            "contact": contact.pk,
+            "tag": tag.pk,
+            "source": "manual",
+            "created_at_0": "2026-11-01",
+            "created_at_1": "10:00:00",
+            "expires_at_0": "2020-01-01",
+            "expires_at_1": "00:00:00",
+        },
+    )
+
+    assert response.status_code == 200
+    assert (
+        "must be in the future" in response.content.decode() or "必须" in response.content.decode()
+    )
+    assert not ContactTag.objects.exists()
