@@ -634,7 +634,7 @@ class SourceFile:
 
                 workbook = load_workbook(self.path, read_only=True, data_only=True)
                 try:
-                    rows = workbook.worksheets[0].iter_rows(values_only=True)
+                    rows = _data_sheet(workbook).iter_rows(values_only=True)
                     self._leading = _leading_rows(rows)
                 finally:
                     workbook.close()
@@ -648,7 +648,7 @@ class SourceFile:
 
         workbook = load_workbook(self.path, read_only=True, data_only=True)
         try:
-            rows = workbook.worksheets[0].iter_rows(values_only=True)
+            rows = _data_sheet(workbook).iter_rows(values_only=True)
             for _blank in range(self.leading_rows()):
                 next(rows, None)
             headers = _unique_headers([_cell_text(v) for v in next(rows, ())])
@@ -684,7 +684,7 @@ class SourceFile:
 
             workbook = load_workbook(self.path, read_only=True, data_only=True)
             try:
-                rows = workbook.worksheets[0].iter_rows(values_only=True)
+                rows = _data_sheet(workbook).iter_rows(values_only=True)
                 for _blank in range(self.leading_rows()):
                     next(rows, None)
                 first = next(rows, ())
@@ -710,7 +710,7 @@ class SourceFile:
 
             workbook = load_workbook(self.path, read_only=True)
             try:
-                return max(0, (workbook.worksheets[0].max_row or 1) - 1 - self.leading_rows())
+                return max(0, (_data_sheet(workbook).max_row or 1) - 1 - self.leading_rows())
             finally:
                 workbook.close()
         lines = 0
@@ -722,6 +722,27 @@ class SourceFile:
         if last != b"\n":
             lines += 1
         return max(0, lines - 1 - self.leading_rows())
+
+
+def _data_sheet(workbook: Any) -> Any:
+    """The sheet an import reads: the workbook's first visible one. A hidden first sheet (a
+    lookup table, a template's instructions) is skipped; which sheet was read, and how many the
+    workbook has, is shown on the mapping page (workbook_sheets)."""
+    for sheet in workbook.worksheets:
+        if getattr(sheet, "sheet_state", "visible") == "visible":
+            return sheet
+    return workbook.worksheets[0]
+
+
+def workbook_sheets(path: Path) -> dict[str, Any]:
+    """{"name": the sheet an import reads, "count": the workbook's sheets (hidden ones too)}."""
+    from openpyxl import load_workbook
+
+    workbook = load_workbook(path, read_only=True)
+    try:
+        return {"name": _data_sheet(workbook).title, "count": len(workbook.worksheets)}
+    finally:
+        workbook.close()
 
 
 def _leading_rows(rows: Iterator[Any]) -> int:
@@ -815,6 +836,7 @@ def import_upload(*, file: UploadedFile, user: AbstractBaseUser | None) -> Job:
             "encoding": source.encoding,
             "delimiter": source.delimiter,
             "headers": headers,
+            "sheet": workbook_sheets(path) if source.fmt == "xlsx" else None,
             "mapping": guess_mapping(headers=headers),
             # Of the uploader: what is said about the job later (an expired upload) is too.
             "language": translation.get_language(),

@@ -7,6 +7,7 @@ import io
 import openpyxl
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
 
 from contacts import importers
 from contacts.importers import ImportSpec
@@ -150,3 +151,37 @@ def test_a_phone_excel_wrote_in_scientific_notation_is_refused_saying_how_to_fix
     why = reasons(job, media)
     assert "scientific notation" in why["2"] and "format the phone column as Text" in why["2"]
     assert why["4"] == "Invalid phone number."
+
+
+def test_a_hidden_first_sheet_is_skipped_and_the_mapping_page_names_the_sheet_read(
+    media, english, admin_client, django_capture_on_commit_callbacks
+):
+    workbook = openpyxl.Workbook()
+    lookup = workbook.active
+    lookup.title = "门店编码"
+    lookup.append(["编码", "门店"])
+    lookup.append(["SH01", "上海静安店"])
+    lookup.sheet_state = "hidden"
+    customers = workbook.create_sheet("客户")
+    customers.append(["手机号", "姓名"])
+    customers.append(["13800138000", "林小雨"])
+    workbook.create_sheet("说明").append(["请勿修改表头"])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+
+    job = _upload(buffer.getvalue(), "客户.xlsx")
+
+    assert job.params["headers"] == ["手机号", "姓名"]
+    assert job.params["sheet"] == {"name": "客户", "count": 3}
+    page = admin_client.get(reverse("contacts_io:import_mapping", args=[job.pk])).content.decode()
+    assert "Reading the sheet “客户”" in page and "it has 3 sheets" in page
+    _run(job, django_capture_on_commit_callbacks)
+    assert _names() == {"+8613800138000": "林小雨"}
+
+
+def test_a_workbook_of_one_sheet_says_nothing_about_sheets(media, english, admin_client):
+    job = _upload(_workbook([["手机号", "姓名"], ["13800138000", "林小雨"]]), "客户.xlsx")
+
+    assert job.params["sheet"]["count"] == 1
+    page = admin_client.get(reverse("contacts_io:import_mapping", args=[job.pk])).content.decode()
+    assert "Reading the sheet" not in page
