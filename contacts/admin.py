@@ -47,7 +47,7 @@ from contacts.services.merge import merge_block_add, merge_block_remove
 from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core.admin import LargeTablePaginator
-from core.audit import request_ip
+from core.audit import audit_log, request_ip
 from core.errors import ValidationFailed
 
 # Written through contacts.services.contact_update, which keeps the phone and email identities
@@ -262,6 +262,19 @@ class ContactAdmin(admin.ModelAdmin):
     # The contact table can hold millions of rows: skip the exact COUNT(*) of the full table.
     show_full_result_count = False
     paginator = LargeTablePaginator
+
+    # Deleting a customer (an erasure request, a test record) is audited like unmasking and
+    # exports: who, when, from where, which id. Nothing personal is kept in the entry, since
+    # the point may be that the person's data is gone. (The admin refuses the deletion of a
+    # contact with merge or consent records, which are kept as evidence.)
+    def delete_model(self, request, obj: Contact) -> None:
+        audit_log(actor=request.user, action="contact.delete", obj=obj, request=request)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for contact in queryset:
+            audit_log(actor=request.user, action="contact.delete", obj=contact, request=request)
+        super().delete_queryset(request, queryset)
 
     def save_model(self, request, obj: Contact, form: ContactAdminForm, change: bool) -> None:
         # contact_update compares with the stored row, so phone, email and custom fields are

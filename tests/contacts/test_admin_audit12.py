@@ -305,3 +305,22 @@ def test_a_tag_expiry_set_in_the_admin_must_be_in_the_future(admin_client):
         "must be in the future" in response.content.decode() or "必须" in response.content.decode()
     )
     assert not ContactTag.objects.exists()
+
+
+def test_deleting_contacts_in_the_admin_is_audited_without_personal_data(admin_client):
+    one, two = ContactFactory(name="林小雨", phone="+8613800138000"), ContactFactory()
+
+    admin_client.post(reverse("admin:contacts_contact_delete", args=[one.pk]), {"post": "yes"})
+    admin_client.post(
+        reverse("admin:contacts_contact_changelist"),
+        {"action": "delete_selected", "_selected_action": [two.pk], "post": "yes"},
+    )
+
+    assert not Contact.objects.filter(pk__in=[one.pk, two.pk]).exists()
+    entries = AuditLog.objects.filter(action="contact.delete").order_by("pk")
+    assert [(e.object_type, e.object_id) for e in entries] == [
+        ("contacts.contact", str(one.pk)),
+        ("contacts.contact", str(two.pk)),
+    ]
+    assert all(e.actor is not None and e.ip for e in entries)
+    assert "林小雨" not in str([e.details for e in entries])
