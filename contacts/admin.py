@@ -46,7 +46,7 @@ from contacts.services.custom_fields import (
 from contacts.services.merge import merge_block_add, merge_block_remove
 from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
-from core.admin import LargeTablePaginator
+from core.admin import LargeTablePaginator, ViewOnlyAdmin
 from core.audit import audit_log, request_ip
 from core.errors import ValidationFailed
 
@@ -663,7 +663,9 @@ class NoteAdmin(admin.ModelAdmin):
 
 
 @admin.register(ConsentRecord)
-class ConsentRecordAdmin(admin.ModelAdmin):
+class ConsentRecordAdmin(ViewOnlyAdmin):
+    # Append-only evidence, recorded through consent_record only (which also moves the current
+    # state, Consent).
     list_display = ["recorded_at", "contact", "channel", "purpose", "granted", "source"]
     list_filter = ["channel", "purpose", "granted"]  # source is free text: see ContactAdmin
     search_fields = ["contact__name", "contact__phone", "notice_version"]
@@ -671,20 +673,10 @@ class ConsentRecordAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = LargeTablePaginator
 
-    # Recorded through consent_record only, which also moves the current state (Consent).
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # Consent evidence is append-only.
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Consent)
-class ConsentAdmin(admin.ModelAdmin):
+class ConsentAdmin(ViewOnlyAdmin):
+    # Current state is derived from the records; change it by recording consent.
     list_display = ["contact", "channel", "purpose", "granted", "updated_at"]
     list_filter = ["channel", "purpose", "granted"]
     search_fields = ["contact__name", "contact__phone"]
@@ -692,35 +684,16 @@ class ConsentAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = LargeTablePaginator
 
-    # Current state is derived from the records; change it by recording consent.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(MergeRecord)
-class MergeRecordAdmin(admin.ModelAdmin):
+class MergeRecordAdmin(ViewOnlyAdmin):
+    # Written by contact_merge and contact_merge_undo only: the record is what an undo restores
+    # from and the history of who merged whom, so it is neither made, edited nor deleted here.
     list_display = ["created_at", "survivor", "duplicate", "reason", "actor", "undone_at"]
     list_filter = ["reason", "undone_at"]
     search_fields = ["survivor__name", "duplicate__name", "survivor__phone"]
     raw_id_fields = ["survivor", "duplicate", "actor"]
     readonly_fields = ["snapshot", "moved"]
-
-    # Written by contact_merge and contact_merge_undo only: the record is what an undo restores
-    # from and the history of who merged whom, so it is neither made, edited nor deleted here.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class MergeBlockAdminForm(forms.ModelForm):

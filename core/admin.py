@@ -38,6 +38,20 @@ class LargeTablePaginator(Paginator):
         return super().count
 
 
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows that are evidence or history, written only by their services (audit entries,
+    consent records, merge records): shown here, never added, edited or deleted."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "prefix", "is_active", "throttle_rate", "created_at", "last_used_at"]
@@ -70,22 +84,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(ViewOnlyAdmin):
     list_display = ["created_at", "actor", "action", "object_type", "object_id", "ip"]
     list_filter = ["action", "object_type"]
     search_fields = ["actor__username", "object_id", "action"]
     date_hierarchy = "created_at"
     show_full_result_count = False
     paginator = LargeTablePaginator
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Job)
