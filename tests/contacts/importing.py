@@ -32,7 +32,11 @@ def run(
     filename: str = "客户.csv",
 ) -> Job:
     """Upload `rows` as a CSV and run the import job to its end (on-commit tasks executed)."""
-    job = upload(rows, user=user, filename=filename)
+    return finish(upload(rows, user=user, filename=filename), capture, key=key, tag_ids=tag_ids)
+
+
+def finish(job: Job, capture, *, key: str = "external_id", tag_ids=()) -> Job:
+    """Start an uploaded import with its guessed mapping and run it to a successful end."""
     spec = ImportSpec(mapping=job.params["mapping"], key=key, tag_ids=list(tag_ids))
     with capture(execute=True):
         importers.import_start(job=job, spec=spec)

@@ -245,6 +245,18 @@ def test_large_lists_run_no_distinct_over_their_table(admin_client, model):
     assert [q for q in sql if "DISTINCT" in q] == []
 
 
+def _assignment_form(contact, tag, **extra) -> dict:
+    """The tag-assignment admin's add form, as an admin fills it in."""
+    return {
+        "contact": contact.pk,
+        "tag": tag.pk,
+        "source": "manual",
+        "created_at_0": "2026-11-01",
+        "created_at_1": "10:00:00",
+        **extra,
+    }
+
+
 def test_a_tag_given_and_taken_in_the_tag_assignment_admin_is_on_the_timeline_and_in_segments(
     admin_client, django_capture_on_commit_callbacks
 ):
@@ -260,13 +272,7 @@ def test_a_tag_given_and_taken_in_the_tag_assignment_admin_is_on_the_timeline_an
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(
             reverse("admin:contacts_contacttag_add"),
-            {
-                "contact": contact.pk,
-                "tag": tag.pk,
-                "source": "manual",
-                "created_at_0": "2026-11-01",
-                "created_at_1": "10:00:00",
-            },
+            _assignment_form(contact, tag),
         )
     segments_refresh_incremental()
 
@@ -289,15 +295,7 @@ def test_a_tag_expiry_set_in_the_admin_must_be_in_the_future(admin_client):
 
     response = admin_client.post(
         reverse("admin:contacts_contacttag_add"),
-        {
-            "contact": contact.pk,
-            "tag": tag.pk,
-            "source": "manual",
-            "created_at_0": "2026-11-01",
-            "created_at_1": "10:00:00",
-            "expires_at_0": "2020-01-01",
-            "expires_at_1": "00:00:00",
-        },
+        _assignment_form(contact, tag, expires_at_0="2020-01-01", expires_at_1="00:00:00"),
     )
 
     assert response.status_code == 200

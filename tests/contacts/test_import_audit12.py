@@ -12,8 +12,8 @@ from django.urls import reverse
 from contacts import importers
 from contacts.importers import ImportSpec
 from contacts.models import Contact
-from core.models import Job, JobStatus
-from tests.contacts.importing import reasons
+from core.models import Job
+from tests.contacts.importing import finish, reasons
 
 pytestmark = pytest.mark.django_db
 
@@ -35,12 +35,7 @@ def _upload(content: bytes, name: str) -> Job:
 
 
 def _run(job: Job, capture) -> Job:
-    spec = ImportSpec(mapping=job.params["mapping"], key="phone")
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
+    return finish(job, capture, key="phone")
 
 
 def _names() -> dict[str, str]:

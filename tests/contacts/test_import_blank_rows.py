@@ -13,7 +13,7 @@ from contacts.import_views import job_outcome
 from contacts.importers import ImportSpec
 from contacts.models import Contact
 from core.models import Job, JobStatus
-from tests.contacts.importing import counts, reasons
+from tests.contacts.importing import counts, finish, reasons
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("media", "english")]
 
@@ -22,12 +22,7 @@ HEADER = "会员号,姓名,城市\r\n"
 
 def run_file(content: bytes, name: str, capture) -> Job:
     job = importers.import_upload(file=SimpleUploadedFile(name, content), user=None)
-    spec = ImportSpec(mapping=job.params["mapping"], key="external_id")
-    with capture(execute=True):
-        importers.import_start(job=job, spec=spec)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED, job.error
-    return job
+    return finish(job, capture)
 
 
 def xlsx(rows: list[list[str | None]], *, formatted_down_to: int = 0) -> bytes:
