@@ -1,3 +1,4 @@
+import contextlib
 import datetime as dt
 import logging
 from typing import Any
@@ -11,6 +12,7 @@ from channels.adapters import ADAPTERS, OutboundMessage, adapter_for
 from channels.models import Channel, Delivery, DeliveryStatus
 from contacts.models import Contact, MergeRecord
 from contacts.services import event_record
+from contacts.services.locking import contact_lock_survivor
 from core.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -103,9 +105,12 @@ def delivery_send_now(*, delivery_id: int) -> Delivery | None:
     return delivery_send(delivery_id=delivery_id)
 
 
-def delivery_send(*, delivery_id: int) -> Delivery:
-    """Send one claimed delivery through its adapter and record the outcome on the row."""
-    delivery = Delivery.objects.select_related("channel", "contact").get(pk=delivery_id)
+def delivery_send(*, delivery_id: int) -> Delivery | None:
+    """Send one claimed delivery through its adapter and record the outcome on the row; None
+    when the row is gone (its contact was erased after the claim)."""
+    delivery = Delivery.objects.select_related("channel", "contact").filter(pk=delivery_id).first()
+    if delivery is None:
+        return None
     if delivery.status != DeliveryStatus.SENDING:
         return delivery
     channel = delivery.channel
@@ -134,8 +139,7 @@ def delivery_send(*, delivery_id: int) -> Delivery:
             error_code=result.error_code,
             error_message=result.error_message[:500],
         )
-        delivery.refresh_from_db()
-        return delivery
+        return _reload(delivery)
     return _finish(
         delivery,
         DeliveryStatus.FAILED,
@@ -154,6 +158,16 @@ def _finish(
     error_message: str = "",
 ) -> Delivery:
     now = timezone.now()
+    recorded = status in (DeliveryStatus.SENT, DeliveryStatus.FAILED)
+    if recorded:
+        # The contact before the row, as an erasure locks them: the event's foreign-key check
+        # at commit would otherwise wait for an erasure that waits for this row, a deadlock.
+        try:
+            contact_lock_survivor(contact=delivery.contact, lock="key_share")
+        except Contact.DoesNotExist:
+            # Erased while the message was out: the row went with the person, and nothing
+            # about them may be written again.
+            return delivery
     updated = Delivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.SENDING).update(
         status=status,
         provider_message_id=provider_message_id,
@@ -162,8 +176,8 @@ def _finish(
         lease_until=None,
         sent_at=now if status == DeliveryStatus.SENT else None,
     )
-    delivery.refresh_from_db()
-    if updated and status in (DeliveryStatus.SENT, DeliveryStatus.FAILED):
+    _reload(delivery)
+    if updated and recorded:
         event_record(
             contact=delivery.contact,
             name="message_sent" if status == DeliveryStatus.SENT else "message_failed",
@@ -178,6 +192,13 @@ def _finish(
             source=delivery.channel.kind,
             event_id=f"delivery:{delivery.pk}:{status}",
         )
+    return delivery
+
+
+def _reload(delivery: Delivery) -> Delivery:
+    # A row deleted meanwhile (its contact erased) leaves the caller the copy it had.
+    with contextlib.suppress(Delivery.DoesNotExist):
+        delivery.refresh_from_db()
     return delivery
 
 

@@ -35,6 +35,9 @@ if DEBUG:
 else:
     # Production must bring its own key: failing loudly beats signing sessions with a known one.
     SECRET_KEY = env.str("SECRET_KEY")
+# Keys rotated away, still accepted for sessions and still matched against the digests of
+# erased people's identities (contacts.services.erasure), comma-separated.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

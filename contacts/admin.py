@@ -4,7 +4,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.admin.utils import NestedObjects
+from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
+from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.utils.translation import gettext_lazy as _
 
@@ -14,6 +18,8 @@ from contacts.models import (
     Contact,
     ContactTag,
     CustomField,
+    Erasure,
+    ErasureSource,
     Event,
     Identity,
     IdentityKind,
@@ -26,13 +32,19 @@ from contacts.models import (
     Tag,
     TagGroup,
 )
+from contacts.personal_data import contact_family
+from contacts.roles import ERASE_PERMISSION
 from contacts.selectors import contact_follow_merges
 from contacts.services import (
+    ErasureContended,
     IdentityInput,
+    contact_erase,
     contact_tag_add,
     contact_tag_remove,
     contact_update,
     custom_fields_validate,
+    erasure_of_contact,
+    identities_suppressed,
     normalize_identity,
     normalize_phone,
     tag_delete,
@@ -47,8 +59,8 @@ from contacts.services.merge import merge_block_add, merge_block_remove
 from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core.admin import LargeTablePaginator, ViewOnlyAdmin
-from core.audit import audit_log, request_ip
-from core.errors import ValidationFailed
+from core.audit import request_ip
+from core.errors import NotFound, ValidationFailed
 
 # Written through contacts.services.contact_update, which keeps the phone and email identities
 # in step with the columns; every other field is saved as the admin form has it.
@@ -197,7 +209,33 @@ class ContactAdminForm(forms.ModelForm):
                         params={"contact_id": owner},
                     ),
                 )
+        if not self.instance.pk:
+            self._refuse_erased(cleaned)
         return cleaned
+
+    def _refuse_erased(self, cleaned: dict[str, Any]) -> None:
+        # As identify() refuses to create a contact for an erased person's identities when the
+        # person does not ask for it: an operator typing them in would bring the person back.
+        wanted = [
+            (kind, "", cleaned[kind])
+            for kind in (IdentityKind.PHONE, IdentityKind.EMAIL)
+            if cleaned.get(kind) and kind not in self.errors
+        ]
+        for kind, _app_id, _value in sorted(identities_suppressed(wanted)):
+            self.add_error(
+                kind,
+                forms.ValidationError(
+                    _(
+                        "This %(kind)s belonged to a person whose data was erased at their "
+                        "request, so it cannot be added here. If they come back, they sign up "
+                        "again themselves (in the mini-program, for example) and are a new "
+                        "customer from then on."
+                    ),
+                    code="erased",
+                    # Only phone and email get here, whose labels are plain words.
+                    params={"kind": str(IdentityKind(kind).label).lower()},
+                ),
+            )
 
     def service_changes(self) -> dict[str, Any]:
         """The changes contact_update applies, keyed as it expects."""
@@ -235,6 +273,13 @@ class ContactTagInline(admin.TabularInline):
     raw_id_fields = ["actor"]
 
 
+def _protected_outside(contacts) -> bool:
+    """Whether deleting `contacts` meets a protected row that is not deleted along with them."""
+    collector = NestedObjects(using=contacts.db)
+    collector.collect(contacts)
+    return any(obj not in collector.model_objs[type(obj)] for obj in collector.protected)
+
+
 @admin.register(Contact)
 class ContactAdmin(admin.ModelAdmin):
     form = ContactAdminForm
@@ -263,18 +308,91 @@ class ContactAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = LargeTablePaginator
 
-    # Deleting a customer (an erasure request, a test record) is audited like unmasking and
-    # exports: who, when, from where, which id. Nothing personal is kept in the entry, since
-    # the point may be that the person's data is gone. (The admin refuses the deletion of a
-    # contact with merge or consent records, which are kept as evidence.)
+    # Deleting a customer is erasing the person (PIPL art. 47): contact_erase deletes them with
+    # every contact merged into them and every row about them in every app, keeps hashed
+    # tombstones so imports cannot add them back, and records the erasure and an audit entry
+    # without personal data. Evidence rows (events, consent and merge records) cannot be
+    # deleted on their own here; with the person they go, so the erase permission is what is
+    # asked for, not the delete permissions of those view-only models.
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm(ERASE_PERMISSION)
+
+    def get_deleted_objects(self, objs, request):
+        family: set[int] = set()
+        for contact in objs:
+            family.update(contact_family(contact=contact))
+        people = Contact.objects.filter(pk__in=sorted(family)).order_by("pk")
+        deleted, counts, _perms, protected = super().get_deleted_objects(people, request)
+        if protected and not _protected_outside(people):
+            # A consent state protects its record, but both go with the person (contact_erase
+            # deletes the states first).
+            protected = []
+        perms_needed = set() if self.has_delete_permission(request) else {_("erasure")}
+        return deleted, counts, perms_needed, protected
+
+    def log_deletions(self, request, queryset):
+        # The admin's history keeps the object's text forever, and a contact's is its name:
+        # name the id only, as the erasure record does.
+        content_type = ContentType.objects.get_for_model(Contact)
+        return LogEntry.objects.bulk_create(
+            [
+                LogEntry(
+                    user_id=request.user.pk,
+                    content_type=content_type,
+                    object_id=str(contact.pk),
+                    object_repr=f"#{contact.pk}",
+                    action_flag=DELETION,
+                    change_message="",
+                )
+                for contact in queryset
+            ]
+        )
+
+    def _erase(self, request, contact: Contact) -> None:
+        try:
+            contact_erase(
+                contact=contact,
+                source=ErasureSource.ADMIN,
+                actor=request.user,
+                ip=request_ip(request),
+            )
+        except NotFound:
+            # Erased meanwhile (with a contact merged into it, selected too, or concurrently).
+            if erasure_of_contact(contact_id=contact.pk) is None:
+                raise
+
     def delete_model(self, request, obj: Contact) -> None:
-        audit_log(actor=request.user, action="contact.delete", obj=obj, request=request)
-        super().delete_model(request, obj)
+        self._erase(request, obj)
 
     def delete_queryset(self, request, queryset) -> None:
+        refused = []
+        # One erasure per person, each committed alone: a contact erased with the family of
+        # one selected before it is skipped.
         for contact in queryset:
-            audit_log(actor=request.user, action="contact.delete", obj=contact, request=request)
-        super().delete_queryset(request, queryset)
+            if erasure_of_contact(contact_id=contact.pk) is not None:
+                continue
+            try:
+                self._erase(request, contact)
+            except ErasureContended:
+                refused.append(contact.pk)
+        if refused:
+            self.message_user(
+                request,
+                _(
+                    "Other work on contacts %(ids)s kept getting in the way, so they were not "
+                    "erased; try again in a moment."
+                )
+                % {"ids": ", ".join(map(str, refused))},
+                messages.ERROR,
+            )
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ErasureContended as exc:
+            # The view's transaction rolled back whole: nothing was erased or logged.
+            self.message_user(request, exc.message, level=messages.ERROR)
+            return HttpResponseRedirect(request.path)
 
     def save_model(self, request, obj: Contact, form: ContactAdminForm, change: bool) -> None:
         # contact_update compares with the stored row, so phone, email and custom fields are
@@ -744,3 +862,44 @@ class MergeBlockAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset) -> None:
         for block in queryset.select_related("low", "high"):
             self.delete_model(request, block)
+
+
+@admin.register(Erasure)
+class ErasureAdmin(ViewOnlyAdmin):
+    # Written by contact_erase only; the record of what was done at a person's request, with
+    # no personal data in it (the tombstones' digests are not shown: they mean nothing to read).
+    list_display = ["id", "created_at", "actor", "source", "reference", "contact_ids", "summary"]
+    list_filter = ["source", "created_at"]
+    search_fields = ["reference", "=contacts__contact_id"]
+    fields = [
+        "id",
+        "created_at",
+        "actor",
+        "source",
+        "reference",
+        "contact_ids",
+        "summary",
+        "tombstones",
+    ]
+    readonly_fields = fields
+    show_full_result_count = False
+    paginator = LargeTablePaginator
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("actor").prefetch_related("contacts")
+
+    def get_search_results(self, request, queryset, search_term):
+        # "=contacts__contact_id" compares the term with a bigint: only a whole number may.
+        term = search_term.strip()
+        if term and not (term.isascii() and term.isdigit() and len(term) < 19):
+            return queryset.filter(reference__icontains=term), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description=_("contact ids"))
+    def contact_ids(self, obj: Erasure) -> str:
+        return ", ".join(str(pk) for pk in sorted(c.contact_id for c in obj.contacts.all()))
+
+    @admin.display(description=_("tombstones"))
+    def tombstones(self, obj: Erasure) -> str:
+        kinds = obj.suppressions.values("kind").annotate(n=Count("pk")).order_by("kind")
+        return ", ".join(f"{IdentityKind(row['kind']).label} × {row['n']}" for row in kinds) or "-"

@@ -19,10 +19,13 @@ from contacts.models import (
     ConsentChannel,
     ConsentPurpose,
     Contact,
+    Erasure,
+    ErasureSource,
     Gender,
     IdentityKind,
     TagSource,
 )
+from contacts.personal_data import contact_personal_data
 from contacts.services.consent import MAX_REQUEST_ID, consent_request_id
 from contacts.services.ingest import events_batch_check
 from core.api import (
@@ -31,12 +34,13 @@ from core.api import (
     QueryIntegerField,
     Rfc3339DateTimeField,
     WholeNumberField,
+    error_response,
     json_problem,
     replace_lone_surrogates,
 )
 from core.apiviews import BaseApiView
-from core.audit import request_ip
-from core.errors import NotFound
+from core.audit import audit_log, request_ip
+from core.errors import DomainError, NotFound
 from core.ids import MAX_ID
 
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 413: ErrorSerializer, 429: ErrorSerializer}
@@ -144,6 +148,13 @@ class IdentifyOutSerializer(serializers.Serializer):
             "identities and traits are not stored, since they may belong to either person."
         ),
     )
+    previously_erased = serializers.BooleanField(
+        help_text=(
+            "True when the new contact's identities were those of a person erased at their "
+            "request (POST /api/v1/erasures) who has now come back by themselves: they start "
+            "as a new customer, with no history and no consent; ask for consent again."
+        ),
+    )
 
 
 class IdentifyApi(BaseApiView):
@@ -176,13 +187,25 @@ class IdentifyApi(BaseApiView):
             OpenApiExample(
                 "Answer",
                 response_only=True,
-                value={"contact_id": 42, "created": True, "merged": [], "conflicts": []},
+                value={
+                    "contact_id": 42,
+                    "created": True,
+                    "merged": [],
+                    "conflicts": [],
+                    "previously_erased": False,
+                },
             ),
             OpenApiExample(
                 "Answer after a merge",
                 description="The unionid linked an anonymous visitor's contact 57 to contact 42.",
                 response_only=True,
-                value={"contact_id": 42, "created": False, "merged": [57], "conflicts": []},
+                value={
+                    "contact_id": 42,
+                    "created": False,
+                    "merged": [57],
+                    "conflicts": [],
+                    "previously_erased": False,
+                },
             ),
             OpenApiExample(
                 "Unknown trait",
@@ -207,7 +230,13 @@ class IdentifyApi(BaseApiView):
                     "operator marked as a different person: nothing is merged or stored."
                 ),
                 response_only=True,
-                value={"contact_id": 42, "created": False, "merged": [], "conflicts": [57]},
+                value={
+                    "contact_id": 42,
+                    "created": False,
+                    "merged": [],
+                    "conflicts": [57],
+                    "previously_erased": False,
+                },
             ),
         ],
     )
@@ -225,6 +254,7 @@ class IdentifyApi(BaseApiView):
                 "created": result.created,
                 "merged": result.merged,
                 "conflicts": result.conflicts,
+                "previously_erased": result.previously_erased,
             }
         ).data
         return Response(body, status=status.HTTP_201_CREATED if result.created else 200)
@@ -1066,3 +1096,319 @@ class ContactTimelineApi(BaseApiView):
             "next_before": page[-1].pk if len(events) > limit else None,
         }
         return Response(TimelineOutSerializer(body).data)
+
+
+class ErasureInSerializer(serializers.Serializer):
+    contact_id = WholeNumberField(
+        required=False,
+        min_value=1,
+        max_value=MAX_ID,
+        help_text="The person to erase, by contact id; or send `identities` instead (not both).",
+    )
+    # A ListField rather than many=True: the schema then carries minItems and maxItems.
+    identities = serializers.ListField(
+        child=IdentityInSerializer(),
+        required=False,
+        allow_empty=False,
+        min_length=1,
+        max_length=20,
+        help_text=(
+            "The person to erase, by the identities the mini-program knows them by (normalised "
+            "as `identify` does); or send `contact_id` instead (not both). All of them must "
+            "point to the same person; one unknown here is ignored."
+        ),
+    )
+    reference = TextField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Your own reference for the request (a ticket number), kept with the erasure.",
+    )
+
+    def validate(self, data):
+        if "contact_id" in data and "identities" in data:
+            raise serializers.ValidationError(
+                gettext("Send either contact_id or identities, not both."), code="ambiguous"
+            )
+        if "contact_id" not in data and "identities" not in data:
+            raise serializers.ValidationError(
+                gettext("Send contact_id or identities to name the person to erase."),
+                code="required",
+            )
+        return data
+
+
+class ErasureOutSerializer(serializers.Serializer):
+    erasure_id = serializers.IntegerField()
+    contact_ids = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="The contacts deleted: the person's and every contact merged into it.",
+    )
+    erased_at = Rfc3339DateTimeField()
+    reference = serializers.CharField(help_text="As sent with the request that erased them.")
+
+
+def _erasure_out(erasure: Erasure) -> dict:
+    return ErasureOutSerializer(
+        {
+            "erasure_id": erasure.pk,
+            "contact_ids": sorted(erasure.contacts.values_list("contact_id", flat=True)),
+            "erased_at": erasure.created_at,
+            "reference": erasure.reference,
+        }
+    ).data
+
+
+ERASURE_EXAMPLE = {
+    "erasure_id": 17,
+    "contact_ids": [42, 57],
+    "erased_at": "2026-11-26T10:15:00+08:00",
+    "reference": "mp-cancel-8812",
+}
+
+
+class ErasuresApi(BaseApiView):
+    @extend_schema(
+        operation_id="erasure_create",
+        summary="Erase a person at their request (account deletion, 注销账号)",
+        description=(
+            "Deletes the person named by `contact_id` or by `identities` (exactly one of the "
+            "two): their contact, every contact merged into it, and every row about them "
+            "(identities, events, tags, notes, consents, segment memberships, points …). What "
+            "is kept holds no personal data: the erasure (ids, time, `reference`) and keyed "
+            "digests of the identities, so that imports and replayed events cannot add the "
+            "person back; a later `identify` of the same person (they came back by themselves) "
+            "makes a new contact. This cannot be undone.\n\n"
+            "Safe to retry: a `contact_id` already erased, or identities that only an erased "
+            "person had, answer 200 with that erasure and delete nothing. Identities that point "
+            "to two different people answer 400 `different_people` and erase nothing; a "
+            "`contact_id` or identities never known here answer 404."
+        ),
+        request=ErasureInSerializer,
+        responses={
+            200: ErasureOutSerializer,
+            201: ErasureOutSerializer,
+            **ERRORS,
+            404: ErrorSerializer,
+        },
+        examples=[
+            OpenApiExample(
+                "Account deletion in the mini-program",
+                request_only=True,
+                value={
+                    "identities": [
+                        {"kind": "miniprogram_openid", "app_id": "wx1234", "value": "oAbc123"}
+                    ],
+                    "reference": "mp-cancel-8812",
+                },
+            ),
+            OpenApiExample(
+                "By contact id",
+                request_only=True,
+                value={"contact_id": 42, "reference": "ticket-2031"},
+            ),
+            OpenApiExample(
+                "Erased",
+                description="Contact 57 had been merged into contact 42: both went.",
+                response_only=True,
+                status_codes=["201"],
+                value=ERASURE_EXAMPLE,
+            ),
+            OpenApiExample(
+                "Answer to a retry",
+                description="The person was erased by an earlier call: nothing more is deleted.",
+                response_only=True,
+                status_codes=["200"],
+                value=ERASURE_EXAMPLE,
+            ),
+            OpenApiExample(
+                "Two different people",
+                description="The openid and the phone belong to different contacts.",
+                response_only=True,
+                status_codes=["400"],
+                value={
+                    "error": {
+                        "code": "different_people",
+                        "message": (
+                            "The identities belong to different people (contacts 42, 90): "
+                            "send the identities of one person; nothing was erased."
+                        ),
+                        "details": {"contact_ids": [42, 90]},
+                    }
+                },
+            ),
+            OpenApiExample(
+                "Never known",
+                response_only=True,
+                status_codes=["404"],
+                value={
+                    "error": {
+                        "code": "not_found",
+                        "message": (
+                            "No contact has these identities, and no erased person had them."
+                        ),
+                        "details": None,
+                    }
+                },
+            ),
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        data = _validated(ErasureInSerializer, request.data)
+        if "contact_id" in data:
+            contact_id = data["contact_id"]
+            if (done := services.erasure_of_contact(contact_id=contact_id)) is not None:
+                return Response(_erasure_out(done))
+            contact = Contact.objects.filter(pk=contact_id).first()
+            if contact is None:
+                raise NotFound(gettext("No contact has this id, and no erased contact had it."))
+        else:
+            identities = [services.normalize_identity(i) for i in data["identities"]]
+            keys = [(i.kind, i.app_id, i.value) for i in identities]
+            people = selectors.contacts_of_identities(identities=keys)
+            if len(people) > 1:
+                ids = sorted(people)
+                raise DomainError(
+                    gettext(
+                        "The identities belong to different people (contacts %(ids)s): send "
+                        "the identities of one person; nothing was erased."
+                    )
+                    % {"ids": ", ".join(map(str, ids))},
+                    code="different_people",
+                    details={"contact_ids": ids},
+                )
+            if not people:
+                if (done := services.erasure_of_identities(keys)) is not None:
+                    return Response(_erasure_out(done))
+                raise NotFound(
+                    gettext("No contact has these identities, and no erased person had them.")
+                )
+            contact = Contact.objects.filter(pk=people.pop()).first()
+            if contact is None:
+                raise NotFound(gettext("Contact not found."))
+        try:
+            erasure = services.contact_erase(
+                contact=contact,
+                source=ErasureSource.API,
+                reference=data["reference"],
+                ip=request_ip(request),
+                # The backend that asked, so that an erasure can be traced to it.
+                audit={"api_key": request.auth.pk},
+            )
+        except NotFound:
+            # Erased by a concurrent call (the client retried before the first answered).
+            if (done := services.erasure_of_contact(contact_id=contact.pk)) is None:
+                raise
+            return Response(_erasure_out(done))
+        return Response(_erasure_out(erasure), status=status.HTTP_201_CREATED)
+
+
+class PersonalDataOutSerializer(serializers.Serializer):
+    """What contacts.personal_data.contact_personal_data returns (described for the schema)."""
+
+    format = serializers.CharField(help_text='Always "scrm.personal_data".')
+    version = serializers.IntegerField()
+    generated_at = Rfc3339DateTimeField()
+    contact_id = serializers.IntegerField(help_text="The person's contact (after merges).")
+    contact_ids = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="That contact and every contact merged into it.",
+    )
+    sections = serializers.DictField(
+        child=serializers.ListField(child=serializers.DictField()),
+        help_text=(
+            'Rows per kind of data, keyed "<app>.<what>" (`contacts.profile`, '
+            "`contacts.events`, `membership.points` …), values as stored and unmasked."
+        ),
+    )
+
+
+class ContactPersonalDataApi(BaseApiView):
+    @extend_schema(
+        operation_id="contact_personal_data",
+        summary="A copy of everything stored about a person (data-access request)",
+        description=(
+            "For a person asking, in the mini-program, for a copy of their data: the profile, "
+            "identities, tags, events, notes, consents and merges of the contact and of every "
+            "contact merged into it, and what the other modules hold (memberships, points, "
+            "messages …). Nothing is masked: the copy is for the person themselves. A contact "
+            "merged into another answers with the survivor's copy. Each call is written to the "
+            "audit log. A contact that was erased answers 410 `erased`, with the erasure's id "
+            "and time."
+        ),
+        responses={200: PersonalDataOutSerializer, **NOT_FOUND, 410: ErrorSerializer},
+        examples=[
+            OpenApiExample(
+                "A copy",
+                response_only=True,
+                status_codes=["200"],
+                value={
+                    "format": "scrm.personal_data",
+                    "version": 1,
+                    "generated_at": "2026-11-26T10:15:00+08:00",
+                    "contact_id": 42,
+                    "contact_ids": [42, 57],
+                    "sections": {
+                        "contacts.identities": [
+                            {
+                                "contact_id": 42,
+                                "kind": "phone",
+                                "app_id": "",
+                                "value": "+8613800138000",
+                                "created_at": "2026-03-01T09:00:00+08:00",
+                            }
+                        ],
+                        "contacts.profile": [
+                            {
+                                "id": 42,
+                                "name": "林小雨",
+                                "phone": "+8613800138000",
+                                "city": "上海",
+                                "merged_into": None,
+                            }
+                        ],
+                    },
+                },
+            ),
+            OpenApiExample(
+                "Erased",
+                response_only=True,
+                status_codes=["410"],
+                value={
+                    "error": {
+                        "code": "erased",
+                        "message": (
+                            "This person's data was erased at their request on 2026-11-26 "
+                            "(erasure 17): nothing about them is kept."
+                        ),
+                        "details": {"erasure_id": 17, "erased_at": "2026-11-26T10:15:00+08:00"},
+                    }
+                },
+            ),
+        ],
+    )
+    def get(self, request: Request, contact_id: int) -> Response:
+        if (erasure := services.erasure_of_contact(contact_id=contact_id)) is not None:
+            erased_at = Rfc3339DateTimeField().to_representation(erasure.created_at)
+            return error_response(
+                "erased",
+                gettext(
+                    "This person's data was erased at their request on %(date)s (erasure "
+                    "%(erasure)s): nothing about them is kept."
+                )
+                % {"date": erased_at[:10], "erasure": erasure.pk},
+                {"erasure_id": erasure.pk, "erased_at": erased_at},
+                status_code=status.HTTP_410_GONE,
+            )
+        contact = _contact(contact_id)
+        data = contact_personal_data(contact=contact)
+        # Every copy handed out is logged, like an unmasking or an export; ids only.
+        audit_log(
+            actor=None,
+            action="contact.data_copy",
+            obj=contact,
+            details={"contacts": data["contact_ids"], "source": "api", "api_key": request.auth.pk},
+            request=request,
+        )
+        return Response(data)

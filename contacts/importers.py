@@ -1775,11 +1775,15 @@ def import_preview(*, job: Job, spec: ImportSpec, rows: int = PREVIEW_ROWS) -> P
     frame = next(source.chunks(size=rows), pd.DataFrame())
     state = ChunkState.load(offset=source.leading_rows())
     checked = check_chunk(frame, spec=spec, state=state)
-    # What the import would refuse when writing: identity values of other contacts; then the
-    # duplicates among the rows that are left, as the import decides them.
+    # What the import would refuse when writing: identity values of other contacts, new rows
+    # of erased people; then the duplicates among the rows that are left, as the import
+    # decides them.
     owners = _owners(UPSERT_KEYS[spec.key], checked.good["key"].tolist())
     contact_ids = checked.good["key"].map(owners).fillna(0).astype("int64").to_numpy()
     taken = _taken(checked.good, contact_ids, _column_owners(checked.good, _identity_columns(spec)))
+    if services.suppression_any():
+        new = checked.good[(contact_ids == 0) & ~checked.good["rn"].isin(list(taken)).to_numpy()]
+        taken.update(dict.fromkeys(_erased(new, _suppression_columns(spec)), _erased_reason()))
     refused = checked.good["rn"].isin(list(taken)).to_numpy(dtype=bool)
     duplicate, duplicates = decide_duplicates(
         checked.good, checked.hashes, spec=spec, refused=refused, state=state
@@ -1934,6 +1938,41 @@ def _taken_reason(column: str, owner: int) -> str:
     }
 
 
+def _erased_reason() -> str:
+    return _(
+        "This person asked for their personal data to be erased; they cannot be imported again."
+    )
+
+
+def _suppression_columns(spec: ImportSpec) -> dict[str, str]:
+    """The mapped identity columns, the key included, with their identity kind."""
+    mapped = set(spec.mapping.values())
+    return {c: k for c, k in IDENTITY_COLUMNS.items() if c in mapped}
+
+
+def _erased(rows: pd.DataFrame, columns: dict[str, str]) -> list[int]:
+    """The row numbers of `rows` with an identity value of an erased person (a tombstone).
+
+    Each distinct value is digested once per key (contacts.services.identities_suppressed),
+    and the digests are looked up in batches: a chunk costs a few queries, not one per row.
+    """
+    wanted = {
+        (kind, "", value)
+        for column, kind in columns.items()
+        for value in rows[column].unique().tolist()
+        if value
+    }
+    found = services.identities_suppressed(wanted)
+    if not found:
+        return []
+    hit = np.zeros(len(rows), dtype=bool)
+    for column, kind in columns.items():
+        values = [value for k, _app_id, value in found if k == kind]
+        if values:
+            hit |= rows[column].isin(values).to_numpy(dtype=bool)
+    return sorted(int(rn) for rn in rows["rn"].to_numpy()[hit])
+
+
 def _raced_reason(column: str, owner: int | None) -> str:
     if owner is None:
         return _(
@@ -1984,22 +2023,30 @@ def import_chunk_match(
     resolver: TagResolver,
     state: ChunkState | None = None,
     hashes: dict[str, np.ndarray] | None = None,
+    suppression: bool | None = None,
 ) -> MatchedChunk:
     """Find each row's contact by its key, and refuse the rows whose phone, email, unionid or
     external id (other than the key) belongs to another contact, like a PATCH of the profile
-    (`identity_taken`); call inside the transaction that writes the chunk.
+    (`identity_taken`), and the rows that would create a contact for an erased person (an
+    identity value of theirs has a tombstone); call inside the transaction that writes the
+    chunk.
 
     With `state`, `good` still holds the file's duplicate rows: they are decided among the rows
     not refused, after the rows earlier chunks kept (`decide_duplicates`; `hashes` as
     `CheckedChunk.hashes`). Without it the rows are taken as decided (`prepare_chunk`).
+
+    `suppression`: whether there are tombstones at all (contacts.services.suppression_any),
+    asked once by the caller of many chunks; False skips the erasure check. None asks now.
     """
     good = good.assign(tags=_tag_id_arrays(good["tags"], resolver))
     if state is not None and hashes is None:
         hashes = _value_hashes(good, spec)
+    if suppression is None:
+        suppression = services.suppression_any()
     settle = functools.partial(_settle, good, spec=spec, state=state, hashes=hashes)
     if connection.vendor == "postgresql":
-        return _match_postgres(good, spec, settle)
-    return _match_generic(good, spec, settle)
+        return _match_postgres(good, spec, settle, suppression)
+    return _match_generic(good, spec, settle, suppression)
 
 
 def _settle(
@@ -2049,11 +2096,13 @@ def import_chunk_write(
     collect: bool,
     state: ChunkState | None = None,
     hashes: dict[str, np.ndarray] | None = None,
+    suppression: bool | None = None,
 ) -> ChunkResult:
     """Upsert one chunk of validated rows in one transaction.
 
     With `state`, the chunk's duplicates are decided in that transaction (see
     `import_chunk_match`), and the rows written are remembered in `state` once it commits.
+    `suppression` as for `import_chunk_match`.
     """
     if good.empty:
         return ChunkResult()
@@ -2064,7 +2113,12 @@ def import_chunk_write(
         try:
             with transaction.atomic():
                 matched = import_chunk_match(
-                    good=good, spec=spec, resolver=resolver, state=state, hashes=hashes
+                    good=good,
+                    spec=spec,
+                    resolver=resolver,
+                    state=state,
+                    hashes=hashes,
+                    suppression=suppression,
                 )
                 result = import_chunk_apply(
                     matched=matched,
@@ -2112,7 +2166,10 @@ def _record_created(job_id: int, ranges: list[list[int]]) -> None:
 
 
 def _match_postgres(
-    good: pd.DataFrame, spec: ImportSpec, settle: Callable[[list[int]], list[tuple[int, str]]]
+    good: pd.DataFrame,
+    spec: ImportSpec,
+    settle: Callable[[list[int]], list[tuple[int, str]]],
+    suppression: bool,
 ) -> MatchedChunk:
     contact = Contact._meta.db_table
     identity = Identity._meta.db_table
@@ -2174,6 +2231,8 @@ def _match_postgres(
             )
             numbered = [[first, last] for first, last in cursor.fetchall()]
         taken = _refuse_taken_postgres(cursor, identity_columns) if identity_columns else []
+        if suppression:
+            taken = sorted([*taken, *_refuse_erased_postgres(cursor, spec)])
         duplicates = settle([rn for rn, _reason in taken])
         if duplicates:
             # Duplicates that were refused too are gone already.
@@ -2433,6 +2492,30 @@ def _refuse_taken_postgres(cursor: Any, columns: dict[str, str]) -> list[tuple[i
     )
 
 
+def _refuse_erased_postgres(cursor: Any, spec: ImportSpec) -> list[tuple[int, str]]:
+    """Take the new rows with an identity value of an erased person out of the stage; return
+    their row numbers with the reason.
+
+    Only the new rows' values come back to be digested (the digests are keyed HMACs, made in
+    Python with the same keys as the tombstones): a re-import, whose rows mostly match
+    contacts, digests next to nothing. Rows that match a contact are its update, whatever
+    tombstones their values have (the person came back by themselves).
+    """
+    columns = _suppression_columns(spec)
+    cursor.execute(
+        "SELECT rn, "
+        + ", ".join(f"COALESCE({column}, '')" for column in columns)
+        + " FROM scrm_import_stage WHERE is_new"
+    )
+    rows = pd.DataFrame(cursor.fetchall(), columns=["rn", *columns], dtype=object)
+    if rows.empty:
+        return []
+    erased = _erased(rows, columns)
+    if erased:
+        cursor.execute("DELETE FROM scrm_import_stage WHERE rn = ANY(%s)", [erased])
+    return [(rn, _erased_reason()) for rn in erased]
+
+
 def _mark_changed_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str]) -> int:
     """Flag the matched rows that change their contact; return how many there are.
 
@@ -2508,7 +2591,10 @@ def _taken(
 
 
 def _match_generic(
-    good: pd.DataFrame, spec: ImportSpec, settle: Callable[[list[int]], list[tuple[int, str]]]
+    good: pd.DataFrame,
+    spec: ImportSpec,
+    settle: Callable[[list[int]], list[tuple[int, str]]],
+    suppression: bool,
 ) -> MatchedChunk:
     existing = _owners(UPSERT_KEYS[spec.key], good["key"].tolist())
     contact_ids = good["key"].map(existing)
@@ -2517,6 +2603,10 @@ def _match_generic(
     # from its first statement, so no value checked now can be taken before it commits.
     owners = _column_owners(rows, _identity_columns(spec))
     taken = _taken(rows, rows["contact_id"].to_numpy(dtype="int64"), owners)
+    if suppression:
+        # Only rows that would create a contact: a matched row is its contact's update.
+        new = rows[rows["is_new"].to_numpy(dtype=bool) & ~rows["rn"].isin(list(taken))]
+        taken.update(dict.fromkeys(_erased(new, _suppression_columns(spec)), _erased_reason()))
     duplicates = settle(list(taken))
     gone = [*taken, *(rn for rn, _reason in duplicates)]
     if gone:
@@ -2911,6 +3001,10 @@ def _import_run(job: Job) -> dict[str, Any]:
                     collect=collect,
                     state=state,
                     hashes=checked.hashes,
+                    # Each chunk asks, in its own transaction, whether anyone was ever erased
+                    # (one indexed probe): with no tombstone no row is digested, and an
+                    # erasure made while a long file is imported applies to its next chunk.
+                    suppression=None,
                 )
                 if collect:
                     touched += result.contact_ids

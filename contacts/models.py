@@ -584,3 +584,79 @@ class MergeBlock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.low_id} ≠ {self.high_id}"
+
+
+class ErasureSource(models.TextChoices):
+    OPERATOR = "operator", pgettext_lazy("erasure source", "Operator")
+    API = "api", pgettext_lazy("erasure source", "API")
+    ADMIN = "admin", pgettext_lazy("erasure source", "Admin")
+
+
+class Erasure(models.Model):
+    """A person's data erased at their request (PIPL art. 47): their contact rows and all that
+    hangs off them are deleted; this record is what is left. It holds no personal data: the
+    ids the contacts had, who asked and when, how many rows went, and (as SuppressedIdentity
+    rows) keyed digests of the identities so that a re-import cannot bring the person back."""
+
+    # The brand's own reference for the request (a ticket number), so it can answer the person.
+    reference = models.CharField(_("request reference"), max_length=100, blank=True)
+    source = models.CharField(_("requested through"), max_length=10, choices=ErasureSource.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("erased by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # Rows deleted per model label ("contacts.event": 120, "segments.membership": 3, ...).
+    summary = models.JSONField(_("rows deleted"), default=dict)
+    created_at = models.DateTimeField(_("erased at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("erasure")
+        verbose_name_plural = _("erasures")
+        indexes = [models.Index(fields=["-created_at"], name="erasure_time")]
+        permissions = [("erase_contact", _("Can erase a person's data at their request"))]
+
+    def __str__(self) -> str:
+        return f"{self.pk} · {self.created_at:%Y-%m-%d}"
+
+
+class ErasedContact(models.Model):
+    """The id an erased contact had, so that a retried request for it finds its erasure and a
+    call naming it learns it was erased rather than that it never existed."""
+
+    contact_id = models.BigIntegerField(_("contact id"), primary_key=True)
+    erasure = models.ForeignKey(Erasure, on_delete=models.CASCADE, related_name="contacts")
+
+    class Meta:
+        verbose_name = _("erased contact")
+        verbose_name_plural = _("erased contacts")
+
+    def __str__(self) -> str:
+        return f"#{self.contact_id}"
+
+
+class SuppressedIdentity(models.Model):
+    """The keyed digest of one identity of an erased person (a hashed tombstone): imports and
+    the events API refuse it rather than create the person again. Lifted when the person comes
+    back by themselves (identify), since from then on they are a new customer."""
+
+    erasure = models.ForeignKey(Erasure, on_delete=models.CASCADE, related_name="suppressions")
+    kind = models.CharField(_("kind"), max_length=30, choices=IdentityKind.choices)
+    app_id = models.CharField(_("app id"), max_length=64, blank=True, default="")
+    # HMAC-SHA256 of the normalised value, keyed by SECRET_KEY (see contacts.services.erasure).
+    digest = models.CharField(_("digest"), max_length=64)
+
+    class Meta:
+        verbose_name = _("suppressed identity")
+        verbose_name_plural = _("suppressed identities")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["digest", "kind", "app_id"], name="suppressed_identity_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.digest[:12]}…"

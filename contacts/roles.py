@@ -86,8 +86,11 @@ ROLES: dict[str, Role] = {
     )
 }
 
-# Never granted by a wildcard below "*": unmasking is a deliberate grant.
+# Never granted to analysts by a wildcard: unmasking is a deliberate grant.
 _PERSONAL_DATA = ("contacts", "view_personal_data")
+# Never granted by a wildcard below "*": an erasure cannot be undone, so by default only
+# administrators answer erasure requests; they may grant it to a privacy officer's account.
+ERASE_PERMISSION = "contacts.erase_contact"
 
 
 def _permissions_for(role: Role) -> list[Permission]:
@@ -102,7 +105,10 @@ def _permissions_for(role: Role) -> list[Permission]:
             cond |= Q(content_type__app_label=app_label, codename__startswith=codename[:-1])
         else:
             cond |= Q(content_type__app_label=app_label, codename=codename)
-    perms = Permission.objects.filter(cond)
+    perms = Permission.objects.filter(cond).exclude(
+        content_type__app_label=ERASE_PERMISSION.split(".")[0],
+        codename=ERASE_PERMISSION.split(".")[1],
+    )
     if role.name == ANALYST:
         perms = perms.exclude(content_type__app_label=_PERSONAL_DATA[0], codename=_PERSONAL_DATA[1])
     return list(perms)

@@ -1,12 +1,13 @@
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections
 from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import Substr, TruncDate
+from django.db.models.functions import Lower, Substr, TruncDate
 from django.utils import timezone
 from django.utils.text import Truncator
 
@@ -19,6 +20,7 @@ from contacts.models import (
     CustomField,
     Event,
     Identity,
+    IdentityKind,
     MergeBlock,
     MergeRecord,
     Note,
@@ -121,6 +123,27 @@ def contact_get_by_identity(*, kind: str, value: str, app_id: str = "") -> Conta
         .first()
     )
     return contact_follow_merges(contact=row.contact) if row else None
+
+
+def contacts_of_identities(*, identities: Iterable[tuple[str, str, str]]) -> set[int]:
+    """The ids of the people (contacts followed through merges) that the identities (kind,
+    app_id, normalised value) point to. A phone or email column counts as an identity even
+    where no identity row says so (an old import): an erasure deletes and tombstones it alike."""
+    people: set[int] = set()
+    for kind, app_id, value in identities:
+        contact = contact_get_by_identity(kind=kind, value=value, app_id=app_id)
+        if contact is None and kind in (IdentityKind.PHONE, IdentityKind.EMAIL) and not app_id:
+            column = (
+                Contact.objects.filter(phone=value)
+                if kind == IdentityKind.PHONE
+                # Through lower(): what the email index holds (old rows may keep capitals).
+                else Contact.objects.alias(lower=Lower("email")).filter(lower=value)
+            )
+            if (found := column.order_by("pk").first()) is not None:
+                contact = contact_follow_merges(contact=found)
+        if contact is not None:
+            people.add(contact.pk)
+    return people
 
 
 def contact_follow_merges(*, contact: Contact) -> Contact:

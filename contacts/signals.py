@@ -25,3 +25,17 @@ contact_unmerged = Signal()
 # hundreds of thousands of rows); kwargs: count (int), how many were created or updated.
 # Receivers must assume that any contact may have changed in any way.
 contacts_changed_in_bulk = Signal()
+
+# Sent inside the erasure transaction, before the contacts app deletes the contacts (which
+# cascades to every row pointing at them); kwargs: erasure (Erasure), contact_ids (list[int]:
+# the contact and every contact merged into it, all locked). Each higher app removes what it
+# holds about them that a cascade would leave wrong (counters, aggregates, personal data held
+# without a foreign key, work in flight) and records how many of its rows go in
+# erasure.summary["<app_label>.<model>"] (the contacts app saves the record afterwards).
+contact_erasing = Signal()
+
+# Sent to collect a copy of everything stored about a person (PIPL art. 45, access request);
+# kwargs: contact_ids (list[int]: the contact and every contact merged into it). Each receiver
+# returns a dict of sections {"<app_label>.<what>": list of JSON-serialisable dicts}, with
+# labels and values as stored; the contacts app adds its own and writes one file.
+contact_data_requested = Signal()

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
 from django import forms
+from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.contrib.auth.models import AbstractBaseUser
@@ -14,23 +15,25 @@ from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.functional import SimpleLazyObject
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext, pgettext, pgettext_lazy
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from contacts import bulk, pii, roles, selectors, services
+from contacts import bulk, personal_data, pii, roles, selectors, services
 from contacts.filters import ContactFilter, contact_filter_checked
 from contacts.forms import BulkTagForm, ConsentForm, ContactEditForm, NoteForm, TagAddForm
 from contacts.labels import contact_ref
-from contacts.models import ConsentChannel, ConsentPurpose, Contact, Note
+from contacts.models import ConsentChannel, ConsentPurpose, Contact, Erasure, ErasureSource, Note
 from core import jobs
 from core.audit import audit_log, request_ip
-from core.errors import DomainError, ValidationFailed
+from core.errors import DomainError, NotFound, ValidationFailed
 from core.htmx import htmx_target, is_fragment_request, redirect_or_fragment, render_page
 from core.ids import parse_id
-from core.pagination import KeysetPage
+from core.pagination import KeysetPage, keyset_page
 
 PAGE_SIZE = 50
 TIMELINE_SIZE = 30
@@ -314,6 +317,7 @@ def _render_detail(
         **_consent_context(contact),
         **_merges_context(contact),
         **_identities_context(request, contact, unmasked=unmasked),
+        "data_rights": _data_rights(request.user),
         "timeline": timeline,
         "before": before,
     }
@@ -330,6 +334,8 @@ def contact_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # Old links to a merged-away contact lead to the contact it now lives in.
         survivor = selectors.contact_merged_into_visible(user=request.user, pk=pk)
         if survivor is None:
+            if gone := _already_erased(request, pk):
+                return gone
             get_object_or_404(visible, pk=pk)
         return redirect(_detail_url(survivor))
     return _render_detail(request, contact)
@@ -804,6 +810,201 @@ def _notes_response(
         fragment="contact-notes",
         context=_notes_context(contact, form),
     )
+
+
+# --- Personal data requests (PIPL) -----------------------------------------------------------
+
+ERASE_TEMPLATE = "contacts/contact_erase.html"
+ERASURES_TEMPLATE = "contacts/erasures.html"
+ERASURES_PAGE_SIZE = 50
+COPY_PERMISSIONS = (pii.PERSONAL_DATA_PERMISSION, "contacts.export_contact")
+ERASURE_VIEW_PERMISSION = "contacts.view_erasure"
+
+
+def _data_rights(user: AbstractBaseUser) -> dict[str, bool]:
+    """Which of a person's requests the user may answer from the 360 page. Never store
+    staff: the requests concern the whole brand's data, not one store's relationship."""
+    if not user.is_superuser and roles.is_store_staff(user):
+        return {"copy": False, "erase": False, "log": False}
+    erase = user.has_perm(roles.ERASE_PERMISSION)
+    return {
+        "copy": user.has_perms(COPY_PERMISSIONS),
+        "erase": erase,
+        "log": erase or user.has_perm(ERASURE_VIEW_PERMISSION),
+    }
+
+
+def _require_right(request: HttpRequest, right: str) -> None:
+    if not _data_rights(request.user)[right]:
+        raise PermissionDenied
+
+
+@login_required
+@require_POST
+@never_cache
+def contact_data_copy(request: HttpRequest, pk: int) -> HttpResponse:
+    """A copy of everything stored about the person, unmasked, as a JSON file; audit-logged.
+    A POST, like unmasking: a link prefetched or followed by a crawler must not log a copy."""
+    _require_right(request, "copy")
+    contact = _get_contact(request, pk)
+    try:
+        data = personal_data.contact_personal_data(contact=contact)
+    except NotFound:  # erased since the line above
+        if gone := _already_erased(request, pk):
+            return gone
+        raise Http404 from None
+    audit_log(
+        actor=request.user,
+        action="contact.data_copy",
+        obj=contact,
+        # Ids only: the entry outlives an erasure of the person.
+        details={"contacts": data["contact_ids"]},
+        request=request,
+    )
+    response = HttpResponse(
+        personal_data.personal_data_file(data), content_type="application/json; charset=utf-8"
+    )
+    filename = personal_data.personal_data_filename(data)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class ErasureForm(forms.Form):
+    reference = forms.CharField(
+        label=gettext_lazy("Request reference"),
+        max_length=100,
+        required=False,
+        help_text=gettext_lazy(
+            "Your own number for the request (a ticket or letter), to answer the person later. "
+            "Do not enter personal data here: it is kept after the erasure."
+        ),
+    )
+    confirm = forms.CharField(label=gettext_lazy("Confirmation"), max_length=30)
+
+    def __init__(self, data: QueryDict | None = None, *, contact: Contact) -> None:
+        super().__init__(data)
+        self.contact = contact
+        self.fields["confirm"].help_text = _("Type the contact's id, %(id)s, to confirm.") % {
+            "id": contact.pk
+        }
+
+    def clean_confirm(self) -> str:
+        value = self.cleaned_data["confirm"].strip().lstrip("#").strip()
+        if value != str(self.contact.pk):
+            raise forms.ValidationError(
+                _("This is not the contact's id (%(id)s); nothing was erased.")
+                % {"id": self.contact.pk},
+                code="mismatch",
+            )
+        return value
+
+
+@login_required
+def contact_erase_confirm(request: HttpRequest, pk: int) -> HttpResponse:
+    """Explain what an erasure deletes and keeps, and erase the person once confirmed."""
+    _require_right(request, "erase")
+    try:
+        contact = _get_contact(request, pk)
+    except Http404:
+        if gone := _already_erased(request, pk) or _erase_survivor(request, pk):
+            return gone
+        raise
+    form = ErasureForm(request.POST if request.method == "POST" else None, contact=contact)
+    if request.method == "POST" and form.is_valid():
+        try:
+            erasure = services.contact_erase(
+                contact=contact,
+                source=ErasureSource.OPERATOR,
+                actor=request.user,
+                reference=form.cleaned_data["reference"],
+                ip=request_ip(request),
+            )
+        except NotFound:
+            # Erased (or merged and erased) by someone else since the page was loaded.
+            if gone := _already_erased(request, pk):
+                return gone
+            raise Http404 from None
+        except DomainError as exc:  # ErasureContended: nothing was erased, the form stays
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request,
+                _(
+                    "The personal data of contact %(contact)s was erased (erasure record "
+                    "%(erasure)s)."
+                )
+                % {"contact": f"#{contact.pk}", "erasure": f"#{erasure.pk}"},
+            )
+            return redirect("contacts:erasures")
+    context = {
+        "contact": contact,
+        "form": form,
+        "family": [pk for pk in personal_data.contact_family(contact=contact) if pk != contact.pk],
+    }
+    return render_page(request, ERASE_TEMPLATE, context)
+
+
+def _already_erased(request: HttpRequest, pk: int) -> HttpResponse | None:
+    """For a contact that was erased, to the erasure log saying which erasure did it (for
+    users who may see the log); None otherwise."""
+    if not _data_rights(request.user)["log"]:
+        return None
+    erasure = services.erasure_of_contact(contact_id=pk)
+    if erasure is None:
+        return None
+    messages.info(
+        request,
+        _("Contact %(contact)s was already erased on %(date)s (erasure record %(erasure)s).")
+        % {
+            "contact": f"#{pk}",
+            "date": f"{timezone.localtime(erasure.created_at):%Y-%m-%d %H:%M}",
+            "erasure": f"#{erasure.pk}",
+        },
+    )
+    return redirect(reverse("contacts:erasures") + f"#erasure-{erasure.pk}")
+
+
+def _erase_survivor(request: HttpRequest, pk: int) -> HttpResponse | None:
+    """A merged-away contact is erased with the contact it was merged into: to that one."""
+    survivor = selectors.contact_merged_into_visible(user=request.user, pk=pk)
+    if survivor is None:
+        return None
+    messages.info(
+        request,
+        _("Contact %(merged)s was merged into “%(survivor)s”: erasing it erases both.")
+        % {"merged": f"#{pk}", "survivor": contact_ref(survivor)},
+    )
+    return redirect("contacts:erase", pk=survivor.pk)
+
+
+@login_required
+def erasure_list(request: HttpRequest) -> HttpResponse:
+    """The erasures done at people's requests, newest first: ids, who, when, counts."""
+    _require_right(request, "log")
+    page = keyset_page(
+        personal_data.erasures_recorded(), after=request.GET.get("after"), size=ERASURES_PAGE_SIZE
+    )
+    page.items = [_erasure_row(erasure) for erasure in page.items]
+    return render_page(request, ERASURES_TEMPLATE, {"page": page}, fragment="erasure-table")
+
+
+def _erasure_row(erasure: Erasure) -> dict:
+    summary = erasure.summary if isinstance(erasure.summary, dict) else {}
+    return {
+        "erasure": erasure,
+        "contact_ids": sorted(row.contact_id for row in erasure.contacts.all()),
+        "total": sum(n for n in summary.values() if isinstance(n, int)),
+        "counts": [(_model_label(label), count) for label, count in sorted(summary.items())],
+    }
+
+
+def _model_label(label: str) -> str:
+    """A summary key ("contacts.event") as the model's name ("events"), if it still exists."""
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError):
+        return label
+    return str(model._meta.verbose_name_plural)
 
 
 # --- My follow-ups ---------------------------------------------------------------------------

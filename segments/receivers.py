@@ -4,12 +4,15 @@ from django.dispatch import receiver
 from contacts.services import is_activity
 from contacts.signals import (
     contact_changed,
+    contact_data_requested,
+    contact_erasing,
     contact_merged,
     contact_unmerged,
     contacts_changed_in_bulk,
     events_recorded,
 )
 from membership.signals import membership_changed
+from segments import erasure as erasure_module
 from segments import merging, scoring, services, tasks
 from segments.rules.topics import MEMBERSHIP, event_topic, topic_bit
 
@@ -106,3 +109,13 @@ def memberships_unmerge(sender, record, survivor, duplicate, **kwargs) -> None:
 @receiver(contact_unmerged, dispatch_uid="segments.reevaluate_unmerged_contacts")
 def reevaluate_merged(sender, record, survivor, duplicate, **kwargs) -> None:
     services.segments_refresh_after_merge(contact_ids=[survivor.pk, duplicate.pk])
+
+
+@receiver(contact_erasing, dispatch_uid="segments.erase")
+def erase(sender, erasure, contact_ids, **kwargs) -> None:
+    erasure_module.segments_erase(erasure=erasure, contact_ids=contact_ids)
+
+
+@receiver(contact_data_requested, dispatch_uid="segments.personal_data")
+def personal_data(sender, contact_ids, **kwargs) -> dict:
+    return erasure_module.segments_personal_data(contact_ids=contact_ids)

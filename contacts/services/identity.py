@@ -21,6 +21,7 @@ from contacts.models import (
     IdentityKind,
 )
 from contacts.selectors import contact_follow_merges
+from contacts.services.erasure import identities_suppressed, suppressions_lift
 from contacts.services.events import event_record
 from contacts.services.merge import MergeRefused, contact_merge, merge_blocked_with
 from contacts.services.retry import atomic_attempts, is_deadlock_victim
@@ -69,6 +70,12 @@ class IdentifyResult:
     created: bool
     merged: list[int] = field(default_factory=list)
     conflicts: list[int] = field(default_factory=list)
+    # The new contact's identities were an erased person's: they came back by themselves.
+    previously_erased: bool = False
+
+
+class ErasedIdentity(ValidationFailed):
+    code = "erased"
 
 
 def _invalid_phone(raw: str) -> str:
@@ -234,12 +241,20 @@ def identify(
     source: str = "api",
     via: str = "identify",
     ip: str | None = None,
+    erased: str = "lift",
 ) -> IdentifyResult:
     """Find or create the contact the identities point to, then apply traits.
 
     `via` names the API call (identify, events) in the conflicts recorded for operators; `ip`
     is the caller's address, for the audit entries of the merges the call makes.
+
+    `erased` says what a call that would create a contact for an erased person's identities
+    does: "lift" creates it and forgets those tombstones (the person signed in again by
+    themselves: a new customer, with no consent yet), "refuse" raises ErasedIdentity (data
+    sent about them by a system, such as a replayed event batch, must not bring them back).
     """
+    if erased not in ("lift", "refuse"):
+        raise ValueError(f"erased must be 'lift' or 'refuse', not {erased!r}")
     if not identities:
         raise ValidationFailed(_("At least one identity is required."), code="invalid_identity")
     normalized = [normalize_identity(i) for i in identities]
@@ -255,7 +270,9 @@ def identify(
     # locks it took) and runs again, seeing the winner's committed rows.
     try:
         return atomic_attempts(
-            lambda last: _identify_once(unique, columns, attributes, source, via, ip=ip, last=last),
+            lambda last: _identify_once(
+                unique, columns, attributes, source, via, ip=ip, last=last, erased=erased
+            ),
             attempts=IDENTIFY_ATTEMPTS,
             retry_if=_identify_again,
         )
@@ -400,6 +417,7 @@ def _identify_once(
     *,
     ip: str | None,
     last: bool = True,
+    erased: str = "lift",
 ) -> IdentifyResult:
     by_id, owners, strong_ids = _resolve(identities)
     if owners:
@@ -407,6 +425,7 @@ def _identify_once(
     created = False
     conflicts: list[int] = []
     merged: list[int] = []
+    suppressed: set[IdentityKey] = set()
     if len(by_id) > 1 and strong_ids:
         # A strong identity (unionid, phone, …) links the contacts: they are one person. The
         # oldest contact a strong identity points to survives, so an anonymous visitor's
@@ -459,6 +478,17 @@ def _identify_once(
     else:
         contact = Contact(source=columns.get("source", "") or source)
         created = True
+        suppressed = identities_suppressed(_key(i) for i in identities)
+        if suppressed and erased == "refuse":
+            raise ErasedIdentity(
+                _(
+                    "These identities belong to a person whose personal data was erased at "
+                    "their request; data about them is no longer accepted."
+                ),
+                details={"kinds": sorted({kind for kind, _app, _value in suppressed})},
+            )
+        if suppressed:
+            suppressions_lift(identities=suppressed)
     values = dict(columns)
     # A phone or email sent as an identity (a mini-program's getPhoneNumber) fills an empty
     # column, so that search, messages and exports find it; a trait or a value already there
@@ -518,4 +548,10 @@ def _identify_once(
         lambda: contact_changed.send(sender=Contact, contact_ids=[contact_id], changed=topics),
         robust=True,
     )
-    return IdentifyResult(contact=contact, created=created, merged=merged, conflicts=conflicts)
+    return IdentifyResult(
+        contact=contact,
+        created=created,
+        merged=merged,
+        conflicts=conflicts,
+        previously_erased=created and bool(suppressed),
+    )

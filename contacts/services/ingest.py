@@ -16,6 +16,7 @@ from contacts.models import (
     Event,
 )
 from contacts.selectors import contact_follow_merges
+from contacts.services.erasure import erasure_of_contact
 from contacts.services.events import events_stored
 from contacts.services.identity import IdentityInput, identify
 from core.errors import ValidationFailed
@@ -154,10 +155,15 @@ def events_record(*, items: list[EventInput], ip: str | None = None) -> list[Eve
             )
         )
 
-    stored = _store_events(to_store)
+    stored, gone = _store_events(to_store)
     for index, event in to_store:
         if index in stored:
             outcomes[index] = EventOutcome(index, "accepted", event.event_id)
+        elif index in gone:
+            reason = _("Contact %(id)s was erased at the person's request.") % {
+                "id": event.contact_id
+            }
+            outcomes[index] = EventOutcome(index, "rejected", event.event_id, reason)
         else:
             outcomes[index] = EventOutcome(index, "duplicate", event.event_id)
     return [o for o in outcomes if o is not None]
@@ -166,6 +172,12 @@ def events_record(*, items: list[EventInput], ip: str | None = None) -> list[Eve
 def _resolve_event_contact(item: EventInput, known: dict[int, int | None], ip: str | None) -> int:
     if item.contact_id is not None:
         if item.contact_id not in known:
+            if erasure_of_contact(contact_id=item.contact_id) is not None:
+                raise ValidationFailed(
+                    _("Contact %(id)s was erased at the person's request.")
+                    % {"id": item.contact_id},
+                    code="erased",
+                )
             raise ValidationFailed(_("Contact %(id)s does not exist.") % {"id": item.contact_id})
         if known[item.contact_id] is None:
             return item.contact_id
@@ -175,17 +187,26 @@ def _resolve_event_contact(item: EventInput, known: dict[int, int | None], ip: s
     if not item.identities:
         raise ValidationFailed(_("Either contact_id or identities is required."))
     # Conflicts are not lost with the answer: identify puts them on the contacts' timelines.
-    return identify(identities=item.identities, source=item.source, via="events", ip=ip).contact.pk
+    # A replayed or delayed batch must not bring back a person erased at their request.
+    return identify(
+        identities=item.identities, source=item.source, via="events", ip=ip, erased="refuse"
+    ).contact.pk
 
 
 class _ContactsMerged(Exception):
     """Some of a batch's contacts were merged since the batch resolved them."""
 
 
+class _ContactsGone(Exception):
+    """Some of a batch's contacts were erased since the batch resolved them."""
+
+
 def _lock_contacts(events: list[Event]) -> None:
     """Lock the events' contacts against a merge, in id order, in one statement; raise
     _ContactsMerged when any of them turns out merged (the batch resolved its contacts without
-    a lock: a merge may have committed since, or while this waited for its lock).
+    a lock: a merge may have committed since, or while this waited for its lock), and
+    _ContactsGone when any of them was erased meanwhile (its events would fail the foreign
+    key at commit, taking the whole batch with them).
 
     KEY SHARE: the lock the events' foreign-key checks take at commit anyway, taken first and
     in one order. It waits for a merge's FOR UPDATE, and lets profile updates (NO KEY UPDATE)
@@ -206,8 +227,10 @@ def _lock_contacts(events: list[Event]) -> None:
         rows = f"SELECT merged_into_id FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
         params = ids
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(merged_into_id) FROM ({rows}) AS batch", params)
-        (merged,) = cursor.fetchone()
+        cursor.execute(f"SELECT count(*), count(merged_into_id) FROM ({rows}) AS batch", params)
+        found, merged = cursor.fetchone()
+    if found < len(ids):
+        raise _ContactsGone()
     if merged:
         raise _ContactsMerged()
 
@@ -225,41 +248,58 @@ def _follow_merges(events: list[Event]) -> None:
         event.contact_id = merged.get(event.contact_id, event.contact_id)
 
 
-def _on_survivors(events: list[Event], write) -> None:
+def _on_survivors(events: list[Event], write) -> list[Event]:
     """Run `write()` in a transaction (a savepoint inside the caller's) that holds a lock on
     each of the events' contacts, none of them merged: an event stored on a merged contact
     would be lost to its survivor's timeline, segments and points.
 
     Events of a contact found merged are moved to its survivor and the block runs again; the
     rollback releases the locks taken, so the next attempt locks the new set in id order.
+    Events of a contact erased meanwhile are taken out of `events` (which `write` reads) and
+    returned: they are about a person who asked to be forgotten.
     """
+    gone: list[Event] = []
     while True:
         try:
             with transaction.atomic():
                 _lock_contacts(events)
                 write()
-            return
+            return gone
         except _ContactsMerged:
             _follow_merges(events)
+        except _ContactsGone:
+            _follow_merges(events)
+            alive = set(
+                Contact.objects.filter(pk__in={e.contact_id for e in events}).values_list(
+                    "pk", flat=True
+                )
+            )
+            gone += [e for e in events if e.contact_id not in alive]
+            events[:] = [e for e in events if e.contact_id in alive]
+            if not events:
+                return gone
 
 
-def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
-    """Insert events, returning the batch indexes actually stored (a racing retry may win)."""
+def _store_events(rows: list[tuple[int, Event]]) -> tuple[set[int], set[int]]:
+    """Insert events; return the batch indexes actually stored (a racing retry may win) and
+    those of events whose contact was erased before they could be."""
     if not rows:
-        return set()
+        return set(), set()
     events = [e for _, e in rows]
+    index_of = {id(event): index for index, event in rows}
 
     def insert_all() -> None:
         _insert_events(events)
         events_stored(events)
 
     try:
-        _on_survivors(events, insert_all)
-        return {i for i, _ in rows}
+        gone = {index_of[id(e)] for e in _on_survivors(events, insert_all)}
+        return {i for i, _ in rows} - gone, gone
     except IntegrityError:
         pass
     # A concurrent call stored some of these ids first: fall back to one savepoint per event.
     stored: set[int] = set()
+    gone = set()
     for index, event in rows:
 
         def insert_one(event: Event = event) -> None:
@@ -268,11 +308,13 @@ def _store_events(rows: list[tuple[int, Event]]) -> set[int]:
             events_stored([event])
 
         try:
-            _on_survivors([event], insert_one)
-            stored.add(index)
+            if _on_survivors([event], insert_one):
+                gone.add(index)
+            else:
+                stored.add(index)
         except IntegrityError:
             continue
-    return stored
+    return stored, gone
 
 
 def _insert_events(events: list[Event]) -> None:

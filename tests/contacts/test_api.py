@@ -36,6 +36,7 @@ def test_identify_creates_then_updates(api):
         "created": False,
         "merged": [],
         "conflicts": [],
+        "previously_erased": False,
     }
     contact = Contact.objects.get()
     assert (contact.nickname, contact.city) == ("小林", "上海")
@@ -203,6 +204,7 @@ def test_identify_answer_names_the_contacts_it_merged(api):
         "created": False,
         "merged": [anonymous],
         "conflicts": [],
+        "previously_erased": False,
     }
     # The merged-away id still answers, with the survivor.
     assert api.get(f"/api/v1/contacts/{anonymous}").json()["id"] == known
@@ -259,6 +261,7 @@ def test_identify_after_an_undone_merge_reports_the_conflict_and_stores_nothing(
         "created": False,
         "merged": [],
         "conflicts": [other],
+        "previously_erased": False,
     }
     assert set(Contact.objects.values_list("nickname", flat=True)) == {""}
     assert api.get(f"/api/v1/contacts/{other}").json()["id"] == other

@@ -31,6 +31,9 @@ NOT_IN_ADMIN = {
     "segments.LeadScoreRuleTagRef",  # the same, for lead-score profile-fit rules
     "segments.SegmentFieldRef",  # the same, for the custom fields rules read
     "segments.LeadScoreRuleFieldRef",
+    # Shown on their erasure's admin page; a digest alone means nothing to read.
+    "contacts.ErasedContact",
+    "contacts.SuppressedIdentity",
 }
 
 
