@@ -9,28 +9,15 @@ who is gone. What the provider was already handed cannot be called back.
 
 from typing import Any
 
-from django.db import transaction
-
 from channels.models import Delivery
 from contacts.models import Erasure
+from contacts.services import erasure_rows_delete
 
 
-@transaction.atomic
 def deliveries_erase(*, erasure: Erasure, contact_ids: list[int]) -> None:
-    """Delete the erased contacts' deliveries, pending and in flight ones included."""
-    # Locked in id order before the delete: a worker recording an outcome now holds its row,
-    # and the erasure waits for it rather than meeting it half-way.
-    ids = list(
-        Delivery.objects.select_for_update()
-        .filter(contact_id__in=contact_ids)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
-    if not ids:
-        return
-    deleted, _ = Delivery.objects.filter(pk__in=ids).delete()
-    label = Delivery._meta.label_lower
-    erasure.summary[label] = erasure.summary.get(label, 0) + deleted
+    """Delete the erased contacts' deliveries, pending and in flight ones included; a worker
+    recording an outcome now holds its row, and the erasure waits for it."""
+    erasure_rows_delete(erasure=erasure, rows=Delivery.objects.filter(contact_id__in=contact_ids))
 
 
 def deliveries_personal_data(*, contact_ids: list[int]) -> dict[str, list[dict[str, Any]]]:

@@ -35,9 +35,13 @@ if DEBUG:
 else:
     # Production must bring its own key: failing loudly beats signing sessions with a known one.
     SECRET_KEY = env.str("SECRET_KEY")
-# Keys rotated away, still accepted for sessions and still matched against the digests of
-# erased people's identities (contacts.services.erasure), comma-separated.
+# Keys rotated away, still accepted for sessions while they are listed, comma-separated.
 SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+# Keys of the hashed tombstones of erased people's identities (contacts.services.erasure),
+# comma-separated: the first hashes new ones, all are matched. Its own setting, so that
+# SECRET_KEY can be rotated (and its old value forgotten) without the tombstones going blind.
+# Unset: SECRET_KEY and its fallbacks.
+SCRM_ERASURE_KEYS = env.list("SCRM_ERASURE_KEYS", default=[])
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

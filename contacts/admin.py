@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.admin.utils import NestedObjects
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.utils.translation import gettext_lazy as _
@@ -49,6 +49,7 @@ from contacts.services import (
     normalize_phone,
     tag_delete,
 )
+from contacts.services import erasure as erasure_services
 from contacts.services.custom_fields import (
     custom_field_check_change,
     custom_field_check_key,
@@ -56,6 +57,7 @@ from contacts.services.custom_fields import (
     custom_field_save,
 )
 from contacts.services.merge import merge_block_add, merge_block_remove
+from contacts.services.retry import DEADLOCK_PAUSE, atomic_attempts, is_deadlock_victim
 from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core.admin import LargeTablePaginator, ViewOnlyAdmin
@@ -110,7 +112,26 @@ class IdentityAdminForm(forms.ModelForm):
             except ValidationFailed as exc:
                 raise _form_error(exc) from exc
             cleaned["value"], cleaned["app_id"] = identity.value, identity.app_id
+            if not self.instance.pk or {"kind", "app_id", "value"} & set(self.changed_data):
+                self._refuse_erased(identity)
         return cleaned
+
+    def _refuse_erased(self, identity: IdentityInput) -> None:
+        # As on the contact's own phone and email (ContactAdminForm._refuse_erased): an
+        # erased person's openid or unionid typed in here would bring them back.
+        if identities_suppressed([(identity.kind, identity.app_id, identity.value)]):
+            self.add_error(
+                "value",
+                forms.ValidationError(
+                    _(
+                        "This identity belonged to a person whose data was erased at their "
+                        "request, so it cannot be added here. If they come back, they sign up "
+                        "again themselves (in the mini-program, for example) and are a new "
+                        "customer from then on."
+                    ),
+                    code="erased",
+                ),
+            )
 
 
 class ContactAdminForm(forms.ModelForm):
@@ -387,12 +408,33 @@ class ContactAdmin(admin.ModelAdmin):
             )
 
     def delete_view(self, request, object_id, extra_context=None):
-        try:
+        if request.method != "POST":
             return super().delete_view(request, object_id, extra_context)
-        except ErasureContended as exc:
-            # The view's transaction rolled back whole: nothing was erased or logged.
-            self.message_user(request, exc.message, level=messages.ERROR)
-            return HttpResponseRedirect(request.path)
+        # Django deletes inside the view's transaction, where contact_erase runs once (in a
+        # savepoint) and leaves a deadlock to whoever owns the transaction: here, the view,
+        # which runs again as contact_erase would have, then says so rather than failing.
+        try:
+            return atomic_attempts(
+                lambda _last: super(ContactAdmin, self).delete_view(
+                    request, object_id, extra_context
+                ),
+                attempts=erasure_services.ERASE_ATTEMPTS,
+                retry_if=is_deadlock_victim,
+                pause=DEADLOCK_PAUSE,
+            )
+        except OperationalError as exc:
+            if not is_deadlock_victim(exc):
+                raise
+        # Every attempt rolled back whole: nothing was erased or logged.
+        self.message_user(
+            request,
+            _(
+                "Other work on this contact (a merge, a segment refresh, an import) kept "
+                "getting in the way, so nothing was erased; try again in a moment."
+            ),
+            level=messages.ERROR,
+        )
+        return HttpResponseRedirect(request.path)
 
     def save_model(self, request, obj: Contact, form: ContactAdminForm, change: bool) -> None:
         # contact_update compares with the stored row, so phone, email and custom fields are

@@ -9,7 +9,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_field,
 )
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -1098,6 +1098,58 @@ class ContactTimelineApi(BaseApiView):
         return Response(TimelineOutSerializer(body).data)
 
 
+# The ApiKey flag the two endpoints below ask for: erasing a person cannot be undone, and their
+# copy is unmasked, so a key that only identifies and records events must not reach either.
+PERSONAL_DATA_PERMISSION = "personal_data_requests"
+
+
+class PersonalDataForbidden(exceptions.PermissionDenied):
+    """The key was not granted `personal_data_requests`."""
+
+    default_code = "forbidden"
+
+    def __init__(self):
+        super().__init__(
+            gettext(
+                "This API key may not make personal data requests (erase a person, or read a "
+                "full copy of their data). An administrator can allow it in the admin "
+                "(管理后台), under API keys (API 密钥): open this key and tick “personal data "
+                "requests”."
+            ),
+            code=self.default_code,
+        )
+        self.details = {"permission": PERSONAL_DATA_PERMISSION}
+
+
+FORBIDDEN_EXAMPLE = OpenApiExample(
+    "Key without the permission",
+    response_only=True,
+    status_codes=["403"],
+    value={
+        "error": {
+            "code": "forbidden",
+            "message": (
+                "This API key may not make personal data requests (erase a person, or read a "
+                "full copy of their data). An administrator can allow it in the admin "
+                "(管理后台), under API keys (API 密钥): open this key and tick “personal data "
+                "requests”."
+            ),
+            "details": {"permission": PERSONAL_DATA_PERMISSION},
+        }
+    },
+)
+
+
+class PersonalDataRequestApi(BaseApiView):
+    """Base of the endpoints that erase a person or hand out their data unmasked: only a key
+    granted `personal_data_requests` may call them; any other answers 403 `forbidden`."""
+
+    def check_permissions(self, request: Request) -> None:
+        super().check_permissions(request)
+        if not request.auth.personal_data_requests:
+            raise PersonalDataForbidden()
+
+
 class ErasureInSerializer(serializers.Serializer):
     contact_id = WholeNumberField(
         required=False,
@@ -1123,7 +1175,11 @@ class ErasureInSerializer(serializers.Serializer):
         required=False,
         allow_blank=True,
         default="",
-        help_text="Your own reference for the request (a ticket number), kept with the erasure.",
+        help_text=(
+            "Your own reference for the request (a ticket number), kept with the erasure; "
+            "unique to each request. A call with the reference of an earlier erasure through "
+            "the API answers that erasure (200) and erases nothing."
+        ),
     )
 
     def validate(self, data):
@@ -1168,7 +1224,7 @@ ERASURE_EXAMPLE = {
 }
 
 
-class ErasuresApi(BaseApiView):
+class ErasuresApi(PersonalDataRequestApi):
     @extend_schema(
         operation_id="erasure_create",
         summary="Erase a person at their request (account deletion, 注销账号)",
@@ -1180,16 +1236,23 @@ class ErasuresApi(BaseApiView):
             "digests of the identities, so that imports and replayed events cannot add the "
             "person back; a later `identify` of the same person (they came back by themselves) "
             "makes a new contact. This cannot be undone.\n\n"
-            "Safe to retry: a `contact_id` already erased, or identities that only an erased "
-            "person had, answer 200 with that erasure and delete nothing. Identities that point "
-            "to two different people answer 400 `different_people` and erase nothing; a "
-            "`contact_id` or identities never known here answer 404."
+            "Only a key granted *personal data requests* (in the admin, under API keys) may "
+            "call it; any other answers 403 `forbidden`.\n\n"
+            "Safe to retry: send a `reference` unique to each request, and a call with the "
+            "`reference` of an earlier erasure answers 200 with that erasure and deletes "
+            "nothing, even if the person has come back since (signed in again: a new contact "
+            "with the same identities). Without a reference, a `contact_id` already erased, or "
+            "identities that only an erased person had, answer 200 with that erasure and "
+            "delete nothing. Identities that point to two different people (duplicates not "
+            "merged included) answer 400 `different_people` and erase nothing; a `contact_id` "
+            "or identities never known here answer 404."
         ),
         request=ErasureInSerializer,
         responses={
             200: ErasureOutSerializer,
             201: ErasureOutSerializer,
             **ERRORS,
+            403: ErrorSerializer,
             404: ErrorSerializer,
         },
         examples=[
@@ -1217,7 +1280,10 @@ class ErasuresApi(BaseApiView):
             ),
             OpenApiExample(
                 "Answer to a retry",
-                description="The person was erased by an earlier call: nothing more is deleted.",
+                description=(
+                    "An earlier call had this `reference`, or erased this person: nothing more "
+                    "is deleted."
+                ),
                 response_only=True,
                 status_codes=["200"],
                 value=ERASURE_EXAMPLE,
@@ -1252,10 +1318,20 @@ class ErasuresApi(BaseApiView):
                     }
                 },
             ),
+            FORBIDDEN_EXAMPLE,
         ],
     )
     def post(self, request: Request) -> Response:
         data = _validated(ErasureInSerializer, request.data)
+        # A retry by reference answers the erasure it made, whatever the identities now point
+        # to: the person may have signed in again since (identify lifts their tombstones), and
+        # that new customer must not be erased by a repeat of the old request.
+        if data["reference"] and (
+            done := Erasure.objects.filter(source=ErasureSource.API, reference=data["reference"])
+            .order_by("-pk")
+            .first()
+        ):
+            return Response(_erasure_out(done))
         if "contact_id" in data:
             contact_id = data["contact_id"]
             if (done := services.erasure_of_contact(contact_id=contact_id)) is not None:
@@ -1324,7 +1400,7 @@ class PersonalDataOutSerializer(serializers.Serializer):
     )
 
 
-class ContactPersonalDataApi(BaseApiView):
+class ContactPersonalDataApi(PersonalDataRequestApi):
     @extend_schema(
         operation_id="contact_personal_data",
         summary="A copy of everything stored about a person (data-access request)",
@@ -1332,12 +1408,19 @@ class ContactPersonalDataApi(BaseApiView):
             "For a person asking, in the mini-program, for a copy of their data: the profile, "
             "identities, tags, events, notes, consents and merges of the contact and of every "
             "contact merged into it, and what the other modules hold (memberships, points, "
-            "messages …). Nothing is masked: the copy is for the person themselves. A contact "
+            "messages …). Nothing is masked: the copy is for the person themselves, and only a "
+            "key granted *personal data requests* (in the admin, under API keys) may ask for "
+            "it; any other answers 403 `forbidden`. A contact "
             "merged into another answers with the survivor's copy. Each call is written to the "
             "audit log. A contact that was erased answers 410 `erased`, with the erasure's id "
             "and time."
         ),
-        responses={200: PersonalDataOutSerializer, **NOT_FOUND, 410: ErrorSerializer},
+        responses={
+            200: PersonalDataOutSerializer,
+            **NOT_FOUND,
+            403: ErrorSerializer,
+            410: ErrorSerializer,
+        },
         examples=[
             OpenApiExample(
                 "A copy",
@@ -1386,6 +1469,7 @@ class ContactPersonalDataApi(BaseApiView):
                     }
                 },
             ),
+            FORBIDDEN_EXAMPLE,
         ],
     )
     def get(self, request: Request, contact_id: int) -> Response:

@@ -34,7 +34,7 @@ from contacts.models import (
     MergeRecord,
     Note,
 )
-from contacts.selectors import contact_follow_merges
+from contacts.selectors import contact_family_ids, contact_follow_merges
 from contacts.signals import contact_data_requested
 from core.errors import NotFound
 
@@ -54,15 +54,7 @@ def contact_family(*, contact: Contact) -> list[int]:
 
 
 def _family(root: Contact) -> list[int]:
-    family, frontier = [root.pk], [root.pk]
-    while frontier:
-        frontier = list(
-            Contact.objects.filter(merged_into_id__in=frontier)
-            .exclude(pk__in=family)
-            .values_list("pk", flat=True)
-        )
-        family.extend(frontier)
-    return sorted(family)
+    return contact_family_ids(contact_id=root.pk)
 
 
 def contact_personal_data(*, contact: Contact) -> dict:

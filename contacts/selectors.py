@@ -128,22 +128,38 @@ def contact_get_by_identity(*, kind: str, value: str, app_id: str = "") -> Conta
 def contacts_of_identities(*, identities: Iterable[tuple[str, str, str]]) -> set[int]:
     """The ids of the people (contacts followed through merges) that the identities (kind,
     app_id, normalised value) point to. A phone or email column counts as an identity even
-    where no identity row says so (an old import): an erasure deletes and tombstones it alike."""
+    where no identity row says so (an old import): an erasure deletes and tombstones it alike.
+    Every contact holding a phone or email in its column counts, not only the first: duplicates
+    never merged are different people, whom an erasure must not tell apart by chance."""
     people: set[int] = set()
     for kind, app_id, value in identities:
-        contact = contact_get_by_identity(kind=kind, value=value, app_id=app_id)
-        if contact is None and kind in (IdentityKind.PHONE, IdentityKind.EMAIL) and not app_id:
+        if (contact := contact_get_by_identity(kind=kind, value=value, app_id=app_id)) is not None:
+            people.add(contact.pk)
+        if kind in (IdentityKind.PHONE, IdentityKind.EMAIL) and not app_id:
             column = (
                 Contact.objects.filter(phone=value)
                 if kind == IdentityKind.PHONE
                 # Through lower(): what the email index holds (old rows may keep capitals).
                 else Contact.objects.alias(lower=Lower("email")).filter(lower=value)
             )
-            if (found := column.order_by("pk").first()) is not None:
-                contact = contact_follow_merges(contact=found)
-        if contact is not None:
-            people.add(contact.pk)
+            for found in column.order_by("pk"):
+                people.add(contact_follow_merges(contact=found).pk)
     return people
+
+
+def contact_family_ids(*, contact_id: int) -> list[int]:
+    """The id of a contact and of every contact merged into it, directly or through another
+    merged contact, in id order. Merged contacts keep their row (and its personal data) for
+    undo, so a person's data request or erasure covers them all."""
+    family, frontier = [contact_id], [contact_id]
+    while frontier:
+        frontier = list(
+            Contact.objects.filter(merged_into_id__in=frontier)
+            .exclude(pk__in=family)
+            .values_list("pk", flat=True)
+        )
+        family.extend(frontier)
+    return sorted(family)
 
 
 def contact_follow_merges(*, contact: Contact) -> Contact:

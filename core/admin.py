@@ -54,8 +54,16 @@ class ViewOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "is_active", "throttle_rate", "created_at", "last_used_at"]
-    list_filter = ["is_active"]
+    list_display = [
+        "name",
+        "prefix",
+        "is_active",
+        "personal_data_requests",
+        "throttle_rate",
+        "created_at",
+        "last_used_at",
+    ]
+    list_filter = ["is_active", "personal_data_requests"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "created_by", "last_used_at"]
     actions = ["revoke"]
@@ -71,6 +79,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         obj.prefix = key.prefix
         obj.hashed_key = key.hashed_key
         obj.created_at = key.created_at
+        if obj.personal_data_requests:
+            # Granted in the same (admin view's) transaction as the key is created.
+            ApiKey.objects.filter(pk=key.pk).update(personal_data_requests=True)
         # Shown once: only the hash is stored, so the raw key cannot be displayed again.
         self.message_user(
             request,

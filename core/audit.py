@@ -41,9 +41,10 @@ def request_ip(request: HttpRequest | None) -> str | None:
 
 def admin_history_forget(*, model: type[models.Model], pks: Iterable[Any]) -> int:
     """Make the Django admin's history entries (django_admin_log) of these rows of `model`
-    name each row by its id; return how many were changed. An entry names its row as the admin
-    showed it (a contact's name, a note's first words, an identity's value), which must not
-    outlive the erasure of the person; who changed which fields when stays."""
+    name each row by its id and nothing else; return how many were changed. An entry names its
+    row as the admin showed it (a contact's name, a note's first words), and its message names
+    the inline rows added, changed or deleted with it the same way (an identity's value), none
+    of which may outlive the erasure of the person. Who changed the row, and when, stays."""
     ids = [str(pk) for pk in pks]
     if not ids:
         return 0
@@ -52,5 +53,5 @@ def admin_history_forget(*, model: type[models.Model], pks: Iterable[Any]) -> in
     for start in range(0, len(ids), 1000):
         changed += LogEntry.objects.filter(
             content_type=content_type, object_id__in=ids[start : start + 1000]
-        ).update(object_repr=Concat(Value("#"), F("object_id")))
+        ).update(object_repr=Concat(Value("#"), F("object_id")), change_message="")
     return changed

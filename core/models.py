@@ -72,6 +72,13 @@ class ApiKey(models.Model):
         validators=[validate_throttle_rate],
         help_text=_("For example 600/minute. Empty uses the site default."),
     )
+    # Off by default: erasing a person and reading an unmasked copy of their data are the two
+    # calls whose misuse cannot be undone or taken back, so a key is granted them on purpose.
+    personal_data_requests = models.BooleanField(
+        _("personal data requests"),
+        default=False,
+        help_text=_("May erase people and read full copies of their data (PIPL requests)."),
+    )
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(_("created at"), default=timezone.now, editable=False)
     created_by = models.ForeignKey(

@@ -7,30 +7,19 @@ planned for the person are channels' deliveries (channels.erasure).
 
 from typing import Any
 
-from django.db import transaction
-
 from contacts.models import Erasure
+from contacts.services import erasure_rows_delete
 from journeys.models import Enrollment
 
 
-@transaction.atomic
 def enrollments_erase(*, erasure: Erasure, contact_ids: list[int]) -> None:
-    """End the erased contacts' journeys by deleting their enrollments."""
-    # Locked before the delete, in id order: an advancer holding some of them (it locks its
-    # batch) finishes first. If that batch plans a message to this person, it waits for the
-    # contact row the erasure holds, and PostgreSQL breaks the deadlock by failing one side;
-    # an erasure is retried (contact_erase), an advancer's batch runs again on the next tick.
-    ids = list(
-        Enrollment.objects.select_for_update()
-        .filter(contact_id__in=contact_ids)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
-    if not ids:
-        return
-    deleted, _ = Enrollment.objects.filter(pk__in=ids).delete()
-    label = Enrollment._meta.label_lower
-    erasure.summary[label] = erasure.summary.get(label, 0) + deleted
+    """End the erased contacts' journeys by deleting their enrollments.
+
+    An advancer holding some of them (it locks its batch) finishes first. If that batch plans
+    a message to this person, it waits for the contact row the erasure holds, and PostgreSQL
+    breaks the deadlock by failing one side: an erasure is retried (contact_erase), an
+    advancer's batch runs again on the next tick."""
+    erasure_rows_delete(erasure=erasure, rows=Enrollment.objects.filter(contact_id__in=contact_ids))
 
 
 def enrollments_personal_data(*, contact_ids: list[int]) -> dict[str, list[dict[str, Any]]]:

@@ -7,36 +7,22 @@ the referrer; the contacts app holds them), so erasing one person takes no point
 
 from typing import Any
 
-from django.db import transaction
-
 from contacts.models import Erasure
-from core.audit import admin_history_forget
+from contacts.services import erasure_rows_delete
 from membership.models import Member, PointsEntry
 
 
-@transaction.atomic
 def members_erase(*, erasure: Erasure, contact_ids: list[int]) -> None:
-    """Delete the erased contacts' memberships and points ledgers."""
-    # The member rows first, as points_apply locks them: a points adjustment running now
-    # finishes first and its ledger line goes too, or it starts after and finds no member. A
-    # cascade would delete the ledger before the member, and a line written in between would
-    # fail the erasure's commit on its foreign key.
-    members = list(
-        Member.objects.select_for_update()
-        .filter(contact_id__in=contact_ids)
-        .order_by("pk")
-        .values_list("pk", flat=True)
+    """Delete the erased contacts' memberships and, with them, their points ledgers.
+
+    The member rows are locked first, as points_apply locks them: a points adjustment running
+    now finishes first and its ledger line goes too, or it starts after and finds no member. The
+    admin's history names a member "<contact's name> · <tier>": it is made to name the id."""
+    erasure_rows_delete(
+        erasure=erasure,
+        rows=Member.objects.filter(contact_id__in=contact_ids),
+        forget_history=True,
     )
-    if not members:
-        return
-    # The admin's history names a member "<contact's name> · <tier>".
-    admin_history_forget(model=Member, pks=members)
-    entries, _ = PointsEntry.objects.filter(member_id__in=members).delete()
-    deleted, _ = Member.objects.filter(pk__in=members).delete()
-    for model, count in ((PointsEntry, entries), (Member, deleted)):
-        if count:
-            label = model._meta.label_lower
-            erasure.summary[label] = erasure.summary.get(label, 0) + count
 
 
 def members_personal_data(*, contact_ids: list[int]) -> dict[str, list[dict[str, Any]]]:

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from contacts.models import Erasure
+from contacts.services import erasure_count
 from core.sql import delete_returning
 from segments.merging import _count, _locked
 from segments.models import (
@@ -33,11 +34,6 @@ from segments.models import (
 # Reads of the person's places. A second read finds the places a first build (silent, so it
 # never waits for the person's locked contact row) committed while the first was read.
 ERASE_ROUNDS = 3
-
-
-def _add(erasure: Erasure, label: str, count: int) -> None:
-    if count:
-        erasure.summary[label] = erasure.summary.get(label, 0) + count
 
 
 @transaction.atomic
@@ -68,9 +64,11 @@ def segments_erase(*, erasure: Erasure, contact_ids: list[int]) -> None:
         )
     # A row left by a segment deleted meanwhile counts in no segment; it is still the person's.
     _count({pk: -n for pk, n in removed.items() if pk in locked}, now)
-    _add(erasure, SegmentMembership._meta.label_lower, sum(removed.values()))
+    erasure_count(
+        erasure=erasure, label=SegmentMembership._meta.label_lower, count=sum(removed.values())
+    )
     queued, _ = DirtyContact.objects.filter(contact_id__in=ids).delete()
-    _add(erasure, DirtyContact._meta.label_lower, queued)
+    erasure_count(erasure=erasure, label=DirtyContact._meta.label_lower, count=queued)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

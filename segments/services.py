@@ -39,7 +39,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop, pgettext
 
-from contacts.bulk import bulk_target
+from contacts.bulk import bulk_target, contacts_lock_live
 from contacts.filters import ContactFilter
 from contacts.models import (
     Contact,
@@ -1663,23 +1663,9 @@ def _require_static(segment: Segment) -> None:
 def segment_static_add(*, segment: Segment, contact_ids: Iterable[int]) -> int:
     """Add contacts to a static list; return how many were new. Safe to retry."""
     _require_static(segment)
-    now = timezone.now()
-    entered = _static_add(segment, contact_ids, now)
-    _static_finish(segment, now)
-    return len(entered)
-
-
-def _static_add(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
-    """Add contacts to a static list and record what follows; return those that were new.
-    The member count and the growth chart are the caller's (_static_finish).
-
-    New means inserted by this call's own statement: two copies of one add (a retry while the
-    first is still open, a job batch and an add by hand) each enter a contact once between
-    them. The list's lock, held to the caller's commit, also lets the caller count the
-    members with every other add or remove committed (otherwise each of two concurrent adds
-    would count without the other's contacts, and the last to write would win)."""
-    _lock_segment(segment)
     ids = sorted(set(contact_ids))
+    # The request is refused for a contact that is not there when it arrives; one erased (or
+    # merged away) while it runs is left out by _static_add instead.
     live = set()
     for batch in _batches(ids):
         live.update(
@@ -1694,6 +1680,30 @@ def _static_add(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) 
             code="unknown_contact",
             details={"contact_ids": unknown[:100]},
         )
+    now = timezone.now()
+    entered = _static_add(segment, ids, now)
+    _static_finish(segment, now)
+    return len(entered)
+
+
+def _static_add(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
+    """Add contacts to a static list and record what follows; return those that were new.
+    The member count and the growth chart are the caller's (_static_finish). A contact erased
+    or merged away since the caller read it is left out.
+
+    New means inserted by this call's own statement: two copies of one add (a retry while the
+    first is still open, a job batch and an add by hand) each enter a contact once between
+    them. The list's lock, held to the caller's commit, also lets the caller count the
+    members with every other add or remove committed (otherwise each of two concurrent adds
+    would count without the other's contacts, and the last to write would win)."""
+    # The contacts are locked (KEY SHARE) before the list, as an erasure or a merge locks its
+    # contacts (FOR UPDATE) before the segments it takes them out of: neither can then hold a
+    # lock the other waits for while waiting for one the other holds. Locked after the list,
+    # an add re-adding a member being erased would deadlock with the erasure. Without the lock
+    # an erasure finding no membership to remove would commit under the add, whose rows then
+    # fail their events' foreign keys at commit (memberships have none of their own).
+    ids = contacts_lock_live(contact_ids=contact_ids)
+    _lock_segment(segment)
     entered: list[int] = []
     for batch in _batches(ids):
         entered += insert_new(

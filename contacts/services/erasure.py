@@ -6,10 +6,10 @@ them (identities, events, tags, notes, consent records, merges; higher apps' row
 `contact_erasing` signal and the cascade). What is left is an `Erasure` record with no
 personal data and, per identity the person had, a keyed digest (`SuppressedIdentity`).
 
-The digests are HMAC-SHA256 keyed by SECRET_KEY, so that the table cannot be reversed by
-hashing every Chinese mobile number (about 10^10 of them, minutes of work for a plain hash).
-A key that is rotated away must stay in SECRET_KEY_FALLBACKS for the tombstones made with it
-to keep working, as for sessions and password reset links.
+The digests are HMAC-SHA256 keyed by a secret (SCRM_ERASURE_KEYS, by default SECRET_KEY), so
+that the table cannot be reversed by hashing every Chinese mobile number (about 10^10 of them,
+minutes of work for a plain hash). Every key listed is matched and the first hashes new
+tombstones: a key must stay listed for as long as the tombstones made with it should work.
 """
 
 import hashlib
@@ -18,8 +18,8 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import connection
-from django.db.models import Q
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils.translation import gettext as _
 
@@ -36,7 +36,7 @@ from contacts.models import (
     Note,
     SuppressedIdentity,
 )
-from contacts.services.locking import contact_lock_survivor
+from contacts.selectors import contact_family_ids, contact_follow_merges
 from contacts.services.retry import atomic_retrying_deadlocks
 from contacts.signals import contact_erasing
 from core.audit import admin_history_forget
@@ -47,6 +47,9 @@ from core.sql import text_array
 # (kind, app_id, value), values normalised as identify() stores them.
 IdentityKey = tuple[str, str, str]
 ERASE_ATTEMPTS = 3
+# Times the person's contacts are read and locked again because a merge or an undo changed them
+# meanwhile.
+FAMILY_ATTEMPTS = 5
 # Digests looked up per query when checking many identities (an import chunk).
 LOOKUP_BATCH = 1000
 
@@ -58,11 +61,21 @@ class ErasureContended(DomainError):
     code = "erasure_contended"
 
 
+def _contended() -> ErasureContended:
+    return ErasureContended(
+        _(
+            "Other work on this contact (a merge, a segment refresh, an import) kept "
+            "getting in the way, so nothing was erased; try again in a moment."
+        )
+    )
+
+
 def _keys() -> list[bytes]:
-    return [
-        key.encode() if isinstance(key, str) else key
-        for key in [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    keys = settings.SCRM_ERASURE_KEYS or [
+        settings.SECRET_KEY,
+        *getattr(settings, "SECRET_KEY_FALLBACKS", []),
     ]
+    return [key.encode() if isinstance(key, str) else key for key in keys]
 
 
 def _digester(key: bytes):
@@ -152,24 +165,76 @@ def suppressions_lift(*, identities: Iterable[IdentityKey]) -> int:
     return lifted
 
 
+def erasure_count(*, erasure: Erasure, label: str, count: int) -> None:
+    """Add `count` rows of model `label` ("app.model") to what `erasure` deleted; for the
+    receivers of `contact_erasing`, which record what they delete themselves."""
+    if count:
+        erasure.summary[label] = erasure.summary.get(label, 0) + count
+
+
+def erasure_rows_delete(*, erasure: Erasure, rows: QuerySet, forget_history: bool = False) -> list:
+    """Lock `rows` (a higher app's rows about the erased person) in id order, delete them
+    with what cascades from them, and count them in `erasure`; return the ids deleted.
+
+    Locked first, in one order: a worker holding some of them (a delivery being recorded, an
+    enrollment being advanced, a wallet being credited) finishes before they go, rather than
+    writing against rows deleted under it. `forget_history`: the admin's history names the
+    rows by what their text was (a member shows the contact's name), so name them by id."""
+    ids = list(rows.select_for_update().order_by("pk").values_list("pk", flat=True))
+    if not ids:
+        return []
+    if forget_history:
+        admin_history_forget(model=rows.model, pks=ids)
+    for label, count in rows.model.objects.filter(pk__in=ids).delete()[1].items():
+        erasure_count(erasure=erasure, label=label.lower(), count=count)
+    return ids
+
+
 def erasure_of_contact(*, contact_id: int) -> Erasure | None:
     """The erasure that deleted contact `contact_id`, if one did."""
     row = ErasedContact.objects.select_related("erasure").filter(contact_id=contact_id).first()
     return row.erasure if row is not None else None
 
 
-def _family(root: Contact) -> list[int]:
-    # The contacts merged into root, and into those, ...: merged contacts keep their row (and
-    # their personal data) for undo, so they are the same person's data too.
-    family, frontier = [root.pk], [root.pk]
-    while frontier:
-        frontier = list(
-            Contact.objects.filter(merged_into_id__in=frontier)
-            .exclude(pk__in=family)
-            .values_list("pk", flat=True)
-        )
-        family.extend(frontier)
-    return sorted(family)
+class _FamilyChanged(Exception):
+    pass
+
+
+def _lock_family(contact: Contact) -> tuple[Contact, list[int]]:
+    """Lock FOR UPDATE (their rows are deleted) the person's contacts: the one `contact` was
+    merged into, if it was, and every contact merged into that one; return it and their ids.
+
+    All in id order, in one statement, as merges and every other writer lock contacts: the
+    survivor first and its merged contacts after would wait against the order for a contact
+    with a lower id. Should a merge or an undo change the family while this waits, the locks
+    are released (a savepoint rolled back) and it starts over; an undo would otherwise bring a
+    contact back out of what is being deleted, a merge add one that is not.
+    """
+    for _attempt in range(FAMILY_ATTEMPTS):
+        current = Contact.objects.filter(pk=contact.pk).first()
+        if current is None:
+            raise NotFound(_("Contact not found."))
+        root = contact_follow_merges(contact=current)
+        family = contact_family_ids(contact_id=root.pk)
+        try:
+            with transaction.atomic():
+                rows = {
+                    c.pk: c
+                    for c in Contact.objects.select_for_update()
+                    .filter(pk__in=family)
+                    .order_by("pk")
+                }
+                root = rows.get(root.pk)
+                if (
+                    root is None
+                    or root.merged_into_id is not None
+                    or contact_family_ids(contact_id=root.pk) != family
+                ):
+                    raise _FamilyChanged
+            return root, family
+        except _FamilyChanged:
+            continue
+    raise _contended()
 
 
 def _identities(contact_ids: list[int]) -> set[IdentityKey]:
@@ -215,12 +280,7 @@ def contact_erase(
             audit=audit or {},
         ),
         attempts=ERASE_ATTEMPTS,
-        exhausted=lambda: ErasureContended(
-            _(
-                "Other work on this contact (a merge, a segment refresh, an import) kept "
-                "getting in the way, so nothing was erased; try again in a moment."
-            )
-        ),
+        exhausted=_contended,
     )
 
 
@@ -233,16 +293,7 @@ def _erase(
     ip: str | None,
     audit: dict,
 ) -> Erasure:
-    try:
-        # FOR UPDATE: the row is deleted. Waits for a merge of it, then follows it.
-        root = contact_lock_survivor(contact=contact, lock="update")
-    except Contact.DoesNotExist:
-        raise NotFound(_("Contact not found.")) from None
-    family = _family(root)
-    # The merged-away contacts are locked too (in id order): a concurrent undo of one of
-    # their merges would otherwise bring a row back out of what is being deleted.
-    list(Contact.objects.select_for_update().filter(pk__in=family).order_by("pk").values("pk"))
-    family = _family(root)
+    root, family = _lock_family(contact)
     user = actor if actor is not None and actor.is_authenticated else None
     erasure = Erasure.objects.create(reference=reference[:100], source=source, actor=user)
     ErasedContact.objects.bulk_create(
@@ -259,8 +310,11 @@ def _erase(
             )
             for kind, app_id, value in sorted(_identities(family))
         ],
-        # The same person erased before, came back and is erased again: one tombstone serves.
-        ignore_conflicts=True,
+        # The same person erased before, came back and is erased again: one tombstone serves,
+        # and it names the latest erasure (what a retry of this request must answer).
+        update_conflicts=True,
+        unique_fields=["digest", "kind", "app_id"],
+        update_fields=["erasure"],
     )
     contact_erasing.send(sender=Contact, erasure=erasure, contact_ids=family)
     # The admin's history names rows as it showed them (a contact by name, an identity by its
@@ -271,7 +325,6 @@ def _erase(
             pks=model.objects.filter(contact_id__in=family).values_list("pk", flat=True),
         )
     admin_history_forget(model=Contact, pks=family)
-    summary = dict(erasure.summary)
     # The consent states first: each points at its record with PROTECT (a record must not go
     # while a state rests on it), which would refuse the cascade from the contact.
     for query in (
@@ -279,9 +332,8 @@ def _erase(
         Contact.objects.filter(pk__in=family),
     ):
         for label, count in query.delete()[1].items():
-            if count:
-                summary[label.lower()] = summary.get(label.lower(), 0) + count
-    erasure.summary = dict(sorted(summary.items()))
+            erasure_count(erasure=erasure, label=label.lower(), count=count)
+    erasure.summary = dict(sorted(erasure.summary.items()))
     erasure.save(update_fields=["summary"])
     AuditLog.objects.create(
         actor=user,

@@ -422,6 +422,20 @@ def _identify_once(
     by_id, owners, strong_ids = _resolve(identities)
     if owners:
         by_id, owners, strong_ids = _lock_involved(identities, owners, last=last)
+    if erased == "refuse":
+        # An erased person's identity that no live contact holds is not attached to anyone,
+        # not even to a contact the call's other identities find: a replayed batch pairing a
+        # visitor's anonymous id with the erased phone must not bring the phone back.
+        dropped = identities_suppressed(_key(i) for i in identities if _key(i) not in owners)
+        identities = [i for i in identities if _key(i) not in dropped]
+        if not identities:
+            raise ErasedIdentity(
+                _(
+                    "These identities belong to a person whose personal data was erased at "
+                    "their request; data about them is no longer accepted."
+                ),
+                details={"kinds": sorted({kind for kind, _app, _value in dropped})},
+            )
     created = False
     conflicts: list[int] = []
     merged: list[int] = []
@@ -478,17 +492,10 @@ def _identify_once(
     else:
         contact = Contact(source=columns.get("source", "") or source)
         created = True
-        suppressed = identities_suppressed(_key(i) for i in identities)
-        if suppressed and erased == "refuse":
-            raise ErasedIdentity(
-                _(
-                    "These identities belong to a person whose personal data was erased at "
-                    "their request; data about them is no longer accepted."
-                ),
-                details={"kinds": sorted({kind for kind, _app, _value in suppressed})},
-            )
-        if suppressed:
-            suppressions_lift(identities=suppressed)
+        if erased == "lift":
+            suppressed = identities_suppressed(_key(i) for i in identities)
+            if suppressed:
+                suppressions_lift(identities=suppressed)
     values = dict(columns)
     # A phone or email sent as an identity (a mini-program's getPhoneNumber) fills an empty
     # column, so that search, messages and exports find it; a trait or a value already there

@@ -193,27 +193,73 @@ def test_replayed_events_about_an_erased_person_are_rejected_and_the_rest_are_ke
     assert SuppressedIdentity.objects.filter(kind="wechat_unionid").exists()
 
 
-def test_tombstones_keep_working_after_the_secret_key_is_rotated(settings):
+def test_a_replayed_event_does_not_attach_an_erased_identity_to_a_live_contact():
+    known, _visitor = _person()
+    contact_erase(contact=known, source="operator")
+    stranger = identify(identities=[IdentityInput("anonymous_id", "device-7")]).contact
+
+    outcomes = events_record(
+        items=[
+            EventInput(
+                event_id="pair-1",
+                name="page_view",
+                occurred_at=timezone.now(),
+                identities=[
+                    IdentityInput("anonymous_id", "device-7"),
+                    IdentityInput("phone", "13800138000"),
+                ],
+            )
+        ]
+    )
+
+    assert [o.status for o in outcomes] == ["accepted"]
+    assert Event.objects.get(event_id="pair-1").contact_id == stranger.pk
+    assert not Identity.objects.filter(kind="phone").exists()
+    assert Contact.objects.get(pk=stranger.pk).phone == ""
+    assert identities_suppressed({("phone", "", PHONE)}) == {("phone", "", PHONE)}
+
+
+def test_tombstones_keep_working_when_the_secret_key_is_rotated_as_documented(settings):
+    # Made with the default keys (SECRET_KEY); then SECRET_KEY is rotated with the old value
+    # listed after a new erasure key, as docs/deployment.md says.
+    settings.SCRM_ERASURE_KEYS = []
     known, _visitor = _person()
     contact_erase(contact=known, source="operator")
     old = settings.SECRET_KEY
 
-    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "a-new-key" * 6, [old]
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "a-new-key" * 6, []
+    assert identities_suppressed({("phone", "", PHONE)}) == set()  # blind without the old key
+    settings.SCRM_ERASURE_KEYS = ["an-erasure-key" * 4, old]
     assert identities_suppressed({("phone", "", PHONE)}) == {("phone", "", PHONE)}
     with pytest.raises(ErasedIdentity):
         identify(identities=[IdentityInput("phone", PHONE)], erased="refuse")
 
-    # Dropping the old key from the fallbacks forgets them: the documented cost of rotation.
-    settings.SECRET_KEY_FALLBACKS = []
+    # New tombstones are hashed with the first key alone.
+    other = identify(identities=[IdentityInput("wechat_unionid", "union-2")]).contact
+    contact_erase(contact=other, source="operator")
+    settings.SCRM_ERASURE_KEYS = ["an-erasure-key" * 4]
+    assert identities_suppressed({("wechat_unionid", "", "union-2")}) == {
+        ("wechat_unionid", "", "union-2")
+    }
     assert identities_suppressed({("phone", "", PHONE)}) == set()
 
 
 def test_erasing_the_same_person_twice_keeps_one_tombstone_per_identity():
-    first = identify(identities=[IdentityInput("phone", PHONE)]).contact
-    contact_erase(contact=first, source="operator")
-    second = identify(identities=[IdentityInput("phone", PHONE)]).contact
-    contact_erase(contact=second, source="operator")
-    assert SuppressedIdentity.objects.filter(kind="phone").count() == 1
+    # They come back by themselves with their unionid (its tombstone is lifted); a record with
+    # their old phone reaches the new contact (an operator's edit), and they are erased again:
+    # the phone's tombstone is the same one, and now names the latest erasure.
+    first = identify(
+        identities=[IdentityInput("wechat_unionid", "union-9")], traits={"phone": PHONE}
+    ).contact
+    first_erasure = contact_erase(contact=first, source="operator")
+    back = identify(identities=[IdentityInput("wechat_unionid", "union-9")])
+    assert back.previously_erased
+    Contact.objects.filter(pk=back.contact.pk).update(phone=PHONE)
+    second = contact_erase(contact=back.contact, source="operator")
+
+    phone = SuppressedIdentity.objects.get(kind="phone")
+    assert phone.erasure == second != first_erasure
+    assert SuppressedIdentity.objects.filter(kind="wechat_unionid").get().erasure == second
     assert Erasure.objects.count() == 2
 
 
@@ -303,12 +349,46 @@ def test_the_admin_history_of_the_persons_rows_names_them_by_id_only():
     contact_erase(contact=known, source="admin")
 
     contact_type = ContentType.objects.get_for_model(Contact).pk
-    left = sorted(LogEntry.objects.values_list("content_type", "object_repr"))
+    left = sorted(LogEntry.objects.values_list("content_type", "object_repr", "change_message"))
     assert left == sorted(
         [
-            (contact_type, f"#{known.pk}"),
-            (contact_type, f"#{visitor.pk}"),
-            (ContentType.objects.get_for_model(Note).pk, f"#{note.pk}"),
-            (contact_type, "李四"),
+            (contact_type, f"#{known.pk}", ""),
+            (contact_type, f"#{visitor.pk}", ""),
+            (ContentType.objects.get_for_model(Note).pk, f"#{note.pk}", ""),
+            (contact_type, "李四", "李四"),
         ]
     )
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite: one writer at a time")
+def test_an_undo_committing_while_the_erasure_reads_the_family_keeps_the_restored_contact(
+    monkeypatch,
+):
+    # The erasure reads who the person's contacts are before locking them; an undo of one of
+    # the merges commits in between. The erasure notices, reads again, and erases the person
+    # without the contact the undo restored (an operator just said it is someone else).
+    from contacts.services import contact_merge_undo
+    from contacts.services import erasure as erasure_module
+
+    known, visitor = _person()
+    record = MergeRecord.objects.get()
+    family_ids = erasure_module.contact_family_ids
+    calls = []
+
+    def undo_after_first_read(*, contact_id):
+        family = family_ids(contact_id=contact_id)
+        if not calls:
+            _results, errors = in_threads([lambda: contact_merge_undo(record=record)])
+            assert errors == []
+        calls.append(family)
+        return family
+
+    monkeypatch.setattr(erasure_module, "contact_family_ids", undo_after_first_read)
+
+    erasure = contact_erase(contact=known, source="operator")
+
+    assert calls[0] == sorted([known.pk, visitor.pk])
+    assert list(erasure.contacts.values_list("contact_id", flat=True)) == [known.pk]
+    restored = Contact.objects.get(pk=visitor.pk)
+    assert restored.merged_into_id is None
+    assert Identity.objects.filter(contact=restored, kind="miniprogram_openid").exists()

@@ -1,8 +1,14 @@
 """Erasure and data-copy requests through the API: what a mini-program backend calls when a
 person deletes their account (注销账号) or asks for a copy of their data."""
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+from django.urls import reverse
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from contacts.models import (
     ConsentRecord,
@@ -13,13 +19,36 @@ from contacts.models import (
     Identity,
     SuppressedIdentity,
 )
-from contacts.services import IdentityInput, consent_record, contact_merge, identify
+from contacts.services import (
+    IdentityInput,
+    consent_record,
+    contact_erase,
+    contact_merge,
+    identify,
+)
 from core.models import ApiKey, AuditLog
+from core.services import api_key_create
 from tests.factories import ContactFactory, EventFactory
 
 pytestmark = pytest.mark.django_db
 
 OPENID = {"kind": "miniprogram_openid", "app_id": "wx1234", "value": "oAbc123"}
+
+
+@pytest.fixture
+def api(api):
+    """The mini-program backend's key, granted personal data requests in the admin."""
+    ApiKey.objects.update(personal_data_requests=True)
+    return api
+
+
+@pytest.fixture
+def plain_api(db):
+    """A key as created by default: identify, events, profiles; no personal data requests."""
+    _, raw = api_key_create(name="order system")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return client
 
 
 def _person() -> tuple[Contact, Contact]:
@@ -127,6 +156,37 @@ def test_a_phone_or_email_held_only_in_the_column_finds_its_contact(api, column,
     assert response.json()["contact_ids"] == [contact.pk]
 
 
+@pytest.mark.parametrize("first_identified", [True, False])
+def test_duplicates_never_merged_that_share_a_phone_are_two_people(api, first_identified):
+    # One customer identified by phone (an identity row and the column), and a duplicate an
+    # old import made with the same phone in its column only; or two such duplicates.
+    if first_identified:
+        first = identify(identities=[IdentityInput("phone", "13900139000")]).contact
+    else:
+        first = ContactFactory(phone="+8613900139000")
+    duplicate = ContactFactory(phone="+8613900139000")
+
+    response = _erase(api, {"identities": [{"kind": "phone", "value": "13900139000"}]})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "different_people"
+    assert error["details"] == {"contact_ids": sorted([first.pk, duplicate.pk])}
+    assert Contact.objects.filter(pk__in=[first.pk, duplicate.pk]).count() == 2
+    assert not Erasure.objects.exists()
+
+
+def test_a_duplicate_merged_into_the_person_is_the_same_person(api):
+    known = identify(identities=[IdentityInput("phone", "13900139000")]).contact
+    duplicate = ContactFactory(phone="+8613900139000")
+    contact_merge(survivor=known, duplicate=duplicate)
+
+    response = _erase(api, {"identities": [{"kind": "phone", "value": "13900139000"}]})
+
+    assert response.status_code == 201
+    assert response.json()["contact_ids"] == sorted([known.pk, duplicate.pk])
+
+
 def test_identities_of_two_different_people_erase_nothing(api):
     known, _visitor = _person()
     other = identify(identities=[IdentityInput("phone", "13900139000")]).contact
@@ -148,6 +208,41 @@ def test_identities_of_two_different_people_erase_nothing(api):
     assert Contact.objects.filter(pk__in=[known.pk, other.pk]).count() == 2
     assert not Erasure.objects.exists()
     assert not SuppressedIdentity.objects.exists()
+
+
+def test_a_retry_by_reference_after_the_person_came_back_erases_nothing(api):
+    # The first call erased the person, but its answer was lost; meanwhile the person signed
+    # in to the mini-program again (a new customer, the tombstones lifted). The backend's
+    # retry, with the same reference, must not erase the new customer.
+    _person()
+    body = {"identities": [OPENID], "reference": "mp-cancel-8812"}
+    first = _erase(api, body)
+    assert first.status_code == 201
+    back = api.post("/api/v1/identify", {"identities": [OPENID]}, format="json").json()
+
+    retry = _erase(api, body)
+
+    assert retry.status_code == 200
+    assert retry.json() == first.json()
+    assert Contact.objects.filter(pk=back["contact_id"]).exists()
+    assert Erasure.objects.count() == 1
+    # A new request (its own reference) for the new customer erases them.
+    again = _erase(api, {"identities": [OPENID], "reference": "mp-cancel-9001"})
+    assert again.status_code == 201
+    assert again.json()["contact_ids"] == [back["contact_id"]]
+
+
+def test_a_reference_of_another_source_or_an_empty_one_is_no_retry(api):
+    known, _visitor = _person()
+    other = ContactFactory()
+    contact_erase(contact=other, source="operator", reference="ticket-1")
+
+    response = _erase(api, {"contact_id": known.pk, "reference": "ticket-1"})
+
+    assert response.status_code == 201
+    assert response.json()["contact_ids"] != [other.pk]
+    contact_erase(contact=ContactFactory(), source="api", reference="")
+    assert _erase(api, {"contact_id": ContactFactory().pk, "reference": ""}).status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -270,15 +365,77 @@ def test_the_erasure_endpoints_need_an_api_key(client):
     assert not ErasedContact.objects.exists()
 
 
+def test_a_key_without_the_permission_can_neither_erase_nor_copy(plain_api, english):
+    known, _visitor = _person()
+    erased = ContactFactory()
+    contact_erase(contact=erased, source="operator")
+
+    for response in (
+        _erase(plain_api, {"contact_id": known.pk}),
+        _erase(plain_api, {"identities": [OPENID], "reference": "mp-cancel-8812"}),
+        plain_api.get(f"/api/v1/contacts/{known.pk}/personal-data"),
+        # Nor does it learn who was erased (410) or never known (404).
+        plain_api.get(f"/api/v1/contacts/{erased.pk}/personal-data"),
+        plain_api.get("/api/v1/contacts/987654/personal-data"),
+    ):
+        assert response.status_code == 403
+        error = response.json()["error"]
+        assert error["code"] == "forbidden"
+        assert error["details"] == {"permission": "personal_data_requests"}
+        assert "may not make personal data requests" in error["message"]
+        assert "API keys (API 密钥)" in error["message"]
+    assert Contact.objects.filter(pk=known.pk).exists()
+    assert Erasure.objects.count() == 1
+    assert not AuditLog.objects.filter(action="contact.data_copy").exists()
+    assert AuditLog.objects.filter(action="contact.erase").count() == 1  # the operator's
+    # The other endpoints ask for no permission.
+    assert plain_api.get(f"/api/v1/contacts/{known.pk}").status_code == 200
+    # The guide quotes the answer as the server gives it.
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    assert json.dumps(response.json(), ensure_ascii=False) in guide
+
+
+def test_the_permission_is_granted_and_withdrawn_on_the_key_in_the_admin(admin_client):
+    known, _visitor = _person()
+    created = admin_client.post(
+        reverse("admin:core_apikey_add"),
+        {
+            "name": "会员中心",
+            "throttle_rate": "",
+            "is_active": "on",
+            "personal_data_requests": "on",
+        },
+        follow=True,
+    )
+    raw = re.search(r"([A-Za-z0-9_\-]{40,})", str(list(created.context["messages"]))).group(1)
+    key = ApiKey.objects.get(name="会员中心")
+    assert key.personal_data_requests
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    assert client.get(f"/api/v1/contacts/{known.pk}/personal-data").status_code == 200
+
+    change = reverse("admin:core_apikey_change", args=[key.pk])
+    assert 'name="personal_data_requests"' in admin_client.get(change).content.decode()
+    admin_client.post(change, {"name": "会员中心", "throttle_rate": "", "is_active": "on"})
+
+    key.refresh_from_db()
+    assert not key.personal_data_requests
+    assert client.get(f"/api/v1/contacts/{known.pk}/personal-data").status_code == 403
+    assert client.post("/api/v1/erasures", {"contact_id": known.pk}, format="json").status_code == (
+        403
+    )
+
+
 def test_both_operations_are_documented_with_examples(client):
     import yaml
 
     schema = yaml.safe_load(client.get("/api/schema/").content)
     erase = schema["paths"]["/api/v1/erasures"]["post"]
-    assert {"200", "201", "400", "404"} <= set(erase["responses"])
+    assert {"200", "201", "400", "403", "404"} <= set(erase["responses"])
+    assert erase["responses"]["403"]["content"]["application/json"]["examples"]
     assert erase["requestBody"]["content"]["application/json"]["examples"]
     copy = schema["paths"]["/api/v1/contacts/{contact_id}/personal-data"]["get"]
-    assert {"200", "404", "410"} <= set(copy["responses"])
+    assert {"200", "403", "404", "410"} <= set(copy["responses"])
     assert copy["responses"]["410"]["content"]["application/json"]["examples"]
 
 
