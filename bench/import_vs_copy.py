@@ -8,6 +8,11 @@ table with the file's columns, then the app import of the same file into an empt
 (fresh), then the import of a second file in which 20% of the rows changed (re-import). Prints
 the ratios against the COPY (targets: ≤3× fresh, ≤5× re-import) and the peak RSS of this
 process (target ≤600 MB). The database is migrated first and its contacts are deleted.
+
+`--erased N`: first tombstone N people (as an erasure leaves them: keyed digests of a phone,
+an email and a member number each), one in ten of them people of the file, so that both imports
+run the check that keeps erased people out (every new row's identities digested and looked up);
+compare with a run without it for what the check costs.
 """
 
 import argparse
@@ -34,8 +39,16 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from contacts import importers  # noqa: E402
-from contacts.models import Contact, ContactTag, Identity  # noqa: E402
-from contacts.services import stages_ensure_defaults  # noqa: E402
+from contacts.models import (  # noqa: E402
+    Contact,
+    ContactTag,
+    Erasure,
+    ErasureSource,
+    Identity,
+    IdentityKind,
+    SuppressedIdentity,
+)
+from contacts.services import identity_digest, stages_ensure_defaults  # noqa: E402
 from core.models import Job  # noqa: E402
 
 GEN_CHUNK = 100_000
@@ -111,6 +124,25 @@ def generate(path: Path, rows: int, *, changed_share: float = 0.0, seed: int = 1
             frame.to_csv(fh, header=False, index=False)
 
 
+def tombstone(people: int, *, rows: int) -> None:
+    """Leave tombstones of `people` erased people, one in ten of them rows of the file (their
+    rows are then rejected by both imports), as contact_erase leaves them."""
+    erasure = Erasure.objects.create(source=ErasureSource.ADMIN, reference="bench")
+    in_file = np.arange(0, rows, max(rows // max(people // 10, 1), 1))[: people // 10]
+    others = np.arange(rows, rows + people - len(in_file))
+    tombstones = []
+    for i in np.concatenate([in_file, others]).tolist():
+        for kind, value in (
+            (IdentityKind.PHONE, f"+86{13000000000 + i}"),
+            (IdentityKind.EMAIL, f"user{i}@example.com"),
+            (IdentityKind.EXTERNAL_ID, f"VIP{i}"),
+        ):
+            digest = identity_digest(kind=kind, app_id="", value=value)
+            tombstones.append(SuppressedIdentity(erasure=erasure, kind=kind, digest=digest))
+    SuppressedIdentity.objects.bulk_create(tombstones, batch_size=5000, ignore_conflicts=True)
+    print(f"tombstoned: {people:,} people ({len(in_file):,} of them in the file)")
+
+
 def raw_copy(path: Path) -> float:
     columns = ", ".join(f"c{i} text" for i in range(len(HEADERS)))
     with connection.cursor() as cursor:
@@ -148,6 +180,7 @@ def app_import(path: Path) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--erased", type=int, default=0, help="tombstone this many people first")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("Run this against PostgreSQL: set DATABASE_URL.")
@@ -158,6 +191,9 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {tables} CASCADE")
     Job.objects.filter(kind=importers.JOB_KIND).delete()
+    Erasure.objects.all().delete()
+    if args.erased:
+        tombstone(args.erased, rows=args.rows)
 
     with tempfile.TemporaryDirectory() as tmp:
         fresh_file = Path(tmp) / "contacts.csv"

@@ -427,12 +427,7 @@ class ContactAdmin(admin.ModelAdmin):
                 raise
         # Every attempt rolled back whole: nothing was erased or logged.
         self.message_user(
-            request,
-            _(
-                "Other work on this contact (a merge, a segment refresh, an import) kept "
-                "getting in the way, so nothing was erased; try again in a moment."
-            ),
-            level=messages.ERROR,
+            request, erasure_services.erasure_contended().message, level=messages.ERROR
         )
         return HttpResponseRedirect(request.path)
 

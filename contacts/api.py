@@ -1395,7 +1395,7 @@ class PersonalDataOutSerializer(serializers.Serializer):
         child=serializers.ListField(child=serializers.DictField()),
         help_text=(
             'Rows per kind of data, keyed "<app>.<what>" (`contacts.profile`, '
-            "`contacts.events`, `membership.points` …), values as stored and unmasked."
+            "`contacts.events`, `membership.points_entries` …), values as stored and unmasked."
         ),
     )
 

@@ -61,7 +61,8 @@ class ErasureContended(DomainError):
     code = "erasure_contended"
 
 
-def _contended() -> ErasureContended:
+def erasure_contended() -> ErasureContended:
+    """The error of an erasure that concurrent work kept aborting (nothing was erased)."""
     return ErasureContended(
         _(
             "Other work on this contact (a merge, a segment refresh, an import) kept "
@@ -234,7 +235,7 @@ def _lock_family(contact: Contact) -> tuple[Contact, list[int]]:
             return root, family
         except _FamilyChanged:
             continue
-    raise _contended()
+    raise erasure_contended()
 
 
 def _identities(contact_ids: list[int]) -> set[IdentityKey]:
@@ -280,7 +281,7 @@ def contact_erase(
             audit=audit or {},
         ),
         attempts=ERASE_ATTEMPTS,
-        exhausted=_contended,
+        exhausted=erasure_contended,
     )
 
 
