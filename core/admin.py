@@ -5,8 +5,9 @@ from django.db.models import QuerySet
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 
+from core.audit import request_ip
 from core.models import ApiKey, AuditLog, Job
-from core.services import api_key_create
+from core.services import API_KEY_AUDITED_FIELDS, api_key_changes_audit, api_key_create
 
 
 class LargeTablePaginator(Paginator):
@@ -70,18 +71,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
+            before = ApiKey.objects.values(*API_KEY_AUDITED_FIELDS).get(pk=obj.pk)
             super().save_model(request, obj, form, change)
+            api_key_changes_audit(
+                key=obj, before=before, actor=request.user, ip=request_ip(request)
+            )
             return
         key, raw = api_key_create(
-            name=obj.name, created_by=request.user, throttle_rate=obj.throttle_rate
+            name=obj.name,
+            created_by=request.user,
+            throttle_rate=obj.throttle_rate,
+            personal_data_requests=obj.personal_data_requests,
+            ip=request_ip(request),
         )
         obj.pk = key.pk
         obj.prefix = key.prefix
         obj.hashed_key = key.hashed_key
         obj.created_at = key.created_at
-        if obj.personal_data_requests:
-            # Granted in the same (admin view's) transaction as the key is created.
-            ApiKey.objects.filter(pk=key.pk).update(personal_data_requests=True)
         # Shown once: only the hash is stored, so the raw key cannot be displayed again.
         self.message_user(
             request,
@@ -91,7 +97,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Revoke selected keys"))
     def revoke(self, request, queryset):
-        queryset.update(is_active=False)
+        for key in queryset.filter(is_active=True):
+            before = {field: getattr(key, field) for field in API_KEY_AUDITED_FIELDS}
+            key.is_active = False
+            key.save(update_fields=["is_active"])
+            api_key_changes_audit(
+                key=key, before=before, actor=request.user, ip=request_ip(request)
+            )
 
 
 @admin.register(AuditLog)

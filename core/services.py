@@ -4,14 +4,21 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import ValidationFailed
-from core.models import KEY_PREFIX_LEN, ApiKey, hash_api_key
+from core.models import KEY_PREFIX_LEN, ApiKey, AuditLog, hash_api_key
 
 
 @transaction.atomic
 def api_key_create(
-    *, name: str, created_by: AbstractBaseUser | None = None, throttle_rate: str = ""
+    *,
+    name: str,
+    created_by: AbstractBaseUser | None = None,
+    throttle_rate: str = "",
+    personal_data_requests: bool = False,
+    ip: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create an API key and return it with the raw key, which is never stored."""
+    """Create an API key and return it with the raw key, which is never stored; audited.
+
+    `personal_data_requests`: the key may erase people and read full copies of their data."""
     name = name.strip()
     if not name:
         raise ValidationFailed("An API key needs a name.")
@@ -26,8 +33,52 @@ def api_key_create(
         hashed_key=hash_api_key(raw),
         created_by=created_by,
         throttle_rate=throttle_rate,
+        personal_data_requests=personal_data_requests,
+    )
+    _audit(
+        key=key,
+        action="api_key.create",
+        details={"name": key.name, "personal_data_requests": personal_data_requests},
+        actor=created_by,
+        ip=ip,
     )
     return key, raw
+
+
+def _audit(
+    *, key: ApiKey, action: str, details: dict, actor: AbstractBaseUser | None, ip: str | None
+) -> None:
+    AuditLog.objects.create(
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        object_type=ApiKey._meta.label_lower,
+        object_id=str(key.pk),
+        details=details,
+        ip=ip,
+    )
+
+
+# What an edit of a key may change that the audit log records (never the key's hash).
+API_KEY_AUDITED_FIELDS = ("name", "is_active", "throttle_rate", "personal_data_requests")
+
+
+def api_key_changes_audit(
+    *,
+    key: ApiKey,
+    before: dict,
+    actor: AbstractBaseUser | None,
+    ip: str | None = None,
+) -> None:
+    """Record what an edit changed on a key (`before`: its API_KEY_AUDITED_FIELDS as they
+    were): who may erase people or read their data, and who may call at all, is what the
+    audit log is for."""
+    changed = {
+        field: {"from": before[field], "to": getattr(key, field)}
+        for field in API_KEY_AUDITED_FIELDS
+        if before[field] != getattr(key, field)
+    }
+    if changed:
+        _audit(key=key, action="api_key.change", details=changed, actor=actor, ip=ip)
 
 
 def _checked(*, field: str, value: str) -> str:

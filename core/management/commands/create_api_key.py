@@ -10,10 +10,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("name")
         parser.add_argument("--rate", default="", help="Throttle rate such as 1200/minute.")
+        parser.add_argument(
+            "--personal-data-requests",
+            action="store_true",
+            help="Allow the key to erase people and read full copies of their data (PIPL).",
+        )
 
-    def handle(self, *args, name: str, rate: str, **options):
+    def handle(self, *args, name: str, rate: str, personal_data_requests: bool, **options):
         try:
-            key, raw = api_key_create(name=name, throttle_rate=rate)
+            key, raw = api_key_create(
+                name=name, throttle_rate=rate, personal_data_requests=personal_data_requests
+            )
         except DomainError as exc:
             raise CommandError(exc.message) from exc
         self.stderr.write(f"Created API key '{key.name}' (prefix {key.prefix}). Store it now:")
