@@ -2,12 +2,12 @@
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import QueryDict
 from django.utils import timezone
@@ -18,11 +18,12 @@ from contacts.filters import contact_filter_checked
 from contacts.models import Contact, ContactTag, Tag, TagSource
 from contacts.selectors import contact_visible_to
 from contacts.services import events_append
+from contacts.services.locking import contacts_lock_live
 from contacts.services.tags import tag_expiry_check
 from contacts.signals import contact_changed
 from core import jobs
 from core.models import Job
-from core.sql import bigint_array, delete_returning, insert_new
+from core.sql import delete_returning, insert_new
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ INLINE_LIMIT = 500
 BATCH_SIZE = 1000
 # Batches per task run before the task re-enqueues itself, so a worker restart loses little.
 BATCHES_PER_RUN = 50
-# Contact ids per locking statement of contacts_lock_live: well under SQLite's parameter limit.
-LOCK_BATCH = 2000
 
 
 @dataclass
@@ -77,47 +76,6 @@ def bulk_target(
     # Checked again for every batch: a tag deleted since the action started must fail the job,
     # not widen it to every visible contact.
     return contact_filter_checked(data=_query_dict(filter_params), queryset=visible, user=actor).qs
-
-
-def contacts_lock_live(*, contact_ids: Iterable[int]) -> list[int]:
-    """Lock those of `contact_ids` still there and not merged away against an erasure or a
-    merge, in id order, to the end of the caller's transaction; return them, sorted.
-
-    For a batch writing rows about contacts it read without a lock (a bulk tag, a static list's
-    adds): a contact erased since would fail the rows' foreign-key checks at commit and take
-    the whole batch with it; here it is skipped instead. A contact merged away is skipped too:
-    a row written to it would be lost to its survivor.
-
-    KEY SHARE (PostgreSQL): the lock the rows' foreign-key checks take at commit anyway, taken
-    first and in one order (ascending ids, batch after batch). It waits for an erasure's or a
-    merge's FOR UPDATE and then reads the row as it is (deleted or merged: skipped), and lets
-    profile updates (NO KEY UPDATE) and other such batches through. Merges and erasures lock
-    their contacts before any other row too, so a caller that locks here before its other
-    rows never holds one they need while waiting for one they hold. The condition on
-    merged_into_id leaves contacts merged long ago unlocked: an erasure locks the survivor
-    before the contacts merged into it, against the id order, and must not find them held.
-    SQLite has one writer at a time: a plain read.
-    """
-    ids = sorted(set(contact_ids))
-    table = connection.ops.quote_name(Contact._meta.db_table)
-    live: list[int] = []
-    with connection.cursor() as cursor:
-        for start in range(0, len(ids), LOCK_BATCH):
-            batch = ids[start : start + LOCK_BATCH]
-            if connection.vendor == "postgresql":
-                cursor.execute(
-                    f"SELECT id FROM {table} WHERE id = ANY(%s::bigint[]) "
-                    "AND merged_into_id IS NULL ORDER BY id FOR KEY SHARE",
-                    [bigint_array(batch)],
-                )
-            else:
-                cursor.execute(
-                    f"SELECT id FROM {table} WHERE id IN ({', '.join(['%s'] * len(batch))}) "
-                    "AND merged_into_id IS NULL ORDER BY id",
-                    batch,
-                )
-            live += [pk for (pk,) in cursor.fetchall()]
-    return live
 
 
 def _tag_batch(

@@ -58,10 +58,12 @@ from contacts.models import (
     TagSource,
     new_event_id,
 )
+from contacts.services.locking import contacts_lock_live
 from contacts.signals import contact_changed, contacts_changed_in_bulk
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.models import AuditLog, Job, JobStatus
+from core.sql import bigint_array
 from core.uploads import media_path, upload_store
 
 logger = logging.getLogger(__name__)
@@ -1944,6 +1946,35 @@ def _erased_reason() -> str:
     )
 
 
+def _erased_meanwhile_reason() -> str:
+    return _("This contact was erased while the file was being imported.")
+
+
+def _locked_out(
+    gone: list[tuple[int, int, str]], spec: ImportSpec, reject_raced: bool
+) -> list[tuple[int, str]]:
+    """The reasons for the rows `gone` (row number, contact, key) whose contact
+    contacts_lock_live did not lock: erased since the match, or merged away (their key is
+    another contact's now: IdentityRaced, the chunk matches again, unless `reject_raced`)."""
+    if not gone:
+        return []
+    merged = set(
+        Contact.objects.filter(pk__in={pk for _rn, pk, _key in gone}).values_list("pk", flat=True)
+    )
+    if merged and not reject_raced:
+        raise IdentityRaced
+    owners = _owners(UPSERT_KEYS[spec.key], [key for _rn, pk, key in gone if pk in merged])
+    return sorted(
+        (
+            rn,
+            _raced_reason(spec.key, owners.get(key))
+            if pk in merged
+            else _erased_meanwhile_reason(),
+        )
+        for rn, pk, key in gone
+    )
+
+
 def _suppression_columns(spec: ImportSpec) -> dict[str, str]:
     """The mapped identity columns, the key included, with their identity kind."""
     mapped = set(spec.mapping.values())
@@ -2036,7 +2067,7 @@ def import_chunk_match(
     `CheckedChunk.hashes`). Without it the rows are taken as decided (`prepare_chunk`).
 
     `suppression`: whether there are tombstones at all (contacts.services.suppression_any),
-    asked once by the caller of many chunks; False skips the erasure check. None asks now.
+    False skips the erasure check; None (what the import job passes) asks now, per chunk.
     """
     good = good.assign(tags=_tag_id_arrays(good["tags"], resolver))
     if state is not None and hashes is None:
@@ -2269,6 +2300,14 @@ def _apply_postgres(
     rejected = matched.rejected
     updated = 0
     with connection.cursor() as cursor:
+        if new < size:
+            updated = _mark_changed_postgres(cursor, spec, columns)
+        if updated:
+            # Before anything is written: see _lock_changed_postgres.
+            gone, gone_changed = _lock_changed_postgres(cursor, spec, reject_raced)
+            if gone:
+                size, updated = size - len(gone), updated - gone_changed
+                rejected = sorted([*rejected, *gone])
         if new:
             # The key identities go in first (the foreign key to the contact is checked at
             # commit): a conflict here means someone else got the key since the match.
@@ -2305,8 +2344,6 @@ def _apply_postgres(
                 """,
                 [Gender.UNKNOWN, spec.default_source, "new"],
             )
-        if new < size:
-            updated = _mark_changed_postgres(cursor, spec, columns)
         if updated:
             # Before the contacts, identities and tags change: it reads what they were.
             _record_events_postgres(cursor, spec, columns)
@@ -2344,7 +2381,8 @@ def _apply_postgres(
             )
         # Every row's key identity exists by now (claimed above, or the match itself).
         if columns:
-            # Only values nobody owned at the match go in. A value the row's contact already
+            # Only values nobody owned at the match go in: of a matched row, only a changed
+            # one has such a value, and its contact is locked. A value the row's contact already
             # owns stays out: PostgreSQL locks every row ON CONFLICT reaches, even when the DO
             # UPDATE's WHERE is false, and a re-import would lock (and write WAL for) every
             # identity of every matched contact. (Rows with another contact's values are gone.)
@@ -2374,7 +2412,7 @@ def _apply_postgres(
             SELECT s.contact_id, t.tag_id, %s, %s::integer, now()
             FROM scrm_import_stage s
             CROSS JOIN LATERAL unnest(COALESCE(s.tag_ids, '{{}}') || %s::bigint[]) AS t(tag_id)
-            {"" if spec.tag_ids else "WHERE s.tag_ids IS NOT NULL"}
+            WHERE (s.is_new OR s.changed){"" if spec.tag_ids else " AND s.tag_ids IS NOT NULL"}
             ON CONFLICT DO NOTHING
             """,
             [TagSource.IMPORT, spec.actor_id, spec.tag_ids],
@@ -2535,9 +2573,11 @@ def _mark_changed_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str
     # The other tests are sub-plans run per staged row (a probe of a unique index): unlike a
     # join, the planner cannot turn them around on the strength of the stage's missing
     # statistics.
+    # A contact erased since the match counts as changed: _lock_changed_postgres finds it
+    # gone and rejects the row.
     new_profile = (
-        f"(SELECT ROW({_OLD_PROFILE_SQL}) IS DISTINCT FROM ROW({_NEW_PROFILE_SQL}) "
-        f"FROM {contact} c WHERE c.id = s.contact_id)"
+        f"COALESCE((SELECT ROW({_OLD_PROFILE_SQL}) IS DISTINCT FROM ROW({_NEW_PROFILE_SQL}) "
+        f"FROM {contact} c WHERE c.id = s.contact_id), true)"
     )
     cursor.execute(
         "UPDATE scrm_import_stage s SET changed = true WHERE NOT s.is_new AND ("
@@ -2546,6 +2586,35 @@ def _mark_changed_postgres(cursor: Any, spec: ImportSpec, columns: dict[str, str
         [spec.tag_ids],
     )
     return cursor.rowcount
+
+
+def _lock_changed_postgres(
+    cursor: Any, spec: ImportSpec, reject_raced: bool
+) -> tuple[list[tuple[int, str]], int]:
+    """Lock the contacts the matched rows change, and take the rows whose contact was erased
+    (or merged away) since the match out of the stage; return their row numbers with reasons,
+    and how many of them were changed rows.
+
+    The chunk writes the update, identities, tags and IMPORT_EVENT of only these (an unchanged
+    row writes nothing): a contact erased before the chunk commits would fail their foreign-key
+    checks at commit, and the whole chunk with them. Locked first (KEY SHARE, id order, one
+    statement: contacts_lock_live), before the chunk writes or waits for any other row, as
+    erasures and merges lock their contacts first: an erasure of one of them waits for the
+    chunk and then deletes what it wrote, or the chunk waits for it and leaves the row out.
+    """
+    cursor.execute("SELECT contact_id FROM scrm_import_stage WHERE changed")
+    wanted = {pk for (pk,) in cursor.fetchall()}
+    missing = wanted - set(contacts_lock_live(contact_ids=wanted))
+    if not missing:
+        return [], 0
+    cursor.execute(
+        "DELETE FROM scrm_import_stage WHERE NOT is_new AND contact_id = ANY(%s::bigint[]) "
+        "RETURNING rn, contact_id, key, changed",
+        [bigint_array(missing)],
+    )
+    rows = cursor.fetchall()
+    gone = _locked_out([(rn, pk, key) for rn, pk, key, _changed in rows], spec, reject_raced)
+    return gone, sum(1 for *_row, changed in rows if changed)
 
 
 def _identity_columns(spec: ImportSpec) -> dict[str, str]:
@@ -2638,6 +2707,23 @@ def _apply_generic(
     columns = _identity_columns(spec)
     owners = matched.owners
     is_new = good["is_new"].to_numpy(dtype=bool, copy=True)
+    changes = _changes_generic(good[~is_new], spec, columns, owners, now)
+    if changes.changed.any():
+        # Before anything is written, as on PostgreSQL (_lock_changed_postgres).
+        old = good[~is_new]
+        wanted = set(old["contact_id"].to_numpy()[changes.changed].tolist())
+        missing = wanted - set(contacts_lock_live(contact_ids=wanted))
+        if missing:
+            out = ~is_new & good["contact_id"].isin(list(missing)).to_numpy(dtype=bool)
+            lost_rows = zip(
+                good["rn"].to_numpy()[out].tolist(),
+                good["contact_id"].to_numpy()[out].tolist(),
+                good["key"].to_numpy()[out].tolist(),
+                strict=True,
+            )
+            rejected = sorted([*rejected, *_locked_out(list(lost_rows), spec, reject_raced)])
+            changes = changes.without(old["contact_id"].isin(list(missing)).to_numpy(dtype=bool))
+            good, is_new = good[~out], is_new[~out]
     contacts = [
         Contact(
             name=r.name,
@@ -2691,7 +2777,12 @@ def _apply_generic(
             good, is_new, contact_ids = good[~gone], is_new[~gone], contact_ids[~gone]
     good = good.assign(contact_id=contact_ids)
 
-    changed = _write_changes_generic(good[~is_new], spec, columns, owners, now)
+    _changes_write(changes)
+    changed = changes.changed
+    # Only the rows that create or change a contact write: an unchanged row's contact (not
+    # locked) has its identities and tags already.
+    writes = is_new.copy()
+    writes[~is_new] = changed
 
     identities = []
     for column, ident_kind in columns.items():
@@ -2710,7 +2801,7 @@ def _apply_generic(
             actor_id=spec.actor_id,
             created_at=now,
         )
-        for cid, tags in zip(good["contact_id"], good["tags"], strict=True)
+        for cid, tags in zip(good["contact_id"][writes], good["tags"][writes], strict=True)
         for tid in _row_tag_ids(spec, tags)
     ]
     ContactTag.objects.bulk_create(tag_links, batch_size=LOOKUP_BATCH, ignore_conflicts=True)
@@ -2741,22 +2832,45 @@ def _tag_names(spec: ImportSpec, cells: pd.Series) -> dict[int, str]:
     return {t.pk: str(t) for t in Tag.objects.filter(pk__in=ids).select_related("group")}
 
 
-def _write_changes_generic(
+@dataclass
+class _Changes:
+    """What the matched rows of a chunk change, worked out before anything is written."""
+
+    changed: np.ndarray  # per matched row: whether it changes its contact
+    contacts: list[int] = field(default_factory=list)  # per matched row: its contact
+    updates: list[list[Any]] = field(default_factory=list)
+    replaced: list[tuple[int, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def without(self, dropped: np.ndarray) -> "_Changes":
+        """These changes less those of the matched rows `dropped` (a mask over them)."""
+        ids = {pk for pk, drop in zip(self.contacts, dropped, strict=True) if drop}
+        return _Changes(
+            changed=self.changed[~dropped],
+            contacts=[pk for pk in self.contacts if pk not in ids],
+            updates=[u for u in self.updates if u[-1] not in ids],
+            replaced=[r for r in self.replaced if r[0] not in ids],
+            events=[e for e in self.events if e.contact_id not in ids],
+        )
+
+
+def _changes_generic(
     old: pd.DataFrame,
     spec: ImportSpec,
     columns: dict[str, str],
     owners: dict[str, dict[str, int]],
     now: dt.datetime,
-) -> np.ndarray:
-    """Update the matched contacts whose fields change, recording an IMPORT_EVENT for each
-    contact a row changes; return which rows change their contact.
+) -> _Changes:
+    """Work out the updates of the matched contacts whose fields change and an IMPORT_EVENT
+    for each contact a row changes, and which rows change their contact (_changes_write
+    writes them).
 
     A row changes its contact when a field or custom field differs, or it brings an identity
     or a tag the contact does not have yet (the same rule as the PostgreSQL path).
     """
     changed = np.zeros(len(old), dtype=bool)
     if not len(old):
-        return changed
+        return _Changes(changed=changed)
     ids = old["contact_id"].unique().tolist()
     current: dict[int, dict[str, Any]] = {}
     tags: dict[int, set[int]] = {}
@@ -2777,7 +2891,11 @@ def _write_changes_generic(
     events = []
     tag_names = _tag_names(spec, old["tags"])
     for position, r in enumerate(old.itertuples(index=False)):
-        before = current[r.contact_id]
+        before = current.get(r.contact_id)
+        if before is None:
+            # Erased since the match: taken as a change, the lock finds it gone.
+            changed[position] = True
+            continue
         after = {c: getattr(r, c) or before[c] for c in UPDATED_COLUMNS}
         patch = json.loads(r.attributes) if r.attributes else {}
         fields = [c for c in UPDATED_COLUMNS if after[c] != before[c]]
@@ -2815,22 +2933,32 @@ def _write_changes_generic(
                     source=TagSource.IMPORT,
                 )
             )
-    Event.objects.bulk_create(events, batch_size=LOOKUP_BATCH)
+    return _Changes(
+        changed=changed,
+        updates=updates,
+        replaced=replaced,
+        events=events,
+        contacts=old["contact_id"].tolist(),
+    )
+
+
+def _changes_write(changes: _Changes) -> None:
+    """Write what _changes_generic worked out."""
+    Event.objects.bulk_create(changes.events, batch_size=LOOKUP_BATCH)
     with connection.cursor() as cursor:
-        if replaced:
+        if changes.replaced:
             cursor.executemany(
                 f"DELETE FROM {Identity._meta.db_table} "
                 "WHERE contact_id = %s AND kind = %s AND app_id = '' AND value = %s",
-                replaced,
+                changes.replaced,
             )
-        if updates:
+        if changes.updates:
             assignments = ", ".join(f"{c} = COALESCE(NULLIF(%s, ''), {c})" for c in UPDATED_COLUMNS)
             cursor.executemany(
                 f"UPDATE {Contact._meta.db_table} SET {assignments}, "
                 "attributes = json_patch(attributes, %s), updated_at = %s WHERE id = %s",
-                updates,
+                changes.updates,
             )
-    return changed
 
 
 # --- Running ----------------------------------------------------------------------------------

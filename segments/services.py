@@ -39,7 +39,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop, pgettext
 
-from contacts.bulk import bulk_target, contacts_lock_live
+from contacts.bulk import bulk_target
 from contacts.filters import ContactFilter
 from contacts.models import (
     Contact,
@@ -49,7 +49,7 @@ from contacts.models import (
     Tag,
     TagSource,
 )
-from contacts.services import events_append
+from contacts.services import contacts_lock_live, events_append
 from core import jobs
 from core.errors import DomainError, ValidationFailed
 from core.ids import MAX_ID
@@ -1729,9 +1729,13 @@ def segment_static_remove(*, segment: Segment, contact_ids: Iterable[int]) -> in
 def _static_remove(segment: Segment, contact_ids: Iterable[int], now: dt.datetime) -> list[int]:
     """Remove contacts from a static list and record what follows; return those that were
     members. The member count and the growth chart are the caller's (_static_finish).
-    Members means deleted by this call's own statement, under the list's lock (_static_add)."""
+    Members means deleted by this call's own statement, under the list's lock (_static_add).
+    A contact erased since the caller read it is left out (the erasure takes it out itself)."""
+    # The contacts before the list, as _static_add locks them: the segment_exited events'
+    # foreign-key checks at commit would otherwise wait, while this holds the list, for an
+    # erasure of one of them that waits for the list to take them out of it (a deadlock).
+    ids = contacts_lock_live(contact_ids=contact_ids)
     _lock_segment(segment)
-    ids = sorted(set(contact_ids))
     exited: list[int] = []
     for batch in _batches(ids):
         exited += delete_returning(

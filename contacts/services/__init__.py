@@ -49,6 +49,9 @@ from contacts.services.ingest import (
     EventOutcome,
     events_record,
 )
+from contacts.services.locking import (
+    contacts_lock_live,
+)
 from contacts.services.merge import (
     MERGE_SKIP_FIELDS,
     MergeContended,
@@ -119,6 +122,7 @@ __all__ = [
     "contact_tags_add",
     "contact_tags_expire",
     "contact_update",
+    "contacts_lock_live",
     "custom_fields_validate",
     "erasure_count",
     "erasure_of_contact",

@@ -15,7 +15,7 @@ from contacts.models import (
     TagSource,
 )
 from contacts.services.events import event_record, events_append
-from contacts.services.locking import contact_lock_survivor
+from contacts.services.locking import contact_lock_survivor, contacts_lock_existing
 from contacts.signals import contact_changed
 from core.errors import ValidationFailed
 from core.ids import parse_id
@@ -245,18 +245,39 @@ def contact_tags_expire(*, now: dt.datetime | None = None) -> int:
     """
     now = now or timezone.now()
     total = 0
+    after = 0
     while True:
         with transaction.atomic():
+            seen = list(
+                ContactTag.objects.filter(expires_at__lte=now, pk__gt=after)
+                .order_by("pk")
+                .values_list("pk", "contact_id")[:EXPIRE_BATCH]
+            )
+            if not seen:
+                return total
+            # Past this batch whatever happens to it: a row skipped below (held by a tagging,
+            # its contact being erased) is not read again until the next run.
+            after = seen[-1][0]
+            # The contacts before their tag rows, as an erasure and contact_tag_add lock them:
+            # holding the rows, the batch's tag_removed events would wait at commit (their
+            # foreign-key checks) for an erasure of one of those contacts, which waits for the
+            # rows. A contact erased meanwhile is gone, and its tags with it.
+            there = set(contacts_lock_existing(contact_ids={c for _pk, c in seen}))
             due = list(
                 # Only the assignments: locking their tags too would block every tagging with
                 # those tags for the length of the batch.
                 ContactTag.objects.select_for_update(skip_locked=True, of=("self",))
-                .filter(expires_at__lte=now)
+                # A row a merge moved since to a contact not locked here waits for the next run.
+                .filter(
+                    pk__in=[pk for pk, c in seen if c in there],
+                    contact_id__in=there,
+                    expires_at__lte=now,
+                )
                 .select_related("tag__group")
-                .order_by("pk")[:EXPIRE_BATCH]
+                .order_by("pk")
             )
             if not due:
-                return total
+                continue
             ContactTag.objects.filter(pk__in=[row.pk for row in due]).delete()
             by_tag: dict[int, tuple[Tag, list[int]]] = {}
             for row in due:

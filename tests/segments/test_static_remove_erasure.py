@@ -1,0 +1,129 @@
+"""A static list's removes racing the erasure of a person they remove (segment_static_remove).
+
+The remove holds the list and writes a segment_exited event about each member it takes out;
+the erasure holds the person and takes them out of every list they are in: neither may wait
+for the other while holding what the other waits for.
+
+Real concurrent transactions: PostgreSQL only (SQLite runs one writing transaction at a time).
+"""
+
+import threading
+
+import pytest
+from django.db import connection, connections
+
+from contacts.models import Contact, Event
+from contacts.services import contact_erase
+from segments import services
+from segments.models import SegmentKind, SegmentMembership
+from segments.services import segment_create, segment_static_add, segment_static_remove
+from tests.contacts.locking import (
+    deadlocks,
+    deadlocks_since,
+    in_threads,
+    wait_until_another_backend_waits,
+)
+from tests.factories import ContactFactory
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
+    ),
+]
+
+
+class _Background:
+    """An erasure in another connection that this one lets run until it is done or waits for
+    a lock this connection holds."""
+
+    def __init__(self, contact_id: int) -> None:
+        self.errors: list[Exception] = []
+        self.thread = threading.Thread(target=self._run, args=(contact_id,))
+
+    def _run(self, contact_id: int) -> None:
+        try:
+            contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")
+        except Exception as exc:  # reported by the test
+            self.errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def start_and_let_run(self) -> None:
+        self.thread.start()
+        with connection.cursor() as cursor:
+            while self.thread.is_alive() and not wait_until_another_backend_waits(
+                cursor, timeout=0.2
+            ):
+                pass
+
+    def join(self) -> None:
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the erasure hung"
+
+
+def _members(segment) -> set[int]:
+    return set(
+        SegmentMembership.objects.filter(segment=segment).values_list("contact_id", flat=True)
+    )
+
+
+def _exited() -> set[int]:
+    return set(Event.objects.filter(name="segment_exited").values_list("contact", flat=True))
+
+
+def test_removing_a_member_while_they_are_erased_does_not_deadlock(monkeypatch):
+    # The erasure locks the person, then each list they are in; a remove holding the list
+    # whose event's foreign-key check at commit waits for the person would close the circle.
+    # The erasure starts once the remove holds the list.
+    static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
+    erased, kept, other = ContactFactory(), ContactFactory(), ContactFactory()
+    segment_static_add(segment=static, contact_ids=[erased.pk, kept.pk, other.pk])
+    erasure = _Background(erased.pk)
+    lock_segment = services._lock_segment
+
+    def erase_meanwhile(segment):
+        locked = lock_segment(segment)
+        if not erasure.thread.is_alive() and not erasure.errors:
+            erasure.start_and_let_run()
+        return locked
+
+    monkeypatch.setattr(services, "_lock_segment", erase_meanwhile)
+    before = deadlocks()
+
+    removed = segment_static_remove(segment=static, contact_ids=[erased.pk, kept.pk])
+    erasure.join()
+
+    assert erasure.errors == []
+    assert deadlocks_since(before) == 0
+    assert removed == 2
+    assert not Contact.objects.filter(pk=erased.pk).exists()
+    assert _members(static) == {other.pk}
+    assert _exited() == {kept.pk}
+    static.refresh_from_db()
+    assert static.member_count == 1
+
+
+def test_a_person_erased_before_the_remove_locked_them_is_left_to_the_erasure(monkeypatch):
+    static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
+    erased, kept = ContactFactory(), ContactFactory()
+    segment_static_add(segment=static, contact_ids=[erased.pk, kept.pk])
+    lock_live = services.contacts_lock_live
+
+    def erase_first(*, contact_ids):
+        if Contact.objects.filter(pk=erased.pk).exists():
+            _results, errors = in_threads(
+                [lambda: contact_erase(contact=Contact.objects.get(pk=erased.pk), source="api")]
+            )
+            assert errors == []
+        return lock_live(contact_ids=contact_ids)
+
+    monkeypatch.setattr(services, "contacts_lock_live", erase_first)
+
+    removed = segment_static_remove(segment=static, contact_ids=[erased.pk, kept.pk])
+
+    assert removed == 1
+    assert _members(static) == set()
+    assert _exited() == {kept.pk}
+    static.refresh_from_db()
+    assert static.member_count == 0
