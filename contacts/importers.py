@@ -34,7 +34,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.core.validators import validate_email
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, connection, connections, reset_queries, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext, pgettext_lazy
@@ -3121,6 +3121,12 @@ def _import_run(job: Job) -> dict[str, Any]:
             if not spec.custom_keys:
                 chunks = _read_ahead(chunks)
             for checked in chunks:
+                # With DEBUG on (the demo), Django keeps every statement of the job with its
+                # parameters (a chunk's arrays of ids and digests, megabytes each) until 9,000
+                # have piled up: a request's log is reset per request, a job's never is. (Not
+                # while something asked for the log: CaptureQueriesContext forces it on.)
+                if not connection.force_debug_cursor:
+                    reset_queries()
                 collect = len(touched) <= SIGNAL_LIMIT
                 result = import_chunk_write(
                     good=checked.good,

@@ -186,3 +186,25 @@ def test_the_preview_shows_the_erased_persons_row_with_the_reason():
     preview = importers.import_preview(job=job, spec=spec)
 
     assert [(row["rn"], row["error"]) for row in preview.rows] == [(2, ERASED), (3, "")]
+
+
+def test_with_debug_on_the_job_does_not_keep_every_statement(
+    settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    # DEBUG (the demo) logs each statement with its parameters; a request's log is reset per
+    # request, and the job resets it per chunk: a chunk's arrays of digests are megabytes.
+    settings.DEBUG = True
+    monkeypatch.setattr(importers, "CHUNK_ROWS", 2)
+    erase(existing("+8613600136000"))
+    job = upload([{"手机号": f"1390013900{i}"} for i in range(6)])
+    executed = []
+
+    def count(execute, sql, params, many, context):
+        executed.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        job = finish(job, django_capture_on_commit_callbacks, key="phone")
+
+    assert counts(job) == (6, 0, 0, 0)
+    assert 0 < len(connection.queries_log) < len(executed) / 2
