@@ -5,21 +5,17 @@ erased meanwhile must be left out of the batch (or wait for it and be erased wit
 wrote), never fail the batch, and never fail the job.
 """
 
-import threading
-
 import pytest
-from django.db import connection, connections
+from django.db import connection  # noqa: F401  (read by the skipif conditions)
 
 from contacts import bulk
 from contacts.models import Contact, ContactTag, Event
-from contacts.services import contact_erase
 from core import jobs
 from core.models import JobStatus
+from tests.contacts.erasing import BackgroundErasure, erase_now
 from tests.contacts.locking import (
     deadlocks,
     deadlocks_since,
-    in_threads,
-    wait_until_another_backend_waits,
 )
 from tests.factories import ContactFactory, TagFactory, UserFactory
 
@@ -28,43 +24,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 postgresql_only = pytest.mark.skipif(
     "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
 )
-
-
-def _erase_now(contact_id: int) -> None:
-    """Erase the person in another connection, to its commit."""
-    _results, errors = in_threads(
-        [lambda: contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")]
-    )
-    assert errors == []
-
-
-class _Background:
-    """An erasure in another connection that this one lets run until it is done or waits for
-    a lock this connection holds."""
-
-    def __init__(self, contact_id: int) -> None:
-        self.errors: list[Exception] = []
-        self.thread = threading.Thread(target=self._run, args=(contact_id,))
-
-    def _run(self, contact_id: int) -> None:
-        try:
-            contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")
-        except Exception as exc:  # reported by the test
-            self.errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def start_and_let_run(self) -> None:
-        self.thread.start()
-        with connection.cursor() as cursor:
-            while self.thread.is_alive() and not wait_until_another_backend_waits(
-                cursor, timeout=0.2
-            ):
-                pass
-
-    def join(self) -> None:
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the erasure hung"
 
 
 def _tagged(tag) -> set[int]:
@@ -85,7 +44,7 @@ def test_a_bulk_tag_job_completes_with_the_rest_when_a_person_is_erased_meanwhil
     def erase_first(*, ids, **kwargs):
         # The batch has read its ids (the erased person's among them) without a lock.
         assert erased.pk in ids
-        _erase_now(erased.pk)
+        erase_now(erased.pk)
         return tag_batch(ids=ids, **kwargs)
 
     monkeypatch.setattr(bulk, "_tag_batch", erase_first)
@@ -107,7 +66,7 @@ def test_an_erasure_meeting_a_bulk_tag_batch_in_flight_waits_and_erases_what_it_
     tag = TagFactory(name="VIP")
     contacts = ContactFactory.create_batch(3)
     erased = contacts[1]
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     insert_new = bulk.insert_new
 
     def erase_meanwhile(model, rows, **kwargs):
@@ -141,7 +100,7 @@ def test_a_bulk_untag_batch_and_an_erasure_of_one_of_its_contacts_do_not_deadloc
     for contact in contacts:
         ContactTag.objects.create(contact=contact, tag=tag)
     erased = contacts[1]
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     events_append = bulk.events_append
 
     def erase_meanwhile(**kwargs):

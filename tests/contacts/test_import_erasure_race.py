@@ -5,16 +5,15 @@ tags and contact_imported events: a person erased meanwhile must be rejected wit
 (or wait for the chunk and be erased with what it wrote), never fail the chunk and the import.
 """
 
-import threading
-
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from contacts import importers
 from contacts.models import Contact, ContactTag, Event, Identity
 from contacts.services import contact_erase, contact_merge
+from tests.contacts.erasing import BackgroundErasure
 from tests.contacts.importing import counts, existing, reasons, run
-from tests.contacts.locking import in_threads, wait_until_another_backend_waits
+from tests.contacts.locking import in_threads
 from tests.factories import TagFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("media", "english")]
@@ -36,35 +35,6 @@ def _erase(contact_id: int) -> None:
         return
     _results, errors = in_threads([erase])
     assert errors == []
-
-
-class _Background:
-    """An erasure in another connection that this one lets run until it is done or waits for
-    a lock this connection holds."""
-
-    def __init__(self, contact_id: int) -> None:
-        self.errors: list[Exception] = []
-        self.thread = threading.Thread(target=self._run, args=(contact_id,))
-
-    def _run(self, contact_id: int) -> None:
-        try:
-            contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")
-        except Exception as exc:  # reported by the test
-            self.errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def start_and_let_run(self) -> None:
-        self.thread.start()
-        with connection.cursor() as cursor:
-            while self.thread.is_alive() and not wait_until_another_backend_waits(
-                cursor, timeout=0.2
-            ):
-                pass
-
-    def join(self) -> None:
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the erasure hung"
 
 
 @pytest.mark.parametrize("change", ["profile", "tag"])
@@ -111,7 +81,7 @@ def test_an_erasure_meeting_a_chunk_in_flight_waits_and_erases_what_it_wrote(
 ):
     erased = existing("+8613800138000", name="林小雨")
     kept = existing("+8613900139000", name="王大山")
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     record_events = importers._record_events_postgres
 
     def erase_meanwhile(*args, **kwargs):

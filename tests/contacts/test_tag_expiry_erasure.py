@@ -7,20 +7,19 @@ Real concurrent transactions: PostgreSQL only (SQLite runs one writing transacti
 """
 
 import datetime as dt
-import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection  # noqa: F401  (read by the skipif conditions)
 from django.utils import timezone
 
 from contacts.models import Contact, ContactTag, Event
 from contacts.services import contact_erase, contact_tags_expire
 from contacts.services import tags as tag_services
+from tests.contacts.erasing import BackgroundErasure
 from tests.contacts.locking import (
     deadlocks,
     deadlocks_since,
     in_threads,
-    wait_until_another_backend_waits,
 )
 from tests.factories import ContactFactory, TagFactory
 
@@ -30,35 +29,6 @@ pytestmark = [
         "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
     ),
 ]
-
-
-class _Background:
-    """An erasure in another connection that this one lets run until it is done or waits for
-    a lock this connection holds."""
-
-    def __init__(self, contact_id: int) -> None:
-        self.errors: list[Exception] = []
-        self.thread = threading.Thread(target=self._run, args=(contact_id,))
-
-    def _run(self, contact_id: int) -> None:
-        try:
-            contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")
-        except Exception as exc:  # reported by the test
-            self.errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def start_and_let_run(self) -> None:
-        self.thread.start()
-        with connection.cursor() as cursor:
-            while self.thread.is_alive() and not wait_until_another_backend_waits(
-                cursor, timeout=0.2
-            ):
-                pass
-
-    def join(self) -> None:
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the erasure hung"
 
 
 def _due_tags() -> tuple[list[Contact], dt.datetime]:
@@ -77,7 +47,7 @@ def test_the_expiry_and_an_erasure_of_one_of_its_contacts_do_not_deadlock(monkey
     # the person first.
     contacts, now = _due_tags()
     erased = contacts[1]
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     events_append = tag_services.events_append
 
     def erase_meanwhile(**kwargs):

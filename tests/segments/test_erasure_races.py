@@ -7,23 +7,19 @@ them in: an add that read the person before the erasure and wrote after it must 
 Real concurrent transactions: PostgreSQL only (SQLite runs one writing transaction at a time).
 """
 
-import threading
-
 import pytest
-from django.db import connection, connections
+from django.db import connection  # noqa: F401  (read by the skipif conditions)
 
 from contacts.models import Contact, Erasure
-from contacts.services import contact_erase
 from core import jobs
 from core.models import JobStatus
 from segments import services
 from segments.models import SegmentKind, SegmentMembership
 from segments.services import segment_create, segment_static_add, segment_static_members_job_run
+from tests.contacts.erasing import BackgroundErasure, erase_now
 from tests.contacts.locking import (
     deadlocks,
     deadlocks_since,
-    in_threads,
-    wait_until_another_backend_waits,
 )
 from tests.factories import ContactFactory, UserFactory
 
@@ -33,43 +29,6 @@ pytestmark = [
         "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
     ),
 ]
-
-
-def _erase_now(contact_id: int) -> None:
-    """Erase the person in another connection, to its commit."""
-    _results, errors = in_threads(
-        [lambda: contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")]
-    )
-    assert errors == []
-
-
-class _Background:
-    """An erasure in another connection that this one lets run until it is done or waits for
-    a lock this connection holds."""
-
-    def __init__(self, contact_id: int) -> None:
-        self.errors: list[Exception] = []
-        self.thread = threading.Thread(target=self._run, args=(contact_id,))
-
-    def _run(self, contact_id: int) -> None:
-        try:
-            contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")
-        except Exception as exc:  # reported by the test
-            self.errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def start_and_let_run(self) -> None:
-        self.thread.start()
-        with connection.cursor() as cursor:
-            while self.thread.is_alive() and not wait_until_another_backend_waits(
-                cursor, timeout=0.2
-            ):
-                pass
-
-    def join(self) -> None:
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the erasure hung"
 
 
 def _members(segment) -> set[int]:
@@ -86,7 +45,7 @@ def test_an_erasure_meeting_an_add_in_flight_waits_and_takes_the_person_out_of_t
     # membership, rather than commit under it (the add then failed at commit).
     static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
     erased, kept = ContactFactory(), ContactFactory()
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     insert_new = services.insert_new
 
     def erase_meanwhile(model, rows, **kwargs):
@@ -115,7 +74,7 @@ def test_re_adding_a_member_while_they_are_erased_does_not_deadlock(monkeypatch)
     static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
     erased, kept = ContactFactory(), ContactFactory()
     segment_static_add(segment=static, contact_ids=[erased.pk])
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     lock_segment = services._lock_segment
 
     def erase_meanwhile(segment):
@@ -145,7 +104,7 @@ def test_a_person_erased_after_the_add_checked_them_is_left_out(monkeypatch):
     static_add = services._static_add
 
     def erase_first(segment, contact_ids, now):
-        _erase_now(erased.pk)
+        erase_now(erased.pk)
         return static_add(segment, contact_ids, now)
 
     monkeypatch.setattr(services, "_static_add", erase_first)
@@ -173,7 +132,7 @@ def test_a_static_list_job_completes_with_the_rest_when_a_person_is_erased_meanw
     def erase_first(segment, contact_ids, now):
         # The batch has read its contacts (the erased one among them) in its transaction.
         assert erased.pk in contact_ids
-        _erase_now(erased.pk)
+        erase_now(erased.pk)
         return static_add(segment, contact_ids, now)
 
     monkeypatch.setattr(services, "_static_add", erase_first)

@@ -7,21 +7,19 @@ for the other while holding what the other waits for.
 Real concurrent transactions: PostgreSQL only (SQLite runs one writing transaction at a time).
 """
 
-import threading
-
 import pytest
-from django.db import connection, connections
+from django.db import connection  # noqa: F401  (read by the skipif conditions)
 
 from contacts.models import Contact, Event
 from contacts.services import contact_erase
 from segments import services
 from segments.models import SegmentKind, SegmentMembership
 from segments.services import segment_create, segment_static_add, segment_static_remove
+from tests.contacts.erasing import BackgroundErasure
 from tests.contacts.locking import (
     deadlocks,
     deadlocks_since,
     in_threads,
-    wait_until_another_backend_waits,
 )
 from tests.factories import ContactFactory
 
@@ -31,35 +29,6 @@ pytestmark = [
         "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
     ),
 ]
-
-
-class _Background:
-    """An erasure in another connection that this one lets run until it is done or waits for
-    a lock this connection holds."""
-
-    def __init__(self, contact_id: int) -> None:
-        self.errors: list[Exception] = []
-        self.thread = threading.Thread(target=self._run, args=(contact_id,))
-
-    def _run(self, contact_id: int) -> None:
-        try:
-            contact_erase(contact=Contact.objects.get(pk=contact_id), source="api")
-        except Exception as exc:  # reported by the test
-            self.errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def start_and_let_run(self) -> None:
-        self.thread.start()
-        with connection.cursor() as cursor:
-            while self.thread.is_alive() and not wait_until_another_backend_waits(
-                cursor, timeout=0.2
-            ):
-                pass
-
-    def join(self) -> None:
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the erasure hung"
 
 
 def _members(segment) -> set[int]:
@@ -79,7 +48,7 @@ def test_removing_a_member_while_they_are_erased_does_not_deadlock(monkeypatch):
     static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
     erased, kept, other = ContactFactory(), ContactFactory(), ContactFactory()
     segment_static_add(segment=static, contact_ids=[erased.pk, kept.pk, other.pk])
-    erasure = _Background(erased.pk)
+    erasure = BackgroundErasure(erased.pk)
     lock_segment = services._lock_segment
 
     def erase_meanwhile(segment):
