@@ -50,11 +50,7 @@ Section = list[dict[str, Any]]
 def contact_family(*, contact: Contact) -> list[int]:
     """The ids of `contact` (followed through merges) and of every contact merged into it,
     directly or through another merged contact, in id order."""
-    return _family(_survivor(contact))
-
-
-def _family(root: Contact) -> list[int]:
-    return contact_family_ids(contact_id=root.pk)
+    return contact_family_ids(contact_id=_survivor(contact).pk)
 
 
 def contact_personal_data(*, contact: Contact) -> dict:
@@ -62,7 +58,7 @@ def contact_personal_data(*, contact: Contact) -> dict:
 
     Raises NotFound when the contact is gone (erased since it was loaded)."""
     survivor = _survivor(contact)
-    family = _family(survivor)
+    family = contact_family_ids(contact_id=survivor.pk)
     sections: dict[str, Section] = {
         "contacts.profile": _profiles(family),
         "contacts.custom_fields": _custom_fields(family),

@@ -21,7 +21,7 @@ from django.utils import timezone
 from contacts.models import Erasure
 from contacts.services import erasure_count
 from core.sql import delete_returning
-from segments.merging import _count, _locked
+from segments.merging import segment_counts_adjust, segments_lock_by_id
 from segments.models import (
     DirtyContact,
     Influence,
@@ -54,7 +54,7 @@ def segments_erase(*, erasure: Erasure, contact_ids: list[int]) -> None:
         if not held:
             break
         # Each segment's lock before its rows, as every writer of membership takes it.
-        locked.update(_locked(held - seen))
+        locked.update(segments_lock_by_id(held - seen))
         seen |= held
         removed.update(
             delete_returning(
@@ -63,7 +63,7 @@ def segments_erase(*, erasure: Erasure, contact_ids: list[int]) -> None:
             )
         )
     # A row left by a segment deleted meanwhile counts in no segment; it is still the person's.
-    _count({pk: -n for pk, n in removed.items() if pk in locked}, now)
+    segment_counts_adjust({pk: -n for pk, n in removed.items() if pk in locked}, now)
     erasure_count(
         erasure=erasure, label=SegmentMembership._meta.label_lower, count=sum(removed.values())
     )

@@ -46,8 +46,9 @@ DROPPED_KEY = "segments.segmentmembership_dropped"
 RULE_KEY = "segments.segmentmembership_rule"
 
 
-def _locked(ids: set[int]) -> dict[int, Segment]:
-    """Lock the segments (those still there) whose membership a merge or undo writes.
+def segments_lock_by_id(ids: set[int]) -> dict[int, Segment]:
+    """Lock the segments (those still there) whose membership a merge, an undo or an erasure
+    writes.
 
     The row lock every refresh takes before writing membership (services._lock_segment), so
     that none writes these contacts' rows in between; in id order, as every merge and undo
@@ -69,7 +70,7 @@ def _give(*, segment_ids: list[int], source: Contact, target: Contact) -> None:
         )
 
 
-def _count(deltas: dict[int, int], now: dt.datetime) -> None:
+def segment_counts_adjust(deltas: dict[int, int], now: dt.datetime) -> None:
     """Apply member-count changes and redraw today's point of each segment's growth chart."""
     changed = sorted(pk for pk, delta in deltas.items() if delta)
     for pk in changed:
@@ -105,7 +106,7 @@ def memberships_merge(*, record: MergeRecord, survivor: Contact, duplicate: Cont
     """Give the duplicate's segment places to the survivor or remove them, silently, and keep
     in record.moved what the undo needs to give them back."""
     now = timezone.now()
-    segments = _locked(
+    segments = segments_lock_by_id(
         set(
             SegmentMembership.objects.filter(contact=duplicate).values_list("segment_id", flat=True)
         )
@@ -144,7 +145,7 @@ def memberships_merge(*, record: MergeRecord, survivor: Contact, duplicate: Cont
         else:
             removed.append(segment.pk)
     SegmentMembership.objects.filter(contact=duplicate, segment_id__in=removed).delete()
-    _count({pk: -1 for pk in removed}, now)
+    segment_counts_adjust({pk: -1 for pk in removed}, now)
     record.moved[MOVED_KEY] = moved
     record.moved[DROPPED_KEY] = dropped
     record.moved[RULE_KEY] = rule_rows
@@ -163,7 +164,7 @@ def memberships_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Co
     # rule-based segments to the re-evaluation.
     rule_rows = record.moved.get(RULE_KEY, [])
     # A segment deleted since has nothing to put the row back into.
-    segments = _locked({*moved, *(row["segment"] for row in dropped + rule_rows)})
+    segments = segments_lock_by_id({*moved, *(row["segment"] for row in dropped + rule_rows)})
 
     # A list row the survivor lost since (removed from the list by an operator) stays gone.
     _give(segment_ids=[pk for pk in moved if pk in segments], source=survivor, target=duplicate)
@@ -203,7 +204,7 @@ def memberships_unmerge(*, record: MergeRecord, survivor: Contact, duplicate: Co
             for pk in restored
         ]
     )
-    _count({pk: 1 for pk in restored}, now)
+    segment_counts_adjust({pk: 1 for pk in restored}, now)
     transaction.on_commit(
         lambda: _join_segments_built_while_merged(record_id=record.pk, contact_id=duplicate.pk),
         robust=True,
@@ -232,7 +233,7 @@ def _join_segments_built_while_merged(*, record_id: int, contact_id: int) -> Non
     for segment in segments_in_refresh_order(built):
         now = timezone.now()
         with transaction.atomic():
-            locked = _locked({segment.pk}).get(segment.pk)
+            locked = segments_lock_by_id({segment.pk}).get(segment.pk)
             if locked is None or locked.is_archived:
                 continue
             if not Contact.objects.filter(pk=contact_id, merged_into__isnull=True).exists():
@@ -242,6 +243,6 @@ def _join_segments_built_while_merged(*, record_id: int, contact_id: int) -> Non
             if not _matches(locked, contact, now, unknown=False):
                 continue
             SegmentMembership.objects.create(segment=locked, contact=contact, entered_at=now)
-            _count({locked.pk: 1}, now)
+            segment_counts_adjust({locked.pk: 1}, now)
             # As its first build gave them to its initial members.
             auto_tags_sync(segment=locked)

@@ -7,6 +7,7 @@ from django.db import connection, connections
 
 from contacts.models import Contact
 from contacts.services import contact_erase
+from segments import services as segment_services
 from tests.contacts.locking import in_threads, wait_until_another_backend_waits
 
 
@@ -45,3 +46,20 @@ class BackgroundErasure:
     def join(self) -> None:
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the erasure hung"
+
+
+def erase_once_segment_locked(monkeypatch, contact_id: int) -> BackgroundErasure:
+    """Start erasing the person, in another connection, right after this connection next
+    takes a segment's lock (segments.services._lock_segment), and let it run until it is done
+    or waits for a lock this connection holds; return it (join it when done)."""
+    erasure = BackgroundErasure(contact_id)
+    lock_segment = segment_services._lock_segment
+
+    def erase_meanwhile(segment):
+        locked = lock_segment(segment)
+        if not erasure.thread.is_alive() and not erasure.errors:
+            erasure.start_and_let_run()
+        return locked
+
+    monkeypatch.setattr(segment_services, "_lock_segment", erase_meanwhile)
+    return erasure

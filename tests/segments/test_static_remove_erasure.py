@@ -15,7 +15,7 @@ from contacts.services import contact_erase
 from segments import services
 from segments.models import SegmentKind, SegmentMembership
 from segments.services import segment_create, segment_static_add, segment_static_remove
-from tests.contacts.erasing import BackgroundErasure
+from tests.contacts.erasing import erase_once_segment_locked
 from tests.contacts.locking import (
     deadlocks,
     deadlocks_since,
@@ -48,16 +48,7 @@ def test_removing_a_member_while_they_are_erased_does_not_deadlock(monkeypatch):
     static = segment_create(name="活动名单", kind=SegmentKind.STATIC)
     erased, kept, other = ContactFactory(), ContactFactory(), ContactFactory()
     segment_static_add(segment=static, contact_ids=[erased.pk, kept.pk, other.pk])
-    erasure = BackgroundErasure(erased.pk)
-    lock_segment = services._lock_segment
-
-    def erase_meanwhile(segment):
-        locked = lock_segment(segment)
-        if not erasure.thread.is_alive() and not erasure.errors:
-            erasure.start_and_let_run()
-        return locked
-
-    monkeypatch.setattr(services, "_lock_segment", erase_meanwhile)
+    erasure = erase_once_segment_locked(monkeypatch, erased.pk)
     before = deadlocks()
 
     removed = segment_static_remove(segment=static, contact_ids=[erased.pk, kept.pk])
