@@ -24,6 +24,12 @@ Prints, from one run:
    ≥ 20× faster). Both include what follows a change:
    entry/exit events, auto-tags, journey enrolments. As a check on the copy, the same full
    rebuild is timed again here afterwards (nothing left to move).
+4. One contact's rules with and without a heavy history: each event-reading segment's rule
+   for one contact (what "why is this contact in", an operator's inline re-evaluation and each
+   incremental pass ask), then the same after --heavy-events page views are added to that
+   contact (a bot, or a fan of the mini-program), and the ratio: a rule about purchases must
+   not read the contact's page views (no target in the issue; the reason for the
+   event_contact_name_time index). The page views are deleted afterwards.
 The script deletes the segments it creates (names start with "bench:") before and after.
 """
 
@@ -58,6 +64,7 @@ from django.utils import timezone  # noqa: E402
 from contacts.models import Contact, Event, Tag  # noqa: E402
 from contacts.services import events_stored  # noqa: E402
 from segments.models import DirtyContact, Segment, SegmentMembership  # noqa: E402
+from segments.rules.schema import rule_conditions  # noqa: E402
 from segments.services import (  # noqa: E402
     mark_dirty,
     segment_create,
@@ -580,6 +587,57 @@ def cleanup() -> None:
         cursor.execute(f"VACUUM (ANALYZE) {Event._meta.db_table}")
 
 
+def reads_events(segment: Segment) -> bool:
+    return any(node.get("type") == "event" for node in rule_conditions(segment.rule))
+
+
+def heavy_contact(segments: list[Segment], page_views: int) -> None:
+    """Part 4: each rule for one contact, before and after `page_views` page views of it."""
+    now = timezone.now()
+    # A buyer: the purchase rules then have something to find.
+    pk = (
+        Event.objects.filter(name="purchase", contact__merged_into__isnull=True)
+        .order_by("pk")
+        .values_list("contact_id", flat=True)
+        .first()
+    )
+
+    def per_rule() -> dict[str, float]:
+        times = {}
+        for segment in segments:
+            query = segment_queryset(segment=segment, now=now).filter(pk=pk)
+            query.exists()  # warm-up: plans and pages
+            runs = [timed(query.exists)[0] for _ in range(5)]
+            times[segment.name] = statistics.median(runs)
+        return times
+
+    before = per_rule()
+    with connection.cursor() as cursor:
+        # The last N seconds, one view a second: inside every rule's window.
+        cursor.execute(
+            f"INSERT INTO {Event._meta.db_table} "
+            "(event_id, contact_id, name, occurred_at, received_at, properties, source) "
+            "SELECT 'bench-heavy-' || g, %s, 'page_view', %s - make_interval(secs => g), %s, "
+            "'{}'::jsonb, 'bench-heavy' FROM generate_series(1, %s) AS g",
+            [pk, now, now, page_views],
+        )
+        # What autovacuum would do after such a burst.
+        cursor.execute(f"ANALYZE {Event._meta.db_table}")
+    try:
+        after = per_rule()
+    finally:
+        Event.objects.filter(source="bench-heavy").delete()
+    print(f"\none contact's rules, before and after {page_views:,} page views of it:")
+    ratios = []
+    for name, seconds in before.items():
+        ratios.append(after[name] / seconds)
+        print(
+            f"  {name:32} {seconds * 1000:7.2f} ms {after[name] * 1000:8.2f} ms "
+            f"{after[name] / seconds:6.2f}x"
+        )
+    print(f"  worst: {max(ratios):.2f}x")
+
+
 def machine_reference() -> float:
     """Seconds the database server takes for a fixed piece of pure CPU work (best of 3): the
     one target stated in seconds (materialising) depends on the machine, and machines "of the
@@ -605,6 +663,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--verbose", action="store_true", help="log each segment of the incremental pass"
+    )
+    parser.add_argument(
+        "--heavy-events", type=int, default=200_000, help="part 4's page views (0: skip it)"
     )
     parser.add_argument("--full-only", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -727,6 +788,8 @@ def main() -> None:
     )
     print(f"speed-up: {full_t / incr_t:.1f}x (target >= 20x); identical membership: {identical}")
     Event.objects.filter(source="bench").delete()
+    if args.heavy_events:
+        heavy_contact([s for s in created.values() if reads_events(s)], args.heavy_events)
     # Whatever the passes queued (a later run must start from an empty queue).
     DirtyContact.objects.filter(changed_at__lte=timezone.now()).delete()
     if not args.keep:
