@@ -43,6 +43,7 @@ from contacts.services import (
     contact_tag_remove,
     contact_update,
     custom_fields_validate,
+    erased_identity_message,
     erasure_of_contact,
     identities_suppressed,
     normalize_identity,
@@ -230,8 +231,7 @@ class ContactAdminForm(forms.ModelForm):
                         params={"contact_id": owner},
                     ),
                 )
-        if not self.instance.pk:
-            self._refuse_erased(cleaned)
+        self._refuse_erased(cleaned)
         return cleaned
 
     def _refuse_erased(self, cleaned: dict[str, Any]) -> None:
@@ -240,22 +240,13 @@ class ContactAdminForm(forms.ModelForm):
         wanted = [
             (kind, "", cleaned[kind])
             for kind in (IdentityKind.PHONE, IdentityKind.EMAIL)
-            if cleaned.get(kind) and kind not in self.errors
+            if cleaned.get(kind)
+            and cleaned[kind] != getattr(self.instance, kind, "")
+            and kind not in self.errors
         ]
         for kind, _app_id, _value in sorted(identities_suppressed(wanted)):
             self.add_error(
-                kind,
-                forms.ValidationError(
-                    _(
-                        "This %(kind)s belonged to a person whose data was erased at their "
-                        "request, so it cannot be added here. If they come back, they sign up "
-                        "again themselves (in the mini-program, for example) and are a new "
-                        "customer from then on."
-                    ),
-                    code="erased",
-                    # Only phone and email get here, whose labels are plain words.
-                    params={"kind": str(IdentityKind(kind).label).lower()},
-                ),
+                kind, forms.ValidationError(erased_identity_message(kind), code="erased")
             )
 
     def service_changes(self) -> dict[str, Any]:

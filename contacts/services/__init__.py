@@ -14,6 +14,7 @@ from contacts.services.custom_fields import (
 from contacts.services.erasure import (
     ErasureContended,
     contact_erase,
+    erased_identity_message,
     erasure_count,
     erasure_of_contact,
     erasure_of_identities,
@@ -124,6 +125,7 @@ __all__ = [
     "contact_update",
     "contacts_lock_live",
     "custom_fields_validate",
+    "erased_identity_message",
     "erasure_count",
     "erasure_of_contact",
     "erasure_of_identities",

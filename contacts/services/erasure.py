@@ -103,6 +103,17 @@ def suppression_any() -> bool:
     return SuppressedIdentity.objects.exists()
 
 
+def erased_identity_message(kind: str) -> str:
+    """Why a phone or email typed in by staff (an edit, the admin) is refused: identify()
+    creates a contact for an erased person's identities only when the person comes back by
+    themselves, and an operator typing them in would bring the person back."""
+    return _(
+        "This %(kind)s belonged to a person whose data was erased at their request, so it "
+        "cannot be added here. If they come back, they sign up again themselves (in the "
+        "mini-program, for example) and are a new customer from then on."
+    ) % {"kind": str(IdentityKind(kind).label).lower()}
+
+
 def identities_suppressed(identities: Iterable[IdentityKey]) -> set[IdentityKey]:
     """Those of `identities` (normalised) that belong to an erased person, under the current
     key or any fallback key."""

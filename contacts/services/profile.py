@@ -20,6 +20,7 @@ from contacts.models import (
     Store,
 )
 from contacts.services.custom_fields import custom_fields_validate
+from contacts.services.erasure import erased_identity_message, identities_suppressed
 from contacts.services.events import event_record
 from contacts.services.identity import (
     IdentityInput,
@@ -300,6 +301,12 @@ def contact_changes_validate(
                         message % {"contact": owner},
                         code="identity_taken",
                         details={"field": kind, "contact_id": owner},
+                    )
+                )
+            elif owner is None and identities_suppressed([(kind, "", new)]):
+                errors.append(
+                    ValidationFailed(
+                        erased_identity_message(kind), code="erased", details={"field": kind}
                     )
                 )
     if errors:
