@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -736,6 +737,79 @@ def _data_sheet(workbook: Any) -> Any:
     return workbook.worksheets[0]
 
 
+# Cells named in the error about formulas without results: enough to find them in the sheet.
+FORMULA_CELLS_SHOWN = 5
+# A formula element, with or without a namespace prefix (<f>, <f t="shared" …/>, <x:f>).
+_FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[\s>/]")
+
+
+def formula_cells_without_results(path: Path) -> list[str]:
+    """The first cells (A1 references) of the data sheet that hold a formula without a saved
+    result, up to one more than FORMULA_CELLS_SHOWN (so the error can say there are more).
+
+    Excel and WPS save each formula's last result next to it, and an import reads that result.
+    A workbook written by a program (a report generator, openpyxl) often holds only the
+    formulas: their cells would import as empty, without a word. Most sheets have no formula at
+    all, so the sheet's XML is first only searched for one (fast); only a sheet that has some
+    is parsed for the cells whose result is missing."""
+    from openpyxl import load_workbook
+
+    workbook = load_workbook(path, read_only=True)
+    try:
+        part = getattr(_data_sheet(workbook), "_worksheet_path", None)
+    finally:
+        workbook.close()
+    if not part:
+        return []
+    with zipfile.ZipFile(path) as archive:
+        with archive.open(part.lstrip("/")) as xml:
+            tail = b""
+            while block := xml.read(1 << 20):
+                if _FORMULA_TAG.search(tail + block):
+                    break
+                tail = block[-16:]
+            else:
+                return []
+        cells: list[str] = []
+        with archive.open(part.lstrip("/")) as xml:
+            rows = None  # <sheetData>: emptied after each row, so memory stays flat
+            for event, element in ElementTree.iterparse(xml, events=("start", "end")):
+                tag = element.tag.rpartition("}")[2]
+                if event == "start":
+                    if tag == "sheetData":
+                        rows = element
+                elif tag == "c":
+                    children = {child.tag.rpartition("}")[2]: child for child in element}
+                    result = children.get("v")
+                    # An empty result of a text formula ("" on purpose) is a saved result.
+                    if (
+                        "f" in children
+                        and (result is None or not result.text)
+                        and element.get("t") != "str"
+                    ):
+                        cells.append(element.get("r", "?"))
+                        if len(cells) > FORMULA_CELLS_SHOWN:
+                            break
+                elif tag == "row" and rows is not None:
+                    rows.clear()
+    return cells
+
+
+def _formulas_without_results(cells: list[str]) -> "ImportFileError":
+    shown = ", ".join(cells[:FORMULA_CELLS_SHOWN]) + (
+        " …" if len(cells) > FORMULA_CELLS_SHOWN else ""
+    )
+    return ImportFileError(
+        _(
+            "Cells %(cells)s hold formulas without a saved result (the workbook was written by a "
+            "program, not saved in Excel or WPS), so their values cannot be read and would "
+            "import as empty. Open the file in Excel or WPS, save it and upload it again."
+        )
+        % {"cells": shown},
+        details={"cells": cells[:FORMULA_CELLS_SHOWN]},
+    )
+
+
 def workbook_sheets(path: Path) -> dict[str, Any]:
     """{"name": the sheet an import reads, "count": the workbook's sheets (hidden ones too)}."""
     from openpyxl import load_workbook
@@ -819,6 +893,8 @@ def import_upload(*, file: UploadedFile, user: AbstractBaseUser | None) -> Job:
         if not any(headers):
             raise ImportFileError(_("The file has no header row."))
         total = source.estimate_rows()
+        if source.fmt == "xlsx" and (cells := formula_cells_without_results(path)):
+            raise _formulas_without_results(cells)
     except ImportFileError:
         path.unlink(missing_ok=True)
         raise
