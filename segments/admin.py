@@ -7,7 +7,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from core.admin import LargeTablePaginator
+from core.admin import DerivedRowsAdmin, LargeTablePaginator
 from core.errors import DomainError, ValidationFailed
 from segments.models import (
     AutoTagRule,
@@ -221,16 +221,19 @@ class SegmentAdmin(admin.ModelAdmin):
 # SegmentMembership is not registered: its primary key is (segment, contact), which the admin
 # cannot address. A segment's members are listed on its page in the operator UI.
 
+# Derived rows below (sizes, the change queue, RFM scores and runs, influence) cannot be added
+# or edited here (DerivedRowsAdmin): their passes write them, and an edit would not last.
+
 
 @admin.register(SegmentSize)
-class SegmentSizeAdmin(admin.ModelAdmin):
+class SegmentSizeAdmin(DerivedRowsAdmin):
     list_display = ["segment", "day", "member_count"]
     list_filter = ["segment"]
     date_hierarchy = "day"
 
 
 @admin.register(DirtyContact)
-class DirtyContactAdmin(admin.ModelAdmin):
+class DirtyContactAdmin(DerivedRowsAdmin):
     list_display = ["contact_id", "changed_at", "what_changed"]
     show_full_result_count = False
     paginator = LargeTablePaginator
@@ -272,7 +275,7 @@ class AutoTagRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(RFMScore)
-class RFMScoreAdmin(admin.ModelAdmin):
+class RFMScoreAdmin(DerivedRowsAdmin):
     list_display = [
         "contact",
         "recency_days",
@@ -291,7 +294,7 @@ class RFMScoreAdmin(admin.ModelAdmin):
 
 
 @admin.register(RFMRun)
-class RFMRunAdmin(admin.ModelAdmin):
+class RFMRunAdmin(DerivedRowsAdmin):
     list_display = ["started_at", "finished_at", "window_days", "contacts"]
     readonly_fields = ["edges", "layer_counts"]
 
@@ -415,7 +418,7 @@ class LeadStageThresholdAdmin(admin.ModelAdmin):
 
 
 @admin.register(Influence)
-class InfluenceAdmin(admin.ModelAdmin):
+class InfluenceAdmin(DerivedRowsAdmin):
     list_display = [
         "contact",
         "score",
