@@ -101,3 +101,27 @@ def test_derived_rows_are_neither_added_nor_edited(admin_client, model):
     assert change.status_code == 200
     assert not change.context["has_change_permission"]
     assert model.objects.count() == 1
+
+
+def test_rfm_scores_filter_by_fixed_choices_without_a_distinct_scan(admin_client):
+    contact = ContactFactory()
+    RFMScore.objects.create(
+        contact=contact,
+        recency_days=3,
+        frequency=2,
+        monetary=100,
+        r_score=5,
+        f_score=3,
+        m_score=3,
+        layer=RFMLayer.choices[0][0],
+        computed_at=timezone.now(),
+    )
+    url = reverse("admin:segments_rfmscore_changelist")
+
+    with CaptureQueriesContext(connection) as queries:
+        listed = admin_client.get(url, {"r_score__exact": "5"})
+    missed = admin_client.get(url, {"r_score__exact": "4"})
+
+    assert [row.pk for row in listed.context["cl"].result_list] == [contact.pk]
+    assert list(missed.context["cl"].result_list) == []
+    assert not [q["sql"] for q in queries if "DISTINCT" in q["sql"].upper()]
