@@ -752,17 +752,11 @@ def formula_cells_without_results(path: Path) -> list[str]:
     formulas: their cells would import as empty, without a word. Most sheets have no formula at
     all, so the sheet's XML is first only searched for one (fast); only a sheet that has some
     is parsed for the cells whose result is missing."""
-    from openpyxl import load_workbook
-
-    workbook = load_workbook(path, read_only=True)
-    try:
-        part = getattr(_data_sheet(workbook), "_worksheet_path", None)
-    finally:
-        workbook.close()
-    if not part:
-        return []
     with zipfile.ZipFile(path) as archive:
-        with archive.open(part.lstrip("/")) as xml:
+        part = _data_sheet_part(archive)
+        if part is None:
+            return []
+        with archive.open(part) as xml:
             tail = b""
             while block := xml.read(1 << 20):
                 if _FORMULA_TAG.search(tail + block):
@@ -771,7 +765,7 @@ def formula_cells_without_results(path: Path) -> list[str]:
             else:
                 return []
         cells: list[str] = []
-        with archive.open(part.lstrip("/")) as xml:
+        with archive.open(part) as xml:
             rows = None  # <sheetData>: emptied after each row, so memory stays flat
             for event, element in ElementTree.iterparse(xml, events=("start", "end")):
                 tag = element.tag.rpartition("}")[2]
@@ -793,6 +787,27 @@ def formula_cells_without_results(path: Path) -> list[str]:
                 elif tag == "row" and rows is not None:
                     rows.clear()
     return cells
+
+
+def _data_sheet_part(archive: zipfile.ZipFile) -> str | None:
+    """The archive member of the sheet _data_sheet picks (the first visible one), read from
+    the workbook's own list of sheets: openpyxl's load_workbook would also read every shared
+    string, seconds for a large sheet."""
+    relationships = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+    try:
+        book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+        rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
+    except (KeyError, ElementTree.ParseError):
+        return None
+    targets = {rel.get("Id"): rel.get("Target", "") for rel in rels}
+    sheets = [sheet for sheet in book.iter() if sheet.tag.rpartition("}")[2] == "sheet"]
+    visible = [sheet for sheet in sheets if sheet.get("state", "visible") == "visible"]
+    for sheet in visible[:1] or sheets[:1]:
+        target = targets.get(sheet.get(relationships), "")
+        # Relative to xl/, or absolute within the package ("/xl/worksheets/sheet1.xml").
+        part = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+        return part if part in archive.namelist() else None
+    return None
 
 
 def _formulas_without_results(cells: list[str]) -> "ImportFileError":

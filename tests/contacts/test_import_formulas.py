@@ -152,3 +152,18 @@ def test_a_formula_written_with_a_namespace_prefix_is_found(tmp_path):
     )
 
     assert importers.formula_cells_without_results(path) == ["C2", "C3"]
+
+
+def test_the_sheet_checked_is_the_one_imported_the_first_visible_one(tmp_path):
+    book = openpyxl.Workbook()
+    notes = book.active
+    notes.title = "说明"
+    notes.append(["=TODAY()"])
+    notes.sheet_state = "hidden"
+    data = book.create_sheet("会员")
+    data.append(["手机号", "积分"])
+    data.append(["13800138000", "=1+1"])
+    path = tmp_path / "会员.xlsx"
+    book.save(path)
+
+    assert importers.formula_cells_without_results(path) == ["B2"]
