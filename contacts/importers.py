@@ -520,6 +520,7 @@ class SourceFile:
     encoding: str = ""
     delimiter: str = ","
     _leading: int | None = field(default=None, init=False, repr=False)
+    _head: "WorkbookHead | None" = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "SourceFile":
@@ -628,19 +629,39 @@ class SourceFile:
         except csv.Error as exc:
             raise _csv_error(exc) from exc
 
+    def workbook_head(self) -> "WorkbookHead":
+        """What the upload and the job need to know of a workbook before its rows, read with
+        one load_workbook: each load reads every shared string of the workbook (seconds for a
+        sheet of 200,000 rows), and the sheet's first rows are cheap to read again after it."""
+        if self._head is None:
+            from openpyxl import load_workbook
+
+            workbook = load_workbook(self.path, read_only=True, data_only=True)
+            try:
+                sheet = _data_sheet(workbook)
+                leading = _leading_rows(sheet.iter_rows(values_only=True))
+                rows = sheet.iter_rows(values_only=True)
+                for _blank in range(leading):
+                    next(rows, None)
+                header = [_cell_text(v) for v in next(rows, ())]
+                self._head = WorkbookHead(
+                    leading=leading,
+                    header=header,
+                    # None when the workbook records no dimension (some programs write none).
+                    max_row=sheet.max_row,
+                    sheet=sheet.title,
+                    sheets=len(workbook.worksheets),
+                )
+            finally:
+                workbook.close()
+        return self._head
+
     def leading_rows(self) -> int:
         """The blank and title rows above the header row (see _leading_rows), which headers()
         and chunks() skip alike: the data rows' numbers start after them."""
         if self._leading is None:
             if self.fmt == "xlsx":
-                from openpyxl import load_workbook
-
-                workbook = load_workbook(self.path, read_only=True, data_only=True)
-                try:
-                    rows = _data_sheet(workbook).iter_rows(values_only=True)
-                    self._leading = _leading_rows(rows)
-                finally:
-                    workbook.close()
+                self._leading = self.workbook_head().leading
             else:
                 with self.path.open(encoding=self.encoding, newline="") as fh:
                     self._leading = _leading_rows(csv.reader(fh, delimiter=self.delimiter))
@@ -683,17 +704,7 @@ class SourceFile:
 
     def headers(self) -> list[str]:
         if self.fmt == "xlsx":
-            from openpyxl import load_workbook
-
-            workbook = load_workbook(self.path, read_only=True, data_only=True)
-            try:
-                rows = _data_sheet(workbook).iter_rows(values_only=True)
-                for _blank in range(self.leading_rows()):
-                    next(rows, None)
-                first = next(rows, ())
-            finally:
-                workbook.close()
-            return _unique_headers([_cell_text(v) for v in first])
+            return _unique_headers(self.workbook_head().header)
         frame = pd.read_csv(
             self.path,
             encoding=self.encoding,
@@ -709,13 +720,9 @@ class SourceFile:
     def estimate_rows(self) -> int:
         """Data rows in the file (exact unless cells contain line breaks)."""
         if self.fmt == "xlsx":
-            from openpyxl import load_workbook
-
-            workbook = load_workbook(self.path, read_only=True)
-            try:
-                return max(0, (_data_sheet(workbook).max_row or 1) - 1 - self.leading_rows())
-            finally:
-                workbook.close()
+            head = self.workbook_head()
+            rows = head.max_row if head.max_row is not None else _sheet_rows(self.path)
+            return max(0, (rows or 1) - 1 - head.leading)
         lines = 0
         last = b"\n"
         with self.path.open("rb") as fh:
@@ -730,7 +737,7 @@ class SourceFile:
 def _data_sheet(workbook: Any) -> Any:
     """The sheet an import reads: the workbook's first visible one. A hidden first sheet (a
     lookup table, a template's instructions) is skipped; which sheet was read, and how many the
-    workbook has, is shown on the mapping page (workbook_sheets)."""
+    workbook has, is shown on the mapping page (SourceFile.workbook_head)."""
     for sheet in workbook.worksheets:
         if getattr(sheet, "sheet_state", "visible") == "visible":
             return sheet
@@ -825,15 +832,34 @@ def _formulas_without_results(cells: list[str]) -> "ImportFileError":
     )
 
 
-def workbook_sheets(path: Path) -> dict[str, Any]:
-    """{"name": the sheet an import reads, "count": the workbook's sheets (hidden ones too)}."""
-    from openpyxl import load_workbook
+@dataclass(frozen=True)
+class WorkbookHead:
+    leading: int  # blank and title rows above the header row
+    header: list[str]  # the header row's cells, as text
+    max_row: int | None  # the last row the workbook records, None when it records none
+    sheet: str  # the name of the sheet an import reads (_data_sheet)
+    sheets: int  # the workbook's sheets, hidden ones too
 
-    workbook = load_workbook(path, read_only=True)
-    try:
-        return {"name": _data_sheet(workbook).title, "count": len(workbook.worksheets)}
-    finally:
-        workbook.close()
+
+_ROW_TAG = re.compile(rb"<(?:\w+:)?row[\s>/]")
+
+
+def _sheet_rows(path: Path) -> int:
+    """The rows the data sheet's XML holds, counted without parsing it: for a workbook that
+    records no dimension (openpyxl then knows no max_row). Rows a sheet keeps only for their
+    formatting count too, so this is an estimate, as for CSV files with line breaks in cells."""
+    with zipfile.ZipFile(path) as archive:
+        part = _data_sheet_part(archive)
+        if part is None:
+            return 0
+        rows = 0
+        with archive.open(part) as xml:
+            tail = b""
+            while block := xml.read(1 << 20):
+                # A tag cut in two at the block's edge is counted once, in the joined text.
+                rows += len(_ROW_TAG.findall(tail + block)) - len(_ROW_TAG.findall(tail))
+                tail = block[-16:]
+        return rows
 
 
 def _leading_rows(rows: Iterator[Any]) -> int:
@@ -929,7 +955,11 @@ def import_upload(*, file: UploadedFile, user: AbstractBaseUser | None) -> Job:
             "encoding": source.encoding,
             "delimiter": source.delimiter,
             "headers": headers,
-            "sheet": workbook_sheets(path) if source.fmt == "xlsx" else None,
+            "sheet": (
+                {"name": source.workbook_head().sheet, "count": source.workbook_head().sheets}
+                if source.fmt == "xlsx"
+                else None
+            ),
             "mapping": guess_mapping(headers=headers),
             # Of the uploader: what is said about the job later (an expired upload) is too.
             "language": translation.get_language(),

@@ -1,6 +1,7 @@
-"""A workbook whose formulas carry no saved result (written by a program, never saved in Excel
-or WPS) is refused at upload, naming the cells: their values would import as empty. Formulas
-with saved results import as their results."""
+"""Workbooks written by programs rather than saved in Excel or WPS: formulas without a saved
+result are refused at upload, naming the cells (their values would import as empty; formulas
+with saved results import as their results), and a sheet that records no dimension still gets
+its rows counted."""
 
 import io
 import re
@@ -167,3 +168,25 @@ def test_the_sheet_checked_is_the_one_imported_the_first_visible_one(tmp_path):
     book.save(path)
 
     assert importers.formula_cells_without_results(path) == ["B2"]
+
+
+def test_a_workbook_that_records_no_dimension_still_gets_its_rows_counted(admin_client, media):
+    """openpyxl's write-only mode (and other programs) write no <dimension>: the progress bar
+    had a total of 0 rows. The rows are counted in the sheet instead."""
+    book = openpyxl.Workbook(write_only=True)
+    sheet = book.create_sheet("会员")
+    sheet.append(["客户名单"])  # a title row above the header
+    sheet.append(["手机号", "姓名"])
+    for n in range(3):
+        sheet.append([f"1380013800{n}", f"客户{n}"])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    assert b"<dimension" not in zipfile.ZipFile(buffer).read("xl/worksheets/sheet1.xml")
+
+    response = _upload(admin_client, buffer.getvalue())
+
+    assert response.status_code == 302
+    job = Job.objects.get()
+    assert job.total == 3
+    assert job.params["headers"] == ["手机号", "姓名"]
+    assert job.params["sheet"] == {"name": "会员", "count": 1}
