@@ -764,12 +764,7 @@ def formula_cells_without_results(path: Path) -> list[str]:
         if part is None:
             return []
         with archive.open(part) as xml:
-            tail = b""
-            while block := xml.read(1 << 20):
-                if _FORMULA_TAG.search(tail + block):
-                    break
-                tail = block[-16:]
-            else:
+            if not any(_FORMULA_TAG.search(window) for _tail, window in _xml_windows(xml)):
                 return []
         cells: list[str] = []
         with archive.open(part) as xml:
@@ -794,6 +789,16 @@ def formula_cells_without_results(path: Path) -> list[str]:
                 elif tag == "row" and rows is not None:
                     rows.clear()
     return cells
+
+
+def _xml_windows(xml: Any) -> Iterator[tuple[bytes, bytes]]:
+    """A sheet's XML read a megabyte at a time, each block with the previous block's last
+    bytes in front (tail, tail + block), so that a tag cut at a block's edge is still seen
+    whole by a byte search: the fast way to look for tags without parsing the sheet."""
+    tail = b""
+    while block := xml.read(1 << 20):
+        yield tail, tail + block
+        tail = block[-16:]
 
 
 def _data_sheet_part(archive: zipfile.ZipFile) -> str | None:
@@ -852,14 +857,12 @@ def _sheet_rows(path: Path) -> int:
         part = _data_sheet_part(archive)
         if part is None:
             return 0
-        rows = 0
         with archive.open(part) as xml:
-            tail = b""
-            while block := xml.read(1 << 20):
-                # A tag cut in two at the block's edge is counted once, in the joined text.
-                rows += len(_ROW_TAG.findall(tail + block)) - len(_ROW_TAG.findall(tail))
-                tail = block[-16:]
-        return rows
+            # A tag in a block's tail is counted with that block, not again with the next.
+            return sum(
+                len(_ROW_TAG.findall(window)) - len(_ROW_TAG.findall(tail))
+                for tail, window in _xml_windows(xml)
+            )
 
 
 def _leading_rows(rows: Iterator[Any]) -> int:

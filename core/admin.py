@@ -39,14 +39,23 @@ class LargeTablePaginator(Paginator):
         return super().count
 
 
-class RecentValuesFilter(admin.SimpleListFilter):
+class ExactValueFilter(admin.SimpleListFilter):
+    """A filter on one column's exact value (`parameter_name` is its `__exact` lookup, as the
+    admin's own filter names it, so that links keep working); subclasses list the choices."""
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(**{self.parameter_name: self.value()})
+        return queryset
+
+
+class RecentValuesFilter(ExactValueFilter):
     """A filter by one column's value whose choices come from the newest rows only.
 
     The admin's own filter of a plain column lists its values with a DISTINCT over the whole
     table on every page load: a full scan of a log of millions of rows. The newest
     `recent` rows (read through the primary key) hold every kind in current use; an older,
-    rarer value is still found with the search box. Subclasses set `parameter_name` (the
-    column's exact lookup, as the admin's own filter names it, so that links keep working) and
+    rarer value is still found with the search box. Subclasses set `parameter_name` and
     `title`."""
 
     recent = 10_000
@@ -59,11 +68,6 @@ class RecentValuesFilter(admin.SimpleListFilter):
         if selected and selected not in values:
             values.append(selected)  # chosen through a link or an older page: still shown
         return [(value, value) for value in values]
-
-    def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(**{self.parameter_name: self.value()})
-        return queryset
 
 
 class AuditActionFilter(RecentValuesFilter):

@@ -7,7 +7,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from core.admin import DerivedRowsAdmin, LargeTablePaginator
+from core.admin import DerivedRowsAdmin, ExactValueFilter, LargeTablePaginator
 from core.errors import DomainError, ValidationFailed
 from segments.models import (
     AutoTagRule,
@@ -274,17 +274,12 @@ class AutoTagRuleAdmin(admin.ModelAdmin):
             auto_tags_sync(segment=obj.segment, rule=obj)
 
 
-class _ScoreFilter(admin.SimpleListFilter):
+class _ScoreFilter(ExactValueFilter):
     """An R, F or M score of 1 to 5: fixed choices, where the admin's own filter of a plain
     column would list them with a DISTINCT over a million scores on every page load."""
 
     def lookups(self, request, model_admin):
         return [(str(score), str(score)) for score in range(1, 6)]
-
-    def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(**{self.parameter_name: self.value()})
-        return queryset
 
 
 class _RFilter(_ScoreFilter):

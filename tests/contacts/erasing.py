@@ -8,6 +8,7 @@ from django.db import connection, connections
 from contacts.models import Contact
 from contacts.services import contact_erase
 from segments import services as segment_services
+from segments.models import SegmentMembership
 from tests.contacts.locking import in_threads, wait_until_another_backend_waits
 
 
@@ -63,3 +64,10 @@ def erase_once_segment_locked(monkeypatch, contact_id: int) -> BackgroundErasure
 
     monkeypatch.setattr(segment_services, "_lock_segment", erase_meanwhile)
     return erasure
+
+
+def segment_member_ids(segment) -> set[int]:
+    """The contacts a segment's stored membership holds."""
+    return set(
+        SegmentMembership.objects.filter(segment=segment).values_list("contact_id", flat=True)
+    )

@@ -3,7 +3,19 @@
 import threading
 import time
 
+import pytest
+from django.conf import settings
 from django.db import ProgrammingError, connection, connections, transaction
+
+# The marks of a module whose tests run real concurrent transactions: PostgreSQL only (SQLite
+# runs one writing transaction at a time), each test committing for real.
+CONCURRENT_TRANSACTIONS = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        "postgresql" not in settings.DATABASES["default"]["ENGINE"],
+        reason="concurrent transactions: PostgreSQL",
+    ),
+]
 
 
 def deadlocks() -> int:

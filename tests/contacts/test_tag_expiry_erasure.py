@@ -8,8 +8,6 @@ Real concurrent transactions: PostgreSQL only (SQLite runs one writing transacti
 
 import datetime as dt
 
-import pytest
-from django.db import connection  # noqa: F401  (read by the skipif conditions)
 from django.utils import timezone
 
 from contacts.models import Contact, ContactTag, Event
@@ -17,18 +15,14 @@ from contacts.services import contact_erase, contact_tags_expire
 from contacts.services import tags as tag_services
 from tests.contacts.erasing import BackgroundErasure
 from tests.contacts.locking import (
+    CONCURRENT_TRANSACTIONS,
     deadlocks,
     deadlocks_since,
     in_threads,
 )
 from tests.factories import ContactFactory, TagFactory
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
-    ),
-]
+pytestmark = CONCURRENT_TRANSACTIONS
 
 
 def _due_tags() -> tuple[list[Contact], dt.datetime]:

@@ -17,6 +17,21 @@ pytestmark = pytest.mark.django_db
 AUDIT = reverse("admin:core_auditlog_changelist")
 
 
+def _rfm_score(contact) -> RFMScore:
+    """A stored score of R 5, F 3, M 3 (what the nightly RFM run writes)."""
+    return RFMScore.objects.create(
+        contact=contact,
+        recency_days=3,
+        frequency=2,
+        monetary=100,
+        r_score=5,
+        f_score=3,
+        m_score=3,
+        layer=RFMLayer.choices[0][0],
+        computed_at=timezone.now(),
+    )
+
+
 @pytest.fixture
 def english(settings):
     settings.LANGUAGE_CODE = "en"
@@ -79,17 +94,7 @@ def test_derived_rows_are_neither_added_nor_edited(admin_client, model):
     if model is DirtyContact:
         row = DirtyContact.objects.create(contact_id=contact.pk, topics=1)
     else:
-        row = RFMScore.objects.create(
-            contact=contact,
-            recency_days=3,
-            frequency=2,
-            monetary=100,
-            r_score=5,
-            f_score=3,
-            m_score=3,
-            layer=RFMLayer.choices[0][0],
-            computed_at=timezone.now(),
-        )
+        row = _rfm_score(contact)
     opts = model._meta
     name = f"admin:{opts.app_label}_{opts.model_name}"
     pk = row.contact_id if model is DirtyContact else row.pk
@@ -105,17 +110,7 @@ def test_derived_rows_are_neither_added_nor_edited(admin_client, model):
 
 def test_rfm_scores_filter_by_fixed_choices_without_a_distinct_scan(admin_client):
     contact = ContactFactory()
-    RFMScore.objects.create(
-        contact=contact,
-        recency_days=3,
-        frequency=2,
-        monetary=100,
-        r_score=5,
-        f_score=3,
-        m_score=3,
-        layer=RFMLayer.choices[0][0],
-        computed_at=timezone.now(),
-    )
+    _rfm_score(contact)
     url = reverse("admin:segments_rfmscore_changelist")
 
     with CaptureQueriesContext(connection) as queries:

@@ -7,34 +7,22 @@ them in: an add that read the person before the erasure and wrote after it must 
 Real concurrent transactions: PostgreSQL only (SQLite runs one writing transaction at a time).
 """
 
-import pytest
-from django.db import connection  # noqa: F401  (read by the skipif conditions)
-
 from contacts.models import Contact, Erasure
 from core import jobs
 from core.models import JobStatus
 from segments import services
 from segments.models import SegmentKind, SegmentMembership
 from segments.services import segment_create, segment_static_add, segment_static_members_job_run
-from tests.contacts.erasing import BackgroundErasure, erase_now, erase_once_segment_locked
-from tests.contacts.locking import (
-    deadlocks,
-    deadlocks_since,
+from tests.contacts.erasing import (
+    BackgroundErasure,
+    erase_now,
+    erase_once_segment_locked,
+    segment_member_ids,
 )
+from tests.contacts.locking import CONCURRENT_TRANSACTIONS, deadlocks, deadlocks_since
 from tests.factories import ContactFactory, UserFactory
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
-    ),
-]
-
-
-def _members(segment) -> set[int]:
-    return set(
-        SegmentMembership.objects.filter(segment=segment).values_list("contact_id", flat=True)
-    )
+pytestmark = CONCURRENT_TRANSACTIONS
 
 
 def test_an_erasure_meeting_an_add_in_flight_waits_and_takes_the_person_out_of_the_list(
@@ -62,7 +50,7 @@ def test_an_erasure_meeting_an_add_in_flight_waits_and_takes_the_person_out_of_t
     assert added == 2
     assert Erasure.objects.get().summary["segments.segmentmembership"] == 1
     assert not Contact.objects.filter(pk=erased.pk).exists()
-    assert _members(static) == {kept.pk}
+    assert segment_member_ids(static) == {kept.pk}
     static.refresh_from_db()
     assert static.member_count == 1
 
@@ -84,7 +72,7 @@ def test_re_adding_a_member_while_they_are_erased_does_not_deadlock(monkeypatch)
     assert deadlocks_since(before) == 0
     assert added == 1
     assert not Contact.objects.filter(pk=erased.pk).exists()
-    assert _members(static) == {kept.pk}
+    assert segment_member_ids(static) == {kept.pk}
     static.refresh_from_db()
     assert static.member_count == 1
 
@@ -103,7 +91,7 @@ def test_a_person_erased_after_the_add_checked_them_is_left_out(monkeypatch):
     added = segment_static_add(segment=static, contact_ids=[erased.pk, kept.pk])
 
     assert added == 1
-    assert _members(static) == {kept.pk}
+    assert segment_member_ids(static) == {kept.pk}
     static.refresh_from_db()
     assert static.member_count == 1
 
@@ -133,6 +121,6 @@ def test_a_static_list_job_completes_with_the_rest_when_a_person_is_erased_meanw
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert job.result["changed"] == 2
-    assert _members(static) == {c.pk for c in kept}
+    assert segment_member_ids(static) == {c.pk for c in kept}
     static.refresh_from_db()
     assert static.member_count == 2

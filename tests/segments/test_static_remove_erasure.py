@@ -7,34 +7,16 @@ for the other while holding what the other waits for.
 Real concurrent transactions: PostgreSQL only (SQLite runs one writing transaction at a time).
 """
 
-import pytest
-from django.db import connection  # noqa: F401  (read by the skipif conditions)
-
 from contacts.models import Contact, Event
 from contacts.services import contact_erase
 from segments import services
-from segments.models import SegmentKind, SegmentMembership
+from segments.models import SegmentKind
 from segments.services import segment_create, segment_static_add, segment_static_remove
-from tests.contacts.erasing import erase_once_segment_locked
-from tests.contacts.locking import (
-    deadlocks,
-    deadlocks_since,
-    in_threads,
-)
+from tests.contacts.erasing import erase_once_segment_locked, segment_member_ids
+from tests.contacts.locking import CONCURRENT_TRANSACTIONS, deadlocks, deadlocks_since, in_threads
 from tests.factories import ContactFactory
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        "connection.vendor != 'postgresql'", reason="concurrent transactions: PostgreSQL"
-    ),
-]
-
-
-def _members(segment) -> set[int]:
-    return set(
-        SegmentMembership.objects.filter(segment=segment).values_list("contact_id", flat=True)
-    )
+pytestmark = CONCURRENT_TRANSACTIONS
 
 
 def _exited() -> set[int]:
@@ -58,7 +40,7 @@ def test_removing_a_member_while_they_are_erased_does_not_deadlock(monkeypatch):
     assert deadlocks_since(before) == 0
     assert removed == 2
     assert not Contact.objects.filter(pk=erased.pk).exists()
-    assert _members(static) == {other.pk}
+    assert segment_member_ids(static) == {other.pk}
     assert _exited() == {kept.pk}
     static.refresh_from_db()
     assert static.member_count == 1
@@ -83,7 +65,7 @@ def test_a_person_erased_before_the_remove_locked_them_is_left_to_the_erasure(mo
     removed = segment_static_remove(segment=static, contact_ids=[erased.pk, kept.pk])
 
     assert removed == 1
-    assert _members(static) == set()
+    assert segment_member_ids(static) == set()
     assert _exited() == {kept.pk}
     static.refresh_from_db()
     assert static.member_count == 0
